@@ -1,0 +1,125 @@
+"""One exception tree for sylphx, shared by the server, the SDK and the CLI.
+
+Each class names its HTTP status once; the API edge maps errors to responses
+with it and the SDK maps responses back to the same classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "ConflictError",
+    "ExecutorError",
+    "IllegalTransition",
+    "NotFound",
+    "ServerUnavailable",
+    "SylphxError",
+    "TransportError",
+    "Unschedulable",
+    "ValidationError",
+]
+
+
+class SylphxError(Exception):
+    """Base of every sylphx error; carries a human message and structured details."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: list[dict[str, Any]] = details or []
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON error body the API returns for this error."""
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class ValidationError(SylphxError):
+    """A run spec or request field breaks a rule; ``details`` name field, rule and fix."""
+
+    status_code = 422
+    code = "validation_error"
+
+
+class Unschedulable(SylphxError):
+    """The run can never fit this executor (a gang larger than the whole cluster, say)."""
+
+    status_code = 422
+    code = "unschedulable"
+
+
+class NotFound(SylphxError):
+    """The run, shard or volume does not exist (or is not visible to the caller)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(SylphxError):
+    """The request conflicts with the object's current state (e.g. deleting a volume in use)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class IllegalTransition(SylphxError):
+    """A status change that the shard/run state machine does not allow."""
+
+    status_code = 409
+    code = "illegal_transition"
+
+    def __init__(self, kind: str, ident: str, current: str, target: str) -> None:
+        super().__init__(f"{kind} {ident}: illegal transition {current} -> {target}")
+        self.kind, self.ident, self.current, self.target = kind, ident, current, target
+
+
+class ExecutorError(SylphxError):
+    """The executor could not do what was asked (launch, signal, capacity probe)."""
+
+    status_code = 503
+    code = "executor_error"
+
+
+class ServerUnavailable(SylphxError):
+    """The control plane could not be reached or started."""
+
+    status_code = 503
+    code = "server_unavailable"
+
+
+class TransportError(SylphxError):
+    """A response the SDK could not understand (not JSON, unexpected status)."""
+
+    status_code = 502
+    code = "transport_error"
+
+
+ERRORS_BY_CODE: dict[str, type[SylphxError]] = {
+    cls.code: cls
+    for cls in (
+        SylphxError,
+        ValidationError,
+        Unschedulable,
+        NotFound,
+        ConflictError,
+        ExecutorError,
+        ServerUnavailable,
+        TransportError,
+    )
+}
+
+
+def error_from_body(status: int, body: Any) -> SylphxError:
+    """Rebuild the typed error from an API error body (used by the SDK)."""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        cls = ERRORS_BY_CODE.get(str(body.get("error")), SylphxError)
+        err = cls.__new__(cls)
+        SylphxError.__init__(err, body["message"], details=body.get("details"))
+        return err
+    return TransportError(f"HTTP {status}: {str(body)[:500]}")

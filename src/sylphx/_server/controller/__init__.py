@@ -1,0 +1,1 @@
+"""The reconciler and the small policy modules it consults."""

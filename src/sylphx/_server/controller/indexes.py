@@ -1,0 +1,31 @@
+"""Compressed index sets, as Kubernetes writes them: ``0-3,7,9-10``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def compress(indexes: Iterable[int]) -> str:
+    """``[0, 1, 2, 3, 7]`` -> ``"0-3,7"``."""
+    parts: list[str] = []
+    ordered = sorted(set(indexes))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def expand(text: str) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``; raises ValueError on malformed input."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, sep, hi = part.partition("-")
+        start, end = int(lo), int(hi) if sep else int(lo)
+        if start < 0 or end < start:
+            raise ValueError(f"bad index range {part!r}")
+        out.update(range(start, end + 1))
+    return sorted(out)

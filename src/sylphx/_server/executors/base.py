@@ -1,0 +1,95 @@
+"""The executor interface the reconciler drives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from ..controller.admission import Resources
+
+Signal = Literal["term", "kill"]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory bind-mounted read-write at ``target`` inside the shard."""
+
+    source: Path
+    target: str
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything needed to start one attempt of one shard."""
+
+    run_id: str
+    index: int
+    attempt: int
+    count: int
+    indexed: bool
+    command: list[str]
+    env: dict[str, str]
+    machine: str
+    stdout_path: Path
+    stderr_path: Path
+    working_dir: Path
+    image: str | None = None
+    mounts: list[Mount] = field(default_factory=list)
+
+    def shard_env(self) -> dict[str, str]:
+        """The platform's variables for this shard (the run's env is added on top)."""
+        env = {
+            "SYLPHX_RUN_ID": self.run_id,
+            "SYLPHX_SHARD_COUNT": str(self.count),
+            "SYLPHX_SHARD_ATTEMPT": str(self.attempt),
+            "SYLPHX_MACHINE": self.machine,
+        }
+        if self.indexed:
+            env["SYLPHX_SHARD_INDEX"] = str(self.index)
+        return env
+
+
+@dataclass(frozen=True)
+class Exit:
+    """A process that ended: its handle, raw return code and when it ended."""
+
+    handle: str
+    returncode: int
+    ended_at: datetime
+    reason: str | None = None  # an executor-specific cause, e.g. "LaunchError"
+
+
+class Executor(Protocol):
+    """Runs shard attempts. Handles are opaque strings the executor can resolve later."""
+
+    name: str
+
+    def capacity(self) -> Resources:
+        """Total resources shards may use at once."""
+        ...
+
+    def launch(self, request: LaunchRequest) -> str:
+        """Start one attempt and return its handle; raises ExecutorError when it cannot."""
+        ...
+
+    def poll(self) -> list[Exit]:
+        """Attempts that ended since the last call (each reported once)."""
+        ...
+
+    def signal(self, handle: str, sig: Signal) -> None:
+        """Ask (term) or force (kill) an attempt's whole process tree to stop."""
+        ...
+
+    def alive(self, handle: str) -> bool:
+        """Whether this executor still knows the attempt as running."""
+        ...
+
+    def set_waker(self, wake: object) -> None:
+        """Give the executor a callable to call when an attempt ends."""
+        ...
+
+    def close(self) -> None:
+        """Release watchers; running attempts are left alone."""
+        ...

@@ -1,0 +1,111 @@
+"""Shard logs: read whole or followed live, straight from the attempt's log files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .._errors import NotFound
+from .._states import ShardState
+from .store import AttemptRow, RunRow, ShardRow
+
+Stream = Literal["stdout", "stderr"]
+CHUNK = 256 * 1024
+FOLLOW_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a shard's log lives right now."""
+
+    shard_done: bool
+    attempt: int | None  # newest attempt number, None before the first start
+    path: str | None
+    attempt_done: bool
+
+
+def locate(s: Session, run_id: str, index: int, stream: Stream, attempt: int | None) -> Where:
+    run = s.get(RunRow, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    shard = s.scalars(
+        select(ShardRow).where(ShardRow.run_id == run_id, ShardRow.index == index)
+    ).first()
+    if shard is None:
+        raise NotFound(
+            f"run {run_id} has no shard {index}. Fix: pick a shard from 0 to {run.parallelism - 1}."
+        )
+    query = select(AttemptRow).where(AttemptRow.shard_id == shard.id)
+    if attempt is not None:
+        query = query.where(AttemptRow.number == attempt)
+    row = s.scalars(query.order_by(AttemptRow.number.desc())).first()
+    if attempt is not None and row is None:
+        raise NotFound(
+            f"shard {index} of run {run_id} has no attempt {attempt}"
+            f" (it has {shard.attempts}). Fix: pick an attempt from 1 to {shard.attempts}."
+        )
+    done = ShardState(shard.state).terminal
+    if row is None:
+        return Where(done, None, None, True)
+    path = row.stdout_path if stream == "stdout" else row.stderr_path
+    return Where(done, row.number, path, row.ended_at is not None)
+
+
+async def stream_log(
+    sessions: sessionmaker[Session],
+    run_id: str,
+    index: int,
+    stream: Stream,
+    *,
+    attempt: int | None,
+    follow: bool,
+) -> AsyncIterator[bytes]:
+    """Yield the log's bytes; with ``follow``, keep yielding until the shard ends
+    (moving on to the next attempt when a failed one is retried)."""
+
+    def where() -> Where:
+        with sessions() as s:
+            return locate(s, run_id, index, stream, attempt)
+
+    current = await anyio.to_thread.run_sync(where)
+    offset = 0
+    reading = current.attempt
+    while True:
+        if current.path is not None and current.attempt == reading:
+            async for chunk, end in _read_from(current.path, offset):
+                offset = end
+                yield chunk
+        if not follow:
+            return
+        if current.attempt is not None and current.attempt != reading:
+            reading, offset = current.attempt, 0  # a retry started: follow it from the top
+            continue
+        if current.attempt_done and (current.shard_done or attempt is not None):
+            if current.path is not None:  # drain what was written just before the end
+                async for chunk, _ in _read_from(current.path, offset):
+                    yield chunk
+            return
+        await anyio.sleep(FOLLOW_POLL_SECONDS)
+        current = await anyio.to_thread.run_sync(where)
+        if reading is None:
+            reading = current.attempt
+
+
+async def _read_from(path: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; kept open across awaits
+    except FileNotFoundError:
+        return
+    try:
+        fh.seek(offset)
+        while chunk := fh.read(CHUNK):
+            offset += len(chunk)
+            yield chunk, offset
+            await anyio.sleep(0)
+    finally:
+        fh.close()

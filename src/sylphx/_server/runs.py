@@ -1,0 +1,160 @@
+"""Run operations behind the API: submit, read, list, cancel, and their views."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from .._errors import NotFound, ValidationError
+from .._ids import new_id
+from .._spec import RunSpec
+from .._states import RunState, ShardState
+from .._views import AttemptView, RunList, RunView, ShardView
+from .controller import admission, success
+from .store import RunRow, ShardRow, VolumeRow
+from .transitions import transition
+
+
+def submit(s: Session, spec: RunSpec, *, capacity: admission.Resources, now: datetime) -> RunRow:
+    """Store a new queued run and its pending shards, refusing what could never run."""
+    if spec.image is not None:
+        raise ValidationError(
+            "image: the local executor runs commands on the host and cannot run container"
+            " images yet. Fix: omit image to run the command on the host.",
+            details=[
+                {
+                    "field": "image",
+                    "rule": "not supported by this executor",
+                    "fix": "omit image to run the command on the host",
+                }
+            ],
+        )
+    admission.check_schedulable(
+        machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
+    )
+    for mount in spec.volume_mounts:
+        if s.get(VolumeRow, mount.volume_id) is None:
+            raise NotFound(
+                f"volumeMounts: volume {mount.volume_id!r} does not exist. Fix: create it with"
+                " `sylphx volumes create` (POST /v1/volumes) and use its id."
+            )
+    run = RunRow(
+        id=new_id("wrk"),
+        state=RunState.QUEUED.value,
+        spec=spec.to_wire(),
+        parallelism=spec.parallelism,
+        machine=spec.machine,
+        gang=spec.gang,
+        created_at=now,
+    )
+    run.shards = [
+        ShardRow(index=i, state=ShardState.PENDING.value, attempts=0, failures=0)
+        for i in range(spec.parallelism)
+    ]
+    s.add(run)
+    return run
+
+
+def load(s: Session, run_id: str, *, with_attempts: bool = False) -> RunRow:
+    """The run with its shards, or NotFound."""
+    opts = selectinload(RunRow.shards)
+    if with_attempts:
+        opts = opts.selectinload(ShardRow.history)
+    run = s.scalars(select(RunRow).where(RunRow.id == run_id).options(opts)).first()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    return run
+
+
+def cancel(s: Session, run_id: str, now: datetime) -> RunRow:
+    """Ask for a run to be cancelled; the reconciler stops its shards within seconds."""
+    run = load(s, run_id)
+    if RunState(run.state).terminal:
+        return run
+    if run.cancel_requested_at is None:
+        run.cancel_requested_at = now
+    if run.state == RunState.QUEUED:  # nothing started: settle it right away
+        for shard in run.shards:
+            if shard.state == ShardState.PENDING:
+                transition(shard, ShardState.CANCELLED, now)
+                shard.reason = "Cancelled before it started"
+        transition(run, RunState.CANCELLED, now)
+        run.message = "cancelled before any shard started"
+    return run
+
+
+def view(run: RunRow, counts: Counter[ShardState] | None = None) -> RunView:
+    """The wire view of a run (its shards must be loaded unless ``counts`` is given)."""
+    if counts is None:
+        counts = success.count_states(shard.state for shard in run.shards)
+    state = RunState(run.state)
+    return RunView(
+        id=run.id,
+        status=state,
+        spec=RunSpec.model_validate(run.spec),
+        aggregate=success.aggregate(state, counts),
+        created_at=run.created_at,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        cancel_requested=run.cancel_requested_at is not None,
+        message=run.message,
+    )
+
+
+def shard_views(run: RunRow) -> list[ShardView]:
+    out = []
+    for shard in run.shards:
+        duration = None
+        if shard.started_at is not None and shard.ended_at is not None:
+            duration = round((shard.ended_at - shard.started_at).total_seconds(), 3)
+        history = [
+            AttemptView(
+                attempt=a.number,
+                status=ShardState(a.state),
+                exit_code=a.exit_code,
+                reason=a.reason,
+                started_at=a.started_at,
+                ended_at=a.ended_at,
+            )
+            for a in shard.history
+        ]
+        out.append(
+            ShardView(
+                index=shard.index,
+                status=ShardState(shard.state),
+                attempts=shard.attempts,
+                exit_code=shard.exit_code,
+                reason=shard.reason,
+                started_at=shard.started_at,
+                ended_at=shard.ended_at,
+                duration_seconds=duration,
+                history=history,
+            )
+        )
+    return out
+
+
+def list_runs(s: Session, *, status: RunState | None, limit: int, cursor: str | None) -> RunList:
+    """Newest first; ``cursor`` is the last id of the previous page."""
+    query = select(RunRow).order_by(RunRow.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(RunRow.state == status.value)
+    if cursor:
+        query = query.where(RunRow.id < cursor)
+    runs = list(s.scalars(query))
+    more = len(runs) > limit
+    runs = runs[:limit]
+    counts: dict[str, Counter[ShardState]] = {run.id: Counter() for run in runs}
+    if runs:
+        rows = s.execute(
+            select(ShardRow.run_id, ShardRow.state, func.count())
+            .where(ShardRow.run_id.in_(list(counts)))
+            .group_by(ShardRow.run_id, ShardRow.state)
+        )
+        for run_id, state, n in rows:
+            counts[run_id][ShardState(state)] = n
+    items = [view(run, counts[run.id]) for run in runs]
+    return RunList(items=items, next_cursor=runs[-1].id if more and runs else None)

@@ -1,0 +1,36 @@
+"""The one transition function: every shard and run status change goes through here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from .._errors import IllegalTransition
+from .._states import RUN_TRANSITIONS, SHARD_TRANSITIONS, RunState, ShardState
+from .store import RunRow, ShardRow
+
+
+def transition(row: RunRow | ShardRow, target: RunState | ShardState, now: datetime) -> None:
+    """Move a run or shard to ``target``, stamping start/end times.
+
+    Raises :class:`IllegalTransition` when the state machine does not allow it.
+    """
+    if isinstance(row, RunRow):
+        run_current = RunState(row.state)
+        run_target = RunState(target)
+        if run_target not in RUN_TRANSITIONS[run_current]:
+            raise IllegalTransition("run", row.id, run_current, run_target)
+        if run_target is RunState.RUNNING:
+            row.started_at = row.started_at or now
+        if run_target.terminal:
+            row.ended_at = now
+        row.state = run_target.value
+        return
+    shard_current = ShardState(row.state)
+    shard_target = ShardState(target)
+    if shard_target not in SHARD_TRANSITIONS[shard_current]:
+        raise IllegalTransition("shard", f"{row.run_id}/{row.index}", shard_current, shard_target)
+    if shard_target is ShardState.STARTING and row.started_at is None:
+        row.started_at = now
+    if shard_target.terminal:
+        row.ended_at = now
+    row.state = shard_target.value

@@ -1,0 +1,81 @@
+"""Shard and run states, and the one table of legal transitions between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["RunState", "ShardState"]
+
+
+class ShardState(StrEnum):
+    """Lifecycle of one shard (one index of a run)."""
+
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in SHARD_TERMINAL
+
+    @property
+    def live(self) -> bool:
+        """Holds capacity: a process has been or is being launched."""
+        return self in (ShardState.STARTING, ShardState.RUNNING)
+
+
+class RunState(StrEnum):
+    """Lifecycle of a run: queued -> running -> one terminal aggregate status."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self in RUN_TERMINAL
+
+
+SHARD_TERMINAL = frozenset(
+    {ShardState.SUCCEEDED, ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED}
+)
+RUN_TERMINAL = frozenset(
+    {RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
+)
+
+# The whole state machine. Anything not listed raises IllegalTransition.
+SHARD_TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
+    ShardState.PENDING: frozenset({ShardState.STARTING, ShardState.CANCELLED}),
+    # starting -> pending|failed: the launch itself failed (retry while budget remains)
+    ShardState.STARTING: frozenset(
+        {ShardState.RUNNING, ShardState.PENDING, ShardState.FAILED, ShardState.CANCELLED}
+    ),
+    # running -> pending: the attempt failed and the index has retry budget left
+    ShardState.RUNNING: frozenset(
+        {
+            ShardState.SUCCEEDED,
+            ShardState.FAILED,
+            ShardState.TIMED_OUT,
+            ShardState.CANCELLED,
+            ShardState.PENDING,
+        }
+    ),
+    ShardState.SUCCEEDED: frozenset(),
+    ShardState.FAILED: frozenset(),
+    ShardState.TIMED_OUT: frozenset(),
+    ShardState.CANCELLED: frozenset(),
+}
+
+RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
+    RunState.RUNNING: RUN_TERMINAL,
+    **{state: frozenset() for state in RUN_TERMINAL},
+}

@@ -1,0 +1,98 @@
+"""Wire models of what the API returns: runs, aggregates, shards, attempts, volumes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from ._spec import RunSpec
+from ._states import RunState, ShardState
+
+__all__ = ["Aggregate", "AttemptView", "Logs", "RunList", "RunView", "ShardView", "VolumeView"]
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_wire(self) -> dict[str, object]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Aggregate(_View):
+    """The rolled-up status of a run and its shard counts."""
+
+    status: RunState
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    running: int = 0
+    pending: int = 0
+    total: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+
+class AttemptView(_View):
+    """One try at running one shard."""
+
+    attempt: int
+    status: ShardState
+    exit_code: int | None = None
+    reason: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class ShardView(_View):
+    """One shard: its index, status, attempts and last exit code."""
+
+    index: int
+    status: ShardState
+    attempts: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_seconds: float | None = None
+    history: list[AttemptView] = Field(default_factory=list)
+
+
+class RunView(_View):
+    """A run: its id, effective spec and aggregate status."""
+
+    id: str
+    status: RunState
+    spec: RunSpec
+    aggregate: Aggregate
+    created_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    cancel_requested: bool = False
+    message: str | None = None  # why it is queued, or why it ended as it did
+
+
+class RunList(_View):
+    """One page of runs, newest first; pass ``next_cursor`` back for the next page."""
+
+    items: list[RunView]
+    next_cursor: str | None = None
+
+
+class VolumeView(_View):
+    """A ReadWriteMany volume that runs mount with ``volumeMounts``."""
+
+    id: str
+    name: str | None = None
+    created_at: datetime
+
+
+class Logs(_View):
+    """Captured output of one shard attempt."""
+
+    stdout: str
+    stderr: str
