@@ -289,6 +289,7 @@ def validation_error(
     whose details name the field, the rule and the fix."""
     errors = exc.errors(include_url=False) if isinstance(exc, pydantic.ValidationError) else exc
     details: list[dict[str, Any]] = []
+    suggested: set[str] = set()  # fields a typo probably meant: their "is required" is noise
     for err in errors:
         ctx = err.get("ctx") or {}
         loc = tuple(err["loc"])
@@ -303,6 +304,8 @@ def validation_error(
             name = str(loc[-1])
             known = _known_fields(VolumeMount if "volumeMounts" in field else model)
             near = difflib.get_close_matches(name, known, n=1)
+            if near:
+                suggested.add(_loc_text((*loc[:-1], near[0])))
             text = "is not a known field"
             fix = f"did you mean {near[0]!r}?" if near else f"known fields: {', '.join(known)}"
         elif kind == "literal_error":
@@ -321,5 +324,6 @@ def validation_error(
         else:
             text, fix = str(err.get("msg", kind)), "correct the value"
         details.append({"field": field or "body", "rule": text, "fix": fix})
+    details = [d for d in details if not (d["rule"] == "is required" and d["field"] in suggested)]
     lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix'].rstrip('.?')}" for d in details]
     return ValidationError("; ".join(lines), details=details)

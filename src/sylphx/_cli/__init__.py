@@ -1,0 +1,39 @@
+"""The ``sylphx`` command line: ``run``, ``runs``, ``volumes``, ``server``, ``local``."""
+
+from __future__ import annotations
+
+import click
+
+from .admin import local, server, volumes
+from .common import Group, State
+from .run_cmd import run
+from .runs import runs
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    envvar="SYLPHX_URL",
+    help="Control plane URL (http(s):// or unix://); default: the embedded local one.",
+)
+@click.version_option("0.1.0", prog_name="sylphx")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None) -> None:
+    """Self-hosted Distributed Batch Compute: one command, N indexed shards."""
+    st = ctx.ensure_object(State)
+    st.url = url or None
+    ctx.call_on_close(st.close)
+
+
+cli.add_command(run)
+cli.add_command(runs)
+cli.add_command(volumes)
+cli.add_command(server)
+cli.add_command(local)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

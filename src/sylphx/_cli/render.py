@@ -1,0 +1,134 @@
+"""Plain-text tables and status lines for the CLI."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from .._views import RunView, ShardView, VolumeView
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``4.2s``, ``3m05s`` or ``1h02m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def fmt_time(value: datetime | None) -> str:
+    """Local wall-clock time, to the second."""
+    if value is None:
+        return "-"
+    return _utc(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def shard_duration(shard: ShardView, now: datetime | None = None) -> float | None:
+    """The shard's duration, or how long it has been running so far."""
+    if shard.duration_seconds is not None:
+        return shard.duration_seconds
+    if shard.started_at is None:
+        return None
+    end = shard.ended_at or now or datetime.now(UTC)
+    return (_utc(end) - _utc(shard.started_at)).total_seconds()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns separated by two spaces (trailing blanks trimmed)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in (headers, *rows)
+    ]
+
+
+def _exit(code: int | None) -> str:
+    return "-" if code is None else str(code)
+
+
+def shard_table(
+    shards: Sequence[ShardView], *, reason: bool = False, now: datetime | None = None
+) -> list[str]:
+    """INDEX, STATUS, ATTEMPTS, EXIT, DURATION (and REASON) per shard."""
+    headers = ["INDEX", "STATUS", "ATTEMPTS", "EXIT", "DURATION"] + (["REASON"] if reason else [])
+    rows = []
+    for s in sorted(shards, key=lambda s: s.index):
+        row = [str(s.index), s.status.value, str(s.attempts), _exit(s.exit_code)]
+        row.append(fmt_duration(shard_duration(s, now)))
+        if reason:
+            row.append(s.reason or "")
+        rows.append(row)
+    return table(headers, rows)
+
+
+def aggregate_line(view: RunView) -> str:
+    """``wrk_x  running  3/9 succeeded · 1 failed · 5 running``."""
+    agg = view.aggregate
+    parts = [f"{agg.succeeded}/{agg.total} succeeded"]
+    for label, count in (
+        ("failed", agg.failed),
+        ("timed out", agg.timed_out),
+        ("cancelled", agg.cancelled),
+        ("running", agg.running),
+        ("pending", agg.pending),
+    ):
+        if count:
+            parts.append(f"{count} {label}")
+    line = f"{view.id}  {view.status.value}  " + " · ".join(parts)
+    if view.cancel_requested and not view.status.terminal:
+        line += "  (cancelling)"
+    if view.message:
+        line += f"  — {view.message}"
+    return line
+
+
+def spec_line(view: RunView) -> str:
+    """What the run executes and how it fans out."""
+    spec = view.spec
+    where = spec.image or f"host:{spec.working_dir or '-'}"
+    mode = "gang" if spec.gang else f"opportunistic, {spec.retry_budget} retries/index"
+    return (
+        f"{shlex.join(spec.command)}  [{where} · {spec.parallelism} x {spec.machine} · {mode}"
+        f" · timeout {spec.timeout_seconds}s]"
+    )
+
+
+def shard_change(shard: ShardView) -> str:
+    """One line for a shard status change (non-TTY --follow)."""
+    extra = f"attempt {shard.attempts}"
+    if shard.exit_code is not None:
+        extra += f", exit {shard.exit_code}"
+    if shard.reason and shard.status.terminal:
+        extra += f": {shard.reason}"
+    return f"shard {shard.index}: {shard.status.value} ({extra})"
+
+
+def runs_table(runs: Sequence[RunView]) -> list[str]:
+    """ID, STATUS, SHARDS, MACHINE, CREATED, COMMAND per run."""
+    rows = []
+    for r in runs:
+        command = shlex.join(r.spec.command)
+        if len(command) > 40:
+            command = command[:39] + "…"
+        shards = f"{r.aggregate.succeeded}/{r.aggregate.total or r.spec.parallelism}"
+        rows.append([r.id, r.status.value, shards, r.spec.machine, fmt_time(r.created_at), command])
+    return table(["ID", "STATUS", "SUCCEEDED", "MACHINE", "CREATED", "COMMAND"], rows)
+
+
+def volumes_table(volumes: Sequence[VolumeView]) -> list[str]:
+    """ID, NAME, CREATED per volume."""
+    rows = [[v.id, v.name or "-", fmt_time(v.created_at)] for v in volumes]
+    return table(["ID", "NAME", "CREATED"], rows)

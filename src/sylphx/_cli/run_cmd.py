@@ -1,0 +1,167 @@
+"""``sylphx run``: build a spec from flags, submit it, optionally follow it to the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Any, TextIO
+
+import click
+
+from .._client import Run, RunsClient
+from .._states import RunState
+from .._transport import build_spec
+from .._views import RunView, ShardView
+from . import render
+from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, echo_json, state
+
+POLL_INTERVAL = 0.5
+
+
+def _parse_env(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(
+                f"{item!r} is not KEY=VALUE. Fix: e.g. --env SEED=42 (repeat for more)"
+            )
+        env[name] = value
+    return env
+
+
+def _parse_volumes(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> list[dict[str, str]]:
+    mounts = []
+    for item in values:
+        volume_id, sep, path = item.partition(":")
+        if not sep or not volume_id or not path:
+            raise click.BadParameter(
+                f"{item!r} is not ID:/path. Fix: e.g. --volume vol_abc123:/cache"
+                " (ids from `sylphx volumes list`)"
+            )
+        mounts.append({"volume_id": volume_id, "mount_path": path})
+    return mounts
+
+
+def _redraw(out: TextIO, lines: list[str], previous: int) -> int:
+    height = shutil.get_terminal_size((100, 40)).lines - 1
+    if len(lines) > height:
+        hidden = len(lines) - height + 1
+        lines = [*lines[: height - 1], f"… {hidden} more shards"]
+    if previous:
+        out.write(f"\x1b[{previous}F\x1b[J")  # back to the table's first line, clear below
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    return len(lines)
+
+
+def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
+    """Poll ``run`` until terminal, showing the aggregate and the per-shard table.
+
+    On a TTY the table is redrawn in place; otherwise one line is printed per shard
+    status change and the final table at the end. ``quiet`` prints nothing.
+    """
+    seen: dict[int, tuple[str, int]] = {}
+    drawn = 0
+    shards: list[ShardView] = []
+    while True:
+        view = run.refresh()
+        shards = run.shards()  # fetched after the view, so terminal view => terminal shards
+        if quiet:
+            pass
+        elif tty:
+            drawn = _redraw(out, [render.aggregate_line(view), *render.shard_table(shards)], drawn)
+        else:
+            for shard in sorted(shards, key=lambda s: s.index):
+                key = (shard.status.value, shard.attempts)
+                if seen.get(shard.index) != key:
+                    seen[shard.index] = key
+                    out.write(render.shard_change(shard) + "\n")
+            out.flush()
+        if view.status.terminal:
+            break
+        time.sleep(POLL_INTERVAL)
+    if not quiet and not tty:
+        out.write("\n".join([*render.shard_table(shards), render.aggregate_line(view)]) + "\n")
+        out.flush()
+    return view
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("--image", help="Container image; omit to run the command on this host.")
+@click.option("--parallelism", "-n", type=int, help="Shard count, 1..256 (default 1).")
+@click.option(
+    "--opportunistic", is_flag=True, help="Admit shards as capacity frees (gangScheduling false)."
+)
+@click.option("--completion-mode", help="Indexed (default) or NonIndexed.")
+@click.option(
+    "--backoff-limit-per-index", type=int, help="Retries per shard, 0..50 (opportunistic)."
+)
+@click.option("--machine", help="Per-shard tier: nano micro small standard large xlarge ...")
+@click.option("--timeout", "timeout_seconds", type=int, help="Per-shard deadline in seconds.")
+@click.option("--env", "env", multiple=True, callback=_parse_env, metavar="K=V", help="Repeatable.")
+@click.option(
+    "--volume", "volumes", multiple=True, callback=_parse_volumes, metavar="ID:/PATH",
+    help="Mount a volume into every shard. Repeatable.",
+)  # fmt: skip
+@click.option("--workdir", help="Directory the command starts in (default: current, no --image).")
+@click.option("--follow", "-f", "follow_run", is_flag=True, help="Show shard status until done.")
+@click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
+def run(
+    image: str | None,
+    parallelism: int | None,
+    opportunistic: bool,
+    completion_mode: str | None,
+    backoff_limit_per_index: int | None,
+    machine: str | None,
+    timeout_seconds: int | None,
+    env: dict[str, str],
+    volumes: list[dict[str, str]],
+    workdir: str | None,
+    follow_run: bool,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run CMD as a run of N indexed shards (N = --parallelism, default 1)."""
+    fields: dict[str, Any] = {
+        "image": image,
+        "command": list(command),
+        "parallelism": parallelism,
+        "gang_scheduling": False if opportunistic else None,
+        "completion_mode": completion_mode,
+        "backoff_limit_per_index": backoff_limit_per_index,
+        "machine": machine,
+        "timeout_seconds": timeout_seconds,
+        "env": env or None,
+        "volume_mounts": volumes or None,
+        "working_dir": os.path.abspath(workdir) if workdir else None,
+    }
+    spec = build_spec(fields)  # ValidationError -> exit 2 before touching the server
+    handle = RunsClient.submit(state().config(), spec)
+    if not follow_run:
+        if as_json:
+            echo_json(handle.view.to_wire())
+        else:
+            click.echo(handle.id)
+        return
+    if not as_json:
+        click.echo(f"{handle.id}  {render.spec_line(handle.view)}")
+    try:
+        final = follow(handle, sys.stdout, tty=sys.stdout.isatty(), quiet=as_json)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped following; run {handle.id} continues."
+            f" Cancel it with: sylphx runs cancel {handle.id}",
+            err=True,
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    if as_json:
+        echo_json(final.to_wire())
+    raise SystemExit(EXIT_OK if final.status is RunState.SUCCEEDED else EXIT_FAILED)

@@ -1,0 +1,110 @@
+"""``sylphx runs get|list|logs|cancel``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from .._client import RunsClient
+from .._transport import LogStream
+from . import render
+from .common import EXIT_FAILED, EXIT_INTERRUPTED, Group, echo_json, state
+
+CANCEL_WAIT_SECONDS = 30.0
+
+
+@click.group(cls=Group)
+def runs() -> None:
+    """Inspect, follow and cancel runs."""
+
+
+@runs.command("get")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the RunView and shards as JSON.")
+def get(run_id: str, as_json: bool) -> None:
+    """Show a run's aggregate status and per-shard table."""
+    run = RunsClient.get(state().config(), run_id)
+    shards = run.shards()
+    if as_json:
+        echo_json({**run.view.to_wire(), "shards": [s.to_wire() for s in shards]})
+        return
+    click.echo(render.aggregate_line(run.view))
+    click.echo(render.spec_line(run.view))
+    click.echo(
+        f"created {render.fmt_time(run.view.created_at)}"
+        f"  started {render.fmt_time(run.view.started_at)}"
+        f"  ended {render.fmt_time(run.view.ended_at)}"
+    )
+    click.echo()
+    click.echo("\n".join(render.shard_table(shards, reason=True)))
+
+
+@runs.command("list")
+@click.option("--status", help="Only runs in this state (queued, running, succeeded, ...).")
+@click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
+@click.option("--cursor", help="Continue after this run id (from a previous page).")
+@click.option("--json", "as_json", is_flag=True, help="Print the RunList as JSON.")
+def list_runs(status: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List runs, newest first."""
+    page = RunsClient.list(state().config(), status=status, limit=limit, cursor=cursor)
+    if as_json:
+        echo_json(page.to_wire())
+        return
+    if not page.items:
+        click.echo("no runs", err=True)
+        return
+    click.echo("\n".join(render.runs_table(page.items)))
+    if page.next_cursor:
+        click.echo(f"more: sylphx runs list --cursor {page.next_cursor}", err=True)
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.option("--shard", type=int, required=True, help="Shard index, 0..N-1.")
+@click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr instead of stdout.")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the shard ends.")
+@click.option("--attempt", type=int, help="A specific attempt (default: the latest).")
+def logs(run_id: str, shard: int, use_stderr: bool, follow: bool, attempt: int | None) -> None:
+    """Write one shard's output to stdout as it arrives."""
+    run = RunsClient.get(state().config(), run_id)
+    out = sys.stdout.buffer
+    stream: LogStream = "stderr" if use_stderr else "stdout"
+    try:
+        for chunk in run.stream_log_bytes(shard, stream, follow=follow, attempt=attempt):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+        raise SystemExit(0) from None
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--no-wait", is_flag=True, help="Return once the cancel is accepted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
+def cancel(run_id: str, no_wait: bool, as_json: bool) -> None:
+    """Cancel a run; by default wait up to 30 s for it to end."""
+    config = state().config()
+    view = RunsClient.cancel(config, run_id)
+    if not no_wait:
+        run = RunsClient.get(config, run_id)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        view = run.view
+        while not view.status.terminal and time.monotonic() < deadline:
+            time.sleep(0.5)
+            view = run.refresh()
+    if as_json:
+        echo_json(view.to_wire())
+    else:
+        click.echo(render.aggregate_line(view))
+    if not no_wait and not view.status.terminal:
+        click.echo(
+            f"error: run {run_id} is still {view.status.value} after"
+            f" {CANCEL_WAIT_SECONDS:g}s; check `sylphx runs get {run_id}`",
+            err=True,
+        )
+        raise SystemExit(EXIT_FAILED)

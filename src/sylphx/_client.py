@@ -1,0 +1,289 @@
+"""The synchronous SDK: ``RunsClient.run_distributed(config, ...)`` returns a :class:`Run`."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ._machines import MachineName
+from ._spec import CompletionMode, RunSpec
+from ._states import RunState
+from ._transport import (
+    ClientConfig,
+    LogStream,
+    VolumeMountLike,
+    as_sylphx,
+    build_spec,
+    check,
+    create_client,
+    is_retryable_connect,
+    json_body,
+    list_params,
+    log_params,
+    parse_list,
+    parse_model,
+    spec_fields,
+    stream_timeout,
+)
+from ._views import Aggregate, Logs, RunList, RunView, ShardView, VolumeView
+
+__all__ = ["ClientConfig", "Run", "RunsClient", "VolumesClient", "create_client"]
+
+
+def _recover(config: ClientConfig, exc: Exception) -> bool:
+    """After a refused connection, restart the embedded server; True if worth retrying."""
+    if config.embedded_home is None or not is_retryable_connect(exc):
+        return False
+    from ._embedded import ensure_local_server
+
+    ensure_local_server(config.embedded_home)
+    return True
+
+
+def _request(
+    config: ClientConfig,
+    method: str,
+    path: str,
+    *,
+    json: Any = None,
+    params: Mapping[str, str | int] | None = None,
+) -> httpx.Response:
+    for attempt in (1, 2):
+        try:
+            response = config.http().request(method, path, json=json, params=params)
+            return response
+        except httpx.HTTPError as exc:
+            if attempt == 1 and _recover(config, exc):
+                continue
+            raise as_sylphx(config, exc) from exc
+    raise AssertionError("unreachable")
+
+
+def _stream(
+    config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool, lines: bool
+) -> Iterator[Any]:
+    path = f"/v1/runs/{quote(run_id, safe='')}/logs"
+    for attempt in (1, 2):
+        started = False
+        try:
+            with config.http().stream(
+                "GET", path, params=params, timeout=stream_timeout(config, follow)
+            ) as response:
+                started = True
+                if not response.is_success:
+                    response.read()
+                    check(response)
+                yield from (response.iter_lines() if lines else response.iter_bytes())
+            return
+        except httpx.HTTPError as exc:
+            if attempt == 1 and not started and _recover(config, exc):
+                continue
+            raise as_sylphx(config, exc) from exc
+
+
+def _run_path(run_id: str, suffix: str = "") -> str:
+    return f"/v1/runs/{quote(run_id, safe='')}{suffix}"
+
+
+class Run:
+    """A handle on one submitted run; every method asks the control plane afresh."""
+
+    def __init__(self, config: ClientConfig, view: RunView) -> None:
+        self._config = config
+        self._view = view
+
+    @property
+    def id(self) -> str:
+        """The run id, e.g. ``wrk_01jd3x8q2m7k4f9a``."""
+        return self._view.id
+
+    @property
+    def view(self) -> RunView:
+        """The RunView last fetched (see :meth:`refresh`)."""
+        return self._view
+
+    @property
+    def status(self) -> RunState:
+        """The status as of the last fetch."""
+        return self._view.status
+
+    def refresh(self) -> RunView:
+        """Fetch the current RunView."""
+        body = json_body(_request(self._config, "GET", _run_path(self.id)))
+        self._view = parse_model(RunView, body, "run")
+        return self._view
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> Aggregate:
+        """Block until the run is terminal and return its aggregate.
+
+        Raises TimeoutError if ``timeout`` seconds pass first (the run keeps going).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.refresh()
+            if view.status.terminal:
+                return view.aggregate
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"run {self.id} is still {view.status} after {timeout:g}s"
+                    f" ({view.aggregate.succeeded}/{view.aggregate.total} shards succeeded)"
+                )
+            pause = poll_interval
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(pause)
+
+    def shards(self) -> list[ShardView]:
+        """Every shard with its status, attempts, exit code and history."""
+        body = json_body(_request(self._config, "GET", _run_path(self.id, "/shards")))
+        return parse_list(ShardView, body, "shard")
+
+    def logs(self, shard: int, attempt: int | None = None) -> Logs:
+        """The captured stdout and stderr of one shard (its latest attempt by default)."""
+        out = {
+            stream: b"".join(self.stream_log_bytes(shard, stream, follow=False, attempt=attempt))
+            for stream in ("stdout", "stderr")
+        }
+        return Logs(
+            stdout=out["stdout"].decode(errors="replace"),
+            stderr=out["stderr"].decode(errors="replace"),
+        )
+
+    def stream_logs(
+        self,
+        shard: int,
+        stream: LogStream = "stdout",
+        follow: bool = True,
+        attempt: int | None = None,
+    ) -> Iterator[str]:
+        """Yield one shard's output line by line (without newlines); with ``follow``,
+        until the shard ends."""
+        params = log_params(shard, stream, follow, attempt)
+        return _stream(self._config, self.id, params, follow, lines=True)
+
+    def stream_log_bytes(
+        self,
+        shard: int,
+        stream: LogStream = "stdout",
+        follow: bool = True,
+        attempt: int | None = None,
+    ) -> Iterator[bytes]:
+        """Yield one shard's raw output as it arrives."""
+        params = log_params(shard, stream, follow, attempt)
+        return _stream(self._config, self.id, params, follow, lines=False)
+
+    def cancel(self) -> RunView:
+        """Ask the control plane to cancel the run (asynchronous; see :meth:`wait`)."""
+        self._view = RunsClient.cancel(self._config, self.id)
+        return self._view
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, status={self._view.status.value!r})"
+
+
+class RunsClient:
+    """Submit and inspect runs. Mirrors the TypeScript SDK: ``RunsClient.run_distributed``."""
+
+    @staticmethod
+    def submit(config: ClientConfig, spec: RunSpec) -> Run:
+        """Submit an already validated spec."""
+        response = _request(config, "POST", "/v1/runs", json=spec.to_wire())
+        return Run(config, parse_model(RunView, json_body(response), "run"))
+
+    @staticmethod
+    def run_distributed(
+        config: ClientConfig,
+        *,
+        command: Sequence[str],
+        image: str | None = None,
+        parallelism: int | None = None,
+        machine: MachineName | None = None,
+        gang_scheduling: bool | None = None,
+        backoff_limit_per_index: int | None = None,
+        completion_mode: CompletionMode | None = None,
+        volume_mounts: Iterable[VolumeMountLike] | None = None,
+        timeout_seconds: int | None = None,
+        env: Mapping[str, str] | None = None,
+        working_dir: str | None = None,
+    ) -> Run:
+        """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
+
+        The spec is validated locally first (same errors as the server). With no
+        ``image``, the command runs on the host in ``working_dir`` (default: cwd).
+        """
+        fields = spec_fields(
+            image=image, command=command, parallelism=parallelism, machine=machine,
+            gang_scheduling=gang_scheduling, backoff_limit_per_index=backoff_limit_per_index,
+            completion_mode=completion_mode, volume_mounts=volume_mounts,
+            timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,
+        )  # fmt: skip
+        return RunsClient.submit(config, build_spec(fields))
+
+    @staticmethod
+    def run(
+        config: ClientConfig,
+        *,
+        command: Sequence[str],
+        image: str | None = None,
+        machine: MachineName | None = None,
+        volume_mounts: Iterable[VolumeMountLike] | None = None,
+        timeout_seconds: int | None = None,
+        env: Mapping[str, str] | None = None,
+        working_dir: str | None = None,
+    ) -> Run:
+        """Start a single-shard run (the N=1 case of :meth:`run_distributed`)."""
+        fields = spec_fields(
+            image=image, command=command, machine=machine, volume_mounts=volume_mounts,
+            timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,
+        )  # fmt: skip
+        return RunsClient.submit(config, build_spec(fields))
+
+    @staticmethod
+    def get(config: ClientConfig, run_id: str) -> Run:
+        """A handle on an existing run (raises NotFound for unknown ids)."""
+        body = json_body(_request(config, "GET", _run_path(run_id)))
+        return Run(config, parse_model(RunView, body, "run"))
+
+    @staticmethod
+    def list(
+        config: ClientConfig,
+        status: RunState | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunList:
+        """One page of runs, newest first; pass ``next_cursor`` as ``cursor`` for more."""
+        params = list_params(None if status is None else str(status), limit, cursor)
+        body = json_body(_request(config, "GET", "/v1/runs", params=params))
+        return parse_model(RunList, body, "run list")
+
+    @staticmethod
+    def cancel(config: ClientConfig, run_id: str) -> RunView:
+        """Request cancellation; the run becomes ``cancelled`` within seconds."""
+        body = json_body(_request(config, "POST", _run_path(run_id, "/cancel")))
+        return parse_model(RunView, body, "run")
+
+
+class VolumesClient:
+    """Create, list and delete the ReadWriteMany volumes runs mount."""
+
+    @staticmethod
+    def create(config: ClientConfig, name: str | None = None) -> VolumeView:
+        """Create a volume; mount it with ``volume_mounts=[{"volume_id": v.id, ...}]``."""
+        body = json_body(_request(config, "POST", "/v1/volumes", json={"name": name}))
+        return parse_model(VolumeView, body, "volume")
+
+    @staticmethod
+    def list(config: ClientConfig) -> builtins.list[VolumeView]:
+        """Every volume."""
+        body = json_body(_request(config, "GET", "/v1/volumes"))
+        return parse_list(VolumeView, body, "volume")
+
+    @staticmethod
+    def delete(config: ClientConfig, volume_id: str) -> None:
+        """Delete a volume (ConflictError while a live run mounts it)."""
+        check(_request(config, "DELETE", f"/v1/volumes/{quote(volume_id, safe='')}"))

@@ -1,0 +1,138 @@
+"""Fixtures: a real control plane (uvicorn on loopback, SQLite, real processes)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from sylphx._server import ControlPlane, create_app
+from sylphx._settings import Settings
+
+TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
+
+
+@dataclass
+class Server:
+    """A running control plane and an HTTP client for it."""
+
+    url: str
+    http: httpx.Client
+    settings: Settings
+    plane: ControlPlane
+
+    def submit(self, **spec: Any) -> dict[str, Any]:
+        r = self.http.post("/v1/runs", json=spec)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        r = self.http.get(f"/v1/runs/{run_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def shards(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.http.get(f"/v1/runs/{run_id}/shards").json())
+
+    def wait(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.get(run_id)
+            if run["status"] in TERMINAL:
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"run {run_id} not terminal after {timeout}s: {self.get(run_id)}")
+
+    def wait_for(self, pred: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            time.sleep(0.05)
+        raise AssertionError("condition not met in time")
+
+
+def start_server(home: Path, **overrides: Any) -> tuple[Server, Callable[[], None]]:
+    params: dict[str, Any] = dict(
+        home=home,
+        database_url=f"sqlite:///{home / 'sylphx.db'}",
+        local_cpus=2.0,
+        local_memory=8 << 30,
+        kill_grace_seconds=1.0,
+        reconcile_interval=0.1,
+    )
+    params.update(overrides)
+    settings = Settings(**params)
+    plane = ControlPlane(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(plane), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=url, timeout=60)
+
+    def stop() -> None:
+        http.close()
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+    return Server(url, http, settings, plane), stop
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start control planes with chosen settings (capacity, grace...); all stopped after."""
+    stops: list[Callable[[], None]] = []
+
+    def make(**overrides: Any) -> Server:
+        home = tmp_path / f"home{len(stops)}"
+        server, stop = start_server(home, **overrides)
+        stops.append(stop)
+        return server
+
+    yield make
+    for stop in reversed(stops):
+        stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., Server]) -> Server:
+    """A control plane with 2 vCPU / 8 GiB of local capacity."""
+    return make_server()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A clean SYLPHX_HOME and no SYLPHX_URL, for embedded-default tests."""
+    home = tmp_path / "embedded-home"
+    for key in list(os.environ):
+        if key.startswith("SYLPHX_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SYLPHX_HOME", str(home))
+    return home

@@ -1,0 +1,251 @@
+"""Table-driven tests of the pure policies beside the reconciler."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sylphx._errors import IllegalTransition, Unschedulable
+from sylphx._server.controller import admission, backoff, deadlines, success
+from sylphx._server.controller.indexes import compress, expand
+from sylphx._server.store import RunRow, ShardRow
+from sylphx._server.transitions import transition
+from sylphx._states import RunState, ShardState
+
+S = ShardState
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("states", "cancelled", "expected"),
+    [
+        ({S.SUCCEEDED: 9}, False, RunState.SUCCEEDED),
+        ({S.SUCCEEDED: 9}, True, RunState.SUCCEEDED),  # finished before the cancel landed
+        ({S.SUCCEEDED: 5, S.FAILED: 4}, False, RunState.PARTIAL),
+        ({S.SUCCEEDED: 1, S.TIMED_OUT: 1}, False, RunState.PARTIAL),
+        ({S.FAILED: 3}, False, RunState.FAILED),
+        ({S.FAILED: 1, S.TIMED_OUT: 2}, False, RunState.FAILED),
+        ({S.TIMED_OUT: 3}, False, RunState.TIMED_OUT),
+        ({S.SUCCEEDED: 2, S.CANCELLED: 3}, True, RunState.CANCELLED),
+        ({S.CANCELLED: 3}, True, RunState.CANCELLED),
+        ({S.SUCCEEDED: 2, S.RUNNING: 1}, False, None),
+        ({S.PENDING: 1, S.FAILED: 1}, False, None),
+        ({}, False, None),
+    ],
+)
+def test_final_status(states: dict[ShardState, int], cancelled: bool, expected: RunState) -> None:
+    assert success.final_status(Counter(states), cancel_requested=cancelled) == expected
+
+
+def test_aggregate_counts() -> None:
+    counts = Counter(
+        {
+            S.SUCCEEDED: 2,
+            S.FAILED: 1,
+            S.TIMED_OUT: 1,
+            S.CANCELLED: 1,
+            S.RUNNING: 2,
+            S.STARTING: 1,
+            S.PENDING: 3,
+        }
+    )
+    agg = success.aggregate(RunState.RUNNING, counts)
+    assert agg.to_wire() == {
+        "status": "running",
+        "succeeded": 2,
+        "failed": 1,
+        "timedOut": 1,
+        "cancelled": 1,
+        "running": 3,
+        "pending": 3,
+        "total": 11,
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "stop", "failures", "budget", "attempt_state", "shard_state", "exit_code", "used"),
+    [
+        (0, None, 0, 3, S.SUCCEEDED, S.SUCCEEDED, 0, False),
+        (1, None, 0, 3, S.FAILED, S.PENDING, 1, True),  # retry
+        (1, None, 2, 3, S.FAILED, S.PENDING, 1, True),
+        (1, None, 3, 3, S.FAILED, S.FAILED, 1, True),  # budget exhausted
+        (1, None, 0, 0, S.FAILED, S.FAILED, 1, True),  # gang: no retries
+        (-9, None, 0, 0, S.FAILED, S.FAILED, 137, True),
+        (-15, "timeout", 0, 3, S.TIMED_OUT, S.TIMED_OUT, 143, False),
+        (0, "timeout", 0, 3, S.TIMED_OUT, S.TIMED_OUT, 0, False),
+        (-15, "cancel", 0, 3, S.CANCELLED, S.CANCELLED, 143, False),
+    ],
+)
+def test_backoff(
+    code: int,
+    stop: str | None,
+    failures: int,
+    budget: int,
+    attempt_state: S,
+    shard_state: S,
+    exit_code: int,
+    used: bool,
+) -> None:
+    out = backoff.decide(code, stop_reason=stop, failures=failures, budget=budget)
+    assert (out.attempt_state, out.shard_state, out.exit_code, out.uses_budget) == (
+        attempt_state,
+        shard_state,
+        exit_code,
+        used,
+    )
+
+
+def test_backoff_reasons() -> None:
+    assert backoff.decide(-9, stop_reason=None, failures=0, budget=0).reason == "Killed by SIGKILL"
+    assert backoff.decide(2, stop_reason=None, failures=0, budget=0).reason == "Error"
+    assert (
+        backoff.decide(127, stop_reason=None, failures=0, budget=0, reason="LaunchError: x").reason
+        == "LaunchError: x"
+    )
+
+
+CPU2 = admission.Resources.of_host(2, 8 << 30)
+
+
+@pytest.mark.parametrize(
+    ("cands", "free", "starts", "waiting"),
+    [
+        # a gang that fits starts whole
+        ([("a", True, "nano", 9)], CPU2, {"a": 9}, set()),
+        # a gang that does not fit starts nothing; the opportunistic run behind it backfills
+        ([("a", True, "standard", 3), ("b", False, "standard", 3)], CPU2, {"b": 2}, {"a", "b"}),
+        # gang runs go before opportunistic ones submitted earlier
+        ([("o", False, "standard", 2), ("g", True, "standard", 2)], CPU2, {"g": 2}, {"o"}),
+        # opportunistic: start what fits, by memory too
+        ([("m", False, "large", 4)], admission.Resources.of_host(64, 8 << 30), {"m": 2}, {"m"}),
+        # nothing free: everyone waits
+        ([("a", True, "nano", 1)], admission.ZERO, {}, {"a"}),
+    ],
+)
+def test_admit(
+    cands: list[tuple[str, bool, str, int]],
+    free: admission.Resources,
+    starts: dict[str, int],
+    waiting: set[str],
+) -> None:
+    decision = admission.admit([admission.Candidate(*c) for c in cands], free)
+    assert decision.starts == starts
+    assert set(decision.waiting) == waiting
+
+
+def test_waiting_message_has_the_numbers() -> None:
+    d = admission.admit([admission.Candidate("a", True, "large", 9)], CPU2)
+    assert d.waiting["a"] == (
+        "waiting for capacity: needs 18 vCPU / 36 GiB at once (9 x large); 2 vCPU / 8 GiB free"
+    )
+
+
+def test_check_schedulable_gang_never_fits() -> None:
+    with pytest.raises(Unschedulable) as err:
+        admission.check_schedulable(machine="large", parallelism=9, gang=True, total=CPU2)
+    assert "needs 18 vCPU / 36 GiB at once" in err.value.message
+    assert "reduce parallelism to <= 1" in err.value.message
+    assert "gangScheduling: false" in err.value.message
+    # opportunistic: fine, shards start as capacity frees
+    admission.check_schedulable(machine="large", parallelism=9, gang=False, total=CPU2)
+    with pytest.raises(Unschedulable, match="one 2xlarge shard needs 8 vCPU"):
+        admission.check_schedulable(machine="2xlarge", parallelism=1, gang=False, total=CPU2)
+
+
+LIVE = deadlines.LiveAttempt(T0, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "seconds_later", "cancel", "expected"),
+    [
+        (LIVE, 5, False, None),
+        (LIVE, 10, False, ("term", "timeout")),
+        (LIVE, 1, True, ("term", "cancel")),
+        (deadlines.LiveAttempt(T0, "timeout", T0 + timedelta(seconds=10), None), 11, False, None),
+        (
+            deadlines.LiveAttempt(T0, "timeout", T0 + timedelta(seconds=10), None),
+            12,
+            False,
+            ("kill", "timeout"),
+        ),
+        (deadlines.LiveAttempt(T0, "cancel", T0, T0 + timedelta(seconds=2)), 30, True, None),
+    ],
+)
+def test_deadlines(
+    attempt: deadlines.LiveAttempt,
+    seconds_later: int,
+    cancel: bool,
+    expected: tuple[str, str] | None,
+) -> None:
+    now = T0 + timedelta(seconds=seconds_later)
+    got = deadlines.next_action(
+        attempt, now=now, timeout_seconds=10, grace_seconds=2, cancel_requested=cancel
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("indexes", "text"),
+    [([], ""), ([7], "7"), ([0, 1, 2, 3, 7], "0-3,7"), ([9, 10, 1, 0], "0-1,9-10")],
+)
+def test_index_sets(indexes: list[int], text: str) -> None:
+    assert compress(indexes) == text
+    assert expand(text) == sorted(indexes)
+
+
+def test_index_set_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        expand("3-1")
+
+
+def _shard(state: S) -> ShardRow:
+    return ShardRow(run_id="wrk_x", index=0, state=state.value, attempts=0, failures=0)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        (S.PENDING, S.STARTING),
+        (S.STARTING, S.RUNNING),
+        (S.RUNNING, S.SUCCEEDED),
+        (S.RUNNING, S.PENDING),
+        (S.RUNNING, S.TIMED_OUT),
+        (S.PENDING, S.CANCELLED),
+        (S.STARTING, S.FAILED),
+    ],
+)
+def test_legal_shard_transitions(src: S, dst: S) -> None:
+    shard = _shard(src)
+    transition(shard, dst, T0)
+    assert shard.state == dst.value
+    assert (shard.ended_at is not None) == dst.terminal
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        (S.PENDING, S.RUNNING),
+        (S.PENDING, S.SUCCEEDED),
+        (S.SUCCEEDED, S.PENDING),
+        (S.FAILED, S.RUNNING),
+        (S.CANCELLED, S.PENDING),
+        (S.TIMED_OUT, S.SUCCEEDED),
+    ],
+)
+def test_illegal_shard_transitions(src: S, dst: S) -> None:
+    with pytest.raises(IllegalTransition, match=f"{src.value} -> {dst.value}"):
+        transition(_shard(src), dst, T0)
+
+
+def test_run_transitions() -> None:
+    run = RunRow(id="wrk_x", state="queued")
+    transition(run, RunState.RUNNING, T0)
+    assert run.started_at == T0
+    transition(run, RunState.PARTIAL, T0)
+    assert run.ended_at == T0
+    with pytest.raises(IllegalTransition):
+        transition(run, RunState.RUNNING, T0)
+    with pytest.raises(IllegalTransition):
+        transition(RunRow(id="wrk_y", state="queued"), RunState.SUCCEEDED, T0)

@@ -1,0 +1,366 @@
+"""Core run behaviour on a real control plane with real processes and real SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+from conftest import Server, pid_alive, start_server
+
+PY = sys.executable
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+def test_nine_shard_gang_runs_every_index_exactly_once(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    run = server.submit(
+        command=sh(
+            'echo "$SYLPHX_SHARD_INDEX $SYLPHX_SHARD_COUNT $SYLPHX_SHARD_ATTEMPT '
+            '$SYLPHX_RUN_ID" >> "$OUT/$SYLPHX_SHARD_INDEX"'
+        ),
+        parallelism=9,
+        machine="nano",
+        env={"OUT": str(out)},
+    )
+    assert run["id"].startswith("wrk_")
+    assert run["spec"]["gangScheduling"] is True and run["spec"]["completionMode"] == "Indexed"
+    done = server.wait(run["id"])
+    assert done["status"] == "succeeded"
+    assert done["aggregate"] == {
+        "status": "succeeded",
+        "succeeded": 9,
+        "failed": 0,
+        "timedOut": 0,
+        "cancelled": 0,
+        "running": 0,
+        "pending": 0,
+        "total": 9,
+    }
+    assert sorted(p.name for p in out.iterdir()) == [str(i) for i in range(9)]
+    for i in range(9):
+        assert (out / str(i)).read_text().splitlines() == [f"{i} 9 1 {run['id']}"]
+    shards = server.shards(run["id"])
+    assert [(s["index"], s["status"], s["exitCode"], s["attempts"]) for s in shards] == [
+        (i, "succeeded", 0, 1) for i in range(9)
+    ]
+    assert done["startedAt"] and done["endedAt"]
+
+
+def test_odd_shards_failing_is_partial_with_exit_codes(server: Server) -> None:
+    run = server.submit(
+        command=sh("exit $((SYLPHX_SHARD_INDEX % 2 * 3))"), parallelism=6, machine="nano"
+    )
+    done = server.wait(run["id"])
+    assert done["status"] == "partial"
+    assert (done["aggregate"]["succeeded"], done["aggregate"]["failed"]) == (3, 3)
+    assert done["message"] == "3/6 succeeded; failed: 1,3,5"
+    assert [s["exitCode"] for s in server.shards(run["id"])] == [0, 3, 0, 3, 0, 3]
+
+
+def test_all_shards_failing_is_failed(server: Server) -> None:
+    run = server.submit(command=["false"], parallelism=3, machine="nano")
+    assert server.wait(run["id"])["status"] == "failed"
+
+
+def test_opportunistic_retry_succeeds_on_third_attempt(server: Server, tmp_path: Path) -> None:
+    run = server.submit(
+        command=sh('[ "$SYLPHX_SHARD_INDEX" = 1 ] || [ "$SYLPHX_SHARD_ATTEMPT" -ge 3 ]'),
+        parallelism=2,
+        machine="nano",
+        gangScheduling=False,
+        backoffLimitPerIndex=3,
+    )
+    done = server.wait(run["id"])
+    assert done["status"] == "succeeded"
+    shard0, shard1 = server.shards(run["id"])
+    assert shard0["attempts"] == 3 and shard1["attempts"] == 1
+    assert [(a["attempt"], a["status"], a["exitCode"]) for a in shard0["history"]] == [
+        (1, "failed", 1),
+        (2, "failed", 1),
+        (3, "succeeded", 0),
+    ]
+
+
+def test_retry_budget_exhausted_fails_that_index_only(server: Server) -> None:
+    run = server.submit(
+        command=sh('[ "$SYLPHX_SHARD_INDEX" != 2 ]'),
+        parallelism=4,
+        machine="nano",
+        gangScheduling=False,
+        backoffLimitPerIndex=1,
+    )
+    done = server.wait(run["id"])
+    assert done["status"] == "partial"
+    shards = server.shards(run["id"])
+    assert [(s["status"], s["attempts"]) for s in shards] == [
+        ("succeeded", 1),
+        ("succeeded", 1),
+        ("failed", 2),
+        ("succeeded", 1),
+    ]
+
+
+def test_opportunistic_default_budget_is_three(server: Server) -> None:
+    run = server.submit(command=["false"], parallelism=2, machine="nano", gangScheduling=False)
+    assert run["spec"]["backoffLimitPerIndex"] == 3
+    server.wait(run["id"])
+    assert [s["attempts"] for s in server.shards(run["id"])] == [4, 4]
+
+
+def test_timeout_kills_the_shard_and_reports_timed_out(server: Server) -> None:
+    run = server.submit(
+        command=sh('[ "$SYLPHX_SHARD_INDEX" = 0 ] || exec sleep 60'),
+        parallelism=2,
+        machine="nano",
+        timeoutSeconds=1,
+    )
+    done = server.wait(run["id"], timeout=30)
+    assert done["status"] == "partial"
+    fast, slow = server.shards(run["id"])
+    assert fast["status"] == "succeeded"
+    assert (slow["status"], slow["reason"], slow["exitCode"]) == (
+        "timed_out",
+        "DeadlineExceeded",
+        143,
+    )
+
+
+def test_shard_ignoring_sigterm_is_killed_after_grace(server: Server) -> None:
+    run = server.submit(command=sh("trap '' TERM; sleep 60"), timeoutSeconds=1)
+    done = server.wait(run["id"], timeout=30)
+    assert done["status"] == "timed_out"  # every unsuccessful shard timed out
+    (shard,) = server.shards(run["id"])
+    assert (shard["status"], shard["exitCode"]) == ("timed_out", 137)
+
+
+def test_cancel_mid_flight_stops_every_process(server: Server, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    # each shard leaves a child in the background too: the whole tree must go
+    run = server.submit(
+        command=sh(
+            'sleep 60 & echo $! > "$P/child-$SYLPHX_SHARD_INDEX";'
+            ' echo $$ > "$P/main-$SYLPHX_SHARD_INDEX"; wait'
+        ),
+        parallelism=4,
+        machine="nano",
+        env={"P": str(pids)},
+    )
+    server.wait_for(lambda: len(list(pids.iterdir())) == 8)
+    live = [int(p.read_text()) for p in pids.iterdir()]
+    assert all(pid_alive(pid) for pid in live)
+    r = server.http.post(f"/v1/runs/{run['id']}/cancel")
+    assert r.status_code == 202 and r.json()["cancelRequested"] is True
+    done = server.wait(run["id"], timeout=10)
+    assert done["status"] == "cancelled"
+    assert done["aggregate"]["cancelled"] == 4
+    server.wait_for(lambda: not any(pid_alive(pid) for pid in live), timeout=5)
+
+
+def test_cancel_queued_run_settles_at_once(server: Server) -> None:
+    blocker = server.submit(command=["sleep", "60"], parallelism=2, machine="standard")
+    server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
+    queued = server.submit(command=["true"], parallelism=2, machine="standard")
+    r = server.http.post(f"/v1/runs/{queued['id']}/cancel")
+    assert r.json()["status"] == "cancelled"
+    assert [s["status"] for s in server.shards(queued["id"])] == ["cancelled", "cancelled"]
+    server.http.post(f"/v1/runs/{blocker['id']}/cancel")
+    assert server.wait(blocker["id"])["status"] == "cancelled"
+
+
+def test_gang_waits_for_capacity_while_opportunistic_starts_what_fits(server: Server) -> None:
+    # 2 vCPU host; a 1-vCPU blocker leaves 1 vCPU free
+    blocker = server.submit(command=["sleep", "60"], machine="standard")
+    server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
+    gang = server.submit(command=["true"], parallelism=2, machine="standard")
+    opp = server.submit(
+        command=["sleep", "0.2"], parallelism=2, machine="standard", gangScheduling=False
+    )
+    assert server.wait(opp["id"])["status"] == "succeeded"  # one at a time, in the free vCPU
+    waiting = server.get(gang["id"])
+    assert waiting["status"] == "queued"
+    assert "needs 2 vCPU / 4 GiB at once" in waiting["message"]
+    assert all(s["attempts"] == 0 and s["status"] == "pending" for s in server.shards(gang["id"]))
+    server.http.post(f"/v1/runs/{blocker['id']}/cancel")
+    assert server.wait(gang["id"])["status"] == "succeeded"
+
+
+def test_gang_that_can_never_fit_is_refused_at_submit(server: Server) -> None:
+    r = server.http.post(
+        "/v1/runs", json={"command": ["true"], "parallelism": 9, "machine": "large"}
+    )
+    assert r.status_code == 422
+    body = r.json()
+    assert body["error"] == "unschedulable"
+    assert "needs 18 vCPU / 36 GiB at once" in body["message"]
+    assert "reduce parallelism to <= 1" in body["message"]
+    assert server.http.get("/v1/runs").json()["items"] == []  # nothing stored
+
+
+def test_non_indexed_shards_get_count_but_no_index(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    run = server.submit(
+        command=sh('echo "${SYLPHX_SHARD_INDEX:-none} $SYLPHX_SHARD_COUNT" > "$(mktemp -p $O)"'),
+        parallelism=3,
+        machine="nano",
+        completionMode="NonIndexed",
+        env={"O": str(out)},
+    )
+    assert server.wait(run["id"])["status"] == "succeeded"
+    assert sorted(p.read_text() for p in out.iterdir()) == ["none 3\n"] * 3
+
+
+def test_missing_command_is_a_failed_launch(server: Server) -> None:
+    run = server.submit(command=["/no/such/program"])
+    assert server.wait(run["id"])["status"] == "failed"
+    (shard,) = server.shards(run["id"])
+    assert shard["exitCode"] == 127 and shard["reason"].startswith("LaunchError")
+    logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0, "stream": "stderr"})
+    assert "could not start the shard" in logs.text
+
+
+def test_working_dir_is_honoured(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "job.sh").write_text("pwd\n")
+    run = server.submit(command=["sh", "job.sh"], workingDir=str(tmp_path))
+    server.wait(run["id"])
+    logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0})
+    assert logs.text.strip() == str(tmp_path)
+
+
+def test_fifty_megabytes_of_stdout_captured_whole(server: Server) -> None:
+    size = 50 * 1024 * 1024
+    code = (
+        f"import sys\nb=bytes(range(256))*4096\n"
+        f"for _ in range({size // (256 * 4096)}): sys.stdout.buffer.write(b)"
+    )
+    run = server.submit(command=[PY, "-c", code])
+    assert server.wait(run["id"])["status"] == "succeeded"
+    digest, n = hashlib.sha256(), 0
+    with server.http.stream("GET", f"/v1/runs/{run['id']}/logs", params={"shard": 0}) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_bytes():
+            digest.update(chunk)
+            n += len(chunk)
+    assert n == size
+    assert digest.hexdigest() == hashlib.sha256(bytes(range(256)) * 4096 * 50).hexdigest()
+
+
+def test_logs_follow_streams_lines_as_they_are_written(server: Server) -> None:
+    code = "import time\nfor i in range(4):\n    print('line', i, flush=True)\n    time.sleep(0.5)"
+    run = server.submit(command=[PY, "-c", code])
+    got: list[tuple[str, str]] = []
+    params: dict[str, str | int] = {"shard": 0, "follow": "true"}
+    with server.http.stream("GET", f"/v1/runs/{run['id']}/logs", params=params) as r:
+        for line in r.iter_lines():
+            got.append((line, server.get(run["id"])["status"]))
+    assert [g[0] for g in got] == [f"line {i}" for i in range(4)]
+    assert got[0][1] == "running"  # the first line arrived while the shard still ran
+    assert server.get(run["id"])["status"] == "succeeded"
+
+
+def test_logs_of_earlier_attempts_and_unknown_shards(server: Server) -> None:
+    run = server.submit(
+        command=sh('echo "try $SYLPHX_SHARD_ATTEMPT"; exit 1'),
+        parallelism=2,
+        machine="nano",
+        gangScheduling=False,
+        backoffLimitPerIndex=1,
+    )
+    server.wait(run["id"])
+    base = f"/v1/runs/{run['id']}/logs"
+    assert server.http.get(base, params={"shard": 0}).text == "try 2\n"
+    assert server.http.get(base, params={"shard": 0, "attempt": 1}).text == "try 1\n"
+    missing = server.http.get(base, params={"shard": 5})
+    assert missing.status_code == 404 and "pick a shard from 0 to 1" in missing.json()["message"]
+    assert server.http.get(base, params={"shard": 0, "attempt": 9}).status_code == 404
+    assert server.http.get("/v1/runs/wrk_nope/logs", params={"shard": 0}).status_code == 404
+
+
+def test_unknown_run_ids_are_404_everywhere(server: Server) -> None:
+    for method, path in [
+        ("GET", "/v1/runs/wrk_nope"),
+        ("GET", "/v1/runs/wrk_nope/shards"),
+        ("POST", "/v1/runs/wrk_nope/cancel"),
+    ]:
+        r = server.http.request(method, path)
+        assert r.status_code == 404
+        assert r.json()["message"].startswith("run 'wrk_nope' not found")
+
+
+def test_list_filters_and_paginates(server: Server) -> None:
+    ids = [server.submit(command=["true"])["id"] for _ in range(3)]
+    bad = server.submit(command=["false"])["id"]
+    for rid in [*ids, bad]:
+        server.wait(rid)
+    page1 = server.http.get("/v1/runs", params={"limit": 2}).json()
+    assert [r["id"] for r in page1["items"]] == [bad, ids[2]]
+    page2 = server.http.get("/v1/runs", params={"limit": 2, "cursor": page1["nextCursor"]}).json()
+    assert [r["id"] for r in page2["items"]] == [ids[1], ids[0]]
+    assert page2["nextCursor"] is None
+    failed = server.http.get("/v1/runs", params={"status": "failed"}).json()["items"]
+    assert [r["id"] for r in failed] == [bad]
+    assert failed[0]["aggregate"]["failed"] == 1
+    r = server.http.get("/v1/runs", params={"status": "bogus"})
+    assert r.status_code == 422 and r.json()["details"][0]["field"] == "status"
+
+
+def test_volume_is_mounted_into_every_shard(server: Server) -> None:
+    vol = server.http.post("/v1/volumes", json={"name": "cache"}).json()
+    assert vol["id"].startswith("vol_")
+    run = server.submit(
+        command=sh('echo "part $SYLPHX_SHARD_INDEX" > /cache/part-$SYLPHX_SHARD_INDEX'),
+        parallelism=3,
+        machine="nano",
+        volumeMounts=[{"volumeId": vol["id"], "mountPath": "/cache"}],
+    )
+    assert server.wait(run["id"])["status"] == "succeeded"
+    merge = server.submit(
+        command=sh("cat /cache/part-*"),
+        volumeMounts=[{"volumeId": vol["id"], "mountPath": "/cache"}],
+    )
+    server.wait(merge["id"])
+    text = server.http.get(f"/v1/runs/{merge['id']}/logs", params={"shard": 0}).text
+    assert text == "part 0\npart 1\npart 2\n"
+    assert not Path("/cache").exists()  # created in the shard's mount namespace, not the host
+    assert [v["id"] for v in server.http.get("/v1/volumes").json()] == [vol["id"]]
+    assert server.http.delete(f"/v1/volumes/{vol['id']}").status_code == 204
+    r = server.http.post(
+        "/v1/runs",
+        json={"command": ["true"], "volumeMounts": [{"volumeId": vol["id"], "mountPath": "/c"}]},
+    )
+    assert r.status_code == 404 and "does not exist" in r.json()["message"]
+
+
+def test_restart_marks_orphaned_attempts_and_kills_them(tmp_path: Path) -> None:
+    home = tmp_path / "restart-home"
+    first, stop_first = start_server(home)
+    pidfile = tmp_path / "pid"
+    run = first.submit(command=sh(f"echo $$ > {pidfile}; exec sleep 60"))
+    first.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+    pid = int(pidfile.read_text())
+    stop_first()  # the shard outlives the server...
+    assert pid_alive(pid)
+    second, stop_second = start_server(home)
+    try:
+        done = second.wait(run["id"])  # ...and the restarted one settles it
+        assert done["status"] == "failed"
+        (shard,) = second.shards(run["id"])
+        assert shard["reason"] == "Orphaned: the control plane restarted"
+        second.wait_for(lambda: not pid_alive(pid), timeout=5)
+    finally:
+        stop_second()
+
+
+def test_idempotent_ticks(server: Server) -> None:
+    run = server.submit(command=["true"], parallelism=3, machine="nano")
+    server.wait(run["id"])
+    before = server.shards(run["id"])
+    for _ in range(3):
+        server.plane.reconciler.tick()
+    assert server.shards(run["id"]) == before
