@@ -128,11 +128,15 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A clean SYLPHX_HOME and no SYLPHX_URL, for embedded-default tests."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A clean SYLPHX_HOME and no SYLPHX_URL, for embedded-default tests; the embedded
+    control plane started under it is stopped afterwards."""
+    from sylphx._embedded import stop_local_server
+
     home = tmp_path / "embedded-home"
     for key in list(os.environ):
         if key.startswith("SYLPHX_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("SYLPHX_HOME", str(home))
-    return home
+    yield home
+    stop_local_server(home)

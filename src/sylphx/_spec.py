@@ -272,8 +272,11 @@ _FIXES_FOR_MISSING = {"command": 'give the argv to run, e.g. ["python", "train.p
 
 
 def _loc_text(loc: tuple[int | str, ...]) -> str:
+    """``("volume_mounts", 0, "mountPath")`` -> ``volumeMounts[0].mountPath`` (wire names)."""
     out = ""
     for part in loc:
+        if isinstance(part, str) and part in _WIRE_NAMES:
+            part = _WIRE_NAMES[part]
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -327,3 +330,10 @@ def validation_error(
     details = [d for d in details if not (d["rule"] == "is required" and d["field"] in suggested)]
     lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix'].rstrip('.?')}" for d in details]
     return ValidationError("; ".join(lines), details=details)
+
+
+_WIRE_NAMES = {
+    name: field.alias or name
+    for model in (RunSpec, VolumeMount)
+    for name, field in model.model_fields.items()
+}
