@@ -67,7 +67,10 @@ demo: venv system-deps
 	set -x; \
 	"$(BIN)/sylphx" run --parallelism $(DEMO_SHARDS) --machine $(DEMO_MACHINE) --follow \
 	  --env OUT_DIR="$(DEMO_OUT)" \
-	  -- python "$(CURDIR)/examples/montecarlo_pi.py"; \
+	  -- python "$(CURDIR)/examples/montecarlo_pi.py" | tee "$$SYLPHX_HOME/demo-run.txt"; \
+	run_id=$$(awk 'NR==1 {print $$1}' "$$SYLPHX_HOME/demo-run.txt"); \
+	"$(BIN)/sylphx" runs logs "$$run_id" --shard 3; \
+	"$(BIN)/sylphx" runs logs "$$run_id" --shard 3 --stderr; \
 	"$(BIN)/python" "$(CURDIR)/examples/merge_pi.py" "$(DEMO_OUT)" --shards $(DEMO_SHARDS)
 
 test: venv system-deps
