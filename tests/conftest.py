@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from sylphx._server import ControlPlane, create_app
+from sylphx._server import ControlPlane, create_app, orgs
 from sylphx._settings import Settings
 
 TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
@@ -23,12 +23,25 @@ TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
 
 @dataclass
 class Server:
-    """A running control plane and an HTTP client for it."""
+    """A running control plane, an org on it, and an HTTP client holding that org's key."""
 
     url: str
     http: httpx.Client
     settings: Settings
     plane: ControlPlane
+    token: str
+
+    def new_org(self, name: str, plan: str = "enterprise", **limits: Any) -> str:
+        """Create another org with a key; returns the key."""
+        with self.plane.sessions.begin() as s:
+            orgs.create_org(s, name, plan=plan, now=ControlPlane.now(), **limits)
+            return orgs.create_key(s, name, name="test", now=ControlPlane.now())[1]
+
+    def client(self, token: str) -> httpx.Client:
+        """An HTTP client authenticated as ``token``."""
+        return httpx.Client(
+            base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def submit(self, **spec: Any) -> dict[str, Any]:
         r = self.http.post("/v1/runs", json=spec)
@@ -86,7 +99,11 @@ def start_server(home: Path, **overrides: Any) -> tuple[Server, Callable[[], Non
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
     url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, timeout=60)
+    with plane.sessions.begin() as s:
+        if s.get(orgs.OrgRow, "org_test") is None:
+            orgs.create_org(s, "test", plan="enterprise", now=plane.now(), org_id="org_test")
+        token = orgs.create_key(s, "org_test", name="tests", now=plane.now())[1]
+    http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
 
     def stop() -> None:
         http.close()
@@ -94,7 +111,7 @@ def start_server(home: Path, **overrides: Any) -> tuple[Server, Callable[[], Non
         thread.join(timeout=15)
         sock.close()
 
-    return Server(url, http, settings, plane), stop
+    return Server(url, http, settings, plane, token), stop
 
 
 @pytest.fixture

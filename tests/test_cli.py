@@ -17,11 +17,17 @@ SYLPHX = [sys.executable, "-m", "sylphx"]
 
 
 def cli(
-    *args: str, url: str | None = None, cwd: Path | None = None, timeout: float = 120
+    *args: str,
+    url: str | None = None,
+    cwd: Path | None = None,
+    token: str | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if url is not None:
         env["SYLPHX_URL"] = url
+    if token is not None:
+        env["SYLPHX_TOKEN"] = token
     return subprocess.run(
         [*SYLPHX, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
     )
@@ -56,14 +62,16 @@ INVALID = [
 
 @pytest.mark.parametrize(("args", "words"), INVALID)
 def test_cli_refuses_invalid_specs_with_exit_2(server: Server, args: list[str], words: str) -> None:
-    r = cli("run", *args, "--", "true", url=server.url)
+    r = cli("run", *args, "--", "true", url=server.url, token=server.token)
     assert r.returncode == 2, r.stdout + r.stderr
     assert words in r.stderr
     assert "Fix" in r.stderr or "fix" in r.stderr.lower()
 
 
 def test_cli_unschedulable_gang_exits_2_with_the_numbers(server: Server) -> None:
-    r = cli("run", "-n", "9", "--machine", "large", "--", "true", url=server.url)
+    r = cli(
+        "run", "-n", "9", "--machine", "large", "--", "true", url=server.url, token=server.token
+    )
     assert r.returncode == 2
     assert "needs 18 vCPU / 36 GiB at once" in r.stderr
 
@@ -83,15 +91,18 @@ def test_run_follow_get_logs_list(server: Server) -> None:
         "-c",
         'echo "$WORD $SYLPHX_SHARD_INDEX"; [ "$SYLPHX_SHARD_INDEX" != 2 ]',
         url=server.url,
+        token=server.token,
     )
     assert r.returncode == 1, r.stderr  # partial is not success
     run_id = r.stdout.split()[0]
     assert run_id.startswith("wrk_")
     assert "partial" in r.stdout
-    got = cli("runs", "get", run_id, url=server.url)
+    got = cli("runs", "get", run_id, url=server.url, token=server.token)
     assert got.returncode == 0
     assert "partial" in got.stdout and "failed" in got.stdout
-    as_json = json.loads(cli("runs", "get", run_id, "--json", url=server.url).stdout)
+    as_json = json.loads(
+        cli("runs", "get", run_id, "--json", url=server.url, token=server.token).stdout
+    )
     assert as_json["aggregate"]["succeeded"] == 3
     assert [(s["index"], s["exitCode"]) for s in as_json["shards"]] == [
         (0, 0),
@@ -99,12 +110,17 @@ def test_run_follow_get_logs_list(server: Server) -> None:
         (2, 1),
         (3, 0),
     ]
-    logs = cli("runs", "logs", run_id, "--shard", "2", url=server.url)
+    logs = cli("runs", "logs", run_id, "--shard", "2", url=server.url, token=server.token)
     assert logs.returncode == 0 and logs.stdout == "hi 2\n"
-    assert cli("runs", "logs", run_id, "--shard", "2", "--stderr", url=server.url).stdout == ""
-    listed = json.loads(cli("runs", "list", "--json", url=server.url).stdout)
+    assert (
+        cli(
+            "runs", "logs", run_id, "--shard", "2", "--stderr", url=server.url, token=server.token
+        ).stdout
+        == ""
+    )
+    listed = json.loads(cli("runs", "list", "--json", url=server.url, token=server.token).stdout)
     assert run_id in [item["id"] for item in listed["items"]]
-    ok = cli("run", "--follow", "--", "true", url=server.url)
+    ok = cli("run", "--follow", "--", "true", url=server.url, token=server.token)
     assert ok.returncode == 0 and "succeeded" in ok.stdout
 
 
@@ -112,9 +128,9 @@ def test_logs_follow_and_cancel(server: Server) -> None:
     code = (
         "import time\nfor i in range(100):\n    print('tick', i, flush=True)\n    time.sleep(0.2)"
     )
-    r = cli("run", "--", sys.executable, "-c", code, url=server.url)
+    r = cli("run", "--", sys.executable, "-c", code, url=server.url, token=server.token)
     run_id = r.stdout.strip()
-    env = {**os.environ, "SYLPHX_URL": server.url}
+    env = {**os.environ, "SYLPHX_URL": server.url, "SYLPHX_TOKEN": server.token}
     follower = subprocess.Popen(
         [*SYLPHX, "runs", "logs", run_id, "--shard", "0", "--follow"],
         stdout=subprocess.PIPE,
@@ -124,7 +140,7 @@ def test_logs_follow_and_cancel(server: Server) -> None:
     assert follower.stdout is not None
     assert follower.stdout.readline() == "tick 0\n"  # streamed while the shard runs
     assert follower.stdout.readline() == "tick 1\n"
-    cancelled = cli("runs", "cancel", run_id, url=server.url)
+    cancelled = cli("runs", "cancel", run_id, url=server.url, token=server.token)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     follower.wait(timeout=15)  # the follow ends when the shard ends
     assert follower.returncode == 0
@@ -132,7 +148,7 @@ def test_logs_follow_and_cancel(server: Server) -> None:
 
 
 def test_cli_not_found(server: Server) -> None:
-    r = cli("runs", "get", "wrk_nope", url=server.url)
+    r = cli("runs", "get", "wrk_nope", url=server.url, token=server.token)
     assert r.returncode == 1 and "run 'wrk_nope' not found" in r.stderr
 
 

@@ -8,6 +8,11 @@ import sys
 import sylphx
 
 EXPECTED = {
+    "OrgView",
+    "QuotaExceeded",
+    "Unauthorized",
+    "UsageClient",
+    "UsageReport",
     "Aggregate",
     "AsyncRun",
     "AsyncRunsClient",

@@ -22,7 +22,7 @@ from sylphx import (
 
 
 def test_run_distributed_wait_shards_logs(server: Server) -> None:
-    config = create_client(server.url)
+    config = create_client(server.url, token=server.token)
     run = RunsClient.run_distributed(
         config,
         command=[
@@ -57,7 +57,7 @@ def test_single_shard_run_and_working_dir_default(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "hello.sh").write_text("echo hello from $(pwd)\n")
-    config = create_client(server.url)
+    config = create_client(server.url, token=server.token)
     run = RunsClient.run(config, command=["sh", "hello.sh"])
     assert run.wait(timeout=30).status is RunState.SUCCEEDED
     assert run.logs(shard=0).stdout == f"hello from {tmp_path}\n"
@@ -65,7 +65,7 @@ def test_single_shard_run_and_working_dir_default(
 
 
 def test_errors_are_typed_and_carry_the_message(server: Server) -> None:
-    config = create_client(server.url)
+    config = create_client(server.url, token=server.token)
     with pytest.raises(ValidationError, match="requires gangScheduling: false") as err:
         RunsClient.run_distributed(
             config, command=["true"], parallelism=4, backoff_limit_per_index=2
@@ -78,7 +78,7 @@ def test_errors_are_typed_and_carry_the_message(server: Server) -> None:
 
 
 def test_cancel_through_the_sdk(server: Server) -> None:
-    config = create_client(server.url)
+    config = create_client(server.url, token=server.token)
     run = RunsClient.run_distributed(config, command=["sleep", "60"], parallelism=2, machine="nano")
     server.wait_for(lambda: run.refresh().aggregate.running == 2)
     run.cancel()
@@ -87,7 +87,7 @@ def test_cancel_through_the_sdk(server: Server) -> None:
 
 @pytest.mark.anyio
 async def test_async_client(server: Server) -> None:
-    config = create_client(server.url)
+    config = create_client(server.url, token=server.token)
     run = await AsyncRunsClient.run_distributed(
         config,
         command=["sh", "-c", "echo async $SYLPHX_SHARD_INDEX"],

@@ -45,6 +45,7 @@ VALID: list[tuple[dict[str, Any], dict[str, Any]]] = [
         ({"machine": m}, {"machine": m})
         for m in ("nano", "micro", "small", "standard", "large", "xlarge", "2xlarge", "mem-2xlarge")
     ],
+    ({"machine": "gpu-small"}, {"machine": "gpu-small"}),  # reserved: refused at admission
     ({"timeoutSeconds": 1}, {"timeoutSeconds": 1}),
     ({"timeoutSeconds": 86400}, {"timeoutSeconds": 86400}),
     (
@@ -89,7 +90,6 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "between 0 and 50",
     ),
     ({"machine": "huge"}, "machine", "must be one of"),
-    ({"machine": "gpu-small"}, "machine", "GPU tiers are not yet admitted"),
     ({"timeoutSeconds": 0}, "timeoutSeconds", "between 1 and 86400"),
     ({"timeoutSeconds": 86401}, "timeoutSeconds", "between 1 and 86400"),
     (

@@ -14,22 +14,34 @@ one aggregate::
 from __future__ import annotations
 
 from ._async_client import AsyncRun, AsyncRunsClient, AsyncVolumesClient
-from ._client import Run, RunsClient, VolumesClient
+from ._client import Run, RunsClient, UsageClient, VolumesClient
 from ._errors import (
     ConflictError,
     ExecutorError,
     IllegalTransition,
     NotFound,
+    QuotaExceeded,
     ServerUnavailable,
     SylphxError,
     TransportError,
+    Unauthorized,
     Unschedulable,
     ValidationError,
 )
 from ._spec import RunSpec, VolumeMount
 from ._states import RunState, ShardState
 from ._transport import ClientConfig, create_client
-from ._views import Aggregate, AttemptView, Logs, RunList, RunView, ShardView, VolumeView
+from ._views import (
+    Aggregate,
+    AttemptView,
+    Logs,
+    OrgView,
+    RunList,
+    RunView,
+    ShardView,
+    UsageReport,
+    VolumeView,
+)
 
 __version__ = "0.1.0"
 
@@ -45,6 +57,8 @@ __all__ = [
     "IllegalTransition",
     "Logs",
     "NotFound",
+    "OrgView",
+    "QuotaExceeded",
     "Run",
     "RunList",
     "RunSpec",
@@ -56,7 +70,10 @@ __all__ = [
     "ShardView",
     "SylphxError",
     "TransportError",
+    "Unauthorized",
     "Unschedulable",
+    "UsageClient",
+    "UsageReport",
     "ValidationError",
     "VolumeMount",
     "VolumeView",

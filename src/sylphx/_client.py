@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -30,9 +31,25 @@ from ._transport import (
     spec_fields,
     stream_timeout,
 )
-from ._views import Aggregate, Logs, RunList, RunView, ShardView, VolumeView
+from ._views import (
+    Aggregate,
+    Logs,
+    OrgView,
+    RunList,
+    RunView,
+    ShardView,
+    UsageReport,
+    VolumeView,
+)
 
-__all__ = ["ClientConfig", "Run", "RunsClient", "VolumesClient", "create_client"]
+__all__ = [
+    "ClientConfig",
+    "Run",
+    "RunsClient",
+    "UsageClient",
+    "VolumesClient",
+    "create_client",
+]
 
 
 def _recover(config: ClientConfig, exc: Exception) -> bool:
@@ -287,3 +304,22 @@ class VolumesClient:
     def delete(config: ClientConfig, volume_id: str) -> None:
         """Delete a volume (ConflictError while a live run mounts it)."""
         check(_request(config, "DELETE", f"/v1/volumes/{quote(volume_id, safe='')}"))
+
+
+class UsageClient:
+    """The caller's org, its limits, and its metered compute-seconds."""
+
+    @staticmethod
+    def org(config: ClientConfig) -> OrgView:
+        """The org behind the API key, with its plan limits and shards in use."""
+        return parse_model(OrgView, json_body(_request(config, "GET", "/v1/org")), "org")
+
+    @staticmethod
+    def report(
+        config: ClientConfig, from_: datetime | None = None, to: datetime | None = None
+    ) -> UsageReport:
+        """Compute-seconds by run and tier over ``[from_, to)`` (default: this month),
+        credits applied first, and the billable remainder."""
+        params = {k: v.isoformat() for k, v in (("from", from_), ("to", to)) if v is not None}
+        body = json_body(_request(config, "GET", "/v1/usage", params=params))
+        return parse_model(UsageReport, body, "usage report")

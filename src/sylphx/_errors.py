@@ -13,9 +13,11 @@ __all__ = [
     "ExecutorError",
     "IllegalTransition",
     "NotFound",
+    "QuotaExceeded",
     "ServerUnavailable",
     "SylphxError",
     "TransportError",
+    "Unauthorized",
     "Unschedulable",
     "ValidationError",
 ]
@@ -52,6 +54,33 @@ class Unschedulable(SylphxError):
 
     status_code = 422
     code = "unschedulable"
+
+
+class Unauthorized(SylphxError):
+    """No API key, or one that is unknown or revoked (HTTP 401)."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class QuotaExceeded(SylphxError):
+    """A plan budget would be exceeded (HTTP 429): per-job parallelism or org concurrent
+    shards. ``details`` name the limit, the usage, the request and the ways out;
+    ``retry_after`` is set when waiting helps."""
+
+    status_code = 429
+    code = "quota_exceeded"
+    retry_after: int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
 
 
 class NotFound(SylphxError):

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 MachineName = Literal[
-    "nano", "micro", "small", "standard", "large", "xlarge", "2xlarge", "mem-2xlarge"
+    "nano",
+    "micro",
+    "small",
+    "standard",
+    "large",
+    "xlarge",
+    "2xlarge",
+    "mem-2xlarge",
+    "gpu-small",
+    "gpu-large",
 ]
 
 MIB = 1024 * 1024
@@ -21,6 +30,7 @@ class Machine:
     vcpu: float
     memory_bytes: int
     units: float  # compute-second weight relative to `standard`
+    gpu: bool = False  # reserved in the API; refused at admission until GPU pools exist
 
     @property
     def memory_text(self) -> str:
@@ -38,8 +48,11 @@ MACHINES: dict[str, Machine] = {
         Machine("xlarge", 4.0, 8 * GIB, 4.0),
         Machine("2xlarge", 8.0, 16 * GIB, 8.0),
         Machine("mem-2xlarge", 4.0, 32 * GIB, 4.0),
+        Machine("gpu-small", 4.0, 16 * GIB, 0.0, gpu=True),
+        Machine("gpu-large", 8.0, 64 * GIB, 0.0, gpu=True),
     )
 }
+CPU_MACHINES = [name for name, m in MACHINES.items() if not m.gpu]
 
 DEFAULT_MACHINE = "standard"
 

@@ -65,6 +65,11 @@ class Settings:
         return self.home / "volumes"
 
     @property
+    def local_token_file(self) -> Path:
+        """The embedded default's API key (mode 0600), read by the local CLI and SDK."""
+        return self.home / "local-token"
+
+    @property
     def pid_file(self) -> Path:
         return self.home / "server.pid"
 

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from ._errors import ValidationError
-from ._machines import DEFAULT_MACHINE, MACHINES, MachineName
+from ._machines import DEFAULT_MACHINE, MachineName
 
 __all__ = ["CompletionMode", "RunSpec", "VolumeMount"]
 
@@ -315,9 +315,6 @@ def validation_error(
             allowed = str(ctx.get("expected", ""))
             text = f"must be one of {allowed} (got {err.get('input')!r})"
             fix = "pick one of the allowed values"
-            if loc and loc[0] in ("machine",) and str(err.get("input")).startswith("gpu"):
-                text = f"{err.get('input')!r} is not available: GPU tiers are not yet admitted"
-                fix = f"use a CPU tier: {', '.join(MACHINES)}"
         elif kind == "json_invalid":
             text, fix = "is not valid JSON", "send a JSON object with the run spec"
         elif kind in _TYPE_RULES:

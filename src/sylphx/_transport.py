@@ -17,6 +17,7 @@ import httpx
 import pydantic
 
 from ._errors import (
+    QuotaExceeded,
     ServerUnavailable,
     SylphxError,
     TransportError,
@@ -40,7 +41,7 @@ class ClientConfig:
     on first use and shared (it is thread-safe); call :meth:`close` when done.
     """
 
-    __slots__ = ("_embedded_home", "_http", "_lock", "_timeout", "_uds", "_url")
+    __slots__ = ("_embedded_home", "_http", "_lock", "_timeout", "_token", "_uds", "_url")
 
     def __init__(
         self,
@@ -49,7 +50,9 @@ class ClientConfig:
         uds: str | None = None,
         timeout: float = 30.0,
         embedded_home: Path | None = None,
+        token: str | None = None,
     ) -> None:
+        self._token = token
         self._url = base_url.rstrip("/")
         self._uds = uds
         self._timeout = timeout
@@ -78,6 +81,11 @@ class ClientConfig:
         return self._embedded_home
 
     @property
+    def headers(self) -> dict[str, str]:
+        """Headers sent with every request (the API key, when there is one)."""
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    @property
     def description(self) -> str:
         """Human text naming the endpoint, for error messages."""
         if self._uds:
@@ -90,14 +98,19 @@ class ClientConfig:
             if self._http is None or self._http.is_closed:
                 transport = httpx.HTTPTransport(uds=self._uds) if self._uds else None
                 self._http = httpx.Client(
-                    base_url=self._url, transport=transport, timeout=self._timeout
+                    base_url=self._url,
+                    transport=transport,
+                    timeout=self._timeout,
+                    headers=self.headers,
                 )
             return self._http
 
     def async_http(self) -> httpx.AsyncClient:
         """A new async client; use it as ``async with`` inside one event loop."""
         transport = httpx.AsyncHTTPTransport(uds=self._uds) if self._uds else None
-        return httpx.AsyncClient(base_url=self._url, transport=transport, timeout=self._timeout)
+        return httpx.AsyncClient(
+            base_url=self._url, transport=transport, timeout=self._timeout, headers=self.headers
+        )
 
     def close(self) -> None:
         """Close the shared synchronous client (it is re-created if used again)."""
@@ -116,23 +129,34 @@ class ClientConfig:
         return f"ClientConfig({self.description!r})"
 
 
-def create_client(url: str | None = None, *, timeout: float = 30.0) -> ClientConfig:
+def create_client(
+    url: str | None = None, *, token: str | None = None, timeout: float = 30.0
+) -> ClientConfig:
     """Connect to a control plane.
 
     ``url`` defaults to ``$SYLPHX_URL``; ``unix:///path/to.sock`` selects a Unix
     socket. With neither, the embedded local control plane for ``$SYLPHX_HOME`` is
-    used, started on demand and shared between terminals.
+    used, started on demand and shared between terminals. ``token`` (the API key)
+    defaults to ``$SYLPHX_TOKEN``, then the key ``sylphx login`` stored for the URL;
+    the embedded control plane's own key is used automatically.
     """
+    from ._credentials import load_token
+
     url = url or os.environ.get("SYLPHX_URL") or None
+    token = token or os.environ.get("SYLPHX_TOKEN") or None
     if url is None:
         from ._embedded import ensure_local_server
         from ._settings import home_dir
 
         home = home_dir()
         sock = ensure_local_server(home)
-        return ClientConfig(UDS_BASE_URL, uds=str(sock), timeout=timeout, embedded_home=home)
+        token = token or load_token(None)
+        return ClientConfig(
+            UDS_BASE_URL, uds=str(sock), timeout=timeout, embedded_home=home, token=token
+        )
+    token = token or load_token(url)
     if url.startswith("unix://"):
-        return ClientConfig(UDS_BASE_URL, uds=url[len("unix://") :], timeout=timeout)
+        return ClientConfig(UDS_BASE_URL, uds=url[len("unix://") :], timeout=timeout, token=token)
     if not url.startswith(("http://", "https://")):
         raise ValidationError(
             f"url {url!r} is not an http(s) or unix:// URL. Fix: e.g. http://127.0.0.1:8080",
@@ -144,7 +168,7 @@ def create_client(url: str | None = None, *, timeout: float = 30.0) -> ClientCon
                 }
             ],
         )
-    return ClientConfig(url, timeout=timeout)
+    return ClientConfig(url, timeout=timeout, token=token)
 
 
 # -- errors ------------------------------------------------------------------
@@ -178,7 +202,10 @@ def check(response: httpx.Response) -> None:
         body: Any = response.json()
     except ValueError:
         body = response.text
-    raise error_from_body(response.status_code, body)
+    err = error_from_body(response.status_code, body)
+    if isinstance(err, QuotaExceeded) and response.headers.get("retry-after", "").isdigit():
+        err.retry_after = int(response.headers["retry-after"])
+    raise err
 
 
 def json_body(response: httpx.Response) -> Any:

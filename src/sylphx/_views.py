@@ -10,7 +10,17 @@ from pydantic.alias_generators import to_camel
 from ._spec import RunSpec
 from ._states import RunState, ShardState
 
-__all__ = ["Aggregate", "AttemptView", "Logs", "RunList", "RunView", "ShardView", "VolumeView"]
+__all__ = [
+    "Aggregate",
+    "AttemptView",
+    "Logs",
+    "OrgView",
+    "RunList",
+    "RunView",
+    "ShardView",
+    "UsageReport",
+    "VolumeView",
+]
 
 
 class _View(BaseModel):
@@ -74,6 +84,7 @@ class RunView(_View):
     ended_at: datetime | None = None
     cancel_requested: bool = False
     message: str | None = None  # why it is queued, or why it ended as it did
+    compute_seconds: float = 0.0  # metered so far: sum over attempts of wall x machine units
 
 
 class RunList(_View):
@@ -96,3 +107,42 @@ class Logs(_View):
 
     stdout: str
     stderr: str
+
+
+class UsageByRun(_View):
+    run_id: str
+    compute_seconds: float
+
+
+class UsageByMachine(_View):
+    machine: str
+    wall_seconds: float
+    compute_seconds: float
+
+
+class UsageReport(_View):
+    """Metered compute of an org over ``[from, to)``: standard compute-seconds, the monthly
+    credits applied first, and what remains billable."""
+
+    org: str
+    plan: str
+    from_: datetime = Field(alias="from")
+    to: datetime
+    compute_seconds: float
+    credits_applied: float
+    billable_seconds: float
+    monthly_credit_seconds: float
+    by_run: list[UsageByRun] = Field(default_factory=list)
+    by_machine: list[UsageByMachine] = Field(default_factory=list)
+
+
+class OrgView(_View):
+    """The caller's org and its effective limits."""
+
+    id: str
+    name: str
+    plan: str
+    max_parallelism: int
+    concurrent_shards: int
+    shards_in_use: int
+    monthly_credit_seconds: float

@@ -1,11 +1,13 @@
-"""The ``sylphx`` command line: ``run``, ``runs``, ``volumes``, ``server``, ``local``."""
+"""The ``sylphx`` command line: run, runs, volumes, usage, login, server, local, admin."""
 
 from __future__ import annotations
 
 import click
 
+from .account import login, usage
 from .admin import local, server, volumes
 from .common import Group, State
+from .orgs import admin
 from .run_cmd import run
 from .runs import runs
 
@@ -32,6 +34,9 @@ cli.add_command(runs)
 cli.add_command(volumes)
 cli.add_command(server)
 cli.add_command(local)
+cli.add_command(login)
+cli.add_command(usage)
+cli.add_command(admin)
 
 
 def main() -> None:

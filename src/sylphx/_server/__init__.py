@@ -24,7 +24,7 @@ def serve(host: str | None = None, port: int | None = None, uds: str | None = No
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings.from_env()
     plane = ControlPlane(settings)
-    app = create_app(plane)
+    app = create_app(plane, embedded=uds is not None)
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.pid_file.write_text(str(os.getpid()))
     try:

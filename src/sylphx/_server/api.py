@@ -4,42 +4,63 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from .._errors import SylphxError
+from .._errors import QuotaExceeded, SylphxError, ValidationError
 from .._spec import RunSpec, validation_error
 from .._states import RunState
-from .._views import RunList, RunView, ShardView, VolumeView
-from . import logs, runs, volumes
+from .._views import OrgView, RunList, RunView, ShardView, UsageReport, VolumeView
+from . import billing, logs, orgs, runs, volumes
 from .plane import ControlPlane
+from .store import OrgRow, serialize_writers
 
 
 class VolumeCreate(BaseModel):
     name: str | None = None
 
 
-def create_app(plane: ControlPlane) -> FastAPI:
-    """The API app around ``plane``; the app's lifespan starts and stops the plane."""
+def current_org(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's org id, from ``Authorization: Bearer <key>`` (401 otherwise)."""
+    plane: ControlPlane = request.app.state.plane
+    with plane.sessions() as s:
+        return orgs.authenticate(s, authorization).id
+
+
+Org = Annotated[str, Depends(current_org)]
+
+
+def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
+    """The API app around ``plane``; the app's lifespan starts and stops the plane.
+    ``embedded``: the local default, which creates its ``local`` org and key on start."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         plane.start()
+        if embedded:
+            plane.bootstrap_local()
         try:
             yield
         finally:
             plane.stop()
 
     app = FastAPI(title="sylphx", version="0.1.0", lifespan=lifespan)
+    app.state.plane = plane
     sessions = plane.sessions
 
     @app.exception_handler(SylphxError)
     async def _sylphx_error(_: Request, exc: SylphxError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status_code)
+        headers = {}
+        if isinstance(exc, QuotaExceeded) and exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -54,49 +75,72 @@ def create_app(plane: ControlPlane) -> FastAPI:
             "capacity": plane.executor.capacity().text(),
         }
 
+    @app.get("/v1/org", response_model=OrgView)
+    def get_org(org_id: Org) -> OrgView:
+        with sessions() as s:
+            org = s.get(OrgRow, org_id)
+            assert org is not None
+            plan = orgs.limits(org)
+            return OrgView(
+                id=org.id,
+                name=org.name,
+                plan=org.plan,
+                max_parallelism=plan.max_parallelism,
+                concurrent_shards=plan.concurrent_shards,
+                shards_in_use=runs.shards_in_use(s, org.id),
+                monthly_credit_seconds=plan.monthly_credit_seconds,
+            )
+
     @app.post("/v1/runs", status_code=201, response_model=RunView)
-    def submit_run(spec: RunSpec) -> RunView:
+    def submit_run(spec: RunSpec, org_id: Org) -> RunView:
         with sessions.begin() as s:
-            run = runs.submit(s, spec, capacity=plane.executor.capacity(), now=plane.now())
+            serialize_writers(s)  # quota check + reservation in one step (SQLite)
+            org = s.get(OrgRow, org_id, with_for_update=True)  # ...and PostgreSQL
+            assert org is not None
+            run = runs.submit(s, spec, org, capacity=plane.executor.capacity(), now=plane.now())
             out = runs.view(run)
         plane.reconciler.wake()
         return out
 
     @app.get("/v1/runs", response_model=RunList)
     def list_runs(
+        org_id: Org,
         status: RunState | None = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: str | None = None,
     ) -> RunList:
         with sessions() as s:
-            return runs.list_runs(s, status=status, limit=limit, cursor=cursor)
+            return runs.list_runs(s, org_id, status=status, limit=limit, cursor=cursor)
 
     @app.get("/v1/runs/{run_id}", response_model=RunView)
-    def get_run(run_id: str) -> RunView:
+    def get_run(run_id: str, org_id: Org) -> RunView:
         with sessions() as s:
-            return runs.view(runs.load(s, run_id))
+            return runs.full_view(s, runs.load(s, run_id, org_id), plane.now())
 
     @app.get("/v1/runs/{run_id}/shards", response_model=list[ShardView])
-    def get_shards(run_id: str) -> list[ShardView]:
+    def get_shards(run_id: str, org_id: Org) -> list[ShardView]:
         with sessions() as s:
-            return runs.shard_views(runs.load(s, run_id, with_attempts=True))
+            return runs.shard_views(runs.load(s, run_id, org_id, with_attempts=True))
 
     @app.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunView)
-    def cancel_run(run_id: str) -> RunView:
+    def cancel_run(run_id: str, org_id: Org) -> RunView:
         with sessions.begin() as s:
-            out = runs.view(runs.cancel(s, run_id, plane.now()))
+            out = runs.view(runs.cancel(s, run_id, org_id, plane.now()))
         plane.reconciler.wake()
         return out
 
     @app.get("/v1/runs/{run_id}/logs")
     async def get_logs(
         run_id: str,
+        org_id: Org,
         shard: Annotated[int, Query(ge=0)],
         stream: Literal["stdout", "stderr"] = "stdout",
         follow: bool = False,
         attempt: Annotated[int | None, Query(ge=1)] = None,
     ) -> StreamingResponse:
-        body = logs.stream_log(sessions, run_id, shard, stream, attempt=attempt, follow=follow)
+        body = logs.stream_log(
+            sessions, run_id, org_id, shard, stream, attempt=attempt, follow=follow
+        )
         first = await anext(body, b"")  # surface NotFound as a 404 before streaming starts
 
         async def chained() -> AsyncIterator[bytes]:
@@ -108,24 +152,51 @@ def create_app(plane: ControlPlane) -> FastAPI:
         return StreamingResponse(chained(), media_type="text/plain; charset=utf-8")
 
     @app.post("/v1/volumes", status_code=201, response_model=VolumeView)
-    def create_volume(body: VolumeCreate | None = None) -> VolumeView:
+    def create_volume(org_id: Org, body: VolumeCreate | None = None) -> VolumeView:
         with sessions.begin() as s:
             return volumes.create(
                 s,
+                org_id,
                 name=body.name if body else None,
                 root=plane.settings.volumes_dir,
                 now=plane.now(),
             )
 
     @app.get("/v1/volumes", response_model=list[VolumeView])
-    def list_volumes() -> list[VolumeView]:
+    def list_volumes(org_id: Org) -> list[VolumeView]:
         with sessions() as s:
-            return volumes.list_all(s)
+            return volumes.list_all(s, org_id)
 
     @app.delete("/v1/volumes/{volume_id}", status_code=204)
-    def delete_volume(volume_id: str) -> Response:
+    def delete_volume(volume_id: str, org_id: Org) -> Response:
         with sessions.begin() as s:
-            volumes.delete(s, volume_id)
+            volumes.delete(s, volume_id, org_id)
         return Response(status_code=204)
 
+    @app.get("/v1/usage", response_model=UsageReport)
+    def get_usage(
+        org_id: Org,
+        from_: Annotated[datetime | None, Query(alias="from")] = None,
+        to: datetime | None = None,
+    ) -> UsageReport:
+        """Compute-seconds by run and machine tier over [from, to) (default: this month so
+        far), the monthly credits applied first, and the billable remainder."""
+        now = plane.now()
+        end = _utc(to) if to else now
+        start = _utc(from_) if from_ else datetime(now.year, now.month, 1, tzinfo=UTC)
+        if start >= end:
+            fix = "give from earlier than to (ISO 8601, e.g. 2026-11-01T00:00:00Z)"
+            raise ValidationError(
+                f"from: must be earlier than to. Fix: {fix}.",
+                details=[{"field": "from", "rule": "must be earlier than to", "fix": fix}],
+            )
+        with sessions() as s:
+            org = s.get(OrgRow, org_id)
+            assert org is not None
+            return billing.report(s, org, start, end)
+
     return app
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)

@@ -29,9 +29,11 @@ class Where:
     attempt_done: bool
 
 
-def locate(s: Session, run_id: str, index: int, stream: Stream, attempt: int | None) -> Where:
+def locate(
+    s: Session, run_id: str, org_id: str, index: int, stream: Stream, attempt: int | None
+) -> Where:
     run = s.get(RunRow, run_id)
-    if run is None:
+    if run is None or run.org_id != org_id:
         raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
     shard = s.scalars(
         select(ShardRow).where(ShardRow.run_id == run_id, ShardRow.index == index)
@@ -59,6 +61,7 @@ def locate(s: Session, run_id: str, index: int, stream: Stream, attempt: int | N
 async def stream_log(
     sessions: sessionmaker[Session],
     run_id: str,
+    org_id: str,
     index: int,
     stream: Stream,
     *,
@@ -70,7 +73,7 @@ async def stream_log(
 
     def where() -> Where:
         with sessions() as s:
-            return locate(s, run_id, index, stream, attempt)
+            return locate(s, run_id, org_id, index, stream, attempt)
 
     current = await anyio.to_thread.run_sync(where)
     offset = 0

@@ -50,6 +50,13 @@ class ControlPlane:
             self.executor.capacity().text(),
         )
 
+    def bootstrap_local(self) -> None:
+        """Embedded default: make sure the ``local`` org and its key file exist."""
+        from .orgs import bootstrap_local
+
+        with self.sessions.begin() as s:
+            bootstrap_local(s, self.settings.local_token_file, self.now())
+
     def stop(self) -> None:
         """Stop reconciling; running shards are left alone."""
         self.reconciler.stop()

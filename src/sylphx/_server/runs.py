@@ -8,18 +8,32 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from .._errors import NotFound, ValidationError
+from .._errors import NotFound, Unschedulable, ValidationError
 from .._ids import new_id
+from .._machines import CPU_MACHINES, MACHINES
 from .._spec import RunSpec
 from .._states import RunState, ShardState
 from .._views import AttemptView, RunList, RunView, ShardView
-from .controller import admission, success
-from .store import RunRow, ShardRow, VolumeRow
+from . import billing
+from .controller import admission, quota, success
+from .orgs import limits
+from .store import OrgRow, RunRow, ShardRow, VolumeRow
 from .transitions import transition
 
 
-def submit(s: Session, spec: RunSpec, *, capacity: admission.Resources, now: datetime) -> RunRow:
-    """Store a new queued run and its pending shards, refusing what could never run."""
+def submit(
+    s: Session, spec: RunSpec, org: OrgRow, *, capacity: admission.Resources, now: datetime
+) -> RunRow:
+    """Store a new queued run and its pending shards, refusing what could never run and
+    what the org's plan does not allow. Call inside a transaction that serialized writers
+    and locked ``org`` (so the quota check and the reservation are one step)."""
+    if MACHINES[spec.machine].gpu:
+        fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
+        raise Unschedulable(
+            f"machine: {spec.machine} is reserved in the API, but GPU node pools are not yet"
+            f" available, so it cannot be admitted. Fix: {fix}.",
+            details=[{"field": "machine", "rule": "GPU tiers are not admitted yet", "fix": fix}],
+        )
     if spec.image is not None:
         raise ValidationError(
             "image: the local executor runs commands on the host and cannot run container"
@@ -32,17 +46,22 @@ def submit(s: Session, spec: RunSpec, *, capacity: admission.Resources, now: dat
                 }
             ],
         )
+    quota.check(
+        limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
+    )
     admission.check_schedulable(
         machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
     )
     for mount in spec.volume_mounts:
-        if s.get(VolumeRow, mount.volume_id) is None:
+        volume = s.get(VolumeRow, mount.volume_id)
+        if volume is None or volume.org_id != org.id:
             raise NotFound(
                 f"volumeMounts: volume {mount.volume_id!r} does not exist. Fix: create it with"
                 " `sylphx volumes create` (POST /v1/volumes) and use its id."
             )
     run = RunRow(
         id=new_id("wrk"),
+        org_id=org.id,
         state=RunState.QUEUED.value,
         spec=spec.to_wire(),
         parallelism=spec.parallelism,
@@ -58,20 +77,34 @@ def submit(s: Session, spec: RunSpec, *, capacity: admission.Resources, now: dat
     return run
 
 
-def load(s: Session, run_id: str, *, with_attempts: bool = False) -> RunRow:
-    """The run with its shards, or NotFound."""
+def shards_in_use(s: Session, org_id: str) -> int:
+    """Units of the org's concurrent-shard budget held now: its unfinished shards."""
+    unfinished = [st.value for st in ShardState if not st.terminal]
+    count = s.scalar(
+        select(func.count())
+        .select_from(ShardRow)
+        .join(RunRow, RunRow.id == ShardRow.run_id)
+        .where(RunRow.org_id == org_id, ShardRow.state.in_(unfinished))
+    )
+    return int(count or 0)
+
+
+def load(s: Session, run_id: str, org_id: str, *, with_attempts: bool = False) -> RunRow:
+    """The org's run with its shards, or NotFound (also for another org's run)."""
     opts = selectinload(RunRow.shards)
     if with_attempts:
         opts = opts.selectinload(ShardRow.history)
-    run = s.scalars(select(RunRow).where(RunRow.id == run_id).options(opts)).first()
+    run = s.scalars(
+        select(RunRow).where(RunRow.id == run_id, RunRow.org_id == org_id).options(opts)
+    ).first()
     if run is None:
         raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
     return run
 
 
-def cancel(s: Session, run_id: str, now: datetime) -> RunRow:
+def cancel(s: Session, run_id: str, org_id: str, now: datetime) -> RunRow:
     """Ask for a run to be cancelled; the reconciler stops its shards within seconds."""
-    run = load(s, run_id)
+    run = load(s, run_id, org_id)
     if RunState(run.state).terminal:
         return run
     if run.cancel_requested_at is None:
@@ -86,7 +119,9 @@ def cancel(s: Session, run_id: str, now: datetime) -> RunRow:
     return run
 
 
-def view(run: RunRow, counts: Counter[ShardState] | None = None) -> RunView:
+def view(
+    run: RunRow, counts: Counter[ShardState] | None = None, compute_seconds: float = 0.0
+) -> RunView:
     """The wire view of a run (its shards must be loaded unless ``counts`` is given)."""
     if counts is None:
         counts = success.count_states(shard.state for shard in run.shards)
@@ -101,7 +136,13 @@ def view(run: RunRow, counts: Counter[ShardState] | None = None) -> RunView:
         ended_at=run.ended_at,
         cancel_requested=run.cancel_requested_at is not None,
         message=run.message,
+        compute_seconds=compute_seconds,
     )
+
+
+def full_view(s: Session, run: RunRow, now: datetime) -> RunView:
+    """The view with the compute-seconds metered so far."""
+    return view(run, compute_seconds=billing.run_compute_seconds(s, run, now))
 
 
 def shard_views(run: RunRow) -> list[ShardView]:
@@ -137,9 +178,13 @@ def shard_views(run: RunRow) -> list[ShardView]:
     return out
 
 
-def list_runs(s: Session, *, status: RunState | None, limit: int, cursor: str | None) -> RunList:
-    """Newest first; ``cursor`` is the last id of the previous page."""
-    query = select(RunRow).order_by(RunRow.id.desc()).limit(limit + 1)
+def list_runs(
+    s: Session, org_id: str, *, status: RunState | None, limit: int, cursor: str | None
+) -> RunList:
+    """The org's runs, newest first; ``cursor`` is the last id of the previous page."""
+    query = (
+        select(RunRow).where(RunRow.org_id == org_id).order_by(RunRow.id.desc()).limit(limit + 1)
+    )
     if status is not None:
         query = query.where(RunRow.state == status.value)
     if cursor:

@@ -16,11 +16,11 @@ from .._views import VolumeView
 from .store import RunRow, VolumeRow
 
 
-def create(s: Session, *, name: str | None, root: Path, now: datetime) -> VolumeView:
+def create(s: Session, org_id: str, *, name: str | None, root: Path, now: datetime) -> VolumeView:
     vid = new_id("vol")
     path = root / vid
     path.mkdir(parents=True, exist_ok=False)
-    row = VolumeRow(id=vid, name=name, path=str(path), created_at=now)
+    row = VolumeRow(id=vid, org_id=org_id, name=name, path=str(path), created_at=now)
     s.add(row)
     return view(row)
 
@@ -29,16 +29,20 @@ def view(row: VolumeRow) -> VolumeView:
     return VolumeView(id=row.id, name=row.name, created_at=row.created_at)
 
 
-def list_all(s: Session) -> list[VolumeView]:
-    return [view(v) for v in s.scalars(select(VolumeRow).order_by(VolumeRow.id))]
+def list_all(s: Session, org_id: str) -> list[VolumeView]:
+    query = select(VolumeRow).where(VolumeRow.org_id == org_id).order_by(VolumeRow.id)
+    return [view(v) for v in s.scalars(query)]
 
 
-def delete(s: Session, volume_id: str) -> None:
+def delete(s: Session, volume_id: str, org_id: str) -> None:
     row = s.get(VolumeRow, volume_id)
-    if row is None:
+    if row is None or row.org_id != org_id:
         raise NotFound(f"volume {volume_id!r} not found. Fix: check `sylphx volumes list`.")
     active = s.scalars(
-        select(RunRow).where(RunRow.state.in_((RunState.QUEUED.value, RunState.RUNNING.value)))
+        select(RunRow).where(
+            RunRow.org_id == org_id,
+            RunRow.state.in_((RunState.QUEUED.value, RunState.RUNNING.value)),
+        )
     )
     users = [
         r.id

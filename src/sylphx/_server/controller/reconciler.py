@@ -21,6 +21,7 @@ from ..._errors import ExecutorError
 from ..._settings import Settings
 from ..._spec import RunSpec
 from ..._states import RunState, ShardState
+from .. import billing
 from ..executors.base import Executor, Exit, LaunchRequest, Mount
 from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
 from ..transitions import transition
@@ -149,9 +150,10 @@ class Reconciler:
             .options(selectinload(AttemptRow.shard))
         ).all()
         for attempt in attempts:
-            self._finish(attempt, by_handle[attempt.handle or ""], specs[attempt.run_id])
+            self._finish(s, attempt, by_handle[attempt.handle or ""], specs[attempt.run_id])
 
-    def _finish(self, attempt: AttemptRow, exit: Exit, spec: RunSpec) -> None:
+    def _finish(self, s: Session, attempt: AttemptRow, exit: Exit, spec: RunSpec) -> None:
+        """Settle an ended attempt: its outcome, its shard's next state, its usage."""
         shard = attempt.shard
         outcome = backoff.decide(
             exit.returncode,
@@ -171,6 +173,8 @@ class Reconciler:
         if ShardState(shard.state) is ShardState.STARTING:
             transition(shard, ShardState.RUNNING, exit.ended_at)
         transition(shard, outcome.shard_state, exit.ended_at)
+        launched = not (exit.reason or "").startswith("LaunchError")
+        billing.record(s, attempt, shard.run, ran=launched)  # one usage row per attempt
 
     def _stop_live(self, run: RunRow, spec: RunSpec, now: datetime) -> None:
         for shard in run.shards:
@@ -275,9 +279,8 @@ class Reconciler:
             stderr.parent.mkdir(parents=True, exist_ok=True)
             with open(stderr, "a") as fh:
                 fh.write(f"sylphx: could not start the shard: {exc}\n")
-            self._finish(
-                attempt, Exit(attempt.handle, 127, self.clock(), reason=f"LaunchError: {exc}"), spec
-            )
+            failed = Exit(attempt.handle, 127, self.clock(), reason=f"LaunchError: {exc}")
+            self._finish(s, attempt, failed, spec)
             return
         attempt.state = ShardState.RUNNING.value
         transition(shard, ShardState.RUNNING, now)

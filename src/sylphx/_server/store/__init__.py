@@ -1,15 +1,19 @@
 """Persistence: SQLAlchemy tables, engine set-up and Alembic migrations."""
 
-from .db import make_engine, migrate, session_factory
-from .schema import AttemptRow, Base, RunRow, ShardRow, VolumeRow
+from .db import make_engine, migrate, serialize_writers, session_factory
+from .schema import ApiKeyRow, AttemptRow, Base, OrgRow, RunRow, ShardRow, UsageRow, VolumeRow
 
 __all__ = [
+    "ApiKeyRow",
     "AttemptRow",
     "Base",
+    "OrgRow",
     "RunRow",
     "ShardRow",
+    "UsageRow",
     "VolumeRow",
     "make_engine",
     "migrate",
+    "serialize_writers",
     "session_factory",
 ]

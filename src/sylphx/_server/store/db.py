@@ -20,12 +20,20 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, below
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Writers that check-then-insert (quota reservations) ask for IMMEDIATE, which
+            # takes the write lock up front; everything else stays DEFERRED and concurrent.
+            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -42,3 +50,12 @@ def migrate(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def serialize_writers(s: Session) -> None:
+    """Make this transaction take the write lock first (SQLite ``BEGIN IMMEDIATE``).
+
+    Call before anything else in the transaction; PostgreSQL callers lock rows with
+    ``FOR UPDATE`` instead, which SQLite ignores.
+    """
+    s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})

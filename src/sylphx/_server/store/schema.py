@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -35,10 +45,38 @@ class Base(DeclarativeBase):
     pass
 
 
+class OrgRow(Base):
+    """A tenant: owns runs, volumes, keys and usage; limits come from its plan."""
+
+    __tablename__ = "orgs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    plan: Mapped[str] = mapped_column(String(20))
+    concurrent_shards: Mapped[int | None] = mapped_column(Integer)  # overrides the plan's
+    monthly_credit_seconds: Mapped[float | None] = mapped_column(Float)  # overrides the plan's
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKeyRow(Base):
+    """An API key; only its SHA-256 is stored (keys are 256-bit random)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, for people to tell apart
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class RunRow(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     parallelism: Mapped[int] = mapped_column(Integer)
@@ -106,6 +144,27 @@ class VolumeRow(Base):
     __tablename__ = "volumes"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class UsageRow(Base):
+    """Metered compute of one ended attempt: wall seconds x machine units. One per attempt."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_org_ended", "org_id", "ended_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    attempt_id: Mapped[int] = mapped_column(
+        ForeignKey("attempts.id", ondelete="CASCADE"), unique=True
+    )
+    org_id: Mapped[str] = mapped_column(String(40))
+    run_id: Mapped[str] = mapped_column(String(40), index=True)
+    machine: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    wall_seconds: Mapped[float] = mapped_column(Float)
+    units: Mapped[float] = mapped_column(Float)
+    compute_seconds: Mapped[float] = mapped_column(Float)

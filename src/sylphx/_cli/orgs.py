@@ -1,0 +1,184 @@
+"""``sylphx admin``: operator commands that work on the store directly (orgs, keys).
+
+They read the same settings as the server (``SYLPHX_DATABASE_URL`` / ``SYLPHX_HOME``):
+whoever can reach the database administers the platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import click
+
+from .common import Group, echo_json
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+PLANS = click.Choice(["free", "pro", "team", "enterprise"])
+
+
+@contextmanager
+def _store() -> Iterator[Session]:
+    from .._server.store import make_engine, migrate, session_factory
+    from .._settings import Settings
+
+    settings = Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    try:
+        with session_factory(engine).begin() as s:
+            yield s
+    finally:
+        engine.dispose()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@click.group(cls=Group)
+def admin() -> None:
+    """Operator commands on the store: orgs and API keys."""
+
+
+@admin.group(cls=Group)
+def org() -> None:
+    """Create, list and change orgs."""
+
+
+@org.command("create")
+@click.argument("name")
+@click.option("--plan", type=PLANS, default="free", show_default=True)
+@click.option("--concurrent-shards", type=click.IntRange(1), help="Override the plan's budget.")
+@click.option("--monthly-credit", type=click.FloatRange(0), help="Standard compute-seconds.")
+def org_create(
+    name: str, plan: str, concurrent_shards: int | None, monthly_credit: float | None
+) -> None:
+    """Create an org NAME on a plan."""
+    from .._server import orgs
+
+    with _store() as s:
+        row = orgs.create_org(
+            s,
+            name,
+            plan=plan,
+            now=_now(),
+            concurrent_shards=concurrent_shards,
+            monthly_credit_seconds=monthly_credit,
+        )
+        click.echo(row.id)
+
+
+@org.command("set")
+@click.argument("ref")
+@click.option("--plan", type=PLANS)
+@click.option("--concurrent-shards", type=click.IntRange(0), help="0 resets to the plan's.")
+@click.option("--monthly-credit", type=float, help="A negative value resets to the plan's.")
+def org_set(
+    ref: str, plan: str | None, concurrent_shards: int | None, monthly_credit: float | None
+) -> None:
+    """Change an org's plan or budgets (REF is its id or name)."""
+    from .._server import orgs
+
+    with _store() as s:
+        row = orgs.update_org(
+            s,
+            ref,
+            plan=plan,
+            concurrent_shards=concurrent_shards,
+            monthly_credit_seconds=monthly_credit,
+        )
+        lim = orgs.limits(row)
+        click.echo(
+            f"{row.name}: plan {row.plan}, {lim.max_parallelism} shard(s) per job,"
+            f" {lim.concurrent_shards} concurrent, {lim.monthly_credit_seconds:,.0f}"
+            " credit-seconds a month"
+        )
+
+
+@org.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def org_list(as_json: bool) -> None:
+    """Every org with its effective limits."""
+    from sqlalchemy import select
+
+    from .._server import orgs
+    from .._server.store import OrgRow
+
+    with _store() as s:
+        rows = [(o, orgs.limits(o)) for o in s.scalars(select(OrgRow).order_by(OrgRow.name))]
+        data = [
+            {
+                "id": o.id,
+                "name": o.name,
+                "plan": o.plan,
+                "maxParallelism": lim.max_parallelism,
+                "concurrentShards": lim.concurrent_shards,
+                "monthlyCreditSeconds": lim.monthly_credit_seconds,
+            }
+            for o, lim in rows
+        ]
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(f"{'ID':<22}{'NAME':<20}{'PLAN':<12}{'PER-JOB':>8}{'CONCURRENT':>12}")
+    for d in data:
+        click.echo(
+            f"{d['id']:<22}{d['name']:<20}{d['plan']:<12}{d['maxParallelism']:>8}"
+            f"{d['concurrentShards']:>12}"
+        )
+
+
+@admin.group(cls=Group)
+def key() -> None:
+    """Create, list and revoke API keys (only their hashes are stored)."""
+
+
+@key.command("create")
+@click.option("--org", "org_ref", required=True, help="Org id or name.")
+@click.option("--name", help="A label for the key.")
+def key_create(org_ref: str, name: str | None) -> None:
+    """Create a key; it is printed once and cannot be shown again."""
+    from .._server import orgs
+
+    with _store() as s:
+        row, token = orgs.create_key(s, org_ref, name=name, now=_now())
+        click.echo(
+            f"created {row.id} for org {org_ref}; store it now, it is not shown again:", err=True
+        )
+        click.echo(token)
+
+
+@key.command("list")
+@click.option("--org", "org_ref", help="Only this org (id or name).")
+def key_list(org_ref: str | None) -> None:
+    """Keys by id, prefix and state (never the key itself)."""
+    from sqlalchemy import select
+
+    from .._server import orgs
+    from .._server.store import ApiKeyRow
+
+    with _store() as s:
+        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+        if org_ref:
+            query = query.where(ApiKeyRow.org_id == orgs.find_org(s, org_ref).id)
+        click.echo(f"{'ID':<22}{'ORG':<22}{'PREFIX':<12}{'NAME':<16}STATE")
+        for k in s.scalars(query):
+            status = "revoked" if k.revoked_at else "active"
+            click.echo(f"{k.id:<22}{k.org_id:<22}{k.prefix + '…':<12}{k.name or '':<16}{status}")
+
+
+@key.command("revoke")
+@click.argument("key_id")
+def key_revoke(key_id: str) -> None:
+    """Revoke a key at once."""
+    from .._server import orgs
+
+    with _store() as s:
+        orgs.revoke_key(s, key_id, _now())
+        click.echo(f"revoked {key_id}")

@@ -1,0 +1,119 @@
+"""The billing meter: compute_seconds = wall_clock_seconds x machine_units, per attempt.
+
+Usage is recorded once per attempt when it ends (a unique row per attempt). A run's
+usage is the sum over its shards and attempts; a run that never starts bills nothing.
+Monthly plan credits are applied first, in time order, within each calendar month.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .._machines import MACHINES
+from .._views import UsageByMachine, UsageByRun, UsageReport
+from .orgs import limits
+from .store import AttemptRow, OrgRow, RunRow, UsageRow
+
+
+def meter(machine: str, started_at: datetime, ended_at: datetime) -> tuple[float, float]:
+    """(wall seconds, standard compute-seconds) of one attempt window."""
+    wall = max((ended_at - started_at).total_seconds(), 0.0)
+    return wall, wall * MACHINES[machine].units
+
+
+def record(s: Session, attempt: AttemptRow, run: RunRow, *, ran: bool = True) -> None:
+    """Record an ended attempt's usage; ``ran=False`` (the launch failed) bills zero."""
+    assert attempt.started_at is not None and attempt.ended_at is not None
+    started = attempt.started_at
+    ended = attempt.ended_at if ran else started
+    wall, compute = meter(run.machine, started, ended)
+    s.add(
+        UsageRow(
+            attempt_id=attempt.id,
+            org_id=run.org_id,
+            run_id=run.id,
+            machine=run.machine,
+            started_at=started,
+            ended_at=attempt.ended_at,
+            wall_seconds=wall,
+            units=MACHINES[run.machine].units,
+            compute_seconds=compute,
+        )
+    )
+
+
+def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
+    """Metered so far: ended attempts plus the open window of live ones."""
+    done = s.scalar(select(func.sum(UsageRow.compute_seconds)).where(UsageRow.run_id == run.id))
+    live = s.scalars(
+        select(AttemptRow.started_at).where(
+            AttemptRow.run_id == run.id,
+            AttemptRow.ended_at.is_(None),
+            AttemptRow.started_at.is_not(None),
+        )
+    )
+    open_windows = sum(meter(run.machine, started, now)[1] for started in live if started)
+    return round(float(done or 0.0) + open_windows, 3)
+
+
+def _month_start(t: datetime) -> datetime:
+    return datetime(t.year, t.month, 1, tzinfo=UTC)
+
+
+def _next_month(t: datetime) -> datetime:
+    return datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def _sum(s: Session, org_id: str, start: datetime, end: datetime) -> float:
+    total = s.scalar(
+        select(func.sum(UsageRow.compute_seconds)).where(
+            UsageRow.org_id == org_id, UsageRow.ended_at >= start, UsageRow.ended_at < end
+        )
+    )
+    return float(total or 0.0)
+
+
+def report(s: Session, org: OrgRow, start: datetime, end: datetime) -> UsageReport:
+    """Usage of ``org`` for attempts that ended in ``[start, end)``, with credits applied."""
+    credit = limits(org).monthly_credit_seconds
+    total = applied = 0.0
+    month = _month_start(start)
+    while month < end:
+        lo, hi = max(start, month), min(end, _next_month(month))
+        before = _sum(s, org.id, month, lo)  # credit already used earlier this month
+        within = _sum(s, org.id, lo, hi)
+        applied += min(max(credit - before, 0.0), within)
+        total += within
+        month = _next_month(month)
+    rows = s.execute(
+        select(
+            UsageRow.run_id, UsageRow.machine, UsageRow.wall_seconds, UsageRow.compute_seconds
+        ).where(UsageRow.org_id == org.id, UsageRow.ended_at >= start, UsageRow.ended_at < end)
+    ).all()
+    by_run: dict[str, float] = defaultdict(float)
+    by_machine: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for run_id, machine, wall, compute in rows:
+        by_run[run_id] += compute
+        by_machine[machine][0] += wall
+        by_machine[machine][1] += compute
+    return UsageReport(
+        org=org.name,
+        plan=org.plan,
+        from_=start,
+        to=end,
+        compute_seconds=round(total, 3),
+        credits_applied=round(applied, 3),
+        billable_seconds=round(total - applied, 3),
+        monthly_credit_seconds=credit,
+        by_run=[
+            UsageByRun(run_id=r, compute_seconds=round(c, 3)) for r, c in sorted(by_run.items())
+        ],
+        by_machine=[
+            UsageByMachine(machine=m, wall_seconds=round(w, 3), compute_seconds=round(c, 3))
+            for m, (w, c) in sorted(by_machine.items())
+        ],
+    )

@@ -1,0 +1,256 @@
+"""The reconciler, table-driven, with a fake executor and a fake clock (no processes).
+
+Behaviour is also shown with real processes in test_runs.py; here the clock is ours,
+so deadlines and the billing meter can be checked to the second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from sylphx._server import billing, orgs, runs
+from sylphx._server.controller.admission import Resources
+from sylphx._server.controller.reconciler import Reconciler
+from sylphx._server.executors.base import Exit, LaunchRequest, Signal
+from sylphx._server.store import OrgRow, UsageRow, make_engine, migrate, session_factory
+from sylphx._settings import Settings
+from sylphx._spec import RunSpec
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class FakeExecutor:
+    """Processes that exit when the test says, or when signalled."""
+
+    name = "fake"
+
+    def __init__(self, clock: Clock, cpus: float = 64, memory: int = 256 << 30) -> None:
+        self.clock = clock
+        self.cap = Resources.of_host(cpus, memory)
+        self.live: dict[str, LaunchRequest] = {}
+        self.ended: list[Exit] = []
+        self.signals: list[tuple[str, Signal]] = []
+        self.ignore_term = False
+        self._n = 0
+
+    def capacity(self) -> Resources:
+        return self.cap
+
+    def launch(self, request: LaunchRequest) -> str:
+        self._n += 1
+        handle = f"fake:{self._n}"
+        self.live[handle] = request
+        return handle
+
+    def finish(self, index: int, code: int = 0, *, run_id: str | None = None) -> None:
+        for handle, req in list(self.live.items()):
+            if req.index == index and (run_id is None or req.run_id == run_id):
+                del self.live[handle]
+                self.ended.append(Exit(handle, code, self.clock()))
+
+    def finish_all(self, code: int = 0) -> None:
+        for req in list(self.live.values()):
+            self.finish(req.index, code, run_id=req.run_id)
+
+    def poll(self) -> list[Exit]:
+        out, self.ended = self.ended, []
+        return out
+
+    def signal(self, handle: str, sig: Signal) -> None:
+        self.signals.append((handle, sig))
+        if handle in self.live and (sig == "kill" or not self.ignore_term):
+            del self.live[handle]
+            self.ended.append(Exit(handle, -9 if sig == "kill" else -15, self.clock()))
+
+    def alive(self, handle: str) -> bool:
+        return handle in self.live
+
+    def set_waker(self, wake: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Harness:
+    def __init__(self, tmp: Path) -> None:
+        self.clock = Clock()
+        self.executor = FakeExecutor(self.clock)
+        engine = make_engine(f"sqlite:///{tmp / 'db.sqlite'}")
+        migrate(engine)
+        self.sessions = session_factory(engine)
+        settings = Settings(home=tmp, database_url="unused", kill_grace_seconds=10)
+        self.reconciler = Reconciler(self.sessions, self.executor, settings, clock=self.clock)
+        with self.sessions.begin() as s:
+            orgs.create_org(s, "acme", plan="enterprise", now=T0, org_id="org_acme")
+
+    def submit(self, **spec: Any) -> str:
+        with self.sessions.begin() as s:
+            org = s.get(OrgRow, "org_acme")
+            assert org is not None
+            run = runs.submit(
+                s,
+                RunSpec.parse({"command": ["x"], **spec}),
+                org,
+                capacity=self.executor.cap,
+                now=self.clock(),
+            )
+            return run.id
+
+    def tick(self, seconds: float = 0) -> None:
+        self.clock.advance(seconds)
+        self.reconciler.tick()
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        with self.sessions() as s:
+            run = runs.load(s, run_id, "org_acme", with_attempts=True)
+            view = runs.full_view(s, run, self.clock()).to_wire()
+            view["shards"] = [v.to_wire() for v in runs.shard_views(run)]
+            return view
+
+    def usage(self, run_id: str) -> list[tuple[float, float]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(UsageRow).where(UsageRow.run_id == run_id)).all()
+            return sorted((r.wall_seconds, r.compute_seconds) for r in rows)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    yield Harness(tmp_path)
+
+
+def test_seed_cost_example_nine_large_shards_for_600s(h: Harness) -> None:
+    run_id = h.submit(parallelism=9, machine="large")
+    h.tick()
+    assert len(h.executor.live) == 9
+    h.tick(600)
+    h.executor.finish_all(0)
+    h.tick()
+    view = h.run(run_id)
+    assert view["status"] == "succeeded"
+    assert view["computeSeconds"] == 10_800.0
+    assert h.usage(run_id) == [(600.0, 1200.0)] * 9
+
+
+def test_seed_cost_example_single_standard_shard_for_600s(h: Harness) -> None:
+    run_id = h.submit()
+    h.tick()
+    h.tick(600)
+    h.executor.finish(0)
+    h.tick()
+    assert h.run(run_id)["computeSeconds"] == 600.0
+
+
+def test_compute_seconds_so_far_include_live_attempts(h: Harness) -> None:
+    run_id = h.submit(parallelism=2, machine="small")
+    h.tick()
+    h.tick(100)
+    assert h.run(run_id)["computeSeconds"] == 2 * 100 * 0.5
+
+
+@pytest.mark.parametrize(
+    ("tier", "units"),
+    [
+        ("nano", 0.125),
+        ("micro", 0.25),
+        ("small", 0.5),
+        ("standard", 1.0),
+        ("large", 2.0),
+        ("xlarge", 4.0),
+        ("2xlarge", 8.0),
+        ("mem-2xlarge", 4.0),
+    ],
+)
+def test_machine_units(tier: str, units: float) -> None:
+    assert billing.meter(tier, T0, T0 + timedelta(seconds=10)) == (10.0, 10 * units)
+
+
+def test_timeout_then_kill_after_grace_is_billed_until_the_kill(h: Harness) -> None:
+    h.executor.ignore_term = True
+    run_id = h.submit(timeoutSeconds=60)
+    h.tick()
+    h.tick(59)
+    assert h.executor.signals == []
+    h.tick(1)
+    assert [s for _, s in h.executor.signals] == ["term"]
+    h.tick(9)
+    assert [s for _, s in h.executor.signals] == ["term"]
+    h.tick(1)  # grace (10 s) over
+    assert [s for _, s in h.executor.signals] == ["term", "kill"]
+    h.tick()
+    view = h.run(run_id)
+    assert view["status"] == "timed_out"
+    assert view["shards"][0]["exitCode"] == 137
+    assert h.usage(run_id) == [(70.0, 70.0)]
+
+
+def test_retries_are_each_billed(h: Harness) -> None:
+    run_id = h.submit(parallelism=2, gangScheduling=False, backoffLimitPerIndex=2, machine="nano")
+    for _ in range(3):  # index 0 fails three times: 1 try + 2 retries
+        h.tick()
+        h.tick(8)
+        h.executor.finish(0, 1)
+    h.executor.finish(1, 0)
+    h.tick()
+    view = h.run(run_id)
+    assert view["status"] == "partial"
+    assert [s["attempts"] for s in view["shards"]] == [3, 1]
+    # index 0: three 8 s attempts; index 1: one attempt over the same 24 s
+    assert h.usage(run_id) == [(8.0, 1.0)] * 3 + [(24.0, 3.0)]
+
+
+def test_cancel_before_start_bills_nothing_and_mid_flight_bills_the_window(h: Harness) -> None:
+    h.executor.cap = Resources.of_host(1, 4 << 30)
+    first = h.submit()
+    h.tick()
+    queued = h.submit()  # no capacity left: stays queued
+    h.tick(30)
+    with h.sessions.begin() as s:
+        runs.cancel(s, queued, "org_acme", h.clock())
+        runs.cancel(s, first, "org_acme", h.clock())
+    h.tick()
+    h.tick()
+    assert h.run(queued)["status"] == "cancelled" and h.usage(queued) == []
+    assert h.run(first)["status"] == "cancelled"
+    assert h.usage(first) == [(30.0, 30.0)]
+
+
+def test_gang_waits_until_all_fit_then_starts_together(h: Harness) -> None:
+    h.executor.cap = Resources.of_host(4, 64 << 30)
+    blocker = h.submit(parallelism=2, machine="standard")
+    h.tick()
+    gang = h.submit(parallelism=3, machine="standard")
+    h.tick()
+    assert h.run(gang)["status"] == "queued"
+    assert "needs 3 vCPU / 6 GiB at once" in h.run(gang)["message"]
+    h.executor.finish(0, run_id=blocker)  # 3 vCPU free now: the whole gang fits
+    h.tick()
+    view = h.run(gang)
+    assert view["status"] == "running" and view["aggregate"]["running"] == 3
+    assert view["message"] is None
+
+
+def test_a_pass_with_nothing_new_changes_nothing(h: Harness) -> None:
+    run_id = h.submit(parallelism=3, machine="nano")
+    h.tick()
+    before = h.run(run_id)
+    h.tick()
+    h.tick()
+    assert h.run(run_id) == before
