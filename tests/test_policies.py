@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sylphx._errors import IllegalTransition, Unschedulable
-from sylphx._server.controller import admission, backoff, deadlines, success
+from sylphx._server.controller import admission, backoff, deadlines, preemption, queue, success
 from sylphx._server.controller.indexes import compress, expand
+from sylphx._server.controller.preemption import Victim
 from sylphx._server.store import RunRow, ShardRow
 from sylphx._server.transitions import transition
 from sylphx._states import RunState, ShardState
@@ -76,6 +77,7 @@ def test_aggregate_counts() -> None:
         (-15, "timeout", 0, 3, S.TIMED_OUT, S.TIMED_OUT, 143, False),
         (0, "timeout", 0, 3, S.TIMED_OUT, S.TIMED_OUT, 0, False),
         (-15, "cancel", 0, 3, S.CANCELLED, S.CANCELLED, 143, False),
+        (-15, "preempt", 3, 3, "preempted", S.PENDING, 143, False),  # budget untouched
     ],
 )
 def test_backoff(
@@ -97,6 +99,25 @@ def test_backoff(
     )
 
 
+def test_preemption_has_its_own_ceiling() -> None:
+    ok = backoff.decide(
+        -15, stop_reason="preempt", failures=0, budget=0, preemptions=1, preemption_ceiling=2
+    )
+    assert (ok.shard_state, ok.preempted, ok.uses_budget) == (S.PENDING, True, False)
+    lost = backoff.decide(
+        -9,
+        stop_reason=None,
+        failures=0,
+        budget=0,
+        lost=True,
+        reason="NodeLost: node n1 died",
+        preemptions=2,
+        preemption_ceiling=2,
+    )
+    assert lost.shard_state is S.FAILED and lost.reason.startswith("PreemptionLimit")
+    assert lost.reason.endswith("last: NodeLost: node n1 died")
+
+
 def test_backoff_reasons() -> None:
     assert backoff.decide(-9, stop_reason=None, failures=0, budget=0).reason == "Killed by SIGKILL"
     assert backoff.decide(2, stop_reason=None, failures=0, budget=0).reason == "Error"
@@ -109,37 +130,145 @@ def test_backoff_reasons() -> None:
 CPU2 = admission.Resources.of_host(2, 8 << 30)
 
 
+def cand(
+    run: str, gang: bool, machine: str, pending: int, org: str = "o1", queued: bool = True
+) -> queue.Candidate:
+    return queue.Candidate(run, org, gang, machine, pending, queued)
+
+
 @pytest.mark.parametrize(
-    ("cands", "free", "starts", "waiting"),
+    ("cands", "free", "units", "starts", "waiting"),
     [
         # a gang that fits starts whole
-        ([("a", True, "nano", 9)], CPU2, {"a": 9}, set()),
-        # a gang that does not fit starts nothing; the opportunistic run behind it backfills
-        ([("a", True, "standard", 3), ("b", False, "standard", 3)], CPU2, {"b": 2}, {"a", "b"}),
+        ([cand("a", True, "nano", 9)], CPU2, {}, {"a": 9}, set()),
+        # a gang that does not fit holds the head: nothing behind it starts (no starvation)
+        (
+            [cand("a", True, "standard", 3), cand("b", False, "standard", 3)],
+            CPU2,
+            {},
+            {},
+            {"a", "b"},
+        ),
+        ([cand("a", True, "standard", 3), cand("b", True, "nano", 1)], CPU2, {}, {}, {"a", "b"}),
         # gang runs go before opportunistic ones submitted earlier
-        ([("o", False, "standard", 2), ("g", True, "standard", 2)], CPU2, {"g": 2}, {"o"}),
+        (
+            [cand("o", False, "standard", 2), cand("g", True, "standard", 2)],
+            CPU2,
+            {},
+            {"g": 2},
+            {"o"},
+        ),
         # opportunistic: start what fits, by memory too
-        ([("m", False, "large", 4)], admission.Resources.of_host(64, 8 << 30), {"m": 2}, {"m"}),
+        (
+            [cand("m", False, "large", 4)],
+            admission.Resources.of_host(64, 8 << 30),
+            {},
+            {"m": 2},
+            {"m"},
+        ),
+        # fair share: the org with fewer running units goes first, whatever the order
+        (
+            [
+                cand("a", True, "standard", 1, org="busy"),
+                cand("b", True, "standard", 1, org="idle"),
+            ],
+            admission.Resources.of_host(1, 8 << 30),
+            {"busy": 3.0},
+            {"b": 1},
+            {"a"},
+        ),
+        # ...and within one pass the shares even out: a1, b1 (then a2 waits)
+        (
+            [
+                cand("a1", False, "standard", 1, org="a"),
+                cand("a2", False, "standard", 1, org="a"),
+                cand("b1", False, "standard", 1, org="b"),
+            ],
+            CPU2,
+            {},
+            {"a1": 1, "b1": 1},
+            {"a2"},
+        ),
+        # FIFO within an org and a priority
+        (
+            [cand("x", False, "standard", 1), cand("y", False, "standard", 1)],
+            admission.Resources.of_host(1, 8 << 30),
+            {},
+            {"x": 1},
+            {"y"},
+        ),
         # nothing free: everyone waits
-        ([("a", True, "nano", 1)], admission.ZERO, {}, {"a"}),
+        ([cand("a", True, "nano", 1)], admission.ZERO, {}, {}, {"a"}),
     ],
 )
 def test_admit(
-    cands: list[tuple[str, bool, str, int]],
+    cands: list[queue.Candidate],
     free: admission.Resources,
+    units: dict[str, float],
     starts: dict[str, int],
     waiting: set[str],
 ) -> None:
-    decision = admission.admit([admission.Candidate(*c) for c in cands], free)
+    decision = queue.admit(cands, free=free, org_units=units)
     assert decision.starts == starts
     assert set(decision.waiting) == waiting
 
 
-def test_waiting_message_has_the_numbers() -> None:
-    d = admission.admit([admission.Candidate("a", True, "large", 9)], CPU2)
-    assert d.waiting["a"] == (
-        "waiting for capacity: needs 18 vCPU / 36 GiB at once (9 x large); 2 vCPU / 8 GiB free"
+def test_waiting_message_has_the_numbers_and_positions() -> None:
+    d = queue.admit(
+        [cand("a", True, "large", 9), cand("b", True, "nano", 1), cand("c", False, "nano", 1)],
+        free=CPU2,
+        org_units={},
     )
+    assert d.waiting["a"] == (
+        "waiting for capacity: needs 18 vCPU / 36 GiB at once (9 x large);"
+        " 2 vCPU / 8 GiB free; 0 run(s) ahead"
+    )
+    assert d.waiting["c"] == "waiting behind a, which holds the head of the queue; 2 run(s) ahead"
+    assert d.positions == {"a": 1, "b": 2, "c": 3}
+
+
+def v(attempt: int, seconds: float, preemptions: int = 0, machine: str = "standard") -> Victim:
+    return Victim(attempt, machine, seconds, preemptions)
+
+
+@pytest.mark.parametrize(
+    ("victims", "free_cpus", "chosen"),
+    [
+        ([v(1, 100), v(2, 5), v(3, 50)], 0, [2, 3]),  # fewest shard-seconds lost first
+        ([v(1, 10, preemptions=2), v(2, 10)], 1, [2]),  # then fewest preemptions
+        ([v(1, 10, preemptions=3), v(2, 10)], 0, None),  # at the ceiling: never chosen
+        ([v(1, 10)], 0, None),  # not enough even with every victim: preempt nobody
+        ([v(1, 10), v(2, 20)], 2, []),  # it already fits
+    ],
+)
+def test_preemption_victims(
+    victims: list[Victim], free_cpus: int, chosen: list[int] | None
+) -> None:
+    need = admission.Resources.of_tier("standard", 2)
+    got = preemption.choose(
+        victims, need=need, ceiling=3, free=admission.Resources.of_host(free_cpus, 8 << 30)
+    )
+    assert (None if got is None else [x.attempt_id for x in got]) == chosen
+
+
+def test_gang_head_preempts_opportunistic_shards() -> None:
+    d = queue.admit(
+        [cand("g", True, "standard", 2)],
+        free=admission.ZERO,
+        org_units={},
+        victims=[v(7, 30), v(8, 2), v(9, 60)],
+    )
+    assert [x.attempt_id for x in d.preempt] == [8, 7]
+    assert d.waiting["g"].endswith("preempting 2 opportunistic shard(s) to make room")
+    # next pass: those two are stopping; nobody else is preempted
+    d2 = queue.admit(
+        [cand("g", True, "standard", 2)],
+        free=admission.ZERO,
+        org_units={},
+        victims=[v(9, 61)],
+        stopping=admission.Resources.of_tier("standard", 2),
+    )
+    assert d2.preempt == [] and "stopping to make room" in d2.waiting["g"]
 
 
 def test_check_schedulable_gang_never_fits() -> None:

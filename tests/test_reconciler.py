@@ -254,3 +254,81 @@ def test_a_pass_with_nothing_new_changes_nothing(h: Harness) -> None:
     h.tick()
     h.tick()
     assert h.run(run_id) == before
+
+
+def test_gang_preempts_opportunistic_shards_which_finish_later(h: Harness) -> None:
+    h.executor.cap = Resources.of_host(2, 64 << 30)
+    opp = h.submit(parallelism=2, machine="standard", gangScheduling=False, backoffLimitPerIndex=0)
+    h.tick()
+    h.tick(40)
+    gang = h.submit(parallelism=2, machine="standard")
+    h.tick()  # the gang holds the head and preempts both opportunistic shards
+    assert sorted(s for _, s in h.executor.signals) == ["term", "term"]
+    assert "preempting 2 opportunistic shard(s)" in h.run(gang)["message"]
+    h.tick(1)  # they stop (SIGTERM honoured); the gang starts
+    h.tick()
+    assert h.run(gang)["aggregate"]["running"] == 2
+    view = h.run(opp)
+    assert [s["status"] for s in view["shards"]] == ["pending", "pending"]
+    assert [(s["preemptions"], s["attempts"]) for s in view["shards"]] == [(1, 1), (1, 1)]
+    assert view["shards"][0]["history"][0]["status"] == "preempted"
+    h.tick(10)
+    h.executor.finish_all(0)  # the gang ends; the opportunistic shards run again
+    h.tick()
+    h.tick()
+    assert h.run(opp)["aggregate"]["running"] == 2
+    h.executor.finish_all(0)
+    h.tick()
+    done = h.run(opp)
+    assert done["status"] == "succeeded"  # with backoffLimitPerIndex 0: budget untouched
+    assert [s["attempts"] for s in done["shards"]] == [2, 2]
+    assert h.usage(opp).count((40.0, 40.0)) == 2  # the preempted windows are billed
+
+
+def test_preempted_shard_ignoring_sigterm_is_killed_after_the_preemption_grace(h: Harness) -> None:
+    h.executor.cap = Resources.of_host(1, 64 << 30)
+    h.executor.ignore_term = True
+    h.submit(parallelism=2, machine="standard", gangScheduling=False)
+    h.tick()
+    h.submit(machine="standard")
+    h.tick()
+    h.tick(29)
+    assert [s for _, s in h.executor.signals] == ["term"]
+    h.tick(1)  # the preemption grace (30 s by default)
+    assert [s for _, s in h.executor.signals] == ["term", "kill"]
+
+
+def test_admission_deadline_ends_the_run_and_bills_nothing(h: Harness) -> None:
+    h.executor.cap = Resources.of_host(1, 64 << 30)
+    h.submit(machine="standard")
+    h.tick()
+    late = h.submit(parallelism=2, machine="nano", admissionTimeoutSeconds=60)
+    h.executor.cap = Resources.of_host(1.1, 64 << 30)  # 0.1 vCPU free: the gang needs 0.2
+    h.tick(59)
+    assert h.run(late)["status"] == "queued"
+    h.tick(1)
+    view = h.run(late)
+    assert view["status"] == "failed"
+    assert view["message"].startswith("AdmissionTimeout: not admitted as a gang within 60s")
+    assert {s["reason"] for s in view["shards"]} == {"AdmissionTimeout: not admitted within 60s"}
+    assert h.usage(late) == [] and view["computeSeconds"] == 0
+
+
+def test_admission_deadline_can_fall_back_to_opportunistic(h: Harness) -> None:
+    h.executor.cap = Resources.of_host(1.1, 64 << 30)
+    h.submit(machine="standard")
+    h.tick()
+    late = h.submit(
+        parallelism=2, machine="nano", admissionTimeoutSeconds=60, admissionFallback="opportunistic"
+    )
+    h.tick(60)
+    view = h.run(late)
+    assert view["spec"]["gangScheduling"] is False and view["spec"]["backoffLimitPerIndex"] == 3
+    assert view["aggregate"]["running"] == 1 and view["aggregate"]["pending"] == 1
+    assert view["message"].startswith("AdmissionTimeout")
+    h.executor.finish_all(0)
+    h.tick()
+    h.tick()
+    h.executor.finish_all(0)
+    h.tick()
+    assert h.run(late)["status"] == "succeeded"

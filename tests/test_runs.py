@@ -173,21 +173,39 @@ def test_cancel_queued_run_settles_at_once(server: Server) -> None:
     assert server.wait(blocker["id"])["status"] == "cancelled"
 
 
-def test_gang_waits_for_capacity_while_opportunistic_starts_what_fits(server: Server) -> None:
+def test_gang_larger_than_free_capacity_stays_queued_until_it_fits(server: Server) -> None:
     # 2 vCPU host; a 1-vCPU blocker leaves 1 vCPU free
     blocker = server.submit(command=["sleep", "60"], machine="standard")
     server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
     gang = server.submit(command=["true"], parallelism=2, machine="standard")
-    opp = server.submit(
-        command=["sleep", "0.2"], parallelism=2, machine="standard", gangScheduling=False
+    server.wait_for(
+        lambda: "needs 2 vCPU / 4 GiB at once" in (server.get(gang["id"])["message"] or "")
     )
-    assert server.wait(opp["id"])["status"] == "succeeded"  # one at a time, in the free vCPU
     waiting = server.get(gang["id"])
-    assert waiting["status"] == "queued"
-    assert "needs 2 vCPU / 4 GiB at once" in waiting["message"]
+    assert waiting["status"] == "queued" and waiting["queuePosition"] == 1
     assert all(s["attempts"] == 0 and s["status"] == "pending" for s in server.shards(gang["id"]))
     server.http.post(f"/v1/runs/{blocker['id']}/cancel")
     assert server.wait(gang["id"])["status"] == "succeeded"
+
+
+def test_opportunistic_starts_what_fits_and_completes(server: Server, tmp_path: Path) -> None:
+    blocker = server.submit(command=["sleep", "60"], machine="standard")
+    server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
+    log = tmp_path / "starts"
+    opp = server.submit(
+        command=sh(
+            f'echo "$SYLPHX_SHARD_INDEX start" >> {log}; sleep 0.3;'
+            f' echo "$SYLPHX_SHARD_INDEX end" >> {log}'
+        ),
+        parallelism=3,
+        machine="standard",
+        gangScheduling=False,
+    )
+    assert server.wait(opp["id"])["status"] == "succeeded"
+    lines = log.read_text().split("\n")[:-1]
+    # one vCPU free: the shards ran one at a time
+    assert [line.split()[1] for line in lines] == ["start", "end"] * 3
+    server.http.post(f"/v1/runs/{blocker['id']}/cancel")
 
 
 def test_gang_that_can_never_fit_is_refused_at_submit(server: Server) -> None:

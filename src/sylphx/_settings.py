@@ -55,6 +55,8 @@ class Settings:
     local_memory: int = 0
     kill_grace_seconds: float = 10.0
     reconcile_interval: float = 0.5
+    preemption_grace_seconds: float = 30.0  # SIGTERM -> SIGKILL for a preempted shard
+    max_preemptions_per_index: int = 10  # beyond it a shard is no longer chosen as a victim
 
     @property
     def logs_dir(self) -> Path:
@@ -115,7 +117,23 @@ class Settings:
             raise _bad(
                 "SYLPHX_RECONCILE_INTERVAL", interval_text, "give seconds > 0, e.g. 0.5"
             ) from None
+        preempt_text = env.get("SYLPHX_PREEMPTION_GRACE_SECONDS", "30")
+        ceiling_text = env.get("SYLPHX_MAX_PREEMPTIONS_PER_INDEX", "10")
+        try:
+            preempt_grace = float(preempt_text)
+            if preempt_grace < 0:
+                raise ValueError
+        except ValueError:
+            raise _bad(
+                "SYLPHX_PREEMPTION_GRACE_SECONDS", preempt_text, "give seconds >= 0, e.g. 30"
+            ) from None
+        if not ceiling_text.isdigit():
+            raise _bad(
+                "SYLPHX_MAX_PREEMPTIONS_PER_INDEX", ceiling_text, "give a whole number, e.g. 10"
+            )
         return cls(
+            preemption_grace_seconds=preempt_grace,
+            max_preemptions_per_index=int(ceiling_text),
             home=home,
             database_url=db,
             executor=executor,

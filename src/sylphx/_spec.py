@@ -23,6 +23,7 @@ from ._machines import DEFAULT_MACHINE, MachineName
 __all__ = ["CompletionMode", "RunSpec", "VolumeMount"]
 
 CompletionMode = Literal["Indexed", "NonIndexed"]
+AdmissionFallback = Literal["fail", "opportunistic"]
 
 MAX_PARALLELISM = 256
 MAX_TIMEOUT_SECONDS = 86400
@@ -104,6 +105,8 @@ class RunSpec(_Model):
     volume_mounts: list[VolumeMount] = Field(default_factory=list)
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     working_dir: str | None = None  # where the command starts; the SDK/CLI default to cwd
+    admission_timeout_seconds: int | None = None  # gang runs: give up waiting after this
+    admission_fallback: AdmissionFallback | None = None  # ...or carry on as opportunistic
 
     @field_validator("image")
     @classmethod
@@ -213,6 +216,26 @@ class RunSpec(_Model):
                     "set gangScheduling: false (CLI: --opportunistic), or remove"
                     " backoffLimitPerIndex",
                 )
+        if self.admission_timeout_seconds is not None:
+            if not 1 <= self.admission_timeout_seconds <= MAX_TIMEOUT_SECONDS:
+                raise rule(
+                    "admissionTimeoutSeconds",
+                    f"must be between 1 and {MAX_TIMEOUT_SECONDS} (got"
+                    f" {self.admission_timeout_seconds})",
+                    "give how long a gang run may wait in the queue, in seconds",
+                )
+            if self.gang_scheduling is False:
+                raise rule(
+                    "admissionTimeoutSeconds",
+                    "applies to gang runs only",
+                    "remove it, or set gangScheduling: true",
+                )
+        elif self.admission_fallback is not None:
+            raise rule(
+                "admissionFallback",
+                "requires admissionTimeoutSeconds",
+                "set admissionTimeoutSeconds, or remove admissionFallback",
+            )
         # Fill defaults so the stored spec says exactly what will happen.
         gang = True if self.gang_scheduling is None else self.gang_scheduling
         object.__setattr__(self, "gang_scheduling", gang)
@@ -220,6 +243,8 @@ class RunSpec(_Model):
             object.__setattr__(self, "completion_mode", "Indexed")
         if not gang and distributed and self.backoff_limit_per_index is None:
             object.__setattr__(self, "backoff_limit_per_index", DEFAULT_BACKOFF_LIMIT)
+        if self.admission_timeout_seconds is not None and self.admission_fallback is None:
+            object.__setattr__(self, "admission_fallback", "fail")
         return self
 
     # -- derived ---------------------------------------------------------
@@ -236,6 +261,16 @@ class RunSpec(_Model):
     @property
     def indexed(self) -> bool:
         return self.completion_mode != "NonIndexed"
+
+    def as_opportunistic(self) -> RunSpec:
+        """This spec continuing as an opportunistic run (the admission fallback)."""
+        wire = self.to_wire() | {
+            "gangScheduling": False,
+            "admissionTimeoutSeconds": None,
+            "admissionFallback": None,
+            "backoffLimitPerIndex": None,
+        }
+        return RunSpec.parse(wire)
 
     def to_wire(self) -> dict[str, Any]:
         """The camelCase JSON form, with every default filled in."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["RunState", "ShardState"]
+__all__ = ["AttemptState", "RunState", "ShardState"]
 
 
 class ShardState(StrEnum):
@@ -26,6 +26,19 @@ class ShardState(StrEnum):
     def live(self) -> bool:
         """Holds capacity: a process has been or is being launched."""
         return self in (ShardState.STARTING, ShardState.RUNNING)
+
+
+class AttemptState(StrEnum):
+    """How one attempt at a shard went. ``preempted``: stopped by the scheduler to make
+    room for higher-priority work (or its node was lost); it never uses retry budget."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
 
 
 class RunState(StrEnum):
@@ -53,7 +66,8 @@ RUN_TERMINAL = frozenset(
 
 # The whole state machine. Anything not listed raises IllegalTransition.
 SHARD_TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
-    ShardState.PENDING: frozenset({ShardState.STARTING, ShardState.CANCELLED}),
+    # pending -> failed: never admitted before the run's admission deadline
+    ShardState.PENDING: frozenset({ShardState.STARTING, ShardState.CANCELLED, ShardState.FAILED}),
     # starting -> pending|failed: the launch itself failed (retry while budget remains)
     ShardState.STARTING: frozenset(
         {ShardState.RUNNING, ShardState.PENDING, ShardState.FAILED, ShardState.CANCELLED}

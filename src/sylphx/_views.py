@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from ._spec import RunSpec
-from ._states import RunState, ShardState
+from ._states import AttemptState, RunState, ShardState
 
 __all__ = [
     "Aggregate",
@@ -51,7 +51,7 @@ class AttemptView(_View):
     """One try at running one shard."""
 
     attempt: int
-    status: ShardState
+    status: AttemptState
     exit_code: int | None = None
     reason: str | None = None
     started_at: datetime | None = None
@@ -64,6 +64,7 @@ class ShardView(_View):
     index: int
     status: ShardState
     attempts: int = 0
+    preemptions: int = 0  # attempts stopped by the scheduler; never use retry budget
     exit_code: int | None = None
     reason: str | None = None
     started_at: datetime | None = None
@@ -85,6 +86,7 @@ class RunView(_View):
     cancel_requested: bool = False
     message: str | None = None  # why it is queued, or why it ended as it did
     compute_seconds: float = 0.0  # metered so far: sum over attempts of wall x machine units
+    queue_position: int | None = None  # 1 = next to be admitted; None unless waiting
 
 
 class RunList(_View):

@@ -62,11 +62,13 @@ def _exit(code: int | None) -> str:
 def shard_table(
     shards: Sequence[ShardView], *, reason: bool = False, now: datetime | None = None
 ) -> list[str]:
-    """INDEX, STATUS, ATTEMPTS, EXIT, DURATION (and REASON) per shard."""
-    headers = ["INDEX", "STATUS", "ATTEMPTS", "EXIT", "DURATION"] + (["REASON"] if reason else [])
+    """INDEX, STATUS, ATTEMPTS, PREEMPTED, EXIT, DURATION (and REASON) per shard."""
+    headers = ["INDEX", "STATUS", "ATTEMPTS", "PREEMPTED", "EXIT", "DURATION"]
+    headers += ["REASON"] if reason else []
     rows = []
     for s in sorted(shards, key=lambda s: s.index):
-        row = [str(s.index), s.status.value, str(s.attempts), _exit(s.exit_code)]
+        row = [str(s.index), s.status.value, str(s.attempts), str(s.preemptions)]
+        row.append(_exit(s.exit_code))
         row.append(fmt_duration(shard_duration(s, now)))
         if reason:
             row.append(s.reason or "")
@@ -78,6 +80,8 @@ def aggregate_line(view: RunView) -> str:
     """``wrk_x  running  3/9 succeeded · 1 failed · 5 running``."""
     agg = view.aggregate
     parts = [f"{agg.succeeded}/{agg.total} succeeded"]
+    if view.compute_seconds:
+        parts.append(f"{view.compute_seconds:,.1f} compute-s")
     for label, count in (
         ("failed", agg.failed),
         ("timed out", agg.timed_out),
@@ -90,6 +94,8 @@ def aggregate_line(view: RunView) -> str:
     line = f"{view.id}  {view.status.value}  " + " · ".join(parts)
     if view.cancel_requested and not view.status.terminal:
         line += "  (cancelling)"
+    if view.queue_position is not None:
+        line += f"  [queue position {view.queue_position}]"
     if view.message:
         line += f"  — {view.message}"
     return line

@@ -12,7 +12,7 @@ from .._errors import NotFound, Unschedulable, ValidationError
 from .._ids import new_id
 from .._machines import CPU_MACHINES, MACHINES
 from .._spec import RunSpec
-from .._states import RunState, ShardState
+from .._states import AttemptState, RunState, ShardState
 from .._views import AttemptView, RunList, RunView, ShardView
 from . import billing
 from .controller import admission, quota, success
@@ -137,6 +137,7 @@ def view(
         cancel_requested=run.cancel_requested_at is not None,
         message=run.message,
         compute_seconds=compute_seconds,
+        queue_position=run.queue_position if state is RunState.QUEUED else None,
     )
 
 
@@ -154,7 +155,7 @@ def shard_views(run: RunRow) -> list[ShardView]:
         history = [
             AttemptView(
                 attempt=a.number,
-                status=ShardState(a.state),
+                status=AttemptState(a.state),
                 exit_code=a.exit_code,
                 reason=a.reason,
                 started_at=a.started_at,
@@ -167,6 +168,7 @@ def shard_views(run: RunRow) -> list[ShardView]:
                 index=shard.index,
                 status=ShardState(shard.state),
                 attempts=shard.attempts,
+                preemptions=shard.preemptions,
                 exit_code=shard.exit_code,
                 reason=shard.reason,
                 started_at=shard.started_at,

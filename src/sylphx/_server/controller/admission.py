@@ -1,15 +1,9 @@
-"""Admission policy: which queued shards start now, given free capacity.
-
-Gang runs (normal priority) are considered before opportunistic ones, each
-group first-come first-served. A gang run starts only when all its shards fit
-at once; an opportunistic run starts as many pending shards as fit. A gang run
-that does not fit stays queued while smaller work behind it may start
-(backfill). Everything here is pure: capacity and queue in, decisions out.
-"""
+"""Admission arithmetic: resources in millicores and bytes, and the submit-time check
+that refuses runs that could never fit. Ordering and starts live in ``queue.py``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..._errors import Unschedulable
 from ..._machines import MACHINES, format_bytes, format_cpus
@@ -51,57 +45,6 @@ class Resources:
 
 
 ZERO = Resources(0, 0)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A run with shards waiting to start."""
-
-    run_id: str
-    gang: bool
-    machine: str
-    pending: int
-
-
-@dataclass
-class Decision:
-    """Shards to start per run, and why the rest wait."""
-
-    starts: dict[str, int] = field(default_factory=dict)
-    waiting: dict[str, str] = field(default_factory=dict)
-
-
-def admit(candidates: list[Candidate], free: Resources) -> Decision:
-    """Decide starts for ``candidates`` (in submission order) within ``free``."""
-    decision = Decision()
-    ordered = sorted(candidates, key=lambda c: not c.gang)  # stable: FIFO within priority
-    for cand in ordered:
-        unit = Resources.of_tier(cand.machine)
-        if cand.gang:
-            need = Resources.of_tier(cand.machine, cand.pending)
-            if need.fits_in(free):
-                decision.starts[cand.run_id] = cand.pending
-                free = free - need
-            else:
-                decision.waiting[cand.run_id] = (
-                    f"waiting for capacity: needs {need.text()} at once"
-                    f" ({cand.pending} x {cand.machine}); {_free_text(free)} free"
-                )
-            continue
-        n = min(cand.pending, unit.how_many_fit(free))
-        if n:
-            decision.starts[cand.run_id] = n
-            free = free - Resources.of_tier(cand.machine, n)
-        if n < cand.pending:
-            decision.waiting[cand.run_id] = (
-                f"{cand.pending - n} shard(s) waiting for capacity: each needs {unit.text()};"
-                f" {_free_text(free)} free"
-            )
-    return decision
-
-
-def _free_text(free: Resources) -> str:
-    return Resources(max(free.millicpu, 0), max(free.memory, 0)).text()
 
 
 def check_schedulable(*, machine: str, parallelism: int, gang: bool, total: Resources) -> None:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from ..._states import ShardState
+from ..._states import AttemptState, ShardState
+
+A, S = AttemptState, ShardState
 
 
 @dataclass(frozen=True)
 class Outcome:
     """The attempt's own result and where its shard goes next."""
 
-    attempt_state: ShardState
+    attempt_state: AttemptState
     shard_state: ShardState  # PENDING means: retry
     exit_code: int
     reason: str
-    uses_budget: bool
+    uses_budget: bool  # counts against backoffLimitPerIndex
+    preempted: bool = False  # counts against the preemption ceiling instead
 
 
 def normalize_exit(returncode: int) -> int:
@@ -40,17 +43,29 @@ def decide(
     failures: int,
     budget: int,
     reason: str | None = None,
+    lost: bool = False,
+    preemptions: int = 0,
+    preemption_ceiling: int = 10,
 ) -> Outcome:
     """Classify an exit. Failures retry while ``failures < budget``; timeouts and
-    cancels are final; ``reason`` lets an executor name a cause (e.g. LaunchError)."""
+    cancels are final; ``reason`` lets an executor name a cause (e.g. LaunchError).
+    A preemption (``stop_reason == "preempt"``, or ``lost``: the executor lost the
+    attempt, e.g. its node died) retries without using the failure budget, up to
+    ``preemption_ceiling`` times per index."""
     code = normalize_exit(returncode)
     if stop_reason == "timeout":
-        return Outcome(ShardState.TIMED_OUT, ShardState.TIMED_OUT, code, "DeadlineExceeded", False)
+        return Outcome(A.TIMED_OUT, S.TIMED_OUT, code, "DeadlineExceeded", False)
     if stop_reason == "cancel":
-        return Outcome(ShardState.CANCELLED, ShardState.CANCELLED, code, "Cancelled", False)
+        return Outcome(A.CANCELLED, S.CANCELLED, code, "Cancelled", False)
+    if stop_reason == "preempt" or lost:
+        why = reason or "Preempted: stopped to make room for a gang run"
+        if preemptions < preemption_ceiling:
+            return Outcome(A.PREEMPTED, S.PENDING, code, why, False, preempted=True)
+        limit = f"PreemptionLimit: preempted {preemptions + 1} times (ceiling {preemption_ceiling})"
+        return Outcome(A.PREEMPTED, S.FAILED, code, f"{limit}; last: {why}", False, True)
     if code == 0:
-        return Outcome(ShardState.SUCCEEDED, ShardState.SUCCEEDED, 0, "Completed", False)
+        return Outcome(A.SUCCEEDED, S.SUCCEEDED, 0, "Completed", False)
     why = reason or _signal_reason(code)
     if failures < budget:
-        return Outcome(ShardState.FAILED, ShardState.PENDING, code, why, True)
-    return Outcome(ShardState.FAILED, ShardState.FAILED, code, why, True)
+        return Outcome(A.FAILED, S.PENDING, code, why, True)
+    return Outcome(A.FAILED, S.FAILED, code, why, True)

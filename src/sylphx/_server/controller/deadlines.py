@@ -26,6 +26,7 @@ def next_action(
     cancel_requested: bool,
 ) -> tuple[Action, str] | None:
     """``("term", reason)`` when the attempt must be asked to stop (timeout or cancel),
+    or, when a preemption asked it to stop, ``("kill", "preempt")`` after the grace;
     ``("kill", reason)`` once the grace period after that has passed, else None."""
     if attempt.stop_reason is None:
         if cancel_requested:

@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ..._errors import ExecutorError
 from ..._settings import Settings
 from ..._spec import RunSpec
-from ..._states import RunState, ShardState
+from ..._states import RUN_TRANSITIONS, RunState, ShardState
 from .. import billing
 from ..executors.base import Executor, Exit, LaunchRequest, Mount
 from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
 from ..transitions import transition
-from . import admission, backoff, deadlines, success
+from . import backoff, deadlines, scheduling, success
 from .indexes import compress
 
 log = logging.getLogger("sylphx.reconciler")
@@ -109,6 +109,8 @@ class Reconciler:
                         if shard.state == ShardState.PENDING:
                             transition(shard, ShardState.CANCELLED, now)
                             shard.reason = "Cancelled before it started"
+            for run in runs:
+                specs[run.id] = scheduling.expire_admission(run, specs[run.id], now)
             self._admit(s, runs, specs, now)
             for run in runs:
                 self._roll_up(run, now)
@@ -161,6 +163,9 @@ class Reconciler:
             failures=shard.failures,
             budget=spec.retry_budget,
             reason=exit.reason,
+            lost=exit.lost,
+            preemptions=shard.preemptions,
+            preemption_ceiling=self.settings.max_preemptions_per_index,
         )
         attempt.state = outcome.attempt_state.value
         attempt.exit_code = outcome.exit_code
@@ -170,6 +175,8 @@ class Reconciler:
         shard.reason = outcome.reason
         if outcome.uses_budget:
             shard.failures += 1
+        if outcome.preempted:
+            shard.preemptions += 1
         if ShardState(shard.state) is ShardState.STARTING:
             transition(shard, ShardState.RUNNING, exit.ended_at)
         transition(shard, outcome.shard_state, exit.ended_at)
@@ -192,7 +199,11 @@ class Reconciler:
                 ),
                 now=now,
                 timeout_seconds=spec.timeout_seconds,
-                grace_seconds=self.settings.kill_grace_seconds,
+                grace_seconds=(
+                    self.settings.preemption_grace_seconds
+                    if attempt.stop_reason == "preempt"
+                    else self.settings.kill_grace_seconds
+                ),
                 cancel_requested=run.cancel_requested_at is not None,
             )
             if action is None or attempt.handle is None:
@@ -204,32 +215,27 @@ class Reconciler:
             else:
                 attempt.killed_at = now
 
-    def _used(self, runs: list[RunRow]) -> admission.Resources:
-        used = admission.ZERO
-        for run in runs:
-            live = sum(1 for shard in run.shards if shard.state in LIVE)
-            if live:
-                used = used + admission.Resources.of_tier(run.machine, live)
-        return used
-
     def _admit(
         self, s: Session, runs: list[RunRow], specs: dict[str, RunSpec], now: datetime
     ) -> None:
-        candidates = []
+        """Ask the queue policy what starts (and what is preempted) now, and do it."""
+        decision = scheduling.decide(
+            runs,
+            capacity=self.executor.capacity(),
+            now=now,
+            preemption_ceiling=self.settings.max_preemptions_per_index,
+        )
+        victims = {v.attempt_id for v in decision.preempt}
         for run in runs:
-            if run.cancel_requested_at is not None:
-                continue
-            pending = sum(1 for shard in run.shards if shard.state == ShardState.PENDING)
-            if pending:
-                candidates.append(admission.Candidate(run.id, run.gang, run.machine, pending))
-        if not candidates:
-            return
-        free = self.executor.capacity() - self._used(runs)
-        decision = admission.admit(candidates, free)
-        by_id = {run.id: run for run in runs}
-        for cand in candidates:
-            run = by_id[cand.run_id]
-            run.message = decision.waiting.get(run.id)
+            note = _course_note(run)
+            waiting = decision.waiting.get(run.id)
+            run.message = "; ".join(m for m in (note, waiting) if m) or None
+            run.queue_position = decision.positions.get(run.id)
+            for shard in run.shards:
+                attempt = shard.history[-1] if shard.history else None
+                if attempt is not None and attempt.id in victims and attempt.handle:
+                    self.executor.signal(attempt.handle, "term")
+                    attempt.stop_reason, attempt.stop_requested_at = "preempt", now
             n = decision.starts.get(run.id, 0)
             if not n:
                 continue
@@ -306,11 +312,20 @@ class Reconciler:
         final = success.final_status(counts, cancel_requested=run.cancel_requested_at is not None)
         if final is None:
             return
-        if run.state == RunState.QUEUED and final is not RunState.CANCELLED:
+        if run.state == RunState.QUEUED and final not in RUN_TRANSITIONS[RunState.QUEUED]:
             transition(run, RunState.RUNNING, now)
         transition(run, final, now)
         run.ended_at = max((s.ended_at for s in run.shards if s.ended_at), default=now)
-        run.message = _summary(run, counts)
+        note = _course_note(run)
+        run.message = "; ".join(m for m in (note, _summary(run, counts)) if m) or None
+        run.queue_position = None
+
+
+def _course_note(run: RunRow) -> str | None:
+    """The part of the message that explains the run's course (kept until it ends)."""
+    if run.message and run.message.startswith("AdmissionTimeout"):
+        return run.message.split("; ")[0]
+    return None
 
 
 def _summary(run: RunRow, counts: Counter[ShardState]) -> str | None:

@@ -59,6 +59,7 @@ class Exit:
     returncode: int
     ended_at: datetime
     reason: str | None = None  # an executor-specific cause, e.g. "LaunchError"
+    lost: bool = False  # the executor lost the attempt (node died): a preemption, not a failure
 
 
 class Executor(Protocol):

@@ -87,6 +87,7 @@ class RunRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     message: Mapped[str | None] = mapped_column(Text)
+    queue_position: Mapped[int | None] = mapped_column(Integer)  # 1 = next; None unless queued
 
     shards: Mapped[list[ShardRow]] = relationship(
         back_populates="run", order_by="ShardRow.index", cascade="all, delete-orphan"
@@ -103,6 +104,7 @@ class ShardRow(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # attempts that used retry budget
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     exit_code: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

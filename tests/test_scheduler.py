@@ -1,0 +1,104 @@
+"""The scheduler with real processes: preemption, no starvation, admission deadlines,
+queue visibility."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Server
+
+
+@pytest.fixture
+def sched(make_server) -> Server:  # type: ignore[no-untyped-def]
+    """2 vCPU of capacity, a 1 s preemption grace."""
+    return make_server(preemption_grace_seconds=1.0)  # type: ignore[no-any-return]
+
+
+def test_gang_preempts_opportunistic_shards_that_finish_later_with_budget_untouched(
+    sched: Server, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    opp = sched.submit(
+        command=[
+            "sh",
+            "-c",
+            f"trap 'echo \"checkpoint $SYLPHX_SHARD_INDEX\" >> {log}; exit 143' TERM;"
+            f' echo "start $SYLPHX_SHARD_INDEX $SYLPHX_SHARD_ATTEMPT" >> {log};'
+            ' [ "$SYLPHX_SHARD_ATTEMPT" -gt 1 ] && exit 0; sleep 30 & wait',
+        ],
+        parallelism=2,
+        machine="standard",
+        gangScheduling=False,
+        backoffLimitPerIndex=0,
+    )
+    sched.wait_for(lambda: sched.get(opp["id"])["aggregate"]["running"] == 2)
+    gang = sched.submit(command=["sleep", "0.5"], parallelism=2, machine="standard")
+    assert sched.wait(gang["id"])["status"] == "succeeded"
+    done = sched.wait(opp["id"])
+    assert done["status"] == "succeeded"
+    shards = sched.shards(opp["id"])
+    for shard in shards:
+        assert (shard["preemptions"], shard["attempts"]) == (1, 2)
+        assert [a["status"] for a in shard["history"]] == ["preempted", "succeeded"]
+        assert shard["history"][0]["reason"].startswith("Preempted")
+    lines = log.read_text().splitlines()
+    assert sorted(line for line in lines if line.startswith("checkpoint")) == [
+        "checkpoint 0",
+        "checkpoint 1",
+    ]  # SIGTERM first: shards could checkpoint
+    assert done["computeSeconds"] > 0  # the preempted windows are billed
+    get = subprocess.run(
+        [sys.executable, "-m", "sylphx", "runs", "get", opp["id"]],
+        env={**os.environ, "SYLPHX_URL": sched.url, "SYLPHX_TOKEN": sched.token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "PREEMPTED" in get.stdout
+
+
+def test_a_waiting_gang_is_not_starved_by_a_stream_of_small_runs(
+    sched: Server, tmp_path: Path
+) -> None:
+    starts = tmp_path / "starts"
+    record = ["sh", "-c", f'echo "$RUN" >> {starts}; sleep 0.3']
+    blocker = sched.submit(command=["sleep", "1.5"], machine="standard")
+    sched.wait_for(lambda: sched.get(blocker["id"])["status"] == "running")
+    big = sched.submit(command=record, parallelism=2, machine="standard", env={"RUN": "big"})
+    small = [
+        sched.submit(command=record, machine="nano", env={"RUN": f"small{i}"}) for i in range(3)
+    ]
+    view = sched.get(small[2]["id"])
+    sched.wait_for(lambda: sched.get(small[2]["id"])["queuePosition"] == 4)
+    assert "holds the head of the queue" in sched.get(small[2]["id"])["message"]
+    for run in [big, *small]:
+        assert sched.wait(run["id"])["status"] == "succeeded"
+    order = starts.read_text().split()
+    assert order[:2] == ["big", "big"], order  # the 0.9 free vCPU were kept for it
+    assert view["status"] == "queued"
+
+
+def test_admission_deadline_both_ways(sched: Server) -> None:
+    blocker = sched.submit(command=["sleep", "60"], parallelism=2, machine="standard")
+    sched.wait_for(lambda: sched.get(blocker["id"])["status"] == "running")
+    ends = sched.submit(command=["true"], parallelism=2, machine="nano", admissionTimeoutSeconds=1)
+    done = sched.wait(ends["id"], timeout=20)
+    assert done["status"] == "failed" and done["computeSeconds"] == 0
+    assert done["message"].startswith("AdmissionTimeout")
+    carries_on = sched.submit(
+        command=["true"],
+        parallelism=2,
+        machine="nano",
+        admissionTimeoutSeconds=1,
+        admissionFallback="opportunistic",
+    )
+    sched.wait_for(
+        lambda: sched.get(carries_on["id"])["spec"]["gangScheduling"] is False, timeout=20
+    )
+    sched.http.post(f"/v1/runs/{blocker['id']}/cancel")
+    assert sched.wait(carries_on["id"])["status"] == "succeeded"
