@@ -37,6 +37,11 @@ class Server:
             orgs.create_org(s, name, plan=plan, now=ControlPlane.now(), **limits)
             return orgs.create_key(s, name, name="test", now=ControlPlane.now())[1]
 
+    def volume(self) -> tuple[str, Path]:
+        """A new volume: its id and its directory on this host (shards write there)."""
+        vol = self.http.post("/v1/volumes", json={"name": "test"}).json()
+        return vol["id"], self.settings.volumes_dir / vol["id"]
+
     def client(self, token: str) -> httpx.Client:
         """An HTTP client authenticated as ``token``."""
         return httpx.Client(
@@ -134,6 +139,22 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def server(make_server: Callable[..., Server]) -> Server:
     """A control plane with 2 vCPU / 8 GiB of local capacity."""
     return make_server()
+
+
+def pids_of_run(run_id: str) -> list[int]:
+    """Host pids of every process whose environment names ``run_id`` (sandboxed shards
+    see other pids inside their own pid namespace)."""
+    needle = f"SYLPHX_RUN_ID={run_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def pid_alive(pid: int) -> bool:

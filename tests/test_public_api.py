@@ -8,6 +8,8 @@ import sys
 import sylphx
 
 EXPECTED = {
+    "SecretView",
+    "SecretsClient",
     "OrgView",
     "QuotaExceeded",
     "Unauthorized",

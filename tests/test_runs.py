@@ -6,7 +6,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from conftest import Server, pid_alive, start_server
+from conftest import Server, pid_alive, pids_of_run, start_server
 
 PY = sys.executable
 
@@ -15,9 +15,8 @@ def sh(script: str) -> list[str]:
     return ["sh", "-c", script]
 
 
-def test_nine_shard_gang_runs_every_index_exactly_once(server: Server, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+def test_nine_shard_gang_runs_every_index_exactly_once(server: Server) -> None:
+    vol, out = server.volume()
     run = server.submit(
         command=sh(
             'echo "$SYLPHX_SHARD_INDEX $SYLPHX_SHARD_COUNT $SYLPHX_SHARD_ATTEMPT '
@@ -25,7 +24,8 @@ def test_nine_shard_gang_runs_every_index_exactly_once(server: Server, tmp_path:
         ),
         parallelism=9,
         machine="nano",
-        env={"OUT": str(out)},
+        env={"OUT": "/out"},
+        volumeMounts=[{"volumeId": vol, "mountPath": "/out"}],
     )
     assert run["id"].startswith("wrk_")
     assert run["spec"]["gangScheduling"] is True and run["spec"]["completionMode"] == "Indexed"
@@ -138,21 +138,15 @@ def test_shard_ignoring_sigterm_is_killed_after_grace(server: Server) -> None:
     assert (shard["status"], shard["exitCode"]) == ("timed_out", 137)
 
 
-def test_cancel_mid_flight_stops_every_process(server: Server, tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
+def test_cancel_mid_flight_stops_every_process(server: Server) -> None:
     # each shard leaves a child in the background too: the whole tree must go
-    run = server.submit(
-        command=sh(
-            'sleep 60 & echo $! > "$P/child-$SYLPHX_SHARD_INDEX";'
-            ' echo $$ > "$P/main-$SYLPHX_SHARD_INDEX"; wait'
-        ),
-        parallelism=4,
-        machine="nano",
-        env={"P": str(pids)},
-    )
-    server.wait_for(lambda: len(list(pids.iterdir())) == 8)
-    live = [int(p.read_text()) for p in pids.iterdir()]
+    run = server.submit(command=sh("sleep 60 & sleep 61 & wait"), parallelism=4, machine="nano")
+
+    def sleepers() -> list[int]:
+        return [p for p in pids_of_run(run["id"]) if _comm(p) == "sleep"]
+
+    server.wait_for(lambda: len(sleepers()) == 8)
+    live = pids_of_run(run["id"])  # the sleeps, their shells and the sandboxes
     assert all(pid_alive(pid) for pid in live)
     r = server.http.post(f"/v1/runs/{run['id']}/cancel")
     assert r.status_code == 202 and r.json()["cancelRequested"] is True
@@ -160,6 +154,14 @@ def test_cancel_mid_flight_stops_every_process(server: Server, tmp_path: Path) -
     assert done["status"] == "cancelled"
     assert done["aggregate"]["cancelled"] == 4
     server.wait_for(lambda: not any(pid_alive(pid) for pid in live), timeout=5)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 def test_cancel_queued_run_settles_at_once(server: Server) -> None:
@@ -188,21 +190,22 @@ def test_gang_larger_than_free_capacity_stays_queued_until_it_fits(server: Serve
     assert server.wait(gang["id"])["status"] == "succeeded"
 
 
-def test_opportunistic_starts_what_fits_and_completes(server: Server, tmp_path: Path) -> None:
+def test_opportunistic_starts_what_fits_and_completes(server: Server) -> None:
     blocker = server.submit(command=["sleep", "60"], machine="standard")
     server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
-    log = tmp_path / "starts"
+    vol, out = server.volume()
     opp = server.submit(
         command=sh(
-            f'echo "$SYLPHX_SHARD_INDEX start" >> {log}; sleep 0.3;'
-            f' echo "$SYLPHX_SHARD_INDEX end" >> {log}'
+            'echo "$SYLPHX_SHARD_INDEX start" >> /out/log; sleep 0.3;'
+            ' echo "$SYLPHX_SHARD_INDEX end" >> /out/log'
         ),
         parallelism=3,
         machine="standard",
         gangScheduling=False,
+        volumeMounts=[{"volumeId": vol, "mountPath": "/out"}],
     )
     assert server.wait(opp["id"])["status"] == "succeeded"
-    lines = log.read_text().split("\n")[:-1]
+    lines = (out / "log").read_text().split("\n")[:-1]
     # one vCPU free: the shards ran one at a time
     assert [line.split()[1] for line in lines] == ["start", "end"] * 3
     server.http.post(f"/v1/runs/{blocker['id']}/cancel")
@@ -220,15 +223,14 @@ def test_gang_that_can_never_fit_is_refused_at_submit(server: Server) -> None:
     assert server.http.get("/v1/runs").json()["items"] == []  # nothing stored
 
 
-def test_non_indexed_shards_get_count_but_no_index(server: Server, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+def test_non_indexed_shards_get_count_but_no_index(server: Server) -> None:
+    vol, out = server.volume()
     run = server.submit(
-        command=sh('echo "${SYLPHX_SHARD_INDEX:-none} $SYLPHX_SHARD_COUNT" > "$(mktemp -p $O)"'),
+        command=sh('echo "${SYLPHX_SHARD_INDEX:-none} $SYLPHX_SHARD_COUNT" > "$(mktemp -p /o)"'),
         parallelism=3,
         machine="nano",
         completionMode="NonIndexed",
-        env={"O": str(out)},
+        volumeMounts=[{"volumeId": vol, "mountPath": "/o"}],
     )
     assert server.wait(run["id"])["status"] == "succeeded"
     assert sorted(p.read_text() for p in out.iterdir()) == ["none 3\n"] * 3
@@ -358,19 +360,18 @@ def test_volume_is_mounted_into_every_shard(server: Server) -> None:
 def test_restart_marks_orphaned_attempts_and_kills_them(tmp_path: Path) -> None:
     home = tmp_path / "restart-home"
     first, stop_first = start_server(home)
-    pidfile = tmp_path / "pid"
-    run = first.submit(command=sh(f"echo $$ > {pidfile}; exec sleep 60"))
-    first.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
-    pid = int(pidfile.read_text())
+    run = first.submit(command=["sleep", "60"])
+    first.wait_for(lambda: len(pids_of_run(run["id"])) >= 2)  # the sandbox and the sleep
+    pids = pids_of_run(run["id"])
     stop_first()  # the shard outlives the server...
-    assert pid_alive(pid)
+    assert all(pid_alive(pid) for pid in pids)
     second, stop_second = start_server(home)
     try:
         done = second.wait(run["id"])  # ...and the restarted one settles it
         assert done["status"] == "failed"
         (shard,) = second.shards(run["id"])
         assert shard["reason"] == "Orphaned: the control plane restarted"
-        second.wait_for(lambda: not pid_alive(pid), timeout=5)
+        second.wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=5)
     finally:
         stop_second()
 

@@ -22,21 +22,24 @@ def sched(make_server) -> Server:  # type: ignore[no-untyped-def]
 def test_gang_preempts_opportunistic_shards_that_finish_later_with_budget_untouched(
     sched: Server, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log"
+    vol, out = sched.volume()
+    log = out / "log"
     opp = sched.submit(
         command=[
             "sh",
             "-c",
-            f"trap 'echo \"checkpoint $SYLPHX_SHARD_INDEX\" >> {log}; exit 143' TERM;"
-            f' echo "start $SYLPHX_SHARD_INDEX $SYLPHX_SHARD_ATTEMPT" >> {log};'
+            "trap 'echo \"checkpoint $SYLPHX_SHARD_INDEX\" >> /out/log; exit 143' TERM;"
+            ' echo "start $SYLPHX_SHARD_INDEX $SYLPHX_SHARD_ATTEMPT" >> /out/log;'
             ' [ "$SYLPHX_SHARD_ATTEMPT" -gt 1 ] && exit 0; sleep 30 & wait',
         ],
+        volumeMounts=[{"volumeId": vol, "mountPath": "/out"}],
         parallelism=2,
         machine="standard",
         gangScheduling=False,
         backoffLimitPerIndex=0,
     )
-    sched.wait_for(lambda: sched.get(opp["id"])["aggregate"]["running"] == 2)
+    # both shards have set their SIGTERM trap once they have logged "start"
+    sched.wait_for(lambda: log.exists() and log.read_text().count("start") == 2)
     gang = sched.submit(command=["sleep", "0.5"], parallelism=2, machine="standard")
     assert sched.wait(gang["id"])["status"] == "succeeded"
     done = sched.wait(opp["id"])
@@ -65,13 +68,18 @@ def test_gang_preempts_opportunistic_shards_that_finish_later_with_budget_untouc
 def test_a_waiting_gang_is_not_starved_by_a_stream_of_small_runs(
     sched: Server, tmp_path: Path
 ) -> None:
-    starts = tmp_path / "starts"
-    record = ["sh", "-c", f'echo "$RUN" >> {starts}; sleep 0.3']
+    vol, out = sched.volume()
+    starts = out / "starts"
+    record = ["sh", "-c", 'echo "$RUN" >> /out/starts; sleep 0.3']
+    mount = [{"volumeId": vol, "mountPath": "/out"}]
     blocker = sched.submit(command=["sleep", "1.5"], machine="standard")
     sched.wait_for(lambda: sched.get(blocker["id"])["status"] == "running")
-    big = sched.submit(command=record, parallelism=2, machine="standard", env={"RUN": "big"})
+    big = sched.submit(
+        command=record, parallelism=2, machine="standard", env={"RUN": "big"}, volumeMounts=mount
+    )
     small = [
-        sched.submit(command=record, machine="nano", env={"RUN": f"small{i}"}) for i in range(3)
+        sched.submit(command=record, machine="nano", env={"RUN": f"small{i}"}, volumeMounts=mount)
+        for i in range(3)
     ]
     view = sched.get(small[2]["id"])
     sched.wait_for(lambda: sched.get(small[2]["id"])["queuePosition"] == 4)

@@ -14,7 +14,7 @@ one aggregate::
 from __future__ import annotations
 
 from ._async_client import AsyncRun, AsyncRunsClient, AsyncVolumesClient
-from ._client import Run, RunsClient, UsageClient, VolumesClient
+from ._client import Run, RunsClient, SecretsClient, UsageClient, VolumesClient
 from ._errors import (
     ConflictError,
     ExecutorError,
@@ -38,6 +38,7 @@ from ._views import (
     OrgView,
     RunList,
     RunView,
+    SecretView,
     ShardView,
     UsageReport,
     VolumeView,
@@ -65,6 +66,8 @@ __all__ = [
     "RunState",
     "RunView",
     "RunsClient",
+    "SecretView",
+    "SecretsClient",
     "ServerUnavailable",
     "ShardState",
     "ShardView",

@@ -16,7 +16,7 @@ import anyio
 import httpx
 
 from ._machines import MachineName
-from ._spec import CompletionMode, RunSpec
+from ._spec import AdmissionFallback, CompletionMode, RunSpec
 from ._states import RunState
 from ._transport import (
     ClientConfig,
@@ -222,6 +222,10 @@ class AsyncRunsClient:
         timeout_seconds: int | None = None,
         env: Mapping[str, str] | None = None,
         working_dir: str | None = None,
+        secrets: Sequence[str] | None = None,
+        network: bool | None = None,
+        admission_timeout_seconds: int | None = None,
+        admission_fallback: AdmissionFallback | None = None,
     ) -> AsyncRun:
         """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
 
@@ -233,6 +237,9 @@ class AsyncRunsClient:
             gang_scheduling=gang_scheduling, backoff_limit_per_index=backoff_limit_per_index,
             completion_mode=completion_mode, volume_mounts=volume_mounts,
             timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,
+            secrets=secrets, network=network,
+            admission_timeout_seconds=admission_timeout_seconds,
+            admission_fallback=admission_fallback,
         )  # fmt: skip
         return await AsyncRunsClient.submit(config, build_spec(fields))
 

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from ._machines import MachineName
-from ._spec import CompletionMode, RunSpec
+from ._spec import AdmissionFallback, CompletionMode, RunSpec
 from ._states import RunState
 from ._transport import (
     ClientConfig,
@@ -37,6 +37,7 @@ from ._views import (
     OrgView,
     RunList,
     RunView,
+    SecretView,
     ShardView,
     UsageReport,
     VolumeView,
@@ -46,6 +47,7 @@ __all__ = [
     "ClientConfig",
     "Run",
     "RunsClient",
+    "SecretsClient",
     "UsageClient",
     "VolumesClient",
     "create_client",
@@ -227,6 +229,10 @@ class RunsClient:
         timeout_seconds: int | None = None,
         env: Mapping[str, str] | None = None,
         working_dir: str | None = None,
+        secrets: Sequence[str] | None = None,
+        network: bool | None = None,
+        admission_timeout_seconds: int | None = None,
+        admission_fallback: AdmissionFallback | None = None,
     ) -> Run:
         """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
 
@@ -238,6 +244,9 @@ class RunsClient:
             gang_scheduling=gang_scheduling, backoff_limit_per_index=backoff_limit_per_index,
             completion_mode=completion_mode, volume_mounts=volume_mounts,
             timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,
+            secrets=secrets, network=network,
+            admission_timeout_seconds=admission_timeout_seconds,
+            admission_fallback=admission_fallback,
         )  # fmt: skip
         return RunsClient.submit(config, build_spec(fields))
 
@@ -323,3 +332,23 @@ class UsageClient:
         params = {k: v.isoformat() for k, v in (("from", from_), ("to", to)) if v is not None}
         body = json_body(_request(config, "GET", "/v1/usage", params=params))
         return parse_model(UsageReport, body, "usage report")
+
+
+class SecretsClient:
+    """The org's scoped secrets: runs name them in ``secrets=[...]`` to get them as env vars."""
+
+    @staticmethod
+    def set(config: ClientConfig, name: str, value: str) -> SecretView:
+        """Create or replace a secret (its value is never returned)."""
+        body = {"name": name, "value": value}
+        data = json_body(_request(config, "POST", "/v1/secrets", json=body))
+        return parse_model(SecretView, data, "secret")
+
+    @staticmethod
+    def list(config: ClientConfig) -> builtins.list[SecretView]:
+        """Names and times of every secret."""
+        return parse_list(SecretView, json_body(_request(config, "GET", "/v1/secrets")), "secret")
+
+    @staticmethod
+    def delete(config: ClientConfig, name: str) -> None:
+        check(_request(config, "DELETE", f"/v1/secrets/{quote(name, safe='')}"))

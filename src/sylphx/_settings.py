@@ -57,6 +57,9 @@ class Settings:
     reconcile_interval: float = 0.5
     preemption_grace_seconds: float = 30.0  # SIGTERM -> SIGKILL for a preempted shard
     max_preemptions_per_index: int = 10  # beyond it a shard is no longer chosen as a victim
+    sandbox: bool = True  # bubblewrap per shard (SYLPHX_SANDBOX=off to opt out)
+    unenforced_tiers: bool = False  # run without cgroups (SYLPHX_UNENFORCED_TIERS=1)
+    secrets_key: str | None = None  # Fernet key (SYLPHX_SECRETS_KEY); else a generated file
 
     @property
     def logs_dir(self) -> Path:
@@ -70,6 +73,10 @@ class Settings:
     def local_token_file(self) -> Path:
         """The embedded default's API key (mode 0600), read by the local CLI and SDK."""
         return self.home / "local-token"
+
+    @property
+    def secrets_key_file(self) -> Path:
+        return self.home / "secrets.key"
 
     @property
     def pid_file(self) -> Path:
@@ -131,7 +138,13 @@ class Settings:
             raise _bad(
                 "SYLPHX_MAX_PREEMPTIONS_PER_INDEX", ceiling_text, "give a whole number, e.g. 10"
             )
+        sandbox_text = env.get("SYLPHX_SANDBOX", "on").lower()
+        if sandbox_text not in ("on", "off", "1", "0", "true", "false"):
+            raise _bad("SYLPHX_SANDBOX", sandbox_text, "use on or off")
         return cls(
+            secrets_key=env.get("SYLPHX_SECRETS_KEY") or None,
+            sandbox=sandbox_text in ("on", "1", "true"),
+            unenforced_tiers=env.get("SYLPHX_UNENFORCED_TIERS", "") in ("1", "true", "on"),
             preemption_grace_seconds=preempt_grace,
             max_preemptions_per_index=int(ceiling_text),
             home=home,

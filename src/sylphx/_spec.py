@@ -105,6 +105,8 @@ class RunSpec(_Model):
     volume_mounts: list[VolumeMount] = Field(default_factory=list)
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     working_dir: str | None = None  # where the command starts; the SDK/CLI default to cwd
+    network: bool = True  # false: the shards get no network at all
+    secrets: list[str] = Field(default_factory=list)  # names of the org's secrets, as env vars
     admission_timeout_seconds: int | None = None  # gang runs: give up waiting after this
     admission_fallback: AdmissionFallback | None = None  # ...or carry on as opportunistic
 
@@ -120,6 +122,20 @@ class RunSpec(_Model):
     def _working_dir(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith("/"):
             raise rule("workingDir", f"must be an absolute path (got {v!r})", "give e.g. /work/job")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _ENV_NAME.match(name) or name.startswith("SYLPHX_"):
+                raise rule(
+                    "secrets",
+                    f"{name!r} is not a valid secret name",
+                    "use an env-var style name such as DB_URL (not SYLPHX_*)",
+                )
+        if len(set(v)) != len(v):
+            raise rule("secrets", "names a secret twice", "list each secret once")
         return v
 
     @field_validator("command")

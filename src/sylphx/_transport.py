@@ -283,9 +283,17 @@ def spec_fields(
     timeout_seconds: int | None = None,
     env: Mapping[str, str] | None = None,
     working_dir: str | None = None,
+    secrets: Sequence[str] | None = None,
+    network: bool | None = None,
+    admission_timeout_seconds: int | None = None,
+    admission_fallback: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``run``/``run_distributed`` as a spec dict."""
     return {
+        "secrets": None if secrets is None else list(secrets),
+        "network": network,
+        "admission_timeout_seconds": admission_timeout_seconds,
+        "admission_fallback": admission_fallback,
         "image": image,
         "command": command,
         "parallelism": parallelism,

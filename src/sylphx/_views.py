@@ -17,6 +17,7 @@ __all__ = [
     "OrgView",
     "RunList",
     "RunView",
+    "SecretView",
     "ShardView",
     "UsageReport",
     "VolumeView",
@@ -148,3 +149,11 @@ class OrgView(_View):
     concurrent_shards: int
     shards_in_use: int
     monthly_credit_seconds: float
+
+
+class SecretView(_View):
+    """A secret's name and times; its value is never returned."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime

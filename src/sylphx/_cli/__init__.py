@@ -10,6 +10,7 @@ from .common import Group, State
 from .orgs import admin
 from .run_cmd import run
 from .runs import runs
+from .secrets_cmd import secrets
 
 __all__ = ["cli", "main"]
 
@@ -37,6 +38,7 @@ cli.add_command(local)
 cli.add_command(login)
 cli.add_command(usage)
 cli.add_command(admin)
+cli.add_command(secrets)
 
 
 def main() -> None:

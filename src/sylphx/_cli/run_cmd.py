@@ -111,6 +111,25 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
     help="Mount a volume into every shard. Repeatable.",
 )  # fmt: skip
 @click.option("--workdir", help="Directory the command starts in (default: current, no --image).")
+@click.option(
+    "--secret",
+    "secret_names",
+    multiple=True,
+    metavar="NAME",
+    help="Give the shards this org secret as an env var. Repeatable.",
+)
+@click.option("--no-network", is_flag=True, help="Run the shards without any network.")
+@click.option(
+    "--admission-timeout",
+    "admission_timeout",
+    type=int,
+    help="Gang runs: give up waiting in the queue after this many seconds.",
+)
+@click.option(
+    "--admission-fallback",
+    type=click.Choice(["fail", "opportunistic"]),
+    help="What --admission-timeout does: fail (default) or continue opportunistic.",
+)
 @click.option("--follow", "-f", "follow_run", is_flag=True, help="Show shard status until done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
@@ -125,6 +144,10 @@ def run(
     env: dict[str, str],
     volumes: list[dict[str, str]],
     workdir: str | None,
+    secret_names: tuple[str, ...],
+    no_network: bool,
+    admission_timeout: int | None,
+    admission_fallback: str | None,
     follow_run: bool,
     as_json: bool,
     command: tuple[str, ...],
@@ -142,6 +165,10 @@ def run(
         "env": env or None,
         "volume_mounts": volumes or None,
         "working_dir": os.path.abspath(workdir) if workdir else None,
+        "secrets": list(secret_names) or None,
+        "network": False if no_network else None,
+        "admission_timeout_seconds": admission_timeout,
+        "admission_fallback": admission_fallback,
     }
     spec = build_spec(fields)  # ValidationError -> exit 2 before touching the server
     handle = RunsClient.submit(state().config(), spec)

@@ -10,25 +10,40 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .._errors import QuotaExceeded, SylphxError, ValidationError
 from .._spec import RunSpec, validation_error
 from .._states import RunState
-from .._views import OrgView, RunList, RunView, ShardView, UsageReport, VolumeView
-from . import billing, logs, orgs, runs, volumes
+from .._views import (
+    OrgView,
+    RunList,
+    RunView,
+    SecretView,
+    ShardView,
+    UsageReport,
+    VolumeView,
+)
+from . import billing, logs, orgs, runs, secrets, volumes
 from .plane import ControlPlane
-from .store import OrgRow, serialize_writers
+from .store import OrgRow, RunRow
 
 
 class VolumeCreate(BaseModel):
     name: str | None = None
 
 
+class SecretPut(BaseModel):
+    """A secret to store: its env-var style name and its value (never returned)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)
+    value: str = Field(max_length=65536)
+
+
 def current_org(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's org id, from ``Authorization: Bearer <key>`` (401 otherwise)."""
     plane: ControlPlane = request.app.state.plane
-    with plane.sessions() as s:
+    with plane.reads() as s:
         return orgs.authenticate(s, authorization).id
 
 
@@ -52,6 +67,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     app = FastAPI(title="sylphx", version="0.1.0", lifespan=lifespan)
     app.state.plane = plane
     sessions = plane.sessions
+    reads = plane.reads
 
     @app.exception_handler(SylphxError)
     async def _sylphx_error(_: Request, exc: SylphxError) -> JSONResponse:
@@ -77,7 +93,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     @app.get("/v1/org", response_model=OrgView)
     def get_org(org_id: Org) -> OrgView:
-        with sessions() as s:
+        with reads() as s:
             org = s.get(OrgRow, org_id)
             assert org is not None
             plan = orgs.limits(org)
@@ -94,8 +110,9 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     @app.post("/v1/runs", status_code=201, response_model=RunView)
     def submit_run(spec: RunSpec, org_id: Org) -> RunView:
         with sessions.begin() as s:
-            serialize_writers(s)  # quota check + reservation in one step (SQLite)
-            org = s.get(OrgRow, org_id, with_for_update=True)  # ...and PostgreSQL
+            # quota check + reservation in one step: the write session holds SQLite's write
+            # lock from BEGIN; on PostgreSQL, FOR UPDATE locks the org row
+            org = s.get(OrgRow, org_id, with_for_update=True)
             assert org is not None
             run = runs.submit(s, spec, org, capacity=plane.executor.capacity(), now=plane.now())
             out = runs.view(run)
@@ -109,17 +126,17 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: str | None = None,
     ) -> RunList:
-        with sessions() as s:
+        with reads() as s:
             return runs.list_runs(s, org_id, status=status, limit=limit, cursor=cursor)
 
     @app.get("/v1/runs/{run_id}", response_model=RunView)
     def get_run(run_id: str, org_id: Org) -> RunView:
-        with sessions() as s:
+        with reads() as s:
             return runs.full_view(s, runs.load(s, run_id, org_id), plane.now())
 
     @app.get("/v1/runs/{run_id}/shards", response_model=list[ShardView])
     def get_shards(run_id: str, org_id: Org) -> list[ShardView]:
-        with sessions() as s:
+        with reads() as s:
             return runs.shard_views(runs.load(s, run_id, org_id, with_attempts=True))
 
     @app.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunView)
@@ -138,16 +155,16 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         follow: bool = False,
         attempt: Annotated[int | None, Query(ge=1)] = None,
     ) -> StreamingResponse:
-        body = logs.stream_log(
-            sessions, run_id, org_id, shard, stream, attempt=attempt, follow=follow
-        )
+        body = logs.stream_log(reads, run_id, org_id, shard, stream, attempt=attempt, follow=follow)
         first = await anext(body, b"")  # surface NotFound as a 404 before streaming starts
+        redactor = secrets.Redactor(_secret_values(plane, run_id, org_id))
 
         async def chained() -> AsyncIterator[bytes]:
             if first:
-                yield first
+                yield redactor.feed(first)
             async for chunk in body:
-                yield chunk
+                yield redactor.feed(chunk)
+            yield redactor.flush()
 
         return StreamingResponse(chained(), media_type="text/plain; charset=utf-8")
 
@@ -164,13 +181,35 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     @app.get("/v1/volumes", response_model=list[VolumeView])
     def list_volumes(org_id: Org) -> list[VolumeView]:
-        with sessions() as s:
+        with reads() as s:
             return volumes.list_all(s, org_id)
 
     @app.delete("/v1/volumes/{volume_id}", status_code=204)
     def delete_volume(volume_id: str, org_id: Org) -> Response:
         with sessions.begin() as s:
             volumes.delete(s, volume_id, org_id)
+        return Response(status_code=204)
+
+    @app.post("/v1/secrets", status_code=201, response_model=SecretView)
+    def put_secret(body: SecretPut, org_id: Org, response: Response) -> SecretView:
+        """Create or replace a secret (201 created, 200 replaced); the value is never
+        returned by any endpoint."""
+        with sessions.begin() as s:
+            created = secrets.put(s, org_id, body.name, body.value, plane.cipher, plane.now())
+        if not created:
+            response.status_code = 200
+        with reads() as s:
+            return next(v for v in secrets.list_all(s, org_id) if v.name == body.name)
+
+    @app.get("/v1/secrets", response_model=list[SecretView])
+    def list_secrets(org_id: Org) -> list[SecretView]:
+        with reads() as s:
+            return secrets.list_all(s, org_id)
+
+    @app.delete("/v1/secrets/{name}", status_code=204)
+    def delete_secret(name: str, org_id: Org) -> Response:
+        with sessions.begin() as s:
+            secrets.delete(s, org_id, name)
         return Response(status_code=204)
 
     @app.get("/v1/usage", response_model=UsageReport)
@@ -190,7 +229,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
                 f"from: must be earlier than to. Fix: {fix}.",
                 details=[{"field": "from", "rule": "must be earlier than to", "fix": fix}],
             )
-        with sessions() as s:
+        with reads() as s:
             org = s.get(OrgRow, org_id)
             assert org is not None
             return billing.report(s, org, start, end)
@@ -200,3 +239,13 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
 def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _secret_values(plane: ControlPlane, run_id: str, org_id: str) -> list[str]:
+    """Values of the secrets a run was granted, to redact from its logs."""
+    with plane.reads() as s:
+        run = s.get(RunRow, run_id)
+        if run is None or run.org_id != org_id:
+            return []
+        names = list(run.spec.get("secrets") or [])
+        return list(secrets.reveal(s, org_id, names, plane.cipher).values())

@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from .._settings import Settings
 from .controller.reconciler import Reconciler
 from .executors import Executor, LocalExecutor
+from .executors.cgroups import Cgroups
 from .lock import HomeLock
-from .store import make_engine, migrate, session_factory
+from .secrets import load_cipher
+from .store import make_engine, migrate, read_session_factory, session_factory
 
 log = logging.getLogger("sylphx")
 
@@ -22,11 +24,11 @@ class ControlPlane:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.lock = HomeLock(settings.home)
         self.engine = make_engine(settings.database_url)
-        self.sessions = session_factory(self.engine)
-        self.executor: Executor = executor or LocalExecutor(
-            settings.local_cpus, settings.local_memory
-        )
-        self.reconciler = Reconciler(self.sessions, self.executor, settings)
+        self.sessions = session_factory(self.engine)  # writers (BEGIN IMMEDIATE on SQLite)
+        self.reads = read_session_factory(self.engine)  # readers
+        self.executor: Executor = executor or _local_executor(settings)
+        self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
+        self.reconciler = Reconciler(self.sessions, self.executor, settings, cipher=self.cipher)
 
     @staticmethod
     def now() -> datetime:
@@ -63,3 +65,24 @@ class ControlPlane:
         self.executor.close()
         self.engine.dispose()
         self.lock.release()
+
+
+def _local_executor(settings: Settings) -> LocalExecutor:
+    """The local executor with the envelope the settings ask for; fails loudly when the
+    sandbox or cgroups cannot be used unless the operator opted out."""
+    cgroups = None
+    if not settings.unenforced_tiers:
+        cgroups = Cgroups()
+        cgroups.check()
+    else:
+        log.warning("SYLPHX_UNENFORCED_TIERS=1: machine tiers are NOT enforced (no cgroups)")
+    if not settings.sandbox:
+        log.warning("SYLPHX_SANDBOX=off: shards run unsandboxed on the host")
+    return LocalExecutor(
+        settings.local_cpus,
+        settings.local_memory,
+        sandbox=settings.sandbox,
+        cgroups=cgroups,
+        hide=[settings.home],
+        scratch=settings.home / "work",
+    )

@@ -14,7 +14,7 @@ from .._machines import CPU_MACHINES, MACHINES
 from .._spec import RunSpec
 from .._states import AttemptState, RunState, ShardState
 from .._views import AttemptView, RunList, RunView, ShardView
-from . import billing
+from . import billing, secrets
 from .controller import admission, quota, success
 from .orgs import limits
 from .store import OrgRow, RunRow, ShardRow, VolumeRow
@@ -52,6 +52,7 @@ def submit(
     admission.check_schedulable(
         machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
     )
+    secrets.check_exist(s, org.id, spec.secrets)
     for mount in spec.volume_mounts:
         volume = s.get(VolumeRow, mount.volume_id)
         if volume is None or volume.org_id != org.id:

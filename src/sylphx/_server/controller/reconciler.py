@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -21,7 +22,7 @@ from ..._errors import ExecutorError
 from ..._settings import Settings
 from ..._spec import RunSpec
 from ..._states import RUN_TRANSITIONS, RunState, ShardState
-from .. import billing
+from .. import billing, secrets
 from ..executors.base import Executor, Exit, LaunchRequest, Mount
 from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
 from ..transitions import transition
@@ -52,7 +53,9 @@ class Reconciler:
         executor: Executor,
         settings: Settings,
         clock: Clock = utcnow,
+        cipher: Fernet | None = None,
     ) -> None:
+        self.cipher = cipher
         self.sessions = sessions
         self.executor = executor
         self.settings = settings
@@ -274,9 +277,15 @@ class Reconciler:
                 machine=spec.machine,
                 stdout_path=stdout,
                 stderr_path=stderr,
-                working_dir=self._working_dir(run.id, spec),
+                working_dir=Path(spec.working_dir) if spec.working_dir else None,
                 image=spec.image,
                 mounts=self._mounts(s, spec),
+                network=spec.network,
+                secrets=(
+                    secrets.reveal(s, run.org_id, spec.secrets, self.cipher)
+                    if self.cipher is not None
+                    else {}
+                ),
             )
             attempt.handle = self.executor.launch(request)
         except (OSError, ExecutorError) as exc:
@@ -290,13 +299,6 @@ class Reconciler:
             return
         attempt.state = ShardState.RUNNING.value
         transition(shard, ShardState.RUNNING, now)
-
-    def _working_dir(self, run_id: str, spec: RunSpec) -> Path:
-        if spec.working_dir is not None:
-            return Path(spec.working_dir)
-        path = self.settings.home / "work" / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     def _mounts(self, s: Session, spec: RunSpec) -> list[Mount]:
         mounts = []

@@ -34,9 +34,11 @@ class LaunchRequest:
     machine: str
     stdout_path: Path
     stderr_path: Path
-    working_dir: Path
+    working_dir: Path | None  # None: the executor's default (the sandbox's private /tmp)
     image: str | None = None
     mounts: list[Mount] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # granted secrets, as env vars
+    network: bool = True
 
     def shard_env(self) -> dict[str, str]:
         """The platform's variables for this shard (the run's env is added on top)."""

@@ -1,10 +1,10 @@
 """Local executor: shard attempts are real processes on this host.
 
-Each attempt runs in its own session (process group) with stdout and stderr
-written straight to files, so capture costs no Python copying and no memory.
-Exits are noticed through pidfds on one watcher thread, which wakes the
-reconciler at once. Volume mounts use bubblewrap to give the shard its own
-mount namespace with the volume at the requested path.
+Each attempt runs in its own session (process group), inside its own cgroup (the
+machine tier's CPU quota and memory ceiling) and its own bubblewrap sandbox, with
+stdout and stderr written straight to files, so capture costs no Python copying and
+no memory. Exits are noticed through pidfds on one watcher thread, which wakes the
+reconciler at once.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ..._errors import ExecutorError
 from ..controller.admission import Resources
 from .base import Exit, LaunchRequest, Mount, Signal
+from .cgroups import Cgroups, ShardCgroup
+from .sandbox import Sandbox, bwrap_path, clean_env
 
 
 def _now() -> datetime:
@@ -57,6 +61,39 @@ def bwrap_prefix(mounts: list[Mount]) -> list[str]:
     return [*args, "--"]
 
 
+def _check_program(program: str, path: str, workdir: Path | None) -> None:
+    """Fail the launch (exit 127, LaunchError) when the program does not exist, as a shell
+    would, instead of starting a sandbox that can only fail."""
+    if "/" in program:
+        target = Path(program) if program.startswith("/") else (workdir or Path("/")) / program
+        found = os.access(target, os.X_OK) and target.is_file()
+    else:
+        found = shutil.which(program, path=path) is not None
+    if not found:
+        raise FileNotFoundError(2, "No such file or directory (or not executable)", program)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
 def _start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
     try:
@@ -80,8 +117,24 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, cpus: float, memory: int) -> None:
+    def __init__(
+        self,
+        cpus: float,
+        memory: int,
+        *,
+        sandbox: bool = True,
+        cgroups: Cgroups | None = None,
+        hide: Sequence[Path] = (),
+        scratch: Path | None = None,
+    ) -> None:
+        self._scratch_root = scratch or Path(tempfile.gettempdir()) / "sylphx-work"
         self._capacity = Resources.of_host(cpus, memory)
+        self._sandbox = sandbox
+        self._cgroups = cgroups
+        self._hide = tuple(hide)
+        self._groups: dict[str, ShardCgroup] = {}
+        if sandbox:
+            bwrap_path()  # fail at start, not at the first launch
         self._lock = threading.Lock()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._ended: dict[str, datetime] = {}  # handle -> when its pidfd fired
@@ -92,8 +145,7 @@ class LocalExecutor:
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
         self._watcher.start()
-        # Shards inherit the host environment, minus the control plane's own settings.
-        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("SYLPHX_")}
+        self._host_path = os.environ.get("PATH")
 
     def capacity(self) -> Resources:
         return self._capacity
@@ -103,29 +155,62 @@ class LocalExecutor:
         self._wake = wake
 
     def launch(self, request: LaunchRequest) -> str:
-        env = {**self._base_env, **request.env, **request.shard_env()}
         if request.image is not None:
             raise ExecutorError("the local executor cannot run container images yet")
+        env = clean_env(
+            platform=request.shard_env(),
+            run_env=request.env,
+            secrets=request.secrets,
+            image_env=None,
+            host_path=self._host_path,
+        )
         argv = list(request.command)
-        if request.mounts:
-            argv = bwrap_prefix(request.mounts) + argv
-        request.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        if not request.working_dir.is_dir():
-            raise ExecutorError(f"working directory {request.working_dir} does not exist")
-        with open(request.stdout_path, "ab") as out, open(request.stderr_path, "ab") as err:
-            proc = subprocess.Popen(
-                argv,
-                cwd=request.working_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
+        workdir = request.working_dir
+        if workdir is not None and not workdir.is_dir():
+            raise ExecutorError(f"working directory {workdir} does not exist")
+        _check_program(argv[0], env["PATH"], workdir)
+        cwd: Path | str
+        if self._sandbox:
+            box = Sandbox(
+                mounts=request.mounts,
+                hide=self._hide,
+                network=request.network,
+                working_dir=str(workdir or "/tmp"),
+                extra_ro=(workdir,) if workdir else (),
             )
+            argv = box.argv() + argv
+            cwd = "/"
+        else:
+            cwd = workdir or self._scratch(request.run_id)
+            if request.mounts:
+                argv = bwrap_prefix(request.mounts) + argv
+        group = None
+        if self._cgroups is not None:
+            name = f"{request.run_id}-{request.index}-{request.attempt}"
+            group = self._cgroups.create(name, request.machine)
+            argv = group.join_prefix() + argv
+        request.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(request.stdout_path, "ab") as out, open(request.stderr_path, "ab") as err:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except BaseException:
+            if group is not None:
+                group.remove()
+            raise
         handle = f"pid:{proc.pid}:{_start_time(proc.pid)}"
         with self._lock:
             self._procs[handle] = proc
+            if group is not None:
+                self._groups[handle] = group
             try:
                 fd = os.pidfd_open(proc.pid)
             except OSError:
@@ -134,6 +219,11 @@ class LocalExecutor:
                 self._fds[fd] = handle
                 self._epoll.register(fd, select.EPOLLIN)
         return handle
+
+    def _scratch(self, run_id: str) -> Path:
+        path = self._scratch_root / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _watch(self) -> None:
         while not self._closed.is_set():
@@ -163,21 +253,42 @@ class LocalExecutor:
                 code = proc.wait()
                 ended = self._ended.pop(handle, None) or _now()
                 del self._procs[handle]
-                exits.append(Exit(handle=handle, returncode=code, ended_at=ended))
+                reason = None
+                group = self._groups.pop(handle, None)
+                if group is not None:
+                    if group.oom_killed():
+                        reason = "OOMKilled: the shard went over its machine tier's memory"
+                    group.kill_all()
+                    group.remove()
+                exits.append(Exit(handle=handle, returncode=code, ended_at=ended, reason=reason))
         return exits
 
     def signal(self, handle: str, sig: Signal) -> None:
-        """Signal the attempt's process group; also works for an attempt a previous
-        server started, once its pid is proven to be the same process (start time)."""
+        """SIGKILL: the attempt's whole process group and cgroup. SIGTERM: the shard's own
+        processes (the sandbox's descendants), so the sandbox itself stays up and the
+        shard can use its grace period. Also works for an attempt a previous server
+        started, once its pid is proven to be the same process (start time)."""
         with self._lock:
             proc = self._procs.get(handle)
+            group = self._groups.get(handle)
         if proc is not None and proc.returncode is not None:
             return
         pid = proc.pid if proc is not None else _verified_pid(handle)
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM if sig == "term" else signal.SIGKILL)
+        if sig == "kill":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            if group is not None:
+                group.kill_all()
+            return
+        if not self._sandbox:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            return
+        for child in descendants(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGTERM)
 
     def alive(self, handle: str) -> bool:
         with self._lock:

@@ -1,7 +1,22 @@
 """Persistence: SQLAlchemy tables, engine set-up and Alembic migrations."""
 
-from .db import make_engine, migrate, serialize_writers, session_factory
-from .schema import ApiKeyRow, AttemptRow, Base, OrgRow, RunRow, ShardRow, UsageRow, VolumeRow
+from .db import (
+    make_engine,
+    migrate,
+    read_session_factory,
+    session_factory,
+)
+from .schema import (
+    ApiKeyRow,
+    AttemptRow,
+    Base,
+    OrgRow,
+    RunRow,
+    SecretRow,
+    ShardRow,
+    UsageRow,
+    VolumeRow,
+)
 
 __all__ = [
     "ApiKeyRow",
@@ -9,11 +24,12 @@ __all__ = [
     "Base",
     "OrgRow",
     "RunRow",
+    "SecretRow",
     "ShardRow",
     "UsageRow",
     "VolumeRow",
     "make_engine",
     "migrate",
-    "serialize_writers",
+    "read_session_factory",
     "session_factory",
 ]

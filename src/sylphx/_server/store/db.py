@@ -49,13 +49,11 @@ def migrate(engine: Engine) -> None:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that writes: on SQLite they take the write lock when they begin
+    (``BEGIN IMMEDIATE``), so a read-then-write never fails on a stale snapshot."""
+    return sessionmaker(engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False)
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that only read: concurrent with each other and with the writer."""
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def serialize_writers(s: Session) -> None:
-    """Make this transaction take the write lock first (SQLite ``BEGIN IMMEDIATE``).
-
-    Call before anything else in the transaction; PostgreSQL callers lock rows with
-    ``FOR UPDATE`` instead, which SQLite ignores.
-    """
-    s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})

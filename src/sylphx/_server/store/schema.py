@@ -170,3 +170,17 @@ class UsageRow(Base):
     wall_seconds: Mapped[float] = mapped_column(Float)
     units: Mapped[float] = mapped_column(Float)
     compute_seconds: Mapped[float] = mapped_column(Float)
+
+
+class SecretRow(Base):
+    """A named secret of an org, encrypted at rest; only runs that name it receive it."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_secrets_org_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

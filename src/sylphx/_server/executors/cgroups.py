@@ -1,0 +1,108 @@
+"""Machine tiers enforced with cgroups: one cgroup per shard attempt with the tier's
+CPU quota, memory ceiling and a pids limit (v1 controllers or the v2 unified tree)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..._errors import ExecutorError
+from ..._machines import MACHINES
+
+ROOT = Path("/sys/fs/cgroup")
+CPU_PERIOD_US = 100_000
+PIDS_MAX = 4096
+# the shell prologue that moves the shard into its cgroups before exec'ing it
+_JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
+
+
+@dataclass(frozen=True)
+class ShardCgroup:
+    """The cgroup directories of one attempt (one per v1 controller, or one in v2)."""
+
+    dirs: tuple[Path, ...]
+    v2: bool
+
+    def join_prefix(self) -> list[str]:
+        """argv prefix that enters the cgroup(s) and then execs the rest."""
+        procs = [str(d / "cgroup.procs") for d in self.dirs]
+        return ["/bin/sh", "-c", _JOIN, "sylphx-cgroup", str(len(procs)), *procs]
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel OOM-killed anything in this cgroup."""
+        for d in self.dirs:
+            for name in ("memory.oom_control", "memory.events"):
+                with contextlib.suppress(OSError):
+                    for line in (d / name).read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill" and value.strip() not in ("", "0"):
+                            return True
+        return False
+
+    def kill_all(self) -> None:
+        """SIGKILL whatever is left inside (escaped the process group, say)."""
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                for pid in (d / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(pid), signal.SIGKILL)
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+class Cgroups:
+    """Creates per-attempt cgroups under ``sylphx/`` in each needed hierarchy."""
+
+    def __init__(self, root: Path = ROOT) -> None:
+        self.root = root
+        self.v2 = (root / "cgroup.controllers").exists()
+        if self.v2:
+            self.bases: tuple[Path, ...] = (root / "sylphx",)
+        else:
+            self.bases = tuple(root / c / "sylphx" for c in ("memory", "cpu", "pids"))
+
+    def check(self) -> None:
+        """Fail loudly when cgroups cannot be used here."""
+        try:
+            for base in self.bases:
+                base.mkdir(parents=True, exist_ok=True)
+            if self.v2:
+                (self.root / "cgroup.subtree_control").write_text("+memory +cpu +pids")
+                (self.bases[0] / "cgroup.subtree_control").write_text("+memory +cpu +pids")
+            probe = self.create("probe-" + str(os.getpid()), "nano")
+            probe.remove()
+        except OSError as exc:
+            raise ExecutorError(
+                f"cannot use cgroups under {self.root} to enforce machine tiers ({exc}). Fix: run"
+                " the control plane as root on a host with cgroup v1 memory/cpu/pids controllers"
+                " or cgroup v2, or set SYLPHX_UNENFORCED_TIERS=1 to run without enforced tiers."
+            ) from exc
+
+    def create(self, name: str, machine: str) -> ShardCgroup:
+        tier = MACHINES[machine]
+        quota = max(int(tier.vcpu * CPU_PERIOD_US), 1000)
+        dirs = tuple(base / name for base in self.bases)
+        for d in dirs:
+            d.mkdir(exist_ok=True)
+        if self.v2:
+            d = dirs[0]
+            (d / "memory.max").write_text(str(tier.memory_bytes))
+            with contextlib.suppress(OSError):
+                (d / "memory.swap.max").write_text("0")
+            (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+            (d / "pids.max").write_text(str(PIDS_MAX))
+        else:
+            mem, cpu, pids = dirs
+            (mem / "memory.limit_in_bytes").write_text(str(tier.memory_bytes))
+            with contextlib.suppress(OSError):
+                (mem / "memory.memsw.limit_in_bytes").write_text(str(tier.memory_bytes))
+            (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+            (pids / "pids.max").write_text(str(PIDS_MAX))
+        return ShardCgroup(dirs, self.v2)
