@@ -1,7 +1,7 @@
 # sylphx developer tasks.
 #
 #   make venv         create .venv and install sylphx + dev extras (re-runs when pyproject changes)
-#   make system-deps  install bubblewrap (bwrap) via apt when missing and running as root
+#   make system-deps  install bubblewrap, umoci, skopeo, busybox-static via apt when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
 #   make lint | fmt | clean | distclean
@@ -42,17 +42,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch "$@"
 
+# command:package pairs; busybox-static is checked by package (tests copy its static binary).
+SYSTEM_DEPS := bwrap:bubblewrap umoci:umoci skopeo:skopeo busybox-static:busybox-static
+
 system-deps:
-	@if command -v bwrap >/dev/null 2>&1; then \
-	  echo ">> bubblewrap present: $$(command -v bwrap)"; \
+	@missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  if [ "$$pkg" = busybox-static ]; then \
+	    dpkg-query -W -f='$${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
+	      || missing="$$missing $$pkg"; \
+	  elif ! command -v "$$cmd" >/dev/null 2>&1; then \
+	    missing="$$missing $$pkg"; \
+	  fi; \
+	done; \
+	if [ -z "$$missing" ]; then \
+	  echo ">> system packages present: bubblewrap umoci skopeo busybox-static"; \
 	elif [ "$$(id -u)" -ne 0 ]; then \
-	  echo ">> bwrap not found and not root; skipping (install the 'bubblewrap' package yourself)"; \
+	  echo ">> missing:$$missing and not root; skipping (install these Debian packages yourself)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
-	  echo ">> bwrap not found and no apt-get on this system; skipping"; \
+	  echo ">> missing:$$missing and no apt-get on this system; skipping"; \
 	else \
-	  echo ">> installing bubblewrap"; \
+	  echo ">> installing$$missing"; \
 	  apt-get update; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bubblewrap; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
 # Runs on the host in this directory (no --image). SYLPHX_URL is dropped so the CLI always
