@@ -22,7 +22,6 @@ LINT_PATHS := src tests examples
 
 # Demo knobs. SYLPHX_HOME from the environment wins; otherwise use a throwaway home.
 DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
-DEMO_OUT     ?= $(CURDIR)/out/pi
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
@@ -74,17 +73,22 @@ demo: venv system-deps
 	@export SYLPHX_HOME="$(DEMO_HOME)"; \
 	unset SYLPHX_URL; \
 	mkdir -p "$$SYLPHX_HOME"; \
-	rm -rf "$(DEMO_OUT)"; mkdir -p "$(DEMO_OUT)"; \
 	trap '"$(BIN)/sylphx" local stop || true' EXIT; \
-	echo ">> SYLPHX_HOME=$$SYLPHX_HOME  OUT_DIR=$(DEMO_OUT)"; \
+	echo ">> SYLPHX_HOME=$$SYLPHX_HOME"; \
+	vol=$$("$(BIN)/sylphx" volumes create --name pi --json | "$(BIN)/python" -c 'import json,sys; print(json.load(sys.stdin)["id"])'); \
+	echo ">> shared volume $$vol, mounted at /out in every shard"; \
 	set -x; \
 	"$(BIN)/sylphx" run --parallelism $(DEMO_SHARDS) --machine $(DEMO_MACHINE) --follow \
-	  --env OUT_DIR="$(DEMO_OUT)" \
+	  --volume "$$vol:/out" --env OUT_DIR=/out \
 	  -- python "$(CURDIR)/examples/montecarlo_pi.py" | tee "$$SYLPHX_HOME/demo-run.txt"; \
 	run_id=$$(awk 'NR==1 {print $$1}' "$$SYLPHX_HOME/demo-run.txt"); \
 	"$(BIN)/sylphx" runs logs "$$run_id" --shard 3; \
 	"$(BIN)/sylphx" runs logs "$$run_id" --shard 3 --stderr; \
-	"$(BIN)/python" "$(CURDIR)/examples/merge_pi.py" "$(DEMO_OUT)" --shards $(DEMO_SHARDS)
+	"$(BIN)/sylphx" run --machine $(DEMO_MACHINE) --volume "$$vol:/out" --follow \
+	  -- python "$(CURDIR)/examples/merge_pi.py" /out --shards $(DEMO_SHARDS) \
+	  | tee "$$SYLPHX_HOME/demo-merge.txt"; \
+	merge_id=$$(awk 'NR==1 {print $$1}' "$$SYLPHX_HOME/demo-merge.txt"); \
+	"$(BIN)/sylphx" runs logs "$$merge_id" --shard 0
 
 test: venv system-deps
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -18,6 +18,8 @@ import uvicorn
 from sylphx._server import ControlPlane, create_app, orgs
 from sylphx._settings import Settings
 
+pytest_plugins = ["oci"]  # the busybox OCI image fixtures
+
 TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
 
 

@@ -60,6 +60,7 @@ class Settings:
     sandbox: bool = True  # bubblewrap per shard (SYLPHX_SANDBOX=off to opt out)
     unenforced_tiers: bool = False  # run without cgroups (SYLPHX_UNENFORCED_TIERS=1)
     secrets_key: str | None = None  # Fernet key (SYLPHX_SECRETS_KEY); else a generated file
+    image_scanner: str | None = None  # SYLPHX_IMAGE_SCANNER: CMD REF DIGEST ROOTFS, 0 = admit
 
     @property
     def logs_dir(self) -> Path:
@@ -143,6 +144,7 @@ class Settings:
             raise _bad("SYLPHX_SANDBOX", sandbox_text, "use on or off")
         return cls(
             secrets_key=env.get("SYLPHX_SECRETS_KEY") or None,
+            image_scanner=env.get("SYLPHX_IMAGE_SCANNER") or None,
             sandbox=sandbox_text in ("on", "1", "true"),
             unenforced_tiers=env.get("SYLPHX_UNENFORCED_TIERS", "") in ("1", "true", "on"),
             preemption_grace_seconds=preempt_grace,

@@ -95,7 +95,7 @@ class RunSpec(_Model):
     """What to run and how to fan it out. Defaults are filled in on validation."""
 
     image: str | None = None
-    command: list[str]
+    command: list[str] | None = None  # with an image: replaces its CMD (ENTRYPOINT kept)
     env: dict[str, str] = Field(default_factory=dict)
     parallelism: int = 1
     completion_mode: CompletionMode | None = None
@@ -140,7 +140,9 @@ class RunSpec(_Model):
 
     @field_validator("command")
     @classmethod
-    def _command(cls, v: list[str]) -> list[str]:
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
         if not v or not v[0]:
             raise rule("command", "must be a non-empty argv list", 'e.g. ["python", "train.py"]')
         if any("\0" in arg for arg in v):
@@ -217,6 +219,12 @@ class RunSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field_rules_and_defaults(self) -> RunSpec:
+        if self.command is None and self.image is None:
+            raise rule(
+                "command",
+                "is required",
+                'give the argv to run, e.g. ["python", "train.py"] (or an image whose CMD runs)',
+            )
         distributed = self.parallelism > 1
         if self.backoff_limit_per_index is not None:
             if not distributed:

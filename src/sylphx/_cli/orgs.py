@@ -134,6 +134,45 @@ def org_list(as_json: bool) -> None:
         )
 
 
+@org.command("policy")
+@click.argument("ref")
+@click.option(
+    "--allow-source",
+    "sources",
+    multiple=True,
+    help="Allowed image reference prefix (repeatable), e.g. ghcr.io/acme/ or oci:/srv/.",
+)
+@click.option(
+    "--require-digest/--no-require-digest",
+    default=None,
+    help="Require images pinned as NAME@sha256:....",
+)
+@click.option("--deny-digest", "deny", multiple=True, help="A manifest digest to refuse.")
+@click.option("--clear", is_flag=True, help="Remove the policy (any image is admitted).")
+def org_policy(
+    ref: str,
+    sources: tuple[str, ...],
+    require_digest: bool | None,
+    deny: tuple[str, ...],
+    clear: bool,
+) -> None:
+    """Set an org's image admission policy (what is not given is kept)."""
+    from .._server import orgs
+    from .._server.image_policy import ImagePolicy
+
+    with _store() as s:
+        row = orgs.find_org(s, ref)
+        current = ImagePolicy() if clear else ImagePolicy.model_validate(row.image_policy or {})
+        if sources:
+            current.allowed_sources = list(sources)
+        if require_digest is not None:
+            current.require_digest = require_digest
+        if deny:
+            current.deny_digests = sorted({*current.deny_digests, *deny})
+        row.image_policy = None if clear else current.model_dump(by_alias=True)
+        echo_json(row.image_policy or {})
+
+
 @admin.group(cls=Group)
 def key() -> None:
     """Create, list and revoke API keys (only their hashes are stored)."""

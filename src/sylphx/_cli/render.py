@@ -106,8 +106,9 @@ def spec_line(view: RunView) -> str:
     spec = view.spec
     where = spec.image or f"host:{spec.working_dir or '-'}"
     mode = "gang" if spec.gang else f"opportunistic, {spec.retry_budget} retries/index"
+    command = shlex.join(spec.command or ["(image CMD)"])
     return (
-        f"{shlex.join(spec.command)}  [{where} · {spec.parallelism} x {spec.machine} · {mode}"
+        f"{command}  [{where} · {spec.parallelism} x {spec.machine} · {mode}"
         f" · timeout {spec.timeout_seconds}s]"
     )
 
@@ -126,7 +127,7 @@ def runs_table(runs: Sequence[RunView]) -> list[str]:
     """ID, STATUS, SHARDS, MACHINE, CREATED, COMMAND per run."""
     rows = []
     for r in runs:
-        command = shlex.join(r.spec.command)
+        command = shlex.join(r.spec.command or ["(image CMD)"])
         if len(command) > 40:
             command = command[:39] + "…"
         shards = f"{r.aggregate.succeeded}/{r.aggregate.total or r.spec.parallelism}"

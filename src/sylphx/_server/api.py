@@ -24,7 +24,7 @@ from .._views import (
     UsageReport,
     VolumeView,
 )
-from . import billing, logs, orgs, runs, secrets, volumes
+from . import billing, image_policy, logs, orgs, runs, secrets, volumes
 from .plane import ControlPlane
 from .store import OrgRow, RunRow
 
@@ -109,6 +109,11 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     @app.post("/v1/runs", status_code=201, response_model=RunView)
     def submit_run(spec: RunSpec, org_id: Org) -> RunView:
+        if spec.image is not None:  # resolve + policy + scanner, outside the write lock
+            with reads() as s:
+                org_row = s.get(OrgRow, org_id)
+                policy = org_row.image_policy if org_row else None
+            image_policy.admit(spec.image, policy, plane.images, plane.settings.image_scanner)
         with sessions.begin() as s:
             # quota check + reservation in one step: the write session holds SQLite's write
             # lock from BEGIN; on PostgreSQL, FOR UPDATE locks the org row

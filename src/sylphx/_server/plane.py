@@ -9,6 +9,7 @@ from .._settings import Settings
 from .controller.reconciler import Reconciler
 from .executors import Executor, LocalExecutor
 from .executors.cgroups import Cgroups
+from .images import ImageStore
 from .lock import HomeLock
 from .secrets import load_cipher
 from .store import make_engine, migrate, read_session_factory, session_factory
@@ -26,7 +27,8 @@ class ControlPlane:
         self.engine = make_engine(settings.database_url)
         self.sessions = session_factory(self.engine)  # writers (BEGIN IMMEDIATE on SQLite)
         self.reads = read_session_factory(self.engine)  # readers
-        self.executor: Executor = executor or _local_executor(settings)
+        self.images = ImageStore(settings.home / "images")
+        self.executor: Executor = executor or _local_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
         self.reconciler = Reconciler(self.sessions, self.executor, settings, cipher=self.cipher)
 
@@ -67,7 +69,7 @@ class ControlPlane:
         self.lock.release()
 
 
-def _local_executor(settings: Settings) -> LocalExecutor:
+def _local_executor(settings: Settings, images: ImageStore) -> LocalExecutor:
     """The local executor with the envelope the settings ask for; fails loudly when the
     sandbox or cgroups cannot be used unless the operator opted out."""
     cgroups = None
@@ -85,4 +87,5 @@ def _local_executor(settings: Settings) -> LocalExecutor:
         cgroups=cgroups,
         hide=[settings.home],
         scratch=settings.home / "work",
+        images=images,
     )

@@ -8,15 +8,14 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from .._errors import NotFound, Unschedulable, ValidationError
+from .._errors import NotFound, Unschedulable
 from .._ids import new_id
 from .._machines import CPU_MACHINES, MACHINES
 from .._spec import RunSpec
 from .._states import AttemptState, RunState, ShardState
 from .._views import AttemptView, RunList, RunView, ShardView
 from . import billing, secrets
-from .controller import admission, quota, success
-from .orgs import limits
+from .controller import admission, success
 from .store import OrgRow, RunRow, ShardRow, VolumeRow
 from .transitions import transition
 
@@ -34,21 +33,6 @@ def submit(
             f" available, so it cannot be admitted. Fix: {fix}.",
             details=[{"field": "machine", "rule": "GPU tiers are not admitted yet", "fix": fix}],
         )
-    if spec.image is not None:
-        raise ValidationError(
-            "image: the local executor runs commands on the host and cannot run container"
-            " images yet. Fix: omit image to run the command on the host.",
-            details=[
-                {
-                    "field": "image",
-                    "rule": "not supported by this executor",
-                    "fix": "omit image to run the command on the host",
-                }
-            ],
-        )
-    quota.check(
-        limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
-    )
     admission.check_schedulable(
         machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
     )

@@ -272,7 +272,7 @@ class Reconciler:
                 attempt=shard.attempts,
                 count=spec.parallelism,
                 indexed=spec.indexed,
-                command=spec.command,
+                command=spec.command or [],
                 env=spec.env,
                 machine=spec.machine,
                 stdout_path=stdout,

@@ -29,7 +29,7 @@ class LaunchRequest:
     attempt: int
     count: int
     indexed: bool
-    command: list[str]
+    command: list[str]  # empty: the image's ENTRYPOINT/CMD
     env: dict[str, str]
     machine: str
     stdout_path: Path

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..._errors import ExecutorError
 from ..controller.admission import Resources
+from ..images import ImageStore
 from .base import Exit, LaunchRequest, Mount, Signal
 from .cgroups import Cgroups, ShardCgroup
 from .sandbox import Sandbox, bwrap_path, clean_env
@@ -61,10 +62,17 @@ def bwrap_prefix(mounts: list[Mount]) -> list[str]:
     return [*args, "--"]
 
 
-def _check_program(program: str, path: str, workdir: Path | None) -> None:
+def _check_program(
+    program: str, path: str, workdir: Path | None, *, root: Path | None = None
+) -> None:
     """Fail the launch (exit 127, LaunchError) when the program does not exist, as a shell
-    would, instead of starting a sandbox that can only fail."""
-    if "/" in program:
+    would, instead of starting a sandbox that can only fail. ``root``: an image's rootfs
+    (its symlinks may point anywhere inside it, so existence is all that is checked)."""
+    if root is not None:
+        dirs = [""] if "/" in program else path.split(":")
+        rel = program.lstrip("/")
+        found = any(os.path.lexists(root / d.lstrip("/") / rel) for d in dirs)
+    elif "/" in program:
         target = Path(program) if program.startswith("/") else (workdir or Path("/")) / program
         found = os.access(target, os.X_OK) and target.is_file()
     else:
@@ -126,7 +134,9 @@ class LocalExecutor:
         cgroups: Cgroups | None = None,
         hide: Sequence[Path] = (),
         scratch: Path | None = None,
+        images: ImageStore | None = None,
     ) -> None:
+        self._images = images
         self._scratch_root = scratch or Path(tempfile.gettempdir()) / "sylphx-work"
         self._capacity = Resources.of_host(cpus, memory)
         self._sandbox = sandbox
@@ -155,29 +165,32 @@ class LocalExecutor:
         self._wake = wake
 
     def launch(self, request: LaunchRequest) -> str:
-        if request.image is not None:
-            raise ExecutorError("the local executor cannot run container images yet")
-        env = clean_env(
-            platform=request.shard_env(),
-            run_env=request.env,
-            secrets=request.secrets,
-            image_env=None,
-            host_path=self._host_path,
-        )
-        argv = list(request.command)
         workdir = request.working_dir
-        if workdir is not None and not workdir.is_dir():
-            raise ExecutorError(f"working directory {workdir} does not exist")
-        _check_program(argv[0], env["PATH"], workdir)
-        cwd: Path | str
-        if self._sandbox:
-            box = Sandbox(
-                mounts=request.mounts,
-                hide=self._hide,
-                network=request.network,
-                working_dir=str(workdir or "/tmp"),
-                extra_ro=(workdir,) if workdir else (),
+        if request.image is not None:
+            argv, env, box = self._image_launch(request)
+            cwd: Path | str = "/"
+        else:
+            env = clean_env(
+                platform=request.shard_env(),
+                run_env=request.env,
+                secrets=request.secrets,
+                image_env=None,
+                host_path=self._host_path,
             )
+            argv = list(request.command)
+            if workdir is not None and not workdir.is_dir():
+                raise ExecutorError(f"working directory {workdir} does not exist")
+            _check_program(argv[0], env["PATH"], workdir)
+            box = None
+            if self._sandbox:
+                box = Sandbox(
+                    mounts=request.mounts,
+                    hide=self._hide,
+                    network=request.network,
+                    working_dir=str(workdir or "/tmp"),
+                    extra_ro=(workdir,) if workdir else (),
+                )
+        if box is not None:
             argv = box.argv() + argv
             cwd = "/"
         else:
@@ -219,6 +232,31 @@ class LocalExecutor:
                 self._fds[fd] = handle
                 self._epoll.register(fd, select.EPOLLIN)
         return handle
+
+    def _image_launch(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Sandbox]:
+        """argv, env and sandbox for a shard of a container image (its rootfs as ``/``)."""
+        if self._images is None or not self._sandbox:
+            raise ExecutorError(
+                "container images need the sandbox (SYLPHX_SANDBOX=on) and an image store"
+            )
+        image = self._images.resolve(request.image or "")
+        argv = image.config.argv(request.command or None)
+        env = clean_env(
+            platform=request.shard_env(),
+            run_env=request.env,
+            secrets=request.secrets,
+            image_env=image.config.env,
+            host_path=None,
+        )
+        _check_program(argv[0], env["PATH"], None, root=image.rootfs)
+        workdir = str(request.working_dir or image.config.working_dir or "/")
+        box = Sandbox(
+            base=image.rootfs,
+            mounts=request.mounts,
+            network=request.network,
+            working_dir=workdir,
+        )
+        return argv, env, box
 
     def _scratch(self, run_id: str) -> Path:
         path = self._scratch_root / run_id

@@ -55,6 +55,7 @@ class OrgRow(Base):
     plan: Mapped[str] = mapped_column(String(20))
     concurrent_shards: Mapped[int | None] = mapped_column(Integer)  # overrides the plan's
     monthly_credit_seconds: Mapped[float | None] = mapped_column(Float)  # overrides the plan's
+    image_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # see image_policy.py
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
