@@ -1,7 +1,7 @@
 # sylphx developer tasks.
 #
 #   make venv         create .venv and install sylphx + dev extras (re-runs when pyproject changes)
-#   make system-deps  install bubblewrap (bwrap) via apt when missing and running as root
+#   make system-deps  install bubblewrap and postgresql via apt when missing and running as root
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
 #   make lint | fmt | clean | distclean
@@ -43,16 +43,20 @@ $(STAMP): pyproject.toml
 	@touch "$@"
 
 system-deps:
-	@if command -v bwrap >/dev/null 2>&1; then \
-	  echo ">> bubblewrap present: $$(command -v bwrap)"; \
+	@missing=""; \
+	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
+	  || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then \
+	  echo ">> system packages present (bubblewrap, postgresql)"; \
 	elif [ "$$(id -u)" -ne 0 ]; then \
-	  echo ">> bwrap not found and not root; skipping (install the 'bubblewrap' package yourself)"; \
+	  echo ">> missing:$$missing; not root, skipping (install them yourself)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
-	  echo ">> bwrap not found and no apt-get on this system; skipping"; \
+	  echo ">> missing:$$missing; no apt-get on this system, skipping"; \
 	else \
-	  echo ">> installing bubblewrap"; \
+	  echo ">> installing$$missing"; \
 	  apt-get update; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bubblewrap; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
 # Runs on the host in this directory (no --image). SYLPHX_URL is dropped so the CLI always
@@ -77,7 +81,8 @@ test: venv system-deps
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
+	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

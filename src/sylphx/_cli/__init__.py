@@ -1,10 +1,10 @@
-"""The ``sylphx`` command line: ``run``, ``runs``, ``volumes``, ``server``, ``local``."""
+"""The ``sylphx`` command line: ``run``, ``runs``, ``volumes``, ``server``, ``admin``, ``local``."""
 
 from __future__ import annotations
 
 import click
 
-from .admin import local, server, volumes
+from .admin import admin, local, server, volumes
 from .common import Group, State
 from .run_cmd import run
 from .runs import runs
@@ -31,6 +31,7 @@ cli.add_command(run)
 cli.add_command(runs)
 cli.add_command(volumes)
 cli.add_command(server)
+cli.add_command(admin)
 cli.add_command(local)
 
 

@@ -1,4 +1,4 @@
-"""``sylphx server``, ``sylphx local status|stop`` and ``sylphx volumes ...``."""
+"""``sylphx server``, ``sylphx admin``, ``sylphx local status|stop``, ``sylphx volumes ...``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,26 @@ def server(host: str | None, port: int | None, uds: str | None) -> None:
     module = importlib.import_module("sylphx._server")  # heavy: only for this command
     serve: Callable[[str | None, int | None, str | None], None] = module.serve
     serve(host, port, uds)
+
+
+@click.group(cls=Group)
+def admin() -> None:
+    """Operator commands against the store of SYLPHX_DATABASE_URL / SYLPHX_HOME."""
+
+
+@admin.command("migrate")
+def admin_migrate() -> None:
+    """Apply the store's migrations up to the newest (idempotent; the server does it too)."""
+    from .._server.store import make_engine, migrate, revision
+    from .._settings import Settings
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        click.echo(f"store at revision {revision(engine)} ({engine.url.render_as_string()})")
+    finally:
+        engine.dispose()
 
 
 @click.group(cls=Group)

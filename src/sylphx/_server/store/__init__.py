@@ -1,6 +1,6 @@
 """Persistence: SQLAlchemy tables, engine set-up and Alembic migrations."""
 
-from .db import make_engine, migrate, session_factory
+from .db import make_engine, migrate, revision, session_factory
 from .schema import AttemptRow, Base, RunRow, ShardRow, VolumeRow
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "VolumeRow",
     "make_engine",
     "migrate",
+    "revision",
     "session_factory",
 ]
