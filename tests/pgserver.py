@@ -36,7 +36,9 @@ def find_bin(name: str) -> str:
 class PgServer:
     """One PostgreSQL cluster; :meth:`create_database` hands out fresh databases."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """``durable=False`` trades crash safety for speed (fine unless the test crashes PG)."""
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="sylphx-pg-"))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
@@ -72,11 +74,10 @@ class PgServer:
                 find_bin("initdb"), "-D", str(self.data), "-U", "sylphx",
                 "--auth=trust", "--no-sync", "-E", "UTF8",
             )  # fmt: skip
-        opts = (
-            f"-c listen_addresses='' -c unix_socket_directories='{self.sock}'"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            " -c max_connections=300"
-        )
+        opts = f"-c listen_addresses='' -c unix_socket_directories='{self.sock}'"
+        opts += " -c max_connections=300"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             find_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-w", "-t", "60",
             "-l", str(self.root / "server.log"), "start",

@@ -26,6 +26,8 @@ EXPECTED = {
     "RunView",
     "RunsClient",
     "ServerUnavailable",
+    "StorageFull",
+    "StoreUnavailable",
     "ShardState",
     "ShardView",
     "SylphxError",
