@@ -147,7 +147,7 @@ class LocalExecutor:
             "stdout": str(request.stdout_path),
             "stderr": str(request.stderr_path),
         }
-        write_atomic(str(folder / "request.json"), json.dumps(body))
+        write_atomic(str(folder / "request.json"), json.dumps(body), sync=False)
         with self._lock:
             self._tracked[handle] = time.monotonic()
             self._pending.append(handle)

@@ -5,7 +5,8 @@ outlives the control plane (a ``kill -9`` of the server does not reach it). It i
 only the standard library and never sylphx, so it starts in a few milliseconds; one
 supervisor serves every attempt the reconciler launched in one pass.
 
-Per attempt directory (all files written atomically: tmp + fsync + rename):
+Per attempt directory (files written atomically: tmp + rename; ``exit`` also fsynced, since
+it must outlive even the host; the others only matter while the processes live):
 
 - ``request.json``  what to run (written by the control plane before the supervisor starts)
 - ``claim``         created with O_EXCL by whoever owns the attempt: this supervisor
@@ -34,13 +35,15 @@ def start_ticks(pid: int) -> str:
         return "0"
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the whole new one."""
+def write_atomic(path: str, text: str, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``text`` so readers see the old file or the whole new one;
+    ``sync`` (fsync before the rename) for what must survive a host crash, not just ours."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -52,9 +55,8 @@ def claim(state_dir: str, owner: str) -> bool:
         fd = os.open(os.path.join(state_dir, "claim"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    try:
+    try:  # no fsync: a claim only matters while the host (and so the processes) live
         os.write(fd, owner.encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
     return True
@@ -129,7 +131,8 @@ def main(argv: list[str]) -> int:
             fail(state_dir, req, exc)
             notify(fifo)
             continue
-        write_atomic(os.path.join(state_dir, "pid"), f"{pid} {start_ticks(pid)} {started}")
+        pid_text = f"{pid} {start_ticks(pid)} {started}"  # dies with the host: no fsync
+        write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
         children[pid] = (state_dir, started)
     os.chdir("/")
     while children:
