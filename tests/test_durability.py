@@ -23,7 +23,7 @@ def test_sigterm_refuses_new_runs_leaves_shards_running_and_restart_resumes(
     pidfile = tmp_path / "pid"
     try:
         server.start()
-        run = server.submit(command=["sh", "-c", f"echo $$ > {pidfile}; sleep 2; echo ok"])
+        run = server.submit(command=["sh", "-c", f"echo $$ > {pidfile}; sleep 5; echo ok"])
         deadline = time.monotonic() + 30
         while not (pidfile.exists() and pidfile.read_text().strip()):
             assert time.monotonic() < deadline

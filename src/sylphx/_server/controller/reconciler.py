@@ -64,7 +64,7 @@ class Reconciler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._leader = False
+        self._recovered = False  # whether start() already re-adopted live attempts
         self._disk_full: str | None = None  # the last "log disk full" message logged
         executor.set_waker(self.wake)
 
@@ -74,9 +74,9 @@ class Reconciler:
         self._wake.set()
 
     def start(self) -> None:
-        self._leader = self.lease is None or self.lease.ensure()
-        if self._leader:
+        if self.lease is None or self.lease.ensure():
             self.recover()
+            self._recovered = True
         self._thread = threading.Thread(target=self._loop, name="sylphx-reconciler", daemon=True)
         self._thread.start()
 
@@ -89,7 +89,7 @@ class Reconciler:
             self.lease.release()
 
     def _loop(self) -> None:
-        readopt = False
+        readopt = not self._recovered
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -108,6 +108,9 @@ class Reconciler:
                 assert isinstance(bind, Engine)
                 log.error("reconcile pass failed: %s", faults.store_unavailable(exc, bind).message)
                 readopt = True
+            except StorageFull as exc:
+                log.error("reconcile pass failed: %s", exc.message)
+                readopt = True
             except Exception:  # keep reconciling; the next pass re-reads everything
                 log.exception("reconcile pass failed")
                 readopt = True
@@ -116,6 +119,13 @@ class Reconciler:
     # -- one pass ----------------------------------------------------------
     def tick(self) -> None:
         """One level-triggered pass over all active runs."""
+        try:
+            self._pass()
+        except BaseException:
+            self.executor.flush(discard=True)  # never start what a rolled-back pass launched
+            raise
+
+    def _pass(self) -> None:
         with self.sessions.begin() as s:
             runs = list(
                 s.scalars(
@@ -309,6 +319,8 @@ class Reconciler:
             )
             attempt.handle = self.executor.launch(request)
         except (OSError, ExecutorError) as exc:
+            if isinstance(exc, OSError) and faults.is_disk_full(exc):  # not the shard's fault:
+                raise faults.disk_full(self.settings.home, "state") from exc  # roll back, retry
             s.flush()
             attempt.handle = f"attempt:{attempt.id}"
             stderr.parent.mkdir(parents=True, exist_ok=True)
