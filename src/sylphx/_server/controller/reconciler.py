@@ -23,7 +23,7 @@ from ..._settings import Settings
 from ..._spec import RunSpec
 from ..._states import RunState, ShardState
 from .. import faults
-from ..executors.base import Executor, Exit, LaunchRequest, Mount
+from ..executors.base import Executor, Exit, LaunchRequest, Mount, Signal
 from ..lease import Lease
 from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
 from ..transitions import transition
@@ -64,6 +64,7 @@ class Reconciler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
         self._recovered = False  # whether start() already re-adopted live attempts
         self._disk_full: str | None = None  # the last "log disk full" message logged
         executor.set_waker(self.wake)
@@ -119,11 +120,16 @@ class Reconciler:
     # -- one pass ----------------------------------------------------------
     def tick(self) -> None:
         """One level-triggered pass over all active runs."""
+        self._signals = []
         try:
             self._pass()
         except BaseException:
             self.executor.flush(discard=True)  # never start what a rolled-back pass launched
             raise
+        # Signals go out only after the pass committed why (timeout/cancel): a pass rolled
+        # back by a concurrent write must not leave a shard killed for no recorded reason.
+        for handle, sig in self._signals:
+            self.executor.signal(handle, sig)
 
     def _pass(self) -> None:
         with self.sessions.begin() as s:
@@ -232,7 +238,7 @@ class Reconciler:
             if action is None or attempt.handle is None:
                 continue
             sig, reason = action
-            self.executor.signal(attempt.handle, sig)
+            self._signals.append((attempt.handle, sig))  # sent once the reason is stored
             if sig == "term":
                 attempt.stop_reason, attempt.stop_requested_at = reason, now
             else:
