@@ -22,7 +22,7 @@ def test_sigterm_refuses_new_runs_leaves_shards_running_and_restart_resumes(
     server = ServerProcess(tmp_path / "home")
     try:
         server.start()
-        run = server.submit(command=["sh", "-c", "sleep 2; echo ok"])
+        run = server.submit(command=["sh", "-c", "sleep 5; echo ok"])
         deadline = time.monotonic() + 30
         while len(pids_of_run(run["id"])) < 2:  # the sandbox and the shell
             assert time.monotonic() < deadline

@@ -85,7 +85,7 @@ class FakeExecutor:
     def adopt(self, handle: str) -> bool:
         return handle in self.live
 
-    def flush(self) -> None:
+    def flush(self, *, discard: bool = False) -> None:
         pass
 
     def set_waker(self, wake: object) -> None:

@@ -24,7 +24,7 @@ from ..._settings import Settings
 from ..._spec import RunSpec
 from ..._states import RUN_TRANSITIONS, RunState, ShardState
 from .. import billing, faults, secrets
-from ..executors.base import Executor, Exit, LaunchRequest, Mount
+from ..executors.base import Executor, Exit, LaunchRequest, Mount, Signal
 from ..lease import Lease
 from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
 from ..transitions import transition
@@ -67,7 +67,8 @@ class Reconciler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._leader = False
+        self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
+        self._recovered = False  # whether start() already re-adopted live attempts
         self._disk_full: str | None = None  # the last "log disk full" message logged
         executor.set_waker(self.wake)
 
@@ -77,9 +78,9 @@ class Reconciler:
         self._wake.set()
 
     def start(self) -> None:
-        self._leader = self.lease is None or self.lease.ensure()
-        if self._leader:
+        if self.lease is None or self.lease.ensure():
             self.recover()
+            self._recovered = True
         self._thread = threading.Thread(target=self._loop, name="sylphx-reconciler", daemon=True)
         self._thread.start()
 
@@ -92,7 +93,7 @@ class Reconciler:
             self.lease.release()
 
     def _loop(self) -> None:
-        readopt = False
+        readopt = not self._recovered
         while not self._stop.is_set():
             self._wake.clear()
             try:
@@ -111,6 +112,9 @@ class Reconciler:
                 assert isinstance(bind, Engine)
                 log.error("reconcile pass failed: %s", faults.store_unavailable(exc, bind).message)
                 readopt = True
+            except StorageFull as exc:
+                log.error("reconcile pass failed: %s", exc.message)
+                readopt = True
             except Exception:  # keep reconciling; the next pass re-reads everything
                 log.exception("reconcile pass failed")
                 readopt = True
@@ -119,6 +123,18 @@ class Reconciler:
     # -- one pass ----------------------------------------------------------
     def tick(self) -> None:
         """One level-triggered pass over all active runs."""
+        self._signals = []
+        try:
+            self._pass()
+        except BaseException:
+            self.executor.flush(discard=True)  # never start what a rolled-back pass launched
+            raise
+        # Signals go out only after the pass committed why (timeout/cancel): a pass rolled
+        # back by a concurrent write must not leave a shard killed for no recorded reason.
+        for handle, sig in self._signals:
+            self.executor.signal(handle, sig)
+
+    def _pass(self) -> None:
         with self.sessions.begin() as s:
             runs = list(
                 s.scalars(
@@ -239,7 +255,7 @@ class Reconciler:
             if action is None or attempt.handle is None:
                 continue
             sig, reason = action
-            self.executor.signal(attempt.handle, sig)
+            self._signals.append((attempt.handle, sig))  # sent once the reason is stored
             if sig == "term":
                 attempt.stop_reason, attempt.stop_requested_at = reason, now
             else:
@@ -275,7 +291,7 @@ class Reconciler:
             for shard in run.shards:
                 attempt = shard.history[-1] if shard.history else None
                 if attempt is not None and attempt.id in victims and attempt.handle:
-                    self.executor.signal(attempt.handle, "term")
+                    self._signals.append((attempt.handle, "term"))  # after the commit
                     attempt.stop_reason, attempt.stop_requested_at = "preempt", now
             n = decision.starts.get(run.id, 0)
             if not n:
@@ -328,6 +344,8 @@ class Reconciler:
             )
             attempt.handle = self.executor.launch(request)
         except (OSError, ExecutorError) as exc:
+            if isinstance(exc, OSError) and faults.is_disk_full(exc):  # not the shard's fault:
+                raise faults.disk_full(self.settings.home, "state") from exc  # roll back, retry
             s.flush()
             attempt.handle = f"attempt:{attempt.id}"
             stderr.parent.mkdir(parents=True, exist_ok=True)

@@ -80,8 +80,9 @@ class Executor(Protocol):
         a second launch of an attempt that was already started adopts it."""
         ...
 
-    def flush(self) -> None:
-        """Start whatever :meth:`launch` queued (executors that batch); else a no-op."""
+    def flush(self, *, discard: bool = False) -> None:
+        """Start whatever :meth:`launch` queued (executors that batch), or with ``discard``
+        drop it (the pass that queued it was rolled back); a no-op for the others."""
         ...
 
     def adopt(self, handle: str) -> bool:

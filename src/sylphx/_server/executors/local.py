@@ -274,10 +274,15 @@ class LocalExecutor:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def flush(self) -> None:
-        """Start one supervisor for every attempt launched since the last flush."""
+    def flush(self, *, discard: bool = False) -> None:
+        """Start one supervisor for every attempt launched since the last flush (or, with
+        ``discard``, forget them: the pass that launched them was rolled back)."""
         with self._lock:
             batch, self._pending = self._pending, []
+            if discard:
+                for handle in batch:
+                    self._tracked.pop(handle, None)
+                return
         if not batch:
             return
         proc = subprocess.Popen(
