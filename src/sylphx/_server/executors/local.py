@@ -32,6 +32,7 @@ from ..controller.admission import Resources
 from ..images import ImageStore
 from .base import Exit, LaunchRequest, Mount, Signal
 from .cgroups import Cgroups, ShardCgroup
+from .processes import check_program, descendants
 from .sandbox import Sandbox, bwrap_path, clean_env
 from .supervise import claim, start_ticks, write_atomic
 
@@ -75,46 +76,6 @@ def bwrap_prefix(mounts: list[Mount]) -> list[str]:
 def _cgroup_name(handle: str) -> str:
     """``att:RUN/I/N`` -> ``RUN-I-N`` (rebuilt from the handle after a restart, too)."""
     return handle.removeprefix("att:").replace("/", "-")
-
-
-def _check_program(
-    program: str, path: str, workdir: Path | None, *, root: Path | None = None
-) -> None:
-    """Fail the launch (exit 127, LaunchError) when the program does not exist, as a shell
-    would, instead of starting a sandbox that can only fail. ``root``: an image's rootfs
-    (its symlinks may point anywhere inside it, so existence is all that is checked)."""
-    if root is not None:
-        dirs = [""] if "/" in program else path.split(":")
-        rel = program.lstrip("/")
-        found = any(os.path.lexists(root / d.lstrip("/") / rel) for d in dirs)
-    elif "/" in program:
-        target = Path(program) if program.startswith("/") else (workdir or Path("/")) / program
-        found = os.access(target, os.X_OK) and target.is_file()
-    else:
-        found = shutil.which(program, path=path) is not None
-    if not found:
-        raise FileNotFoundError(2, "No such file or directory (or not executable)", program)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), deepest last."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        out.append(child)
-        todo.extend(children.get(child, []))
-    return out
 
 
 def _from_ns(ns: int) -> datetime:
@@ -235,7 +196,7 @@ class LocalExecutor:
             if request.mounts:
                 argv = bwrap_prefix(request.mounts) + argv
             return argv, env, workdir or self._scratch(request.run_id)
-        _check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
+        check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
         box = Sandbox(
             mounts=request.mounts,
             hide=self._hide,
@@ -260,7 +221,7 @@ class LocalExecutor:
             image_env=image.config.env,
             host_path=None,
         )
-        _check_program(argv[0], env["PATH"], None, root=image.rootfs)
+        check_program(argv[0], env["PATH"], None, root=image.rootfs)
         box = Sandbox(
             base=image.rootfs,
             mounts=request.mounts,
