@@ -1,7 +1,8 @@
 # sylphx developer tasks.
 #
 #   make venv         create .venv and install sylphx + dev extras (re-runs when pyproject changes)
-#   make system-deps  install bubblewrap, umoci, skopeo, busybox-static via apt when missing (root)
+#   make system-deps  install bubblewrap, umoci, skopeo, busybox-static, postgresql via apt
+#                     when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
 #   make lint | fmt | clean | distclean
@@ -55,8 +56,10 @@ system-deps:
 	    missing="$$missing $$pkg"; \
 	  fi; \
 	done; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
+	  || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then \
-	  echo ">> system packages present: bubblewrap umoci skopeo busybox-static"; \
+	  echo ">> system packages present: bubblewrap umoci skopeo busybox-static postgresql"; \
 	elif [ "$$(id -u)" -ne 0 ]; then \
 	  echo ">> missing:$$missing and not root; skipping (install these Debian packages yourself)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
@@ -94,7 +97,8 @@ test: venv system-deps
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
+	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -1,4 +1,8 @@
-"""Fixtures: a real control plane (uvicorn on loopback, SQLite, real processes)."""
+"""Fixtures: a real control plane (uvicorn on loopback, real processes) on a real store.
+
+``SYLPHX_TEST_STORE=sqlite`` (default) or ``postgresql`` picks the store for every server the
+tests start; PostgreSQL is one throwaway server per session with a fresh database per home.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,42 @@ from sylphx._server import ControlPlane, create_app, orgs
 from sylphx._settings import Settings
 
 pytest_plugins = ["oci"]  # the busybox OCI image fixtures
+
+TEST_STORE = os.environ.get("SYLPHX_TEST_STORE", "sqlite")
+if TEST_STORE not in ("sqlite", "postgresql"):
+    raise RuntimeError(f"SYLPHX_TEST_STORE={TEST_STORE!r}: use sqlite or postgresql")
+_pg: Any = None  # the session's PgServer (postgresql runs only)
+_db_by_home: dict[Path, str] = {}
+
+
+def database_url_for(home: Path) -> str:
+    """The store of ``home`` for this test session: SQLite in it, or its own PG database."""
+    if TEST_STORE == "sqlite":
+        return f"sqlite:///{home / 'sylphx.db'}"
+    home = home.resolve()
+    if home not in _db_by_home:
+        _db_by_home[home] = pg_server().create_database()
+    return _db_by_home[home]
+
+
+def pg_server() -> Any:
+    global _pg
+    if _pg is None:
+        from pgserver import PgServer
+
+        _pg = PgServer()
+        _pg.start()
+    return _pg
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _pg is not None:
+        _pg.destroy()
+
+
+def pytest_report_header() -> str:
+    return f"sylphx store: {TEST_STORE}"
+
 
 TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
 
@@ -84,7 +124,7 @@ class Server:
 def start_server(home: Path, **overrides: Any) -> tuple[Server, Callable[[], None]]:
     params: dict[str, Any] = dict(
         home=home,
-        database_url=f"sqlite:///{home / 'sylphx.db'}",
+        database_url=database_url_for(home),
         local_cpus=2.0,
         local_memory=8 << 30,
         kill_grace_seconds=1.0,
@@ -178,5 +218,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
         if key.startswith("SYLPHX_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("SYLPHX_HOME", str(home))
+    if TEST_STORE == "postgresql":
+        monkeypatch.setenv("SYLPHX_DATABASE_URL", database_url_for(home))
     yield home
     stop_local_server(home)

@@ -33,6 +33,8 @@ EXPECTED = {
     "RunView",
     "RunsClient",
     "ServerUnavailable",
+    "StorageFull",
+    "StoreUnavailable",
     "ShardState",
     "ShardView",
     "SylphxError",

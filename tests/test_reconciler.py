@@ -82,6 +82,12 @@ class FakeExecutor:
     def alive(self, handle: str) -> bool:
         return handle in self.live
 
+    def adopt(self, handle: str) -> bool:
+        return handle in self.live
+
+    def flush(self, *, discard: bool = False) -> None:
+        pass
+
     def set_waker(self, wake: object) -> None:
         pass
 

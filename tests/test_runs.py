@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 from conftest import Server, pid_alive, pids_of_run, start_server
@@ -357,21 +359,46 @@ def test_volume_is_mounted_into_every_shard(server: Server) -> None:
     assert r.status_code == 404 and "does not exist" in r.json()["message"]
 
 
-def test_restart_marks_orphaned_attempts_and_kills_them(tmp_path: Path) -> None:
+def test_restart_readopts_live_attempts(tmp_path: Path) -> None:
     home = tmp_path / "restart-home"
     first, stop_first = start_server(home)
-    run = first.submit(command=["sleep", "60"])
-    first.wait_for(lambda: len(pids_of_run(run["id"])) >= 2)  # the sandbox and the sleep
+    run = first.submit(command=sh("sleep 1.5; echo done"))
+    first.wait_for(lambda: len(pids_of_run(run["id"])) >= 2)  # the sandbox and the shell
     pids = pids_of_run(run["id"])
     stop_first()  # the shard outlives the server...
     assert all(pid_alive(pid) for pid in pids)
     second, stop_second = start_server(home)
     try:
-        done = second.wait(run["id"])  # ...and the restarted one settles it
-        assert done["status"] == "failed"
+        done = second.wait(run["id"])  # ...and the restarted one adopts and settles it
+        assert done["status"] == "succeeded"
         (shard,) = second.shards(run["id"])
-        assert shard["reason"] == "Orphaned: the control plane restarted"
-        second.wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=5)
+        assert (shard["attempts"], shard["reason"]) == (1, "Completed")
+        logs = second.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0})
+        assert logs.text == "done\n"
+    finally:
+        stop_second()
+
+
+def test_attempt_that_ended_while_down_keeps_its_true_end_time(tmp_path: Path) -> None:
+    home = tmp_path / "restart-home"
+    first, stop_first = start_server(home)
+    vol, out = first.volume()
+    stamp = out / "ended"
+    run = first.submit(
+        command=sh("sleep 0.5; date +%s.%N > /v/ended; exit 3"),
+        volumeMounts=[{"volumeId": vol, "mountPath": "/v"}],
+    )
+    first.wait_for(lambda: first.get(run["id"])["status"] == "running")
+    stop_first()
+    first.wait_for(lambda: stamp.exists() and stamp.read_text().strip() != "")
+    time.sleep(1.5)  # the control plane is down when the shard ends
+    second, stop_second = start_server(home)
+    try:
+        assert second.wait(run["id"])["status"] == "failed"
+        (shard,) = second.shards(run["id"])
+        assert shard["exitCode"] == 3
+        ended = datetime.fromisoformat(shard["history"][0]["endedAt"]).timestamp()
+        assert 0 <= ended - float(stamp.read_text()) < 1.0
     finally:
         stop_second()
 

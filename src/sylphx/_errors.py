@@ -15,6 +15,8 @@ __all__ = [
     "NotFound",
     "QuotaExceeded",
     "ServerUnavailable",
+    "StorageFull",
+    "StoreUnavailable",
     "SylphxError",
     "TransportError",
     "Unauthorized",
@@ -122,6 +124,20 @@ class ServerUnavailable(SylphxError):
     code = "server_unavailable"
 
 
+class StoreUnavailable(SylphxError):
+    """The database cannot be reached or used right now; the control plane reconnects."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+
+class StorageFull(SylphxError):
+    """A disk the control plane writes to (logs, state) is full; nothing was stored."""
+
+    status_code = 503
+    code = "storage_full"
+
+
 class TransportError(SylphxError):
     """A response the SDK could not understand (not JSON, unexpected status)."""
 
@@ -139,6 +155,8 @@ ERRORS_BY_CODE: dict[str, type[SylphxError]] = {
         ConflictError,
         ExecutorError,
         ServerUnavailable,
+        StoreUnavailable,
+        StorageFull,
         TransportError,
     )
 }

@@ -30,6 +30,19 @@ def _bad(var: str, value: str, fix: str) -> ValidationError:
     )
 
 
+def _number(env: dict[str, str], var: str, default: str, *, allow_zero: bool) -> float:
+    """A number of seconds from ``env[var]`` (>= 0, or > 0), or a ValidationError naming it."""
+    text = env.get(var, default)
+    try:
+        value = float(text)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ValueError
+    except ValueError:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise _bad(var, text, f"give seconds {bound}, e.g. {default}") from None
+    return value
+
+
 def home_dir() -> Path:
     """``SYLPHX_HOME``, default ``~/.sylphx``."""
     return Path(os.environ.get("SYLPHX_HOME") or Path.home() / ".sylphx").expanduser().resolve()
@@ -107,34 +120,10 @@ class Settings:
             raise _bad(
                 "SYLPHX_LOCAL_MEMORY", str(mem_text), "give a size such as 16GiB or 512MiB"
             ) from None
-        grace_text = env.get("SYLPHX_KILL_GRACE_SECONDS", "10")
-        interval_text = env.get("SYLPHX_RECONCILE_INTERVAL", "0.5")
-        try:
-            grace = float(grace_text)
-            if grace < 0:
-                raise ValueError
-        except ValueError:
-            raise _bad(
-                "SYLPHX_KILL_GRACE_SECONDS", grace_text, "give seconds >= 0, e.g. 10"
-            ) from None
-        try:
-            interval = float(interval_text)
-            if interval <= 0:
-                raise ValueError
-        except ValueError:
-            raise _bad(
-                "SYLPHX_RECONCILE_INTERVAL", interval_text, "give seconds > 0, e.g. 0.5"
-            ) from None
-        preempt_text = env.get("SYLPHX_PREEMPTION_GRACE_SECONDS", "30")
+        grace = _number(env, "SYLPHX_KILL_GRACE_SECONDS", "10", allow_zero=True)
+        interval = _number(env, "SYLPHX_RECONCILE_INTERVAL", "0.5", allow_zero=False)
+        preempt_grace = _number(env, "SYLPHX_PREEMPTION_GRACE_SECONDS", "30", allow_zero=True)
         ceiling_text = env.get("SYLPHX_MAX_PREEMPTIONS_PER_INDEX", "10")
-        try:
-            preempt_grace = float(preempt_text)
-            if preempt_grace < 0:
-                raise ValueError
-        except ValueError:
-            raise _bad(
-                "SYLPHX_PREEMPTION_GRACE_SECONDS", preempt_text, "give seconds >= 0, e.g. 30"
-            ) from None
         if not ceiling_text.isdigit():
             raise _bad(
                 "SYLPHX_MAX_PREEMPTIONS_PER_INDEX", ceiling_text, "give a whole number, e.g. 10"

@@ -1,4 +1,4 @@
-"""The ``sylphx`` command line: run, runs, volumes, usage, login, server, local, admin."""
+"""The ``sylphx`` command line: run, runs, volumes, usage, login, secrets, server, local, admin."""
 
 from __future__ import annotations
 

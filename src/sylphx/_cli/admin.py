@@ -1,4 +1,4 @@
-"""``sylphx server``, ``sylphx local status|stop`` and ``sylphx volumes ...``."""
+"""``sylphx server``, ``sylphx admin``, ``sylphx local status|stop``, ``sylphx volumes ...``."""
 
 from __future__ import annotations
 
@@ -20,14 +20,36 @@ DEFAULT_PORT = 8080
 @click.option("--host", help=f"Interface to listen on [default: {DEFAULT_HOST}, without --uds].")
 @click.option("--port", type=int, help=f"TCP port [default: {DEFAULT_PORT}, without --uds].")
 @click.option("--uds", type=click.Path(dir_okay=False), help="Listen on this Unix socket.")
-def server(host: str | None, port: int | None, uds: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="API processes on one port; one of them reconciles at a time.",
+)
+def server(host: str | None, port: int | None, uds: str | None, workers: int) -> None:
     """Run the control plane in the foreground (settings from SYLPHX_* env)."""
     if uds is None:
         host = host or DEFAULT_HOST
         port = port or DEFAULT_PORT
     module = importlib.import_module("sylphx._server")  # heavy: only for this command
-    serve: Callable[[str | None, int | None, str | None], None] = module.serve
-    serve(host, port, uds)
+    serve: Callable[[str | None, int | None, str | None, int], None] = module.serve
+    serve(host, port, uds, workers)
+
+
+@click.command("migrate")
+def admin_migrate() -> None:
+    """Apply the store's migrations up to the newest (idempotent; the server does it too)."""
+    from .._server.store import make_engine, migrate, revision
+    from .._settings import Settings
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        click.echo(f"store at revision {revision(engine)} ({engine.url.render_as_string()})")
+    finally:
+        engine.dispose()
 
 
 @click.group(cls=Group)

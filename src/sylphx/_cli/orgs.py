@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .admin import admin_migrate
 from .common import Group, echo_json
 
 if TYPE_CHECKING:
@@ -43,7 +44,11 @@ def _now() -> datetime:
 
 @click.group(cls=Group)
 def admin() -> None:
-    """Operator commands on the store: orgs and API keys."""
+    """Operator commands on the store (SYLPHX_DATABASE_URL / SYLPHX_HOME): orgs, API keys,
+    migrations."""
+
+
+admin.add_command(admin_migrate)
 
 
 @admin.group(cls=Group)

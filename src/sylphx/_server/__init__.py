@@ -4,35 +4,75 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
 
 from .._settings import Settings
 from .api import create_app
 from .plane import ControlPlane
 
-__all__ = ["ControlPlane", "create_app", "serve"]
+__all__ = ["ControlPlane", "create_app", "serve", "shared_app"]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+GRACEFUL_SECONDS = 5  # open requests (e.g. log follows) get this long after SIGTERM
 
 
-def serve(host: str | None = None, port: int | None = None, uds: str | None = None) -> None:
+def shared_app() -> FastAPI:
+    """The app of one of several API worker processes sharing a home (``--workers``)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return create_app(ControlPlane(Settings.from_env(), shared=True))
+
+
+def serve(
+    host: str | None = None, port: int | None = None, uds: str | None = None, workers: int = 1
+) -> None:
     """Run the control plane (API + reconciler) until SIGTERM/SIGINT.
 
     Settings come from ``SYLPHX_*`` variables. With ``uds`` the API listens on a
-    Unix socket (the embedded default); otherwise on ``host:port``.
+    Unix socket (the embedded default); otherwise on ``host:port``. On SIGTERM it
+    refuses new runs (503), finishes open requests and exits; shards keep running
+    and the next start re-adopts them. ``workers`` > 1 runs that many API processes
+    on one port; they share the store and take turns reconciling through the lease.
     """
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
-    plane = ControlPlane(settings)
-    app = create_app(plane, embedded=uds is not None)
+    where: dict[str, Any] = (
+        {"uds": uds} if uds is not None else {"host": host or "127.0.0.1", "port": port or 8080}
+    )
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.pid_file.write_text(str(os.getpid()))
+    if uds is not None:
+        Path(uds).unlink(missing_ok=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown: make that a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        if uds is not None:
-            Path(uds).unlink(missing_ok=True)
-            uvicorn.run(app, uds=uds, log_level="warning")
-        else:
-            uvicorn.run(app, host=host or "127.0.0.1", port=port or 8080, log_level="warning")
+        if workers > 1:
+            uvicorn.run(
+                "sylphx._server:shared_app", factory=True, workers=workers,
+                log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS, **where,
+            )  # fmt: skip
+            return
+        plane = ControlPlane(settings)
+
+        class DrainingServer(uvicorn.Server):
+            """Marks the plane draining the moment SIGTERM arrives (new runs get 503)."""
+
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                plane.draining = True
+                super().handle_exit(sig, frame)
+
+        config = uvicorn.Config(
+            create_app(plane, embedded=uds is not None),
+            log_level="warning",
+            timeout_graceful_shutdown=GRACEFUL_SECONDS,
+            **where,
+        )
+        DrainingServer(config).run()
     finally:
         if settings.pid_file.read_text().strip() == str(os.getpid()):
             settings.pid_file.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -11,8 +12,11 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm.exc import StaleDataError
 
-from .._errors import QuotaExceeded, SylphxError, ValidationError
+from .._errors import ConflictError, QuotaExceeded, ServerUnavailable, SylphxError, ValidationError
 from .._spec import RunSpec, validation_error
 from .._states import RunState
 from .._views import (
@@ -24,9 +28,12 @@ from .._views import (
     UsageReport,
     VolumeView,
 )
-from . import billing, image_policy, logs, orgs, runs, secrets, volumes
+from . import billing, faults, image_policy, logs, orgs, runs, secrets, volumes
 from .plane import ControlPlane
 from .store import OrgRow, RunRow
+
+log = logging.getLogger("sylphx.api")
+CAS_RETRIES = 3
 
 
 class VolumeCreate(BaseModel):
@@ -78,6 +85,27 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _store_error(_: Request, exc: Exception) -> JSONResponse:
+        err = faults.store_unavailable(exc, plane.engine)
+        log.error("%s", err.message)
+        return JSONResponse(err.to_body(), status_code=err.status_code)
+
+    @app.exception_handler(OSError)
+    async def _os_error(_: Request, exc: OSError) -> JSONResponse:
+        if not faults.is_disk_full(exc):
+            raise exc
+        err = faults.disk_full(plane.settings.home, "data")
+        log.error("%s", err.message)
+        return JSONResponse(err.to_body(), status_code=err.status_code)
+
+    @app.exception_handler(StaleDataError)
+    async def _conflict(_: Request, exc: StaleDataError) -> JSONResponse:
+        err = ConflictError("the object changed while this request ran. Fix: retry the request.")
+        return JSONResponse(err.to_body(), status_code=err.status_code)
+
     @app.exception_handler(RequestValidationError)
     async def _request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = validation_error(list(exc.errors()), RunSpec)
@@ -109,6 +137,12 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     @app.post("/v1/runs", status_code=201, response_model=RunView)
     def submit_run(spec: RunSpec, org_id: Org) -> RunView:
+        if plane.draining:
+            raise ServerUnavailable(
+                "the control plane is shutting down and accepts no new runs; running shards"
+                " keep running. Fix: retry in a few seconds, once it has restarted."
+            )
+        faults.check_disk(plane.settings.logs_dir, "log")
         if spec.image is not None:  # resolve + policy + scanner, outside the write lock
             with reads() as s:
                 org_row = s.get(OrgRow, org_id)
@@ -146,8 +180,14 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     @app.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunView)
     def cancel_run(run_id: str, org_id: Org) -> RunView:
-        with sessions.begin() as s:
-            out = runs.view(runs.cancel(s, run_id, org_id, plane.now()))
+        for attempt in range(CAS_RETRIES):  # the reconciler may update the run meanwhile
+            try:
+                with sessions.begin() as s:
+                    out = runs.view(runs.cancel(s, run_id, org_id, plane.now()))
+                break
+            except StaleDataError:
+                if attempt == CAS_RETRIES - 1:
+                    raise
         plane.reconciler.wake()
         return out
 

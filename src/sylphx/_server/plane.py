@@ -10,6 +10,7 @@ from .controller.reconciler import Reconciler
 from .executors import Executor, LocalExecutor
 from .executors.cgroups import Cgroups
 from .images import ImageStore
+from .lease import Lease
 from .lock import HomeLock
 from .secrets import load_cipher
 from .store import make_engine, migrate, read_session_factory, session_factory
@@ -20,17 +21,28 @@ log = logging.getLogger("sylphx")
 class ControlPlane:
     """Owns the engine, the executor and the reconciler thread for one SYLPHX_HOME."""
 
-    def __init__(self, settings: Settings, executor: Executor | None = None) -> None:
+    def __init__(
+        self, settings: Settings, executor: Executor | None = None, *, shared: bool = False
+    ) -> None:
+        """``shared``: one of several API processes of this home (``--workers``); they
+        skip the home lock and take turns at reconciling through the lease."""
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.lock = HomeLock(settings.home)
+        self.lock = HomeLock(settings.home) if not shared else None
+        self.draining = False  # set on SIGTERM: no new runs, shards keep running
         self.engine = make_engine(settings.database_url)
         self.sessions = session_factory(self.engine)  # writers (BEGIN IMMEDIATE on SQLite)
         self.reads = read_session_factory(self.engine)  # readers
         self.images = ImageStore(settings.home / "images")
         self.executor: Executor = executor or _local_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
-        self.reconciler = Reconciler(self.sessions, self.executor, settings, cipher=self.cipher)
+        self.reconciler = Reconciler(
+            self.sessions,
+            self.executor,
+            settings,
+            cipher=self.cipher,
+            lease=Lease(self.engine, settings.home),
+        )
 
     @staticmethod
     def now() -> datetime:
@@ -38,14 +50,16 @@ class ControlPlane:
 
     def start(self) -> None:
         """Take the home lock, migrate the store and start reconciling."""
-        self.lock.acquire()
+        if self.lock is not None:
+            self.lock.acquire()
         try:
             migrate(self.engine)
             self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
             self.settings.volumes_dir.mkdir(parents=True, exist_ok=True)
             self.reconciler.start()
         except BaseException:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
             raise
         log.info(
             "control plane started (home %s, executor %s, capacity %s)",
@@ -62,11 +76,13 @@ class ControlPlane:
             bootstrap_local(s, self.settings.local_token_file, self.now())
 
     def stop(self) -> None:
-        """Stop reconciling; running shards are left alone."""
+        """Stop reconciling; running shards are left alone (a restart re-adopts them)."""
+        self.draining = True
         self.reconciler.stop()
         self.executor.close()
         self.engine.dispose()
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _local_executor(settings: Settings, images: ImageStore) -> LocalExecutor:
@@ -83,6 +99,7 @@ def _local_executor(settings: Settings, images: ImageStore) -> LocalExecutor:
     return LocalExecutor(
         settings.local_cpus,
         settings.local_memory,
+        settings.home / "state",
         sandbox=settings.sandbox,
         cgroups=cgroups,
         hide=[settings.home],

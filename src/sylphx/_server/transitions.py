@@ -1,4 +1,9 @@
-"""The one transition function: every shard and run status change goes through here."""
+"""The one transition function: every shard and run status change goes through here.
+
+The change reaches the store as a compare-and-set: the rows' ``version`` column
+(``version_id_col``, see ``store/schema.py``) makes the UPDATE match only the version that
+was read, so a concurrent writer causes ``StaleDataError`` and a retry, never a lost update.
+"""
 
 from __future__ import annotations
 

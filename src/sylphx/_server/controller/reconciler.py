@@ -15,15 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..._errors import ExecutorError
+from ..._errors import ExecutorError, StorageFull
 from ..._settings import Settings
 from ..._spec import RunSpec
 from ..._states import RUN_TRANSITIONS, RunState, ShardState
-from .. import billing, secrets
-from ..executors.base import Executor, Exit, LaunchRequest, Mount
+from .. import billing, faults, secrets
+from ..executors.base import Executor, Exit, LaunchRequest, Mount, Signal
+from ..lease import Lease
 from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
 from ..transitions import transition
 from . import backoff, deadlines, scheduling, success
@@ -54,15 +56,20 @@ class Reconciler:
         settings: Settings,
         clock: Clock = utcnow,
         cipher: Fernet | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.cipher = cipher
         self.sessions = sessions
+        self.lease = lease  # None: this process is the only reconciler of its store
         self.executor = executor
         self.settings = settings
         self.clock = clock
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
+        self._recovered = False  # whether start() already re-adopted live attempts
+        self._disk_full: str | None = None  # the last "log disk full" message logged
         executor.set_waker(self.wake)
 
     # -- loop -------------------------------------------------------------
@@ -71,7 +78,9 @@ class Reconciler:
         self._wake.set()
 
     def start(self) -> None:
-        self.recover()
+        if self.lease is None or self.lease.ensure():
+            self.recover()
+            self._recovered = True
         self._thread = threading.Thread(target=self._loop, name="sylphx-reconciler", daemon=True)
         self._thread.start()
 
@@ -80,19 +89,52 @@ class Reconciler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.lease is not None:
+            self.lease.release()
 
     def _loop(self) -> None:
+        readopt = not self._recovered
         while not self._stop.is_set():
             self._wake.clear()
             try:
+                # Several API processes may share the store: only the lease holder acts.
+                # A standby that takes over re-adopts every live attempt first.
+                if self.lease is not None and not self.lease.ensure():
+                    readopt = True
+                    self._wake.wait(self.settings.reconcile_interval)
+                    continue
+                if readopt:  # exits polled by a failed pass were lost with its transaction
+                    self.recover()
+                    readopt = False
                 self.tick()
+            except (OperationalError, InterfaceError) as exc:  # the store is away: say so
+                bind = self.sessions.kw["bind"]
+                assert isinstance(bind, Engine)
+                log.error("reconcile pass failed: %s", faults.store_unavailable(exc, bind).message)
+                readopt = True
+            except StorageFull as exc:
+                log.error("reconcile pass failed: %s", exc.message)
+                readopt = True
             except Exception:  # keep reconciling; the next pass re-reads everything
                 log.exception("reconcile pass failed")
+                readopt = True
             self._wake.wait(self.settings.reconcile_interval)
 
     # -- one pass ----------------------------------------------------------
     def tick(self) -> None:
         """One level-triggered pass over all active runs."""
+        self._signals = []
+        try:
+            self._pass()
+        except BaseException:
+            self.executor.flush(discard=True)  # never start what a rolled-back pass launched
+            raise
+        # Signals go out only after the pass committed why (timeout/cancel): a pass rolled
+        # back by a concurrent write must not leave a shard killed for no recorded reason.
+        for handle, sig in self._signals:
+            self.executor.signal(handle, sig)
+
+    def _pass(self) -> None:
         with self.sessions.begin() as s:
             runs = list(
                 s.scalars(
@@ -119,30 +161,29 @@ class Reconciler:
                 self._roll_up(run, now)
 
     def recover(self) -> None:
-        """On start: attempts this executor does not know were orphaned by a restart."""
+        """Re-adopt every attempt the store still shows as live.
+
+        Attempts outlive the control plane (the local executor's supervisor records
+        their exits durably), so after a restart, or a pass that failed midway, they are
+        handed back to the executor, which reports them when they end -- or at once, with
+        their true end times, if they ended meanwhile. Only an attempt the executor
+        cannot account for at all is recorded as lost; none is ever started twice.
+        """
         with self.sessions.begin() as s:
-            orphans = s.scalars(select(AttemptRow).where(AttemptRow.ended_at.is_(None))).all()
-            exits = [
-                Exit(
-                    handle=a.handle or f"attempt:{a.id}",
-                    returncode=-9,
-                    ended_at=self.clock(),
-                    reason="Orphaned: the control plane restarted",
-                )
-                for a in orphans
-                if not (a.handle and self.executor.alive(a.handle))
-            ]
-            for attempt in orphans:
+            unended = s.scalars(select(AttemptRow).where(AttemptRow.ended_at.is_(None))).all()
+            lost = []
+            for attempt in unended:
                 if attempt.handle is None:
                     attempt.handle = f"attempt:{attempt.id}"
-                elif not self.executor.alive(attempt.handle):
-                    self.executor.signal(attempt.handle, "kill")
-            run_ids = {a.run_id for a in orphans}
+                if not self.executor.adopt(attempt.handle):
+                    reason = "Lost: the control plane restarted and cannot find the attempt"
+                    lost.append(Exit(attempt.handle, -9, self.clock(), reason=reason))
+            run_ids = {a.run_id for a in unended}
             specs = {
                 r.id: RunSpec.model_validate(r.spec)
                 for r in s.scalars(select(RunRow).where(RunRow.id.in_(run_ids)))
             }
-            self._collect(s, exits, specs)
+            self._collect(s, lost, specs)
 
     # -- steps ---------------------------------------------------------------
     def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> None:
@@ -174,6 +215,8 @@ class Reconciler:
         attempt.exit_code = outcome.exit_code
         attempt.reason = outcome.reason
         attempt.ended_at = exit.ended_at
+        if exit.started_at is not None:  # the supervisor's record beats our launch time
+            attempt.started_at = exit.started_at
         shard.exit_code = outcome.exit_code
         shard.reason = outcome.reason
         if outcome.uses_budget:
@@ -212,7 +255,7 @@ class Reconciler:
             if action is None or attempt.handle is None:
                 continue
             sig, reason = action
-            self.executor.signal(attempt.handle, sig)
+            self._signals.append((attempt.handle, sig))  # sent once the reason is stored
             if sig == "term":
                 attempt.stop_reason, attempt.stop_requested_at = reason, now
             else:
@@ -222,6 +265,17 @@ class Reconciler:
         self, s: Session, runs: list[RunRow], specs: dict[str, RunSpec], now: datetime
     ) -> None:
         """Ask the queue policy what starts (and what is preempted) now, and do it."""
+        try:  # a shard started on a full log disk would lose its logs: start none
+            faults.check_disk(self.settings.logs_dir, "log")
+        except StorageFull as exc:
+            if self._disk_full != exc.message:
+                log.error("not starting shards: %s", exc.message)
+            self._disk_full = exc.message
+            for run in runs:
+                if any(shard.state == ShardState.PENDING for shard in run.shards):
+                    run.message = f"waiting: {exc.message}"
+            return
+        self._disk_full = None
         decision = scheduling.decide(
             runs,
             capacity=self.executor.capacity(),
@@ -237,7 +291,7 @@ class Reconciler:
             for shard in run.shards:
                 attempt = shard.history[-1] if shard.history else None
                 if attempt is not None and attempt.id in victims and attempt.handle:
-                    self.executor.signal(attempt.handle, "term")
+                    self._signals.append((attempt.handle, "term"))  # after the commit
                     attempt.stop_reason, attempt.stop_requested_at = "preempt", now
             n = decision.starts.get(run.id, 0)
             if not n:
@@ -247,6 +301,7 @@ class Reconciler:
             to_start = [shard for shard in run.shards if shard.state == ShardState.PENDING][:n]
             for shard in to_start:
                 self._launch(s, run, specs[run.id], shard, now)
+        self.executor.flush()  # the local executor starts the whole pass as one batch
 
     def _launch(
         self, s: Session, run: RunRow, spec: RunSpec, shard: ShardRow, now: datetime
@@ -289,6 +344,8 @@ class Reconciler:
             )
             attempt.handle = self.executor.launch(request)
         except (OSError, ExecutorError) as exc:
+            if isinstance(exc, OSError) and faults.is_disk_full(exc):  # not the shard's fault:
+                raise faults.disk_full(self.settings.home, "state") from exc  # roll back, retry
             s.flush()
             attempt.handle = f"attempt:{attempt.id}"
             stderr.parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ class Exit:
     ended_at: datetime
     reason: str | None = None  # an executor-specific cause, e.g. "LaunchError"
     lost: bool = False  # the executor lost the attempt (node died): a preemption, not a failure
+    started_at: datetime | None = None  # the process's true start, when the executor knows it
 
 
 class Executor(Protocol):
@@ -74,7 +75,19 @@ class Executor(Protocol):
         ...
 
     def launch(self, request: LaunchRequest) -> str:
-        """Start one attempt and return its handle; raises ExecutorError when it cannot."""
+        """Start one attempt (possibly at the next :meth:`flush`) and return its handle;
+        raises ExecutorError when it cannot. Must be idempotent per (run, index, attempt):
+        a second launch of an attempt that was already started adopts it."""
+        ...
+
+    def flush(self, *, discard: bool = False) -> None:
+        """Start whatever :meth:`launch` queued (executors that batch), or with ``discard``
+        drop it (the pass that queued it was rolled back); a no-op for the others."""
+        ...
+
+    def adopt(self, handle: str) -> bool:
+        """After a restart: watch an attempt a previous control plane started. False when
+        the handle means nothing to this executor (the attempt is then recorded as lost)."""
         ...
 
     def poll(self) -> list[Exit]:

@@ -84,6 +84,11 @@ class Cgroups:
                 " or cgroup v2, or set SYLPHX_UNENFORCED_TIERS=1 to run without enforced tiers."
             ) from exc
 
+    def existing(self, name: str) -> ShardCgroup | None:
+        """The cgroup of an attempt, if it still exists (e.g. after a restart)."""
+        dirs = tuple(base / name for base in self.bases)
+        return ShardCgroup(dirs, self.v2) if dirs[0].is_dir() else None
+
     def create(self, name: str, machine: str) -> ShardCgroup:
         tier = MACHINES[machine]
         quota = max(int(tier.vcpu * CPU_PERIOD_US), 1000)

@@ -1,22 +1,28 @@
 """Local executor: shard attempts are real processes on this host.
 
-Each attempt runs in its own session (process group), inside its own cgroup (the
+Attempts run under :mod:`.supervise`, a small stdlib-only supervisor in its own
+session: one per reconcile pass (a batch), not one per shard, and not a child that
+dies with the control plane. It writes each shard's pid and exit status to the
+attempt's state directory (atomically), so a restarted control plane re-adopts live
+attempts and collects the ones that ended while it was down, with their true end
+times. Each shard runs in its own session (process group), its own cgroup (the
 machine tier's CPU quota and memory ceiling) and its own bubblewrap sandbox, with
-stdout and stderr written straight to files, so capture costs no Python copying and
-no memory. Exits are noticed through pidfds on one watcher thread, which wakes the
-reconciler at once.
+stdout and stderr written straight to files. Exits wake the reconciler through a
+FIFO in the state directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
 import signal
 import subprocess
-import tempfile
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +32,12 @@ from ..controller.admission import Resources
 from ..images import ImageStore
 from .base import Exit, LaunchRequest, Mount, Signal
 from .cgroups import Cgroups, ShardCgroup
+from .processes import check_program, descendants
 from .sandbox import Sandbox, bwrap_path, clean_env
+from .supervise import claim, start_ticks, write_atomic
+
+SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
+LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
 
 
 def _now() -> datetime:
@@ -62,66 +73,32 @@ def bwrap_prefix(mounts: list[Mount]) -> list[str]:
     return [*args, "--"]
 
 
-def _check_program(
-    program: str, path: str, workdir: Path | None, *, root: Path | None = None
-) -> None:
-    """Fail the launch (exit 127, LaunchError) when the program does not exist, as a shell
-    would, instead of starting a sandbox that can only fail. ``root``: an image's rootfs
-    (its symlinks may point anywhere inside it, so existence is all that is checked)."""
-    if root is not None:
-        dirs = [""] if "/" in program else path.split(":")
-        rel = program.lstrip("/")
-        found = any(os.path.lexists(root / d.lstrip("/") / rel) for d in dirs)
-    elif "/" in program:
-        target = Path(program) if program.startswith("/") else (workdir or Path("/")) / program
-        found = os.access(target, os.X_OK) and target.is_file()
-    else:
-        found = shutil.which(program, path=path) is not None
-    if not found:
-        raise FileNotFoundError(2, "No such file or directory (or not executable)", program)
+def _cgroup_name(handle: str) -> str:
+    """``att:RUN/I/N`` -> ``RUN-I-N`` (rebuilt from the handle after a restart, too)."""
+    return handle.removeprefix("att:").replace("/", "-")
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), deepest last."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        out.append(child)
-        todo.extend(children.get(child, []))
-    return out
+def _from_ns(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+def _read(path: Path) -> str | None:
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "0"
-
-
-def _verified_pid(handle: str) -> int | None:
-    """The pid in ``pid:PID:START`` if that process is still the one we started."""
-    parts = handle.split(":")
-    if len(parts) != 3 or parts[0] != "pid" or not parts[1].isdigit():
+        return path.read_text()
+    except FileNotFoundError:
         return None
-    pid = int(parts[1])
-    return pid if _start_time(pid) == parts[2] else None
+
+
+def _verified(pid_text: str | None) -> int | None:
+    """The pid in ``"PID START ..."`` if that process is still the one recorded."""
+    if not pid_text or not pid_text.split()[0].isdigit():
+        return None
+    pid, ticks = pid_text.split()[:2]
+    return int(pid) if start_ticks(int(pid)) == ticks else None
 
 
 class LocalExecutor:
-    """Runs attempts as child processes of the control plane on this host."""
+    """Runs attempts on this host under detached supervisors; handles are ``att:RUN/I/N``."""
 
     name = "local"
 
@@ -129,6 +106,7 @@ class LocalExecutor:
         self,
         cpus: float,
         memory: int,
+        state_dir: Path,
         *,
         sandbox: bool = True,
         cgroups: Cgroups | None = None,
@@ -136,26 +114,32 @@ class LocalExecutor:
         scratch: Path | None = None,
         images: ImageStore | None = None,
     ) -> None:
-        self._images = images
-        self._scratch_root = scratch or Path(tempfile.gettempdir()) / "sylphx-work"
         self._capacity = Resources.of_host(cpus, memory)
         self._sandbox = sandbox
         self._cgroups = cgroups
         self._hide = tuple(hide)
-        self._groups: dict[str, ShardCgroup] = {}
+        self._images = images
+        self._scratch_root = scratch or state_dir.parent / "work"
+        self._host_path = os.environ.get("PATH")
         if sandbox:
             bwrap_path()  # fail at start, not at the first launch
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._fifo = state_dir / "exits.fifo"
+        if not self._fifo.exists():
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(self._fifo)
+        # O_RDWR keeps a writer open, so the FIFO never reports hang-up between shards.
+        self._fifo_fd = os.open(self._fifo, os.O_RDWR | os.O_NONBLOCK)
         self._lock = threading.Lock()
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._ended: dict[str, datetime] = {}  # handle -> when its pidfd fired
-        self._failed: list[Exit] = []
-        self._fds: dict[int, str] = {}  # pidfd -> handle
-        self._epoll = select.epoll()
+        self._tracked: dict[str, float] = {}  # handle -> monotonic time we began tracking
+        self._pending: list[str] = []  # launched since the last flush
+        self._supervisors: list[subprocess.Popen[bytes]] = []
         self._wake: Callable[[], None] = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
         self._watcher.start()
-        self._host_path = os.environ.get("PATH")
+        # Shards inherit the host environment, minus the control plane's own settings.
 
     def capacity(self) -> Resources:
         return self._capacity
@@ -164,77 +148,66 @@ class LocalExecutor:
         assert callable(wake)
         self._wake = wake
 
+    def _dir(self, handle: str) -> Path:
+        return self.state_dir / handle.removeprefix("att:")
+
     def launch(self, request: LaunchRequest) -> str:
-        workdir = request.working_dir
-        if request.image is not None:
-            argv, env, box = self._image_launch(request)
-            cwd: Path | str = "/"
-        else:
-            env = clean_env(
-                platform=request.shard_env(),
-                run_env=request.env,
-                secrets=request.secrets,
-                image_env=None,
-                host_path=self._host_path,
-            )
-            argv = list(request.command)
-            if workdir is not None and not workdir.is_dir():
-                raise ExecutorError(f"working directory {workdir} does not exist")
-            _check_program(argv[0], env["PATH"], workdir)
-            box = None
-            if self._sandbox:
-                box = Sandbox(
-                    mounts=request.mounts,
-                    hide=self._hide,
-                    network=request.network,
-                    working_dir=str(workdir or "/tmp"),
-                    extra_ro=(workdir,) if workdir else (),
-                )
-        if box is not None:
-            argv = box.argv() + argv
-            cwd = "/"
-        else:
-            cwd = workdir or self._scratch(request.run_id)
-            if request.mounts:
-                argv = bwrap_prefix(request.mounts) + argv
-        group = None
+        """Queue the attempt for the next :meth:`flush`; idempotent per (run, index, attempt):
+        an attempt already claimed by a supervisor is adopted, never started twice."""
+        handle = f"att:{request.run_id}/{request.index}/{request.attempt}"
+        folder = self._dir(handle)
+        if (folder / "claim").exists():
+            self.adopt(handle)
+            return handle
+        argv, env, cwd = self._envelope(request)
         if self._cgroups is not None:
-            name = f"{request.run_id}-{request.index}-{request.attempt}"
-            group = self._cgroups.create(name, request.machine)
-            argv = group.join_prefix() + argv
+            argv = self._cgroups.create(_cgroup_name(handle), request.machine).join_prefix() + argv
         request.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(request.stdout_path, "ab") as out, open(request.stderr_path, "ab") as err:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-        except BaseException:
-            if group is not None:
-                group.remove()
-            raise
-        handle = f"pid:{proc.pid}:{_start_time(proc.pid)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        body = {
+            "argv": argv,
+            "env": env,
+            "cwd": str(cwd),
+            "stdout": str(request.stdout_path),
+            "stderr": str(request.stderr_path),
+        }
+        write_atomic(str(folder / "request.json"), json.dumps(body), sync=False)
         with self._lock:
-            self._procs[handle] = proc
-            if group is not None:
-                self._groups[handle] = group
-            try:
-                fd = os.pidfd_open(proc.pid)
-            except OSError:
-                fd = -1  # no pidfd support: poll() still reaps on every tick
-            if fd >= 0:
-                self._fds[fd] = handle
-                self._epoll.register(fd, select.EPOLLIN)
+            self._tracked[handle] = time.monotonic()
+            self._pending.append(handle)
         return handle
 
-    def _image_launch(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Sandbox]:
-        """argv, env and sandbox for a shard of a container image (its rootfs as ``/``)."""
+    def _envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
+        """argv (sandbox included), the shard's clean environment and the start directory."""
+        if request.image is not None:
+            return self._image_envelope(request)
+        env = clean_env(
+            platform=request.shard_env(),
+            run_env=request.env,
+            secrets=request.secrets,
+            image_env=None,
+            host_path=self._host_path,
+        )
+        argv = list(request.command)
+        workdir = request.working_dir
+        if workdir is not None and not workdir.is_dir():
+            raise ExecutorError(f"working directory {workdir} does not exist")
+        if not self._sandbox:
+            if request.mounts:
+                argv = bwrap_prefix(request.mounts) + argv
+            return argv, env, workdir or self._scratch(request.run_id)
+        check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
+        box = Sandbox(
+            mounts=request.mounts,
+            hide=self._hide,
+            network=request.network,
+            working_dir=str(workdir or "/tmp"),
+            extra_ro=(workdir,) if workdir else (),
+        )
+        return box.argv() + argv, env, Path("/")
+
+    def _image_envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
+        """The same for a container image: its rootfs as ``/``, its Env and WorkingDir."""
         if self._images is None or not self._sandbox:
             raise ExecutorError(
                 "container images need the sandbox (SYLPHX_SANDBOX=on) and an image store"
@@ -248,75 +221,137 @@ class LocalExecutor:
             image_env=image.config.env,
             host_path=None,
         )
-        _check_program(argv[0], env["PATH"], None, root=image.rootfs)
-        workdir = str(request.working_dir or image.config.working_dir or "/")
+        check_program(argv[0], env["PATH"], None, root=image.rootfs)
         box = Sandbox(
             base=image.rootfs,
             mounts=request.mounts,
             network=request.network,
-            working_dir=workdir,
+            working_dir=str(request.working_dir or image.config.working_dir or "/"),
         )
-        return argv, env, box
+        return box.argv() + argv, env, Path("/")
 
     def _scratch(self, run_id: str) -> Path:
         path = self._scratch_root / run_id
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def flush(self, *, discard: bool = False) -> None:
+        """Start one supervisor for every attempt launched since the last flush (or, with
+        ``discard``, forget them: the pass that launched them was rolled back)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if discard:
+                for handle in batch:
+                    self._tracked.pop(handle, None)
+                return
+        if not batch:
+            return
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", SUPERVISOR, str(self._fifo)]
+            + [str(self._dir(h)) for h in batch],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        with self._lock:
+            self._supervisors.append(proc)
+
+    def adopt(self, handle: str) -> bool:
+        """Track an attempt a previous control plane started; False if it is not ours."""
+        if not handle.startswith("att:") or not self._dir(handle).is_dir():
+            return False
+        with self._lock:
+            self._tracked.setdefault(handle, time.monotonic())
+        return True
+
     def _watch(self) -> None:
-        while not self._closed.is_set():
-            events = self._epoll.poll(0.5)
-            if not events:
-                continue
-            now = _now()
-            with self._lock:
-                for fd, _ in events:
-                    handle = self._fds.pop(fd, None)
-                    self._epoll.unregister(fd)
-                    os.close(fd)
-                    if handle is not None:
-                        self._ended.setdefault(handle, now)
-            self._wake()
+        poller = select.epoll()
+        poller.register(self._fifo_fd, select.EPOLLIN)
+        try:
+            while not self._closed.is_set():
+                if poller.poll(0.5):
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self._fifo_fd, 4096):
+                            pass
+                    self._wake()
+        finally:
+            poller.close()
 
     def poll(self) -> list[Exit]:
-        exits: list[Exit] = []
+        """Attempts whose exit was recorded (or that were lost) since the last call."""
         with self._lock:
-            exits, self._failed = self._failed, []
-            for handle, proc in list(self._procs.items()):
-                if handle not in self._ended and proc.poll() is None:
-                    continue
-                # Kill stragglers in the group while the leader's pid still pins the pgid.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                code = proc.wait()
-                ended = self._ended.pop(handle, None) or _now()
-                del self._procs[handle]
-                reason = None
-                group = self._groups.pop(handle, None)
-                if group is not None:
-                    if group.oom_killed():
-                        reason = "OOMKilled: the shard went over its machine tier's memory"
-                    group.kill_all()
-                    group.remove()
-                exits.append(Exit(handle=handle, returncode=code, ended_at=ended, reason=reason))
+            self._supervisors = [p for p in self._supervisors if p.poll() is None]
+            tracked = list(self._tracked.items())
+            pending = set(self._pending)
+        exits = []
+        for handle, since in tracked:
+            if handle not in pending:
+                exit = self._check(handle, since)
+                if exit is not None:
+                    exits.append(exit)
+        with self._lock:
+            for exit in exits:
+                self._tracked.pop(exit.handle, None)
         return exits
 
+    def _check(self, handle: str, since: float) -> Exit | None:
+        folder = self._dir(handle)
+        text = _read(folder / "exit")
+        if text is not None:
+            code, started, ended, reason = text.split(" ", 3)
+            group = self._group(handle)
+            if group is not None:
+                if group.oom_killed():
+                    reason = "OOMKilled: the shard went over its machine tier's memory"
+                group.kill_all()
+                group.remove()
+            return Exit(
+                handle,
+                int(code),
+                _from_ns(int(ended)),
+                reason or None,
+                started_at=_from_ns(int(started)),
+            )
+        owner = _read(folder / "claim")
+        if owner is None:
+            if time.monotonic() - since < LOST_AFTER_SECONDS:
+                return None  # its supervisor may still be starting
+            if not claim(str(folder), "lost"):
+                return None  # a supervisor took it just now: next poll sees it
+            return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
+        if owner == "lost":
+            return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
+        if _verified(owner) is not None:
+            return None
+        if (folder / "exit").exists():  # the supervisor finished just now
+            return self._check(handle, since)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            pid = _verified(_read(folder / "pid"))
+            if pid is not None:
+                os.killpg(pid, signal.SIGKILL)
+        return self._settle(handle, -9, "Lost: the attempt's supervisor died")
+
+    def _settle(self, handle: str, code: int, reason: str) -> Exit:
+        """Record an exit on the supervisor's behalf, so a later control plane sees it too."""
+        now = time.time_ns()
+        write_atomic(str(self._dir(handle) / "exit"), f"{code} {now} {now} {reason}")
+        return self._check(handle, 0) or Exit(handle, code, _from_ns(now), reason)
+
     def signal(self, handle: str, sig: Signal) -> None:
-        """SIGKILL: the attempt's whole process group and cgroup. SIGTERM: the shard's own
-        processes (the sandbox's descendants), so the sandbox itself stays up and the
-        shard can use its grace period. Also works for an attempt a previous server
-        started, once its pid is proven to be the same process (start time)."""
-        with self._lock:
-            proc = self._procs.get(handle)
-            group = self._groups.get(handle)
-        if proc is not None and proc.returncode is not None:
+        """Signal the attempt's process group, once its pid is proven to be the same
+        process (start time); works for attempts a previous server started too."""
+        folder = self._dir(handle)
+        if (folder / "exit").exists():
             return
-        pid = proc.pid if proc is not None else _verified_pid(handle)
+        pid = _verified(_read(folder / "pid"))
         if pid is None:
             return
         if sig == "kill":
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+            group = self._group(handle)
             if group is not None:
                 group.kill_all()
             return
@@ -324,19 +359,19 @@ class LocalExecutor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
             return
+        # SIGTERM to the shard's own processes, not the sandbox: its grace period must work
         for child in descendants(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(child, signal.SIGTERM)
 
+    def _group(self, handle: str) -> ShardCgroup | None:
+        return None if self._cgroups is None else self._cgroups.existing(_cgroup_name(handle))
+
     def alive(self, handle: str) -> bool:
         with self._lock:
-            return handle in self._procs
+            return handle in self._tracked
 
     def close(self) -> None:
         self._closed.set()
         self._watcher.join(timeout=2)
-        with self._lock:
-            for fd in list(self._fds):
-                os.close(fd)
-            self._fds.clear()
-            self._epoll.close()
+        os.close(self._fifo_fd)

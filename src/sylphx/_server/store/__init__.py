@@ -4,6 +4,7 @@ from .db import (
     make_engine,
     migrate,
     read_session_factory,
+    revision,
     session_factory,
 )
 from .schema import (
@@ -31,5 +32,6 @@ __all__ = [
     "make_engine",
     "migrate",
     "read_session_factory",
+    "revision",
     "session_factory",
 ]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -39,13 +42,30 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+MIGRATE_LOCK_KEY = 0x5F1C0DF  # PostgreSQL advisory lock: one migrator at a time
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+    """Bring the schema to the newest migration (idempotent; concurrent callers, e.g.
+    several API workers starting at once, take turns)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with contextlib.ExitStack() as stack:
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            fh = stack.enter_context(open(f"{database}.migrate.lock", "a"))
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+
+def revision(engine: Engine) -> str | None:
+    """The store's current Alembic revision (None before the first migration)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

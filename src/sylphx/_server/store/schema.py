@@ -1,4 +1,10 @@
-"""Tables: runs, shards, attempts, volumes. The Alembic migrations mirror these."""
+"""Tables: runs, shards, attempts, volumes. The Alembic migrations mirror these.
+
+Runs, shards and attempts carry a ``version`` counter (SQLAlchemy's ``version_id_col``):
+every UPDATE is a compare-and-set, ``... WHERE id = :id AND version = :seen``, and a
+row changed by someone else since it was read raises ``StaleDataError`` instead of
+being overwritten (the reconciler's pass or the API call is then rolled back and retried).
+"""
 
 from __future__ import annotations
 
@@ -89,6 +95,8 @@ class RunRow(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     message: Mapped[str | None] = mapped_column(Text)
     queue_position: Mapped[int | None] = mapped_column(Integer)  # 1 = next; None unless queued
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    __mapper_args__ = {"version_id_col": version}
 
     shards: Mapped[list[ShardRow]] = relationship(
         back_populates="run", order_by="ShardRow.index", cascade="all, delete-orphan"
@@ -110,6 +118,8 @@ class ShardRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    __mapper_args__ = {"version_id_col": version}
 
     run: Mapped[RunRow] = relationship(back_populates="shards")
     history: Mapped[list[AttemptRow]] = relationship(
@@ -139,6 +149,8 @@ class AttemptRow(Base):
     killed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stdout_path: Mapped[str | None] = mapped_column(Text)
     stderr_path: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    __mapper_args__ = {"version_id_col": version}
 
     shard: Mapped[ShardRow] = relationship(back_populates="history")
 

@@ -1,0 +1,167 @@
+"""The attempt supervisor: starts a batch of shard attempts and records how each ended.
+
+Run as ``python -S -E supervise.py NOTIFY_FIFO STATE_DIR...`` in its own session, so it
+outlives the control plane (a ``kill -9`` of the server does not reach it). It imports
+only the standard library and never sylphx, so it starts in a few milliseconds; one
+supervisor serves every attempt the reconciler launched in one pass.
+
+Per attempt directory (files written atomically: tmp + rename; ``exit`` also fsynced, since
+it must outlive even the host; the others only matter while the processes live):
+
+- ``request.json``  what to run (written by the control plane before the supervisor starts)
+- ``claim``         created with O_EXCL by whoever owns the attempt: this supervisor
+                    (``"<pid> <start ticks>"``) or the control plane declaring it lost
+                    (``"lost"``). Exactly one copy of an attempt can ever start.
+- ``pid``           ``"<pid> <start ticks> <started ns>"`` of the shard (its own session)
+- ``exit``          ``"<returncode> <started ns> <ended ns> <reason>"``; returncode is
+                    negative for death by a signal, as in ``subprocess``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+
+def start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+def write_atomic(path: str, text: str, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``text`` so readers see the old file or the whole new one;
+    ``sync`` (fsync before the rename) for what must survive a host crash, not just ours."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def claim(state_dir: str, owner: str) -> bool:
+    """Take the attempt (O_EXCL); False when someone already did."""
+    try:
+        fd = os.open(os.path.join(state_dir, "claim"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:  # no fsync: a claim only matters while the host (and so the processes) live
+        os.write(fd, owner.encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def notify(fifo: str) -> None:
+    """Nudge the control plane (if one is listening) to collect exits now."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"x")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve(program: str, env: dict[str, str]) -> str:
+    """``program`` looked up on the shard's PATH, like ``subprocess`` does."""
+    if "/" in program:
+        return program
+    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+        cand = os.path.join(folder or ".", program)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise FileNotFoundError(2, "No such file or directory", program)
+
+
+def spawn(req: dict[str, object]) -> int:
+    """Start the shard in a new session with its logs as stdout/stderr; raises OSError."""
+    argv = [str(a) for a in req["argv"]]  # type: ignore[attr-defined]
+    env = {str(k): str(v) for k, v in req["env"].items()}  # type: ignore[attr-defined]
+    os.chdir(str(req["cwd"]))
+    append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(req["stdout"]), append, 0o644),
+        (os.POSIX_SPAWN_OPEN, 2, str(req["stderr"]), append, 0o644),
+    ]
+    return os.posix_spawn(resolve(argv[0], env), argv, env, file_actions=actions, setsid=True)
+
+
+def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> None:
+    """Record a launch that never became a process: exit 127, reason LaunchError."""
+    now = time.time_ns()
+    if req is not None:
+        try:
+            with open(str(req["stderr"]), "a") as fh:
+                fh.write(f"sylphx: could not start the shard: {exc}\n")
+        except OSError:
+            pass
+    write_atomic(os.path.join(state_dir, "exit"), f"127 {now} {now} LaunchError: {exc}")
+
+
+def main(argv: list[str]) -> int:
+    fifo, dirs = argv[0], argv[1:]
+    me = f"{os.getpid()} {start_ticks(os.getpid())}"
+    children: dict[int, tuple[str, int]] = {}
+    for state_dir in dirs:
+        if not claim(state_dir, me):
+            continue  # another supervisor has it, or the control plane declared it lost
+        req: dict[str, object] | None = None
+        try:
+            with open(os.path.join(state_dir, "request.json")) as fh:
+                req = json.load(fh)
+            assert req is not None
+            started = time.time_ns()
+            pid = spawn(req)
+        except (OSError, ValueError, KeyError) as exc:
+            fail(state_dir, req, exc)
+            notify(fifo)
+            continue
+        pid_text = f"{pid} {start_ticks(pid)} {started}"  # dies with the host: no fsync
+        write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
+        children[pid] = (state_dir, started)
+    os.chdir("/")
+    while children:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if info is None:
+            continue
+        ended = time.time_ns()
+        pid = info.si_pid
+        try:  # noqa: SIM105 - stragglers in the group, while the leader pins the pgid
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        entry = children.pop(pid, None)
+        if entry is None:
+            continue
+        state_dir, started = entry
+        code = os.waitstatus_to_exitcode(status)
+        write_atomic(os.path.join(state_dir, "exit"), f"{code} {started} {ended} ")
+        notify(fifo)
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sys.exit(main(sys.argv[1:]))

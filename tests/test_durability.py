@@ -1,0 +1,162 @@
+"""Durability short of kill -9: graceful stop, lease, CAS, a full disk, a lost store."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm.exc import StaleDataError
+
+from conftest import TEST_STORE, Server, database_url_for, pid_alive, pids_of_run, start_server
+from serverproc import ServerProcess
+from sylphx._server.faults import MIN_FREE_BYTES
+from sylphx._server.lease import Lease
+from sylphx._server.store import RunRow, make_engine, migrate
+
+
+def test_sigterm_refuses_new_runs_leaves_shards_running_and_restart_resumes(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "home")
+    try:
+        server.start()
+        run = server.submit(command=["sh", "-c", "sleep 5; echo ok"])
+        deadline = time.monotonic() + 30
+        while len(pids_of_run(run["id"])) < 2:  # the sandbox and the shell
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pids = pids_of_run(run["id"])
+        assert server.term() == 0  # exits promptly and cleanly...
+        assert all(pid_alive(pid) for pid in pids)  # ...leaving the shard running
+        server.start()
+        done = server.wait(run["id"])
+        assert done["status"] == "succeeded"
+        (shard,) = server.http.get(f"/v1/runs/{run['id']}/shards").json()
+        assert shard["attempts"] == 1
+        assert server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0}).text == "ok\n"
+    finally:
+        server.close()
+
+
+def test_a_draining_server_answers_503_to_new_runs(server: Server) -> None:
+    server.plane.draining = True
+    r = server.http.post("/v1/runs", json={"command": ["true"]})
+    assert r.status_code == 503
+    assert r.json()["error"] == "server_unavailable"
+    assert "shutting down" in r.json()["message"] and "Fix:" in r.json()["message"]
+    assert server.http.get("/v1/runs").status_code == 200  # reads still work
+
+
+def test_only_one_lease_holder_and_it_passes_on(tmp_path: Path) -> None:
+    engine = make_engine(database_url_for(tmp_path))
+    migrate(engine)
+    first, second = Lease(engine, tmp_path), Lease(engine, tmp_path)
+    try:
+        assert first.ensure() and first.ensure()
+        assert not second.ensure()
+        first.release()  # as when its holder dies: the connection or the flock goes away
+        assert second.ensure()
+        assert not first.ensure()
+    finally:
+        first.release()
+        second.release()
+        engine.dispose()
+
+
+def test_status_writes_are_compare_and_set(server: Server) -> None:
+    run = server.submit(command=["true"])
+    server.wait(run["id"])
+    with server.plane.reads() as s:
+        row = s.get(RunRow, run["id"])  # read now, written later: the row may go stale
+        assert row is not None
+        s.commit()
+        with server.plane.sessions.begin() as other:  # someone else writes first
+            theirs = other.get(RunRow, run["id"])
+            assert theirs is not None
+            theirs.message = "theirs"
+        row.message = "mine"
+        with pytest.raises(StaleDataError):  # UPDATE ... WHERE version = <what we read>
+            s.commit()
+
+
+def test_two_api_workers_share_the_store_and_one_reconciles(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "home", workers=2)
+    try:
+        server.start()
+        vol = server.http.post("/v1/volumes", json={"name": "out"}).json()["id"]
+        run = server.submit(
+            command=["sh", "-c", "echo $SYLPHX_SHARD_INDEX >> /out/$SYLPHX_SHARD_INDEX"],
+            parallelism=16,
+            machine="nano",
+            volumeMounts=[{"volumeId": vol, "mountPath": "/out"}],
+        )
+        assert server.wait(run["id"])["status"] == "succeeded"
+        out = server.home / "volumes" / vol
+        for i in range(16):
+            assert (out / str(i)).read_text() == f"{i}\n"  # started exactly once
+    finally:
+        server.close()
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {out.stderr.strip()}")
+
+
+def test_full_log_disk_is_a_clear_503_and_runs_resume_when_there_is_room(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    logs = home / "logs"
+    _mount_tmpfs(logs, "2m")
+    server, stop = start_server(home)
+    try:
+        filler = logs / "filler"
+        with open(filler, "wb") as fh:
+            fh.write(b"\0" * (2 * 1024 * 1024 - MIN_FREE_BYTES // 2))
+        r = server.http.post("/v1/runs", json={"command": ["true"]})
+        assert r.status_code == 503
+        body = r.json()
+        assert body["error"] == "storage_full"
+        assert str(logs) in body["message"] and "Fix: free space" in body["message"]
+        assert server.http.get("/v1/runs").json()["items"] == []  # nothing half-stored
+        filler.unlink()
+        run = server.submit(command=["sh", "-c", "echo fine"])
+        assert server.wait(run["id"])["status"] == "succeeded"
+    finally:
+        stop()
+        subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="the postgresql pass covers it")
+def test_database_outage_is_a_clear_503_and_the_plane_resumes(tmp_path: Path) -> None:
+    from pgserver import PgServer
+
+    pg = PgServer(durable=True)  # it is crashed below: commits must survive that
+    pg.start()
+    server, stop = start_server(tmp_path / "home", database_url=pg.create_database())
+    try:
+        run = server.submit(command=["sh", "-c", "sleep 1.5; echo done"])
+        server.wait_for(lambda: server.get(run["id"])["status"] == "running")
+        pg.stop("immediate")
+        r = server.http.get(f"/v1/runs/{run['id']}")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["error"] == "store_unavailable"
+        assert "PostgreSQL server is running" in body["message"]
+        time.sleep(2)  # the shard ends while the store is away
+        pg.start()
+        done = server.wait(run["id"], timeout=60)
+        assert done["status"] == "succeeded"
+        assert server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0}).text == "done\n"
+    finally:
+        stop()
+        pg.destroy()

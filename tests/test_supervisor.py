@@ -1,0 +1,91 @@
+"""The local executor's attempt supervisor: exactly one copy, durable exits, re-adoption."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conftest import Server
+from sylphx._server.executors.base import Exit, LaunchRequest
+from sylphx._server.executors.local import LocalExecutor
+
+
+def request(tmp_path: Path, script: str, attempt: int = 1) -> LaunchRequest:
+    logs = tmp_path / "logs"
+    return LaunchRequest(
+        run_id="wrk_test",
+        index=0,
+        attempt=attempt,
+        count=1,
+        indexed=True,
+        command=["sh", "-c", script],
+        env={},
+        machine="nano",
+        stdout_path=logs / f"{attempt}.out",
+        stderr_path=logs / f"{attempt}.err",
+        working_dir=tmp_path,
+    )
+
+
+def wait_exit(executor: LocalExecutor, timeout: float = 20) -> list[Exit]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        exits = executor.poll()
+        if exits:
+            return exits
+        time.sleep(0.02)
+    raise AssertionError("no exit reported")
+
+
+def test_two_servers_launching_one_attempt_start_it_once(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first, second = (
+        LocalExecutor(1, 1 << 30, state, sandbox=False),
+        LocalExecutor(1, 1 << 30, state, sandbox=False),
+    )
+    try:
+        req = request(tmp_path, f"echo ran >> {tmp_path / 'ran'}; exit 4")
+        assert first.launch(req) == second.launch(req)
+        first.flush()
+        second.flush()  # two supervisors race for the claim: one wins, the other stands by
+        assert first.launch(req) == "att:wrk_test/0/1"  # already claimed: adopted, not re-run
+        first.flush()
+        (exit,) = wait_exit(first)
+        assert (exit.handle, exit.returncode, exit.reason) == ("att:wrk_test/0/1", 4, None)
+        assert exit.started_at is not None and exit.started_at <= exit.ended_at
+        assert exit.ended_at <= datetime.now(UTC)
+        assert (tmp_path / "ran").read_text() == "ran\n"
+        (again,) = wait_exit(second)  # the other server sees the same recorded exit
+        assert again == exit
+    finally:
+        first.close()
+        second.close()
+
+
+def test_missing_program_is_a_launch_error_recorded_by_the_supervisor(tmp_path: Path) -> None:
+    executor = LocalExecutor(1, 1 << 30, tmp_path / "state", sandbox=False)
+    try:
+        req = request(tmp_path, "")
+        req = LaunchRequest(**{**req.__dict__, "command": ["/no/such/program"]})
+        executor.launch(req)
+        executor.flush()
+        (exit,) = wait_exit(executor)
+        assert exit.returncode == 127 and (exit.reason or "").startswith("LaunchError:")
+        assert "could not start the shard" in req.stderr_path.read_text()
+    finally:
+        executor.close()
+
+
+def test_an_end_is_recorded_once_even_when_reported_twice(server: Server) -> None:
+    run = server.submit(command=["true"])
+    server.wait(run["id"])
+    before = server.shards(run["id"])
+    handle = f"att:{run['id']}/0/1"
+    plane = server.plane
+    assert plane.executor.adopt(handle)  # as after a pass that failed: the exit comes again
+    wait_for: Callable[[], bool] = lambda: not plane.executor.alive(handle)  # noqa: E731
+    server.wait_for(wait_for)
+    plane.reconciler.tick()
+    assert server.shards(run["id"]) == before
