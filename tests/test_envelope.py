@@ -129,3 +129,22 @@ def test_shard_processes_that_escape_their_group_are_still_killed(server: Server
     from conftest import pids_of_run
 
     server.wait_for(lambda: pids_of_run(run["id"]) == [], timeout=10)
+
+
+def test_toolchains_under_the_private_tmp_stay_usable_read_only(
+    server: Server, tmp_path: Path
+) -> None:
+    import subprocess
+
+    venv = tmp_path / "venv"  # under /tmp, which each shard sees empty
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    run = server.submit(
+        command=[
+            str(venv / "bin" / "python"),
+            "-c",
+            "import sys, pathlib; print(sys.prefix); pathlib.Path(sys.prefix, 'x').write_text('x')",
+        ],
+    )
+    server.wait(run["id"])
+    assert logs(server, run["id"]) == f"{venv}\n"  # found and ran from inside the sandbox
+    assert "Read-only file system" in logs(server, run["id"], stream="stderr")

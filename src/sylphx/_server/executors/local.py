@@ -32,7 +32,7 @@ from ..controller.admission import Resources
 from ..images import ImageStore
 from .base import Exit, LaunchRequest, Mount, Signal
 from .cgroups import Cgroups, ShardCgroup
-from .processes import check_program, descendants
+from .processes import check_program, descendants, visible_host_paths
 from .sandbox import Sandbox, bwrap_path, clean_env
 from .supervise import claim, start_ticks, write_atomic
 
@@ -202,7 +202,7 @@ class LocalExecutor:
             hide=self._hide,
             network=request.network,
             working_dir=str(workdir or "/tmp"),
-            extra_ro=(workdir,) if workdir else (),
+            extra_ro=visible_host_paths(argv[0], env["PATH"], workdir),
         )
         return box.argv() + argv, env, Path("/")
 

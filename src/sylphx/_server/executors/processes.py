@@ -45,3 +45,22 @@ def descendants(pid: int) -> list[int]:
         out.append(child)
         todo.extend(children.get(child, []))
     return out
+
+
+PRIVATE = Path("/tmp")  # each shard gets its own empty /tmp
+
+
+def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[Path, ...]:
+    """Host directories a sandboxed shard must still see, read-only, although they lie under
+    the private ``/tmp``: its working directory, and the toolchains it runs -- a PATH entry's
+    parent (a virtualenv's root: ``bin`` and ``lib``) or an absolute program's."""
+    wanted: list[Path] = [workdir] if workdir else []
+    bins = [Path(p) for p in path.split(":") if p]
+    if program.startswith("/"):
+        bins.append(Path(program).parent)
+    for directory in bins:
+        if directory.is_relative_to(PRIVATE) and directory.is_dir():
+            root = directory.parent if directory.name == "bin" else directory
+            if root != PRIVATE:
+                wanted.append(root)
+    return tuple(dict.fromkeys(wanted))
