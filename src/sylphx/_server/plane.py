@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from .._errors import ExecutorError
 from .._settings import Settings
 from .controller.reconciler import Reconciler
 from .executors import Executor, LocalExecutor
@@ -12,6 +13,23 @@ from .lock import HomeLock
 from .store import make_engine, migrate, session_factory
 
 log = logging.getLogger("sylphx")
+
+
+def make_executor(settings: Settings) -> Executor:
+    """The executor ``SYLPHX_EXECUTOR`` names (Ray is imported only when chosen)."""
+    if settings.executor == "ray":
+        try:
+            from .executors.ray_executor import RayExecutor
+        except ImportError as exc:
+            raise ExecutorError(
+                f"SYLPHX_EXECUTOR=ray needs Ray ({exc}). Fix: pip install 'sylphx[ray]'."
+            ) from exc
+        return RayExecutor(
+            settings.ray_address,
+            gang_strategy=settings.ray_gang_strategy,
+            workdir_root=settings.home / "work",
+        )
+    return LocalExecutor(settings.local_cpus, settings.local_memory)
 
 
 class ControlPlane:
@@ -23,9 +41,7 @@ class ControlPlane:
         self.lock = HomeLock(settings.home)
         self.engine = make_engine(settings.database_url)
         self.sessions = session_factory(self.engine)
-        self.executor: Executor = executor or LocalExecutor(
-            settings.local_cpus, settings.local_memory
-        )
+        self.executor: Executor = executor or make_executor(settings)
         self.reconciler = Reconciler(self.sessions, self.executor, settings)
 
     @staticmethod

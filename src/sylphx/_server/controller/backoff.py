@@ -40,9 +40,11 @@ def decide(
     failures: int,
     budget: int,
     reason: str | None = None,
+    lost: bool = False,
 ) -> Outcome:
     """Classify an exit. Failures retry while ``failures < budget``; timeouts and
-    cancels are final; ``reason`` lets an executor name a cause (e.g. LaunchError)."""
+    cancels are final; ``reason`` lets an executor name a cause (e.g. LaunchError).
+    ``lost`` (the shard's node died, an opportunistic run) retries without using budget."""
     code = normalize_exit(returncode)
     if stop_reason == "timeout":
         return Outcome(ShardState.TIMED_OUT, ShardState.TIMED_OUT, code, "DeadlineExceeded", False)
@@ -51,6 +53,8 @@ def decide(
     if code == 0:
         return Outcome(ShardState.SUCCEEDED, ShardState.SUCCEEDED, 0, "Completed", False)
     why = reason or _signal_reason(code)
+    if lost:
+        return Outcome(ShardState.FAILED, ShardState.PENDING, code, why, False)
     if failures < budget:
         return Outcome(ShardState.FAILED, ShardState.PENDING, code, why, True)
     return Outcome(ShardState.FAILED, ShardState.FAILED, code, why, True)

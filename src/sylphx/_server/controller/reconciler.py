@@ -159,6 +159,7 @@ class Reconciler:
             failures=shard.failures,
             budget=spec.retry_budget,
             reason=exit.reason,
+            lost=exit.lost and not spec.gang,  # a lost gang shard is not retried alone
         )
         attempt.state = outcome.attempt_state.value
         attempt.exit_code = outcome.exit_code
@@ -228,6 +229,12 @@ class Reconciler:
             run.message = decision.waiting.get(run.id)
             n = decision.starts.get(run.id, 0)
             if not n:
+                continue
+            # Optional executor hook (Ray: a placement group of n bundles). Until the
+            # reservation is ready the gang run stays queued; it is asked again next pass.
+            reserve = getattr(self.executor, "reserve_gang", None)
+            if run.gang and reserve is not None and not reserve(run.id, n, run.machine):
+                run.message = f"waiting for the executor to reserve {n} x {run.machine} at once"
                 continue
             if run.state == RunState.QUEUED:
                 transition(run, RunState.RUNNING, now)

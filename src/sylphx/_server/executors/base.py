@@ -59,6 +59,7 @@ class Exit:
     returncode: int
     ended_at: datetime
     reason: str | None = None  # an executor-specific cause, e.g. "LaunchError"
+    lost: bool = False  # its node died (preempted): retried without using the failure budget
 
 
 class Executor(Protocol):
@@ -92,4 +93,13 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release watchers; running attempts are left alone."""
+        ...
+
+
+class GangReserver(Protocol):
+    """Optional executor hook: reserve all N slots of a gang run before any shard launches
+    (Ray: one placement group of N bundles). Executors without it admit on capacity alone."""
+
+    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
+        """True once the reservation is ready; False while it waits (asked again next pass)."""
         ...

@@ -3,8 +3,8 @@
 Each attempt runs in its own session (process group) with stdout and stderr
 written straight to files, so capture costs no Python copying and no memory.
 Exits are noticed through pidfds on one watcher thread, which wakes the
-reconciler at once. Volume mounts use bubblewrap to give the shard its own
-mount namespace with the volume at the requested path.
+reconciler at once. argv, env, volume mounts (bubblewrap) and the process
+group come from the shared shard runner (``runner.py``).
 """
 
 from __future__ import annotations
@@ -12,49 +12,19 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import signal
 import subprocess
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ..._errors import ExecutorError
 from ..controller.admission import Resources
-from .base import Exit, LaunchRequest, Mount, Signal
+from .base import Exit, LaunchRequest, Signal
+from .runner import host_env, prepare, spawn
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def bwrap_prefix(mounts: list[Mount]) -> list[str]:
-    """A bubblewrap prefix that shows the host as-is plus the volumes at their paths.
-
-    The new root is a tmpfs holding binds of every top-level host entry, so a
-    mount path that does not exist on the host is created in the tmpfs, not on
-    the host.
-    """
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise ExecutorError(
-            "volumeMounts need bubblewrap (bwrap) on the executor host. Fix: install the"
-            " Debian package 'bubblewrap' (make system-deps), or run without volumeMounts."
-        )
-    args = [bwrap, "--tmpfs", "/"]
-    for entry in sorted(os.listdir("/")):
-        host = f"/{entry}"
-        if os.path.islink(host):
-            args += ["--symlink", os.readlink(host), host]
-        elif entry == "proc":
-            args += ["--proc", "/proc"]
-        elif entry == "dev":
-            args += ["--dev-bind", "/dev", "/dev"]
-        elif os.path.isdir(host):
-            args += ["--bind", host, host]
-    for mount in mounts:
-        args += ["--bind", str(mount.source), mount.target]
-    return [*args, "--"]
 
 
 def _start_time(pid: int) -> str:
@@ -93,7 +63,7 @@ class LocalExecutor:
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
         self._watcher.start()
         # Shards inherit the host environment, minus the control plane's own settings.
-        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("SYLPHX_")}
+        self._base_env = host_env(os.environ)
 
     def capacity(self) -> Resources:
         return self._capacity
@@ -103,26 +73,10 @@ class LocalExecutor:
         self._wake = wake
 
     def launch(self, request: LaunchRequest) -> str:
-        env = {**self._base_env, **request.env, **request.shard_env()}
-        if request.image is not None:
-            raise ExecutorError("the local executor cannot run container images yet")
-        argv = list(request.command)
-        if request.mounts:
-            argv = bwrap_prefix(request.mounts) + argv
+        argv, env = prepare(request, self._base_env)
         request.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        if not request.working_dir.is_dir():
-            raise ExecutorError(f"working directory {request.working_dir} does not exist")
         with open(request.stdout_path, "ab") as out, open(request.stderr_path, "ab") as err:
-            proc = subprocess.Popen(
-                argv,
-                cwd=request.working_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-            )
+            proc = spawn(argv, env, request, out, err)
         handle = f"pid:{proc.pid}:{_start_time(proc.pid)}"
         with self._lock:
             self._procs[handle] = proc
