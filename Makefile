@@ -4,6 +4,7 @@
 #   make system-deps  install bubblewrap (bwrap) via apt when missing and running as root
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
+#   make bench        sylphx Ray executor vs raw Ray tasks, 200 trivial shards on a 3-node cluster
 #   make lint | fmt | clean | distclean
 
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ STAMP  := $(VENV)/.sylphx-installed
 # Shard commands (e.g. `python`) must resolve to the venv's interpreter, which has numpy.
 export PATH := $(BIN):$(PATH)
 
-LINT_PATHS := src tests examples
+LINT_PATHS := src tests examples bench
 
 # Demo knobs. SYLPHX_HOME from the environment wins; otherwise use a throwaway home.
 DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
@@ -26,10 +27,10 @@ DEMO_OUT     ?= $(CURDIR)/out/pi
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo test lint fmt clean distclean
+.PHONY: help venv system-deps demo test bench lint fmt clean distclean
 
 help:
-	@sed -n '3,8p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -78,6 +79,10 @@ test: venv system-deps
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# Starts its own loopback Ray cluster (3 nodes) unless BENCH_ARGS has --address HOST:PORT.
+bench: venv
+	$(BIN)/python bench/ray_overhead.py $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

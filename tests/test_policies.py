@@ -97,6 +97,31 @@ def test_backoff(
     )
 
 
+@pytest.mark.parametrize(
+    ("code", "stop", "failures", "budget", "shard_state", "used"),
+    [
+        # a shard whose node died is retried and the retry is free, even with no budget left
+        (-9, None, 0, 3, S.PENDING, False),
+        (-9, None, 3, 3, S.PENDING, False),
+        (-9, None, 0, 0, S.PENDING, False),
+        # a stop the control plane asked for still wins over the node loss
+        (-9, "timeout", 0, 3, S.TIMED_OUT, False),
+        (-9, "cancel", 0, 3, S.CANCELLED, False),
+        # it finished before the node went away: its own result counts
+        (0, None, 0, 3, S.SUCCEEDED, False),
+    ],
+)
+def test_backoff_node_lost(
+    code: int, stop: str | None, failures: int, budget: int, shard_state: S, used: bool
+) -> None:
+    out = backoff.decide(
+        code, stop_reason=stop, failures=failures, budget=budget, reason="NodeLost: x", lost=True
+    )
+    assert (out.shard_state, out.uses_budget) == (shard_state, used)
+    if shard_state is S.PENDING:
+        assert (out.attempt_state, out.reason) == (S.FAILED, "NodeLost: x")
+
+
 def test_backoff_reasons() -> None:
     assert backoff.decide(-9, stop_reason=None, failures=0, budget=0).reason == "Killed by SIGKILL"
     assert backoff.decide(2, stop_reason=None, failures=0, budget=0).reason == "Error"
