@@ -13,25 +13,62 @@ one aggregate::
 
 from __future__ import annotations
 
-from ._async_client import AsyncRun, AsyncRunsClient, AsyncVolumesClient
-from ._client import Run, RunsClient, VolumesClient
-from ._errors import (
-    ConflictError,
-    ExecutorError,
-    IllegalTransition,
-    NotFound,
-    ServerUnavailable,
-    SylphxError,
-    TransportError,
-    Unschedulable,
-    ValidationError,
-)
-from ._spec import RunSpec, VolumeMount
-from ._states import RunState, ShardState
-from ._transport import ClientConfig, create_client
-from ._views import Aggregate, AttemptView, Logs, RunList, RunView, ShardView, VolumeView
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._async_client import AsyncRun, AsyncRunsClient, AsyncVolumesClient
+    from ._client import Run, RunsClient, VolumesClient
+    from ._errors import (
+        ConflictError,
+        ExecutorError,
+        IllegalTransition,
+        NotFound,
+        ServerUnavailable,
+        SylphxError,
+        TransportError,
+        Unschedulable,
+        ValidationError,
+    )
+    from ._spec import RunSpec, VolumeMount
+    from ._states import RunState, ShardState
+    from ._transport import ClientConfig, create_client
+    from ._views import Aggregate, AttemptView, Logs, RunList, RunView, ShardView, VolumeView
 
 __version__ = "0.1.0"
+
+# Names load on first use (PEP 562), so a process that only needs a small part of the
+# package (e.g. a Ray worker running a shard) does not pay for the SDK's imports.
+_LAZY = {
+    "AsyncRun": "._async_client",
+    "AsyncRunsClient": "._async_client",
+    "AsyncVolumesClient": "._async_client",
+    "Run": "._client",
+    "RunsClient": "._client",
+    "VolumesClient": "._client",
+    "ConflictError": "._errors",
+    "ExecutorError": "._errors",
+    "IllegalTransition": "._errors",
+    "NotFound": "._errors",
+    "ServerUnavailable": "._errors",
+    "SylphxError": "._errors",
+    "TransportError": "._errors",
+    "Unschedulable": "._errors",
+    "ValidationError": "._errors",
+    "RunSpec": "._spec",
+    "VolumeMount": "._spec",
+    "RunState": "._states",
+    "ShardState": "._states",
+    "ClientConfig": "._transport",
+    "create_client": "._transport",
+    "Aggregate": "._views",
+    "AttemptView": "._views",
+    "Logs": "._views",
+    "RunList": "._views",
+    "RunView": "._views",
+    "ShardView": "._views",
+    "VolumeView": "._views",
+}
 
 __all__ = [
     "Aggregate",
@@ -64,3 +101,16 @@ __all__ = [
     "__version__",
     "create_client",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sylphx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -5,12 +5,26 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .._settings import Settings
-from .api import create_app
-from .plane import ControlPlane
+if TYPE_CHECKING:
+    from .api import create_app
+    from .plane import ControlPlane
 
 __all__ = ["ControlPlane", "create_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the API and plane on first use: Ray workers import ``executors`` only."""
+    if name == "create_app":
+        from .api import create_app
+
+        return create_app
+    if name == "ControlPlane":
+        from .plane import ControlPlane
+
+        return ControlPlane
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def serve(host: str | None = None, port: int | None = None, uds: str | None = None) -> None:
@@ -20,6 +34,10 @@ def serve(host: str | None = None, port: int | None = None, uds: str | None = No
     Unix socket (the embedded default); otherwise on ``host:port``.
     """
     import uvicorn
+
+    from .._settings import Settings
+    from .api import create_app
+    from .plane import ControlPlane
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings.from_env()
