@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,13 +93,17 @@ class RayExecutor:
         self._workdir_root = workdir_root
         here = ray.get_runtime_context().get_node_id()
         hub_actor: Any = ray.remote(LogHub)
+        self._hub_name = f"sylphx-hub-{uuid.uuid4().hex[:12]}"  # shards look it up by name
         self._hub: Any = hub_actor.options(
+            name=self._hub_name,
             num_cpus=0,
             max_concurrency=64,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
         ).remote()
         ray.get(self._hub.ping.remote())
-        self._task = ray.remote(run_shard)
+        self._task: Any = ray.remote(run_shard)
+        self._plain: dict[str, Any] = {}  # machine -> task options (building them is not free)
+        self._forget: list[str] = []
         self._lock = threading.Lock()
         self._refs: dict[str, Any] = {}  # handle -> ObjectRef of its task
         self._noticed: set[str] = set()
@@ -168,9 +173,14 @@ class RayExecutor:
                 gang.next_bundle += 1
                 gang.live += 1
                 self._gang_of[handle] = request.run_id
+                task = self._task.options(**opts)
+            else:
+                task = self._plain.get(request.machine)
+                if task is None:
+                    task = self._plain[request.machine] = self._task.options(**opts)
         root = self._workdir_root
         make_workdir = root is not None and request.working_dir.is_relative_to(root)
-        ref = self._task.options(**opts).remote(request, handle, self._hub, make_workdir)
+        ref = task.remote(request, handle, self._hub_name, make_workdir)
         with self._lock:
             self._refs[handle] = ref
         return handle
@@ -205,6 +215,10 @@ class RayExecutor:
                 if ref in done:
                     exits.append(self._exit(handle, ref))
                     self._ended(handle)
+        with self._lock:
+            forget, self._forget = self._forget, []
+        if forget:
+            self._hub.forget_many.remote(forget)
         self._gc_gangs()
         return exits
 
@@ -229,8 +243,8 @@ class RayExecutor:
             return Exit(handle, -9, now, reason=f"WorkerCrashed: {type(exc).__name__}")
 
     def _ended(self, handle: str) -> None:
-        self._hub.forget.remote(handle)
         with self._lock:
+            self._forget.append(handle)
             self._refs.pop(handle, None)
             self._noticed.discard(handle)
             run_id = self._gang_of.pop(handle, None)

@@ -51,14 +51,21 @@ class LogHub:
             self._signals.pop(handle, None)
             return self._nodes.pop(handle, None)
 
+    def forget_many(self, handles: list[str]) -> None:
+        for handle in handles:
+            self.forget(handle)
+
     def ping(self) -> bool:
         return True
 
 
+_hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
+
+
 def run_shard(
-    request: LaunchRequest, handle: str, hub: Any, make_workdir: bool
+    request: LaunchRequest, handle: str, hub_name: str, make_workdir: bool
 ) -> tuple[int, str | None]:
-    """Ray task body: run one attempt on this node, shipping logs to ``hub``.
+    """Ray task body: run one attempt on this node, shipping logs to the named hub.
 
     Returns (raw return code, reason). A shard that cannot start is exit 127 with a
     ``LaunchError`` reason and the cause in its stderr, as on the local executor.
@@ -66,6 +73,9 @@ def run_shard(
     import ray
 
     node = ray.get_runtime_context().get_node_id()
+    hub = _hubs.get(hub_name)
+    if hub is None:
+        hub = _hubs[hub_name] = ray.get_actor(hub_name)
     paths = (str(request.stdout_path), str(request.stderr_path))
 
     def ship(out: bytes, err: bytes) -> Signal | None:
