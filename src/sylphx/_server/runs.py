@@ -15,7 +15,8 @@ from .._spec import RunSpec
 from .._states import AttemptState, RunState, ShardState
 from .._views import AttemptView, RunList, RunView, ShardView
 from . import billing, secrets
-from .controller import admission, success
+from .controller import admission, quota, success
+from .orgs import limits
 from .store import OrgRow, RunRow, ShardRow, VolumeRow
 from .transitions import transition
 
@@ -33,6 +34,9 @@ def submit(
             f" available, so it cannot be admitted. Fix: {fix}.",
             details=[{"field": "machine", "rule": "GPU tiers are not admitted yet", "fix": fix}],
         )
+    quota.check(
+        limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
+    )
     admission.check_schedulable(
         machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
     )
