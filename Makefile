@@ -5,6 +5,7 @@
 #                     when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
+#   make bench        sylphx Ray executor vs raw Ray tasks, 200 trivial shards on a 3-node cluster
 #   make lint | fmt | clean | distclean
 
 SHELL := /bin/bash
@@ -19,17 +20,17 @@ STAMP  := $(VENV)/.sylphx-installed
 # Shard commands (e.g. `python`) must resolve to the venv's interpreter, which has numpy.
 export PATH := $(BIN):$(PATH)
 
-LINT_PATHS := src tests examples
+LINT_PATHS := src tests examples bench
 
 # Demo knobs. SYLPHX_HOME from the environment wins; otherwise use a throwaway home.
 DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo test lint fmt clean distclean
+.PHONY: help venv system-deps demo test bench lint fmt clean distclean
 
 help:
-	@sed -n '3,8p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -99,6 +100,10 @@ test: venv system-deps
 	$(BIN)/mypy
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
 	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
+
+# Starts its own loopback Ray cluster (3 nodes) unless BENCH_ARGS has --address HOST:PORT.
+bench: venv
+	$(BIN)/python bench/ray_overhead.py $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

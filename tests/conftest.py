@@ -19,6 +19,10 @@ import httpx
 import pytest
 import uvicorn
 
+# Keep every Ray address on loopback: with this, Ray resolves "127.0.0.1" to itself instead
+# of the host's external interface (set before anything imports ray).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from sylphx._server import ControlPlane, create_app, orgs
 from sylphx._settings import Settings
 
@@ -222,3 +226,43 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
         monkeypatch.setenv("SYLPHX_DATABASE_URL", database_url_for(home))
     yield home
     stop_local_server(home)
+
+
+# -- Ray: one loopback cluster of 3 nodes per test session ---------------------------------
+RAY_NODE = dict(num_cpus=2, memory=4 << 30, object_store_memory=80 << 20)
+"""Fake logical resources per test node (the machine has 2 real cores): 2 vCPU / 4 GiB."""
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A real Ray cluster of 3 nodes (head + 2 workers) on 127.0.0.1, shared by the session;
+    this process is its driver. Tests that remove nodes add their own extra node first."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args=dict(
+            RAY_NODE, node_ip_address="127.0.0.1", include_dashboard=False, num_gpus=0
+        ),
+    )
+    for _ in range(2):
+        cluster.add_node(**RAY_NODE, node_ip_address="127.0.0.1", num_gpus=0)
+    cluster.wait_for_nodes()
+    ray.init(
+        address=cluster.address,
+        namespace="sylphx",
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def ray_server(make_server: Callable[..., Server], ray_cluster: Any) -> Server:
+    """A control plane whose executor is the session's Ray cluster."""
+    return make_server(executor="ray", ray_address=ray_cluster.address)

@@ -13,7 +13,7 @@ from sylphx._server.controller.indexes import compress, expand
 from sylphx._server.controller.preemption import Victim
 from sylphx._server.store import RunRow, ShardRow
 from sylphx._server.transitions import transition
-from sylphx._states import RunState, ShardState
+from sylphx._states import AttemptState, RunState, ShardState
 
 S = ShardState
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -116,6 +116,30 @@ def test_preemption_has_its_own_ceiling() -> None:
     )
     assert lost.shard_state is S.FAILED and lost.reason.startswith("PreemptionLimit")
     assert lost.reason.endswith("last: NodeLost: node n1 died")
+
+
+@pytest.mark.parametrize(
+    ("code", "stop", "failures", "budget", "shard_state", "used"),
+    [
+        # a shard whose node died is retried (a preemption) and the retry is free, even with
+        # no budget left
+        (-9, None, 0, 3, S.PENDING, False),
+        (-9, None, 3, 3, S.PENDING, False),
+        (-9, None, 0, 0, S.PENDING, False),
+        # a stop the control plane asked for still wins over the node loss
+        (-9, "timeout", 0, 3, S.TIMED_OUT, False),
+        (-9, "cancel", 0, 3, S.CANCELLED, False),
+    ],
+)
+def test_backoff_node_lost(
+    code: int, stop: str | None, failures: int, budget: int, shard_state: S, used: bool
+) -> None:
+    out = backoff.decide(
+        code, stop_reason=stop, failures=failures, budget=budget, reason="NodeLost: x", lost=True
+    )
+    assert (out.shard_state, out.uses_budget) == (shard_state, used)
+    if shard_state is S.PENDING:
+        assert (out.attempt_state, out.reason) == (AttemptState.PREEMPTED, "NodeLost: x")
 
 
 def test_backoff_reasons() -> None:

@@ -1,16 +1,34 @@
-"""Core run behaviour on a real control plane with real processes and real SQLite."""
+"""Core run behaviour on a real control plane with real processes and real SQLite,
+parametrized over both executors: local (processes on this host) and ray (a real 3-node
+Ray cluster on loopback, shared by the session)."""
 
 from __future__ import annotations
 
 import hashlib
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from conftest import Server, pid_alive, pids_of_run, start_server
 
 PY = sys.executable
+GIB = 1 << 30
+
+
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.slow)])
+def server(request: pytest.FixtureRequest, make_server: Callable[..., Server]) -> Server:
+    """The same tests on each executor (local: 2 vCPU / 8 GiB; ray: 3 nodes of 2 vCPU / 4 GiB)."""
+    if request.param == "ray":
+        return request.getfixturevalue("ray_server")  # type: ignore[no-any-return]
+    return make_server()
+
+
+def vcpus(server: Server) -> int:
+    return server.plane.executor.capacity().millicpu // 1000
 
 
 def sh(script: str) -> list[str]:
@@ -167,7 +185,7 @@ def _comm(pid: int) -> str:
 
 
 def test_cancel_queued_run_settles_at_once(server: Server) -> None:
-    blocker = server.submit(command=["sleep", "60"], parallelism=2, machine="standard")
+    blocker = server.submit(command=["sleep", "60"], parallelism=vcpus(server), machine="standard")
     server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
     queued = server.submit(command=["true"], parallelism=2, machine="standard")
     r = server.http.post(f"/v1/runs/{queued['id']}/cancel")
@@ -178,8 +196,10 @@ def test_cancel_queued_run_settles_at_once(server: Server) -> None:
 
 
 def test_gang_larger_than_free_capacity_stays_queued_until_it_fits(server: Server) -> None:
-    # 2 vCPU host; a 1-vCPU blocker leaves 1 vCPU free
-    blocker = server.submit(command=["sleep", "60"], machine="standard")
+    # a blocker of (all but one) standard shards leaves 1 vCPU free
+    blocker = server.submit(
+        command=["sleep", "60"], parallelism=vcpus(server) - 1, machine="standard"
+    )
     server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
     gang = server.submit(command=["true"], parallelism=2, machine="standard")
     server.wait_for(
@@ -193,7 +213,9 @@ def test_gang_larger_than_free_capacity_stays_queued_until_it_fits(server: Serve
 
 
 def test_opportunistic_starts_what_fits_and_completes(server: Server) -> None:
-    blocker = server.submit(command=["sleep", "60"], machine="standard")
+    blocker = server.submit(
+        command=["sleep", "60"], parallelism=vcpus(server) - 1, machine="standard"
+    )
     server.wait_for(lambda: server.get(blocker["id"])["status"] == "running")
     vol, out = server.volume()
     opp = server.submit(
@@ -221,7 +243,9 @@ def test_gang_that_can_never_fit_is_refused_at_submit(server: Server) -> None:
     body = r.json()
     assert body["error"] == "unschedulable"
     assert "needs 18 vCPU / 36 GiB at once" in body["message"]
-    assert "reduce parallelism to <= 1" in body["message"]
+    cap = server.plane.executor.capacity()
+    most = min(cap.millicpu // 2000, cap.memory // (4 * GIB))  # large: 2 vCPU / 4 GiB
+    assert f"reduce parallelism to <= {most}" in body["message"]
     assert server.http.get("/v1/runs").json()["items"] == []  # nothing stored
 
 

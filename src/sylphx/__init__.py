@@ -13,40 +13,86 @@ one aggregate::
 
 from __future__ import annotations
 
-from ._async_client import AsyncRun, AsyncRunsClient, AsyncVolumesClient
-from ._client import Run, RunsClient, SecretsClient, UsageClient, VolumesClient
-from ._errors import (
-    ConflictError,
-    ExecutorError,
-    IllegalTransition,
-    NotFound,
-    QuotaExceeded,
-    ServerUnavailable,
-    StorageFull,
-    StoreUnavailable,
-    SylphxError,
-    TransportError,
-    Unauthorized,
-    Unschedulable,
-    ValidationError,
-)
-from ._spec import RunSpec, VolumeMount
-from ._states import RunState, ShardState
-from ._transport import ClientConfig, create_client
-from ._views import (
-    Aggregate,
-    AttemptView,
-    Logs,
-    OrgView,
-    RunList,
-    RunView,
-    SecretView,
-    ShardView,
-    UsageReport,
-    VolumeView,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._async_client import AsyncRun, AsyncRunsClient, AsyncVolumesClient
+    from ._client import Run, RunsClient, SecretsClient, UsageClient, VolumesClient
+    from ._errors import (
+        ConflictError,
+        ExecutorError,
+        IllegalTransition,
+        NotFound,
+        QuotaExceeded,
+        ServerUnavailable,
+        StorageFull,
+        StoreUnavailable,
+        SylphxError,
+        TransportError,
+        Unauthorized,
+        Unschedulable,
+        ValidationError,
+    )
+    from ._spec import RunSpec, VolumeMount
+    from ._states import RunState, ShardState
+    from ._transport import ClientConfig, create_client
+    from ._views import (
+        Aggregate,
+        AttemptView,
+        Logs,
+        OrgView,
+        RunList,
+        RunView,
+        SecretView,
+        ShardView,
+        UsageReport,
+        VolumeView,
+    )
 
 __version__ = "0.1.0"
+
+# Names load on first use (PEP 562), so a process that only needs a small part of the
+# package (e.g. a Ray worker running a shard) does not pay for the SDK's imports.
+_LAZY = {
+    "AsyncRun": "._async_client",
+    "AsyncRunsClient": "._async_client",
+    "AsyncVolumesClient": "._async_client",
+    "Run": "._client",
+    "RunsClient": "._client",
+    "SecretsClient": "._client",
+    "UsageClient": "._client",
+    "VolumesClient": "._client",
+    "ConflictError": "._errors",
+    "ExecutorError": "._errors",
+    "IllegalTransition": "._errors",
+    "NotFound": "._errors",
+    "QuotaExceeded": "._errors",
+    "ServerUnavailable": "._errors",
+    "StorageFull": "._errors",
+    "StoreUnavailable": "._errors",
+    "SylphxError": "._errors",
+    "TransportError": "._errors",
+    "Unauthorized": "._errors",
+    "Unschedulable": "._errors",
+    "ValidationError": "._errors",
+    "RunSpec": "._spec",
+    "VolumeMount": "._spec",
+    "RunState": "._states",
+    "ShardState": "._states",
+    "ClientConfig": "._transport",
+    "create_client": "._transport",
+    "Aggregate": "._views",
+    "AttemptView": "._views",
+    "Logs": "._views",
+    "OrgView": "._views",
+    "RunList": "._views",
+    "RunView": "._views",
+    "SecretView": "._views",
+    "ShardView": "._views",
+    "UsageReport": "._views",
+    "VolumeView": "._views",
+}
 
 __all__ = [
     "Aggregate",
@@ -88,3 +134,16 @@ __all__ = [
     "__version__",
     "create_client",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sylphx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -74,6 +74,9 @@ class Settings:
     unenforced_tiers: bool = False  # run without cgroups (SYLPHX_UNENFORCED_TIERS=1)
     secrets_key: str | None = None  # Fernet key (SYLPHX_SECRETS_KEY); else a generated file
     image_scanner: str | None = None  # SYLPHX_IMAGE_SCANNER: CMD REF DIGEST ROOTFS, 0 = admit
+    ray_address: str | None = None  # None: "auto" (the cluster this host belongs to)
+    ray_gang_strategy: str = "SPREAD"
+    ray_volume_root: Path | None = None  # a filesystem every Ray node mounts at this path
 
     @property
     def logs_dir(self) -> Path:
@@ -81,6 +84,8 @@ class Settings:
 
     @property
     def volumes_dir(self) -> Path:
+        if self.executor == "ray" and self.ray_volume_root is not None:
+            return self.ray_volume_root
         return self.home / "volumes"
 
     @property
@@ -102,8 +107,16 @@ class Settings:
         home = Path(env.get("SYLPHX_HOME") or Path.home() / ".sylphx").expanduser().resolve()
         db = env.get("SYLPHX_DATABASE_URL") or f"sqlite:///{home / 'sylphx.db'}"
         executor = env.get("SYLPHX_EXECUTOR", "local")
-        if executor not in ("local",):
-            raise _bad("SYLPHX_EXECUTOR", executor, "use 'local'")
+        if executor not in ("local", "ray"):
+            raise _bad("SYLPHX_EXECUTOR", executor, "use 'local' or 'ray'")
+        strategy = env.get("SYLPHX_RAY_GANG_STRATEGY", "SPREAD").upper()
+        if strategy not in ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"):
+            raise _bad(
+                "SYLPHX_RAY_GANG_STRATEGY",
+                strategy,
+                "use SPREAD, PACK, STRICT_SPREAD or STRICT_PACK",
+            )
+        volume_root = env.get("SYLPHX_RAY_VOLUME_ROOT")
         cpus_text = env.get("SYLPHX_LOCAL_CPUS")
         try:
             cpus = float(cpus_text) if cpus_text else float(os.cpu_count() or 1)
@@ -145,4 +158,7 @@ class Settings:
             local_memory=memory,
             kill_grace_seconds=grace,
             reconcile_interval=interval,
+            ray_address=env.get("SYLPHX_RAY_ADDRESS") or None,
+            ray_gang_strategy=strategy,
+            ray_volume_root=Path(volume_root).expanduser().resolve() if volume_root else None,
         )

@@ -7,21 +7,38 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-from .._settings import Settings
-from .api import create_app
-from .plane import ControlPlane
+    from .api import create_app
+    from .plane import ControlPlane
 
 __all__ = ["ControlPlane", "create_app", "serve", "shared_app"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 GRACEFUL_SECONDS = 5  # open requests (e.g. log follows) get this long after SIGTERM
 
 
+def __getattr__(name: str) -> Any:
+    """Load the API and plane on first use: Ray workers import ``executors`` only."""
+    if name == "create_app":
+        from .api import create_app
+
+        return create_app
+    if name == "ControlPlane":
+        from .plane import ControlPlane
+
+        return ControlPlane
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def shared_app() -> FastAPI:
     """The app of one of several API worker processes sharing a home (``--workers``)."""
+    from .._settings import Settings
+    from .api import create_app
+    from .plane import ControlPlane
+
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return create_app(ControlPlane(Settings.from_env(), shared=True))
 
@@ -38,6 +55,10 @@ def serve(
     on one port; they share the store and take turns reconciling through the lease.
     """
     import uvicorn
+
+    from .._settings import Settings
+    from .api import create_app
+    from .plane import ControlPlane
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from .._errors import ExecutorError
 from .._settings import Settings
 from .controller.reconciler import Reconciler
 from .executors import Executor, LocalExecutor
@@ -16,6 +17,27 @@ from .secrets import load_cipher
 from .store import make_engine, migrate, read_session_factory, session_factory
 
 log = logging.getLogger("sylphx")
+
+
+def make_executor(settings: Settings, images: ImageStore) -> Executor:
+    """The executor ``SYLPHX_EXECUTOR`` names (Ray is imported only when chosen)."""
+    if settings.executor == "ray":
+        try:
+            from .executors.ray_executor import RayExecutor
+        except ImportError as exc:
+            raise ExecutorError(
+                f"SYLPHX_EXECUTOR=ray needs Ray ({exc}). Fix: pip install 'sylphx[ray]'."
+            ) from exc
+        if not settings.sandbox:
+            log.warning("SYLPHX_SANDBOX=off: Ray shards run unsandboxed on their nodes")
+        return RayExecutor(
+            settings.ray_address,
+            gang_strategy=settings.ray_gang_strategy,
+            sandbox=settings.sandbox,
+            enforce_tiers=not settings.unenforced_tiers,
+            hide=(settings.home,),
+        )
+    return _local_executor(settings, images)
 
 
 class ControlPlane:
@@ -34,7 +56,7 @@ class ControlPlane:
         self.sessions = session_factory(self.engine)  # writers (BEGIN IMMEDIATE on SQLite)
         self.reads = read_session_factory(self.engine)  # readers
         self.images = ImageStore(settings.home / "images")
-        self.executor: Executor = executor or _local_executor(settings, self.images)
+        self.executor: Executor = executor or make_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
         self.reconciler = Reconciler(
             self.sessions,

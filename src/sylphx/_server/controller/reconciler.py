@@ -207,7 +207,7 @@ class Reconciler:
             failures=shard.failures,
             budget=spec.retry_budget,
             reason=exit.reason,
-            lost=exit.lost,
+            lost=exit.lost and not spec.gang,  # a lost gang shard is not retried alone
             preemptions=shard.preemptions,
             preemption_ceiling=self.settings.max_preemptions_per_index,
         )
@@ -295,6 +295,12 @@ class Reconciler:
                     attempt.stop_reason, attempt.stop_requested_at = "preempt", now
             n = decision.starts.get(run.id, 0)
             if not n:
+                continue
+            # Optional executor hook (Ray: a placement group of n bundles). Until the
+            # reservation is ready the gang run stays queued; it is asked again next pass.
+            reserve = getattr(self.executor, "reserve_gang", None)
+            if run.gang and reserve is not None and not reserve(run.id, n, run.machine):
+                run.message = f"waiting for the executor to reserve {n} x {run.machine} at once"
                 continue
             if run.state == RunState.QUEUED:
                 transition(run, RunState.RUNNING, now)

@@ -109,3 +109,12 @@ class Executor(Protocol):
     def close(self) -> None:
         """Release watchers; running attempts are left alone."""
         ...
+
+
+class GangReserver(Protocol):
+    """Optional executor hook: reserve all N slots of a gang run before any shard launches
+    (Ray: one placement group of N bundles). Executors without it admit on capacity alone."""
+
+    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
+        """True once the reservation is ready; False while it waits (asked again next pass)."""
+        ...

@@ -78,6 +78,45 @@ def _cgroup_name(handle: str) -> str:
     return handle.removeprefix("att:").replace("/", "-")
 
 
+def host_envelope(
+    request: LaunchRequest,
+    *,
+    sandbox: bool,
+    hide: Sequence[Path],
+    host_path: str | None,
+    scratch: Callable[[], Path],
+    die_with_parent: bool = False,
+) -> tuple[list[str], dict[str, str], Path]:
+    """The envelope of a shard run on a host's own root (no image), wherever that host is:
+    argv (sandbox included), the shard's clean environment and the start directory. Both
+    placements use it: the local executor on this host, a Ray task on its node."""
+    env = clean_env(
+        platform=request.shard_env(),
+        run_env=request.env,
+        secrets=request.secrets,
+        image_env=None,
+        host_path=host_path,
+    )
+    argv = list(request.command)
+    workdir = request.working_dir
+    if workdir is not None and not workdir.is_dir():
+        raise ExecutorError(f"working directory {workdir} does not exist")
+    if not sandbox:
+        if request.mounts:
+            argv = bwrap_prefix(request.mounts) + argv
+        return argv, env, workdir or scratch()
+    check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
+    box = Sandbox(
+        mounts=request.mounts,
+        hide=hide,
+        network=request.network,
+        working_dir=str(workdir or "/tmp"),
+        extra_ro=visible_host_paths(argv[0], env["PATH"], workdir),
+        die_with_parent=die_with_parent,
+    )
+    return box.argv() + argv, env, Path("/")
+
+
 def _from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
 
@@ -181,30 +220,13 @@ class LocalExecutor:
         """argv (sandbox included), the shard's clean environment and the start directory."""
         if request.image is not None:
             return self._image_envelope(request)
-        env = clean_env(
-            platform=request.shard_env(),
-            run_env=request.env,
-            secrets=request.secrets,
-            image_env=None,
-            host_path=self._host_path,
-        )
-        argv = list(request.command)
-        workdir = request.working_dir
-        if workdir is not None and not workdir.is_dir():
-            raise ExecutorError(f"working directory {workdir} does not exist")
-        if not self._sandbox:
-            if request.mounts:
-                argv = bwrap_prefix(request.mounts) + argv
-            return argv, env, workdir or self._scratch(request.run_id)
-        check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
-        box = Sandbox(
-            mounts=request.mounts,
+        return host_envelope(
+            request,
+            sandbox=self._sandbox,
             hide=self._hide,
-            network=request.network,
-            working_dir=str(workdir or "/tmp"),
-            extra_ro=visible_host_paths(argv[0], env["PATH"], workdir),
+            host_path=self._host_path,
+            scratch=lambda: self._scratch(request.run_id),
         )
-        return box.argv() + argv, env, Path("/")
 
     def _image_envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
         """The same for a container image: its rootfs as ``/``, its Env and WorkingDir."""

@@ -42,6 +42,7 @@ class Sandbox:
     network: bool = True
     working_dir: str | None = None
     extra_ro: Sequence[Path] = field(default_factory=tuple)
+    die_with_parent: bool = False  # a Ray task's shard: gone with the worker that ran it
 
     def argv(self) -> list[str]:
         """``bwrap …  --`` (the command follows)."""
@@ -57,6 +58,8 @@ class Sandbox:
         ]
         if not self.network:
             args.append("--unshare-net")
+        if self.die_with_parent:
+            args.append("--die-with-parent")
         for entry in sorted(os.listdir(self.base)):
             if entry in _SKIP:
                 continue

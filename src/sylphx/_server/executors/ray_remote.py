@@ -1,0 +1,272 @@
+"""The parts of the Ray executor that run inside the cluster.
+
+``LogHub`` is one actor pinned to the control plane's node. Shards ship their
+output to it in chunks while they run; it appends them to the attempt's log
+files (the same files the local executor writes) and answers each chunk with
+the signal the control plane wants delivered, so log shipping doubles as the
+control channel. ``run_shard`` is the Ray task: on whatever node Ray picked it
+builds the shard's envelope with the same code the local executor uses
+(:func:`.local.host_envelope`: bubblewrap sandbox with a read-only root, the
+run's volumes bound at their mount paths, a clean environment) and, where the
+node has them, a cgroup with the tier's CPU quota and memory ceiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..._errors import ExecutorError
+from .base import LaunchRequest, Signal
+from .cgroups import Cgroups, ShardCgroup
+from .local import host_envelope
+from .processes import descendants
+
+_RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class NodeEnvelope:
+    """What the control plane asks of every node: the sandbox (on unless the operator
+    turned it off), tier enforcement where the node has cgroups, paths to hide."""
+
+    sandbox: bool = True
+    enforce_tiers: bool = True
+    hide: tuple[str, ...] = ()
+
+
+class LogHub:
+    """Appends shipped chunks to log files; hands out pending signals; remembers nodes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._signals: dict[str, Signal] = {}
+        self._nodes: dict[str, str] = {}
+
+    def push(
+        self, handle: str, node_id: str, paths: tuple[str, str], out: bytes, err: bytes
+    ) -> Signal | None:
+        for path, data in zip(paths, (out, err), strict=True):
+            if data:
+                with open(path, "ab") as fh:
+                    fh.write(data)
+        with self._lock:
+            self._nodes[handle] = node_id
+            return self._signals.get(handle)
+
+    def signal(self, handle: str, sig: Signal) -> None:
+        with self._lock:
+            if _RANK[sig] > _RANK[self._signals.get(handle)]:
+                self._signals[handle] = sig
+
+    def forget(self, handle: str) -> str | None:
+        """Drop the attempt's state; returns the node it last reported from."""
+        with self._lock:
+            self._signals.pop(handle, None)
+            return self._nodes.pop(handle, None)
+
+    def forget_many(self, handles: list[str]) -> None:
+        for handle in handles:
+            self.forget(handle)
+
+    def ping(self) -> bool:
+        return True
+
+
+_hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
+_cgroups: list[Cgroups | None] = []  # per worker process: this node's cgroups, once checked
+
+
+def _node_cgroups() -> Cgroups | None:
+    """This node's cgroups if it has usable ones (checked once per worker), else None."""
+    if not _cgroups:
+        cg: Cgroups | None = Cgroups()
+        try:
+            assert cg is not None
+            cg.check()
+        except (ExecutorError, OSError):
+            cg = None
+        _cgroups.append(cg)
+    return _cgroups[0]
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the Ray worker that started it dies (a lost node)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _deliver(pid: int, sig: Signal, sandboxed: bool, group: ShardCgroup | None) -> None:
+    """As the local executor does: kill the whole tree (and cgroup); SIGTERM the shard's
+    own processes, not the sandbox, so its grace period works."""
+    if sig == "kill":
+        _kill_group(pid, signal.SIGKILL)
+        if group is not None:
+            group.kill_all()
+    elif not sandboxed:
+        _kill_group(pid, signal.SIGTERM)
+    else:
+        for child in descendants(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGTERM)
+
+
+def _leader_exited(pid: int) -> bool:
+    """Whether the leader ended, without reaping it (its zombie keeps the pgid ours)."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None and info.si_pid == pid
+
+
+Ship = Callable[[bytes, bytes], "Signal | None"]
+
+
+def run_streaming(
+    request: LaunchRequest,
+    handle: str,
+    envelope: NodeEnvelope,
+    ship: Ship,
+    *,
+    interval: float = 0.2,
+    chunk: int = 1 << 20,
+    drain_seconds: float = 2.0,
+) -> tuple[int, str | None]:
+    """Run the attempt in its envelope with piped output; ``ship(stdout, stderr)`` is called
+    at least every ``interval`` seconds and returns the signal the control plane wants
+    delivered. Returns (raw return code, reason). The process tree is gone on return."""
+    with tempfile.TemporaryDirectory(prefix="sylphx-scratch-") as scratch:
+        argv, env, cwd = host_envelope(
+            request,
+            sandbox=envelope.sandbox,
+            hide=[Path(p) for p in envelope.hide],
+            host_path=os.environ.get("PATH"),
+            scratch=lambda: Path(scratch),
+            die_with_parent=True,
+        )
+        cgroups = _node_cgroups() if envelope.enforce_tiers else None
+        group = None
+        if cgroups is not None:
+            name = handle.removeprefix("ray:").replace(":", "-") + f"-{os.getpid()}"
+            group = cgroups.create(name, request.machine)
+            argv = group.join_prefix() + argv
+        try:
+            code = _stream(argv, env, cwd, envelope.sandbox, group, ship,
+                           interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
+            reason = None
+            if group is not None and group.oom_killed():
+                reason = "OOMKilled: the shard went over its machine tier's memory"
+            return code, reason
+        finally:
+            if group is not None:
+                group.kill_all()
+                group.remove()
+
+
+def _stream(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    sandboxed: bool,
+    group: ShardCgroup | None,
+    ship: Ship,
+    *,
+    interval: float,
+    chunk: int,
+    drain_seconds: float,
+) -> int:
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+        preexec_fn=_die_with_parent,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    open_fds = set(bufs)
+    last_ship = time.monotonic()
+    exited_at: float | None = None
+    try:
+        while True:
+            readable: list[int] = []
+            if open_fds:
+                readable = select.select(list(open_fds), [], [], interval)[0]
+            else:  # the shard closed its output; just watch for the exit
+                time.sleep(0.02)
+            for fd in readable:
+                data = os.read(fd, 1 << 16)
+                if data:
+                    bufs[fd] += data
+                else:
+                    open_fds.discard(fd)
+            if exited_at is None and _leader_exited(proc.pid):
+                exited_at = time.monotonic()
+                _kill_group(proc.pid, signal.SIGKILL)  # stragglers; also closes their pipes
+            done = exited_at is not None and (
+                not open_fds or time.monotonic() - exited_at > drain_seconds
+            )
+            size = len(bufs[out_fd]) + len(bufs[err_fd])
+            if done or size >= chunk or time.monotonic() - last_ship >= interval:
+                sig = ship(bytes(bufs[out_fd]), bytes(bufs[err_fd]))
+                bufs[out_fd].clear()
+                bufs[err_fd].clear()
+                last_ship = time.monotonic()
+                if sig is not None and exited_at is None:
+                    _deliver(proc.pid, sig, sandboxed, group)
+            if done:
+                break
+        return proc.wait()
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def run_shard(
+    request: LaunchRequest, handle: str, hub_name: str, envelope: NodeEnvelope
+) -> tuple[int, str | None]:
+    """Ray task body: run one attempt on this node, shipping logs to the named hub.
+
+    Returns (raw return code, reason). A shard that cannot start is exit 127 with a
+    ``LaunchError`` reason and the cause in its stderr, as on the local executor.
+    """
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    hub = _hubs.get(hub_name)
+    if hub is None:
+        hub = _hubs[hub_name] = ray.get_actor(hub_name)
+    paths = (str(request.stdout_path), str(request.stderr_path))
+
+    def ship(out: bytes, err: bytes) -> Signal | None:
+        result: Signal | None = ray.get(hub.push.remote(handle, node, paths, out, err))
+        return result
+
+    try:
+        return run_streaming(request, handle, envelope, ship)
+    except (OSError, ExecutorError) as exc:  # e.g. command not found, no bwrap
+        ship(b"", f"sylphx: could not start the shard: {exc}\n".encode())
+        return 127, f"LaunchError: {exc}"

@@ -1,0 +1,125 @@
+"""Ray-only behaviour on the session's real loopback cluster: node loss, capacity that follows
+the nodes, gang placement groups and volumes under SYLPHX_RAY_VOLUME_ROOT."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from ray.util.placement_group import placement_group_table
+
+from conftest import RAY_NODE, Server
+
+pytestmark = pytest.mark.slow
+
+
+def cpus(server: Server) -> int:
+    return server.plane.executor.capacity().millicpu // 1000
+
+
+def test_killed_node_shards_are_retried_elsewhere_without_using_budget(
+    ray_server: Server, ray_cluster: Any
+) -> None:
+    base = cpus(ray_server)
+    extra = ray_cluster.add_node(**RAY_NODE, node_ip_address="127.0.0.1", num_gpus=0)
+    ray_cluster.wait_for_nodes()
+    ray_server.wait_for(lambda: cpus(ray_server) == base + 2)  # capacity follows a join
+    vol, marks = ray_server.volume()  # shards cannot write host paths: only their volumes
+    # 12 x standard (1 vCPU) on 8 vCPU: every slot is busy, 2 of them on the extra node.
+    # backoffLimitPerIndex 0: a node loss that used the budget would fail its shard.
+    run = ray_server.submit(
+        command=[
+            "sh",
+            "-c",
+            'touch "/m/$SYLPHX_SHARD_INDEX.$SYLPHX_SHARD_ATTEMPT"; exec sleep 3',
+        ],
+        parallelism=12,
+        machine="standard",
+        gangScheduling=False,
+        backoffLimitPerIndex=0,
+        volumeMounts=[{"volumeId": vol, "mountPath": "/m"}],
+    )
+    ray_server.wait_for(lambda: len(list(marks.iterdir())) == base + 2)
+    ray_cluster.remove_node(extra, allow_graceful=False)
+    done = ray_server.wait(run["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    shards = ray_server.shards(run["id"])
+    lost = [s for s in shards if s["attempts"] > 1]
+    assert 1 <= len(lost) <= 2, shards
+    for shard in lost:
+        first, second = shard["history"]
+        assert first["status"] == "preempted"  # a lost attempt is a preemption
+        assert first["reason"].startswith("NodeLost: node "), first
+        assert (second["status"], second["reason"]) == ("succeeded", "Completed")
+    assert all(s["attempts"] == 1 for s in shards if s not in lost)
+    assert all(s["preemptions"] == 1 for s in lost), lost
+    ray_server.wait_for(lambda: cpus(ray_server) == base)  # ...and a node leaving
+
+
+def test_gang_is_one_placement_group_of_n_bundles_released_after(ray_server: Server) -> None:
+    run = ray_server.submit(
+        command=["sleep", "1"], parallelism=3, machine="standard", gangScheduling=True
+    )
+
+    def group() -> dict[str, Any] | None:
+        table = placement_group_table()
+        found = [g for g in table.values() if g["name"] == f"sylphx-{run['id']}"]
+        return found[0] if found else None
+
+    ray_server.wait_for(lambda: group() is not None)
+    pg = group()
+    assert pg is not None and pg["strategy"] == "SPREAD"
+    assert list(pg["bundles"].values()) == [{"CPU": 1.0, "memory": float(2 << 30)}] * 3
+    assert ray_server.wait(run["id"])["status"] == "succeeded"
+    ray_server.wait_for(lambda: (g := group()) is None or g["state"] == "REMOVED")
+
+
+def test_volumes_live_under_the_shared_root(
+    make_server: Callable[..., Server], ray_cluster: Any, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared-fs"
+    server = make_server(executor="ray", ray_address=ray_cluster.address, ray_volume_root=shared)
+    vol = server.http.post("/v1/volumes", json={"name": "results"}).json()
+    run = server.submit(
+        command=["sh", "-c", 'echo "part $SYLPHX_SHARD_INDEX" > /out/part-$SYLPHX_SHARD_INDEX'],
+        parallelism=3,
+        machine="nano",
+        gangScheduling=False,
+        volumeMounts=[{"volumeId": vol["id"], "mountPath": "/out"}],
+    )
+    assert server.wait(run["id"])["status"] == "succeeded"
+    assert sorted(p.read_text() for p in (shared / vol["id"]).iterdir()) == [
+        f"part {i}\n" for i in range(3)
+    ]
+
+
+def test_capacity_is_the_clusters(ray_server: Server) -> None:
+    total = ray.cluster_resources()
+    cap = ray_server.plane.executor.capacity()
+    assert cap.millicpu == round(total["CPU"] * 1000)
+    assert cap.memory == int(total["memory"])
+    health = ray_server.http.get("/healthz").json()
+    assert health["executor"] == "ray" and health["capacity"] == cap.text()
+
+
+def test_ray_shards_get_the_local_envelope(ray_server: Server, tmp_path: Path) -> None:
+    """Same sandbox, clean env and cgroup as the local executor, built on the Ray node."""
+    script = (
+        "if touch /escape-ray 2>/dev/null; then exit 3; fi;"  # read-only host root
+        f" touch {tmp_path}/escape 2>/dev/null;"  # /tmp is the sandbox's own
+        " if env | grep -q '^RAY_'; then exit 4; fi;"  # nothing from the Ray worker
+        ' [ "$(hostname)" = sylphx-shard ] || exit 5;'
+        " grep -q sylphx /proc/self/cgroup || exit 6;"  # the tier's cgroup (this node has them)
+        ' [ "$TOKEN" = s3cret ] || exit 7'
+    )
+    run = ray_server.submit(
+        command=["sh", "-c", script], parallelism=2, machine="nano", env={"TOKEN": "s3cret"}
+    )
+    done = ray_server.wait(run["id"])
+    assert done["status"] == "succeeded", [
+        (s["exitCode"], s["reason"]) for s in ray_server.shards(run["id"])
+    ]
+    assert not (tmp_path / "escape").exists() and not Path("/escape-ray").exists()
