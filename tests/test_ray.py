@@ -123,3 +123,13 @@ def test_ray_shards_get_the_local_envelope(ray_server: Server, tmp_path: Path) -
         (s["exitCode"], s["reason"]) for s in ray_server.shards(run["id"])
     ]
     assert not (tmp_path / "escape").exists() and not Path("/escape-ray").exists()
+
+
+def test_tier_larger_than_every_node_fails_with_the_numbers(ray_server: Server) -> None:
+    # xlarge (4 vCPU / 8 GiB) fits the cluster's 6 vCPU in total but no 2-vCPU node:
+    # refused at launch with the numbers, never a Ray task pending forever
+    run = ray_server.submit(command=["true"], machine="xlarge")
+    assert ray_server.wait(run["id"])["status"] == "failed"
+    (shard,) = ray_server.shards(run["id"])
+    assert shard["exitCode"] == 127 and shard["reason"].startswith("LaunchError")
+    assert "the largest Ray node has 2 vCPU / 4 GiB" in shard["reason"]

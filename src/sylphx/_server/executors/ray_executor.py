@@ -115,23 +115,52 @@ class RayExecutor:
         self._noticed: set[str] = set()
         self._gangs: dict[str, _Gang] = {}
         self._gang_of: dict[str, str] = {}  # handle -> run id of its placement group
-        self._capacity = (0.0, Resources(0, 0))
+        self._read_at = float("-inf")
+        self._nodes: list[Resources] = []
+        self._total = Resources(0, 0)
         self._wake: Any = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-ray-exits", daemon=True)
         self._watcher.start()
 
     # -- capacity and gangs --------------------------------------------------------
+    def _refresh(self) -> None:
+        """Re-read the cluster's alive nodes (at most every 0.5 s): joins and leaves show."""
+        if time.monotonic() - self._read_at <= 0.5:
+            return
+        nodes = [
+            Resources.of_host(n["Resources"].get("CPU", 0.0), int(n["Resources"].get("memory", 0)))
+            for n in ray.nodes()  # type: ignore[no-untyped-call]
+            if n.get("Alive")
+        ]
+        self._nodes = nodes
+        self._total = sum(nodes, Resources(0, 0))
+        self._read_at = time.monotonic()
+
     def capacity(self) -> Resources:
-        at, cached = self._capacity
-        if time.monotonic() - at > 0.5:
-            res = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            cached = Resources.of_host(res.get("CPU", 0.0), int(res.get("memory", 0)))
-            self._capacity = (time.monotonic(), cached)
-        return cached
+        self._refresh()
+        return self._total
+
+    def _check_fits_a_node(self, machine: str) -> None:
+        """Refuse a tier no alive node can hold: Ray would leave its task pending forever."""
+        self._refresh()
+        unit = Resources.of_tier(machine)
+        if any(unit.fits_in(node) for node in self._nodes):
+            return
+        largest = max(self._nodes, key=lambda r: (r.millicpu, r.memory), default=Resources(0, 0))
+        raise ExecutorError(
+            f"one {machine} shard needs {unit.text()}, but the largest Ray node has"
+            f" {largest.text()}, so Ray could never place it. Fix: pick a smaller machine"
+            " tier, or add larger nodes to the cluster."
+        )
 
     def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
-        """One placement group of ``n`` bundles of the tier; True once Ray placed it."""
+        """One placement group of ``n`` bundles of the tier; True once Ray placed it.
+        A tier no node can hold is not reserved: launch() then refuses it with the numbers."""
+        try:
+            self._check_fits_a_node(machine)
+        except ExecutorError:
+            return True
         with self._lock:
             gang = self._gangs.get(run_id)
             if gang is not None and (gang.size, gang.machine) != (n, machine) and not gang.live:
@@ -161,6 +190,7 @@ class RayExecutor:
     def launch(self, request: LaunchRequest) -> str:
         if request.image is not None:
             raise ExecutorError("the ray executor cannot run container images yet")
+        self._check_fits_a_node(request.machine)
         request.stdout_path.parent.mkdir(parents=True, exist_ok=True)
         request.stdout_path.touch()
         request.stderr_path.touch()
