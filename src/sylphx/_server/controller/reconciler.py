@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,6 @@ from ..lease import Lease
 from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
 from ..transitions import transition
 from . import backoff, deadlines, scheduling, success
-from .indexes import compress
 
 log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]
@@ -382,7 +380,7 @@ class Reconciler:
         transition(run, final, now)
         run.ended_at = max((s.ended_at for s in run.shards if s.ended_at), default=now)
         note = _course_note(run)
-        run.message = "; ".join(m for m in (note, _summary(run, counts)) if m) or None
+        run.message = "; ".join(m for m in (note, success.summary(run.shards, counts)) if m) or None
         run.queue_position = None
 
 
@@ -391,15 +389,3 @@ def _course_note(run: RunRow) -> str | None:
     if run.message and run.message.startswith("AdmissionTimeout"):
         return run.message.split("; ")[0]
     return None
-
-
-def _summary(run: RunRow, counts: Counter[ShardState]) -> str | None:
-    bad = [s.index for s in run.shards if s.state != ShardState.SUCCEEDED]
-    if not bad:
-        return None
-    parts = []
-    for state in (ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED):
-        idx = [s.index for s in run.shards if s.state == state]
-        if idx:
-            parts.append(f"{state.value}: {compress(idx)}")
-    return f"{counts[ShardState.SUCCEEDED]}/{len(run.shards)} succeeded; " + "; ".join(parts)

@@ -10,10 +10,12 @@ The rule, in order:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..._states import RunState, ShardState
 from ..._views import Aggregate
+from ..store import ShardRow
+from .indexes import compress
 
 
 def count_states(states: Iterable[str]) -> Counter[ShardState]:
@@ -48,3 +50,15 @@ def aggregate(status: RunState, counts: Counter[ShardState]) -> Aggregate:
         pending=counts[ShardState.PENDING],
         total=sum(counts.values()),
     )
+
+
+def summary(shards: Sequence[ShardRow], counts: Counter[ShardState]) -> str | None:
+    """How an unsuccessful run ended, e.g. ``5/9 succeeded; failed: 1,3; timed_out: 7``."""
+    if all(s.state == ShardState.SUCCEEDED for s in shards):
+        return None
+    parts = []
+    for state in (ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED):
+        idx = [s.index for s in shards if s.state == state]
+        if idx:
+            parts.append(f"{state.value}: {compress(idx)}")
+    return f"{counts[ShardState.SUCCEEDED]}/{len(shards)} succeeded; " + "; ".join(parts)
