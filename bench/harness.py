@@ -1,0 +1,207 @@
+"""Shared pieces of the benchmarks: a real ``sylphx server`` subprocess on loopback, timing
+statistics, result tables and a description of the machine.
+
+Every benchmark measures its baseline in the same run, on the same machine, and prints the
+ratio; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "partial", "failed", "cancelled", "timed_out")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``python -m sylphx server`` on a loopback port, its own SYLPHX_HOME and SQLite store
+    (or ``database_url``), with an enterprise org ``bench`` and an authenticated client."""
+
+    def __init__(self, *, workers: int = 1, database_url: str | None = None, **env: str) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="sylphx-bench-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SYLPHX_")},
+            "SYLPHX_HOME": str(self.home),
+            "SYLPHX_DATABASE_URL": database_url or f"sqlite:///{self.home / 'sylphx.db'}",
+            **env,
+        }
+        self.token = self._make_org()
+        argv = [sys.executable, "-m", "sylphx", "server", "--host", "127.0.0.1"]
+        argv += ["--port", str(self.port), "--workers", str(workers)]
+        self.log = self.home / "server.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=log, start_new_session=True
+            )
+        self.http = httpx.Client(
+            base_url=self.url, timeout=120, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        self._wait_healthy()
+
+    def _make_org(self) -> str:
+        from sylphx._server import orgs
+        from sylphx._server.store import make_engine, migrate, session_factory
+
+        engine = make_engine(self.env["SYLPHX_DATABASE_URL"])
+        now = datetime.now(UTC)
+        try:
+            migrate(engine)
+            with session_factory(engine).begin() as s:
+                orgs.create_org(
+                    s, "bench", plan="enterprise", now=now, org_id="org_bench",
+                    concurrent_shards=100_000,
+                )  # fmt: skip
+                return orgs.create_key(s, "org_bench", name="bench", now=now)[1]
+        finally:
+            engine.dispose()
+
+    def _wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server died; see {self.log}:\n{self.log.read_text()}")
+            try:
+                if self.http.get("/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not healthy after {timeout}s; see {self.log}")
+
+    def submit(self, **spec: Any) -> str:
+        r = self.http.post("/v1/runs", json=spec)
+        if r.status_code != 201:
+            raise RuntimeError(f"submit failed: {r.status_code} {r.text}")
+        return str(r.json()["id"])
+
+    def wait(self, run_id: str, *, poll: float = 0.005, timeout: float = 600) -> dict[str, Any]:
+        """Poll ``GET /v1/runs/{id}`` until the run is terminal; returns the run."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = dict(self.http.get(f"/v1/runs/{run_id}").json())
+            if run["status"] in TERMINAL:
+                return run
+            time.sleep(poll)
+        raise RuntimeError(f"run {run_id} not terminal after {timeout}s")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (and its API workers, if any)."""
+        pids = [self.proc.pid, *_children(self.proc.pid)]
+        return sum(rss_of(pid) for pid in pids)
+
+    def close(self) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _children(pid: int) -> list[int]:
+    """API worker processes of a multi-worker server (not shard supervisors)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"supervise.py" not in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def rss_of(pid: int) -> int:
+    """VmRSS of ``pid`` in bytes (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    """median, p99, min and max of ``samples``."""
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "median": statistics.median(ordered),
+        "p99": p99,
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table (also valid Markdown), printed and returned."""
+    cells = [[str(h) for h in headers], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [f"\n### {title}\n"]
+    for n, row in enumerate(cells):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def machine() -> str:
+    """One line naming the machine and the versions a result depends on."""
+    cpu = "?"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB, Linux {platform.release()},"
+        f" Python {platform.python_version()}, sylphx {rev or '?'}"
+    )

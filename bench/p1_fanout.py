@@ -1,0 +1,91 @@
+"""P1: 256 shards of ``true`` on the nano tier, submit -> terminal, against ``xargs -P``.
+
+The control plane is a real ``sylphx server`` subprocess (SQLite, local executor) whose
+capacity is raised so all 256 shards fit at once. The client submits over HTTP and polls
+``GET /v1/runs/{id}`` every 5 ms until the run is terminal. The baseline, measured in the
+same run, is ``xargs -P 256`` running the same 256 ``true`` processes.
+
+Two sylphx envelopes are measured: ``plain`` (SYLPHX_SANDBOX=off, no cgroups: the same
+processes xargs starts) and ``sandboxed`` (the production default: a bubblewrap sandbox
+and a cgroup per shard), which is compared with xargs running the same bubblewrap argv.
+
+    python bench/p1_fanout.py [--shards 256] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+
+from harness import Server, machine, summary, table
+
+ENVELOPES = {
+    "plain": {"SYLPHX_SANDBOX": "off", "SYLPHX_UNENFORCED_TIERS": "1"},
+    "sandboxed": {},
+}
+
+
+def xargs(n: int, argv: list[str]) -> float:
+    """``seq n | xargs -P n -n 1 <argv>``: n processes, n at once."""
+    cmd = ["xargs", "-P", str(n), "-n", "1", *argv]
+    start = time.perf_counter()
+    subprocess.run(cmd, input="\n".join("x" * n), text=True, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def sandbox_argv() -> list[str]:
+    """The bubblewrap argv a sandboxed shard of ``true`` gets (for the same-envelope baseline),
+    ending in ``true`` so xargs' extra argument lands after it (true ignores it)."""
+    from sylphx._server.executors.sandbox import Sandbox
+
+    return [*Sandbox(mounts=[], hide=[], network=True, working_dir="/tmp").argv(), "true"]
+
+
+def sylphx_round(server: Server, n: int) -> float:
+    spec = {"command": ["true"], "parallelism": n, "machine": "nano", "gangScheduling": False}
+    start = time.perf_counter()
+    run_id = server.submit(**spec)
+    run = server.wait(run_id)
+    took = time.perf_counter() - start
+    if run["status"] != "succeeded":
+        raise RuntimeError(f"run {run_id} ended {run['status']}: {run.get('message')}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    n = args.shards
+    print(f"P1 on {machine()}")
+    rows = []
+    for name, env in ENVELOPES.items():
+        cap = {"SYLPHX_LOCAL_CPUS": str(n), "SYLPHX_LOCAL_MEMORY": f"{n}GiB"}
+        with Server(**cap, **env) as server:
+            sylphx_round(server, n)  # warm-up: imports, first cgroup, page cache
+            ours, base = [], []
+            baseline_argv = ["true"] if name == "plain" else sandbox_argv()
+            for _ in range(args.rounds):  # interleaved, so both see the same machine load
+                base.append(xargs(n, baseline_argv))
+                ours.append(sylphx_round(server, n))
+        o, b = summary(ours), summary(base)
+        rows.append(
+            [
+                name,
+                f"{b['median']:.3f} ({b['min']:.3f}-{b['max']:.3f})",
+                f"{o['median']:.3f} ({o['min']:.3f}-{o['max']:.3f})",
+                f"{o['median'] / b['median']:.2f}x",
+            ]
+        )
+    table(
+        f"P1: {n} x `true`, nano, submit -> terminal; seconds, median (min-max) of"
+        f" {args.rounds} rounds; goal <= 1.5x",
+        ["envelope", f"xargs -P {n}", "sylphx", "ratio"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
