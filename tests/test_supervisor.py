@@ -89,3 +89,20 @@ def test_an_end_is_recorded_once_even_when_reported_twice(server: Server) -> Non
     server.wait_for(wait_for)
     plane.reconciler.tick()
     assert server.shards(run["id"]) == before
+
+
+def test_a_claim_caught_mid_write_is_not_taken_for_a_dead_supervisor(tmp_path: Path) -> None:
+    """The claim file exists (O_EXCL) a moment before its owner is written: a poll in that
+    moment must wait, not record "the attempt's supervisor died" (seen under heavy load)."""
+    executor = LocalExecutor(1, 1 << 30, tmp_path / "state", sandbox=False)
+    try:
+        handle = executor.launch(request(tmp_path, "exit 0"))
+        folder = tmp_path / "state" / handle.removeprefix("att:")
+        folder.mkdir(parents=True)
+        (folder / "claim").touch()  # what a supervisor's claim looks like before its write
+        executor.flush()  # this supervisor finds the attempt claimed and stands by
+        time.sleep(0.3)
+        assert executor.poll() == []  # claimed by someone: neither lost nor started twice
+        assert executor.alive(handle)
+    finally:
+        executor.close()

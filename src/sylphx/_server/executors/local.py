@@ -7,8 +7,10 @@ attempt's state directory (atomically), so a restarted control plane re-adopts l
 attempts and collects the ones that ended while it was down, with their true end
 times. Each shard runs in its own session (process group), its own cgroup (the
 machine tier's CPU quota and memory ceiling) and its own bubblewrap sandbox, with
-stdout and stderr written straight to files. Exits wake the reconciler through a
-FIFO in the state directory.
+stdout and stderr written straight to files. A pass's launches reach the supervisors
+as one batch file (no per-attempt file work in the pass); each exit is announced on a
+FIFO in the state directory, so a poll reads only the attempts that ended, with a
+periodic scan of every attempt as the safety net.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from .supervise import claim, start_ticks, write_atomic
 
 SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
+SCAN_SECONDS = 1.0  # every tracked attempt's exit file is read this often (missed notes)
+DEEP_SCAN_SECONDS = 2.0  # ... and its claim and supervisor checked this often
+SHARDS_PER_SUPERVISOR = 64  # a bigger batch is split over up to one supervisor per CPU
 
 
 def _now() -> datetime:
@@ -172,7 +177,11 @@ class LocalExecutor:
         self._fifo_fd = os.open(self._fifo, os.O_RDWR | os.O_NONBLOCK)
         self._lock = threading.Lock()
         self._tracked: dict[str, float] = {}  # handle -> monotonic time we began tracking
-        self._pending: list[str] = []  # launched since the last flush
+        self._pending: list[tuple[str, dict[str, object]]] = []  # launched since last flush
+        self._ended: set[str] = set()  # handles announced on the FIFO since the last poll
+        self._last_scan = self._last_deep = float("-inf")  # the first poll scans everything
+        self._batches = state_dir / "batches"
+        self._batches.mkdir(exist_ok=True)
         self._supervisors: list[subprocess.Popen[bytes]] = []
         self._wake: Callable[[], None] = lambda: None
         self._closed = threading.Event()
@@ -201,19 +210,17 @@ class LocalExecutor:
         argv, env, cwd = self._envelope(request)
         if self._cgroups is not None:
             argv = self._cgroups.create(_cgroup_name(handle), request.machine).join_prefix() + argv
-        request.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        body = {
+        body: dict[str, object] = {
+            "dir": str(folder),  # created by the supervisor, with the log folders
             "argv": argv,
             "env": env,
             "cwd": str(cwd),
             "stdout": str(request.stdout_path),
             "stderr": str(request.stderr_path),
         }
-        write_atomic(str(folder / "request.json"), json.dumps(body), sync=False)
         with self._lock:
             self._tracked[handle] = time.monotonic()
-            self._pending.append(handle)
+            self._pending.append((handle, body))
         return handle
 
     def _envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
@@ -263,27 +270,34 @@ class LocalExecutor:
         with self._lock:
             batch, self._pending = self._pending, []
             if discard:
-                for handle in batch:
+                for handle, _ in batch:
                     self._tracked.pop(handle, None)
                 return
         if not batch:
             return
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", SUPERVISOR, str(self._fifo)]
-            + [str(self._dir(h)) for h in batch],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
-        with self._lock:
-            self._supervisors.append(proc)
+        parts = min(os.cpu_count() or 1, -(-len(batch) // SHARDS_PER_SUPERVISOR))
+        size = -(-len(batch) // parts)
+        for first in range(0, len(batch), size):
+            path = self._batches / f"{os.getpid()}-{time.monotonic_ns()}-{first}.json"
+            write_atomic(str(path), json.dumps([b for _, b in batch[first : first + size]]))
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", SUPERVISOR, str(self._fifo), str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+            with self._lock:
+                self._supervisors.append(proc)
 
     def adopt(self, handle: str) -> bool:
-        """Track an attempt a previous control plane started; False if it is not ours."""
-        if not handle.startswith("att:") or not self._dir(handle).is_dir():
+        """Track an attempt a previous control plane started; False if it is not ours.
+        Its folder may not exist yet (its supervisor is still starting): if nobody claims
+        it within LOST_AFTER_SECONDS, :meth:`poll` records that it never started."""
+        if not handle.startswith("att:"):
             return False
+        self._dir(handle).mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._tracked.setdefault(handle, time.monotonic())
         return True
@@ -291,36 +305,62 @@ class LocalExecutor:
     def _watch(self) -> None:
         poller = select.epoll()
         poller.register(self._fifo_fd, select.EPOLLIN)
+        partial = b""
         try:
             while not self._closed.is_set():
-                if poller.poll(0.5):
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(self._fifo_fd, 4096):
-                            pass
-                    self._wake()
+                if not poller.poll(0.5):
+                    continue
+                data = partial
+                with contextlib.suppress(BlockingIOError):
+                    while chunk := os.read(self._fifo_fd, 65536):
+                        data += chunk
+                *lines, partial = data.split(b"\n")
+                root = str(self.state_dir) + "/"
+                ended = {
+                    "att:" + line.decode(errors="replace").removeprefix(root) for line in lines
+                }
+                with self._lock:
+                    self._ended |= ended
+                self._wake()
         finally:
             poller.close()
 
     def poll(self) -> list[Exit]:
-        """Attempts whose exit was recorded (or that were lost) since the last call."""
+        """Attempts whose exit was recorded (or that were lost) since the last call: the
+        ones announced on the FIFO, and every tracked one on the periodic scans."""
+        now = time.monotonic()
         with self._lock:
             self._supervisors = [p for p in self._supervisors if p.poll() is None]
-            tracked = list(self._tracked.items())
-            pending = set(self._pending)
+            ended, self._ended = self._ended, set()
+            deep = now - self._last_deep >= DEEP_SCAN_SECONDS
+            scan = deep or now - self._last_scan >= SCAN_SECONDS
+            if scan:
+                self._last_scan = now
+            if deep:
+                self._last_deep = now
+            pending = {handle for handle, _ in self._pending}
+            tracked = [
+                (handle, since)
+                for handle, since in self._tracked.items()
+                if handle not in pending and (scan or handle in ended)
+            ]
         exits = []
         for handle, since in tracked:
-            if handle not in pending:
-                exit = self._check(handle, since)
-                if exit is not None:
-                    exits.append(exit)
+            exit = self._check(handle, since, deep=deep)
+            if exit is not None:
+                exits.append(exit)
         with self._lock:
             for exit in exits:
                 self._tracked.pop(exit.handle, None)
         return exits
 
-    def _check(self, handle: str, since: float) -> Exit | None:
+    def _check(self, handle: str, since: float, *, deep: bool = True) -> Exit | None:
+        """The attempt's recorded exit; ``deep`` also settles one that can never end
+        (never claimed, or its supervisor died)."""
         folder = self._dir(handle)
         text = _read(folder / "exit")
+        if text is None and not deep:
+            return None
         if text is not None:
             code, started, ended, reason = text.split(" ", 3)
             group = self._group(handle)
@@ -337,10 +377,10 @@ class LocalExecutor:
                 started_at=_from_ns(int(started)),
             )
         owner = _read(folder / "claim")
-        if owner is None:
+        if not owner:  # unclaimed, or claimed this instant (created, owner not yet written)
             if time.monotonic() - since < LOST_AFTER_SECONDS:
                 return None  # its supervisor may still be starting
-            if not claim(str(folder), "lost"):
+            if owner is None and not claim(str(folder), "lost"):
                 return None  # a supervisor took it just now: next poll sees it
             return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
         if owner == "lost":

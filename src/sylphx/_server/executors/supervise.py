@@ -1,14 +1,19 @@
 """The attempt supervisor: starts a batch of shard attempts and records how each ended.
 
-Run as ``python -S -E supervise.py NOTIFY_FIFO STATE_DIR...`` in its own session, so it
+Run as ``python -I -S supervise.py NOTIFY_FIFO BATCH_FILE`` in its own session, so it
 outlives the control plane (a ``kill -9`` of the server does not reach it). It imports
 only the standard library and never sylphx, so it starts in a few milliseconds; one
-supervisor serves every attempt the reconciler launched in one pass.
+supervisor serves a batch of the attempts the reconciler launched in one pass.
+
+The batch file (written atomically by the control plane, removed by the supervisor once
+it has claimed every attempt in it) is a JSON list of requests, each naming its attempt's
+state directory (``dir``), ``argv``, ``env``, ``cwd`` and the ``stdout``/``stderr`` log
+files. The supervisor creates the directories, so the control plane's pass does no
+per-attempt file work.
 
 Per attempt directory (files written atomically: tmp + rename; ``exit`` also fsynced, since
 it must outlive even the host; the others only matter while the processes live):
 
-- ``request.json``  what to run (written by the control plane before the supervisor starts)
 - ``claim``         created with O_EXCL by whoever owns the attempt: this supervisor
                     (``"<pid> <start ticks>"``) or the control plane declaring it lost
                     (``"lost"``). Exactly one copy of an attempt can ever start.
@@ -49,6 +54,26 @@ def write_atomic(path: str, text: str, *, sync: bool = True) -> None:
     os.rename(tmp, path)
 
 
+def write_all_atomic(files: list[tuple[str, str]]) -> None:
+    """:func:`write_atomic` with ``sync`` for many files at once: all written, then all
+    fsynced (the first fsync commits the filesystem journal for the others), then all
+    renamed into place."""
+    tmps = []
+    for path, text in files:
+        fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            tmps.append((fd, path))
+    for fd, _ in tmps:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for _, path in tmps:
+        os.rename(f"{path}.tmp", path)
+
+
 def claim(state_dir: str, owner: str) -> bool:
     """Take the attempt (O_EXCL); False when someone already did."""
     try:
@@ -62,14 +87,16 @@ def claim(state_dir: str, owner: str) -> bool:
     return True
 
 
-def notify(fifo: str) -> None:
-    """Nudge the control plane (if one is listening) to collect exits now."""
+def notify(fifo: str, state_dir: str) -> None:
+    """Tell the control plane (if one is listening) which attempt just ended: one line,
+    its state directory (a write under PIPE_BUF is atomic). A lost note costs nothing but
+    latency: the control plane also scans every attempt's ``exit`` file now and then."""
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return
     try:
-        os.write(fd, b"x")
+        os.write(fd, f"{state_dir}\n".encode())
     except OSError:
         pass
     finally:
@@ -91,6 +118,8 @@ def spawn(req: dict[str, object]) -> int:
     """Start the shard in a new session with its logs as stdout/stderr; raises OSError."""
     argv = [str(a) for a in req["argv"]]  # type: ignore[attr-defined]
     env = {str(k): str(v) for k, v in req["env"].items()}  # type: ignore[attr-defined]
+    for log in (str(req["stdout"]), str(req["stderr"])):
+        os.makedirs(os.path.dirname(log), exist_ok=True)
     os.chdir(str(req["cwd"]))
     append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     actions = [
@@ -106,6 +135,7 @@ def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> N
     now = time.time_ns()
     if req is not None:
         try:
+            os.makedirs(os.path.dirname(str(req["stderr"])), exist_ok=True)
             with open(str(req["stderr"]), "a") as fh:
                 fh.write(f"sylphx: could not start the shard: {exc}\n")
         except OSError:
@@ -114,27 +144,34 @@ def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> N
 
 
 def main(argv: list[str]) -> int:
-    fifo, dirs = argv[0], argv[1:]
+    fifo, batch = argv
     me = f"{os.getpid()} {start_ticks(os.getpid())}"
     children: dict[int, tuple[str, int]] = {}
-    for state_dir in dirs:
+    with open(batch) as fh:
+        requests: list[dict[str, object]] = json.load(fh)
+    for req in requests:
+        state_dir = str(req["dir"])
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+        except OSError:
+            continue  # the control plane records it lost when nobody claims it
         if not claim(state_dir, me):
             continue  # another supervisor has it, or the control plane declared it lost
-        req: dict[str, object] | None = None
         try:
-            with open(os.path.join(state_dir, "request.json")) as fh:
-                req = json.load(fh)
-            assert req is not None
             started = time.time_ns()
             pid = spawn(req)
         except (OSError, ValueError, KeyError) as exc:
             fail(state_dir, req, exc)
-            notify(fifo)
+            notify(fifo, state_dir)
             continue
         pid_text = f"{pid} {start_ticks(pid)} {started}"  # dies with the host: no fsync
         write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
         children[pid] = (state_dir, started)
     os.chdir("/")
+    try:  # noqa: SIM105 - every attempt in it is claimed: the batch has done its work
+        os.unlink(batch)
+    except OSError:
+        pass
     while children:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
@@ -142,22 +179,27 @@ def main(argv: list[str]) -> int:
             break
         except InterruptedError:
             continue
-        if info is None:
-            continue
-        ended = time.time_ns()
-        pid = info.si_pid
-        try:  # noqa: SIM105 - stragglers in the group, while the leader pins the pgid
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        _, status = os.waitpid(pid, 0)
-        entry = children.pop(pid, None)
-        if entry is None:
-            continue
-        state_dir, started = entry
-        code = os.waitstatus_to_exitcode(status)
-        write_atomic(os.path.join(state_dir, "exit"), f"{code} {started} {ended} ")
-        notify(fifo)
+        records: list[tuple[str, str]] = []
+        while info is not None:  # this child, and every other one that has ended too
+            ended = time.time_ns()
+            pid = info.si_pid
+            try:  # noqa: SIM105 - stragglers in the group, while the leader pins the pgid
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            _, status = os.waitpid(pid, 0)
+            entry = children.pop(pid, None)
+            if entry is not None:
+                state_dir, started = entry
+                code = os.waitstatus_to_exitcode(status)
+                records.append((os.path.join(state_dir, "exit"), f"{code} {started} {ended} "))
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except ChildProcessError:
+                info = None
+        write_all_atomic(records)  # one journal commit for the lot, not one per shard
+        for path, _ in records:
+            notify(fifo, os.path.dirname(path))
     return 0
 
 
