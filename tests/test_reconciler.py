@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from sylphx._server import billing, orgs, runs
+from sylphx._server.controller import reconciler
 from sylphx._server.controller.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.base import Exit, LaunchRequest, Signal
@@ -137,8 +138,14 @@ class Harness:
             return sorted((r.wall_seconds, r.compute_seconds) for r in rows)
 
 
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
+@pytest.fixture(params=["focused", "full"])
+def h(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Harness]:
+    """Every table runs twice: passes that load only the runs needing a look (the first
+    pass loads all), and passes that always load every active run."""
+    every = float("inf") if request.param == "focused" else 0.0
+    monkeypatch.setattr(reconciler, "FULL_PASS_SECONDS", every)
     yield Harness(tmp_path)
 
 
@@ -260,6 +267,28 @@ def test_a_pass_with_nothing_new_changes_nothing(h: Harness) -> None:
     h.tick()
     h.tick()
     assert h.run(run_id) == before
+
+
+def test_a_focused_pass_loads_only_the_runs_that_changed(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy, quiet = h.submit(parallelism=2, machine="nano"), h.submit(parallelism=2, machine="nano")
+    h.tick()  # the first pass looks at everything and starts all four shards
+    monkeypatch.setattr(reconciler, "FULL_PASS_SECONDS", float("inf"))
+    loaded: list[str] = []
+    real = reconciler._load_shards
+    monkeypatch.setattr(
+        reconciler,
+        "_load_shards",
+        lambda s, runs: (loaded.extend(r.id for r in runs), real(s, runs)),
+    )
+    h.executor.finish(0, run_id=busy)
+    h.tick(1)
+    assert h.run(busy)["aggregate"]["succeeded"] == 1
+    assert quiet not in loaded and h.run(quiet)["status"] == "running"
+    h.executor.finish_all()
+    h.tick(1)
+    assert h.run(busy)["status"] == h.run(quiet)["status"] == "succeeded"
 
 
 def test_gang_preempts_opportunistic_shards_which_finish_later(h: Harness) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from ..._states import ShardState
+
+if TYPE_CHECKING:
+    from ..._spec import RunSpec
+    from ..store import RunRow
 
 Action = Literal["term", "kill"]
 
@@ -42,3 +48,44 @@ def next_action(
             else None
         )
     return None
+
+
+def stop_live(
+    run: RunRow,
+    spec: RunSpec,
+    now: datetime,
+    *,
+    kill_grace: float,
+    preemption_grace: float,
+) -> list[tuple[str, Action]]:
+    """Apply :func:`next_action` to each running attempt of ``run`` (its shards loaded):
+    record why and when on the attempt, and return the signals to send (by handle) once
+    that record is committed."""
+    signals: list[tuple[str, Action]] = []
+    for shard in run.shards:
+        if shard.state != ShardState.RUNNING or not shard.history:
+            continue
+        attempt = shard.history[-1]
+        if attempt.ended_at is not None or attempt.started_at is None:
+            continue
+        action = next_action(
+            LiveAttempt(
+                attempt.started_at,
+                attempt.stop_reason,
+                attempt.stop_requested_at,
+                attempt.killed_at,
+            ),
+            now=now,
+            timeout_seconds=spec.timeout_seconds,
+            grace_seconds=preemption_grace if attempt.stop_reason == "preempt" else kill_grace,
+            cancel_requested=run.cancel_requested_at is not None,
+        )
+        if action is None or attempt.handle is None:
+            continue
+        sig, reason = action
+        signals.append((attempt.handle, sig))
+        if sig == "term":
+            attempt.stop_reason, attempt.stop_requested_at = reason, now
+        else:
+            attempt.killed_at = now
+    return signals

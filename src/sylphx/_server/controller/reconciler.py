@@ -3,18 +3,22 @@
 Each pass re-reads the store, asks the policies (admission, backoff, deadlines,
 success) what should happen, acts through the executor and writes the result.
 A pass is idempotent: running it twice in a row changes nothing the second time.
+A pass surveys every active run in a few aggregate queries and loads the shards of
+only the runs that need a close look (see :mod:`.survey`); at least every
+``FULL_PASS_SECONDS`` it loads them all.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -22,26 +26,21 @@ from ..._errors import ExecutorError, StorageFull
 from ..._settings import Settings
 from ..._spec import RunSpec
 from ..._states import RUN_TRANSITIONS, RunState, ShardState
-from .. import billing, faults, secrets
-from ..executors.base import Executor, Exit, LaunchRequest, Mount, Signal
+from .. import billing, faults
+from ..executors.base import Executor, Exit, Signal
 from ..lease import Lease
-from ..store import AttemptRow, RunRow, ShardRow, VolumeRow
+from ..store import AttemptRow, RunRow, ShardRow
 from ..transitions import transition
-from . import backoff, deadlines, scheduling, success
+from . import backoff, deadlines, launching, scheduling, success, survey
 
 log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]
-ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
-LIVE = (ShardState.STARTING.value, ShardState.RUNNING.value)
+ACTIVE = survey.ACTIVE
+FULL_PASS_SECONDS = 5.0  # a pass loads every active run's shards at least this often
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> tuple[Path, Path]:
-    base = logs_dir / run_id / str(index)
-    return base / f"attempt-{attempt}.stdout", base / f"attempt-{attempt}.stderr"
 
 
 class Reconciler:
@@ -68,6 +67,8 @@ class Reconciler:
         self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
         self._recovered = False  # whether start() already re-adopted live attempts
         self._disk_full: str | None = None  # the last "log disk full" message logged
+        self._last_full = float("-inf")  # monotonic time of the last pass that loaded all
+        self._specs: dict[tuple[str, int], RunSpec] = {}  # parsed specs by (run, version)
         executor.set_waker(self.wake)
 
     # -- loop -------------------------------------------------------------
@@ -139,14 +140,20 @@ class Reconciler:
                     select(RunRow)
                     .where(RunRow.state.in_(ACTIVE))
                     .order_by(RunRow.created_at, RunRow.id)
-                    .options(selectinload(RunRow.shards).selectinload(ShardRow.history))
                 )
             )
-            specs = {run.id: RunSpec.model_validate(run.spec) for run in runs}
-            self._collect(s, self.executor.poll(), specs)
+            specs = self._parse(runs)
+            exited = self._collect(s, self.executor.poll(), specs)
             now = self.clock()
-            for run in runs:
-                self._stop_live(run, specs[run.id], now)
+            focus = self._focus(s, runs, specs, exited, now)
+            for run in focus:
+                self._signals += deadlines.stop_live(
+                    run,
+                    specs[run.id],
+                    now,
+                    kill_grace=self.settings.kill_grace_seconds,
+                    preemption_grace=self.settings.preemption_grace_seconds,
+                )  # the signals go out once their reasons are stored
                 if run.cancel_requested_at is not None:
                     for shard in run.shards:
                         if shard.state == ShardState.PENDING:
@@ -154,9 +161,46 @@ class Reconciler:
                             shard.reason = "Cancelled before it started"
             for run in runs:
                 specs[run.id] = scheduling.expire_admission(run, specs[run.id], now)
-            self._admit(s, runs, specs, now)
+            counts = survey.shard_counts(s)
+            self._admit(s, runs, counts, specs, now)
             for run in runs:
-                self._roll_up(run, now)
+                self._roll_up(run, counts[run.id], now)
+
+    def _parse(self, runs: list[RunRow]) -> dict[str, RunSpec]:
+        """Each run's spec, parsed once per version of its row."""
+        keys = {run.id: (run.id, run.version) for run in runs}
+        self._specs = {
+            key: self._specs.get(key) or RunSpec.model_validate(run.spec)
+            for run in runs
+            for key in (keys[run.id],)
+        }
+        return {run.id: self._specs[keys[run.id]] for run in runs}
+
+    def _focus(
+        self,
+        s: Session,
+        runs: list[RunRow],
+        specs: dict[str, RunSpec],
+        exited: set[str],
+        now: datetime,
+    ) -> list[RunRow]:
+        """The runs whose shards this pass must look at (loaded): those with exits,
+        cancels or due deadlines -- or every run, every FULL_PASS_SECONDS."""
+        if time.monotonic() - self._last_full >= FULL_PASS_SECONDS:
+            self._last_full = time.monotonic()
+            focus = runs
+        else:
+            clocks = survey.live_clocks(s)
+            grace = min(self.settings.kill_grace_seconds, self.settings.preemption_grace_seconds)
+            focus = [
+                run
+                for run in runs
+                if run.id in exited
+                or run.cancel_requested_at is not None
+                or (run.id in clocks and clocks[run.id].due(specs[run.id], now, grace))
+            ]
+        _load_shards(s, focus)
+        return focus
 
     def recover(self) -> None:
         """Re-adopt every attempt the store still shows as live.
@@ -184,9 +228,10 @@ class Reconciler:
             self._collect(s, lost, specs)
 
     # -- steps ---------------------------------------------------------------
-    def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> None:
+    def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> set[str]:
+        """Settle the attempts in ``exits``; returns the ids of their runs."""
         if not exits:
-            return
+            return set()
         by_handle = {e.handle: e for e in exits}
         attempts = s.scalars(
             select(AttemptRow)
@@ -195,6 +240,7 @@ class Reconciler:
         ).all()
         for attempt in attempts:
             self._finish(s, attempt, by_handle[attempt.handle or ""], specs[attempt.run_id])
+        return {attempt.run_id for attempt in attempts}
 
     def _finish(self, s: Session, attempt: AttemptRow, exit: Exit, spec: RunSpec) -> None:
         """Settle an ended attempt: its outcome, its shard's next state, its usage."""
@@ -227,40 +273,13 @@ class Reconciler:
         launched = not (exit.reason or "").startswith("LaunchError")
         billing.record(s, attempt, shard.run, ran=launched)  # one usage row per attempt
 
-    def _stop_live(self, run: RunRow, spec: RunSpec, now: datetime) -> None:
-        for shard in run.shards:
-            if shard.state != ShardState.RUNNING or not shard.history:
-                continue
-            attempt = shard.history[-1]
-            if attempt.ended_at is not None or attempt.started_at is None:
-                continue
-            action = deadlines.next_action(
-                deadlines.LiveAttempt(
-                    attempt.started_at,
-                    attempt.stop_reason,
-                    attempt.stop_requested_at,
-                    attempt.killed_at,
-                ),
-                now=now,
-                timeout_seconds=spec.timeout_seconds,
-                grace_seconds=(
-                    self.settings.preemption_grace_seconds
-                    if attempt.stop_reason == "preempt"
-                    else self.settings.kill_grace_seconds
-                ),
-                cancel_requested=run.cancel_requested_at is not None,
-            )
-            if action is None or attempt.handle is None:
-                continue
-            sig, reason = action
-            self._signals.append((attempt.handle, sig))  # sent once the reason is stored
-            if sig == "term":
-                attempt.stop_reason, attempt.stop_requested_at = reason, now
-            else:
-                attempt.killed_at = now
-
     def _admit(
-        self, s: Session, runs: list[RunRow], specs: dict[str, RunSpec], now: datetime
+        self,
+        s: Session,
+        runs: list[RunRow],
+        counts: dict[str, Counter[ShardState]],
+        specs: dict[str, RunSpec],
+        now: datetime,
     ) -> None:
         """Ask the queue policy what starts (and what is preempted) now, and do it."""
         try:  # a shard started on a full log disk would lose its logs: start none
@@ -270,27 +289,28 @@ class Reconciler:
                 log.error("not starting shards: %s", exc.message)
             self._disk_full = exc.message
             for run in runs:
-                if any(shard.state == ShardState.PENDING for shard in run.shards):
+                if counts[run.id][ShardState.PENDING]:
                     run.message = f"waiting: {exc.message}"
             return
         self._disk_full = None
         decision = scheduling.decide(
             runs,
+            counts,
             capacity=self.executor.capacity(),
-            now=now,
+            preemptible=lambda: survey.preemptible(s, now),
             preemption_ceiling=self.settings.max_preemptions_per_index,
         )
-        victims = {v.attempt_id for v in decision.preempt}
+        for victim in decision.preempt:
+            attempt = s.get(AttemptRow, victim.attempt_id)
+            if attempt is not None and attempt.ended_at is None and attempt.handle:
+                self._signals.append((attempt.handle, "term"))  # after the commit
+                attempt.stop_reason, attempt.stop_requested_at = "preempt", now
+        _load_shards(s, [run for run in runs if decision.starts.get(run.id)])
         for run in runs:
             note = _course_note(run)
             waiting = decision.waiting.get(run.id)
             run.message = "; ".join(m for m in (note, waiting) if m) or None
             run.queue_position = decision.positions.get(run.id)
-            for shard in run.shards:
-                attempt = shard.history[-1] if shard.history else None
-                if attempt is not None and attempt.id in victims and attempt.handle:
-                    self._signals.append((attempt.handle, "term"))  # after the commit
-                    attempt.stop_reason, attempt.stop_requested_at = "preempt", now
             n = decision.starts.get(run.id, 0)
             if not n:
                 continue
@@ -303,16 +323,23 @@ class Reconciler:
             if run.state == RunState.QUEUED:
                 transition(run, RunState.RUNNING, now)
             to_start = [shard for shard in run.shards if shard.state == ShardState.PENDING][:n]
+            shared = launching.RunLaunch(s, run, specs[run.id], self.cipher)
             for shard in to_start:
-                self._launch(s, run, specs[run.id], shard, now)
+                self._launch(s, run, specs[run.id], shard, now, shared)
         self.executor.flush()  # the local executor starts the whole pass as one batch
 
     def _launch(
-        self, s: Session, run: RunRow, spec: RunSpec, shard: ShardRow, now: datetime
+        self,
+        s: Session,
+        run: RunRow,
+        spec: RunSpec,
+        shard: ShardRow,
+        now: datetime,
+        shared: launching.RunLaunch,
     ) -> None:
         transition(shard, ShardState.STARTING, now)
         shard.attempts += 1
-        stdout, stderr = attempt_log_paths(
+        stdout, stderr = launching.attempt_log_paths(
             self.settings.logs_dir, run.id, shard.index, shard.attempts
         )
         attempt = AttemptRow(
@@ -325,27 +352,7 @@ class Reconciler:
         )
         shard.history.append(attempt)
         try:
-            request = LaunchRequest(
-                run_id=run.id,
-                index=shard.index,
-                attempt=shard.attempts,
-                count=spec.parallelism,
-                indexed=spec.indexed,
-                command=spec.command or [],
-                env=spec.env,
-                machine=spec.machine,
-                stdout_path=stdout,
-                stderr_path=stderr,
-                working_dir=Path(spec.working_dir) if spec.working_dir else None,
-                image=spec.image,
-                mounts=self._mounts(s, spec),
-                network=spec.network,
-                secrets=(
-                    secrets.reveal(s, run.org_id, spec.secrets, self.cipher)
-                    if self.cipher is not None
-                    else {}
-                ),
-            )
+            request = shared.request(shard.index, shard.attempts, stdout, stderr)
             attempt.handle = self.executor.launch(request)
         except (OSError, ExecutorError) as exc:
             if isinstance(exc, OSError) and faults.is_disk_full(exc):  # not the shard's fault:
@@ -361,17 +368,11 @@ class Reconciler:
         attempt.state = ShardState.RUNNING.value
         transition(shard, ShardState.RUNNING, now)
 
-    def _mounts(self, s: Session, spec: RunSpec) -> list[Mount]:
-        mounts = []
-        for vm in spec.volume_mounts:
-            volume = s.get(VolumeRow, vm.volume_id)
-            if volume is None:
-                raise ExecutorError(f"volume {vm.volume_id} no longer exists")
-            mounts.append(Mount(Path(volume.path), vm.mount_path))
-        return mounts
-
-    def _roll_up(self, run: RunRow, now: datetime) -> None:
-        counts = success.count_states(shard.state for shard in run.shards)
+    def _roll_up(self, run: RunRow, counted: Counter[ShardState], now: datetime) -> None:
+        """End the run once every shard is terminal (``counted``: its shards by state as
+        the survey saw them; recounted here if this pass loaded, and so changed, them)."""
+        loaded = "shards" not in inspect(run).unloaded
+        counts = success.count_states(shard.state for shard in run.shards) if loaded else counted
         final = success.final_status(counts, cancel_requested=run.cancel_requested_at is not None)
         if final is None:
             return
@@ -382,6 +383,17 @@ class Reconciler:
         note = _course_note(run)
         run.message = "; ".join(m for m in (note, success.summary(run.shards, counts)) if m) or None
         run.queue_position = None
+
+
+def _load_shards(s: Session, runs: list[RunRow]) -> None:
+    """Load the shards (and attempts) of those of ``runs`` that do not have them yet."""
+    ids = [run.id for run in runs if "shards" in inspect(run).unloaded]
+    if ids:
+        s.scalars(
+            select(RunRow)
+            .where(RunRow.id.in_(ids))
+            .options(selectinload(RunRow.shards).selectinload(ShardRow.history))
+        ).all()
 
 
 def _course_note(run: RunRow) -> str | None:

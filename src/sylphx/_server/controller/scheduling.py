@@ -1,10 +1,12 @@
-"""What the reconciler hands the queue policy each pass, read off the runs it loaded:
-candidates, capacity in use, each org's running units, preemptible attempts; and the
-gang admission deadline (``admissionTimeoutSeconds`` / ``admissionFallback``)."""
+"""What the reconciler hands the queue policy each pass, read off the shard counts of
+the active runs: candidates, capacity in use, each org's running units, preemptible
+attempts (asked for only when a gang waits); and the gang admission deadline
+(``admissionTimeoutSeconds`` / ``admissionFallback``)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from ..._machines import MACHINES
@@ -16,40 +18,27 @@ from . import queue
 from .admission import ZERO, Resources
 from .preemption import Victim
 
-LIVE = (ShardState.STARTING.value, ShardState.RUNNING.value)
-
 
 def decide(
-    runs: list[RunRow], *, capacity: Resources, now: datetime, preemption_ceiling: int
+    runs: list[RunRow],
+    counts: Mapping[str, Counter[ShardState]],
+    *,
+    capacity: Resources,
+    preemptible: Callable[[], tuple[list[Victim], Resources]],
+    preemption_ceiling: int,
 ) -> queue.Decision:
-    """The queue policy's decision for this pass (``runs`` in submission order)."""
-    used = stopping = ZERO
+    """The queue policy's decision for this pass (``runs`` in submission order, ``counts``
+    their shards by state). ``preemptible`` is asked only when a gang run waits."""
+    used = ZERO
     org_units: dict[str, float] = defaultdict(float)
-    victims: list[Victim] = []
     candidates: list[queue.Candidate] = []
     for run in runs:
-        pending = 0
-        for shard in run.shards:
-            if shard.state == ShardState.PENDING:
-                pending += 1
-            if shard.state not in LIVE:
-                continue
-            used = used + Resources.of_tier(run.machine)
-            org_units[run.org_id] += MACHINES[run.machine].units
-            attempt = shard.history[-1] if shard.history else None
-            if attempt is None or attempt.ended_at is not None or run.gang:
-                continue
-            if attempt.stop_reason == "preempt":
-                stopping = stopping + Resources.of_tier(run.machine)
-            elif attempt.stop_reason is None and attempt.started_at is not None:
-                victims.append(
-                    Victim(
-                        attempt.id,
-                        run.machine,
-                        (now - attempt.started_at).total_seconds(),
-                        shard.preemptions,
-                    )
-                )
+        count = counts.get(run.id, Counter())
+        live = count[ShardState.STARTING] + count[ShardState.RUNNING]
+        if live:
+            used = used + Resources.of_tier(run.machine, live)
+            org_units[run.org_id] += MACHINES[run.machine].units * live
+        pending = count[ShardState.PENDING]
         if pending and run.cancel_requested_at is None:
             candidates.append(
                 queue.Candidate(
@@ -63,6 +52,7 @@ def decide(
             )
     if not candidates:
         return queue.Decision()
+    victims, stopping = preemptible() if any(c.gang for c in candidates) else ([], ZERO)
     return queue.admit(
         candidates,
         free=capacity - used,

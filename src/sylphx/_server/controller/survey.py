@@ -1,0 +1,104 @@
+"""A pass's cheap look at every active run, in a few aggregate queries.
+
+It answers, without loading a single shard: how many shards each active run has in each
+state, when a live attempt of a run may next need a signal, and (only when a gang run
+waits) which opportunistic attempts could be preempted. The reconciler loads the shards
+of just the runs that need a close look this pass -- runs with exits, cancels, due
+deadlines or shards to start -- so a pass costs what changed, not everything active.
+Every few seconds a pass looks at everything anyway (level-triggered as before).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from ..._spec import RunSpec
+from ..._states import RunState, ShardState
+from ..store import AttemptRow, RunRow, ShardRow
+from .admission import ZERO, Resources
+from .preemption import Victim
+
+ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
+LIVE = (ShardState.STARTING.value, ShardState.RUNNING.value)
+
+
+def shard_counts(s: Session) -> dict[str, Counter[ShardState]]:
+    """Shards of every active run, counted by state."""
+    counts: dict[str, Counter[ShardState]] = defaultdict(Counter)
+    rows = s.execute(
+        select(ShardRow.run_id, ShardRow.state, func.count())
+        .join(RunRow, RunRow.id == ShardRow.run_id)
+        .where(RunRow.state.in_(ACTIVE))
+        .group_by(ShardRow.run_id, ShardRow.state)
+    )
+    for run_id, state, n in rows:
+        counts[run_id][ShardState(state)] = n
+    return counts
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """The earliest moments a run's live attempts may need a signal."""
+
+    first_started: datetime | None  # earliest start of a live attempt not asked to stop
+    first_stop: datetime | None  # earliest stop request of a live attempt not yet killed
+
+    def due(self, spec: RunSpec, now: datetime, grace_seconds: float) -> bool:
+        """Whether a timeout or a grace period of the run may have run out by ``now``."""
+        if self.first_started is not None and now >= self.first_started + timedelta(
+            seconds=spec.timeout_seconds
+        ):
+            return True
+        return self.first_stop is not None and now >= self.first_stop + timedelta(
+            seconds=grace_seconds
+        )
+
+
+def live_clocks(s: Session) -> dict[str, Clocks]:
+    """:class:`Clocks` of every active run that has a live attempt."""
+    unasked = case((AttemptRow.stop_reason.is_(None), AttemptRow.started_at))
+    unkilled = case((AttemptRow.killed_at.is_(None), AttemptRow.stop_requested_at))
+    rows = s.execute(
+        select(AttemptRow.run_id, func.min(unasked), func.min(unkilled))
+        .join(RunRow, RunRow.id == AttemptRow.run_id)
+        .where(RunRow.state.in_(ACTIVE), AttemptRow.ended_at.is_(None))
+        .group_by(AttemptRow.run_id)
+    )
+    return {run_id: Clocks(started, stop) for run_id, started, stop in rows}
+
+
+def preemptible(s: Session, now: datetime) -> tuple[list[Victim], Resources]:
+    """Running opportunistic attempts that may be preempted, and the capacity held by
+    those already asked to stop for a preemption (it is on its way back)."""
+    victims: list[Victim] = []
+    stopping = ZERO
+    rows = s.execute(
+        select(
+            AttemptRow.id,
+            RunRow.machine,
+            AttemptRow.started_at,
+            AttemptRow.stop_reason,
+            ShardRow.preemptions,
+        )
+        .join(ShardRow, ShardRow.id == AttemptRow.shard_id)
+        .join(RunRow, RunRow.id == AttemptRow.run_id)
+        .where(
+            RunRow.state.in_(ACTIVE),
+            RunRow.gang.is_(False),
+            ShardRow.state.in_(LIVE),
+            AttemptRow.ended_at.is_(None),
+        )
+        .order_by(AttemptRow.id)
+    )
+    for attempt_id, machine, started_at, stop_reason, preemptions in rows:
+        if stop_reason == "preempt":
+            stopping = stopping + Resources.of_tier(machine)
+        elif stop_reason is None and started_at is not None:
+            age = (now - started_at).total_seconds()
+            victims.append(Victim(attempt_id, machine, age, preemptions))
+    return victims, stopping
