@@ -5,7 +5,7 @@
 #                     when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
-#   make bench        sylphx Ray executor vs raw Ray tasks, 200 trivial shards on a 3-node cluster
+#   make bench        the P1-P6 benchmarks (BENCHMARKS.md), each against a baseline in the same run
 #   make lint | fmt | clean | distclean
 
 SHELL := /bin/bash
@@ -101,9 +101,15 @@ test: venv system-deps
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
 	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
 
-# Starts its own loopback Ray cluster (3 nodes) unless BENCH_ARGS has --address HOST:PORT.
-bench: venv
-	$(BIN)/python bench/ray_overhead.py $(BENCH_ARGS)
+# Every benchmark measures its baseline in the same run and prints a table with the ratio;
+# the tables of the last `make bench` are kept in bench/results.md (see BENCHMARKS.md).
+# BENCHES=p1_fanout make bench runs a subset.
+BENCHES ?= p1_fanout p2_gang p3_get_run p4_logs p5_scale p6_ray
+
+bench: venv system-deps
+	@cd bench && for b in $(BENCHES); do \
+	  echo ">> bench/$$b.py" >&2; $(BIN)/python $$b.py || exit 1; \
+	done | tee results.md
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -24,6 +24,9 @@ from typing import Any
 
 import httpx
 
+# Control-plane homes live beside the repo (like ~/.sylphx on the same disk), not in /tmp:
+# on some hosts /tmp is a much slower directory tree, which would bias every file operation.
+BENCH_HOMES = Path(os.environ.get("SYLPHX_BENCH_DIR") or Path(__file__).parent / ".homes")
 TERMINAL = ("succeeded", "partial", "failed", "cancelled", "timed_out")
 
 
@@ -38,7 +41,8 @@ class Server:
     (or ``database_url``), with an enterprise org ``bench`` and an authenticated client."""
 
     def __init__(self, *, workers: int = 1, database_url: str | None = None, **env: str) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="sylphx-bench-"))
+        BENCH_HOMES.mkdir(exist_ok=True)
+        self.home = Path(tempfile.mkdtemp(prefix="sylphx-bench-", dir=BENCH_HOMES))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
