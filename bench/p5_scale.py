@@ -163,18 +163,24 @@ def measure(
 def steady(
     n: int, runs: int, env: dict[str, str], hold: float, poll: float, trace: Path, profile: bool
 ) -> dict[str, Any]:
-    """N long shards held for ``hold`` seconds (every pass loads all N), then cancelled."""
+    """N long shards held for ``hold`` seconds (every pass loads all N), then cancelled.
+    With ``profile``, py-spy records only the steady window (settled to end of hold)."""
     sizes = split(n, runs)
     spec = {"command": ["sleep", "3600"], "machine": "nano", "gangScheduling": False}
-    with traced_server(env, trace, profile) as (server, jsonl):
+    with traced_server(env, trace, False) as (server, jsonl):
         assert jsonl is not None
         with Phase(server.proc.pid) as phase:
             start = time.perf_counter()
             ids, latencies = submit_all(server, spec, sizes)
             submitted = time.perf_counter() - start
             window = time.time() + STEADY_SETTLE_SECONDS
-            time.sleep(hold)
+            time.sleep(STEADY_SETTLE_SECONDS)
+            spy = py_spy(server.proc.pid, trace.with_suffix(".txt")) if profile else None
+            time.sleep(max(hold - STEADY_SETTLE_SECONDS, 0))
             until = time.time()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
         live = sum(r["aggregate"]["running"] for r in server.http.get("/v1/runs").json()["items"])
         start = time.perf_counter()
         for run_id in ids:

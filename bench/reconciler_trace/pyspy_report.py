@@ -2,7 +2,10 @@
 with the most inclusive and self samples, optionally only under frames matching ``--under``.
 
     python bench/reconciler_trace/pyspy_report.py PROFILE.txt [--rate 100] [--top 25]
-        [--thread sylphx-reconciler] [--under Reconciler._launch]
+        [--thread sylphx-reconciler] [--under Reconciler._launch] [--children Reconciler._pass]
+
+``--children F`` also splits the samples under the first frame containing F by the line of F
+they were at (``F:LINE -> callee``): where in F the time went.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--thread", help="only this thread (e.g. sylphx-reconciler)")
     parser.add_argument("--under", help="only stacks through a frame containing this")
+    parser.add_argument("--children", help="split the time under this frame by its lines")
     args = parser.parse_args()
     stacks = load(args.profile)
     threads: Counter[str] = Counter()
@@ -55,6 +59,7 @@ def main() -> None:
         print(f"  {n / args.rate:8.2f}  {thread}")
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    children: Counter[str] = Counter()
     total = 0
     for thread, frames, n in stacks:
         if args.thread and thread != args.thread:
@@ -66,12 +71,23 @@ def main() -> None:
                 continue
             names = names[hits[0] :]
         total += n
+        if args.children:
+            at = [i for i, f in enumerate(frames) if args.children in f]
+            if at:
+                i = at[0]
+                line = frames[i].rsplit(":", 1)[-1].rstrip(")")
+                callee = frame_name(frames[i + 1]) if i + 1 < len(frames) else "(self)"
+                children[f"line {line} -> {callee}"] += n
         for name in set(names):
             inclusive[name] += n
         if names:
             own[names[-1]] += n
     scope = f"{args.thread or 'all threads'}{f', under {args.under}' if args.under else ''}"
     print(f"\n{scope}: {total / args.rate:.2f} s")
+    if children:
+        print(f"\nunder {args.children}, by its line and callee:")
+        for name, n in children.most_common(args.top):
+            print(f"  {n / args.rate:8.2f}  {100 * n / max(total, 1):5.1f}%  {name}")
     for title, counts in (("inclusive", inclusive), ("self", own)):
         print(f"\ntop {args.top} by {title} seconds:")
         for name, n in counts.most_common(args.top):
