@@ -184,7 +184,7 @@ def main() -> None:
             "envelope",
             "cat > file",
             "sylphx capture",
-            "ratio",
+            "capture / cat",
             "submit->terminal",
             "RSS before",
             "RSS growth (peak)",
