@@ -1,0 +1,182 @@
+"""Per-pass timings of the reconciler, for benchmarks (no change to sylphx itself).
+
+Put this directory on the server's PYTHONPATH and set SYLPHX_BENCH_TRACE=FILE: Python
+imports ``sitecustomize`` at start-up, which wraps the reconciler's steps (and the local
+executor's) and appends one JSON line per pass to FILE:
+
+- ``total``: the whole ``tick`` (store load, policies, launches, commit, signals);
+  ``cpu``: the reconciler thread's CPU time in it (less sensitive to other load);
+- ``collect`` / ``stop_live`` / ``expire`` / ``admit`` (including ``decide``, the
+  ``launch`` calls and the executor's ``flush``) / ``roll_up``: the steps of the pass;
+- ``poll``: the executor's ``poll`` (exit files read for every tracked attempt);
+- ``commit``: Session.commit of the pass (ORM flush + COMMIT);
+- ``sql`` / ``sql_n``: time in, and number of, SQL statements executed by the pass
+  (``sql_select_n``, ``sql_insert_n``, ...: by verb; an executemany counts once);
+- ``gc``: time in cyclic garbage collection during the pass (any thread; ``gc_cpu``: the
+  CPU time of the thread that collected), and by
+  generation (``gc0``, ``gc1``, ``gc2``, their ``_n`` counts and ``_collected`` objects);
+- counts: ``runs`` active, ``shards`` loaded with them, ``live`` shards, ``exits``
+  collected, ``launch_n`` attempts launched.
+
+The rest of ``total`` (``load``, computed by the reader) is the store read at the top of the
+pass -- the SELECT of the active runs with their shards and attempts and building those
+ORM objects -- plus validating every run's spec.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+_PATH = os.environ.get("SYLPHX_BENCH_TRACE")
+
+
+def _install(path: str) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+
+    from sylphx._server.controller import reconciler, scheduling
+    from sylphx._server.executors.local import LocalExecutor
+
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
+    state: dict[str, Any] = {"cur": None, "tid": None}
+    lock = threading.Lock()
+
+    def current() -> defaultdict[str, float] | None:
+        if state["tid"] != threading.get_ident():
+            return None
+        cur: defaultdict[str, float] | None = state["cur"]
+        return cur
+
+    def timed(owner: Any, name: str, key: str, count: Callable[..., float] | None = None) -> None:
+        orig = getattr(owner, name)
+
+        @functools.wraps(orig)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            cur = current()
+            if cur is None:
+                return orig(*args, **kwargs)
+            if count is not None:
+                cur_count = count(*args, **kwargs)
+                for k, v in cur_count.items() if isinstance(cur_count, dict) else ():
+                    cur[k] += v
+            start = time.perf_counter()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                cur[key] += time.perf_counter() - start
+                cur[f"{key}_n"] += 1
+
+        setattr(owner, name, wrapper)
+
+    def admit_counts(_self: Any, _s: Any, runs: list[Any], *_: Any) -> dict[str, float]:
+        live = sum(1 for r in runs for sh in r.shards if sh.state in reconciler.LIVE)
+        return {"runs": len(runs), "shards": sum(len(r.shards) for r in runs), "live": live}
+
+    def collect_counts(_self: Any, _s: Any, exits: list[Any], *_: Any) -> dict[str, float]:
+        return {"exits": len(exits)}
+
+    timed(reconciler.Reconciler, "_collect", "collect", collect_counts)
+    timed(reconciler.Reconciler, "_stop_live", "stop_live")
+    timed(reconciler.Reconciler, "_admit", "admit", admit_counts)
+    timed(reconciler.Reconciler, "_launch", "launch")
+    timed(reconciler.Reconciler, "_roll_up", "roll_up")
+    timed(scheduling, "decide", "decide")
+    timed(scheduling, "expire_admission", "expire")
+    timed(LocalExecutor, "poll", "poll")
+    timed(LocalExecutor, "flush", "flush")
+
+    tick = reconciler.Reconciler.tick
+
+    @functools.wraps(tick)
+    def traced_tick(self: Any) -> None:
+        cur: defaultdict[str, float] = defaultdict(float)
+        state["cur"], state["tid"] = cur, threading.get_ident()
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            tick(self)
+        finally:
+            cur["total"] = time.perf_counter() - start
+            cur["cpu"] = time.thread_time() - cpu
+            state["cur"] = None
+            cur["t"] = time.time()
+            with lock:
+                out.write(json.dumps(cur) + "\n")
+
+    reconciler.Reconciler.tick = traced_tick  # type: ignore[method-assign]
+
+    commit_start: dict[int, float] = {}
+
+    @event.listens_for(Session, "before_commit")
+    def _before_commit(session: Session) -> None:
+        if current() is not None:
+            commit_start[threading.get_ident()] = time.perf_counter()
+
+    @event.listens_for(Session, "after_commit")
+    def _after_commit(session: Session) -> None:
+        cur = current()
+        started = commit_start.pop(threading.get_ident(), None)
+        if cur is not None and started is not None:
+            cur["commit"] += time.perf_counter() - started
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def _before_sql(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if current() is not None:
+            conn.info["bench_sql_start"] = time.perf_counter()
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def _after_sql(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        cur = current()
+        started = conn.info.pop("bench_sql_start", None)
+        if cur is not None and started is not None:
+            cur["sql"] += time.perf_counter() - started
+            cur["sql_n"] += 1
+            cur[f"sql_{statement.split(None, 1)[0].lower()}_n"] += 1
+
+    gc_start: list[float] = [0.0, 0.0]
+
+    def _gc(phase: str, info: dict[str, Any]) -> None:
+        cur: defaultdict[str, float] | None = state["cur"]
+        if phase == "start":
+            gc_start[:] = time.perf_counter(), time.thread_time()
+        elif cur is not None:
+            took = time.perf_counter() - gc_start[0]
+            cur["gc"] += took
+            cur["gc_cpu"] += time.thread_time() - gc_start[1]
+            cur[f"gc{info['generation']}"] += took
+            cur[f"gc{info['generation']}_n"] += 1
+            cur[f"gc{info['generation']}_collected"] += info["collected"]
+
+    gc.callbacks.append(_gc)
+
+    # Experiments (not sylphx behaviour): SYLPHX_BENCH_GC_FREEZE=1 moves everything alive at
+    # the first pass (imports, app, settings) out of the collector's reach (gc.freeze);
+    # SYLPHX_BENCH_GC_THRESHOLD=A,B,C sets gc.set_threshold(A, B, C).
+    if os.environ.get("SYLPHX_BENCH_GC_THRESHOLD"):
+        a, b, c = (int(x) for x in os.environ["SYLPHX_BENCH_GC_THRESHOLD"].split(","))
+        gc.set_threshold(a, b, c)
+    if os.environ.get("SYLPHX_BENCH_GC_FREEZE") == "1":
+        frozen = [False]
+        inner = reconciler.Reconciler.tick
+
+        @functools.wraps(inner)
+        def freezing_tick(self: Any) -> None:
+            if not frozen[0]:
+                frozen[0] = True
+                gc.collect()
+                gc.freeze()
+            inner(self)
+
+        reconciler.Reconciler.tick = freezing_tick  # type: ignore[method-assign]
+
+
+if _PATH:
+    _install(_PATH)
