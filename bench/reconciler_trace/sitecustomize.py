@@ -43,7 +43,7 @@ def _install(path: str) -> None:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
-    from sylphx._server.controller import reconciler, scheduling
+    from sylphx._server.controller import deadlines, reconciler, scheduling
     from sylphx._server.executors.local import LocalExecutor
 
     out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
@@ -77,15 +77,22 @@ def _install(path: str) -> None:
 
         setattr(owner, name, wrapper)
 
-    def admit_counts(_self: Any, _s: Any, runs: list[Any], *_: Any) -> dict[str, float]:
-        live = sum(1 for r in runs for sh in r.shards if sh.state in reconciler.LIVE)
-        return {"runs": len(runs), "shards": sum(len(r.shards) for r in runs), "live": live}
+    def admit_counts(
+        _self: Any, _s: Any, runs: list[Any], counts: dict[str, Any], *_: Any
+    ) -> dict[str, float]:
+        shards = sum(sum(c.values()) for c in counts.values())
+        live = sum(c["starting"] + c["running"] for c in counts.values())
+        return {"runs": len(runs), "shards": shards, "live": live}
+
+    def focus_counts(_self: Any, _s: Any, runs: list[Any], *_: Any) -> dict[str, float]:
+        return {"active_runs": len(runs)}
 
     def collect_counts(_self: Any, _s: Any, exits: list[Any], *_: Any) -> dict[str, float]:
         return {"exits": len(exits)}
 
     timed(reconciler.Reconciler, "_collect", "collect", collect_counts)
-    timed(reconciler.Reconciler, "_stop_live", "stop_live")
+    timed(reconciler.Reconciler, "_focus", "focus", focus_counts)
+    timed(deadlines, "stop_live", "stop_live")
     timed(reconciler.Reconciler, "_admit", "admit", admit_counts)
     timed(reconciler.Reconciler, "_launch", "launch")
     timed(reconciler.Reconciler, "_roll_up", "roll_up")
