@@ -36,7 +36,7 @@ from . import backoff, deadlines, launching, scheduling, success, survey
 log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]
 ACTIVE = survey.ACTIVE
-FULL_PASS_SECONDS = 5.0  # a pass loads every active run's shards at least this often
+FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this often
 
 
 def utcnow() -> datetime:
@@ -143,9 +143,9 @@ class Reconciler:
                 )
             )
             specs = self._parse(runs)
-            exited = self._collect(s, self.executor.poll(), specs)
+            self._collect(s, self.executor.poll(), specs)
             now = self.clock()
-            focus = self._focus(s, runs, specs, exited, now)
+            focus = self._focus(s, runs, specs, now)
             for run in focus:
                 self._signals += deadlines.stop_live(
                     run,
@@ -181,11 +181,11 @@ class Reconciler:
         s: Session,
         runs: list[RunRow],
         specs: dict[str, RunSpec],
-        exited: set[str],
         now: datetime,
     ) -> list[RunRow]:
-        """The runs whose shards this pass must look at (loaded): those with exits,
-        cancels or due deadlines -- or every run, every FULL_PASS_SECONDS."""
+        """The runs whose shards this pass must look at (loaded): those with cancels or
+        due deadlines -- or every run, every FULL_PASS_SECONDS. Exits need no more than
+        the attempts they settle; roll-up and admission read the survey's counts."""
         if time.monotonic() - self._last_full >= FULL_PASS_SECONDS:
             self._last_full = time.monotonic()
             focus = runs
@@ -195,8 +195,7 @@ class Reconciler:
             focus = [
                 run
                 for run in runs
-                if run.id in exited
-                or run.cancel_requested_at is not None
+                if run.cancel_requested_at is not None
                 or (run.id in clocks and clocks[run.id].due(specs[run.id], now, grace))
             ]
         _load_shards(s, focus)
@@ -228,10 +227,10 @@ class Reconciler:
             self._collect(s, lost, specs)
 
     # -- steps ---------------------------------------------------------------
-    def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> set[str]:
-        """Settle the attempts in ``exits``; returns the ids of their runs."""
+    def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> None:
+        """Settle the attempts in ``exits``."""
         if not exits:
-            return set()
+            return
         by_handle = {e.handle: e for e in exits}
         attempts = s.scalars(
             select(AttemptRow)
@@ -240,7 +239,6 @@ class Reconciler:
         ).all()
         for attempt in attempts:
             self._finish(s, attempt, by_handle[attempt.handle or ""], specs[attempt.run_id])
-        return {attempt.run_id for attempt in attempts}
 
     def _finish(self, s: Session, attempt: AttemptRow, exit: Exit, spec: RunSpec) -> None:
         """Settle an ended attempt: its outcome, its shard's next state, its usage."""
