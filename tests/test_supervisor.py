@@ -50,10 +50,10 @@ def test_two_servers_launching_one_attempt_start_it_once(tmp_path: Path) -> None
         assert first.launch(req) == second.launch(req)
         first.flush()
         second.flush()  # two supervisors race for the claim: one wins, the other stands by
-        assert first.launch(req) == "att:wrk_test/0/1"  # already claimed: adopted, not re-run
+        assert first.launch(req) == "att:wrk_test/0.1"  # already claimed: adopted, not re-run
         first.flush()
         (exit,) = wait_exit(first)
-        assert (exit.handle, exit.returncode, exit.reason) == ("att:wrk_test/0/1", 4, None)
+        assert (exit.handle, exit.returncode, exit.reason) == ("att:wrk_test/0.1", 4, None)
         assert exit.started_at is not None and exit.started_at <= exit.ended_at
         assert exit.ended_at <= datetime.now(UTC)
         assert (tmp_path / "ran").read_text() == "ran\n"
@@ -82,7 +82,7 @@ def test_an_end_is_recorded_once_even_when_reported_twice(server: Server) -> Non
     run = server.submit(command=["true"])
     server.wait(run["id"])
     before = server.shards(run["id"])
-    handle = f"att:{run['id']}/0/1"
+    handle = f"att:{run['id']}/0.1"
     plane = server.plane
     assert plane.executor.adopt(handle)  # as after a pass that failed: the exit comes again
     wait_for: Callable[[], bool] = lambda: not plane.executor.alive(handle)  # noqa: E731

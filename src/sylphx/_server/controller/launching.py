@@ -19,9 +19,12 @@ from ..store import RunRow, VolumeRow
 
 
 def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> tuple[Path, Path]:
-    """Where an attempt's stdout and stderr go."""
-    base = logs_dir / run_id / str(index)
-    return base / f"attempt-{attempt}.stdout", base / f"attempt-{attempt}.stderr"
+    """Where an attempt's stdout and stderr go: ``logs/RUN/shard-I.attempt-N.stdout``, one
+    folder per run (a folder per shard would be one more mkdir per launch). Readers use
+    the paths stored on the attempt, so older layouts stay readable."""
+    base = logs_dir / run_id
+    name = f"shard-{index}.attempt-{attempt}"
+    return base / f"{name}.stdout", base / f"{name}.stderr"
 
 
 class RunLaunch:

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,10 +31,11 @@ from pathlib import Path
 from ..._errors import ExecutorError
 from ..controller.admission import Resources
 from ..images import ImageStore
-from .base import Exit, LaunchRequest, Mount, Signal
+from .base import Exit, LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
-from .processes import check_program, descendants, visible_host_paths
-from .sandbox import Sandbox, bwrap_path, clean_env
+from .envelope import host_envelope, shard_env
+from .processes import check_program, descendants
+from .sandbox import Sandbox, bwrap_path
 from .supervise import claim, start_ticks, write_atomic
 
 SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
@@ -49,77 +49,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def bwrap_prefix(mounts: list[Mount]) -> list[str]:
-    """A bubblewrap prefix that shows the host as-is plus the volumes at their paths.
-
-    The new root is a tmpfs holding binds of every top-level host entry, so a
-    mount path that does not exist on the host is created in the tmpfs, not on
-    the host.
-    """
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise ExecutorError(
-            "volumeMounts need bubblewrap (bwrap) on the executor host. Fix: install the"
-            " Debian package 'bubblewrap' (make system-deps), or run without volumeMounts."
-        )
-    args = [bwrap, "--tmpfs", "/"]
-    for entry in sorted(os.listdir("/")):
-        host = f"/{entry}"
-        if os.path.islink(host):
-            args += ["--symlink", os.readlink(host), host]
-        elif entry == "proc":
-            args += ["--proc", "/proc"]
-        elif entry == "dev":
-            args += ["--dev-bind", "/dev", "/dev"]
-        elif os.path.isdir(host):
-            args += ["--bind", host, host]
-    for mount in mounts:
-        args += ["--bind", str(mount.source), mount.target]
-    return [*args, "--"]
-
-
 def _cgroup_name(handle: str) -> str:
-    """``att:RUN/I/N`` -> ``RUN-I-N`` (rebuilt from the handle after a restart, too)."""
+    """``att:RUN/I.N`` -> ``RUN-I.N`` (rebuilt from the handle after a restart, too)."""
     return handle.removeprefix("att:").replace("/", "-")
-
-
-def host_envelope(
-    request: LaunchRequest,
-    *,
-    sandbox: bool,
-    hide: Sequence[Path],
-    host_path: str | None,
-    scratch: Callable[[], Path],
-    die_with_parent: bool = False,
-) -> tuple[list[str], dict[str, str], Path]:
-    """The envelope of a shard run on a host's own root (no image), wherever that host is:
-    argv (sandbox included), the shard's clean environment and the start directory. Both
-    placements use it: the local executor on this host, a Ray task on its node."""
-    env = clean_env(
-        platform=request.shard_env(),
-        run_env=request.env,
-        secrets=request.secrets,
-        image_env=None,
-        host_path=host_path,
-    )
-    argv = list(request.command)
-    workdir = request.working_dir
-    if workdir is not None and not workdir.is_dir():
-        raise ExecutorError(f"working directory {workdir} does not exist")
-    if not sandbox:
-        if request.mounts:
-            argv = bwrap_prefix(request.mounts) + argv
-        return argv, env, workdir or scratch()
-    check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
-    box = Sandbox(
-        mounts=request.mounts,
-        hide=hide,
-        network=request.network,
-        working_dir=str(workdir or "/tmp"),
-        extra_ro=visible_host_paths(argv[0], env["PATH"], workdir),
-        die_with_parent=die_with_parent,
-    )
-    return box.argv() + argv, env, Path("/")
 
 
 def _from_ns(ns: int) -> datetime:
@@ -142,7 +74,8 @@ def _verified(pid_text: str | None) -> int | None:
 
 
 class LocalExecutor:
-    """Runs attempts on this host under detached supervisors; handles are ``att:RUN/I/N``."""
+    """Runs attempts on this host under detached supervisors; handles are ``att:RUN/I.N``
+    (state folder ``STATE/RUN/I.N``; older ``att:RUN/I/N`` handles still resolve)."""
 
     name = "local"
 
@@ -180,6 +113,7 @@ class LocalExecutor:
         self._pending: list[tuple[str, dict[str, object]]] = []  # launched since last flush
         self._ended: set[str] = set()  # handles announced on the FIFO since the last poll
         self._last_scan = self._last_deep = float("-inf")  # the first poll scans everything
+        self._envelopes: dict[tuple[object, ...], tuple[list[str], Path]] = {}  # per run
         self._batches = state_dir / "batches"
         self._batches.mkdir(exist_ok=True)
         self._supervisors: list[subprocess.Popen[bytes]] = []
@@ -202,7 +136,7 @@ class LocalExecutor:
     def launch(self, request: LaunchRequest) -> str:
         """Queue the attempt for the next :meth:`flush`; idempotent per (run, index, attempt):
         an attempt already claimed by a supervisor is adopted, never started twice."""
-        handle = f"att:{request.run_id}/{request.index}/{request.attempt}"
+        handle = f"att:{request.run_id}/{request.index}.{request.attempt}"
         folder = self._dir(handle)
         if (folder / "claim").exists():
             self.adopt(handle)
@@ -224,16 +158,33 @@ class LocalExecutor:
         return handle
 
     def _envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
-        """argv (sandbox included), the shard's clean environment and the start directory."""
+        """argv (sandbox included), the shard's clean environment and the start directory.
+        On the host, argv and directory are the same for every shard of a run: worked out
+        (and checked) once per run, the environment per shard."""
         if request.image is not None:
             return self._image_envelope(request)
-        return host_envelope(
-            request,
-            sandbox=self._sandbox,
-            hide=self._hide,
-            host_path=self._host_path,
-            scratch=lambda: self._scratch(request.run_id),
+        key = (
+            request.run_id,
+            tuple(request.command),
+            request.working_dir,
+            tuple(request.mounts),
+            request.network,
         )
+        hit = self._envelopes.get(key)
+        if hit is None:
+            argv, env, cwd = host_envelope(
+                request,
+                sandbox=self._sandbox,
+                hide=self._hide,
+                host_path=self._host_path,
+                scratch=lambda: self._scratch(request.run_id),
+            )
+            if len(self._envelopes) >= 64:
+                self._envelopes.clear()
+            self._envelopes[key] = (argv, cwd)
+            return argv, env, cwd
+        env = shard_env(request, image_env=None, host_path=self._host_path)
+        return list(hit[0]), env, hit[1]
 
     def _image_envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
         """The same for a container image: its rootfs as ``/``, its Env and WorkingDir."""
@@ -243,13 +194,7 @@ class LocalExecutor:
             )
         image = self._images.resolve(request.image or "")
         argv = image.config.argv(request.command or None)
-        env = clean_env(
-            platform=request.shard_env(),
-            run_env=request.env,
-            secrets=request.secrets,
-            image_env=image.config.env,
-            host_path=None,
-        )
+        env = shard_env(request, image_env=image.config.env, host_path=None)
         check_program(argv[0], env["PATH"], None, root=image.rootfs)
         box = Sandbox(
             base=image.rootfs,

@@ -6,7 +6,7 @@ files (the same files the local executor writes) and answers each chunk with
 the signal the control plane wants delivered, so log shipping doubles as the
 control channel. ``run_shard`` is the Ray task: on whatever node Ray picked it
 builds the shard's envelope with the same code the local executor uses
-(:func:`.local.host_envelope`: bubblewrap sandbox with a read-only root, the
+(:func:`.envelope.host_envelope`: bubblewrap sandbox with a read-only root, the
 run's volumes bound at their mount paths, a clean environment) and, where the
 node has them, a cgroup with the tier's CPU quota and memory ceiling.
 """
@@ -30,7 +30,7 @@ from typing import Any
 from ..._errors import ExecutorError
 from .base import LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
-from .local import host_envelope
+from .envelope import host_envelope
 from .processes import descendants
 
 _RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
