@@ -47,7 +47,7 @@ def direct(n: int, argv: list[str]) -> float:
 
 
 def pid_files(state: Path, run_id: str) -> list[Path]:
-    return list((state / run_id).glob("*/1/pid"))
+    return list((state / run_id).glob("*.1/pid"))
 
 
 def gang_round(server: Server, n: int) -> float:

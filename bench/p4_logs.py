@@ -1,7 +1,7 @@
 """P4: one shard writes 1 GiB to stdout; capture rate and server RSS, against ``cat``.
 
 A shard's stdout is its log file: the supervisor opens
-``SYLPHX_HOME/logs/RUN/INDEX/attempt-N.stdout`` as the process's fd 1, so the bytes go from
+``SYLPHX_HOME/logs/RUN/shard-I.attempt-N.stdout`` as the process's fd 1, so the bytes go from
 the shard to the page cache without passing through the control plane. The shard runs
 ``cat SRC``, where SRC is a pre-made 1 GiB file (in /var/tmp: visible read-only inside the
 sandbox, and on the same filesystem as SYLPHX_HOME). The baseline, measured in the same
@@ -79,7 +79,7 @@ def sylphx_round(server: Server, src: Path, size: int, tier: str) -> dict[str, f
     if run["status"] != "succeeded":
         raise RuntimeError(f"run {run_id} ended {run['status']}: {run.get('message')}")
     shard = server.http.get(f"/v1/runs/{run_id}/shards").json()[0]
-    log = server.home / "logs" / run_id / "0" / "attempt-1.stdout"
+    log = server.home / "logs" / run_id / "shard-0.attempt-1.stdout"
     on_disk = log.stat().st_size
     if on_disk != size:
         raise RuntimeError(f"{log} holds {on_disk} bytes, expected {size}")
@@ -140,7 +140,7 @@ def main() -> None:
     try:
         src = make_source(folder, size)
         for name, env in ENVELOPES.items():
-            with Server(**env) as server:
+            with Server(homes=folder, **env) as server:  # logs on disk, not the tmpfs
                 server.wait(server.submit(command=["true"], machine=args.machine))  # warm-up
                 got: list[dict[str, float]] = []
                 base: list[float] = []
