@@ -54,6 +54,9 @@ def write_atomic(path: str, text: str, *, sync: bool = True) -> None:
     os.rename(tmp, path)
 
 
+REAP_EVERY = 8  # while starting a batch, look for children that already ended this often
+
+
 def write_all_atomic(files: list[tuple[str, str]]) -> None:
     """:func:`write_atomic` with ``sync`` for many files at once: all written, then all
     fsynced (the first fsync commits the filesystem journal for the others), then all
@@ -143,12 +146,48 @@ def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> N
     write_atomic(os.path.join(state_dir, "exit"), f"127 {now} {now} LaunchError: {exc}")
 
 
+def reap(children: dict[int, tuple[str, int]], fifo: str, *, block: bool) -> bool:
+    """Record how every child that has ended did (with ``block``, after waiting for one):
+    exit files written together (:func:`write_all_atomic`), then one note each on the
+    FIFO. False when there is no child left to wait for."""
+    flags = os.WEXITED | os.WNOWAIT
+    try:
+        info = os.waitid(os.P_ALL, 0, flags if block else flags | os.WNOHANG)
+    except ChildProcessError:
+        return False
+    except InterruptedError:
+        return True
+    records: list[tuple[str, str]] = []
+    while info is not None:  # this child, and every other one that has ended too
+        ended = time.time_ns()
+        pid = info.si_pid
+        try:  # noqa: SIM105 - stragglers in the group, while the leader pins the pgid
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        entry = children.pop(pid, None)
+        if entry is not None:
+            state_dir, started = entry
+            code = os.waitstatus_to_exitcode(status)
+            records.append((os.path.join(state_dir, "exit"), f"{code} {started} {ended} "))
+        try:
+            info = os.waitid(os.P_ALL, 0, flags | os.WNOHANG)
+        except ChildProcessError:
+            info = None
+    write_all_atomic(records)  # one journal commit for the lot, not one per shard
+    for path, _ in records:
+        notify(fifo, os.path.dirname(path))
+    return True
+
+
 def main(argv: list[str]) -> int:
     fifo, batch = argv
     me = f"{os.getpid()} {start_ticks(os.getpid())}"
     children: dict[int, tuple[str, int]] = {}
     with open(batch) as fh:
         requests: list[dict[str, object]] = json.load(fh)
+    spawned = 0
     for req in requests:
         state_dir = str(req["dir"])
         try:
@@ -167,39 +206,16 @@ def main(argv: list[str]) -> int:
         pid_text = f"{pid} {start_ticks(pid)} {started}"  # dies with the host: no fsync
         write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
         children[pid] = (state_dir, started)
+        spawned += 1
+        if spawned % REAP_EVERY == 0:  # record early exits while the batch still starts
+            reap(children, fifo, block=False)
     os.chdir("/")
     try:  # noqa: SIM105 - every attempt in it is claimed: the batch has done its work
         os.unlink(batch)
     except OSError:
         pass
-    while children:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        records: list[tuple[str, str]] = []
-        while info is not None:  # this child, and every other one that has ended too
-            ended = time.time_ns()
-            pid = info.si_pid
-            try:  # noqa: SIM105 - stragglers in the group, while the leader pins the pgid
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-            _, status = os.waitpid(pid, 0)
-            entry = children.pop(pid, None)
-            if entry is not None:
-                state_dir, started = entry
-                code = os.waitstatus_to_exitcode(status)
-                records.append((os.path.join(state_dir, "exit"), f"{code} {started} {ended} "))
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-            except ChildProcessError:
-                info = None
-        write_all_atomic(records)  # one journal commit for the lot, not one per shard
-        for path, _ in records:
-            notify(fifo, os.path.dirname(path))
+    while children and reap(children, fifo, block=True):
+        pass
     return 0
 
 
