@@ -6,6 +6,8 @@
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
 #   make bench        sylphx Ray executor vs raw Ray tasks, 200 trivial shards on a 3-node cluster
+#   make bench-p3     GET /v1/runs/{id} of a 256-shard run under load (wrk) vs a FastAPI hello
+#   make bench-deps   install the wrk load generator via apt when missing (root)
 #   make lint | fmt | clean | distclean
 
 SHELL := /bin/bash
@@ -27,10 +29,10 @@ DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo test bench lint fmt clean distclean
+.PHONY: help venv system-deps demo test bench bench-deps bench-p3 lint fmt clean distclean
 
 help:
-	@sed -n '3,9p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -104,6 +106,23 @@ test: venv system-deps
 # Starts its own loopback Ray cluster (3 nodes) unless BENCH_ARGS has --address HOST:PORT.
 bench: venv
 	$(BIN)/python bench/ray_overhead.py $(BENCH_ARGS)
+
+# wrk drives the HTTP benchmarks; without it bench/p3_get_run.py falls back to a (much
+# heavier) asyncio httpx client.
+bench-deps:
+	@if command -v wrk >/dev/null 2>&1; then \
+	  echo ">> wrk present"; \
+	elif [ "$$(id -u)" -ne 0 ]; then \
+	  echo ">> wrk missing and not root; skipping (apt-get install wrk)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo ">> wrk missing and no apt-get on this system; skipping"; \
+	else \
+	  apt-get update; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; \
+	fi
+
+bench-p3: venv bench-deps
+	$(BIN)/python bench/p3_get_run.py $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
