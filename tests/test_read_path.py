@@ -1,13 +1,18 @@
-"""The hot read path: the API key cache and its revocation bound."""
+"""The hot read path: the API key cache and its revocation bound, and ``GET /v1/runs/{id}``
+(read without loading shards, final views kept in memory) against the full view."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
 
 from conftest import Server
-from sylphx._server import orgs
-from sylphx._server.readcache import KeyCache
+from sylphx._server import billing, orgs, runs
+from sylphx._server.readcache import KeyCache, TerminalViews
+from sylphx._server.store import AttemptRow
 
 
 class FakeClock:
@@ -40,6 +45,18 @@ def test_key_cache_off_and_bounded() -> None:
     for n in range(5):
         small.put(f"h{n}", "org_a", small.now())
     assert len(small._entries) <= 2 and small.get("h4") == "org_a"
+
+
+def test_terminal_views_belong_to_their_org_and_are_bounded() -> None:
+    views = TerminalViews(max_entries=2)
+    views.put("wrk_1", "org_a", b"1")
+    assert views.get("wrk_1", "org_a") == b"1"
+    assert views.get("wrk_1", "org_b") is None
+    views.put("wrk_2", "org_a", b"2")
+    views.get("wrk_1", "org_a")  # most recently used
+    views.put("wrk_3", "org_a", b"3")
+    assert views.get("wrk_2", "org_a") is None
+    assert views.get("wrk_1", "org_a") == b"1" and views.get("wrk_3", "org_a") == b"3"
 
 
 def _revoke(server: Server, key_id: str) -> float:
@@ -76,3 +93,51 @@ def test_without_the_cache_a_revoked_key_is_refused_at_once(
     assert client.get("/v1/runs").status_code == 200
     _revoke(server, row.id)
     assert client.get("/v1/runs").status_code == 401
+
+
+def _full_view(server: Server, run_id: str) -> dict[str, Any]:
+    """The view as the shard-loading path renders it (what GET returned before)."""
+    with server.plane.reads() as s:
+        run = runs.load(s, run_id, "org_test")
+        return runs.full_view(s, run, server.plane.now()).to_wire()
+
+
+def test_get_run_matches_the_full_view(server: Server) -> None:
+    done = server.submit(
+        command=["sh", "-c", "exit $((SYLPHX_SHARD_INDEX % 2))"], parallelism=4, machine="nano"
+    )
+    assert server.wait(done["id"])["status"] == "partial"
+    for _ in range(2):  # read from the store, then from memory
+        r = server.http.get(f"/v1/runs/{done['id']}")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert r.json() == _full_view(server, done["id"])
+    assert done["id"] in server.plane.terminal_views._entries
+    rival = server.client(server.new_org("rival"))
+    assert rival.get(f"/v1/runs/{done['id']}").status_code == 404  # cached, still not theirs
+
+    live = server.submit(command=["sleep", "30"], parallelism=2, machine="nano")
+    server.wait_for(lambda: server.get(live["id"])["aggregate"]["running"] == 2)
+    got, want = server.get(live["id"]), _full_view(server, live["id"])
+    got.pop("computeSeconds"), want.pop("computeSeconds")  # metered up to each read's now
+    assert got == want
+    assert live["id"] not in server.plane.terminal_views._entries
+    server.http.post(f"/v1/runs/{live['id']}/cancel")
+    assert server.wait(live["id"])["status"] == "cancelled"
+    assert server.get(live["id"]) == _full_view(server, live["id"])
+
+
+def test_read_says_final_only_for_terminal_runs_with_no_open_attempt(server: Server) -> None:
+    live = server.submit(command=["sleep", "30"], parallelism=3, machine="nano")
+    server.wait_for(lambda: server.get(live["id"])["aggregate"]["running"] == 3)
+    now = server.plane.now()
+    with server.plane.reads() as s:
+        view, final = runs.read(s, live["id"], "org_test", now)
+        starts = s.scalars(select(AttemptRow.started_at).where(AttemptRow.run_id == live["id"]))
+        windows = [billing.meter("nano", started, now)[1] for started in starts if started]
+    assert view.status == "running" and not final
+    assert len(windows) == 3 and view.compute_seconds == round(sum(windows), 3)
+    server.http.post(f"/v1/runs/{live['id']}/cancel")
+    server.wait(live["id"])
+    with server.plane.reads() as s:
+        view, final = runs.read(s, live["id"], "org_test", server.plane.now())
+    assert view.status == "cancelled" and final

@@ -13,7 +13,7 @@ from .executors.cgroups import Cgroups
 from .images import ImageStore
 from .lease import Lease
 from .lock import HomeLock
-from .readcache import KeyCache
+from .readcache import KeyCache, TerminalViews
 from .secrets import load_cipher
 from .store import make_engine, migrate, read_session_factory, session_factory
 
@@ -60,6 +60,7 @@ class ControlPlane:
         self.executor: Executor = executor or make_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
         self.keys = KeyCache(settings.auth_cache_seconds)  # API key hash -> org id
+        self.terminal_views = TerminalViews()  # run id -> JSON of runs that cannot change
         self.reconciler = Reconciler(
             self.sessions,
             self.executor,
