@@ -6,7 +6,9 @@ SYLPHX_SANDBOX=off and no cgroups, capacity raised so 256 nano shards fit). Two 
 read: a *terminal* one (256 x ``true``, waited for) and a *running* one (256 x ``sleep
 600``, all shards running, cancelled at the end), since clients poll active runs. Every
 request carries the org's API key, so authentication is part of what is measured. All
-connections poll the same run.
+connections poll the same run: the server answers a terminal run from memory, and shares
+one store read of an active run among the requests that arrive while it waits for a read
+slot. The 1-connection rows are the cost of a request that shares nothing.
 
 The baseline, measured in the same invocation on the same machine, is ``bench/hello_app.py``:
 ``/hello`` (``async def``) and ``/hello-sync`` (a ``def`` endpoint, run in the thread pool

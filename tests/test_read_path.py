@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +13,7 @@ from sqlalchemy import select
 
 from conftest import Server
 from sylphx._server import billing, orgs, runs
-from sylphx._server.readcache import KeyCache, TerminalViews
+from sylphx._server.readcache import KeyCache, SharedReads, TerminalViews
 from sylphx._server.store import AttemptRow
 
 
@@ -57,6 +59,70 @@ def test_terminal_views_belong_to_their_org_and_are_bounded() -> None:
     views.put("wrk_3", "org_a", b"3")
     assert views.get("wrk_2", "org_a") is None
     assert views.get("wrk_1", "org_a") == b"1" and views.get("wrk_3", "org_a") == b"3"
+
+
+class BlockingReads:
+    """A read function whose calls block until released; each returns its call number."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.fail: Exception | None = None
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        n = self.calls
+        self.started.release()
+        self.release.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        return str(n).encode()
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.acquire, True, 10)
+
+
+def test_shared_reads_answer_waiting_requests_with_one_read_started_after_them() -> None:
+    async def scenario() -> None:
+        reads, fn = SharedReads(slots=1), BlockingReads()
+        first = asyncio.ensure_future(reads.read("k", fn))
+        await fn.wait_started()  # read 1 holds the only slot
+        late = [asyncio.ensure_future(reads.read("k", fn)) for _ in range(3)]
+        other = asyncio.ensure_future(reads.read("other", fn))
+        await asyncio.sleep(0.05)
+        assert fn.calls == 1  # both waiting for the slot; "k" has one read queued, not three
+        fn.release.set()
+        assert await first == b"1"
+        shared = {await task for task in late}
+        assert len(shared) == 1 and shared | {await other} == {b"2", b"3"}
+        assert fn.calls == 3
+        assert await reads.read("k", fn) == b"4"  # nothing queued: a new read
+
+    asyncio.run(scenario())
+
+
+def test_shared_reads_pass_errors_to_every_waiter_and_survive_a_waiter_leaving() -> None:
+    async def scenario() -> None:
+        reads, fn = SharedReads(slots=1), BlockingReads()
+        first = asyncio.ensure_future(reads.read("k", fn))
+        await fn.wait_started()
+        waiters = [asyncio.ensure_future(reads.read("k", fn)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        waiters[0].cancel()  # a client went away: the others still get their answer
+        fn.fail = RuntimeError("store down")
+        fn.release.set()
+        for task in [first, *waiters[1:]]:
+            try:
+                await task
+                raise AssertionError("expected the read's error")
+            except RuntimeError as exc:
+                assert str(exc) == "store down"
+        assert waiters[0].cancelled() and fn.calls == 2
+        fn.fail = None
+        assert await reads.read("k", fn) == b"3"
+
+    asyncio.run(scenario())
 
 
 def _revoke(server: Server, key_id: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -184,11 +185,13 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     @app.get("/v1/runs/{run_id}", response_model=RunView)
     async def get_run(run_id: str, org_id: Org) -> Response:
-        """The hot polling path: a final view is served from memory, anything else is read
-        in the thread pool; either way the body is the RunView's JSON, rendered once."""
+        """The hot polling path: a final view is served from memory; otherwise the run is
+        read in the thread pool, one read shared by the requests for it that arrive while
+        it waits to start. Either way the body is the RunView's JSON, rendered once."""
         body = plane.terminal_views.get(run_id, org_id)
         if body is None:
-            body = await run_in_threadpool(_read_run, plane, run_id, org_id)
+            read = functools.partial(_read_run, plane, run_id, org_id)
+            body = await plane.run_reads.read((run_id, org_id), read)
         return Response(body, media_type="application/json")
 
     @app.get("/v1/runs/{run_id}/shards", response_model=list[ShardView])

@@ -1,5 +1,5 @@
-"""The hot read path's in-process helpers: API key -> org, and the bytes of terminal runs.
-Each ``--workers`` process has its own; both are bounded.
+"""The hot read path's in-process helpers: API key -> org, the bytes of terminal runs, and
+shared reads of active runs. Each ``--workers`` process has its own; all are bounded.
 
 * :class:`KeyCache` remembers which org a key hash authenticated as for ``ttl`` seconds
   from the store lookup that vouched for it (not from its last use). A key revoked in the
@@ -9,16 +9,22 @@ Each ``--workers`` process has its own; both are bounded.
 * :class:`TerminalViews` keeps the JSON of runs that can no longer change: terminal, with
   no attempt left open. The reconciler only touches active runs and cancelling a
   terminal run is a no-op, so these bytes stay exact.
+* :class:`SharedReads` runs at most ``slots`` store reads at once, and requests for the same
+  run that arrive while its read still waits for a slot share that read. A read starts
+  after every request it answers arrived, so no answer is older than its request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
-__all__ = ["KeyCache", "TerminalViews"]
+from starlette.concurrency import run_in_threadpool
+
+__all__ = ["KeyCache", "SharedReads", "TerminalViews"]
 
 
 class KeyCache:
@@ -84,3 +90,45 @@ class TerminalViews:
             self._entries.move_to_end(run_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+
+class SharedReads:
+    """Store reads of active runs, ``slots`` at a time (SQLite reads are CPU work in this
+    process: more threads than that only fight over the GIL). A read waiting for a slot is
+    shared by every request with the same key that arrives before it starts."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self._waiting: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def read(self, key: Hashable, fn: Callable[[], bytes]) -> bytes:
+        """``fn()`` run in the thread pool, or the result of a read of ``key`` that has not
+        started yet; its exception, if it raised."""
+        future = self._waiting.get(key)
+        if future is None:
+            future = self._waiting[key] = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._run(key, future, fn))
+            self._tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(future)  # one caller going away cancels no one else's
+
+    async def _run(
+        self, key: Hashable, future: asyncio.Future[bytes], fn: Callable[[], bytes]
+    ) -> None:
+        try:
+            async with self._slots:
+                if self._waiting.get(key) is future:  # later arrivals: a read starting later
+                    del self._waiting[key]
+                future.set_result(await run_in_threadpool(fn))
+        except BaseException as exc:
+            if self._waiting.get(key) is future:
+                del self._waiting[key]
+            if future.done():
+                pass
+            elif isinstance(exc, asyncio.CancelledError):  # shutting down: cancel the waiters
+                future.cancel()
+            else:
+                future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
