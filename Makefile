@@ -6,6 +6,7 @@
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
 #   make bench        the P1-P6 benchmarks (BENCHMARKS.md), each against a baseline in the same run
+#   make bench-deps   install the wrk load generator (P3) via apt when missing (root)
 #   make lint | fmt | clean | distclean
 
 SHELL := /bin/bash
@@ -27,10 +28,10 @@ DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo test bench lint fmt clean distclean
+.PHONY: help venv system-deps demo test bench bench-deps lint fmt clean distclean
 
 help:
-	@sed -n '3,9p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -106,10 +107,24 @@ test: venv system-deps
 # BENCHES=p1_fanout make bench runs a subset.
 BENCHES ?= p1_fanout p2_gang p3_get_run p4_logs p5_scale p6_ray
 
-bench: venv system-deps
+bench: venv system-deps bench-deps
 	@cd bench && for b in $(BENCHES); do \
 	  echo ">> bench/$$b.py" >&2; $(BIN)/python $$b.py || exit 1; \
 	done | tee results.md
+
+# wrk drives the HTTP benchmarks; without it bench/p3_get_run.py falls back to a (much
+# heavier) asyncio httpx client.
+bench-deps:
+	@if command -v wrk >/dev/null 2>&1; then \
+	  echo ">> wrk present"; \
+	elif [ "$$(id -u)" -ne 0 ]; then \
+	  echo ">> wrk missing and not root; skipping (apt-get install wrk)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo ">> wrk missing and no apt-get on this system; skipping"; \
+	else \
+	  apt-get update; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -176,6 +176,18 @@ def rss_of(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by ``pid`` and its API workers (0 if gone)."""
+    total = 0
+    for each in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def summary(samples: Sequence[float]) -> dict[str, float]:
     """median, p99, min and max of ``samples``."""
     ordered = sorted(samples)

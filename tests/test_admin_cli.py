@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import Server
@@ -56,5 +57,6 @@ def test_admin_creates_orgs_and_keys_that_work(server: Server, tmp_path: Path) -
     assert ran.returncode == 0, ran.stderr
     key_id = next(line.split()[0] for line in listed.stdout.splitlines()[1:] if token[:10] in line)
     assert sylphx("admin", "key", "revoke", key_id, env=admin).returncode == 0
+    time.sleep(server.settings.auth_cache_seconds)  # API processes refuse it within this
     denied = sylphx("runs", "list", env=user)
     assert denied.returncode == 1 and "revoked" in denied.stderr

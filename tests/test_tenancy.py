@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,7 @@ def test_missing_bad_and_revoked_keys_get_401(server: Server) -> None:
     assert server.client(token).get("/v1/runs").status_code == 200
     with server.plane.sessions.begin() as s:
         orgs.revoke_key(s, row.id, server.plane.now())
+    time.sleep(server.settings.auth_cache_seconds)  # the documented bound (test_read_path)
     r = server.client(token).get("/v1/runs")
     assert r.status_code == 401 and "revoked" in r.json()["message"]
 

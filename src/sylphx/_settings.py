@@ -77,6 +77,7 @@ class Settings:
     ray_address: str | None = None  # None: "auto" (the cluster this host belongs to)
     ray_gang_strategy: str = "SPREAD"
     ray_volume_root: Path | None = None  # a filesystem every Ray node mounts at this path
+    auth_cache_seconds: float = 1.0  # a revoked API key is refused within this; 0 = no cache
 
     @property
     def logs_dir(self) -> Path:
@@ -136,6 +137,7 @@ class Settings:
         grace = _number(env, "SYLPHX_KILL_GRACE_SECONDS", "10", allow_zero=True)
         interval = _number(env, "SYLPHX_RECONCILE_INTERVAL", "0.5", allow_zero=False)
         preempt_grace = _number(env, "SYLPHX_PREEMPTION_GRACE_SECONDS", "30", allow_zero=True)
+        auth_cache = _number(env, "SYLPHX_AUTH_CACHE_SECONDS", "1", allow_zero=True)
         ceiling_text = env.get("SYLPHX_MAX_PREEMPTIONS_PER_INDEX", "10")
         if not ceiling_text.isdigit():
             raise _bad(
@@ -158,6 +160,7 @@ class Settings:
             local_memory=memory,
             kill_grace_seconds=grace,
             reconcile_interval=interval,
+            auth_cache_seconds=auth_cache,
             ray_address=env.get("SYLPHX_RAY_ADDRESS") or None,
             ray_gang_strategy=strategy,
             ray_volume_root=Path(volume_root).expanduser().resolve() if volume_root else None,

@@ -220,7 +220,7 @@ def key_list(org_ref: str | None) -> None:
 @key.command("revoke")
 @click.argument("key_id")
 def key_revoke(key_id: str) -> None:
-    """Revoke a key at once."""
+    """Revoke a key; API servers refuse it within SYLPHX_AUTH_CACHE_SECONDS (default 1 s)."""
     from .._server import orgs
 
     with _store() as s:

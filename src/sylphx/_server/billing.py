@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from .._machines import MACHINES
@@ -48,16 +48,27 @@ def record(s: Session, attempt: AttemptRow, run: RunRow, *, ran: bool = True) ->
 
 def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
     """Metered so far: ended attempts plus the open window of live ones."""
-    done = s.scalar(select(func.sum(UsageRow.compute_seconds)).where(UsageRow.run_id == run.id))
-    live = s.scalars(
-        select(AttemptRow.started_at).where(
-            AttemptRow.run_id == run.id,
-            AttemptRow.ended_at.is_(None),
-            AttemptRow.started_at.is_not(None),
-        )
-    )
-    open_windows = sum(meter(run.machine, started, now)[1] for started in live if started)
-    return round(float(done or 0.0) + open_windows, 3)
+    return run_usage(s, run.id, run.machine, now)[0]
+
+
+_USAGE, _ATTEMPTS = UsageRow.__table__, AttemptRow.__table__
+_METERED = select(func.sum(_USAGE.c.compute_seconds)).where(_USAGE.c.run_id == bindparam("run_id"))
+_UNENDED = (  # one reconcile pass starts many shards with the same timestamp: few groups
+    select(_ATTEMPTS.c.started_at, func.count())
+    .where(_ATTEMPTS.c.run_id == bindparam("run_id"), _ATTEMPTS.c.ended_at.is_(None))
+    .group_by(_ATTEMPTS.c.started_at)
+)
+
+
+def run_usage(
+    db: Session | Connection, run_id: str, machine: str, now: datetime
+) -> tuple[float, int]:
+    """(compute-seconds metered so far: ended attempts plus the open window of live ones,
+    number of attempts not ended)."""
+    done = db.execute(_METERED, {"run_id": run_id}).scalar()
+    unended = db.execute(_UNENDED, {"run_id": run_id}).all()
+    windows = sum(meter(machine, started, now)[1] * n for started, n in unended if started)
+    return round(float(done or 0.0) + windows, 3), sum(n for _, n in unended)
 
 
 def _month_start(t: datetime) -> datetime:

@@ -19,18 +19,20 @@ from .store import ApiKeyRow, OrgRow
 
 __all__ = [
     "OrgRow",
-    "authenticate",
+    "bearer_hash",
     "bootstrap_local",
     "create_key",
     "create_org",
     "find_org",
     "limits",
+    "org_of_key",
     "revoke_key",
     "update_org",
 ]
 
 KEY_PREFIX = "sx_"
 LOCAL_ORG_ID = "org_local"
+_HOW = "Fix: send `Authorization: Bearer <key>` (SDK/CLI: set SYLPHX_TOKEN or `sylphx login`)."
 _ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -150,20 +152,24 @@ def revoke_key(s: Session, key_id: str, now: datetime) -> ApiKeyRow:
     return row
 
 
-def authenticate(s: Session, authorization: str | None) -> OrgRow:
-    """The org behind an ``Authorization: Bearer <key>`` header, or Unauthorized."""
-    how = "Fix: send `Authorization: Bearer <key>` (SDK/CLI: set SYLPHX_TOKEN or `sylphx login`)."
+def bearer_hash(authorization: str | None) -> str:
+    """The key hash of an ``Authorization: Bearer <key>`` header, or Unauthorized."""
     if not authorization:
-        raise Unauthorized(f"missing API key. {how}")
+        raise Unauthorized(f"missing API key. {_HOW}")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(f"the Authorization header is not a Bearer key. {how}")
-    row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.hash == hash_key(token.strip()))).first()
+        raise Unauthorized(f"the Authorization header is not a Bearer key. {_HOW}")
+    return hash_key(token.strip())
+
+
+def org_of_key(s: Session, key_hash: str) -> str:
+    """The org id of the live key with this hash, or Unauthorized (unknown or revoked)."""
+    row = s.execute(
+        select(ApiKeyRow.org_id, ApiKeyRow.revoked_at).where(ApiKeyRow.hash == key_hash)
+    ).first()
     if row is None or row.revoked_at is not None:
-        raise Unauthorized(f"unknown or revoked API key. {how}")
-    org = s.get(OrgRow, row.org_id)
-    assert org is not None
-    return org
+        raise Unauthorized(f"unknown or revoked API key. {_HOW}")
+    return str(row.org_id)
 
 
 def bootstrap_local(s: Session, token_file: Path, now: datetime) -> None:

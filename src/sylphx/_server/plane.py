@@ -13,6 +13,7 @@ from .executors.cgroups import Cgroups
 from .images import ImageStore
 from .lease import Lease
 from .lock import HomeLock
+from .readcache import KeyCache, SharedReads, TerminalViews
 from .secrets import load_cipher
 from .store import make_engine, migrate, read_session_factory, session_factory
 
@@ -58,6 +59,11 @@ class ControlPlane:
         self.images = ImageStore(settings.home / "images")
         self.executor: Executor = executor or make_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
+        self.keys = KeyCache(settings.auth_cache_seconds)  # API key hash -> org id
+        self.terminal_views = TerminalViews()  # run id -> JSON of runs that cannot change
+        # SQLite reads are CPU work under this process's GIL: two at a time keep both cores
+        # busy without threads fighting over it; PostgreSQL reads mostly wait on the network.
+        self.run_reads = SharedReads(slots=2 if self.engine.dialect.name == "sqlite" else 8)
         self.reconciler = Reconciler(
             self.sessions,
             self.executor,

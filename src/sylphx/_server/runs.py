@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from .._errors import NotFound, Unschedulable
@@ -109,10 +110,12 @@ def cancel(s: Session, run_id: str, org_id: str, now: datetime) -> RunRow:
 
 
 def view(
-    run: RunRow, counts: Counter[ShardState] | None = None, compute_seconds: float = 0.0
+    run: RunRow | Row[Any], counts: Counter[ShardState] | None = None, compute_seconds: float = 0.0
 ) -> RunView:
-    """The wire view of a run (its shards must be loaded unless ``counts`` is given)."""
+    """The wire view of a run: a RunRow (its shards loaded unless ``counts`` is given) or a
+    row of the runs table with ``counts``."""
     if counts is None:
+        assert isinstance(run, RunRow)
         counts = success.count_states(shard.state for shard in run.shards)
     state = RunState(run.state)
     return RunView(
@@ -133,6 +136,39 @@ def view(
 def full_view(s: Session, run: RunRow, now: datetime) -> RunView:
     """The view with the compute-seconds metered so far."""
     return view(run, compute_seconds=billing.run_compute_seconds(s, run, now))
+
+
+_RUNS, _SHARDS = RunRow.__table__, ShardRow.__table__
+# Prebuilt Core statements for the polling path: no ORM objects, and no statement to build
+# and hash per request (SQLAlchemy's compiled cache is keyed on the statement's structure).
+_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.org_id == bindparam("org_id"))
+_STATE_COUNTS = (
+    select(_SHARDS.c.run_id, _SHARDS.c.state, func.count())
+    .where(_SHARDS.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .group_by(_SHARDS.c.run_id, _SHARDS.c.state)
+)
+
+
+def read(db: Session | Connection, run_id: str, org_id: str, now: datetime) -> tuple[RunView, bool]:
+    """``GET /v1/runs/{id}``: the org's run (NotFound otherwise) as :func:`full_view` shows
+    it, in three small queries that load no shards; and whether that view is final (the
+    run is terminal and no attempt is left open), so it may be cached for good."""
+    run = db.execute(_RUN, {"run_id": run_id, "org_id": org_id}).first()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    counts = state_counts(db, [run_id])[run_id]
+    compute, unended = billing.run_usage(db, run_id, run.machine, now)
+    final = RunState(run.state).terminal and unended == 0
+    return view(run, counts, compute), final
+
+
+def state_counts(db: Session | Connection, run_ids: list[str]) -> dict[str, Counter[ShardState]]:
+    """Shard counts by state of each run (one GROUP BY; shards are not loaded)."""
+    counts: dict[str, Counter[ShardState]] = {run_id: Counter() for run_id in run_ids}
+    if run_ids:
+        for run_id, state, n in db.execute(_STATE_COUNTS, {"run_ids": run_ids}):
+            counts[run_id][ShardState(state)] = n
+    return counts
 
 
 def shard_views(run: RunRow) -> list[ShardView]:
@@ -183,14 +219,6 @@ def list_runs(
     runs = list(s.scalars(query))
     more = len(runs) > limit
     runs = runs[:limit]
-    counts: dict[str, Counter[ShardState]] = {run.id: Counter() for run in runs}
-    if runs:
-        rows = s.execute(
-            select(ShardRow.run_id, ShardRow.state, func.count())
-            .where(ShardRow.run_id.in_(list(counts)))
-            .group_by(ShardRow.run_id, ShardRow.state)
-        )
-        for run_id, state, n in rows:
-            counts[run_id][ShardState(state)] = n
+    counts = state_counts(s, [run.id for run in runs])
     items = [view(run, counts[run.id]) for run in runs]
     return RunList(items=items, next_cursor=runs[-1].id if more and runs else None)
