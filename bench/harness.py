@@ -34,6 +34,12 @@ BENCH_HOMES = Path(
     os.environ.get("SYLPHX_BENCH_DIR")
     or (SHM / "sylphx-bench" if os.access(SHM, os.W_OK) else Path(__file__).parent / ".homes")
 )
+# The two shard envelopes benchmarks compare: ``plain`` runs the same processes a hand-rolled
+# fan-out would (no sandbox, no cgroups); ``sandboxed`` is the production default.
+ENVELOPES: dict[str, dict[str, str]] = {
+    "plain": {"SYLPHX_SANDBOX": "off", "SYLPHX_UNENFORCED_TIERS": "1"},
+    "sandboxed": {},
+}
 TERMINAL = ("succeeded", "partial", "failed", "cancelled", "timed_out")
 
 
@@ -124,6 +130,18 @@ class Server:
                 return run
             time.sleep(poll)
         raise RuntimeError(f"run {run_id} not terminal after {timeout}s")
+
+    def fan_out(self, n: int) -> float:
+        """Seconds from submitting ``n`` opportunistic nano shards of ``true`` to seeing the
+        run terminal (it must succeed)."""
+        spec = {"command": ["true"], "parallelism": n, "machine": "nano", "gangScheduling": False}
+        start = time.perf_counter()
+        run_id = self.submit(**spec)
+        run = self.wait(run_id)
+        took = time.perf_counter() - start
+        if run["status"] != "succeeded":
+            raise RuntimeError(f"run {run_id} ended {run['status']}: {run.get('message')}")
+        return took
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process (and its API workers, if any)."""

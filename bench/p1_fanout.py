@@ -18,12 +18,7 @@ import argparse
 import subprocess
 import time
 
-from harness import Server, machine, summary, table
-
-ENVELOPES = {
-    "plain": {"SYLPHX_SANDBOX": "off", "SYLPHX_UNENFORCED_TIERS": "1"},
-    "sandboxed": {},
-}
+from harness import ENVELOPES, Server, machine, summary, table
 
 
 def xargs(n: int, argv: list[str]) -> float:
@@ -42,17 +37,6 @@ def sandbox_argv() -> list[str]:
     return [*Sandbox(mounts=[], hide=[], network=True, working_dir="/tmp").argv(), "true"]
 
 
-def sylphx_round(server: Server, n: int) -> float:
-    spec = {"command": ["true"], "parallelism": n, "machine": "nano", "gangScheduling": False}
-    start = time.perf_counter()
-    run_id = server.submit(**spec)
-    run = server.wait(run_id)
-    took = time.perf_counter() - start
-    if run["status"] != "succeeded":
-        raise RuntimeError(f"run {run_id} ended {run['status']}: {run.get('message')}")
-    return took
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=256)
@@ -64,12 +48,12 @@ def main() -> None:
     for name, env in ENVELOPES.items():
         cap = {"SYLPHX_LOCAL_CPUS": str(n), "SYLPHX_LOCAL_MEMORY": f"{n}GiB"}
         with Server(**cap, **env) as server:
-            sylphx_round(server, n)  # warm-up: imports, first cgroup, page cache
+            server.fan_out(n)  # warm-up: imports, first cgroup, page cache
             ours, base = [], []
             baseline_argv = ["true"] if name == "plain" else sandbox_argv()
             for _ in range(args.rounds):  # interleaved, so both see the same machine load
                 base.append(xargs(n, baseline_argv))
-                ours.append(sylphx_round(server, n))
+                ours.append(server.fan_out(n))
         o, b = summary(ours), summary(base)
         rows.append(
             [

@@ -21,14 +21,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import Server, machine, summary, table
+from harness import ENVELOPES, Server, machine, summary, table
 
 from sylphx._server.executors.sandbox import Sandbox
 
-ENVELOPES = {
-    "plain": {"SYLPHX_SANDBOX": "off", "SYLPHX_UNENFORCED_TIERS": "1"},
-    "sandboxed": {},
-}
 SLEEP = ["sleep", "600"]
 
 

@@ -35,13 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Server, machine, summary, table
+from harness import ENVELOPES, Server, machine, summary, table
 from sampling import MB, Phase
-
-ENVELOPES = {
-    "sandboxed": {},
-    "plain": {"SYLPHX_SANDBOX": "off", "SYLPHX_UNENFORCED_TIERS": "1"},
-}
 
 
 def make_source(folder: Path, size: int) -> Path:

@@ -41,16 +41,6 @@ def raw_ray(n: int) -> float:
     return took
 
 
-def sylphx_round(server: Server, n: int) -> float:
-    spec = {"command": ["true"], "parallelism": n, "machine": "nano", "gangScheduling": False}
-    start = time.perf_counter()
-    run = server.wait(server.submit(**spec))
-    took = time.perf_counter() - start
-    if run["status"] != "succeeded":
-        raise RuntimeError(f"run ended {run['status']}: {run.get('message')}")
-    return took
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=200)
@@ -79,11 +69,11 @@ def main() -> None:
         print(
             f"cluster: {len(ray.nodes())} nodes, {res['CPU']:g} CPU, {res['memory'] / 2**30:g} GiB"
         )
-        raw_ray(20), sylphx_round(server, 20)  # warm both up: workers, imports, the store
+        raw_ray(20), server.fan_out(20)  # warm both up: workers, imports, the store
         raw_t, syl_t = [], []
         for _ in range(args.rounds):  # interleaved, so drift hits both sides alike
             raw_t.append(raw_ray(args.shards))
-            syl_t.append(sylphx_round(server, args.shards))
+            syl_t.append(server.fan_out(args.shards))
         raw, syl = summary(raw_t), summary(syl_t)
         n = args.shards
         table(
