@@ -131,10 +131,15 @@ class Server:
             time.sleep(poll)
         raise RuntimeError(f"run {run_id} not terminal after {timeout}s")
 
-    def fan_out(self, n: int) -> float:
-        """Seconds from submitting ``n`` opportunistic nano shards of ``true`` to seeing the
-        run terminal (it must succeed)."""
-        spec = {"command": ["true"], "parallelism": n, "machine": "nano", "gangScheduling": False}
+    def fan_out(self, n: int, command: Sequence[str] = ("true",)) -> float:
+        """Seconds from submitting ``n`` opportunistic nano shards of ``command`` to seeing
+        the run terminal (it must succeed)."""
+        spec = {
+            "command": list(command),
+            "parallelism": n,
+            "machine": "nano",
+            "gangScheduling": False,
+        }
         start = time.perf_counter()
         run_id = self.submit(**spec)
         run = self.wait(run_id)

@@ -1,5 +1,8 @@
 """P1: 256 shards of ``true`` on the nano tier, submit -> terminal, against ``xargs -P``.
 
+(Also 256 x ``sleep 1``, plain: the same fan-out with shards that take a second, where
+the fixed overhead shows at its real scale.)
+
 The control plane is a real ``sylphx server`` subprocess (SQLite, local executor) whose
 capacity is raised so all 256 shards fit at once. The client submits over HTTP and polls
 ``GET /v1/runs/{id}`` every 5 ms until the run is terminal. The baseline, measured in the
@@ -22,19 +25,18 @@ from harness import ENVELOPES, Server, machine, summary, table
 
 
 def xargs(n: int, argv: list[str]) -> float:
-    """``seq n | xargs -P n -n 1 <argv>``: n processes, n at once."""
-    cmd = ["xargs", "-P", str(n), "-n", "1", *argv]
+    """``seq n | xargs -P n -I{} <argv>``: n processes of ``argv``, n at once."""
+    cmd = ["xargs", "-P", str(n), "-I{}", *argv]
     start = time.perf_counter()
     subprocess.run(cmd, input="\n".join("x" * n), text=True, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
-def sandbox_argv() -> list[str]:
-    """The bubblewrap argv a sandboxed shard of ``true`` gets (for the same-envelope baseline),
-    ending in ``true`` so xargs' extra argument lands after it (true ignores it)."""
+def sandbox_argv(command: list[str]) -> list[str]:
+    """The bubblewrap argv a sandboxed shard of ``command`` gets (the same-envelope baseline)."""
     from sylphx._server.executors.sandbox import Sandbox
 
-    return [*Sandbox(mounts=[], hide=[], network=True, working_dir="/tmp").argv(), "true"]
+    return [*Sandbox(mounts=[], hide=[], network=True, working_dir="/tmp").argv(), *command]
 
 
 def main() -> None:
@@ -45,28 +47,32 @@ def main() -> None:
     n = args.shards
     print(f"P1 on {machine()}")
     rows = []
-    for name, env in ENVELOPES.items():
+    cases = [(name, env, ["true"]) for name, env in ENVELOPES.items()]
+    cases.append(("plain", ENVELOPES["plain"], ["sleep", "1"]))  # a shard that does something
+    for name, env, command in cases:
         cap = {"SYLPHX_LOCAL_CPUS": str(n), "SYLPHX_LOCAL_MEMORY": f"{n}GiB"}
         with Server(**cap, **env) as server:
             server.fan_out(n)  # warm-up: imports, first cgroup, page cache
             ours, base = [], []
-            baseline_argv = ["true"] if name == "plain" else sandbox_argv()
+            baseline_argv = command if name == "plain" else sandbox_argv(command)
             for _ in range(args.rounds):  # interleaved, so both see the same machine load
                 base.append(xargs(n, baseline_argv))
-                ours.append(server.fan_out(n))
+                ours.append(server.fan_out(n, command))
         o, b = summary(ours), summary(base)
         rows.append(
             [
                 name,
+                f"`{' '.join(command)}`",
                 f"{b['median']:.3f} ({b['min']:.3f}-{b['max']:.3f})",
                 f"{o['median']:.3f} ({o['min']:.3f}-{o['max']:.3f})",
                 f"{o['median'] / b['median']:.2f}x",
+                f"{(o['median'] - b['median']) / n * 1e3:.2f}",
             ]
         )
     table(
         f"P1: {n} x `true`, nano, submit -> terminal; seconds, median (min-max) of"
         f" {args.rounds} rounds; goal <= 1.5x",
-        ["envelope", f"xargs -P {n}", "sylphx", "ratio"],
+        ["envelope", "shard", f"xargs -P {n}", "sylphx", "ratio", "overhead ms/shard"],
         rows,
     )
 
