@@ -1,11 +1,9 @@
 """The reconciler: a level-triggered loop that drives runs to their terminal state.
 
-Each pass re-reads the store, asks the policies (admission, backoff, deadlines,
-success) what should happen, acts through the executor and writes the result.
-A pass is idempotent: running it twice in a row changes nothing the second time.
-A pass surveys every active run in a few aggregate queries and loads the shards of
-only the runs that need a close look (see :mod:`.survey`); at least every
-``FULL_PASS_SECONDS`` it loads them all.
+Each pass re-reads the store (every active run surveyed in aggregate queries, shards
+loaded only for the runs that need a close look, see :mod:`.survey`; all of them every
+``FULL_PASS_SECONDS``), asks the policies what should happen, acts through the executor
+and writes the result. Running a pass twice in a row changes nothing the second time.
 """
 
 from __future__ import annotations
