@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -104,5 +105,33 @@ def test_a_claim_caught_mid_write_is_not_taken_for_a_dead_supervisor(tmp_path: P
         time.sleep(0.3)
         assert executor.poll() == []  # claimed by someone: neither lost nor started twice
         assert executor.alive(handle)
+    finally:
+        executor.close()
+
+
+def test_a_big_batch_is_split_over_supervisors_and_every_exit_is_reported_once(
+    tmp_path: Path,
+) -> None:
+    """130 attempts in one flush: more than one supervisor where there is more than one CPU,
+    exits recorded while the batch still starts, each reported exactly once."""
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    try:
+        base = request(tmp_path, "exit 3")
+        handles = set()
+        for i in range(130):
+            req = LaunchRequest(**{**base.__dict__, "index": i, "command": ["sh", "-c", "exit 3"]})
+            handles.add(executor.launch(req))
+        executor.flush()
+        expected = min(os.cpu_count() or 1, 3)  # ceil(130 / 64) batches at most
+        assert len(executor._supervisors) == expected
+        seen: list[Exit] = []
+        deadline = time.monotonic() + 60
+        while len(seen) < 130 and time.monotonic() < deadline:
+            seen += executor.poll()
+            time.sleep(0.05)
+        time.sleep(1.2)  # past a full scan: nothing is reported twice
+        seen += executor.poll()
+        assert sorted(e.handle for e in seen) == sorted(handles)
+        assert {e.returncode for e in seen} == {3}
     finally:
         executor.close()

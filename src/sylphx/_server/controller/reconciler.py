@@ -166,13 +166,12 @@ class Reconciler:
 
     def _parse(self, runs: list[RunRow]) -> dict[str, RunSpec]:
         """Each run's spec, parsed once per version of its row."""
-        keys = {run.id: (run.id, run.version) for run in runs}
-        self._specs = {
-            key: self._specs.get(key) or RunSpec.model_validate(run.spec)
-            for run in runs
-            for key in (keys[run.id],)
-        }
-        return {run.id: self._specs[keys[run.id]] for run in runs}
+        specs = {}
+        for run in runs:
+            key = (run.id, run.version)
+            specs[key] = self._specs.get(key) or RunSpec.model_validate(run.spec)
+        self._specs = specs  # forget the runs that ended or changed
+        return {run_id: spec for (run_id, _), spec in specs.items()}
 
     def _focus(
         self,

@@ -40,26 +40,18 @@ def start_ticks(pid: int) -> str:
         return "0"
 
 
-def write_atomic(path: str, text: str, *, sync: bool = True) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the whole new one;
-    ``sync`` (fsync before the rename) for what must survive a host crash, not just ours."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, text.encode())
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
 REAP_EVERY = 8  # while starting a batch, look for children that already ended this often
 
 
-def write_all_atomic(files: list[tuple[str, str]]) -> None:
-    """:func:`write_atomic` with ``sync`` for many files at once: all written, then all
-    fsynced (the first fsync commits the filesystem journal for the others), then all
+def write_atomic(path: str, text: str, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``text`` so readers see the old file or the whole new one;
+    ``sync`` (fsync before the rename) for what must survive a host crash, not just ours."""
+    write_all_atomic([(path, text)], sync=sync)
+
+
+def write_all_atomic(files: list[tuple[str, str]], *, sync: bool = True) -> None:
+    """:func:`write_atomic` for many files at once: all written, then (``sync``) all
+    fsynced -- the first fsync commits the filesystem journal for the others -- then all
     renamed into place."""
     tmps = []
     for path, text in files:
@@ -70,7 +62,8 @@ def write_all_atomic(files: list[tuple[str, str]]) -> None:
             tmps.append((fd, path))
     for fd, _ in tmps:
         try:
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     for _, path in tmps:
