@@ -86,7 +86,7 @@ def _org_with_usage(
             run.shards = [shard]
             s.add(run)
             s.flush()
-            billing.record(s, attempt, run)
+            billing.record(s, [billing.usage(attempt, run)])
     return sessions
 
 

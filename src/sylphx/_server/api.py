@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from .._errors import ConflictError, QuotaExceeded, ServerUnavailable, SylphxError, ValidationError
 from .._spec import RunSpec, validation_error
-from .._states import RunState
+from .._states import RunState, ShardState
 from .._views import (
     OrgView,
     RunList,
@@ -169,7 +170,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             org = s.get(OrgRow, org_id, with_for_update=True)
             assert org is not None
             run = runs.submit(s, spec, org, capacity=plane.executor.capacity(), now=plane.now())
-            out = runs.view(run)
+            out = runs.view(run, Counter({ShardState.PENDING: spec.parallelism}))
         plane.reconciler.wake()
         return out
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from .._machines import MACHINES
 from .._views import UsageByMachine, UsageByRun, UsageReport
 from .orgs import limits
 from .store import AttemptRow, OrgRow, RunRow, UsageRow
+from .store.records import AttemptRecord
 
 
 def meter(machine: str, started_at: datetime, ended_at: datetime) -> tuple[float, float]:
@@ -25,25 +26,33 @@ def meter(machine: str, started_at: datetime, ended_at: datetime) -> tuple[float
     return wall, wall * MACHINES[machine].units
 
 
-def record(s: Session, attempt: AttemptRow, run: RunRow, *, ran: bool = True) -> None:
-    """Record an ended attempt's usage; ``ran=False`` (the launch failed) bills zero."""
+def usage(
+    attempt: AttemptRow | AttemptRecord, run: RunRow, *, ran: bool = True
+) -> dict[str, object]:
+    """The usage row of an ended attempt (see :func:`record`); ``ran=False`` (the launch
+    failed) bills zero."""
     assert attempt.started_at is not None and attempt.ended_at is not None
     started = attempt.started_at
     ended = attempt.ended_at if ran else started
     wall, compute = meter(run.machine, started, ended)
-    s.add(
-        UsageRow(
-            attempt_id=attempt.id,
-            org_id=run.org_id,
-            run_id=run.id,
-            machine=run.machine,
-            started_at=started,
-            ended_at=attempt.ended_at,
-            wall_seconds=wall,
-            units=MACHINES[run.machine].units,
-            compute_seconds=compute,
-        )
-    )
+    return {
+        "attempt_id": attempt.id,
+        "org_id": run.org_id,
+        "run_id": run.id,
+        "machine": run.machine,
+        "started_at": started,
+        "ended_at": attempt.ended_at,
+        "wall_seconds": wall,
+        "units": MACHINES[run.machine].units,
+        "compute_seconds": compute,
+    }
+
+
+def record(s: Session, rows: list[dict[str, object]]) -> None:
+    """Store the :func:`usage` rows of ended attempts: one executemany INSERT, not one
+    ORM object (and statement) per attempt."""
+    if rows:
+        s.execute(insert(UsageRow), rows)
 
 
 def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:

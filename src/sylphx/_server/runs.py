@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, select
+from sqlalchemy import Connection, Row, bindparam, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from .._errors import NotFound, Unschedulable
@@ -59,11 +59,16 @@ def submit(
         gang=spec.gang,
         created_at=now,
     )
-    run.shards = [
-        ShardRow(index=i, state=ShardState.PENDING.value, attempts=0, failures=0)
-        for i in range(spec.parallelism)
-    ]
     s.add(run)
+    s.flush()
+    pending = ShardState.PENDING.value
+    s.execute(  # one executemany, not an ORM object (and INSERT) per shard
+        insert(ShardRow),
+        [
+            {"run_id": run.id, "index": i, "state": pending, "attempts": 0, "failures": 0}
+            for i in range(spec.parallelism)
+        ],
+    )
     return run
 
 

@@ -1,6 +1,7 @@
 """The one transition function: every shard and run status change goes through here.
 
-The change reaches the store as a compare-and-set: the rows' ``version`` column
+Shards may be ORM rows or plain records (:mod:`.store.records`, the reconciler's hot
+paths). The change reaches the store as a compare-and-set: the rows' ``version`` column
 (``version_id_col``, see ``store/schema.py``) makes the UPDATE match only the version that
 was read, so a concurrent writer causes ``StaleDataError`` and a retry, never a lost update.
 """
@@ -12,9 +13,12 @@ from datetime import datetime
 from .._errors import IllegalTransition
 from .._states import RUN_TRANSITIONS, SHARD_TRANSITIONS, RunState, ShardState
 from .store import RunRow, ShardRow
+from .store.records import ShardRecord
 
 
-def transition(row: RunRow | ShardRow, target: RunState | ShardState, now: datetime) -> None:
+def transition(
+    row: RunRow | ShardRow | ShardRecord, target: RunState | ShardState, now: datetime
+) -> None:
     """Move a run or shard to ``target``, stamping start/end times.
 
     Raises :class:`IllegalTransition` when the state machine does not allow it.

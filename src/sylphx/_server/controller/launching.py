@@ -1,21 +1,28 @@
-"""What a shard attempt is started with: its log files and the executor's request.
+"""Starting a run's pending shards: their attempts, log files and executor requests.
 
 The parts every shard of a run shares (volumes resolved to host paths, granted secrets
-decrypted) are worked out once per run and pass, not once per shard.
+decrypted) are worked out once per run and pass, not once per shard. The shards are
+read and written as plain records (:mod:`..store.records`): a pass that starts 256
+shards sends one INSERT of attempts and one UPDATE of shards, each an executemany.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.fernet import Fernet
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from ..._errors import ExecutorError
 from ..._spec import RunSpec
-from .. import secrets
-from ..executors.base import LaunchRequest, Mount
-from ..store import RunRow, VolumeRow
+from ..._states import ShardState
+from .. import faults, secrets
+from ..executors.base import Executor, Exit, LaunchRequest, Mount
+from ..store import AttemptRow, RunRow, VolumeRow
+from ..store.records import SHARDS, ShardRecord, shard_columns, update_shards
+from ..transitions import transition
 
 
 def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> tuple[Path, Path]:
@@ -79,3 +86,53 @@ class RunLaunch:
             network=spec.network,
             secrets=granted,
         )
+
+    def start(
+        self, executor: Executor, n: int, now: datetime, logs_dir: Path, home: Path
+    ) -> list[Exit]:
+        """Start the run's first ``n`` pending shards (each a new attempt) through
+        ``executor``; returns the launches that failed (exit 127, LaunchError) for the
+        caller to settle. A full disk raises StorageFull: not the shards' fault."""
+        self._s.flush()  # a shard this pass cancelled through the ORM is not pending
+        rows = self._s.execute(
+            select(*shard_columns())
+            .where(SHARDS.c.run_id == self._run.id, SHARDS.c.state == ShardState.PENDING.value)
+            .order_by(SHARDS.c.index)
+            .limit(n)
+        ).all()
+        shards = [ShardRecord(*row) for row in rows]
+        attempts: list[dict[str, object]] = []
+        failed: list[Exit] = []
+        for shard in shards:
+            transition(shard, ShardState.STARTING, now)
+            shard.attempts += 1
+            stdout, stderr = attempt_log_paths(logs_dir, self._run.id, shard.index, shard.attempts)
+            try:
+                request = self.request(shard.index, shard.attempts, stdout, stderr)
+                handle = executor.launch(request)
+            except (OSError, ExecutorError) as exc:
+                if isinstance(exc, OSError) and faults.is_disk_full(exc):
+                    raise faults.disk_full(home, "state") from exc  # roll back, retry
+                handle = f"unstarted:{self._run.id}/{shard.index}.{shard.attempts}"
+                stderr.parent.mkdir(parents=True, exist_ok=True)
+                with open(stderr, "a") as fh:
+                    fh.write(f"sylphx: could not start the shard: {exc}\n")
+                failed.append(Exit(handle, 127, now, reason=f"LaunchError: {exc}"))
+            else:
+                transition(shard, ShardState.RUNNING, now)
+            attempts.append(
+                {
+                    "shard_id": shard.id,
+                    "run_id": self._run.id,
+                    "number": shard.attempts,
+                    "state": shard.state,
+                    "handle": handle,
+                    "stdout_path": str(stdout),
+                    "stderr_path": str(stderr),
+                    "started_at": now,
+                }
+            )
+        if attempts:
+            self._s.execute(insert(AttemptRow), attempts)
+            update_shards(self._s, shards, ("state", "attempts", "started_at"))
+        return failed

@@ -20,16 +20,16 @@ from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..._errors import ExecutorError, StorageFull
+from ..._errors import StorageFull
 from ..._settings import Settings
 from ..._spec import RunSpec
 from ..._states import RUN_TRANSITIONS, RunState, ShardState
-from .. import billing, faults
+from .. import faults
 from ..executors.base import Executor, Exit, Signal
 from ..lease import Lease
 from ..store import AttemptRow, RunRow, ShardRow
 from ..transitions import transition
-from . import backoff, deadlines, launching, scheduling, success, survey
+from . import deadlines, launching, scheduling, settle, success, survey
 
 log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]
@@ -160,9 +160,10 @@ class Reconciler:
             for run in runs:
                 specs[run.id] = scheduling.expire_admission(run, specs[run.id], now)
             counts = survey.shard_counts(s)
-            self._admit(s, runs, counts, specs, now)
+            if self._admit(s, runs, counts, specs, now):
+                counts = survey.shard_counts(s)  # failed launches were settled
             for run in runs:
-                self._roll_up(run, counts[run.id], now)
+                self._roll_up(s, run, counts[run.id], now)
 
     def _parse(self, runs: list[RunRow]) -> dict[str, RunSpec]:
         """Each run's spec, parsed once per version of its row."""
@@ -226,47 +227,9 @@ class Reconciler:
     # -- steps ---------------------------------------------------------------
     def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> None:
         """Settle the attempts in ``exits``."""
-        if not exits:
-            return
-        by_handle = {e.handle: e for e in exits}
-        attempts = s.scalars(
-            select(AttemptRow)
-            .where(AttemptRow.handle.in_(list(by_handle)), AttemptRow.ended_at.is_(None))
-            .options(selectinload(AttemptRow.shard))
-        ).all()
-        for attempt in attempts:
-            self._finish(s, attempt, by_handle[attempt.handle or ""], specs[attempt.run_id])
-
-    def _finish(self, s: Session, attempt: AttemptRow, exit: Exit, spec: RunSpec) -> None:
-        """Settle an ended attempt: its outcome, its shard's next state, its usage."""
-        shard = attempt.shard
-        outcome = backoff.decide(
-            exit.returncode,
-            stop_reason=attempt.stop_reason,
-            failures=shard.failures,
-            budget=spec.retry_budget,
-            reason=exit.reason,
-            lost=exit.lost and not spec.gang,  # a lost gang shard is not retried alone
-            preemptions=shard.preemptions,
-            preemption_ceiling=self.settings.max_preemptions_per_index,
-        )
-        attempt.state = outcome.attempt_state.value
-        attempt.exit_code = outcome.exit_code
-        attempt.reason = outcome.reason
-        attempt.ended_at = exit.ended_at
-        if exit.started_at is not None:  # the supervisor's record beats our launch time
-            attempt.started_at = exit.started_at
-        shard.exit_code = outcome.exit_code
-        shard.reason = outcome.reason
-        if outcome.uses_budget:
-            shard.failures += 1
-        if outcome.preempted:
-            shard.preemptions += 1
-        if ShardState(shard.state) is ShardState.STARTING:
-            transition(shard, ShardState.RUNNING, exit.ended_at)
-        transition(shard, outcome.shard_state, exit.ended_at)
-        launched = not (exit.reason or "").startswith("LaunchError")
-        billing.record(s, attempt, shard.run, ran=launched)  # one usage row per attempt
+        if exits:
+            ceiling = self.settings.max_preemptions_per_index
+            settle.settle(s, exits, specs.__getitem__, preemption_ceiling=ceiling)
 
     def _admit(
         self,
@@ -275,8 +238,9 @@ class Reconciler:
         counts: dict[str, Counter[ShardState]],
         specs: dict[str, RunSpec],
         now: datetime,
-    ) -> None:
-        """Ask the queue policy what starts (and what is preempted) now, and do it."""
+    ) -> bool:
+        """Ask the queue policy what starts (and what is preempted) now, and do it; True
+        when a launch failed (and was settled), which may have ended a run."""
         try:  # a shard started on a full log disk would lose its logs: start none
             faults.check_disk(self.settings.logs_dir, "log")
         except StorageFull as exc:
@@ -286,7 +250,7 @@ class Reconciler:
             for run in runs:
                 if counts[run.id][ShardState.PENDING]:
                     run.message = f"waiting: {exc.message}"
-            return
+            return False
         self._disk_full = None
         decision = scheduling.decide(
             runs,
@@ -300,7 +264,7 @@ class Reconciler:
             if attempt is not None and attempt.ended_at is None and attempt.handle:
                 self._signals.append((attempt.handle, "term"))  # after the commit
                 attempt.stop_reason, attempt.stop_requested_at = "preempt", now
-        _load_shards(s, [run for run in runs if decision.starts.get(run.id)])
+        failed: list[Exit] = []
         for run in runs:
             note = _course_note(run)
             waiting = decision.waiting.get(run.id)
@@ -317,66 +281,30 @@ class Reconciler:
                 continue
             if run.state == RunState.QUEUED:
                 transition(run, RunState.RUNNING, now)
-            to_start = [shard for shard in run.shards if shard.state == ShardState.PENDING][:n]
-            shared = launching.RunLaunch(s, run, specs[run.id], self.cipher)
-            for shard in to_start:
-                self._launch(s, run, specs[run.id], shard, now, shared)
+            launch = launching.RunLaunch(s, run, specs[run.id], self.cipher)
+            logs, home = self.settings.logs_dir, self.settings.home
+            failed += launch.start(self.executor, n, now, logs, home)
         self.executor.flush()  # the local executor starts the whole pass as one batch
+        self._collect(s, failed, specs)
+        return bool(failed)
 
-    def _launch(
-        self,
-        s: Session,
-        run: RunRow,
-        spec: RunSpec,
-        shard: ShardRow,
-        now: datetime,
-        shared: launching.RunLaunch,
-    ) -> None:
-        transition(shard, ShardState.STARTING, now)
-        shard.attempts += 1
-        stdout, stderr = launching.attempt_log_paths(
-            self.settings.logs_dir, run.id, shard.index, shard.attempts
-        )
-        attempt = AttemptRow(
-            run_id=run.id,
-            number=shard.attempts,
-            state=ShardState.STARTING.value,
-            stdout_path=str(stdout),
-            stderr_path=str(stderr),
-            started_at=now,
-        )
-        shard.history.append(attempt)
-        try:
-            request = shared.request(shard.index, shard.attempts, stdout, stderr)
-            attempt.handle = self.executor.launch(request)
-        except (OSError, ExecutorError) as exc:
-            if isinstance(exc, OSError) and faults.is_disk_full(exc):  # not the shard's fault:
-                raise faults.disk_full(self.settings.home, "state") from exc  # roll back, retry
-            s.flush()
-            attempt.handle = f"attempt:{attempt.id}"
-            stderr.parent.mkdir(parents=True, exist_ok=True)
-            with open(stderr, "a") as fh:
-                fh.write(f"sylphx: could not start the shard: {exc}\n")
-            failed = Exit(attempt.handle, 127, self.clock(), reason=f"LaunchError: {exc}")
-            self._finish(s, attempt, failed, spec)
-            return
-        attempt.state = ShardState.RUNNING.value
-        transition(shard, ShardState.RUNNING, now)
-
-    def _roll_up(self, run: RunRow, counted: Counter[ShardState], now: datetime) -> None:
-        """End the run once every shard is terminal (``counted``: its shards by state as
-        the survey saw them; recounted here if this pass loaded, and so changed, them)."""
-        loaded = "shards" not in inspect(run).unloaded
-        counts = success.count_states(shard.state for shard in run.shards) if loaded else counted
+    def _roll_up(self, s: Session, run: RunRow, counts: Counter[ShardState], now: datetime) -> None:
+        """End the run once every shard is terminal (``counts``: its shards by state)."""
         final = success.final_status(counts, cancel_requested=run.cancel_requested_at is not None)
         if final is None:
             return
         if run.state == RunState.QUEUED and final not in RUN_TRANSITIONS[RunState.QUEUED]:
             transition(run, RunState.RUNNING, now)
         transition(run, final, now)
-        run.ended_at = max((s.ended_at for s in run.shards if s.ended_at), default=now)
+        shards = s.execute(
+            select(ShardRow.index, ShardRow.state, ShardRow.ended_at).where(
+                ShardRow.run_id == run.id
+            )
+        ).all()
+        run.ended_at = max((ended for _, _, ended in shards if ended), default=now)
+        states = [(index, state) for index, state, _ in shards]
         note = _course_note(run)
-        run.message = "; ".join(m for m in (note, success.summary(run.shards, counts)) if m) or None
+        run.message = "; ".join(m for m in (note, success.summary(states, counts)) if m) or None
         run.queue_position = None
 
 

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 
 from ..._states import RunState, ShardState
 from ..._views import Aggregate
-from ..store import ShardRow
 from .indexes import compress
 
 
@@ -52,13 +51,14 @@ def aggregate(status: RunState, counts: Counter[ShardState]) -> Aggregate:
     )
 
 
-def summary(shards: Sequence[ShardRow], counts: Counter[ShardState]) -> str | None:
-    """How an unsuccessful run ended, e.g. ``5/9 succeeded; failed: 1,3; timed_out: 7``."""
-    if all(s.state == ShardState.SUCCEEDED for s in shards):
+def summary(states: Sequence[tuple[int, str]], counts: Counter[ShardState]) -> str | None:
+    """How an unsuccessful run ended, e.g. ``5/9 succeeded; failed: 1,3; timed_out: 7``
+    (``states``: each shard's index and state)."""
+    if all(state == ShardState.SUCCEEDED for _, state in states):
         return None
     parts = []
-    for state in (ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED):
-        idx = [s.index for s in shards if s.state == state]
+    for wanted in (ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED):
+        idx = [index for index, state in states if state == wanted]
         if idx:
-            parts.append(f"{state.value}: {compress(idx)}")
-    return f"{counts[ShardState.SUCCEEDED]}/{len(shards)} succeeded; " + "; ".join(parts)
+            parts.append(f"{wanted.value}: {compress(idx)}")
+    return f"{counts[ShardState.SUCCEEDED]}/{len(states)} succeeded; " + "; ".join(parts)

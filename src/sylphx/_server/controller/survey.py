@@ -3,9 +3,10 @@
 It answers, without loading a single shard: how many shards each active run has in each
 state, when a live attempt of a run may next need a signal, and (only when a gang run
 waits) which opportunistic attempts could be preempted. The reconciler loads the shards
-of just the runs that need a close look this pass -- runs with exits, cancels, due
-deadlines or shards to start -- so a pass costs what changed, not everything active.
-Every few seconds a pass looks at everything anyway (level-triggered as before).
+of just the runs that need a close look this pass -- runs with cancels or due deadlines;
+exits and starts touch only their own shards (:mod:`.settle`, :mod:`.launching`) -- so a
+pass costs what changed, not everything active. Every minute a pass looks at everything
+anyway (level-triggered as before).
 """
 
 from __future__ import annotations

@@ -1,0 +1,138 @@
+"""Shards and attempts as plain records, written in batches with compare-and-set UPDATEs.
+
+A reconcile pass can start or settle hundreds of shards at once. Doing that through ORM
+objects costs about half a millisecond per shard in SQLAlchemy's unit of work (which
+also sends versioned UPDATEs one row at a time), so the reconciler's hot paths read
+shards and attempts as these records, change them (status changes still go through
+:func:`..transitions.transition`), and write them back with one executemany per table:
+``UPDATE ... SET ..., version = :seen + 1 WHERE id = :id AND version = :seen``, the same
+compare-and-set the ORM's ``version_id_col`` does. A row changed by someone else since
+it was read makes the row count fall short, which raises ``StaleDataError`` exactly as
+the ORM would (the pass is rolled back and retried).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Table, and_, bindparam, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.util import identity_key
+
+from .schema import AttemptRow, ShardRow
+
+SHARD_COLUMNS = (
+    "id", "run_id", "index", "state", "attempts", "failures", "preemptions", "exit_code",
+    "reason", "started_at", "ended_at", "version",
+)  # fmt: skip
+ATTEMPT_COLUMNS = (
+    "id", "shard_id", "run_id", "number", "state", "handle", "started_at", "ended_at",
+    "exit_code", "reason", "stop_reason", "version",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class ShardRecord:
+    """A row of ``shards`` (see :class:`ShardRow`)."""
+
+    id: int
+    run_id: str
+    index: int
+    state: str
+    attempts: int
+    failures: int
+    preemptions: int
+    exit_code: int | None
+    reason: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    version: int
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """The columns of a row of ``attempts`` (see :class:`AttemptRow`) that settling reads
+    and writes."""
+
+    id: int
+    shard_id: int
+    run_id: str
+    number: int
+    state: str
+    handle: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    exit_code: int | None
+    reason: str | None
+    stop_reason: str | None
+    version: int
+
+
+SHARDS: Table = ShardRow.__table__  # type: ignore[assignment]
+ATTEMPTS: Table = AttemptRow.__table__  # type: ignore[assignment]
+
+
+def shard_columns() -> list[Column[Any]]:
+    """The ``shards`` columns a :class:`ShardRecord` is built from, in order."""
+    return [SHARDS.c[name] for name in SHARD_COLUMNS]
+
+
+def attempt_columns() -> list[Column[Any]]:
+    """The ``attempts`` columns an :class:`AttemptRecord` is built from, in order."""
+    return [ATTEMPTS.c[name] for name in ATTEMPT_COLUMNS]
+
+
+def update_shards(s: Session, shards: Sequence[ShardRecord], keys: Sequence[str]) -> None:
+    """Write ``keys`` of every record in ``shards`` (compare-and-set, see module doc)."""
+    _update(s, ShardRow, shards, keys)
+
+
+def update_attempts(s: Session, attempts: Sequence[AttemptRecord], keys: Sequence[str]) -> None:
+    """Write ``keys`` of every record in ``attempts`` (compare-and-set, see module doc)."""
+    _update(s, AttemptRow, attempts, keys)
+
+
+def _update(
+    s: Session,
+    row_class: type[ShardRow] | type[AttemptRow],
+    records: Sequence[ShardRecord] | Sequence[AttemptRecord],
+    keys: Sequence[str],
+) -> None:
+    if not records:
+        return
+    s.flush()  # pending ORM changes first: a row changed both ways fails loudly, not silently
+    table = SHARDS if row_class is ShardRow else ATTEMPTS
+    stmt = (
+        update(table)
+        .where(and_(table.c.id == bindparam("b_id"), table.c.version == bindparam("b_seen")))
+        .values(
+            {
+                **{key: bindparam(f"b_{key}", type_=table.c[key].type) for key in keys},
+                "version": bindparam("b_next"),
+            }
+        )
+    )
+    params = [
+        {
+            "b_id": rec.id,
+            "b_seen": rec.version,
+            "b_next": rec.version + 1,
+            **{f"b_{key}": getattr(rec, key) for key in keys},
+        }
+        for rec in records
+    ]
+    matched = s.connection().execute(stmt, params).rowcount
+    if matched != len(params):
+        raise StaleDataError(
+            f"UPDATE statement on table {table.name!r} expected to update {len(params)}"
+            f" row(s); {matched} were matched."
+        )
+    for rec in records:
+        rec.version += 1
+        loaded = s.identity_map.get(identity_key(row_class, rec.id))
+        if loaded is not None:  # an ORM copy read earlier in this session is now stale
+            s.expire(loaded)

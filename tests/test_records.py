@@ -1,0 +1,78 @@
+"""Shard and attempt records: batched writes are compare-and-sets, like the ORM's (both stores)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from conftest import database_url_for
+from sylphx._server import orgs
+from sylphx._server.store import ShardRow, make_engine, migrate, session_factory
+from sylphx._server.store.records import ShardRecord, shard_columns, update_shards
+from sylphx._server.store.schema import RunRow
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def _store(tmp_path: Path, shards: int) -> sessionmaker[Session]:
+    engine = make_engine(database_url_for(tmp_path))
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        orgs.create_org(s, "acme", plan="free", now=NOW, org_id="org_a")
+        run = RunRow(
+            id="wrk_a", org_id="org_a", state="running", spec={}, parallelism=shards,
+            machine="nano", gang=False, created_at=NOW,
+        )  # fmt: skip
+        run.shards = [
+            ShardRow(index=i, state="pending", attempts=0, failures=0) for i in range(shards)
+        ]
+        s.add(run)
+    return sessions
+
+
+def _records(s: Session) -> list[ShardRecord]:
+    rows = s.execute(select(*shard_columns()).order_by(ShardRow.index)).all()
+    return [ShardRecord(*row) for row in rows]
+
+
+def test_a_batch_writes_every_record_and_bumps_each_version(tmp_path: Path) -> None:
+    sessions = _store(tmp_path, 5)
+    with sessions.begin() as s:
+        shards = _records(s)
+        for shard in shards:
+            shard.state, shard.attempts = "running", 1
+        update_shards(s, shards, ("state", "attempts"))
+        assert [shard.version for shard in shards] == [2] * 5
+    with sessions.begin() as s:
+        assert [(r.state, r.attempts, r.version) for r in _records(s)] == [("running", 1, 2)] * 5
+
+
+def test_a_row_changed_since_it_was_read_fails_the_whole_batch(tmp_path: Path) -> None:
+    sessions = _store(tmp_path, 3)
+    with sessions.begin() as s:
+        shards = _records(s)
+    with sessions.begin() as s:  # someone else cancels shard 1 meanwhile
+        row = s.scalars(select(ShardRow).where(ShardRow.index == 1)).one()
+        row.state = "cancelled"
+    with pytest.raises(StaleDataError, match="expected to update 3 row"), sessions.begin() as s:
+        for shard in shards:
+            shard.state = "running"
+        update_shards(s, shards, ("state",))
+    with sessions.begin() as s:  # rolled back: nothing of the batch was kept
+        assert [r.state for r in _records(s)] == ["pending", "cancelled", "pending"]
+
+
+def test_an_orm_copy_in_the_session_is_refreshed_not_written_back(tmp_path: Path) -> None:
+    sessions = _store(tmp_path, 2)
+    with sessions.begin() as s:
+        orm_copy = s.scalars(select(ShardRow).where(ShardRow.index == 0)).one()
+        shards = _records(s)
+        shards[0].state = "running"
+        update_shards(s, shards[:1], ("state",))
+        assert orm_copy.state == "running" and orm_copy.version == 2  # re-read, not stale
