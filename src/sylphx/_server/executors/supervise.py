@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -83,16 +84,25 @@ def claim(state_dir: str, owner: str) -> bool:
     return True
 
 
-def notify(fifo: str, state_dir: str) -> None:
-    """Tell the control plane (if one is listening) which attempt just ended: one line,
-    its state directory (a write under PIPE_BUF is atomic). A lost note costs nothing but
-    latency: the control plane also scans every attempt's ``exit`` file now and then."""
+def notify(fifo: str, state_dirs: list[str]) -> None:
+    """Tell the control plane (if one is listening) which attempts just ended: a line
+    each, their state directories, in writes of at most PIPE_BUF bytes (each atomic). A
+    lost note costs nothing but latency: the control plane also scans every attempt's
+    ``exit`` file now and then."""
+    if not state_dirs:
+        return
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return
     try:
-        os.write(fd, f"{state_dir}\n".encode())
+        chunk = b""
+        for line in (f"{d}\n".encode() for d in state_dirs):
+            if len(chunk) + len(line) > select.PIPE_BUF:
+                os.write(fd, chunk)
+                chunk = b""
+            chunk += line
+        os.write(fd, chunk)
     except OSError:
         pass
     finally:
@@ -110,20 +120,31 @@ def resolve(program: str, env: dict[str, str]) -> str:
     raise FileNotFoundError(2, "No such file or directory", program)
 
 
+_made: set[str] = set()  # log folders this supervisor already created
+_found: dict[tuple[str, str, str], str] = {}  # (program, PATH, cwd) -> executable
+
+
 def spawn(req: dict[str, object]) -> int:
     """Start the shard in a new session with its logs as stdout/stderr; raises OSError."""
     argv = [str(a) for a in req["argv"]]  # type: ignore[attr-defined]
     env = {str(k): str(v) for k, v in req["env"].items()}  # type: ignore[attr-defined]
     for log in (str(req["stdout"]), str(req["stderr"])):
-        os.makedirs(os.path.dirname(log), exist_ok=True)
-    os.chdir(str(req["cwd"]))
+        folder = os.path.dirname(log)
+        if folder not in _made:
+            os.makedirs(folder, exist_ok=True)
+            _made.add(folder)
+    cwd = str(req["cwd"])
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    key = (argv[0], env.get("PATH", os.defpath), cwd)
+    program = _found.get(key) or _found.setdefault(key, resolve(argv[0], env))
     append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(req["stdout"]), append, 0o644),
         (os.POSIX_SPAWN_OPEN, 2, str(req["stderr"]), append, 0o644),
     ]
-    return os.posix_spawn(resolve(argv[0], env), argv, env, file_actions=actions, setsid=True)
+    return os.posix_spawn(program, argv, env, file_actions=actions, setsid=True)
 
 
 def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> None:
@@ -139,17 +160,17 @@ def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> N
     write_atomic(os.path.join(state_dir, "exit"), f"127 {now} {now} LaunchError: {exc}")
 
 
-def reap(children: dict[int, tuple[str, int]], fifo: str, *, block: bool) -> bool:
-    """Record how every child that has ended did (with ``block``, after waiting for one):
-    exit files written together (:func:`write_all_atomic`), then one note each on the
-    FIFO. False when there is no child left to wait for."""
+def reap(children: dict[int, tuple[str, int]], *, block: bool) -> list[str] | None:
+    """Record how every child that has ended did (with ``block``, after waiting for one),
+    the exit files written together (:func:`write_all_atomic`); returns their state
+    directories, to :func:`notify` -- None when there is no child left to wait for."""
     flags = os.WEXITED | os.WNOWAIT
     try:
         info = os.waitid(os.P_ALL, 0, flags if block else flags | os.WNOHANG)
     except ChildProcessError:
-        return False
+        return None
     except InterruptedError:
-        return True
+        return []
     records: list[tuple[str, str]] = []
     while info is not None:  # this child, and every other one that has ended too
         ended = time.time_ns()
@@ -169,9 +190,7 @@ def reap(children: dict[int, tuple[str, int]], fifo: str, *, block: bool) -> boo
         except ChildProcessError:
             info = None
     write_all_atomic(records)  # one journal commit for the lot, not one per shard
-    for path, _ in records:
-        notify(fifo, os.path.dirname(path))
-    return True
+    return [os.path.dirname(path) for path, _ in records]
 
 
 def main(argv: list[str]) -> int:
@@ -181,6 +200,7 @@ def main(argv: list[str]) -> int:
     with open(batch) as fh:
         requests: list[dict[str, object]] = json.load(fh)
     spawned = 0
+    ended: list[str] = []  # announced once the whole batch has started (see below)
     for req in requests:
         state_dir = str(req["dir"])
         try:
@@ -194,21 +214,27 @@ def main(argv: list[str]) -> int:
             pid = spawn(req)
         except (OSError, ValueError, KeyError) as exc:
             fail(state_dir, req, exc)
-            notify(fifo, state_dir)
+            ended.append(state_dir)
             continue
         pid_text = f"{pid} {start_ticks(pid)} {started}"  # dies with the host: no fsync
         write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
         children[pid] = (state_dir, started)
         spawned += 1
         if spawned % REAP_EVERY == 0:  # record early exits while the batch still starts
-            reap(children, fifo, block=False)
+            ended += reap(children, block=False) or []
+    # Exits during the start are recorded at once but announced now: settling them
+    # would only compete with the starting for the CPU.
+    notify(fifo, ended)
     os.chdir("/")
     try:  # noqa: SIM105 - every attempt in it is claimed: the batch has done its work
         os.unlink(batch)
     except OSError:
         pass
-    while children and reap(children, fifo, block=True):
-        pass
+    while children:
+        done = reap(children, block=True)
+        if done is None:
+            break
+        notify(fifo, done)
     return 0
 
 
