@@ -11,6 +11,7 @@ from pathlib import Path
 from conftest import Server
 from sylphx._server.executors.base import Exit, LaunchRequest
 from sylphx._server.executors.local import LocalExecutor
+from sylphx._server.executors.supervisors import SPARE_DELAY_SECONDS
 
 
 def request(tmp_path: Path, script: str, attempt: int = 1) -> LaunchRequest:
@@ -123,7 +124,7 @@ def test_a_big_batch_is_split_over_supervisors_and_every_exit_is_reported_once(
             handles.add(executor.launch(req))
         executor.flush()
         expected = min(os.cpu_count() or 1, 3)  # ceil(130 / 64) batches at most
-        assert len(executor._supervisors) == expected
+        assert len(executor._supervisors._running) == expected
         seen: list[Exit] = []
         deadline = time.monotonic() + 60
         while len(seen) < 130 and time.monotonic() < deadline:
@@ -135,3 +136,33 @@ def test_a_big_batch_is_split_over_supervisors_and_every_exit_is_reported_once(
         assert {e.returncode for e in seen} == {3}
     finally:
         executor.close()
+
+
+def test_spare_supervisors_take_the_next_batch_and_exit_with_the_control_plane(
+    tmp_path: Path,
+) -> None:
+    """After a batch, a spare supervisor per CPU waits (started once no batch is starting);
+    the next batch goes to a spare; closing the executor lets the unused spares go."""
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    try:
+        assert executor.poll() == [] and executor._supervisors._spares == []  # none yet
+        first = executor.launch(request(tmp_path, "exit 0"))
+        executor.flush()
+        time.sleep(SPARE_DELAY_SECONDS + 0.1)
+        executor.poll()
+        spares = list(executor._supervisors._spares)
+        assert len(spares) == (os.cpu_count() or 1)
+        base = request(tmp_path, "exit 4")
+        second = executor.launch(LaunchRequest(**{**base.__dict__, "index": 1}))
+        executor.flush()
+        assert len(executor._supervisors._spares) == len(spares) - 1  # one took the batch
+        ended: dict[str, int] = {}
+        deadline = time.monotonic() + 30
+        while len(ended) < 2 and time.monotonic() < deadline:
+            ended |= {e.handle: e.returncode for e in executor.poll()}
+            time.sleep(0.05)
+        assert ended == {first: 0, second: 4}
+    finally:
+        executor.close()
+    for spare in spares:  # the idle ones exit on close; the busy one when its shard ended
+        assert spare.wait(timeout=10) == 0

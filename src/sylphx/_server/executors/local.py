@@ -1,8 +1,9 @@
 """Local executor: shard attempts are real processes on this host.
 
 Attempts run under :mod:`.supervise`, a small stdlib-only supervisor in its own
-session: one per reconcile pass (a batch), not one per shard, and not a child that
-dies with the control plane. It writes each shard's pid and exit status to the
+session: one per reconcile pass (a batch, split per CPU; spares kept started, see
+:mod:`.supervisors`), not one per shard, and not a child that dies with the control
+plane. It writes each shard's pid and exit status to the
 attempt's state directory (atomically), so a restarted control plane re-adopts live
 attempts and collects the ones that ended while it was down, with their true end
 times. Each shard runs in its own session (process group), its own cgroup (the
@@ -16,12 +17,9 @@ periodic scan of every attempt as the safety net.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,12 +35,11 @@ from .envelope import host_envelope, shard_env
 from .processes import check_program, descendants
 from .sandbox import Sandbox, bwrap_path
 from .supervise import claim, start_ticks, write_atomic
+from .supervisors import Supervisors
 
-SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
 SCAN_SECONDS = 1.0  # every tracked attempt's exit file is read this often (missed notes)
 DEEP_SCAN_SECONDS = 2.0  # ... and its claim and supervisor checked this often
-SHARDS_PER_SUPERVISOR = 64  # a bigger batch is split over up to one supervisor per CPU
 
 
 def _now() -> datetime:
@@ -114,9 +111,7 @@ class LocalExecutor:
         self._ended: set[str] = set()  # handles announced on the FIFO since the last poll
         self._last_scan = self._last_deep = float("-inf")  # the first poll scans everything
         self._envelopes: dict[tuple[object, ...], tuple[list[str], Path]] = {}  # per run
-        self._batches = state_dir / "batches"
-        self._batches.mkdir(exist_ok=True)
-        self._supervisors: list[subprocess.Popen[bytes]] = []
+        self._supervisors = Supervisors(self._fifo, state_dir / "batches")
         self._wake: Callable[[], None] = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
@@ -220,21 +215,7 @@ class LocalExecutor:
                 return
         if not batch:
             return
-        parts = min(os.cpu_count() or 1, -(-len(batch) // SHARDS_PER_SUPERVISOR))
-        size = -(-len(batch) // parts)
-        for first in range(0, len(batch), size):
-            path = self._batches / f"{os.getpid()}-{time.monotonic_ns()}-{first}.json"
-            write_atomic(str(path), json.dumps([b for _, b in batch[first : first + size]]))
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", SUPERVISOR, str(self._fifo), str(path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-            )
-            with self._lock:
-                self._supervisors.append(proc)
+        self._supervisors.start([body for _, body in batch])
 
     def adopt(self, handle: str) -> bool:
         """Track an attempt a previous control plane started; False if it is not ours.
@@ -273,9 +254,9 @@ class LocalExecutor:
     def poll(self) -> list[Exit]:
         """Attempts whose exit was recorded (or that were lost) since the last call: the
         ones announced on the FIFO, and every tracked one on the periodic scans."""
+        self._supervisors.tend()
         now = time.monotonic()
         with self._lock:
-            self._supervisors = [p for p in self._supervisors if p.poll() is None]
             ended, self._ended = self._ended, set()
             deep = now - self._last_deep >= DEEP_SCAN_SECONDS
             scan = deep or now - self._last_scan >= SCAN_SECONDS
@@ -381,4 +362,5 @@ class LocalExecutor:
     def close(self) -> None:
         self._closed.set()
         self._watcher.join(timeout=2)
+        self._supervisors.close()
         os.close(self._fifo_fd)

@@ -1,7 +1,9 @@
 """The attempt supervisor: starts a batch of shard attempts and records how each ended.
 
 Run as ``python -I -S supervise.py NOTIFY_FIFO BATCH_FILE`` in its own session, so it
-outlives the control plane (a ``kill -9`` of the server does not reach it). It imports
+outlives the control plane (a ``kill -9`` of the server does not reach it). With ``-`` for
+BATCH_FILE it is a spare, started ahead of need: it reads the batch file's path from
+stdin, and exits if stdin closes first. It imports
 only the standard library and never sylphx, so it starts in a few milliseconds; one
 supervisor serves a batch of the attempts the reconciler launched in one pass.
 
@@ -195,6 +197,10 @@ def reap(children: dict[int, tuple[str, int]], *, block: bool) -> list[str] | No
 
 def main(argv: list[str]) -> int:
     fifo, batch = argv
+    if batch == "-":  # a spare: started ahead, it waits for the path of its batch
+        batch = sys.stdin.readline().strip()
+        if not batch:
+            return 0  # the control plane closed the pipe (or went away) without one
     me = f"{os.getpid()} {start_ticks(os.getpid())}"
     children: dict[int, tuple[str, int]] = {}
     with open(batch) as fh:
