@@ -131,6 +131,12 @@ class Server:
             time.sleep(poll)
         raise RuntimeError(f"run {run_id} not terminal after {timeout}s")
 
+    def quiesce(self, seconds: float = 1.0) -> None:
+        """Let the server finish what it does after a run (start spare supervisors, reap
+        finished ones), so that work never lands inside the next timed measurement --
+        the baseline's or our own. Benchmarks call it before every timed round."""
+        time.sleep(seconds)
+
     def fan_out(self, n: int, command: Sequence[str] = ("true",)) -> float:
         """Seconds from submitting ``n`` opportunistic nano shards of ``command`` to seeing
         the run terminal (it must succeed)."""

@@ -56,7 +56,9 @@ def main() -> None:
             ours, base = [], []
             baseline_argv = command if name == "plain" else sandbox_argv(command)
             for _ in range(args.rounds):  # interleaved, so both see the same machine load
+                server.quiesce()
                 base.append(xargs(n, baseline_argv))
+                server.quiesce()
                 ours.append(server.fan_out(n, command))
         o, b = summary(ours), summary(base)
         rows.append(
