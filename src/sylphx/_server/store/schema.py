@@ -132,6 +132,7 @@ class AttemptRow(Base):
     __table_args__ = (
         UniqueConstraint("shard_id", "number", name="uq_attempts_shard_number"),
         Index("ix_attempts_state", "state"),
+        Index("ix_attempts_handle", "handle"),  # exits are settled by handle
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
