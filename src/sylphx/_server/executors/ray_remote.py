@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import os
 import select
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -31,7 +32,7 @@ from ..._errors import ExecutorError
 from .base import LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
 from .envelope import host_envelope
-from .processes import descendants
+from .processes import check_program, descendants
 
 _RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
 _PR_SET_PDEATHSIG = 1
@@ -87,6 +88,7 @@ class LogHub:
 
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
 _cgroups: list[Cgroups | None] = []  # per worker process: this node's cgroups, once checked
+_setpriv: list[list[str]] = []  # per worker process: the setpriv prefix ([] if unusable)
 
 
 def _node_cgroups() -> Cgroups | None:
@@ -106,6 +108,22 @@ def _die_with_parent() -> None:
     """In the child: SIGKILL it when the Ray worker that started it dies (a lost node)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _death_prefix() -> list[str]:
+    """argv prefix that makes the shard die with this worker: util-linux ``setpriv`` sets
+    the parent-death signal and execs the command (checked once per worker). Without it,
+    a ``preexec_fn`` does the same, but that makes Popen fork() the whole Ray worker
+    instead of vfork(): under 20+ concurrent tasks per node that fork (page tables of a
+    ~100 MB worker, copy-on-write faults in its threads) cost more than the shards."""
+    if not _setpriv:
+        found = shutil.which("setpriv")
+        usage = ""
+        if found is not None:
+            usage = subprocess.run([found, "--help"], capture_output=True, text=True).stdout
+        ok = found is not None and "--pdeathsig" in usage
+        _setpriv.append([str(found), "--pdeathsig", "KILL", "--"] if ok else [])
+    return _setpriv[0]
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -150,32 +168,42 @@ def run_streaming(
     """Run the attempt in its envelope with piped output; ``ship(stdout, stderr)`` is called
     at least every ``interval`` seconds and returns the signal the control plane wants
     delivered. Returns (raw return code, reason). The process tree is gone on return."""
-    with tempfile.TemporaryDirectory(prefix="sylphx-scratch-") as scratch:
+    scratch: list[str] = []  # made only if the envelope asks (unsandboxed, no working dir)
+
+    def make_scratch() -> Path:
+        if not scratch:
+            scratch.append(tempfile.mkdtemp(prefix="sylphx-scratch-"))
+        return Path(scratch[0])
+
+    group = None
+    try:
         argv, env, cwd = host_envelope(
             request,
             sandbox=envelope.sandbox,
             hide=[Path(p) for p in envelope.hide],
             host_path=os.environ.get("PATH"),
-            scratch=lambda: Path(scratch),
+            scratch=make_scratch,
             die_with_parent=True,
         )
+        if not envelope.sandbox and request.command:  # as the sandbox does: a clear 127
+            check_program(request.command[0], env.get("PATH", ""), cwd)
         cgroups = _node_cgroups() if envelope.enforce_tiers else None
-        group = None
         if cgroups is not None:
             name = handle.removeprefix("ray:").replace(":", "-") + f"-{os.getpid()}"
             group = cgroups.create(name, request.machine)
             argv = group.join_prefix() + argv
-        try:
-            code = _stream(argv, env, cwd, envelope.sandbox, group, ship,
-                           interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
-            reason = None
-            if group is not None and group.oom_killed():
-                reason = "OOMKilled: the shard went over its machine tier's memory"
-            return code, reason
-        finally:
-            if group is not None:
-                group.kill_all()
-                group.remove()
+        code = _stream(argv, env, cwd, envelope.sandbox, group, ship,
+                       interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
+        reason = None
+        if group is not None and group.oom_killed():
+            reason = "OOMKilled: the shard went over its machine tier's memory"
+        return code, reason
+    finally:
+        if group is not None:
+            group.kill_all()
+            group.remove()
+        if scratch:
+            shutil.rmtree(scratch[0], ignore_errors=True)
 
 
 def _stream(
@@ -190,8 +218,9 @@ def _stream(
     chunk: int,
     drain_seconds: float,
 ) -> int:
+    prefix = _death_prefix()
     proc = subprocess.Popen(
-        argv,
+        prefix + argv,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -199,22 +228,26 @@ def _stream(
         stderr=subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=None if prefix else _die_with_parent,
     )
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
     open_fds = set(bufs)
+    exit_fd = _pidfd(proc.pid)  # readable once the leader exits; None: poll every 20 ms
     last_ship = time.monotonic()
     exited_at: float | None = None
     try:
         while True:
             readable: list[int] = []
-            if open_fds:
-                readable = select.select(list(open_fds), [], [], interval)[0]
-            else:  # the shard closed its output; just watch for the exit
+            watch = [*open_fds, *([exit_fd] if exit_fd is not None and exited_at is None else [])]
+            if watch:
+                readable = select.select(watch, [], [], interval)[0]
+            else:  # the shard closed its output and no pidfd: just watch for the exit
                 time.sleep(0.02)
             for fd in readable:
+                if fd == exit_fd:
+                    continue
                 data = os.read(fd, 1 << 16)
                 if data:
                     bufs[fd] += data
@@ -227,6 +260,8 @@ def _stream(
                 not open_fds or time.monotonic() - exited_at > drain_seconds
             )
             size = len(bufs[out_fd]) + len(bufs[err_fd])
+            if done and not size:  # nothing left to ship; a signal would come too late
+                break
             if done or size >= chunk or time.monotonic() - last_ship >= interval:
                 sig = ship(bytes(bufs[out_fd]), bytes(bufs[err_fd]))
                 bufs[out_fd].clear()
@@ -243,6 +278,16 @@ def _stream(
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (Linux 5.3+): select() sees its exit without polling."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
 
 
 def run_shard(
