@@ -263,10 +263,19 @@ class RayExecutor:
             refs = [ref for _, ref in items]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
             done = set(ready)
-            for handle, ref in items:
-                if ref in done:
+            ended = [(handle, ref) for handle, ref in items if ref in done]
+            try:  # one round trip for every result; a failed task is looked at on its own
+                results = ray.get([ref for _, ref in ended])
+            except Exception:  # any failure: each task is asked on its own, below
+                results = None
+            now = _now()
+            for i, (handle, ref) in enumerate(ended):
+                if results is None:
                     exits.append(self._exit(handle, ref))
-                    self._ended(handle)
+                else:
+                    code, reason = results[i]
+                    exits.append(Exit(handle, int(code), now, reason))
+                self._ended(handle)
         with self._lock:
             forget, self._forget = self._forget, []
         if forget:
