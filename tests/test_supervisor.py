@@ -149,14 +149,13 @@ def test_spare_supervisors_take_the_next_batch_and_exit_with_the_control_plane(
         first = executor.launch(request(tmp_path, "exit 0"))
         executor.flush()
         time.sleep(SPARE_DELAY_SECONDS + 0.1)
-        executor.poll()
+        ended = {e.handle: e.returncode for e in executor.poll()}  # spares start here
         spares = list(executor._supervisors._spares)
         assert len(spares) == (os.cpu_count() or 1)
         base = request(tmp_path, "exit 4")
         second = executor.launch(LaunchRequest(**{**base.__dict__, "index": 1}))
         executor.flush()
         assert len(executor._supervisors._spares) == len(spares) - 1  # one took the batch
-        ended: dict[str, int] = {}
         deadline = time.monotonic() + 30
         while len(ended) < 2 and time.monotonic() < deadline:
             ended |= {e.handle: e.returncode for e in executor.poll()}

@@ -137,8 +137,10 @@ class LocalExecutor:
             self.adopt(handle)
             return handle
         argv, env, cwd = self._envelope(request)
-        if self._cgroups is not None:
-            argv = self._cgroups.create(_cgroup_name(handle), request.machine).join_prefix() + argv
+        plan = None
+        if self._cgroups is not None:  # made by the supervisor, entered by the shard
+            plan = self._cgroups.plan(_cgroup_name(handle), request.machine)
+            argv = self._cgroups.group(_cgroup_name(handle)).join_prefix() + argv
         body: dict[str, object] = {
             "dir": str(folder),  # created by the supervisor, with the log folders
             "argv": argv,
@@ -146,6 +148,7 @@ class LocalExecutor:
             "cwd": str(cwd),
             "stdout": str(request.stdout_path),
             "stderr": str(request.stderr_path),
+            "cgroup": plan,
         }
         with self._lock:
             self._tracked[handle] = time.monotonic()
