@@ -34,7 +34,7 @@ from .cgroups import Cgroups, ShardCgroup
 from .envelope import host_envelope, shard_env
 from .processes import check_program, descendants
 from .sandbox import Sandbox, bwrap_path
-from .supervise import claim, start_ticks, write_atomic
+from .supervise import OOM_REASON, claim, start_ticks, write_atomic
 from .supervisors import Supervisors
 
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
@@ -295,7 +295,7 @@ class LocalExecutor:
             group = self._group(handle)
             if group is not None:
                 if group.oom_killed():
-                    reason = "OOMKilled: the shard went over its machine tier's memory"
+                    reason = OOM_REASON
                 group.kill_all()
                 group.remove()
             return Exit(

@@ -33,6 +33,7 @@ from .base import LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
 from .envelope import host_envelope
 from .processes import check_program, descendants
+from .supervise import OOM_REASON
 
 _RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
 _PR_SET_PDEATHSIG = 1
@@ -196,7 +197,7 @@ def run_streaming(
                        interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
         reason = None
         if group is not None and group.oom_killed():
-            reason = "OOMKilled: the shard went over its machine tier's memory"
+            reason = OOM_REASON
         return code, reason
     finally:
         if group is not None:

@@ -47,6 +47,7 @@ def start_ticks(pid: int) -> str:
         return "0"
 
 
+Child = tuple[str, int, list[str]]  # a started shard: state dir, start ns, cgroup dirs
 REAP_EVERY = 8  # while starting a batch, look for children that already ended this often
 
 
@@ -171,6 +172,40 @@ def make_cgroup(plan: dict[str, list[Any]] | None) -> None:
             pass
 
 
+OOM_REASON = "OOMKilled: the shard went over its machine tier's memory"
+
+
+def clear_cgroup(dirs: list[str]) -> str:
+    """After the shard's leader ended: kill what is left in its cgroup (processes that
+    left its process group), then remove the cgroup; returns the exit's reason ("" or
+    OOMKilled). A cgroup that is not empty yet stays for the control plane to clear."""
+    oom = False
+    for folder in dirs:
+        for name in ("memory.oom_control", "memory.events"):
+            try:
+                with open(os.path.join(folder, name)) as fh:
+                    for line in fh:
+                        key, _, value = line.partition(" ")
+                        oom = oom or (key == "oom_kill" and value.strip() not in ("", "0"))
+            except OSError:
+                pass
+        try:
+            with open(os.path.join(folder, "cgroup.procs")) as fh:
+                for pid in fh.read().split():
+                    try:  # noqa: SIM105 - contextlib would slow every supervisor's start
+                        os.kill(int(pid), signal.SIGKILL)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    for folder in dirs:
+        try:  # noqa: SIM105 - as above
+            os.rmdir(folder)
+        except OSError:
+            pass
+    return OOM_REASON if oom else ""
+
+
 def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> None:
     """Record a launch that never became a process: exit 127, reason LaunchError."""
     now = time.time_ns()
@@ -184,7 +219,7 @@ def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> N
     write_atomic(os.path.join(state_dir, "exit"), f"127 {now} {now} LaunchError: {exc}")
 
 
-def reap(children: dict[int, tuple[str, int]], *, block: bool) -> list[str] | None:
+def reap(children: dict[int, Child], *, block: bool) -> list[str] | None:
     """Record how every child that has ended did (with ``block``, after waiting for one),
     the exit files written together (:func:`write_all_atomic`); returns their state
     directories, to :func:`notify` -- None when there is no child left to wait for."""
@@ -206,9 +241,10 @@ def reap(children: dict[int, tuple[str, int]], *, block: bool) -> list[str] | No
         _, status = os.waitpid(pid, 0)
         entry = children.pop(pid, None)
         if entry is not None:
-            state_dir, started = entry
+            state_dir, started, cgroup = entry
             code = os.waitstatus_to_exitcode(status)
-            records.append((os.path.join(state_dir, "exit"), f"{code} {started} {ended} "))
+            reason = clear_cgroup(cgroup)
+            records.append((os.path.join(state_dir, "exit"), f"{code} {started} {ended} {reason}"))
         try:
             info = os.waitid(os.P_ALL, 0, flags | os.WNOHANG)
         except ChildProcessError:
@@ -224,7 +260,7 @@ def main(argv: list[str]) -> int:
         if not batch:
             return 0  # the control plane closed the pipe (or went away) without one
     me = f"{os.getpid()} {start_ticks(os.getpid())}"
-    children: dict[int, tuple[str, int]] = {}
+    children: dict[int, Child] = {}
     with open(batch) as fh:
         requests: list[dict[str, object]] = json.load(fh)
     spawned = 0
@@ -247,7 +283,7 @@ def main(argv: list[str]) -> int:
             continue
         pid_text = f"{pid} {start_ticks(pid)} {started}"  # dies with the host: no fsync
         write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
-        children[pid] = (state_dir, started)
+        children[pid] = (state_dir, started, (req.get("cgroup") or {}).get("dirs", []))  # type: ignore[attr-defined]
         spawned += 1
         if spawned % REAP_EVERY == 0:  # record early exits while the batch still starts
             ended += reap(children, block=False) or []
