@@ -38,12 +38,12 @@ from starlette.types import Receive
 
 from .._errors import ValidationError
 from .._states import RUN_TERMINAL
+from .._waiting import MAX_WAIT
 from .store import RunRow
 
 __all__ = ["MAX_WAIT", "RunWaiters", "ended_among", "is_terminal", "wait_error"]
 
 log = logging.getLogger("sylphx.longpoll")
-MAX_WAIT = 60.0  # seconds one request may wait; clients repeat it to wait longer
 MAX_WAITERS = 1024  # per API process
 RECHECK_SECONDS = 0.5  # fallback check while another process reconciles
 SAFETY_SECONDS = 2.0  # fallback check while this process reconciles (notified otherwise)
