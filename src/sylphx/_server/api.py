@@ -189,7 +189,10 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         run_id: str,
         org_id: Org,
         request: Request,
-        wait: Annotated[float | None, Query(gt=0, le=longpoll.MAX_WAIT)] = None,
+        wait: Annotated[
+            float | None,
+            Query(gt=0, le=longpoll.MAX_WAIT, description="long-poll: seconds to wait for the end"),
+        ] = None,
     ) -> Response:
         """The run: its effective spec, aggregate and message.
 
