@@ -41,6 +41,7 @@ ENVELOPES: dict[str, dict[str, str]] = {
     "sandboxed": {},
 }
 TERMINAL = ("succeeded", "partial", "failed", "cancelled", "timed_out")
+MAX_WAIT = 60.0  # the longest long-poll the API allows (GET /v1/runs/{id}?wait=)
 
 
 def free_port() -> int:
@@ -121,14 +122,22 @@ class Server:
             raise RuntimeError(f"submit failed: {r.status_code} {r.text}")
         return str(r.json()["id"])
 
-    def wait(self, run_id: str, *, poll: float = 0.005, timeout: float = 600) -> dict[str, Any]:
-        """Poll ``GET /v1/runs/{id}`` until the run is terminal; returns the run."""
+    def wait(
+        self, run_id: str, *, poll: float | None = None, timeout: float = 600
+    ) -> dict[str, Any]:
+        """The run, once terminal. Each request is a long-poll, ``GET /v1/runs/{id}?wait=``,
+        which the server answers as soon as the run ends; ``poll=SECONDS`` instead polls
+        the plain GET that often (how clients learned of the end before long-polls)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = dict(self.http.get(f"/v1/runs/{run_id}").json())
+        while (left := deadline - time.monotonic()) > 0:
+            params = {} if poll is not None else {"wait": min(MAX_WAIT, max(0.01, left))}
+            r = self.http.get(f"/v1/runs/{run_id}", params=params)
+            r.raise_for_status()
+            run = dict(r.json())
             if run["status"] in TERMINAL:
                 return run
-            time.sleep(poll)
+            if poll is not None:
+                time.sleep(poll)
         raise RuntimeError(f"run {run_id} not terminal after {timeout}s")
 
     def quiesce(self, seconds: float = 1.0) -> None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 
 from conftest import Server
 from sylphx import (
     AsyncRunsClient,
+    ClientConfig,
     NotFound,
     RunsClient,
     RunState,
@@ -151,3 +156,120 @@ def test_seed_sdk_example_on_the_embedded_default(
         assert merged == sorted(f"SYM{i}" for i in range(100))
     finally:
         config.close()
+
+
+# -- wait(): long-polls ---------------------------------------------------------------------
+SLOW_POLL = 30.0  # a wait() that polled plainly would sleep this long between looks
+
+
+def test_wait_long_polls_and_returns_when_the_run_ends(server: Server) -> None:
+    config = create_client(server.url, token=server.token)
+    seen: list[httpx.Request] = []
+    config.http().event_hooks["request"].append(seen.append)
+    run = RunsClient.run(config, command=["sh", "-c", "sleep 0.5"], machine="nano")
+    start = time.monotonic()
+    assert run.wait(timeout=120, poll_interval=SLOW_POLL).status is RunState.SUCCEEDED
+    assert time.monotonic() - start < SLOW_POLL / 2  # no poll interval was slept
+    gets = [r for r in seen if r.method == "GET"]
+    assert gets and all("wait" in r.url.params for r in gets)
+    assert 0 < float(gets[0].url.params["wait"]) <= 60
+    with pytest.raises(ValidationError, match="wait: must be a number of seconds"):
+        run.refresh(wait=61)
+    assert run.refresh(wait=5).status is RunState.SUCCEEDED  # terminal: answered at once
+    config.close()
+
+
+def test_wait_timeout_is_honoured_with_long_polls(server: Server) -> None:
+    config = create_client(server.url, token=server.token)
+    run = RunsClient.run(config, command=["sleep", "60"], machine="nano")
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="is still"):
+        run.wait(timeout=1.5, poll_interval=SLOW_POLL)
+    assert 1.4 <= time.monotonic() - start < SLOW_POLL / 2
+    run.cancel()
+    config.close()
+
+
+@pytest.mark.anyio
+async def test_async_wait_long_polls(server: Server) -> None:
+    config = create_client(server.url, token=server.token)
+    run = await AsyncRunsClient.run(config, command=["sh", "-c", "sleep 0.5"], machine="nano")
+    start = time.monotonic()
+    status = await run.wait(timeout=120, poll_interval=SLOW_POLL)
+    assert status.status is RunState.SUCCEEDED
+    assert time.monotonic() - start < SLOW_POLL / 2
+
+
+def _older_server(server: Server, *, refuse: bool) -> Callable[[httpx.Request], httpx.Response]:
+    """A proxy to ``server`` that behaves like a server without long-polls: it refuses
+    ``wait`` with a 422 (``refuse``) or ignores it and answers at once."""
+    upstream = server.client(server.token)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if "wait" in request.url.params and refuse:
+            body = {
+                "error": "validation_error",
+                "message": "wait: is not a known field. Fix: remove it",
+                "details": [{"field": "wait", "rule": "is not a known field", "fix": "remove"}],
+            }
+            return httpx.Response(422, json=body)
+        params = {k: v for k, v in request.url.params.items() if k != "wait"}
+        got = upstream.request(
+            request.method,
+            request.url.path,
+            params=params,
+            content=request.read(),
+            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
+        )
+        return httpx.Response(
+            got.status_code, content=got.content, headers={"Content-Type": "application/json"}
+        )
+
+    return handle
+
+
+@pytest.mark.parametrize("refuse", [True, False])
+def test_wait_against_a_server_without_long_polls_polls_plainly(
+    server: Server, monkeypatch: pytest.MonkeyPatch, refuse: bool
+) -> None:
+    handler = _older_server(server, refuse=refuse)
+    seen: list[httpx.Request] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    older = httpx.Client(base_url=server.url, transport=httpx.MockTransport(recording))
+    monkeypatch.setattr(ClientConfig, "http", lambda self: older)
+    config = create_client(server.url, token=server.token)
+    run = RunsClient.run(config, command=["sh", "-c", "sleep 1"], machine="nano")
+    assert run.wait(timeout=60, poll_interval=0.2).status is RunState.SUCCEEDED
+    gets = [r for r in seen if r.method == "GET"]
+    with_wait = [r for r in gets if "wait" in r.url.params]
+    if refuse:
+        assert len(with_wait) == 1 and len(gets) > 1  # asked once, then plain GETs
+    else:
+        assert len(with_wait) == len(gets)
+    assert len(gets) < 40  # paced by poll_interval: ~1 s of running, not a busy loop
+
+
+@pytest.mark.anyio
+async def test_async_wait_against_a_server_that_refuses_wait(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = _older_server(server, refuse=True)
+    seen: list[httpx.Request] = []
+
+    async def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return await anyio.to_thread.run_sync(handler, request)
+
+    def older(self: ClientConfig) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=server.url, transport=httpx.MockTransport(recording))
+
+    monkeypatch.setattr(ClientConfig, "async_http", older)
+    config = create_client(server.url, token=server.token)
+    run = await AsyncRunsClient.run(config, command=["sh", "-c", "sleep 1"], machine="nano")
+    assert (await run.wait(timeout=60, poll_interval=0.2)).status is RunState.SUCCEEDED
+    with_wait = [r for r in seen if "wait" in r.url.params]
+    assert len(with_wait) == 1 and len(seen) > 2

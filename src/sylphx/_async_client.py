@@ -7,7 +7,6 @@ any event loop.
 from __future__ import annotations
 
 import builtins
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +14,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from ._errors import ValidationError
 from ._machines import MachineName
 from ._spec import AdmissionFallback, CompletionMode, RunSpec
 from ._states import RunState
@@ -35,6 +35,7 @@ from ._transport import (
     stream_timeout,
 )
 from ._views import Aggregate, Logs, RunList, RunView, ShardView, VolumeView
+from ._waiting import WaitLoop, refuses_wait, wait_params, wait_timeout
 
 __all__ = ["AsyncRun", "AsyncRunsClient", "AsyncVolumesClient"]
 
@@ -57,11 +58,14 @@ async def _request(
     *,
     json: Any = None,
     params: Mapping[str, str | int] | None = None,
+    timeout: httpx.Timeout | None = None,
 ) -> httpx.Response:
     for attempt in (1, 2):
         try:
             async with config.async_http() as client:
-                return await client.request(method, path, json=json, params=params)
+                return await client.request(
+                    method, path, json=json, params=params, timeout=timeout or config.timeout
+                )
         except httpx.HTTPError as exc:
             if attempt == 1 and await _recover(config, exc):
                 continue
@@ -106,6 +110,7 @@ class AsyncRun:
     def __init__(self, config: ClientConfig, view: RunView) -> None:
         self._config = config
         self._view = view
+        self._long_poll = True  # until the server refuses ``wait``
 
     @property
     def id(self) -> str:
@@ -122,31 +127,38 @@ class AsyncRun:
         """The status as of the last fetch."""
         return self._view.status
 
-    async def refresh(self) -> RunView:
-        """Fetch the current RunView."""
-        body = json_body(await _request(self._config, "GET", _run_path(self.id)))
-        self._view = parse_model(RunView, body, "run")
+    async def refresh(self, wait: float | None = None) -> RunView:
+        """Fetch the current RunView; with ``wait`` a long-poll (see :meth:`Run.refresh`)."""
+        params = None if wait is None else wait_params(wait)
+        timeout = None if wait is None else wait_timeout(self._config.timeout, wait)
+        if not self._long_poll:
+            params = timeout = None
+        path = _run_path(self.id)
+        try:
+            got = json_body(
+                await _request(self._config, "GET", path, params=params, timeout=timeout)
+            )
+        except ValidationError as exc:
+            if params is None or not refuses_wait(exc):
+                raise
+            self._long_poll = False  # an older server: plain GETs from now on
+            return await self.refresh()
+        self._view = parse_model(RunView, got, "run")
         return self._view
 
     async def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> Aggregate:
         """Wait until the run is terminal and return its aggregate.
 
+        Each request is a long-poll the server answers as soon as the run ends;
+        ``poll_interval`` paces plain polling of a server without long-polls.
         Raises TimeoutError if ``timeout`` seconds pass first (the run keeps going).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = WaitLoop(self.id, timeout, poll_interval)
         while True:
-            view = await self.refresh()
-            if view.status.terminal:
-                return view.aggregate
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"run {self.id} is still {view.status} after {timeout:g}s"
-                    f" ({view.aggregate.succeeded}/{view.aggregate.total} shards succeeded)"
-                )
-            pause = poll_interval
-            if deadline is not None:
-                pause = max(0.0, min(pause, deadline - time.monotonic()))
-            await anyio.sleep(pause)
+            done = loop.result(await self.refresh(wait=loop.next_wait()))
+            if done is not None:
+                return done
+            await anyio.sleep(loop.pause())
 
     async def shards(self) -> list[ShardView]:
         """Every shard with its status, attempts, exit code and history."""

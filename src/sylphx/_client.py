@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ._errors import ValidationError
 from ._machines import MachineName
 from ._spec import AdmissionFallback, CompletionMode, RunSpec
 from ._states import RunState
@@ -42,6 +43,7 @@ from ._views import (
     UsageReport,
     VolumeView,
 )
+from ._waiting import WaitLoop, refuses_wait, wait_params, wait_timeout
 
 __all__ = [
     "ClientConfig",
@@ -71,11 +73,13 @@ def _request(
     *,
     json: Any = None,
     params: Mapping[str, str | int] | None = None,
+    timeout: httpx.Timeout | None = None,
 ) -> httpx.Response:
     for attempt in (1, 2):
         try:
-            response = config.http().request(method, path, json=json, params=params)
-            return response
+            return config.http().request(
+                method, path, json=json, params=params, timeout=timeout or config.timeout
+            )
         except httpx.HTTPError as exc:
             if attempt == 1 and _recover(config, exc):
                 continue
@@ -115,6 +119,7 @@ class Run:
     def __init__(self, config: ClientConfig, view: RunView) -> None:
         self._config = config
         self._view = view
+        self._long_poll = True  # until the server refuses ``wait``
 
     @property
     def id(self) -> str:
@@ -131,31 +136,39 @@ class Run:
         """The status as of the last fetch."""
         return self._view.status
 
-    def refresh(self) -> RunView:
-        """Fetch the current RunView."""
-        body = json_body(_request(self._config, "GET", _run_path(self.id)))
-        self._view = parse_model(RunView, body, "run")
+    def refresh(self, wait: float | None = None) -> RunView:
+        """Fetch the current RunView. With ``wait`` (seconds, 0 < wait <= 60) it is a
+        long-poll: answered as soon as the run is terminal, or after ``wait`` seconds with
+        the view then (a server without long-polls answers at once)."""
+        params = None if wait is None else wait_params(wait)
+        timeout = None if wait is None else wait_timeout(self._config.timeout, wait)
+        if not self._long_poll:
+            params = timeout = None
+        try:
+            got = json_body(
+                _request(self._config, "GET", _run_path(self.id), params=params, timeout=timeout)
+            )
+        except ValidationError as exc:
+            if params is None or not refuses_wait(exc):
+                raise
+            self._long_poll = False  # an older server: plain GETs from now on
+            return self.refresh()
+        self._view = parse_model(RunView, got, "run")
         return self._view
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> Aggregate:
         """Block until the run is terminal and return its aggregate.
 
+        Each request is a long-poll the server answers as soon as the run ends;
+        ``poll_interval`` paces plain polling of a server without long-polls.
         Raises TimeoutError if ``timeout`` seconds pass first (the run keeps going).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = WaitLoop(self.id, timeout, poll_interval)
         while True:
-            view = self.refresh()
-            if view.status.terminal:
-                return view.aggregate
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"run {self.id} is still {view.status} after {timeout:g}s"
-                    f" ({view.aggregate.succeeded}/{view.aggregate.total} shards succeeded)"
-                )
-            pause = poll_interval
-            if deadline is not None:
-                pause = max(0.0, min(pause, deadline - time.monotonic()))
-            time.sleep(pause)
+            done = loop.result(self.refresh(wait=loop.next_wait()))
+            if done is not None:
+                return done
+            time.sleep(loop.pause())
 
     def shards(self) -> list[ShardView]:
         """Every shard with its status, attempts, exit code and history."""

@@ -65,13 +65,14 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
     """Poll ``run`` until terminal, showing the aggregate and the per-shard table.
 
     On a TTY the table is redrawn in place; otherwise one line is printed per shard
-    status change and the final table at the end. ``quiet`` prints nothing.
+    status change and the final table at the end. ``quiet`` prints nothing. Between two
+    looks the run is long-polled, so its end is shown at once rather than at the next look.
     """
     seen: dict[int, tuple[str, int]] = {}
     drawn = 0
     shards: list[ShardView] = []
+    view = run.refresh()
     while True:
-        view = run.refresh()
         shards = run.shards()  # fetched after the view, so terminal view => terminal shards
         if quiet:
             pass
@@ -86,7 +87,10 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
             out.flush()
         if view.status.terminal:
             break
-        time.sleep(POLL_INTERVAL)
+        started = time.monotonic()
+        view = run.refresh(wait=POLL_INTERVAL)  # answered at once if the run ends meanwhile
+        if not view.status.terminal:  # a server without long-polls answers at once
+            time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
     if not quiet and not tty:
         out.write("\n".join([*render.shard_table(shards), render.aggregate_line(view)]) + "\n")
         out.flush()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import time
 
 import click
 
@@ -92,11 +92,9 @@ def cancel(run_id: str, no_wait: bool, as_json: bool) -> None:
     view = RunsClient.cancel(config, run_id)
     if not no_wait:
         run = RunsClient.get(config, run_id)
-        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        with contextlib.suppress(TimeoutError):  # long-polls: returns as soon as it ends
+            run.wait(timeout=CANCEL_WAIT_SECONDS)
         view = run.view
-        while not view.status.terminal and time.monotonic() < deadline:
-            time.sleep(0.5)
-            view = run.refresh()
     if as_json:
         echo_json(view.to_wire())
     else:

@@ -100,6 +100,7 @@ def serve(
 
             def handle_exit(self, sig: int, frame: Any) -> None:
                 plane.draining = True
+                plane.run_waiters.close()  # long-polls answer now instead of holding the exit
                 super().handle_exit(sig, frame)
 
         config = uvicorn.Config(

@@ -31,7 +31,7 @@ from .._views import (
     UsageReport,
     VolumeView,
 )
-from . import billing, faults, image_policy, logs, orgs, runs, secrets, volumes
+from . import billing, faults, image_policy, logs, longpoll, orgs, runs, secrets, volumes
 from .plane import ControlPlane
 from .store import OrgRow, RunRow
 
@@ -124,7 +124,8 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = validation_error(list(exc.errors()), RunSpec)
+        errors = list(exc.errors())
+        err = longpoll.wait_error(errors) or validation_error(errors, RunSpec)
         return JSONResponse(err.to_body(), status_code=err.status_code)
 
     @app.get("/healthz")
@@ -185,14 +186,32 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             return runs.list_runs(s, org_id, status=status, limit=limit, cursor=cursor)
 
     @app.get("/v1/runs/{run_id}", response_model=RunView)
-    async def get_run(run_id: str, org_id: Org) -> Response:
-        """The hot polling path: a final view is served from memory; otherwise the run is
+    async def get_run(
+        run_id: str,
+        org_id: Org,
+        request: Request,
+        wait: Annotated[
+            float | None,
+            Query(gt=0, le=longpoll.MAX_WAIT, description="long-poll: seconds to wait for the end"),
+        ] = None,
+    ) -> Response:
+        """The run: its effective spec, aggregate and message.
+
+        ``wait=SECONDS`` (0 < wait <= 60) makes it a long-poll: the answer comes as soon as
+        the run is terminal (succeeded, partial, failed, cancelled, timed_out), or after
+        ``wait`` seconds with the view it has then; repeat it to wait longer. An unknown
+        run (or another org's) is a 404 at once. A waiting request holds no thread; this
+        process's reconciler releases it when a pass ends the run (while another process
+        reconciles, a check of the store every 0.5 s does). See :mod:`.longpoll`.
+
+        The hot polling path: a final view is served from memory; otherwise the run is
         read in the thread pool, one read shared by the requests for it that arrive while
         it waits to start. Either way the body is the RunView's JSON, rendered once."""
-        body = plane.terminal_views.get(run_id, org_id)
-        if body is None:
-            read = functools.partial(_read_run, plane, run_id, org_id)
-            body = await plane.run_reads.read((run_id, org_id), read)
+        read = functools.partial(_current_run, plane, run_id, org_id)
+        if wait is None:
+            body = await read()
+        else:
+            body = await plane.run_waiters.wait(run_id, wait, read, request.receive)
         return Response(body, media_type="application/json")
 
     @app.get("/v1/runs/{run_id}/shards", response_model=list[ShardView])
@@ -210,6 +229,8 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             except StaleDataError:
                 if attempt == CAS_RETRIES - 1:
                     raise
+        if out.status.terminal:  # a queued run is settled at once: release its long-polls
+            plane.run_waiters.ended([run_id])
         plane.reconciler.wake()
         return out
 
@@ -306,6 +327,15 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
 def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+async def _current_run(plane: ControlPlane, run_id: str, org_id: str) -> bytes:
+    """The RunView JSON of the org's run: from memory if final, else a shared store read."""
+    body = plane.terminal_views.get(run_id, org_id)
+    if body is None:
+        read = functools.partial(_read_run, plane, run_id, org_id)
+        body = await plane.run_reads.read((run_id, org_id), read)
+    return body
 
 
 def _read_run(plane: ControlPlane, run_id: str, org_id: str) -> bytes:

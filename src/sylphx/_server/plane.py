@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from .executors.cgroups import Cgroups
 from .images import ImageStore
 from .lease import Lease
 from .lock import HomeLock
+from .longpoll import RunWaiters, ended_among
 from .readcache import KeyCache, SharedReads, TerminalViews
 from .secrets import load_cipher
 from .store import make_engine, migrate, read_session_factory, session_factory
@@ -71,6 +73,13 @@ class ControlPlane:
             cipher=self.cipher,
             lease=Lease(self.engine, settings.home),
         )
+        # long-polls of GET /v1/runs/{id}?wait=: released by this process's reconciler
+        # passes, or (another process reconciling) by a fallback check of the store
+        self.run_waiters = RunWaiters(
+            functools.partial(ended_among, self.engine),
+            reconcile_interval=settings.reconcile_interval,
+        )
+        self.reconciler.on_pass = self.run_waiters.passed
 
     @staticmethod
     def now() -> datetime:
@@ -106,6 +115,7 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop reconciling; running shards are left alone (a restart re-adopts them)."""
         self.draining = True
+        self.run_waiters.close()
         self.reconciler.stop()
         self.executor.close()
         self.engine.dispose()

@@ -67,6 +67,7 @@ class Reconciler:
         self._disk_full: str | None = None  # the last "log disk full" message logged
         self._last_full = float("-inf")  # monotonic time of the last pass that loaded all
         self._specs: dict[tuple[str, int], RunSpec] = {}  # parsed specs by (run, version)
+        self.on_pass: Callable[[list[str]], None] = lambda ended: None  # hook, see tick()
         executor.set_waker(self.wake)
 
     # -- loop -------------------------------------------------------------
@@ -122,7 +123,7 @@ class Reconciler:
         """One level-triggered pass over all active runs."""
         self._signals = []
         try:
-            self._pass()
+            ended = self._pass()
         except BaseException:
             self.executor.flush(discard=True)  # never start what a rolled-back pass launched
             raise
@@ -130,8 +131,9 @@ class Reconciler:
         # back by a concurrent write must not leave a shard killed for no recorded reason.
         for handle, sig in self._signals:
             self.executor.signal(handle, sig)
+        self.on_pass(ended)  # hook: the ids of the runs this committed pass ended
 
-    def _pass(self) -> None:
+    def _pass(self) -> list[str]:
         with self.sessions.begin() as s:
             runs = list(
                 s.scalars(
@@ -164,6 +166,7 @@ class Reconciler:
                 counts = survey.shard_counts(s)  # failed launches were settled
             for run in runs:
                 self._roll_up(s, run, counts[run.id], now)
+            return [run.id for run in runs if RunState(run.state).terminal]
 
     def _parse(self, runs: list[RunRow]) -> dict[str, RunSpec]:
         """Each run's spec, parsed once per version of its row."""
@@ -200,14 +203,12 @@ class Reconciler:
         return focus
 
     def recover(self) -> None:
-        """Re-adopt every attempt the store still shows as live.
-
-        Attempts outlive the control plane (the local executor's supervisor records
-        their exits durably), so after a restart, or a pass that failed midway, they are
-        handed back to the executor, which reports them when they end -- or at once, with
-        their true end times, if they ended meanwhile. Only an attempt the executor
-        cannot account for at all is recorded as lost; none is ever started twice.
-        """
+        """Re-adopt every attempt the store still shows as live. Attempts outlive the
+        control plane (the local executor's supervisor records their exits durably), so
+        after a restart, or a pass that failed midway, they are handed back to the executor,
+        which reports them when they end -- or at once, with their true end times, if they
+        ended meanwhile. Only an attempt the executor cannot account for at all is recorded
+        as lost; none is ever started twice."""
         with self.sessions.begin() as s:
             unended = s.scalars(select(AttemptRow).where(AttemptRow.ended_at.is_(None))).all()
             lost = []
