@@ -8,7 +8,6 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 from ..._errors import ExecutorError
 from ..._machines import MACHINES
@@ -18,14 +17,6 @@ CPU_PERIOD_US = 100_000
 PIDS_MAX = 4096
 # the shell prologue that moves the shard into its cgroups before exec'ing it
 _JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
-
-
-class CgroupPlan(TypedDict):
-    """The directories and limit files of one attempt's cgroup (see :meth:`Cgroups.plan`)."""
-
-    dirs: list[str]
-    required: list[list[str]]  # [path, value]: the limits
-    optional: list[list[str]]  # [path, value]: best effort (e.g. swap, where accounted)
 
 
 @dataclass(frozen=True)
@@ -98,49 +89,25 @@ class Cgroups:
         dirs = tuple(base / name for base in self.bases)
         return ShardCgroup(dirs, self.v2) if dirs[0].is_dir() else None
 
-    def plan(self, name: str, machine: str) -> CgroupPlan:
-        """What creating the attempt's cgroup takes, as data (JSON): the ``dirs`` to make
-        and the limit files to write, ``required`` or best-effort (``optional``). The
-        local executor's supervisor carries it out (see supervise.py), the Ray worker and
-        :meth:`create` here."""
+    def create(self, name: str, machine: str) -> ShardCgroup:
         tier = MACHINES[machine]
         quota = max(int(tier.vcpu * CPU_PERIOD_US), 1000)
-        dirs = [base / name for base in self.bases]
+        dirs = tuple(base / name for base in self.bases)
+        for d in dirs:
+            d.mkdir(exist_ok=True)
         if self.v2:
             d = dirs[0]
-            required = [
-                (d / "memory.max", tier.memory_bytes),
-                (d / "cpu.max", f"{quota} {CPU_PERIOD_US}"),
-                (d / "pids.max", PIDS_MAX),
-            ]
-            optional = [(d / "memory.swap.max", 0)]
+            (d / "memory.max").write_text(str(tier.memory_bytes))
+            with contextlib.suppress(OSError):
+                (d / "memory.swap.max").write_text("0")
+            (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+            (d / "pids.max").write_text(str(PIDS_MAX))
         else:
             mem, cpu, pids = dirs
-            required = [
-                (mem / "memory.limit_in_bytes", tier.memory_bytes),
-                (cpu / "cpu.cfs_period_us", CPU_PERIOD_US),
-                (cpu / "cpu.cfs_quota_us", quota),
-                (pids / "pids.max", PIDS_MAX),
-            ]
-            optional = [(mem / "memory.memsw.limit_in_bytes", tier.memory_bytes)]
-        return CgroupPlan(
-            dirs=[str(d) for d in dirs],
-            required=[[str(path), str(value)] for path, value in required],
-            optional=[[str(path), str(value)] for path, value in optional],
-        )
-
-    def group(self, name: str) -> ShardCgroup:
-        """The attempt's cgroup, whether or not it exists yet."""
-        return ShardCgroup(tuple(base / name for base in self.bases), self.v2)
-
-    def create(self, name: str, machine: str) -> ShardCgroup:
-        """Make the attempt's cgroup now, with its tier's limits (raises OSError)."""
-        plan = self.plan(name, machine)
-        for d in plan["dirs"]:
-            Path(d).mkdir(exist_ok=True)
-        for path, value in plan["required"]:
-            Path(path).write_text(value)
-        for path, value in plan["optional"]:
+            (mem / "memory.limit_in_bytes").write_text(str(tier.memory_bytes))
             with contextlib.suppress(OSError):
-                Path(path).write_text(value)
-        return self.group(name)
+                (mem / "memory.memsw.limit_in_bytes").write_text(str(tier.memory_bytes))
+            (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+            (pids / "pids.max").write_text(str(PIDS_MAX))
+        return ShardCgroup(dirs, self.v2)

@@ -137,10 +137,11 @@ class LocalExecutor:
             self.adopt(handle)
             return handle
         argv, env, cwd = self._envelope(request)
-        plan = None
-        if self._cgroups is not None:  # made by the supervisor, entered by the shard
-            plan = self._cgroups.plan(_cgroup_name(handle), request.machine)
-            argv = self._cgroups.group(_cgroup_name(handle)).join_prefix() + argv
+        cgroup = None
+        if self._cgroups is not None:  # the supervisor removes it when the shard ends
+            group = self._cgroups.create(_cgroup_name(handle), request.machine)
+            argv = group.join_prefix() + argv
+            cgroup = {"dirs": [str(d) for d in group.dirs]}
         body: dict[str, object] = {
             "dir": str(folder),  # created by the supervisor, with the log folders
             "argv": argv,
@@ -148,7 +149,7 @@ class LocalExecutor:
             "cwd": str(cwd),
             "stdout": str(request.stdout_path),
             "stderr": str(request.stderr_path),
-            "cgroup": plan,
+            "cgroup": cgroup,
         }
         with self._lock:
             self._tracked[handle] = time.monotonic()

@@ -33,10 +33,6 @@ import signal
 import sys
 import time
 
-TYPE_CHECKING = False  # importing typing would add ~10 ms to every supervisor's start
-if TYPE_CHECKING:
-    from typing import Any
-
 
 def start_ticks(pid: int) -> str:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
@@ -154,24 +150,6 @@ def spawn(req: dict[str, object]) -> int:
     return os.posix_spawn(program, argv, env, file_actions=actions, setsid=True)
 
 
-def make_cgroup(plan: dict[str, list[Any]] | None) -> None:
-    """Create the attempt's cgroup with its tier's limits (the control plane's
-    ``Cgroups.plan``; the shard enters it itself); raises OSError."""
-    if plan is None:
-        return
-    for folder in plan["dirs"]:
-        os.makedirs(folder, exist_ok=True)
-    for path, value in plan["required"]:
-        with open(path, "w") as fh:
-            fh.write(value)
-    for path, value in plan["optional"]:
-        try:
-            with open(path, "w") as fh:
-                fh.write(value)
-        except OSError:
-            pass
-
-
 OOM_REASON = "OOMKilled: the shard went over its machine tier's memory"
 
 
@@ -274,7 +252,6 @@ def main(argv: list[str]) -> int:
         if not claim(state_dir, me):
             continue  # another supervisor has it, or the control plane declared it lost
         try:
-            make_cgroup(req.get("cgroup"))  # type: ignore[arg-type]
             started = time.time_ns()
             pid = spawn(req)
         except (OSError, ValueError, KeyError) as exc:
