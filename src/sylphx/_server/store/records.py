@@ -14,7 +14,7 @@ the ORM would (the pass is rolled back and retried).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -24,15 +24,6 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.util import identity_key
 
 from .schema import AttemptRow, ShardRow
-
-SHARD_COLUMNS = (
-    "id", "run_id", "index", "state", "attempts", "failures", "preemptions", "exit_code",
-    "reason", "started_at", "ended_at", "version",
-)  # fmt: skip
-ATTEMPT_COLUMNS = (
-    "id", "shard_id", "run_id", "number", "state", "handle", "started_at", "ended_at",
-    "exit_code", "reason", "stop_reason", "version",
-)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -72,6 +63,8 @@ class AttemptRecord:
     version: int
 
 
+SHARD_COLUMNS = tuple(f.name for f in fields(ShardRecord))  # a record is its row, in order
+ATTEMPT_COLUMNS = tuple(f.name for f in fields(AttemptRecord))
 SHARDS: Table = ShardRow.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = AttemptRow.__table__  # type: ignore[assignment]
 
