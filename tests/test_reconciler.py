@@ -12,14 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sylphx._server import billing, orgs, runs
 from sylphx._server.controller import reconciler
 from sylphx._server.controller.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.base import Exit, LaunchRequest, Signal
-from sylphx._server.store import OrgRow, UsageRow, make_engine, migrate, session_factory
+from sylphx._server.store import (
+    AttemptRow,
+    OrgRow,
+    UsageRow,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from sylphx._settings import Settings
 from sylphx._spec import RunSpec
 
@@ -367,3 +374,21 @@ def test_admission_deadline_can_fall_back_to_opportunistic(h: Harness) -> None:
     h.executor.finish_all(0)
     h.tick()
     assert h.run(late)["status"] == "succeeded"
+
+
+def test_a_restart_that_cannot_find_attempts_records_every_one_lost(h: Harness) -> None:
+    """A new control plane whose executor knows none of the live attempts records each of
+    them lost, including an old row that never got a handle (recover() gives it one)."""
+    run_id = h.submit(parallelism=2, gangScheduling=False, backoffLimitPerIndex=0)
+    h.tick()
+    with h.sessions.begin() as s:
+        first = s.scalars(select(AttemptRow.id).where(AttemptRow.run_id == run_id)).first()
+        s.execute(update(AttemptRow).where(AttemptRow.id == first).values(handle=None))
+    restarted = Reconciler(h.sessions, FakeExecutor(h.clock), h.reconciler.settings, clock=h.clock)
+    restarted.recover()
+    with h.sessions() as s:
+        attempts = s.scalars(select(AttemptRow).where(AttemptRow.run_id == run_id)).all()
+        assert len(attempts) == 2 and all(a.ended_at is not None for a in attempts)
+        assert all(
+            (a.reason or "").startswith("Lost: the control plane restarted") for a in attempts
+        )

@@ -45,6 +45,7 @@ def settle(
 ) -> None:
     """Record how the attempts in ``exits`` ended (those still open; an exit already
     recorded is ignored), move their shards on and meter them."""
+    s.flush()  # pending ORM changes first: the Core reads below do not autoflush
     by_handle = {e.handle: e for e in exits}
     handles = list(by_handle)
     attempts: list[AttemptRecord] = []

@@ -49,9 +49,12 @@ class Supervisors:
             proc = self._take_spare()
             if proc is not None:
                 assert proc.stdin is not None
-                proc.stdin.write(f"{path}\n".encode())  # it starts the batch at once
-                proc.stdin.close()
-            else:
+                try:
+                    proc.stdin.write(f"{path}\n".encode())  # it starts the batch at once
+                    proc.stdin.close()
+                except OSError:  # the spare died since it was checked: start a fresh one
+                    proc = None
+            if proc is None:
                 proc = self._spawn(str(path))
             with self._lock:
                 self._running.append(proc)
