@@ -6,9 +6,11 @@ modification time is when that shard's process existed. A round's latency is the
 the 256 pid files' times minus the moment the client sent the submit (same host, same
 clock). Shards run ``sleep 600`` and the run is cancelled after each round.
 
-The baseline, measured in the same run, is spawning the same 256 processes directly
-(``os.posix_spawn`` of the same argv, 256 times from one Python process, each in its own
-session -- what the supervisor does -- then killing them).
+The baselines, measured in the same run, spawn the same 256 processes directly with
+``os.posix_spawn`` (the supervisor's call), each in its own session, then kill them: from
+one Python process, and split over one spawner process per CPU (forked before the clock
+starts) -- the fastest this host starts 256 processes, and so the floor under sylphx, whose
+supervisors also spawn on every core.
 
     python bench/p2_gang.py [--shards 256] [--rounds 20]
 """
@@ -45,6 +47,46 @@ def direct(n: int, argv: list[str]) -> float:
     return took
 
 
+def direct_parallel(n: int, argv: list[str], spawners: int) -> float:
+    """Seconds for ``spawners`` processes (one per CPU, forked before the clock starts, as
+    sylphx's spare supervisors are) to start ``n`` processes of ``argv`` between them with
+    ``os.posix_spawn``: the fastest this host starts them, every core spawning."""
+    program = shutil.which(argv[0])
+    assert program is not None
+    env = dict(os.environ)
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    end_r, end_w = os.pipe()
+    kids = []
+    for k in range(spawners):
+        share = n // spawners + (1 if k < n % spawners else 0)
+        pid = os.fork()
+        if pid == 0:  # a spawner: start its share on "go", kill them on "end"
+            try:
+                os.read(go_r, 1)
+                pids = [os.posix_spawn(program, argv, env, setsid=True) for _ in range(share)]
+                os.write(done_w, b"d")
+                os.read(end_r, 1)
+                for child in pids:
+                    os.killpg(child, signal.SIGKILL)
+                for child in pids:
+                    os.waitpid(child, 0)
+            finally:
+                os._exit(0)
+        kids.append(pid)
+    start = time.perf_counter()
+    os.write(go_w, b"g" * spawners)
+    for _ in range(spawners):
+        os.read(done_r, 1)
+    took = time.perf_counter() - start
+    os.write(end_w, b"e" * spawners)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    for fd in (go_r, go_w, done_r, done_w, end_r, end_w):
+        os.close(fd)
+    return took
+
+
 def pid_files(state: Path, run_id: str) -> list[Path]:
     return list((state / run_id).glob("*.1/pid"))
 
@@ -73,6 +115,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     n = args.shards
+    cpus = os.cpu_count() or 1
     print(f"P2 on {machine()}")
     rows = []
     for name, env in ENVELOPES.items():
@@ -81,26 +124,38 @@ def main() -> None:
         with Server(**cap, **env) as server:
             gang_round(server, n)  # warm-up
             argv = SLEEP if name == "plain" else [*Sandbox().argv(), *SLEEP]
-            ours, base = [], []
-            for _ in range(args.rounds):
+            ours, base, wide = [], [], []
+            for _ in range(args.rounds):  # interleaved, each after the server went quiet
                 server.quiesce()
                 base.append(direct(n, argv))
                 server.quiesce()
+                wide.append(direct_parallel(n, argv, cpus))
+                server.quiesce()
                 ours.append(gang_round(server, n))
-        o, b = summary(ours), summary(base)
+        o, b, w = summary(ours), summary(base), summary(wide)
         rows.append(
             [
                 name,
                 f"{b['median'] * 1e3:.0f} / {b['p99'] * 1e3:.0f}",
+                f"{w['median'] * 1e3:.0f} / {w['p99'] * 1e3:.0f}",
                 f"{o['median'] * 1e3:.0f} / {o['p99'] * 1e3:.0f}",
                 f"{o['min'] * 1e3:.0f}-{o['max'] * 1e3:.0f}",
                 f"{o['median'] / b['median']:.2f}x",
+                f"{(o['median'] - w['median']) * 1e3:.0f}",
             ]
         )
     table(
         f"P2: gang of {n} (nano), submit -> all {n} processes started; ms over"
         f" {args.rounds} rounds; goal p50 < 100 ms",
-        ["envelope", "direct spawn p50 / p99", "sylphx p50 / p99", "sylphx min-max", "ratio"],
+        [
+            "envelope",
+            "direct, 1 spawner p50 / p99",
+            f"direct, {cpus} spawners p50 / p99",
+            "sylphx p50 / p99",
+            "sylphx min-max",
+            "sylphx / 1 spawner",
+            f"sylphx - {cpus} spawners, ms",
+        ],
         rows,
     )
 
