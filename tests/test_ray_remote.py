@@ -24,7 +24,9 @@ def request(tmp_path: Path, command: list[str]) -> LaunchRequest:
     )
 
 
-def run(tmp_path: Path, command: list[str]) -> tuple[tuple[int, str | None], bytes, int]:
+def run(
+    tmp_path: Path, command: list[str], envelope: NodeEnvelope = PLAIN
+) -> tuple[tuple[int, str | None], bytes, int]:
     """(result, all stdout shipped, number of ships)."""
     shipped: list[bytes] = []
 
@@ -32,12 +34,20 @@ def run(tmp_path: Path, command: list[str]) -> tuple[tuple[int, str | None], byt
         shipped.append(out)
         return None
 
-    result = run_streaming(request(tmp_path, command), "ray:run1:0:1", PLAIN, ship)
+    result = run_streaming(request(tmp_path, command), "ray:run1:0:1", envelope, ship)
     return result, b"".join(shipped), len(shipped)
 
 
 def test_shard_dies_with_the_worker_that_started_it(tmp_path: Path) -> None:
     result, out, _ = run(tmp_path, [sys.executable, "-c", PDEATHSIG])
+    assert result == (0, None)
+    assert out.strip() == b"9"  # SIGKILL
+
+
+def test_sandboxed_shard_dies_with_the_worker_through_bwrap(tmp_path: Path) -> None:
+    # No setpriv exec in front: bwrap's --die-with-parent sets the same signal.
+    sandboxed = NodeEnvelope(sandbox=True, enforce_tiers=False)
+    result, out, _ = run(tmp_path, [sys.executable, "-c", PDEATHSIG], sandboxed)
     assert result == (0, None)
     assert out.strip() == b"9"  # SIGKILL
 

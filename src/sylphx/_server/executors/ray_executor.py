@@ -42,6 +42,7 @@ from .ray_remote import LogHub, NodeEnvelope, run_shard
 
 GANG_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 _GC_SECONDS = 5.0  # a gang reservation nobody asked for this long is released
+_NODES_SECONDS = 0.5  # how often the view of the cluster's alive nodes is re-read
 _NODE_ID = re.compile(r"node ID: ([0-9a-f]+)")
 
 
@@ -115,39 +116,47 @@ class RayExecutor:
         self._noticed: set[str] = set()
         self._gangs: dict[str, _Gang] = {}
         self._gang_of: dict[str, str] = {}  # handle -> run id of its placement group
-        self._read_at = float("-inf")
         self._nodes: list[Resources] = []
         self._total = Resources(0, 0)
+        self._read_nodes()
         self._wake: Any = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-ray-exits", daemon=True)
         self._watcher.start()
+        self._node_reader = threading.Thread(
+            target=self._watch_nodes, name="sylphx-ray-nodes", daemon=True
+        )
+        self._node_reader.start()
 
     # -- capacity and gangs --------------------------------------------------------
-    def _refresh(self) -> None:
-        """Re-read the cluster's alive nodes (at most every 0.5 s): joins and leaves show."""
-        if time.monotonic() - self._read_at <= 0.5:
-            return
+    def _read_nodes(self) -> None:
+        """Read the cluster's alive nodes: joins and leaves show in capacity and placement."""
         nodes = [
             Resources.of_host(n["Resources"].get("CPU", 0.0), int(n["Resources"].get("memory", 0)))
             for n in ray.nodes()  # type: ignore[no-untyped-call]
             if n.get("Alive")
         ]
-        self._nodes = nodes
-        self._total = sum(nodes, Resources(0, 0))
-        self._read_at = time.monotonic()
+        self._nodes, self._total = nodes, sum(nodes, Resources(0, 0))
+
+    def _watch_nodes(self) -> None:
+        """Keep the node view fresh off the reconciler's path: ``ray.nodes()`` is a GCS round
+        trip that took up to 0.4 s on a loaded 2-core host, inside the pass that launched."""
+        while not self._closed.wait(_NODES_SECONDS):
+            try:
+                self._read_nodes()
+            except Exception:  # ray shutting down, or the GCS briefly away: keep the last view
+                continue
 
     def capacity(self) -> Resources:
-        self._refresh()
         return self._total
 
     def _check_fits_a_node(self, machine: str) -> None:
         """Refuse a tier no alive node can hold: Ray would leave its task pending forever."""
-        self._refresh()
+        nodes = self._nodes
         unit = Resources.of_tier(machine)
-        if any(unit.fits_in(node) for node in self._nodes):
+        if any(unit.fits_in(node) for node in nodes):
             return
-        largest = max(self._nodes, key=lambda r: (r.millicpu, r.memory), default=Resources(0, 0))
+        largest = max(nodes, key=lambda r: (r.millicpu, r.memory), default=Resources(0, 0))
         raise ExecutorError(
             f"one {machine} shard needs {unit.text()}, but the largest Ray node has"
             f" {largest.text()}, so Ray could never place it. Fix: pick a smaller machine"
@@ -344,6 +353,7 @@ class RayExecutor:
         and stop themselves at their next chunk (nothing would record their output)."""
         self._closed.set()
         self._watcher.join(timeout=2)
+        self._node_reader.join(timeout=2)
         with self._lock:
             for run_id in list(self._gangs):
                 self._release(run_id)

@@ -219,7 +219,9 @@ def _stream(
     chunk: int,
     drain_seconds: float,
 ) -> int:
-    prefix = _death_prefix()
+    # A sandboxed shard dies with this worker through bwrap's --die-with-parent; a plain
+    # one through setpriv (or, without it, a preexec_fn).
+    prefix = [] if sandboxed else _death_prefix()
     proc = subprocess.Popen(
         prefix + argv,
         cwd=cwd,
@@ -229,7 +231,7 @@ def _stream(
         stderr=subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
-        preexec_fn=None if prefix else _die_with_parent,
+        preexec_fn=None if prefix or sandboxed else _die_with_parent,
     )
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
