@@ -4,12 +4,15 @@ the envelope Ray shards get when the operator turned the sandbox off."""
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import ray
 
 from sylphx._server.executors.base import LaunchRequest, Signal
-from sylphx._server.executors.ray_remote import NodeEnvelope, run_streaming
+from sylphx._server.executors.ray_remote import NodeEnvelope, run_shard, run_streaming
 
 PLAIN = NodeEnvelope(sandbox=False, enforce_tiers=False)
 # Prints the parent-death signal the shard runs with (prctl PR_GET_PDEATHSIG = 2).
@@ -64,3 +67,31 @@ def test_silent_quick_shard_ships_nothing_and_its_scratch_is_removed(tmp_path: P
 def test_missing_program_is_refused_before_it_starts(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         run(tmp_path, ["no-such-program-sylphx"])
+
+
+def test_shipping_never_blocks_the_tasks_main_thread_in_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A blocking ray.get on a task's main thread makes Ray lend the task's CPU to other
+    # tasks while the shard still runs on it: every wait for the log hub is off that thread.
+    pushed: list[bytes] = []
+    on_main: list[bool] = []
+
+    class Hub:
+        class push:  # stands in for an actor method
+            @staticmethod
+            def remote(handle: str, node: str, paths: Any, out: bytes, err: bytes) -> str:
+                pushed.append(out)
+                return "ref"
+
+    def get(ref: str) -> None:
+        on_main.append(threading.current_thread() is threading.main_thread())
+
+    context = type("Context", (), {"get_node_id": lambda self: "node-1"})()
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+    monkeypatch.setattr(ray, "get_actor", lambda name: Hub())
+    monkeypatch.setattr(ray, "get", get)
+    req = request(tmp_path, ["sh", "-c", "echo one; sleep 0.5; echo two"])
+    assert run_shard(req, "ray:run1:0:1", "hub-test", PLAIN) == (0, None)
+    assert b"".join(pushed) == b"one\ntwo\n"
+    assert on_main and not any(on_main)

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,19 @@ class LogHub:
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
 _cgroups: list[Cgroups | None] = []  # per worker process: this node's cgroups, once checked
 _setpriv: list[list[str]] = []  # per worker process: the setpriv prefix ([] if unusable)
+_waiters: list[ThreadPoolExecutor] = []  # per worker process: one thread that waits on Ray
+
+
+def _get_off_main_thread(ref: Any) -> Any:
+    """``ray.get(ref)``, waited for in a helper thread. A blocking get in a task's main
+    thread makes Ray lend the task's CPU out until it returns -- to other tasks, and to new
+    Python workers started for them -- while the shard still uses that CPU: the node is
+    oversubscribed and, on a small host, busy starting workers (seen as most of P6)."""
+    import ray
+
+    if not _waiters:
+        _waiters.append(ThreadPoolExecutor(1, thread_name_prefix="sylphx-ship"))
+    return _waiters[0].submit(ray.get, ref).result()
 
 
 def _node_cgroups() -> Cgroups | None:
@@ -310,7 +324,7 @@ def run_shard(
     paths = (str(request.stdout_path), str(request.stderr_path))
 
     def ship(out: bytes, err: bytes) -> Signal | None:
-        result: Signal | None = ray.get(hub.push.remote(handle, node, paths, out, err))
+        result: Signal | None = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err))
         return result
 
     try:
