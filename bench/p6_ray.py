@@ -3,8 +3,11 @@
 Both sides run the same trivial workload: N shards (default 200), each a real ``true``
 process asking for the nano tier (0.1 vCPU / 256 MiB). sylphx goes end to end through its
 HTTP API (a ``sylphx server`` subprocess driving the cluster: submit, admission, one Ray task
-per shard, log shipping, store writes, aggregate; the client polls every 5 ms);
-the baseline submits N Ray tasks that each run ``true`` with the same resources and waits.
+per shard, log shipping, store writes, aggregate; the client long-polls for the end).
+The baseline submits N Ray tasks that each run ``true`` with the same resources and waits;
+a second baseline does the same from a driver that keeps at most as many tasks in flight
+as the cluster runs at once (as an orchestrator that owns admission must), which tells the
+cost of not queueing in Ray from the cost of sylphx.
 Each envelope (``plain``: the goal row, the same process on both sides; ``sandboxed``:
 bubblewrap per shard, the production default) gets its own server, its own warm-up and
 its own baseline rounds, interleaved with sylphx's.
@@ -46,16 +49,19 @@ def cluster_env() -> dict[str, str]:
     after every burst Ray kills all but 2 of them and the next burst starts ~60 Python
     workers again on this 2-core VM: that churn (10-29 s a round) was most of both
     columns. An operator running fractional-CPU tiers sizes the limit the same way:
-    the concurrency a node allows, times the drivers that share it.
-
+    the concurrency a node allows, times the drivers that share it -- plus headroom for
+    the workers Ray prestarts for a queued backlog (the raw column queues 150 tasks and
+    started ~6 more workers every round): at exactly 40 the idle-worker killer took 1-9 of
+    the sylphx driver's workers every round, each restarted at 1-2 CPU-s of imports.
     ``TMPDIR``: where an unsandboxed shard's private scratch directory goes (tmpfs, like
     the control plane's home: see harness.BENCH_HOMES; raw Ray tasks create none).
     ``RAY_TMPDIR`` keeps Ray's own session files where they go by default."""
     per_node = int(NODE["num_cpus"] / TIER.vcpu)
+    prestart_headroom = 24
     scratch = BENCH_HOMES / "ray-tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     return {
-        "RAY_num_workers_soft_limit": str(DRIVERS * per_node),
+        "RAY_num_workers_soft_limit": str(DRIVERS * per_node + prestart_headroom),
         "TMPDIR": str(scratch),
         "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", "/tmp"),
     }
