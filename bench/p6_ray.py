@@ -113,9 +113,8 @@ def raw_ray_windowed(n: int, window: int) -> float:
     return took
 
 
-def compare(address: str, envelope: str, n: int, rounds: int) -> list[str]:
+def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> list[str]:
     """Warm both sides up, then ``rounds`` interleaved rounds; one table row."""
-    window = slots()
     with Server(SYLPHX_EXECUTOR="ray", SYLPHX_RAY_ADDRESS=address, **ENVELOPES[envelope]) as srv:
         for _ in range(WARM_ROUNDS):  # both pools grown, imports done, the store warm
             raw_ray(n), raw_ray_windowed(n, window), srv.fan_out(n)
@@ -167,7 +166,10 @@ def main() -> None:
         print(
             f"cluster: {len(ray.nodes())} nodes, {res['CPU']:g} CPU, {res['memory'] / 2**30:g} GiB"
         )
-        rows = [compare(address, e, args.shards, args.rounds) for e in args.envelopes.split(",")]
+        window = slots()
+        rows = [
+            compare(address, e, args.shards, args.rounds, window) for e in args.envelopes.split(",")
+        ]
         table(
             f"P6: {args.shards} trivial shards (`true`, nano) on a {len(ray.nodes())}-node"
             f" loopback Ray cluster; seconds, median (min-max) of {args.rounds} rounds after"
@@ -175,7 +177,7 @@ def main() -> None:
             [
                 "envelope",
                 "raw Ray tasks",
-                f"raw, {slots()} in flight",
+                f"raw, {window} in flight",
                 "sylphx (Ray executor)",
                 "sylphx / raw",
                 "windowed / raw",

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import ray
 
+from sylphx._server.executors import ray_remote
 from sylphx._server.executors.base import LaunchRequest, Signal
 from sylphx._server.executors.ray_remote import NodeEnvelope, run_shard, run_streaming
 
@@ -90,6 +91,7 @@ def test_shipping_never_blocks_the_tasks_main_thread_in_ray(
     context = type("Context", (), {"get_node_id": lambda self: "node-1"})()
     monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
     monkeypatch.setattr(ray, "get_actor", lambda name: Hub())
+    monkeypatch.setattr(ray_remote, "_hubs", {})  # the fake hub is not cached for others
     monkeypatch.setattr(ray, "get", get)
     req = request(tmp_path, ["sh", "-c", "echo one; sleep 0.5; echo two"])
     assert run_shard(req, "ray:run1:0:1", "hub-test", PLAIN) == (0, None)
