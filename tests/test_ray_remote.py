@@ -24,7 +24,7 @@ PDEATHSIG = (
 
 def request(tmp_path: Path, command: list[str]) -> LaunchRequest:
     return LaunchRequest(
-        "run1", 0, 1, 1, True, command, {}, "nano", tmp_path / "out", tmp_path / "err", None
+        "run1", 0, 1, 1, True, command, {}, "nano", f"{tmp_path}/out", f"{tmp_path}/err", None
     )
 
 

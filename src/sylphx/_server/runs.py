@@ -19,6 +19,7 @@ from . import billing, secrets
 from .controller import admission, quota, success
 from .orgs import limits
 from .store import OrgRow, RunRow, ShardRow, VolumeRow
+from .store.records import SHARDS
 from .transitions import transition
 
 
@@ -62,8 +63,8 @@ def submit(
     s.add(run)
     s.flush()
     pending = ShardState.PENDING.value
-    s.execute(  # one executemany, not an ORM object (and INSERT) per shard
-        insert(ShardRow),
+    s.execute(  # one Core executemany: no ORM object, nor ORM bulk-insert pass, per shard
+        insert(SHARDS),
         [
             {"run_id": run.id, "index": i, "state": pending, "attempts": 0, "failures": 0}
             for i in range(spec.parallelism)

@@ -20,18 +20,18 @@ from ..._spec import RunSpec
 from ..._states import ShardState
 from .. import faults, secrets
 from ..executors.base import Executor, Exit, LaunchRequest, Mount
-from ..store import AttemptRow, RunRow, VolumeRow
-from ..store.records import SHARDS, ShardRecord, shard_columns, update_shards
+from ..store import RunRow, VolumeRow
+from ..store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
 from ..transitions import transition
 
 
-def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> tuple[Path, Path]:
+def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> tuple[str, str]:
     """Where an attempt's stdout and stderr go: ``logs/RUN/shard-I.attempt-N.stdout``, one
     folder per run (a folder per shard would be one more mkdir per launch). Readers use
-    the paths stored on the attempt, so older layouts stay readable."""
-    base = logs_dir / run_id
-    name = f"shard-{index}.attempt-{attempt}"
-    return base / f"{name}.stdout", base / f"{name}.stderr"
+    the paths stored on the attempt, so older layouts stay readable. Plain strings: a pass
+    builds two per shard, and a ``Path`` costs more than the rest of the shard's launch."""
+    base = f"{logs_dir}/{run_id}/shard-{index}.attempt-{attempt}"
+    return f"{base}.stdout", f"{base}.stderr"
 
 
 class RunLaunch:
@@ -65,7 +65,7 @@ class RunLaunch:
             return {}
         return secrets.reveal(self._s, self._run.org_id, self._spec.secrets, self._cipher)
 
-    def request(self, index: int, attempt: int, stdout: Path, stderr: Path) -> LaunchRequest:
+    def request(self, index: int, attempt: int, stdout: str, stderr: str) -> LaunchRequest:
         """Shard ``index``'s attempt number ``attempt``; raises ExecutorError."""
         mounts, granted = self._parts()
         spec = self._spec
@@ -114,7 +114,7 @@ class RunLaunch:
                 if isinstance(exc, OSError) and faults.is_disk_full(exc):
                     raise faults.disk_full(home, "state") from exc  # roll back, retry
                 handle = f"unstarted:{self._run.id}/{shard.index}.{shard.attempts}"
-                stderr.parent.mkdir(parents=True, exist_ok=True)
+                Path(stderr).parent.mkdir(parents=True, exist_ok=True)
                 with open(stderr, "a") as fh:
                     fh.write(f"sylphx: could not start the shard: {exc}\n")
                 failed.append(Exit(handle, 127, now, reason=f"LaunchError: {exc}"))
@@ -127,12 +127,12 @@ class RunLaunch:
                     "number": shard.attempts,
                     "state": shard.state,
                     "handle": handle,
-                    "stdout_path": str(stdout),
-                    "stderr_path": str(stderr),
+                    "stdout_path": stdout,
+                    "stderr_path": stderr,
                     "started_at": now,
                 }
             )
         if attempts:
-            self._s.execute(insert(AttemptRow), attempts)
+            self._s.execute(insert(ATTEMPTS), attempts)  # Core: no ORM bulk-insert pass
             update_shards(self._s, shards, ("state", "attempts", "started_at"))
         return failed

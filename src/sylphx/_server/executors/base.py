@@ -32,8 +32,8 @@ class LaunchRequest:
     command: list[str]  # empty: the image's ENTRYPOINT/CMD
     env: dict[str, str]
     machine: str
-    stdout_path: Path
-    stderr_path: Path
+    stdout_path: str  # log files (paths handed to other processes as they are)
+    stderr_path: str
     working_dir: Path | None  # None: the executor's default (the sandbox's private /tmp)
     image: str | None = None
     mounts: list[Mount] = field(default_factory=list)

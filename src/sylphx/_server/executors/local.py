@@ -132,8 +132,8 @@ class LocalExecutor:
         """Queue the attempt for the next :meth:`flush`; idempotent per (run, index, attempt):
         an attempt already claimed by a supervisor is adopted, never started twice."""
         handle = f"att:{request.run_id}/{request.index}.{request.attempt}"
-        folder = self._dir(handle)
-        if (folder / "claim").exists():
+        folder = f"{self.state_dir}/{request.run_id}/{request.index}.{request.attempt}"
+        if os.path.exists(f"{folder}/claim"):  # strings: this runs once per shard started
             self.adopt(handle)
             return handle
         argv, env, cwd = self._envelope(request)
@@ -143,12 +143,12 @@ class LocalExecutor:
             argv = group.join_prefix() + argv
             cgroup = {"dirs": [str(d) for d in group.dirs]}
         body: dict[str, object] = {
-            "dir": str(folder),  # created by the supervisor, with the log folders
+            "dir": folder,  # created by the supervisor, with the log folders
             "argv": argv,
             "env": env,
             "cwd": str(cwd),
-            "stdout": str(request.stdout_path),
-            "stderr": str(request.stderr_path),
+            "stdout": request.stdout_path,
+            "stderr": request.stderr_path,
             "cgroup": cgroup,
         }
         with self._lock:

@@ -200,9 +200,10 @@ class RayExecutor:
         if request.image is not None:
             raise ExecutorError("the ray executor cannot run container images yet")
         self._check_fits_a_node(request.machine)
-        request.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        request.stdout_path.touch()
-        request.stderr_path.touch()
+        stdout, stderr = Path(request.stdout_path), Path(request.stderr_path)
+        stdout.parent.mkdir(parents=True, exist_ok=True)
+        stdout.touch()
+        stderr.touch()
         opts: dict[str, Any] = {
             "num_cpus": MACHINES[request.machine].vcpu,
             "memory": MACHINES[request.machine].memory_bytes,

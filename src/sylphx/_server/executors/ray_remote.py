@@ -321,7 +321,7 @@ def run_shard(
     hub = _hubs.get(hub_name)
     if hub is None:
         hub = _hubs[hub_name] = ray.get_actor(hub_name)
-    paths = (str(request.stdout_path), str(request.stderr_path))
+    paths = (request.stdout_path, request.stderr_path)
 
     def ship(out: bytes, err: bytes) -> Signal | None:
         result: Signal | None = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err))
