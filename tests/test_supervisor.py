@@ -11,6 +11,7 @@ from pathlib import Path
 from conftest import Server
 from sylphx._server.executors.base import Exit, LaunchRequest
 from sylphx._server.executors.local import LocalExecutor
+from sylphx._server.executors.supervise import TICK_NS, spawn_ticks, start_ticks
 from sylphx._server.executors.supervisors import SPARE_DELAY_SECONDS
 
 
@@ -25,8 +26,8 @@ def request(tmp_path: Path, script: str, attempt: int = 1) -> LaunchRequest:
         command=["sh", "-c", script],
         env={},
         machine="nano",
-        stdout_path=logs / f"{attempt}.out",
-        stderr_path=logs / f"{attempt}.err",
+        stdout_path=f"{logs}/{attempt}.out",
+        stderr_path=f"{logs}/{attempt}.err",
         working_dir=tmp_path,
     )
 
@@ -39,6 +40,16 @@ def wait_exit(executor: LocalExecutor, timeout: float = 20) -> list[Exit]:
             return exits
         time.sleep(0.02)
     raise AssertionError("no exit reported")
+
+
+def wait_exits(executor: LocalExecutor, n: int, timeout: float = 30) -> list[Exit]:
+    exits: list[Exit] = []
+    deadline = time.monotonic() + timeout
+    while len(exits) < n and time.monotonic() < deadline:
+        exits += executor.poll()
+        time.sleep(0.02)
+    assert len(exits) == n, f"{len(exits)} of {n} exits reported"
+    return exits
 
 
 def test_two_servers_launching_one_attempt_start_it_once(tmp_path: Path) -> None:
@@ -75,7 +86,7 @@ def test_missing_program_is_a_launch_error_recorded_by_the_supervisor(tmp_path: 
         executor.flush()
         (exit,) = wait_exit(executor)
         assert exit.returncode == 127 and (exit.reason or "").startswith("LaunchError:")
-        assert "could not start the shard" in req.stderr_path.read_text()
+        assert "could not start the shard" in Path(req.stderr_path).read_text()
     finally:
         executor.close()
 
@@ -165,3 +176,39 @@ def test_spare_supervisors_take_the_next_batch_and_exit_with_the_control_plane(
         executor.close()
     for spare in spares:  # the idle ones exit on close; the busy one when its shard ended
         assert spare.wait(timeout=10) == 0
+
+
+def test_recorded_start_ticks_are_the_kernels_so_signals_reach_the_shard(tmp_path: Path) -> None:
+    """The supervisor works a shard's start time out from the clock around its spawn
+    instead of reading /proc; every pid file must still match /proc exactly (a mismatch
+    would make the control plane treat the shard as gone and never signal it)."""
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    base = request(tmp_path, "sleep 60")
+    handles = [executor.launch(LaunchRequest(**{**base.__dict__, "index": i})) for i in range(40)]
+    executor.flush()
+    try:
+        for handle in handles:
+            pid_file = executor._dir(handle) / "pid"
+            deadline = time.monotonic() + 20
+            while not pid_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            pid, ticks, _ = pid_file.read_text().split()
+            assert ticks == start_ticks(int(pid)) != "0"
+    finally:
+        for handle in handles:
+            executor.signal(handle, "kill")  # verified through the recorded ticks
+        ended = wait_exits(executor, len(handles))
+        executor.close()
+    assert {e.returncode for e in ended} == {-9}
+
+
+def test_spawn_ticks_reads_proc_when_the_spawn_straddles_a_tick() -> None:
+    pid = os.posix_spawn("/bin/sleep", ["sleep", "60"], {})
+    try:
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        straddle = (now // TICK_NS) * TICK_NS - 1, now  # readings in two ticks
+        assert spawn_ticks(pid, *straddle) == start_ticks(pid)
+        assert spawn_ticks(pid, now, now) == str(now // TICK_NS)  # one tick: no /proc read
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
