@@ -87,23 +87,32 @@ def direct_parallel(n: int, argv: list[str], spawners: int) -> float:
     return took
 
 
-def pid_files(state: Path, run_id: str) -> list[Path]:
-    return list((state / run_id).glob("*.1/pid"))
+def started(state: Path, run_id: str, n: int, timeout: float = 120) -> list[float]:
+    """The start times (pid files' mtimes) of shards 0..n-1 of the run's first attempts,
+    once all exist. Each poll stats only the shards not seen yet, so the waiting takes
+    little of the CPU the supervisors are starting them on."""
+    times: list[float] = []
+    missing = [state / run_id / f"{i}.1" / "pid" for i in range(n)]
+    deadline = time.monotonic() + timeout
+    while missing:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {n - len(missing)} of {n} shards started in {timeout} s")
+        time.sleep(0.02)
+        still = []
+        for path in missing:
+            try:
+                times.append(path.stat().st_mtime)
+            except FileNotFoundError:
+                still.append(path)
+        missing = still
+    return times
 
 
 def gang_round(server: Server, n: int) -> float:
     spec = {"command": SLEEP, "parallelism": n, "machine": "nano", "gangScheduling": True}
-    state = server.home / "state"
     sent = time.time()
     run_id = server.submit(**spec)
-    deadline = time.monotonic() + 120
-    files = pid_files(state, run_id)
-    while len(files) < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(files)} of {n} shards started in 120 s")
-        time.sleep(0.01)
-        files = pid_files(state, run_id)
-    last = max(f.stat().st_mtime for f in files)
+    last = max(started(server.home / "state", run_id, n))
     server.http.post(f"/v1/runs/{run_id}/cancel").raise_for_status()
     server.wait(run_id, poll=0.05)
     return last - sent
