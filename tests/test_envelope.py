@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from conftest import Server
+from sylphx._machines import MACHINES
+from sylphx._server.executors.cgroups import CPU_PERIOD_US, PIDS_MAX, Cgroups
 
 
 def sh(script: str) -> list[str]:
@@ -148,3 +150,29 @@ def test_toolchains_under_the_private_tmp_stay_usable_read_only(
     server.wait(run["id"])
     assert logs(server, run["id"]) == f"{venv}\n"  # found and ran from inside the sandbox
     assert "Read-only file system" in logs(server, run["id"], stream="stderr")
+
+
+def test_a_shards_cgroup_carries_its_tiers_limits() -> None:
+    """What ``Cgroups.create`` writes is what the kernel enforces: the tier's memory ceiling,
+    CPU quota and pids limit (read back from the real cgroup files)."""
+    tier = MACHINES["small"]
+    cgroups = Cgroups()
+    cgroups.check()
+    group = cgroups.create(f"limits-{os.getpid()}", "small")
+    try:
+        quota = str(int(tier.vcpu * CPU_PERIOD_US))
+        if cgroups.v2:
+            (d,) = group.dirs
+            assert (d / "memory.max").read_text().strip() == str(tier.memory_bytes)
+            assert (d / "cpu.max").read_text().split() == [quota, str(CPU_PERIOD_US)]
+            assert (d / "pids.max").read_text().strip() == str(PIDS_MAX)
+        else:
+            mem, cpu, pids = group.dirs
+            assert (mem / "memory.limit_in_bytes").read_text().strip() == str(tier.memory_bytes)
+            assert (cpu / "cpu.cfs_quota_us").read_text().strip() == quota
+            assert (cpu / "cpu.cfs_period_us").read_text().strip() == str(CPU_PERIOD_US)
+            assert (pids / "pids.max").read_text().strip() == str(PIDS_MAX)
+        assert cgroups.create(f"limits-{os.getpid()}", "small") == group  # again: same group
+    finally:
+        group.remove()
+    assert cgroups.existing(f"limits-{os.getpid()}") is None

@@ -66,6 +66,7 @@ class Cgroups:
             self.bases: tuple[Path, ...] = (root / "sylphx",)
         else:
             self.bases = tuple(root / c / "sylphx" for c in ("memory", "cpu", "pids"))
+        self._base_strs = [str(base) for base in self.bases]
 
     def check(self) -> None:
         """Fail loudly when cgroups cannot be used here."""
@@ -90,24 +91,44 @@ class Cgroups:
         return ShardCgroup(dirs, self.v2) if dirs[0].is_dir() else None
 
     def create(self, name: str, machine: str) -> ShardCgroup:
+        """The attempt's cgroup(s) with the tier's limits. Plain ``os`` calls on strings:
+        a gang makes hundreds in one pass, and ``Path.write_text`` took twice as long as
+        the kernel's own work (~600 us a shard against ~220 us on cgroup v1)."""
         tier = MACHINES[machine]
         quota = max(int(tier.vcpu * CPU_PERIOD_US), 1000)
-        dirs = tuple(base / name for base in self.bases)
+        dirs = [f"{base}/{name}" for base in self._base_strs]
         for d in dirs:
-            d.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d)
+        memory = str(tier.memory_bytes)
         if self.v2:
             d = dirs[0]
-            (d / "memory.max").write_text(str(tier.memory_bytes))
-            with contextlib.suppress(OSError):
-                (d / "memory.swap.max").write_text("0")
-            (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
-            (d / "pids.max").write_text(str(PIDS_MAX))
+            _write(f"{d}/memory.max", memory)
+            _write(f"{d}/memory.swap.max", "0", optional=True)
+            _write(f"{d}/cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(f"{d}/pids.max", str(PIDS_MAX))
         else:
             mem, cpu, pids = dirs
-            (mem / "memory.limit_in_bytes").write_text(str(tier.memory_bytes))
-            with contextlib.suppress(OSError):
-                (mem / "memory.memsw.limit_in_bytes").write_text(str(tier.memory_bytes))
-            (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (cpu / "cpu.cfs_quota_us").write_text(str(quota))
-            (pids / "pids.max").write_text(str(PIDS_MAX))
-        return ShardCgroup(dirs, self.v2)
+            _write(f"{mem}/memory.limit_in_bytes", memory)
+            _write(f"{mem}/memory.memsw.limit_in_bytes", memory, optional=True)
+            _write(f"{cpu}/cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(f"{cpu}/cpu.cfs_quota_us", str(quota))
+            _write(f"{pids}/pids.max", str(PIDS_MAX))
+        return ShardCgroup(tuple(Path(d) for d in dirs), self.v2)
+
+
+def _write(path: str, text: str, *, optional: bool = False) -> None:
+    """Set a cgroup control file; ``optional``: one the kernel may lack (swap accounting)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        if optional:
+            return
+        raise
+    try:
+        os.write(fd, text.encode())
+    except OSError:
+        if not optional:
+            raise
+    finally:
+        os.close(fd)
