@@ -12,7 +12,12 @@ one Python process, and split over one spawner process per CPU (forked before th
 starts) -- the fastest this host starts 256 processes, and so the floor under sylphx, whose
 supervisors also spawn on every core.
 
-    python bench/p2_gang.py [--shards 256] [--rounds 20]
+``--trace`` also runs the servers with the bench's marks (``reconciler_trace``, no change to
+sylphx) and prints where a round's time goes, phase by phase (medians over the rounds):
+from the submit to the handler, the submit's transaction, the reconcile pass up to and
+through the launch loop, the hand-off to the supervisors, and their spawning.
+
+    python bench/p2_gang.py [--shards 256] [--rounds 20] [--trace]
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
-from harness import ENVELOPES, Server, machine, summary, table
+from harness import BENCH_HOMES, ENVELOPES, Server, machine, summary, table
 
 from sylphx._server.executors.sandbox import Sandbox
 
 SLEEP = ["sleep", "600"]
+HERE = Path(__file__).resolve().parent
 
 
 def direct(n: int, argv: list[str]) -> float:
@@ -108,39 +116,93 @@ def started(state: Path, run_id: str, n: int, timeout: float = 120) -> list[floa
     return times
 
 
-def gang_round(server: Server, n: int) -> float:
+def gang_round(server: Server, n: int) -> tuple[float, list[float]]:
+    """One gang of ``n``: when the client sent the submit, and when each shard started."""
     spec = {"command": SLEEP, "parallelism": n, "machine": "nano", "gangScheduling": True}
     sent = time.time()
     run_id = server.submit(**spec)
-    last = max(started(server.home / "state", run_id, n))
+    times = started(server.home / "state", run_id, n)
     server.http.post(f"/v1/runs/{run_id}/cancel").raise_for_status()
     server.wait(run_id, poll=0.05)
-    return last - sent
+    return sent, times
+
+
+PHASES = (  # (what, the mark that ends it); each phase starts where the one before ended
+    ("request reaches the submit handler (HTTP, auth, spec)", "submit_start"),
+    ("submit: checks, run row and shard rows", "submit_end"),
+    ("submit: commit", "commit"),
+    ("reconciler wakes, pass reads the store, policies", "launch_start"),
+    ("launch loop: attempts, requests, rows", "launch_end"),
+    ("hand-off to the supervisors, first shard spawned", "first"),
+    ("the other shards spawned", "last"),
+)
+
+
+def phases(marks: list[tuple[str, float]], sent: float, times: list[float]) -> list[float]:
+    """The length of each of PHASES in one round (seconds), from the server's marks."""
+
+    def matches(mark: str, name: str) -> bool:
+        if name == "commit":  # the submit's: a commit on any thread but the reconciler's
+            return mark.startswith("commit:") and mark != "commit:sylphx-reconciler"
+        return mark == name
+
+    def first(name: str, since: float) -> float:
+        return min(t for mark, t in marks if t >= since and matches(mark, name))
+
+    ends: dict[str, float] = {"first": min(times), "last": max(times)}
+    for mark in ("submit_start", "submit_end", "commit"):
+        ends[mark] = first(mark, ends.get("submit_start", sent))
+    ends["launch_start"] = first("launch_start", ends["submit_end"])
+    ends["launch_end"] = first("launch_end", ends["launch_start"])
+    out, before = [], sent
+    for _, mark in PHASES:
+        end = max(before, ends[mark])
+        out.append(end - before)
+        before = end
+    return out
+
+
+def read_marks(path: Path) -> list[tuple[str, float]]:
+    """The marks written so far (and start the file afresh)."""
+    text = path.read_text() if path.exists() else ""
+    path.write_text("")
+    return [(name, float(t)) for name, t in (line.rsplit(" ", 1) for line in text.splitlines())]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--trace", action="store_true", help="also print the phase breakdown")
     args = parser.parse_args()
     n = args.shards
     cpus = os.cpu_count() or 1
     print(f"P2 on {machine()}")
-    rows = []
+    rows, breakdown = [], {}
     for name, env in ENVELOPES.items():
         cap = {"SYLPHX_LOCAL_CPUS": str(n), "SYLPHX_LOCAL_MEMORY": f"{n}GiB"}
         cap["SYLPHX_KILL_GRACE_SECONDS"] = "0"
+        marks = Path(tempfile.mkstemp(prefix="p2-marks-", dir=BENCH_HOMES)[1])
+        if args.trace:
+            cap |= {"PYTHONPATH": str(HERE / "reconciler_trace"), "SYLPHX_BENCH_MARKS": str(marks)}
         with Server(**cap, **env) as server:
             gang_round(server, n)  # warm-up
             argv = SLEEP if name == "plain" else [*Sandbox().argv(), *SLEEP]
-            ours, base, wide = [], [], []
+            ours, base, wide, split = [], [], [], []
             for _ in range(args.rounds):  # interleaved, each after the server went quiet
                 server.quiesce()
                 base.append(direct(n, argv))
                 server.quiesce()
                 wide.append(direct_parallel(n, argv, cpus))
                 server.quiesce()
-                ours.append(gang_round(server, n))
+                read_marks(marks)
+                sent, times = gang_round(server, n)
+                ours.append(max(times) - sent)
+                if args.trace:
+                    split.append(phases(read_marks(marks), sent, times))
+        marks.unlink()
+        if split:
+            breakdown[name] = [statistics.median(col) for col in zip(*split, strict=True)]
         o, b, w = summary(ours), summary(base), summary(wide)
         rows.append(
             [
@@ -167,6 +229,16 @@ def main() -> None:
         ],
         rows,
     )
+    if breakdown:
+        table(
+            f"P2 --trace: where a sylphx round goes, ms (median of each phase over {args.rounds}"
+            " rounds; the medians need not add up to the round's)",
+            ["phase", *breakdown],
+            [
+                [what, *(f"{b[i] * 1e3:.1f}" for b in breakdown.values())]
+                for i, (what, _) in enumerate(PHASES)
+            ],
+        )
 
 
 if __name__ == "__main__":

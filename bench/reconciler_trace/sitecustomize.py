@@ -43,7 +43,7 @@ def _install(path: str) -> None:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
-    from sylphx._server.controller import deadlines, reconciler, scheduling
+    from sylphx._server.controller import deadlines, launching, reconciler, scheduling
     from sylphx._server.executors.local import LocalExecutor
 
     out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
@@ -94,7 +94,7 @@ def _install(path: str) -> None:
     timed(reconciler.Reconciler, "_focus", "focus", focus_counts)
     timed(deadlines, "stop_live", "stop_live")
     timed(reconciler.Reconciler, "_admit", "admit", admit_counts)
-    timed(reconciler.Reconciler, "_launch", "launch")
+    timed(launching.RunLaunch, "start", "launch")
     timed(reconciler.Reconciler, "_roll_up", "roll_up")
     timed(scheduling, "decide", "decide")
     timed(scheduling, "expire_admission", "expire")
@@ -185,5 +185,57 @@ def _install(path: str) -> None:
         reconciler.Reconciler.tick = freezing_tick  # type: ignore[method-assign]
 
 
+def _install_marks(path: str) -> None:
+    """SYLPHX_BENCH_MARKS=FILE: one line ``NAME UNIX_TIME`` per step of a launch's way
+    through the control plane, for P2's phase breakdown (``bench/p2_gang.py --trace``):
+    ``submit_start``/``_end`` (:func:`runs.submit`, inside the API's write transaction),
+    ``commit:THREAD`` (every commit), ``pass_start``/``_end`` (a reconcile pass),
+    ``launch_start``/``_end`` (a run's launches: attempts, requests, rows) and
+    ``flush_start``/``_end`` (the batch handed to the supervisors; non-empty ones only)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from sylphx._server import runs
+    from sylphx._server.controller import launching, reconciler
+    from sylphx._server.executors.local import LocalExecutor
+
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
+    lock = threading.Lock()
+
+    def mark(name: str) -> None:
+        with lock:
+            out.write(f"{name} {time.time():.6f}\n")
+
+    def marked(owner: Any, name: str, key: str, when: Callable[..., bool] | None = None) -> None:
+        orig = getattr(owner, name)
+
+        @functools.wraps(orig)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            on = when is None or when(*args, **kwargs)
+            if on:
+                mark(f"{key}_start")
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                if on:
+                    mark(f"{key}_end")
+
+        setattr(owner, name, wrapper)
+
+    def batch(self: Any, *, discard: bool = False) -> bool:
+        return bool(self._pending) and not discard
+
+    marked(runs, "submit", "submit")
+    marked(reconciler.Reconciler, "tick", "pass")
+    marked(launching.RunLaunch, "start", "launch")
+    marked(LocalExecutor, "flush", "flush", when=batch)
+
+    @event.listens_for(Session, "after_commit")
+    def _after_commit(session: Session) -> None:
+        mark(f"commit:{threading.current_thread().name}")
+
+
 if _PATH:
     _install(_PATH)
+if os.environ.get("SYLPHX_BENCH_MARKS"):
+    _install_marks(os.environ["SYLPHX_BENCH_MARKS"])
