@@ -12,12 +12,13 @@ one Python process, and split over one spawner process per CPU (forked before th
 starts) -- the fastest this host starts 256 processes, and so the floor under sylphx, whose
 supervisors also spawn on every core.
 
-``--trace`` also runs the servers with the bench's marks (``reconciler_trace``, no change to
-sylphx) and prints where a round's time goes, phase by phase (medians over the rounds):
-from the submit to the handler, the submit's transaction, the reconcile pass up to and
-through the launch loop, the hand-off to the supervisors, and their spawning.
+With ``--trace`` (the default; ``--no-trace`` turns it off) the servers write the bench's
+marks (``reconciler_trace``, no change to sylphx) and it prints where a round's time goes,
+phase by phase (medians over the rounds): from the submit to the handler, the submit's
+transaction, the reconcile pass up to and through the launch loop, the hand-off to the
+supervisors, and their spawning.
 
-    python bench/p2_gang.py [--shards 256] [--rounds 20] [--trace]
+    python bench/p2_gang.py [--shards 256] [--rounds 20] [--no-trace]
 """
 
 from __future__ import annotations
@@ -173,7 +174,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--trace", action="store_true", help="also print the phase breakdown")
+    parser.add_argument(
+        "--trace",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also print the phase breakdown (default; --no-trace: the servers run unmarked)",
+    )
     args = parser.parse_args()
     n = args.shards
     cpus = os.cpu_count() or 1
