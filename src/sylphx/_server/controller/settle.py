@@ -33,7 +33,8 @@ from . import backoff
 
 CHUNK = 500  # handles per query (bound parameters stay far below every backend's limit)
 ATTEMPT_KEYS = ("state", "exit_code", "reason", "ended_at", "started_at")
-SHARD_KEYS = ("state", "exit_code", "reason", "failures", "preemptions", "started_at", "ended_at")
+# not started_at: settling never moves a shard into STARTING, the only change that sets it
+SHARD_KEYS = ("state", "exit_code", "reason", "failures", "preemptions", "ended_at")
 
 
 def settle(

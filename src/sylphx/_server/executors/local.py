@@ -55,11 +55,20 @@ def _from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str) -> str | None:
+    """A small state file's text, or None if it does not exist (plain ``os`` calls: a pass
+    may read hundreds)."""
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode()
 
 
 def _verified(pid_text: str | None) -> int | None:
@@ -126,14 +135,18 @@ class LocalExecutor:
         self._wake = wake
 
     def _dir(self, handle: str) -> Path:
-        return self.state_dir / handle.removeprefix("att:")
+        return Path(self._folder(handle))
+
+    def _folder(self, handle: str) -> str:
+        """The attempt's state folder, as a string (the per-shard paths: no pathlib)."""
+        return f"{self.state_dir}/{handle.removeprefix('att:')}"
 
     def launch(self, request: LaunchRequest) -> str:
         """Queue the attempt for the next :meth:`flush`; idempotent per (run, index, attempt):
         an attempt already claimed by a supervisor is adopted, never started twice."""
         handle = f"att:{request.run_id}/{request.index}.{request.attempt}"
-        folder = f"{self.state_dir}/{request.run_id}/{request.index}.{request.attempt}"
-        if os.path.exists(f"{folder}/claim"):  # strings: this runs once per shard started
+        folder = self._folder(handle)
+        if os.path.exists(f"{folder}/claim"):
             self.adopt(handle)
             return handle
         argv, env, cwd = self._envelope(request)
@@ -287,8 +300,8 @@ class LocalExecutor:
     def _check(self, handle: str, since: float, *, deep: bool = True) -> Exit | None:
         """The attempt's recorded exit; ``deep`` also settles one that can never end
         (never claimed, or its supervisor died)."""
-        folder = self._dir(handle)
-        text = _read(folder / "exit")
+        folder = self._folder(handle)
+        text = _read(f"{folder}/exit")
         if text is None and not deep:
             return None
         if text is not None:
@@ -306,21 +319,21 @@ class LocalExecutor:
                 reason or None,
                 started_at=_from_ns(int(started)),
             )
-        owner = _read(folder / "claim")
+        owner = _read(f"{folder}/claim")
         if not owner:  # unclaimed, or claimed this instant (created, owner not yet written)
             if time.monotonic() - since < LOST_AFTER_SECONDS:
                 return None  # its supervisor may still be starting
-            if owner is None and not claim(str(folder), "lost"):
+            if owner is None and not claim(folder, "lost"):
                 return None  # a supervisor took it just now: next poll sees it
             return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
         if owner == "lost":
             return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
         if _verified(owner) is not None:
             return None
-        if (folder / "exit").exists():  # the supervisor finished just now
+        if os.path.exists(f"{folder}/exit"):  # the supervisor finished just now
             return self._check(handle, since)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            pid = _verified(_read(folder / "pid"))
+            pid = _verified(_read(f"{folder}/pid"))
             if pid is not None:
                 os.killpg(pid, signal.SIGKILL)
         return self._settle(handle, -9, "Lost: the attempt's supervisor died")
@@ -328,16 +341,16 @@ class LocalExecutor:
     def _settle(self, handle: str, code: int, reason: str) -> Exit:
         """Record an exit on the supervisor's behalf, so a later control plane sees it too."""
         now = time.time_ns()
-        write_atomic(str(self._dir(handle) / "exit"), f"{code} {now} {now} {reason}")
+        write_atomic(f"{self._folder(handle)}/exit", f"{code} {now} {now} {reason}")
         return self._check(handle, 0) or Exit(handle, code, _from_ns(now), reason)
 
     def signal(self, handle: str, sig: Signal) -> None:
         """Signal the attempt's process group, once its pid is proven to be the same
         process (start time); works for attempts a previous server started too."""
-        folder = self._dir(handle)
-        if (folder / "exit").exists():
+        folder = self._folder(handle)
+        if os.path.exists(f"{folder}/exit"):
             return
-        pid = _verified(_read(folder / "pid"))
+        pid = _verified(_read(f"{folder}/pid"))
         if pid is None:
             return
         if sig == "kill":

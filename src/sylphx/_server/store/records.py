@@ -126,6 +126,8 @@ def _update(
         )
     for rec in records:
         rec.version += 1
-        loaded = s.identity_map.get(identity_key(row_class, rec.id))
-        if loaded is not None:  # an ORM copy read earlier in this session is now stale
-            s.expire(loaded)
+    loaded = {key for key in s.identity_map.keys() if key[0] is row_class}  # noqa: SIM118 - not a dict
+    for rec in records if loaded else ():  # ORM copies read earlier in this session are stale
+        key = identity_key(row_class, rec.id)
+        if key in loaded:
+            s.expire(s.identity_map[key])
