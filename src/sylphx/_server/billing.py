@@ -52,7 +52,7 @@ def record(s: Session, rows: list[dict[str, object]]) -> None:
     """Store the :func:`usage` rows of ended attempts: one executemany INSERT, not one
     ORM object (and statement) per attempt."""
     if rows:
-        s.execute(insert(USAGE), rows)  # Core: no ORM bulk-insert pass over the rows
+        s.execute(insert(_USAGE), rows)  # Core: no ORM bulk-insert pass over the rows
 
 
 def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
@@ -60,8 +60,8 @@ def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
     return run_usage(s, run.id, run.machine, now)[0]
 
 
-USAGE: Table = UsageRow.__table__  # type: ignore[assignment]
-_USAGE, _ATTEMPTS = USAGE, AttemptRow.__table__
+_USAGE: Table = UsageRow.__table__  # type: ignore[assignment]
+_ATTEMPTS = AttemptRow.__table__
 _METERED = select(func.sum(_USAGE.c.compute_seconds)).where(_USAGE.c.run_id == bindparam("run_id"))
 _UNENDED = (  # one reconcile pass starts many shards with the same timestamp: few groups
     select(_ATTEMPTS.c.started_at, func.count())

@@ -127,7 +127,8 @@ def _update(
     for rec in records:
         rec.version += 1
     loaded = {key for key in s.identity_map.keys() if key[0] is row_class}  # noqa: SIM118 - not a dict
-    for rec in records if loaded else ():  # ORM copies read earlier in this session are stale
-        key = identity_key(row_class, rec.id)
-        if key in loaded:
-            s.expire(s.identity_map[key])
+    if loaded:  # ORM copies of these rows read earlier in this session are stale now
+        for rec in records:
+            key = identity_key(row_class, rec.id)
+            if key in loaded:
+                s.expire(s.identity_map[key])
