@@ -162,12 +162,12 @@ def test_a_shards_cgroup_carries_its_tiers_limits() -> None:
     try:
         quota = str(int(tier.vcpu * CPU_PERIOD_US))
         if cgroups.v2:
-            (d,) = group.dirs
+            (d,) = map(Path, group.dirs)
             assert (d / "memory.max").read_text().strip() == str(tier.memory_bytes)
             assert (d / "cpu.max").read_text().split() == [quota, str(CPU_PERIOD_US)]
             assert (d / "pids.max").read_text().strip() == str(PIDS_MAX)
         else:
-            mem, cpu, pids = group.dirs
+            mem, cpu, pids = map(Path, group.dirs)
             assert (mem / "memory.limit_in_bytes").read_text().strip() == str(tier.memory_bytes)
             assert (cpu / "cpu.cfs_quota_us").read_text().strip() == quota
             assert (cpu / "cpu.cfs_period_us").read_text().strip() == str(CPU_PERIOD_US)

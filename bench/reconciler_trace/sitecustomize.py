@@ -189,15 +189,13 @@ def _install_marks(path: str) -> None:
     """SYLPHX_BENCH_MARKS=FILE: one line ``NAME UNIX_TIME`` per step of a launch's way
     through the control plane, for P2's phase breakdown (``bench/p2_gang.py --trace``):
     ``submit_start``/``_end`` (:func:`runs.submit`, inside the API's write transaction),
-    ``commit:THREAD`` (every commit), ``pass_start``/``_end`` (a reconcile pass),
-    ``launch_start``/``_end`` (a run's launches: attempts, requests, rows) and
-    ``flush_start``/``_end`` (the batch handed to the supervisors; non-empty ones only)."""
+    ``commit:THREAD`` (every commit) and ``launch_start``/``_end`` (a run's launches:
+    attempts, requests, rows). The hand-off's end is the first shard's pid file."""
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
     from sylphx._server import runs
-    from sylphx._server.controller import launching, reconciler
-    from sylphx._server.executors.local import LocalExecutor
+    from sylphx._server.controller import launching
 
     out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
     lock = threading.Lock()
@@ -206,29 +204,21 @@ def _install_marks(path: str) -> None:
         with lock:
             out.write(f"{name} {time.time():.6f}\n")
 
-    def marked(owner: Any, name: str, key: str, when: Callable[..., bool] | None = None) -> None:
+    def marked(owner: Any, name: str, key: str) -> None:
         orig = getattr(owner, name)
 
         @functools.wraps(orig)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            on = when is None or when(*args, **kwargs)
-            if on:
-                mark(f"{key}_start")
+            mark(f"{key}_start")
             try:
                 return orig(*args, **kwargs)
             finally:
-                if on:
-                    mark(f"{key}_end")
+                mark(f"{key}_end")
 
         setattr(owner, name, wrapper)
 
-    def batch(self: Any, *, discard: bool = False) -> bool:
-        return bool(self._pending) and not discard
-
     marked(runs, "submit", "submit")
-    marked(reconciler.Reconciler, "tick", "pass")
     marked(launching.RunLaunch, "start", "launch")
-    marked(LocalExecutor, "flush", "flush", when=batch)
 
     @event.listens_for(Session, "after_commit")
     def _after_commit(session: Session) -> None:

@@ -21,22 +21,23 @@ _JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1))
 
 @dataclass(frozen=True)
 class ShardCgroup:
-    """The cgroup directories of one attempt (one per v1 controller, or one in v2)."""
+    """The cgroup directories of one attempt (one per v1 controller, or one in v2), as
+    the strings every shard launch passes on (no pathlib on that path)."""
 
-    dirs: tuple[Path, ...]
+    dirs: tuple[str, ...]
     v2: bool
 
     def join_prefix(self) -> list[str]:
         """argv prefix that enters the cgroup(s) and then execs the rest."""
-        procs = [str(d / "cgroup.procs") for d in self.dirs]
+        procs = [f"{d}/cgroup.procs" for d in self.dirs]
         return ["/bin/sh", "-c", _JOIN, "sylphx-cgroup", str(len(procs)), *procs]
 
     def oom_killed(self) -> bool:
         """Whether the kernel OOM-killed anything in this cgroup."""
         for d in self.dirs:
             for name in ("memory.oom_control", "memory.events"):
-                with contextlib.suppress(OSError):
-                    for line in (d / name).read_text().splitlines():
+                with contextlib.suppress(OSError), open(f"{d}/{name}") as fh:
+                    for line in fh:
                         key, _, value = line.partition(" ")
                         if key == "oom_kill" and value.strip() not in ("", "0"):
                             return True
@@ -45,15 +46,15 @@ class ShardCgroup:
     def kill_all(self) -> None:
         """SIGKILL whatever is left inside (escaped the process group, say)."""
         for d in self.dirs:
-            with contextlib.suppress(OSError):
-                for pid in (d / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError), open(f"{d}/cgroup.procs") as fh:
+                for pid in fh.read().split():
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(int(pid), signal.SIGKILL)
 
     def remove(self) -> None:
         for d in self.dirs:
             with contextlib.suppress(OSError):
-                d.rmdir()
+                os.rmdir(d)
 
 
 class Cgroups:
@@ -87,8 +88,8 @@ class Cgroups:
 
     def existing(self, name: str) -> ShardCgroup | None:
         """The cgroup of an attempt, if it still exists (e.g. after a restart)."""
-        dirs = tuple(base / name for base in self.bases)
-        return ShardCgroup(dirs, self.v2) if dirs[0].is_dir() else None
+        dirs = tuple(f"{base}/{name}" for base in self._base_strs)
+        return ShardCgroup(dirs, self.v2) if os.path.isdir(dirs[0]) else None
 
     def create(self, name: str, machine: str) -> ShardCgroup:
         """The attempt's cgroup(s) with the tier's limits. Plain ``os`` calls on strings:
@@ -114,7 +115,7 @@ class Cgroups:
             _write(f"{cpu}/cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(f"{cpu}/cpu.cfs_quota_us", str(quota))
             _write(f"{pids}/pids.max", str(PIDS_MAX))
-        return ShardCgroup(tuple(Path(d) for d in dirs), self.v2)
+        return ShardCgroup(tuple(dirs), self.v2)
 
 
 def _write(path: str, text: str, *, optional: bool = False) -> None:

@@ -154,7 +154,7 @@ class LocalExecutor:
         if self._cgroups is not None:  # the supervisor removes it when the shard ends
             group = self._cgroups.create(_cgroup_name(handle), request.machine)
             argv = group.join_prefix() + argv
-            cgroup = {"dirs": [str(d) for d in group.dirs]}
+            cgroup = {"dirs": list(group.dirs)}
         body: dict[str, object] = {
             "dir": folder,  # created by the supervisor, with the log folders
             "argv": argv,
