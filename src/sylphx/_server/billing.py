@@ -17,7 +17,20 @@ from .._machines import MACHINES
 from .._views import UsageByMachine, UsageByRun, UsageReport
 from .orgs import limits
 from .store import AttemptRow, OrgRow, RunRow, UsageRow
+from .store.batch import Batch
 from .store.records import AttemptRecord
+
+USAGE_KEYS = (  # the columns of a usage row, all given
+    "attempt_id",
+    "org_id",
+    "run_id",
+    "machine",
+    "started_at",
+    "ended_at",
+    "wall_seconds",
+    "units",
+    "compute_seconds",
+)
 
 
 def meter(machine: str, started_at: datetime, ended_at: datetime) -> tuple[float, float]:
@@ -51,8 +64,7 @@ def usage(
 def record(s: Session, rows: list[dict[str, object]]) -> None:
     """Store the :func:`usage` rows of ended attempts: one executemany INSERT, not one
     ORM object (and statement) per attempt."""
-    if rows:
-        s.execute(insert(_USAGE), rows)  # Core: no ORM bulk-insert pass over the rows
+    _INSERT_USAGE.execute(s.connection(), rows)
 
 
 def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
@@ -62,6 +74,7 @@ def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
 
 _USAGE: Table = UsageRow.__table__  # type: ignore[assignment]
 _ATTEMPTS = AttemptRow.__table__
+_INSERT_USAGE = Batch(insert(_USAGE), USAGE_KEYS)
 _METERED = select(func.sum(_USAGE.c.compute_seconds)).where(_USAGE.c.run_id == bindparam("run_id"))
 _UNENDED = (  # one reconcile pass starts many shards with the same timestamp: few groups
     select(_ATTEMPTS.c.started_at, func.count())

@@ -19,8 +19,13 @@ from . import billing, secrets
 from .controller import admission, quota, success
 from .orgs import limits
 from .store import OrgRow, RunRow, ShardRow, VolumeRow
+from .store.batch import Batch
 from .store.records import SHARDS
 from .transitions import transition
+
+_INSERT_SHARDS = Batch(
+    insert(SHARDS), ("run_id", "index", "state", "attempts", "failures", "preemptions")
+)
 
 
 def submit(
@@ -63,10 +68,17 @@ def submit(
     s.add(run)
     s.flush()
     pending = ShardState.PENDING.value
-    s.execute(  # one Core executemany: no ORM object, nor ORM bulk-insert pass, per shard
-        insert(SHARDS),
+    _INSERT_SHARDS.execute(  # one executemany: no ORM object, nor ORM bulk-insert pass, per shard
+        s.connection(),
         [
-            {"run_id": run.id, "index": i, "state": pending, "attempts": 0, "failures": 0}
+            {
+                "run_id": run.id,
+                "index": i,
+                "state": pending,
+                "attempts": 0,
+                "failures": 0,
+                "preemptions": 0,
+            }
             for i in range(spec.parallelism)
         ],
     )

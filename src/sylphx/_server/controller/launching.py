@@ -21,8 +21,14 @@ from ..._states import ShardState
 from .. import faults, secrets
 from ..executors.base import Executor, Exit, LaunchRequest, Mount
 from ..store import RunRow, VolumeRow
+from ..store.batch import Batch
 from ..store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
 from ..transitions import transition
+
+_INSERT_ATTEMPTS = Batch(
+    insert(ATTEMPTS),
+    ("shard_id", "run_id", "number", "state", "handle", "stdout_path", "stderr_path", "started_at"),
+)
 
 
 def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> tuple[str, str]:
@@ -133,6 +139,6 @@ class RunLaunch:
                 }
             )
         if attempts:
-            self._s.execute(insert(ATTEMPTS), attempts)  # Core: no ORM bulk-insert pass
+            _INSERT_ATTEMPTS.execute(self._s.connection(), attempts)
             update_shards(self._s, shards, ("state", "attempts", "started_at"))
         return failed

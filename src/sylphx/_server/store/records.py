@@ -13,6 +13,7 @@ the ORM would (the pass is rolled back and retried).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.util import identity_key
 
+from .batch import Batch
 from .schema import AttemptRow, ShardRow
 
 
@@ -89,6 +91,22 @@ def update_attempts(s: Session, attempts: Sequence[AttemptRecord], keys: Sequenc
     _update(s, AttemptRow, attempts, keys)
 
 
+@functools.cache
+def _compare_and_set(table_name: str, keys: tuple[str, ...]) -> Batch:
+    """``UPDATE table SET keys..., version = :b_next WHERE id = :b_id AND version = :b_seen``."""
+    table = SHARDS if table_name == SHARDS.name else ATTEMPTS
+    return Batch(
+        update(table)
+        .where(and_(table.c.id == bindparam("b_id"), table.c.version == bindparam("b_seen")))
+        .values(
+            {
+                **{key: bindparam(f"b_{key}", type_=table.c[key].type) for key in keys},
+                "version": bindparam("b_next"),
+            }
+        )
+    )
+
+
 def _update(
     s: Session,
     row_class: type[ShardRow] | type[AttemptRow],
@@ -99,16 +117,6 @@ def _update(
         return
     s.flush()  # pending ORM changes first: a row changed both ways fails loudly, not silently
     table = SHARDS if row_class is ShardRow else ATTEMPTS
-    stmt = (
-        update(table)
-        .where(and_(table.c.id == bindparam("b_id"), table.c.version == bindparam("b_seen")))
-        .values(
-            {
-                **{key: bindparam(f"b_{key}", type_=table.c[key].type) for key in keys},
-                "version": bindparam("b_next"),
-            }
-        )
-    )
     params = [
         {
             "b_id": rec.id,
@@ -118,7 +126,7 @@ def _update(
         }
         for rec in records
     ]
-    matched = s.connection().execute(stmt, params).rowcount
+    matched = _compare_and_set(table.name, tuple(keys)).execute(s.connection(), params)
     if matched != len(params):
         raise StaleDataError(
             f"UPDATE statement on table {table.name!r} expected to update {len(params)}"
