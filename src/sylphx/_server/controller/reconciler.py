@@ -35,6 +35,11 @@ log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]
 ACTIVE = survey.ACTIVE
 FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this often
+# A pass woken by process exits starts at least this long after the previous pass began,
+# so exits that trickle in (256 shards ending over a few seconds) are settled a batch per
+# pass, not one pass each; like the Kubernetes Job controller's sync batch period. An
+# exit after a quiet spell, and every wake() (submit, cancel), still start a pass at once.
+EXIT_BATCH_SECONDS = 0.04
 
 
 def utcnow() -> datetime:
@@ -59,8 +64,10 @@ class Reconciler:
         self.executor = executor
         self.settings = settings
         self.clock = clock
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # set by every wake-up, batched ones included
+        self._urgent = threading.Event()  # set by wake(): no batching
         self._stop = threading.Event()
+        self._last_start = float("-inf")  # monotonic time the last pass began
         self._thread: threading.Thread | None = None
         self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
         self._recovered = False  # whether start() already re-adopted live attempts
@@ -68,12 +75,25 @@ class Reconciler:
         self._last_full = float("-inf")  # monotonic time of the last pass that loaded all
         self._specs: dict[tuple[str, int], RunSpec] = {}  # parsed specs by (run, version)
         self.on_pass: Callable[[list[str]], None] = lambda ended: None  # hook, see tick()
-        executor.set_waker(self.wake)
+        executor.set_waker(self._wake_batched)
 
     # -- loop -------------------------------------------------------------
     def wake(self) -> None:
-        """Run the next pass now (after a submit, a cancel or a process exit)."""
+        """Run the next pass now (after a submit or a cancel)."""
+        self._urgent.set()
         self._wake.set()
+
+    def _wake_batched(self) -> None:
+        """Run a pass soon: processes ended (see EXIT_BATCH_SECONDS)."""
+        self._wake.set()
+
+    def _wait(self) -> None:
+        """Until the next pass is due: a wake-up, or the reconcile interval."""
+        self._wake.wait(self.settings.reconcile_interval)
+        if not self._urgent.is_set():  # let a burst of exits gather
+            rest = self._last_start + EXIT_BATCH_SECONDS - time.monotonic()
+            if rest > 0:
+                self._urgent.wait(rest)
 
     def start(self) -> None:
         if self.lease is None or self.lease.ensure():
@@ -84,7 +104,7 @@ class Reconciler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self.wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.lease is not None:
@@ -94,6 +114,8 @@ class Reconciler:
         readopt = not self._recovered
         while not self._stop.is_set():
             self._wake.clear()
+            self._urgent.clear()
+            self._last_start = time.monotonic()
             try:
                 # Several API processes may share the store: only the lease holder acts.
                 # A standby that takes over re-adopts every live attempt first.
@@ -116,7 +138,7 @@ class Reconciler:
             except Exception:  # keep reconciling; the next pass re-reads everything
                 log.exception("reconcile pass failed")
                 readopt = True
-            self._wake.wait(self.settings.reconcile_interval)
+            self._wait()
 
     # -- one pass ----------------------------------------------------------
     def tick(self) -> None:

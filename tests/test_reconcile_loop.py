@@ -1,0 +1,94 @@
+"""The reconciler's loop: exits that trickle in are settled a batch per pass; a submit or a
+cancel (wake) starts a pass at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sylphx._server.controller import reconciler
+from sylphx._server.controller.reconciler import Reconciler
+from sylphx._server.store import make_engine, migrate, session_factory
+from sylphx._settings import Settings
+from test_reconciler import Clock, FakeExecutor
+
+LONG = 60.0  # a batch period no test outlives: a pass that came only after it never came
+
+
+class WakingExecutor(FakeExecutor):
+    """Keeps the waker the reconciler gives it, as a real executor does."""
+
+    def set_waker(self, wake: object) -> None:
+        assert callable(wake)
+        self.wake: Callable[[], None] = wake
+
+
+class Passes:
+    """Counts the reconciler's passes (its tick, replaced)."""
+
+    def __init__(self) -> None:
+        self.started: list[float] = []
+        self.lock = threading.Condition()
+
+    def tick(self) -> None:
+        with self.lock:
+            self.started.append(time.monotonic())
+            self.lock.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> bool:
+        with self.lock:
+            return self.lock.wait_for(lambda: len(self.started) >= n, timeout)
+
+
+@pytest.fixture
+def loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Reconciler, WakingExecutor, Passes]]:
+    monkeypatch.setattr(reconciler, "EXIT_BATCH_SECONDS", LONG)
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    executor = WakingExecutor(Clock())
+    settings = Settings(home=tmp_path, database_url="unused", reconcile_interval=30)
+    rec = Reconciler(session_factory(engine), executor, settings)
+    passes = Passes()
+    monkeypatch.setattr(rec, "tick", passes.tick)
+    rec.start()
+    assert passes.wait_for(1)  # the first pass runs at start
+    yield rec, executor, passes
+    rec.stop()
+
+
+def test_exits_that_trickle_in_are_settled_in_one_pass(
+    loop: tuple[Reconciler, WakingExecutor, Passes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, executor, passes = loop
+    monkeypatch.setattr(reconciler, "EXIT_BATCH_SECONDS", 1.0)
+    for _ in range(20):  # 20 exit notes in quick succession
+        executor.wake()
+        time.sleep(0.005)
+    assert passes.wait_for(2)
+    time.sleep(0.2)  # no pass for each of the other notes
+    assert len(passes.started) == 2
+    assert passes.started[1] - passes.started[0] >= 1.0
+
+
+def test_a_wake_starts_a_pass_without_waiting_for_the_batch(
+    loop: tuple[Reconciler, WakingExecutor, Passes],
+) -> None:
+    rec, executor, passes = loop
+    executor.wake()  # an exit note: its pass waits for the batch period ...
+    rec.wake()  # ... which a submit cuts short
+    assert passes.wait_for(2)  # well before the batch period is over
+
+
+def test_stop_does_not_wait_for_the_batch(
+    loop: tuple[Reconciler, WakingExecutor, Passes],
+) -> None:
+    rec, executor, _ = loop
+    executor.wake()  # its pass would wait LONG
+    rec.stop()  # joins the loop for at most 10 s
+    assert rec._thread is not None and not rec._thread.is_alive()
