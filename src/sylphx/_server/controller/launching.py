@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from ..._errors import ExecutorError
@@ -25,6 +25,12 @@ from ..store.batch import Batch
 from ..store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
 from ..transitions import transition
 
+_PENDING = (  # a run's first pending shards (built once: see survey)
+    select(*shard_columns())
+    .where(SHARDS.c.run_id == bindparam("run_id"), SHARDS.c.state == ShardState.PENDING.value)
+    .order_by(SHARDS.c.index)
+    .limit(bindparam("n"))
+)
 _INSERT_ATTEMPTS = Batch(
     insert(ATTEMPTS),
     ("shard_id", "run_id", "number", "state", "handle", "stdout_path", "stderr_path", "started_at"),
@@ -100,12 +106,7 @@ class RunLaunch:
         ``executor``; returns the launches that failed (exit 127, LaunchError) for the
         caller to settle. A full disk raises StorageFull: not the shards' fault."""
         self._s.flush()  # a shard this pass cancelled through the ORM is not pending
-        rows = self._s.execute(
-            select(*shard_columns())
-            .where(SHARDS.c.run_id == self._run.id, SHARDS.c.state == ShardState.PENDING.value)
-            .order_by(SHARDS.c.index)
-            .limit(n)
-        ).all()
+        rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n}).all()
         shards = [ShardRecord(*row) for row in rows]
         attempts: list[dict[str, object]] = []
         failed: list[Exit] = []

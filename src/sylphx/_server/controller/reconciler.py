@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, bindparam, inspect, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -40,6 +40,12 @@ FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this
 # pass, not one pass each; like the Kubernetes Job controller's sync batch period. An
 # exit after a quiet spell, and every wake() (submit, cancel), still start a pass at once.
 EXIT_BATCH_SECONDS = 0.04
+
+
+_ACTIVE_RUNS = select(RunRow).where(RunRow.state.in_(ACTIVE)).order_by(RunRow.created_at, RunRow.id)
+_ENDED_SHARDS = select(ShardRow.index, ShardRow.state, ShardRow.ended_at).where(
+    ShardRow.run_id == bindparam("run_id")
+)
 
 
 def utcnow() -> datetime:
@@ -157,13 +163,7 @@ class Reconciler:
 
     def _pass(self) -> list[str]:
         with self.sessions.begin() as s:
-            runs = list(
-                s.scalars(
-                    select(RunRow)
-                    .where(RunRow.state.in_(ACTIVE))
-                    .order_by(RunRow.created_at, RunRow.id)
-                )
-            )
+            runs = list(s.scalars(_ACTIVE_RUNS))
             specs = self._parse(runs)
             self._collect(s, self.executor.poll(), specs)
             now = self.clock()
@@ -319,11 +319,7 @@ class Reconciler:
         if run.state == RunState.QUEUED and final not in RUN_TRANSITIONS[RunState.QUEUED]:
             transition(run, RunState.RUNNING, now)
         transition(run, final, now)
-        shards = s.execute(
-            select(ShardRow.index, ShardRow.state, ShardRow.ended_at).where(
-                ShardRow.run_id == run.id
-            )
-        ).all()
+        shards = s.execute(_ENDED_SHARDS, {"run_id": run.id}).all()
         run.ended_at = max((ended for _, _, ended in shards if ended), default=now)
         states = [(index, state) for index, state, _ in shards]
         note = _course_note(run)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from ..._spec import RunSpec
@@ -36,6 +36,15 @@ ATTEMPT_KEYS = ("state", "exit_code", "reason", "ended_at", "started_at")
 # not started_at: settling never moves a shard into STARTING, the only change that sets it
 SHARD_KEYS = ("state", "exit_code", "reason", "failures", "preemptions", "ended_at")
 
+_OPEN = (  # the open attempts among some handles, with their shards (built once)
+    select(*attempt_columns(), *shard_columns())
+    .join_from(ATTEMPTS, SHARDS, ATTEMPTS.c.shard_id == SHARDS.c.id)
+    .where(
+        ATTEMPTS.c.handle.in_(bindparam("handles", expanding=True)),
+        ATTEMPTS.c.ended_at.is_(None),
+    )
+)
+
 
 def settle(
     s: Session,
@@ -53,14 +62,7 @@ def settle(
     shards: dict[int, ShardRecord] = {}
     n_attempt = len(ATTEMPT_COLUMNS)
     for first in range(0, len(handles), CHUNK):
-        rows = s.execute(
-            select(*attempt_columns(), *shard_columns())
-            .join_from(ATTEMPTS, SHARDS, ATTEMPTS.c.shard_id == SHARDS.c.id)
-            .where(
-                ATTEMPTS.c.handle.in_(handles[first : first + CHUNK]),
-                ATTEMPTS.c.ended_at.is_(None),
-            )
-        ).all()
+        rows = s.execute(_OPEN, {"handles": handles[first : first + CHUNK]}).all()
         for row in rows:
             attempts.append(AttemptRecord(*row[:n_attempt]))
             shard = ShardRecord(*row[n_attempt:])

@@ -28,16 +28,30 @@ ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
 LIVE = (ShardState.STARTING.value, ShardState.RUNNING.value)
 
 
+# Built once: a pass runs these every time, and building a statement costs more than
+# SQLite takes to answer it.
+_SHARD_COUNTS = (
+    select(ShardRow.run_id, ShardRow.state, func.count())
+    .join(RunRow, RunRow.id == ShardRow.run_id)
+    .where(RunRow.state.in_(ACTIVE))
+    .group_by(ShardRow.run_id, ShardRow.state)
+)
+_LIVE_CLOCKS = (
+    select(
+        AttemptRow.run_id,
+        func.min(case((AttemptRow.stop_reason.is_(None), AttemptRow.started_at))),
+        func.min(case((AttemptRow.killed_at.is_(None), AttemptRow.stop_requested_at))),
+    )
+    .join(RunRow, RunRow.id == AttemptRow.run_id)
+    .where(RunRow.state.in_(ACTIVE), AttemptRow.ended_at.is_(None))
+    .group_by(AttemptRow.run_id)
+)
+
+
 def shard_counts(s: Session) -> dict[str, Counter[ShardState]]:
     """Shards of every active run, counted by state."""
     counts: dict[str, Counter[ShardState]] = defaultdict(Counter)
-    rows = s.execute(
-        select(ShardRow.run_id, ShardRow.state, func.count())
-        .join(RunRow, RunRow.id == ShardRow.run_id)
-        .where(RunRow.state.in_(ACTIVE))
-        .group_by(ShardRow.run_id, ShardRow.state)
-    )
-    for run_id, state, n in rows:
+    for run_id, state, n in s.execute(_SHARD_COUNTS):
         counts[run_id][ShardState(state)] = n
     return counts
 
@@ -62,14 +76,7 @@ class Clocks:
 
 def live_clocks(s: Session) -> dict[str, Clocks]:
     """:class:`Clocks` of every active run that has a live attempt."""
-    unasked = case((AttemptRow.stop_reason.is_(None), AttemptRow.started_at))
-    unkilled = case((AttemptRow.killed_at.is_(None), AttemptRow.stop_requested_at))
-    rows = s.execute(
-        select(AttemptRow.run_id, func.min(unasked), func.min(unkilled))
-        .join(RunRow, RunRow.id == AttemptRow.run_id)
-        .where(RunRow.state.in_(ACTIVE), AttemptRow.ended_at.is_(None))
-        .group_by(AttemptRow.run_id)
-    )
+    rows = s.execute(_LIVE_CLOCKS)
     return {run_id: Clocks(started, stop) for run_id, started, stop in rows}
 
 
