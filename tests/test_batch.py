@@ -87,7 +87,7 @@ def test_an_update_counts_the_rows_it_matched(tmp_path: Path) -> None:
         .where(orgs_table.c.id == bindparam("b_id"))
         .values(image_policy=bindparam("b_policy", type_=orgs_table.c.image_policy.type))
     )
-    policy = {"allow": ["docker.io/library/*"]}  # unhashable: converted without a memo
+    policy = {"allow": ["docker.io/library/*"]}  # a JSON column: its processor serializes
     with sessions.begin() as s:
         params = [
             {"b_id": "org_a", "b_policy": policy},
@@ -115,3 +115,12 @@ def test_no_rows_is_no_statement(tmp_path: Path) -> None:
     sessions = _store(tmp_path)
     with sessions.begin() as s:
         assert Batch(insert(ATTEMPTS), KEYS).execute(s.connection(), []) == 0
+
+
+def test_a_naive_timestamp_is_refused_every_time(tmp_path: Path) -> None:
+    sessions = _store(tmp_path)
+    batch = Batch(insert(ATTEMPTS), (*KEYS, "started_at"))
+    naive = NOW.replace(tzinfo=None)
+    for _ in range(2):  # a refusal is not remembered as a result
+        with sessions.begin() as s, pytest.raises(ValueError, match="naive datetime"):
+            batch.execute(s.connection(), [_attempt(1, 1, naive)])

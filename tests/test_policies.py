@@ -12,8 +12,9 @@ from sylphx._server.controller import admission, backoff, deadlines, preemption,
 from sylphx._server.controller.indexes import compress, expand
 from sylphx._server.controller.preemption import Victim
 from sylphx._server.store import RunRow, ShardRow
+from sylphx._server.store.records import ShardRecord
 from sylphx._server.transitions import transition
-from sylphx._states import AttemptState, RunState, ShardState
+from sylphx._states import SHARD_TRANSITIONS, AttemptState, RunState, ShardState
 
 S = ShardState
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -390,6 +391,23 @@ def test_legal_shard_transitions(src: S, dst: S) -> None:
 def test_illegal_shard_transitions(src: S, dst: S) -> None:
     with pytest.raises(IllegalTransition, match=f"{src.value} -> {dst.value}"):
         transition(_shard(src), dst, T0)
+
+
+@pytest.mark.parametrize("src", list(S))
+def test_every_shard_transition_follows_the_table(src: S) -> None:
+    """Every (from, to) pair, for ORM rows and records, with states stored as plain
+    strings or (set by hand) as members: legal exactly when the table says so."""
+    for dst in S:
+        for state in (src.value, src):
+            record = ShardRecord(1, "wrk_x", 0, str(state), 0, 0, 0, None, None, None, None, 1)
+            for shard in (_shard(src), record):
+                shard.state = state
+                if dst in SHARD_TRANSITIONS[src]:
+                    transition(shard, dst, T0)
+                    assert shard.state == dst.value and type(shard.state) is str
+                else:
+                    with pytest.raises(IllegalTransition):
+                        transition(shard, dst, T0)
 
 
 def test_run_transitions() -> None:

@@ -9,7 +9,7 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from .._errors import ConflictError, NotFound, Unauthorized, ValidationError
@@ -162,11 +162,14 @@ def bearer_hash(authorization: str | None) -> str:
     return hash_key(token.strip())
 
 
+_KEY = select(ApiKeyRow.org_id, ApiKeyRow.revoked_at).where(
+    ApiKeyRow.hash == bindparam("hash")
+)  # built once: every request runs it
+
+
 def org_of_key(s: Session, key_hash: str) -> str:
     """The org id of the live key with this hash, or Unauthorized (unknown or revoked)."""
-    row = s.execute(
-        select(ApiKeyRow.org_id, ApiKeyRow.revoked_at).where(ApiKeyRow.hash == key_hash)
-    ).first()
+    row = s.execute(_KEY, {"hash": key_hash}).first()
     if row is None or row.revoked_at is not None:
         raise Unauthorized(f"unknown or revoked API key. {_HOW}")
     return str(row.org_id)

@@ -85,16 +85,20 @@ def submit(
     return run
 
 
+_IN_USE = (  # built once: every submit runs it
+    select(func.count())
+    .select_from(ShardRow)
+    .join(RunRow, RunRow.id == ShardRow.run_id)
+    .where(
+        RunRow.org_id == bindparam("org_id"),
+        ShardRow.state.in_([st.value for st in ShardState if not st.terminal]),
+    )
+)
+
+
 def shards_in_use(s: Session, org_id: str) -> int:
     """Units of the org's concurrent-shard budget held now: its unfinished shards."""
-    unfinished = [st.value for st in ShardState if not st.terminal]
-    count = s.scalar(
-        select(func.count())
-        .select_from(ShardRow)
-        .join(RunRow, RunRow.id == ShardRow.run_id)
-        .where(RunRow.org_id == org_id, ShardRow.state.in_(unfinished))
-    )
-    return int(count or 0)
+    return int(s.scalar(_IN_USE, {"org_id": org_id}) or 0)
 
 
 def load(s: Session, run_id: str, org_id: str, *, with_attempts: bool = False) -> RunRow:

@@ -7,9 +7,8 @@ processor): ~15-20 us a row, most of what writing a 256-shard batch costs. A
 bind processors of its parameters in order, and hands the converted rows to the DB-API
 cursor's ``executemany`` through ``Connection.exec_driver_sql`` (so engine events and
 the connection's transaction still apply). Values are converted by the same
-processors SQLAlchemy would use (a timestamp written here reads back as one written
-through the ORM); a batch usually repeats a value (``now``), so each distinct value of a
-processed column is converted once per call.
+processors SQLAlchemy would use, so a timestamp written here reads back as one written
+through the ORM.
 """
 
 from __future__ import annotations
@@ -59,30 +58,28 @@ class Batch:
         """Run the statement once per row of ``rows``; the number of rows matched."""
         if not rows:
             return 0
+        names = self._plan(conn.dialect).names
+        _check(names, rows[0])
+        return self.execute_columns(conn, {name: [row[name] for row in rows] for name in names})
+
+    def execute_columns(self, conn: Connection, columns: Mapping[str, Sequence[Any]]) -> int:
+        """:meth:`execute` with the rows given by column: ``columns[name][i]`` is parameter
+        ``name`` of row ``i`` (no mapping built per row)."""
         plan = self._plan(conn.dialect)
-        missing = [name for name in plan.names if name not in rows[0]]
-        if missing:
-            raise ValueError(f"batch parameters missing: {', '.join(missing)}")
-        columns = []
+        _check(plan.names, columns)
+        values = []
         for name, process in zip(plan.names, plan.processors, strict=True):
-            values = [row[name] for row in rows]
-            columns.append(values if process is None else _convert(process, values))
-        params: list[Any] = list(zip(*columns, strict=True))
+            column = columns[name]
+            values.append(column if process is None else [process(v) for v in column])
+        params: list[Any] = list(zip(*values, strict=True))
+        if not params:
+            return 0
         if not plan.positional:  # named placeholders (psycopg): a mapping per row
-            params = [dict(zip(plan.names, values, strict=True)) for values in params]
+            params = [dict(zip(plan.names, row, strict=True)) for row in params]
         return conn.exec_driver_sql(plan.sql, params).rowcount
 
 
-def _convert(process: Processor, values: list[Any]) -> list[Any]:
-    """``values`` through ``process``, each distinct one once (None stays None)."""
-    seen: dict[Any, Any] = {None: None}
-    out = []
-    for value in values:
-        try:
-            converted = seen[value]
-        except KeyError:
-            converted = seen[value] = process(value)
-        except TypeError:  # unhashable (a JSON document): no memo
-            converted = process(value)
-        out.append(converted)
-    return out
+def _check(names: Sequence[str], given: Mapping[str, Any]) -> None:
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise ValueError(f"batch parameters missing: {', '.join(missing)}")

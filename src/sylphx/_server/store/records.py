@@ -117,19 +117,17 @@ def _update(
         return
     s.flush()  # pending ORM changes first: a row changed both ways fails loudly, not silently
     table = SHARDS if row_class is ShardRow else ATTEMPTS
-    params = [
-        {
-            "b_id": rec.id,
-            "b_seen": rec.version,
-            "b_next": rec.version + 1,
-            **{f"b_{key}": getattr(rec, key) for key in keys},
-        }
-        for rec in records
-    ]
-    matched = _compare_and_set(table.name, tuple(keys)).execute(s.connection(), params)
-    if matched != len(params):
+    seen = [rec.version for rec in records]
+    columns = {
+        "b_id": [rec.id for rec in records],
+        "b_seen": seen,
+        "b_next": [version + 1 for version in seen],
+        **{f"b_{key}": [getattr(rec, key) for rec in records] for key in keys},
+    }
+    matched = _compare_and_set(table.name, tuple(keys)).execute_columns(s.connection(), columns)
+    if matched != len(records):
         raise StaleDataError(
-            f"UPDATE statement on table {table.name!r} expected to update {len(params)}"
+            f"UPDATE statement on table {table.name!r} expected to update {len(records)}"
             f" row(s); {matched} were matched."
         )
     for rec in records:

@@ -8,6 +8,8 @@ being overwritten (the reconciler's pass or the API call is then rolled back and
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+_BIND: dict[str, Callable[[Any], Any]] = {}  # UTCDateTime's bind processor, per dialect
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC timestamps on every backend (SQLite drops the zone)."""
@@ -39,6 +43,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """:meth:`process_bind_param`, then the dialect's own conversion, remembering the
+        last few thousand results: a pass writes the same timestamps many times (``now``
+        to every shard it starts; an exit's end to its attempt, its shard and its usage)."""
+        process = _BIND.get(dialect.name)
+        if process is None:
+            base = super().bind_processor(dialect)
+            if base is None:
+                return None
+            process = _BIND[dialect.name] = functools.lru_cache(maxsize=4096)(base)
+        return process
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
