@@ -76,6 +76,15 @@ def test_exits_that_trickle_in_are_settled_in_one_pass(
     assert passes.started[1] - passes.started[0] >= 1.0
 
 
+def test_exits_after_a_pass_that_settled_a_burst_are_settled_at_once(
+    loop: tuple[Reconciler, WakingExecutor, Passes],
+) -> None:
+    rec, executor, passes = loop
+    rec._last_exits = reconciler.EXIT_BATCH  # the last pass settled a burst of exits
+    executor.wake()
+    assert passes.wait_for(2)  # well before the batch period is over
+
+
 def test_a_wake_starts_a_pass_without_waiting_for_the_batch(
     loop: tuple[Reconciler, WakingExecutor, Passes],
 ) -> None:

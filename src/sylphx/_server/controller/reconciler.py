@@ -38,8 +38,11 @@ FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this
 # A pass woken by process exits starts at least this long after the previous pass began,
 # so exits that trickle in (256 shards ending over a few seconds) are settled a batch per
 # pass, not one pass each; like the Kubernetes Job controller's sync batch period. An
-# exit after a quiet spell, and every wake() (submit, cancel), still start a pass at once.
+# exit after a quiet spell, and every wake() (submit, cancel), still start a pass at once;
+# so does one after a pass that settled EXIT_BATCH exits or more (a burst: the next
+# exits are likely as many, and waiting would only delay them).
 EXIT_BATCH_SECONDS = 0.04
+EXIT_BATCH = 32
 
 
 _ACTIVE_RUNS = select(RunRow).where(RunRow.state.in_(ACTIVE)).order_by(RunRow.created_at, RunRow.id)
@@ -74,6 +77,7 @@ class Reconciler:
         self._urgent = threading.Event()  # set by wake(): no batching
         self._stop = threading.Event()
         self._last_start = float("-inf")  # monotonic time the last pass began
+        self._last_exits = 0  # exits the last pass settled
         self._thread: threading.Thread | None = None
         self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
         self._recovered = False  # whether start() already re-adopted live attempts
@@ -96,7 +100,7 @@ class Reconciler:
     def _wait(self) -> None:
         """Until the next pass is due: a wake-up, or the reconcile interval."""
         self._wake.wait(self.settings.reconcile_interval)
-        if not self._urgent.is_set():  # let a burst of exits gather
+        if not self._urgent.is_set() and self._last_exits < EXIT_BATCH:  # let exits gather
             rest = self._last_start + EXIT_BATCH_SECONDS - time.monotonic()
             if rest > 0:
                 self._urgent.wait(rest)
@@ -165,7 +169,9 @@ class Reconciler:
         with self.sessions.begin() as s:
             runs = list(s.scalars(_ACTIVE_RUNS))
             specs = self._parse(runs)
-            self._collect(s, self.executor.poll(), specs)
+            exits = self.executor.poll()
+            self._last_exits = len(exits)
+            self._collect(s, exits, specs)
             now = self.clock()
             focus = self._focus(s, runs, specs, now)
             for run in focus:
