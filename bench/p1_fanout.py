@@ -12,7 +12,7 @@ Two sylphx envelopes are measured: ``plain`` (SYLPHX_SANDBOX=off, no cgroups: th
 processes xargs starts) and ``sandboxed`` (the production default: a bubblewrap sandbox
 and a cgroup per shard), which is compared with xargs running the same bubblewrap argv.
 
-    python bench/p1_fanout.py [--shards 256] [--rounds 10]
+    python bench/p1_fanout.py [--shards 256] [--rounds 20]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def sandbox_argv(command: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     n = args.shards
     print(f"P1 on {machine()}")
