@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +52,18 @@ class ShardCgroup:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(int(pid), signal.SIGKILL)
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Remove the cgroup's directories; False while the kernel still holds one (a
+        process in it not gone yet: rmdir fails with EBUSY)."""
+        gone = True
         for d in self.dirs:
-            with contextlib.suppress(OSError):
+            try:
                 os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                gone = False
+        return gone
 
 
 class Cgroups:
@@ -68,6 +77,38 @@ class Cgroups:
         else:
             self.bases = tuple(root / c / "sylphx" for c in ("memory", "cpu", "pids"))
         self._base_strs = [str(base) for base in self.bases]
+        self._lock = threading.Lock()
+        self._leftover: dict[str, ShardCgroup] = {}  # ended attempts' cgroups still held
+
+    def release(self, group: ShardCgroup) -> None:
+        """An ended attempt's cgroup: kill what is left in it and remove it. One the kernel
+        still holds (a sandbox's last process not reaped yet by whoever inherited it) is
+        tried again by every :meth:`sweep` until it goes: otherwise it would stay forever,
+        and thousands of them slow every cgroup operation on the host."""
+        group.kill_all()
+        if not group.remove():
+            with self._lock:
+                self._leftover[group.dirs[0]] = group
+
+    def sweep(self) -> None:
+        """Try again to remove the cgroups :meth:`release` could not."""
+        with self._lock:
+            groups = list(self._leftover.values())
+        for group in groups:
+            group.kill_all()
+            if group.remove():
+                with self._lock:
+                    self._leftover.pop(group.dirs[0], None)
+
+    def names(self) -> list[str]:
+        """The names of the attempt cgroups that exist now (e.g. left by a control plane
+        that stopped before it could remove them)."""
+        try:
+            entries = os.scandir(self._base_strs[0])
+        except OSError:
+            return []
+        with entries:
+            return [e.name for e in entries if e.is_dir() and not e.name.startswith("probe-")]
 
     def check(self) -> None:
         """Fail loudly when cgroups cannot be used here."""

@@ -125,7 +125,20 @@ class LocalExecutor:
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
         self._watcher.start()
+        self._release_ended_cgroups()
         # Shards inherit the host environment, minus the control plane's own settings.
+
+    def _release_ended_cgroups(self) -> None:
+        """Remove the cgroups of attempts that ended (their exit is recorded) but that an
+        earlier control plane did not get to remove."""
+        if self._cgroups is None:
+            return
+        for name in self._cgroups.names():
+            run_id, _, attempt = name.rpartition("-")
+            if run_id and os.path.exists(f"{self.state_dir}/{run_id}/{attempt}/exit"):
+                group = self._cgroups.existing(name)
+                if group is not None:
+                    self._cgroups.release(group)
 
     def capacity(self) -> Resources:
         return self._capacity
@@ -295,6 +308,8 @@ class LocalExecutor:
         with self._lock:
             for exit in exits:
                 self._tracked.pop(exit.handle, None)
+        if deep and self._cgroups is not None:
+            self._cgroups.sweep()
         return exits
 
     def _check(self, handle: str, since: float, *, deep: bool = True) -> Exit | None:
@@ -307,11 +322,10 @@ class LocalExecutor:
         if text is not None:
             code, started, ended, reason = text.split(" ", 3)
             group = self._group(handle)
-            if group is not None:
+            if group is not None and self._cgroups is not None:
                 if group.oom_killed():
                     reason = OOM_REASON
-                group.kill_all()
-                group.remove()
+                self._cgroups.release(group)
             return Exit(
                 handle,
                 int(code),
