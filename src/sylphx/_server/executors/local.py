@@ -126,7 +126,6 @@ class LocalExecutor:
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
         self._watcher.start()
         self._release_ended_cgroups()
-        # Shards inherit the host environment, minus the control plane's own settings.
 
     def _release_ended_cgroups(self) -> None:
         """Remove the cgroups of attempts that ended (their exit is recorded) but that an

@@ -92,9 +92,8 @@ def update_attempts(s: Session, attempts: Sequence[AttemptRecord], keys: Sequenc
 
 
 @functools.cache
-def _compare_and_set(table_name: str, keys: tuple[str, ...]) -> Batch:
+def _compare_and_set(table: Table, keys: tuple[str, ...]) -> Batch:
     """``UPDATE table SET keys..., version = :b_next WHERE id = :b_id AND version = :b_seen``."""
-    table = SHARDS if table_name == SHARDS.name else ATTEMPTS
     return Batch(
         update(table)
         .where(and_(table.c.id == bindparam("b_id"), table.c.version == bindparam("b_seen")))
@@ -124,7 +123,7 @@ def _update(
         "b_next": [version + 1 for version in seen],
         **{f"b_{key}": [getattr(rec, key) for rec in records] for key in keys},
     }
-    matched = _compare_and_set(table.name, tuple(keys)).execute_columns(s.connection(), columns)
+    matched = _compare_and_set(table, tuple(keys)).execute_columns(s.connection(), columns)
     if matched != len(records):
         raise StaleDataError(
             f"UPDATE statement on table {table.name!r} expected to update {len(records)}"
