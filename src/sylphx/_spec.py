@@ -7,7 +7,6 @@ rule violation is reported with the field, the rule and the fix.
 from __future__ import annotations
 
 import difflib
-import posixpath
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from ._errors import ValidationError
 from ._machines import DEFAULT_MACHINE, MachineName
+from ._paths import SYSTEM_PATHS, PathRuleError, is_within, normalise
 
 __all__ = ["CompletionMode", "RunSpec", "VolumeMount"]
 
@@ -32,23 +32,6 @@ MAX_BACKOFF_LIMIT = 50
 DEFAULT_BACKOFF_LIMIT = 3
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Paths a volume may not be mounted over: the shard's own system directories.
-_SYSTEM_PATHS = (
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/proc",
-    "/run",
-    "/sbin",
-    "/sys",
-    "/usr",
-    "/var",
-)
 
 
 def rule(field: str, text: str, fix: str) -> PydanticCustomError:
@@ -81,12 +64,11 @@ class VolumeMount(_Model):
     @classmethod
     def _mount_path(cls, v: str) -> str:
         fix = "use an absolute path of your own, e.g. /cache or /data/out"
-        if not v.startswith("/"):
-            raise rule("mountPath", f"must be an absolute path (got {v!r})", fix)
-        if ".." in v.split("/"):
-            raise rule("mountPath", f"must not contain '..' (got {v!r})", fix)
-        norm = posixpath.normpath(v)
-        if norm == "/" or any(norm == p or norm.startswith(p + "/") for p in _SYSTEM_PATHS):
+        try:
+            norm = normalise(v)
+        except PathRuleError as exc:
+            raise rule("mountPath", str(exc), fix) from None
+        if norm == "/" or any(is_within(norm, p) for p in SYSTEM_PATHS):
             raise rule("mountPath", f"must not be mounted over a system path (got {v!r})", fix)
         return norm
 
@@ -120,9 +102,13 @@ class RunSpec(_Model):
     @field_validator("working_dir")
     @classmethod
     def _working_dir(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
-            raise rule("workingDir", f"must be an absolute path (got {v!r})", "give e.g. /work/job")
-        return v
+        if v is None:
+            return v
+        try:
+            return normalise(v)  # stored spelled one way: //w/./job -> /w/job
+        except PathRuleError as exc:
+            fix = "give an absolute path without '..', e.g. /work/job"
+            raise rule("workingDir", str(exc), fix) from None
 
     @field_validator("secrets")
     @classmethod
