@@ -1,9 +1,18 @@
-"""Paths a run names: spelled one way only (the spec model)."""
+"""Paths a run names: spelled one way only (the spec model), and nothing of the control
+plane visible to a shard whatever the spec says (checked against the host at submit).
+
+The API cases go through HTTP as a tenant would, on a real control plane, and check that a
+refused run left nothing behind."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from conftest import Server
+from oci import BusyboxImages
 from sylphx import ValidationError
 from sylphx._spec import RunSpec
 
@@ -75,3 +84,159 @@ def test_working_dirs_that_break_a_rule(spelled: str, words: str) -> None:
     (detail,) = err.value.details
     assert detail["field"] == "workingDir"
     assert words in detail["rule"] and detail["fix"]
+
+
+# -- the API: host checks at submit ------------------------------------------------------
+
+
+def run_ids(server: Server) -> list[str]:
+    return [run["id"] for run in server.http.get("/v1/runs").json()["items"]]
+
+
+def refused(server: Server, field: str, words: str, **spec: Any) -> dict[str, Any]:
+    """Submit ``spec``; assert a 422 naming ``field`` (with ``words`` in its rule or fix)
+    in the documented error shape, and that nothing was stored."""
+    before = run_ids(server)
+    r = server.http.post("/v1/runs", json={**CMD, **spec})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"] == "validation_error"
+    fields = [d["field"] for d in body["details"]]
+    assert field in fields, body
+    detail = body["details"][fields.index(field)]
+    assert words in detail["rule"] + " " + detail["fix"], detail
+    assert detail["fix"] and body["message"].startswith(f"{body['details'][0]['field']}: ")
+    assert run_ids(server) == before
+    return dict(body)
+
+
+def test_working_dir_in_the_control_plane_home_is_refused(server: Server, tmp_path: Path) -> None:
+    home = server.settings.home
+    state = home / "state"
+    state.mkdir(exist_ok=True)
+    link = tmp_path / "innocent"
+    link.symlink_to(state)
+    hidden = "never see"
+    refused(server, "workingDir", hidden, workingDir=str(home))
+    refused(server, "workingDir", hidden, workingDir=str(state))
+    refused(server, "workingDir", hidden, workingDir=str(home / "logs"))
+    refused(server, "workingDir", hidden, workingDir=str(link))  # a symlink into it
+    refused(server, "workingDir", hidden, workingDir=f"{link}/sub")
+    refused(server, "workingDir", hidden, workingDir="/" + str(home))  # //home
+    refused(server, "workingDir", hidden, workingDir=f"//{home}/./state/")
+    refused(server, "workingDir", "'..'", workingDir=f"{tmp_path}/x/../{home.name}")
+    body = refused(server, "workingDir", hidden, workingDir=str(home), parallelism=3)
+    assert "SYLPHX_HOME" in body["details"][0]["fix"]
+
+
+def test_path_entries_in_the_control_plane_home_are_refused(server: Server, tmp_path: Path) -> None:
+    home = server.settings.home
+    (home / "state").mkdir(exist_ok=True)
+    link = tmp_path / "tools"
+    link.symlink_to(home / "state")
+    hidden = "never see"
+    for path in (
+        f"/usr/bin:{home}/volumes/bin",
+        f"{home}:/usr/bin",
+        f"/usr/bin://{home}/bin",
+        f"/usr/bin:{tmp_path}/x/../{home.name}/bin",  # '..' resolved
+        f"/usr/bin:{link}/../logs",  # '..' after a symlink: resolved as the kernel does
+        f"/usr/bin:{link}",
+    ):
+        refused(server, "env.PATH", hidden, env={"PATH": path}, workingDir=str(tmp_path))
+    # a relative entry is resolved against the working directory
+    refused(server, "env.PATH", hidden, env={"PATH": f"{home.name}/bin"}, workingDir=str(tmp_path))
+    # every broken rule is named, not only the first
+    body = refused(
+        server, "env.PATH", hidden, env={"PATH": f"{home}/bin"}, workingDir=str(home / "state")
+    )
+    assert [d["field"] for d in body["details"]] == ["workingDir", "env.PATH"]
+
+
+def test_mount_paths_in_the_home_or_over_system_paths_are_refused(server: Server) -> None:
+    vol, _ = server.volume()
+    home = server.settings.home
+    field = "volumeMounts[0].mountPath"
+    for target, words in (
+        (str(home), "never see"),
+        (f"{home}/volumes/{vol}", "never see"),
+        (f"/{home}/./logs", "never see"),
+        ("//etc", "system path"),
+        ("//proc", "system path"),
+        ("/./etc", "system path"),
+        ("/x/../etc", "'..'"),
+        ("/da\0ta", "NUL"),
+    ):
+        refused(server, field, words, volumeMounts=[{"volumeId": vol, "mountPath": target}])
+
+
+def test_paths_through_proc_are_refused(server: Server, tmp_path: Path) -> None:
+    """A /proc magic link leads where the process following it is: the control plane's
+    view at submit is not what a shard (or bwrap) would get at launch."""
+    link = tmp_path / "here"
+    link.symlink_to("/proc/self/cwd")
+    via = "goes through /proc"
+    refused(server, "workingDir", via, workingDir="/proc/self/cwd")
+    refused(server, "workingDir", via, workingDir="/proc/1/root/tmp")
+    refused(server, "workingDir", via, workingDir="/dev/fd/3")  # -> /proc/self/fd/3
+    refused(server, "workingDir", via, workingDir=str(link))
+    refused(server, "env.PATH", via, env={"PATH": "/usr/bin:/proc/self/cwd/bin"})
+
+
+def test_working_dir_must_be_an_existing_directory(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    refused(server, "workingDir", "does not exist", workingDir=str(tmp_path / "nope"))
+    refused(server, "workingDir", "not a directory", workingDir=str(tmp_path / "file"))
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    refused(server, "workingDir", "does not exist", workingDir=str(dangling))
+
+
+def test_operator_hidden_paths_are_refused_too(make_server: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "operator-secret"
+    (secret / "sub").mkdir(parents=True)
+    server = make_server(shard_hide=(secret,))
+    refused(server, "workingDir", "never see", workingDir=str(secret / "sub"))
+    refused(server, "env.PATH", "never see", env={"PATH": f"/usr/bin:{secret}"})
+
+
+def test_a_valid_working_dir_spelled_oddly_runs_there(server: Server, tmp_path: Path) -> None:
+    job = tmp_path / "proj"
+    job.mkdir()
+    (job / "job.sh").write_text("pwd\n")
+    (tmp_path / "bin").mkdir()
+    run = server.submit(
+        command=["sh", "job.sh"],
+        workingDir=f"/{job}/./",  # //tmp/.../proj/./ : stored as /tmp/.../proj
+        env={"PATH": f"/usr/bin:/bin:{tmp_path}/bin"},
+    )
+    assert run["spec"]["workingDir"] == str(job)
+    assert server.wait(run["id"])["status"] == "succeeded", server.shards(run["id"])
+    logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0})
+    assert logs.text.strip() == str(job)
+    assert server.get(run["id"])["spec"]["workingDir"] == str(job)
+
+
+def test_a_working_dir_that_holds_the_home_is_fine(server: Server, tmp_path: Path) -> None:
+    assert server.settings.home.is_relative_to(tmp_path)  # "contains" is not "lies under"
+    run = server.submit(command=["true"], workingDir=str(tmp_path))
+    assert server.wait(run["id"])["status"] == "succeeded"
+
+
+def test_image_runs_name_the_images_paths_not_the_hosts(
+    server: Server, busybox_images: BusyboxImages
+) -> None:
+    home = server.settings.home
+    vol, _ = server.volume()
+    r = server.http.post(
+        "/v1/runs",
+        json={
+            "image": f"oci:{busybox_images.layout}:latest",
+            "command": ["/bin/true"],
+            "workingDir": "//no-such-dir-on-the-host/./",
+            "env": {"PATH": f"/bin:{home}/bin"},
+            "volumeMounts": [{"volumeId": vol, "mountPath": f"{home}/in-the-image"}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["workingDir"] == "/no-such-dir-on-the-host"

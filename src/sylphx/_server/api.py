@@ -32,6 +32,7 @@ from .._views import (
     VolumeView,
 )
 from . import billing, faults, image_policy, logs, longpoll, orgs, runs, secrets, volumes
+from .hostpaths import check_host_paths
 from .plane import ControlPlane
 from .store import OrgRow, RunRow
 
@@ -160,6 +161,9 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
                 " keep running. Fix: retry in a few seconds, once it has restarted."
             )
         faults.check_disk(plane.settings.logs_dir, "log")
+        # nothing of the control plane visible, whatever the spec says (422, nothing stored)
+        local = plane.executor.name == "local"  # Ray shards run on nodes: no existence check
+        check_host_paths(spec, plane.settings, local=local)
         if spec.image is not None:  # resolve + policy + scanner, outside the write lock
             with reads() as s:
                 org_row = s.get(OrgRow, org_id)
