@@ -78,6 +78,11 @@ class Settings:
     ray_gang_strategy: str = "SPREAD"
     ray_volume_root: Path | None = None  # a filesystem every Ray node mounts at this path
     auth_cache_seconds: float = 1.0  # a revoked API key is refused within this; 0 = no cache
+    max_log_bytes: int = 1 << 30  # SYLPHX_MAX_LOG_BYTES: per stream of one attempt
+    shard_network: str = "slirp4netns"  # SYLPHX_SHARD_NETWORK: or "host" (unsafe, shared)
+    shard_uid: int = 64000  # SYLPHX_SHARD_UID/GID: the host ids a shard runs as (when root)
+    shard_gid: int = 64000
+    shard_hide: tuple[Path, ...] = ()  # SYLPHX_SHARD_HIDE: more host paths shards never see
 
     @property
     def logs_dir(self) -> Path:
@@ -101,6 +106,21 @@ class Settings:
     @property
     def pid_file(self) -> Path:
         return self.home / "server.pid"
+
+    def hidden_paths(self) -> tuple[Path, ...]:
+        """Host paths no shard may see, whatever its spec says: the home (store, keys,
+        state, logs, volumes, socket), the volume root and a SQLite store kept elsewhere,
+        the control plane's socket and what the operator adds (``SYLPHX_SHARD_HIDE``).
+        Resolved (symlinks, ``//``, ``..``), so a spec's path can be checked against them."""
+        paths = [self.home, self.volumes_dir, self.logs_dir, self.secrets_key_file]
+        paths.append(socket_path(self.home))
+        if self.database_url.startswith("sqlite:///"):
+            paths.append(Path(self.database_url.removeprefix("sqlite:///")))
+        paths.extend(self.shard_hide)
+        out: dict[Path, None] = {}
+        for path in paths:
+            out[Path(os.path.realpath(path))] = None
+        return tuple(out)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -146,7 +166,40 @@ class Settings:
         sandbox_text = env.get("SYLPHX_SANDBOX", "on").lower()
         if sandbox_text not in ("on", "off", "1", "0", "true", "false"):
             raise _bad("SYLPHX_SANDBOX", sandbox_text, "use on or off")
+        max_log = env.get("SYLPHX_MAX_LOG_BYTES", "1GiB")
+        try:
+            max_log_bytes = parse_bytes(max_log)
+            if max_log_bytes < 4096:
+                raise ValueError
+        except ValueError:
+            raise _bad(
+                "SYLPHX_MAX_LOG_BYTES", max_log, "give a size of at least 4KiB, e.g. 1GiB"
+            ) from None
+        network = env.get("SYLPHX_SHARD_NETWORK", "slirp4netns").lower()
+        if network not in ("slirp4netns", "host"):
+            raise _bad(
+                "SYLPHX_SHARD_NETWORK",
+                network,
+                "use slirp4netns (the default: shards get their own network namespace) or"
+                " host (unsafe on shared machines: shards reach the host's loopback)",
+            )
+        ids = {}
+        for var in ("SYLPHX_SHARD_UID", "SYLPHX_SHARD_GID"):
+            text = env.get(var, "64000")
+            if not text.isdigit() or not 0 < int(text) < 2**32 - 1:
+                raise _bad(var, text, "give an unprivileged numeric id (not 0), e.g. 64000")
+            ids[var] = int(text)
+        hide_text = env.get("SYLPHX_SHARD_HIDE", "")
+        hide = tuple(Path(p) for p in hide_text.split(":") if p)
+        for path in hide:
+            if not path.is_absolute():
+                raise _bad("SYLPHX_SHARD_HIDE", hide_text, "give absolute paths joined by ':'")
         return cls(
+            max_log_bytes=max_log_bytes,
+            shard_network=network,
+            shard_uid=ids["SYLPHX_SHARD_UID"],
+            shard_gid=ids["SYLPHX_SHARD_GID"],
+            shard_hide=hide,
             secrets_key=env.get("SYLPHX_SECRETS_KEY") or None,
             image_scanner=env.get("SYLPHX_IMAGE_SCANNER") or None,
             sandbox=sandbox_text in ("on", "1", "true"),
