@@ -176,3 +176,13 @@ def test_a_pipe_without_secrets_is_copied_exactly_and_appended(tmp_path: Path) -
     writer.join(timeout=10)
     log.close()
     assert path.read_bytes() == b"earlier\n" + data
+
+
+def test_a_note_lands_where_the_log_is(tmp_path: Path) -> None:
+    pipe, writer = feed_pipe(b"first\n")
+    log = PipeLog("stderr", pipe, str(tmp_path / "err"), 1 << 20)
+    pump_all(log)
+    writer.join(timeout=10)
+    log.note("sylphx: a note\n")
+    log.close()
+    assert (tmp_path / "err").read_bytes() == b"first\nsylphx: a note\n"

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from conftest import Server
+from sylphx._server.executors import supervisors
 from sylphx._server.executors.base import Exit, LaunchRequest
 from sylphx._server.executors.local import LocalExecutor
-from sylphx._server.executors.supervise import TICK_NS, spawn_ticks, start_ticks
-from sylphx._server.executors.supervisors import SPARE_DELAY_SECONDS
+from sylphx._server.executors.statefiles import TICK_NS, spawn_ticks, start_ticks
+from sylphx._server.executors.supervise import DRAIN_SECONDS
+from sylphx._server.executors.supervisors import BOOT, HERE, SPARE_DELAY_SECONDS
 
 
 def request(tmp_path: Path, script: str, attempt: int = 1) -> LaunchRequest:
@@ -212,3 +219,160 @@ def test_spawn_ticks_reads_proc_when_the_spawn_straddles_a_tick() -> None:
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_a_batch_reaches_its_supervisor_through_a_pipe_never_a_file(tmp_path: Path) -> None:
+    """Every shard's environment (secrets included) goes to the supervisor on its stdin;
+    a batch bigger than a pipe holds by default still starts whole."""
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    secret = "s3cr3t-" + "x" * 2000  # 130 shards x 2 KB: far past a 64 KiB pipe
+    try:
+        base = request(tmp_path, 'test -n "$TOKEN"')
+        for i in range(130):
+            env = {"TOKEN": secret}
+            executor.launch(LaunchRequest(**{**base.__dict__, "index": i, "env": env}))
+        executor.flush()
+        exits = wait_exits(executor, 130)
+        assert {e.returncode for e in exits} == {0}
+    finally:
+        executor.close()
+    assert files_holding(tmp_path, secret.encode()) == []
+    assert not (tmp_path / "state" / "batches").exists()
+
+
+def test_a_batch_too_big_for_the_pipe_is_written_from_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the pipe cannot be made big enough (an unprivileged control plane past
+    pipe-max-size), a thread writes the batch: the pass does not wait for the reader."""
+    monkeypatch.setattr(supervisors, "fit_pipe", lambda fd, size: False)
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    try:
+        base = request(tmp_path, "exit 5")
+        for i in range(3):
+            executor.launch(LaunchRequest(**{**base.__dict__, "index": i}))
+        executor.flush()
+        assert {e.returncode for e in wait_exits(executor, 3)} == {5}
+    finally:
+        executor.close()
+
+
+def test_a_batch_cut_short_starts_nothing(tmp_path: Path) -> None:
+    """A supervisor whose stdin ends mid-batch (the control plane died writing it) claims
+    nothing and exits: the attempts are recorded lost later, never half started."""
+    folder = tmp_path / "att"
+    batch = f'[{{"dir": "{folder}", "argv": ["true"], "env": {{}}, "cwd": "/"'
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", BOOT, HERE, str(tmp_path / "fifo")],
+        input=batch.encode(),  # no closing bracket, no newline
+        timeout=30,
+    )
+    assert proc.returncode == 0 and not folder.exists()
+
+
+def test_a_dead_spare_hands_its_batch_to_a_fresh_supervisor(tmp_path: Path) -> None:
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    try:
+        executor.launch(request(tmp_path, "exit 0"))
+        executor.flush()
+        time.sleep(SPARE_DELAY_SECONDS + 0.1)
+        wait_exit(executor)  # spares start here
+        for spare in executor._supervisors._spares:
+            spare.kill()
+            spare.wait()
+        base = request(tmp_path, "exit 6")
+        executor.launch(LaunchRequest(**{**base.__dict__, "index": 1}))
+        executor.flush()
+        (exit,) = wait_exit(executor)
+        assert exit.returncode == 6
+    finally:
+        executor.close()
+
+
+def test_an_exit_on_record_means_a_complete_log(tmp_path: Path) -> None:
+    """Output written just before the end is in the log when the exit is reported; a
+    process that escaped the shard's group and holds its stdout delays the record by at
+    most DRAIN_SECONDS, then the log is closed."""
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    stray = tmp_path / "stray.pid"
+    script = (  # the stray writes its pid once it is in a session of its own
+        f"setsid sh -c 'echo $$ > {stray}; exec sleep 60' &"
+        f" while [ ! -s {stray} ]; do sleep 0.01; done; head -c 300000 /dev/zero; echo end"
+    )
+    req = request(tmp_path, script)
+    try:
+        started = time.monotonic()
+        executor.launch(req)
+        executor.flush()
+        (exit,) = wait_exit(executor)
+        took = time.monotonic() - started
+        assert exit.returncode == 0 and exit.log_truncated == ()
+        assert Path(req.stdout_path).read_bytes() == b"\0" * 300_000 + b"end\n"
+        assert DRAIN_SECONDS - 0.5 <= took < DRAIN_SECONDS + 10
+    finally:
+        executor.close()
+        if stray.exists():
+            os.kill(int(stray.read_text()), signal.SIGKILL)
+
+
+def test_exit_records_old_and_new_both_parse(tmp_path: Path) -> None:
+    executor = LocalExecutor(1, 1 << 30, tmp_path / "state", sandbox=False)
+    try:
+        for handle, text, truncated in [
+            ("att:r/0.1", "3 1000 2000 ", ()),  # written before log caps
+            ("att:r/1.1", "0 1000 2000 \nlogcap stdout stderr", ("stdout", "stderr")),
+            ("att:r/2.1", "1 1000 2000 LaunchError: x y\nlogcap stderr", ("stderr",)),
+        ]:
+            folder = executor._dir(handle)
+            folder.mkdir(parents=True)
+            (folder / "exit").write_text(text)
+            exit = executor._check(handle, time.monotonic())
+            assert exit is not None and exit.log_truncated == truncated
+            assert exit.returncode == int(text[0])
+        assert exit.reason == "LaunchError: x y"
+    finally:
+        executor.close()
+
+
+def test_a_log_past_the_cap_is_reported_with_the_exit(tmp_path: Path) -> None:
+    executor = LocalExecutor(1, 1 << 30, tmp_path / "state", sandbox=False, max_log_bytes=4096)
+    req = request(tmp_path, "head -c 100000 /dev/zero; echo tail >&2")
+    try:
+        executor.launch(req)
+        executor.flush()
+        (exit,) = wait_exit(executor)
+        assert (exit.returncode, exit.log_truncated) == (0, ("stdout",))
+        assert len(Path(req.stdout_path).read_bytes()) < 4096 + 200
+        assert Path(req.stderr_path).read_text() == "tail\n"
+    finally:
+        executor.close()
+
+
+def test_a_batch_past_the_open_file_limit_still_runs(tmp_path: Path) -> None:
+    """A supervisor holds 5 fds per running shard: past its open-file limit it raises its
+    own (up to the hard limit), and its shards inherit the raised soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    base = request(tmp_path, "ulimit -n; sleep 1")
+    reqs = [  # 5 fds x 60 shards > 256
+        LaunchRequest(**{**base.__dict__, "index": i, "stdout_path": f"{tmp_path}/{i}.out"})
+        for i in range(60)
+    ]
+    try:
+        for req in reqs:
+            executor.launch(req)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the supervisor
+        try:
+            executor.flush()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert {e.returncode for e in wait_exits(executor, 60)} == {0}
+    finally:
+        executor.close()
+    assert {int(Path(r.stdout_path).read_text()) >= 256 for r in reqs} == {True}

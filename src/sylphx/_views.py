@@ -57,6 +57,9 @@ class AttemptView(_View):
     reason: str | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # streams whose output went past SYLPHX_MAX_LOG_BYTES: the rest was dropped and the
+    # log ends with a "[sylphx: log truncated ...]" line
+    log_truncated: list[str] = Field(default_factory=list)
 
 
 class ShardView(_View):
@@ -71,6 +74,7 @@ class ShardView(_View):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     duration_seconds: float | None = None
+    log_truncated: list[str] = Field(default_factory=list)  # of its latest attempt's logs
     history: list[AttemptView] = Field(default_factory=list)
 
 

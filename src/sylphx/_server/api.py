@@ -247,16 +247,24 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         follow: bool = False,
         attempt: Annotated[int | None, Query(ge=1)] = None,
     ) -> StreamingResponse:
-        body = logs.stream_log(reads, run_id, org_id, shard, stream, attempt=attempt, follow=follow)
+        # served as stored: secret values were masked as the log was written
+        body = logs.stream_log(
+            reads,
+            run_id,
+            org_id,
+            shard,
+            stream,
+            attempt=attempt,
+            follow=follow,
+            legacy_secrets=lambda: _secret_values(plane, run_id, org_id),
+        )
         first = await anext(body, b"")  # surface NotFound as a 404 before streaming starts
-        redactor = secrets.Redactor(_secret_values(plane, run_id, org_id))
 
         async def chained() -> AsyncIterator[bytes]:
             if first:
-                yield redactor.feed(first)
+                yield first
             async for chunk in body:
-                yield redactor.feed(chunk)
-            yield redactor.flush()
+                yield chunk
 
         return StreamingResponse(chained(), media_type="text/plain; charset=utf-8")
 
@@ -353,7 +361,8 @@ def _read_run(plane: ControlPlane, run_id: str, org_id: str) -> bytes:
 
 
 def _secret_values(plane: ControlPlane, run_id: str, org_id: str) -> list[str]:
-    """Values of the secrets a run was granted, to redact from its logs."""
+    """The current values of the secrets a run names: only for logs written before secrets
+    were masked at capture (see logs.stream_log)."""
     with plane.reads() as s:
         run = s.get(RunRow, run_id)
         if run is None or run.org_id != org_id:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .._errors import NotFound
 from .._states import ShardState
+from .executors.shardlog import Redactor
 from .store import AttemptRow, RunRow, ShardRow
 
 Stream = Literal["stdout", "stderr"]
@@ -27,6 +28,7 @@ class Where:
     attempt: int | None  # newest attempt number, None before the first start
     path: str | None
     attempt_done: bool
+    legacy: bool = False  # written before secrets were masked at capture (migration 0008)
 
 
 def locate(
@@ -55,7 +57,7 @@ def locate(
     if row is None:
         return Where(done, None, None, True)
     path = row.stdout_path if stream == "stdout" else row.stderr_path
-    return Where(done, row.number, path, row.ended_at is not None)
+    return Where(done, row.number, path, row.ended_at is not None, bool(row.legacy_log))
 
 
 async def stream_log(
@@ -67,9 +69,32 @@ async def stream_log(
     *,
     attempt: int | None,
     follow: bool,
+    legacy_secrets: Callable[[], list[str]] = list,
 ) -> AsyncIterator[bytes]:
-    """Yield the log's bytes; with ``follow``, keep yielding until the shard ends
-    (moving on to the next attempt when a failed one is retried)."""
+    """Yield the log's bytes as stored; with ``follow``, keep yielding until the shard
+    ends (moving on to the next attempt when a failed one is retried). A log written
+    before secrets were masked at capture is masked now, with ``legacy_secrets()``."""
+    inner = _stream_log(sessions, run_id, org_id, index, stream, attempt=attempt, follow=follow)
+    redactor: Redactor | None = None
+    async for legacy, chunk in inner:
+        if legacy and redactor is None:
+            redactor = Redactor(await anyio.to_thread.run_sync(legacy_secrets))
+        yield chunk if redactor is None else redactor.feed(chunk)
+    if redactor is not None:
+        yield redactor.flush()
+
+
+async def _stream_log(
+    sessions: sessionmaker[Session],
+    run_id: str,
+    org_id: str,
+    index: int,
+    stream: Stream,
+    *,
+    attempt: int | None,
+    follow: bool,
+) -> AsyncIterator[tuple[bool, bytes]]:
+    """:func:`stream_log`'s chunks, each with whether its attempt's log is a legacy one."""
 
     def where() -> Where:
         with sessions() as s:
@@ -82,7 +107,7 @@ async def stream_log(
         if current.path is not None and current.attempt == reading:
             async for chunk, end in _read_from(current.path, offset):
                 offset = end
-                yield chunk
+                yield current.legacy, chunk
         if not follow:
             return
         if current.attempt is not None and current.attempt != reading:
@@ -91,7 +116,7 @@ async def stream_log(
         if current.attempt_done and (current.shard_done or attempt is not None):
             if current.path is not None:  # drain what was written just before the end
                 async for chunk, _ in _read_from(current.path, offset):
-                    yield chunk
+                    yield current.legacy, chunk
             return
         await anyio.sleep(FOLLOW_POLL_SECONDS)
         current = await anyio.to_thread.run_sync(where)

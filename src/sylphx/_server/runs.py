@@ -207,9 +207,11 @@ def shard_views(run: RunRow) -> list[ShardView]:
                 reason=a.reason,
                 started_at=a.started_at,
                 ended_at=a.ended_at,
+                log_truncated=a.log_truncated.split(",") if a.log_truncated else [],
             )
             for a in shard.history
         ]
+        latest = max(history, key=lambda a: a.attempt, default=None)
         out.append(
             ShardView(
                 index=shard.index,
@@ -221,6 +223,7 @@ def shard_views(run: RunRow) -> list[ShardView]:
                 started_at=shard.started_at,
                 ended_at=shard.ended_at,
                 duration_seconds=duration,
+                log_truncated=latest.log_truncated if latest is not None else [],
                 history=history,
             )
         )

@@ -1,5 +1,8 @@
 """Scoped secrets: stored encrypted (Fernet), never returned by the API, handed only to
-the shards of runs that name them, and redacted from the logs those runs produce."""
+the shards of runs that name them. Their values are masked in those shards' logs as the
+logs are written (:mod:`.executors.shardlog`), with the values each attempt was given:
+logs on disk never hold them, and rotating or deleting a secret leaves old logs as
+they are."""
 
 from __future__ import annotations
 
@@ -14,8 +17,6 @@ from sqlalchemy.orm import Session
 from .._errors import NotFound, ServerUnavailable
 from .._views import SecretView
 from .store import SecretRow
-
-MASK = b"***"
 
 
 def load_cipher(configured: str | None, key_file: Path) -> Fernet:
@@ -108,26 +109,3 @@ def reveal(s: Session, org_id: str, names: list[str], cipher: Fernet) -> dict[st
                 " the server with the SYLPHX_SECRETS_KEY it was stored with."
             ) from None
     return out
-
-
-class Redactor:
-    """Replaces secret values in a byte stream with ``***``, also across chunk edges."""
-
-    def __init__(self, values: list[str]) -> None:
-        self.values = sorted({v.encode() for v in values if v}, key=len, reverse=True)
-        self.keep = max((len(v) for v in self.values), default=1) - 1
-        self.tail = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        if not self.values:
-            return chunk
-        data = self.tail + chunk
-        for value in self.values:
-            data = data.replace(value, MASK)
-        cut = max(len(data) - self.keep, 0)
-        self.tail = data[cut:]
-        return data[:cut]
-
-    def flush(self) -> bytes:
-        out, self.tail = self.tail, b""
-        return out

@@ -32,7 +32,7 @@ from ..transitions import transition
 from . import backoff
 
 CHUNK = 500  # handles per query (bound parameters stay far below every backend's limit)
-ATTEMPT_KEYS = ("state", "exit_code", "reason", "ended_at", "started_at")
+ATTEMPT_KEYS = ("state", "exit_code", "reason", "ended_at", "started_at", "log_truncated")
 # not started_at: settling never moves a shard into STARTING, the only change that sets it
 SHARD_KEYS = ("state", "exit_code", "reason", "failures", "preemptions", "ended_at")
 
@@ -107,6 +107,7 @@ def finish(
     attempt.ended_at = exit.ended_at
     if exit.started_at is not None:  # the supervisor's record beats our launch time
         attempt.started_at = exit.started_at
+    attempt.log_truncated = ",".join(exit.log_truncated) or None
     shard.exit_code = outcome.exit_code
     shard.reason = outcome.reason
     if outcome.uses_budget:

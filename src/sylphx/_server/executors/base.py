@@ -37,7 +37,8 @@ class LaunchRequest:
     working_dir: Path | None  # None: the executor's default (the sandbox's private /tmp)
     image: str | None = None
     mounts: list[Mount] = field(default_factory=list)
-    secrets: dict[str, str] = field(default_factory=dict)  # granted secrets, as env vars
+    # granted secrets, as env vars; their values are masked in the attempt's logs
+    secrets: dict[str, str] = field(default_factory=dict)
     network: bool = True
 
     def shard_env(self) -> dict[str, str]:
@@ -63,6 +64,7 @@ class Exit:
     reason: str | None = None  # an executor-specific cause, e.g. "LaunchError"
     lost: bool = False  # the executor lost the attempt (node died): a preemption, not a failure
     started_at: datetime | None = None  # the process's true start, when the executor knows it
+    log_truncated: tuple[str, ...] = ()  # streams ("stdout", "stderr") that hit the log cap
 
 
 class Executor(Protocol):

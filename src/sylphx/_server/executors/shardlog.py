@@ -205,6 +205,12 @@ class PipeLog:
             pass  # the pipe is empty for now
         return True
 
+    def note(self, text: str) -> None:
+        """Add the platform's own line (e.g. why the shard has no network) to the log, at
+        the position the log has reached (appending to the file by path would be
+        overwritten: the file is not opened O_APPEND)."""
+        self._write(text.encode())
+
     def _write(self, data: bytes) -> None:
         if data and self.writable:
             try:

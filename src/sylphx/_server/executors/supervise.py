@@ -1,17 +1,35 @@
-"""The attempt supervisor: starts a batch of shard attempts and records how each ended.
+"""The attempt supervisor: starts a batch of shard attempts, relays their output to their
+logs and records how each ended.
 
-Run as ``python -I -S supervise.py NOTIFY_FIFO BATCH_FILE`` in its own session, so it
-outlives the control plane (a ``kill -9`` of the server does not reach it). With ``-`` for
-BATCH_FILE it is a spare, started ahead of need: it reads the batch file's path from
-stdin, and exits if stdin closes first. It imports
-only the standard library and never sylphx, so it starts in a few milliseconds; one
-supervisor serves a batch of the attempts the reconciler launched in one pass.
+Run as ``python -I -S supervise.py NOTIFY_FIFO`` in its own session, so it outlives the
+control plane (a ``kill -9`` of the server does not reach it); the control plane starts it
+as ``python -I -S -c BOOT DIR NOTIFY_FIFO`` (see :mod:`.supervisors`), which imports it
+from DIR and calls :func:`run`: the same, but from its cached bytecode (compiling this
+file as a script took ~8 ms of each start). Its batch comes on stdin,
+one line of JSON: a spare (started ahead of need) is blocked reading it, a supervisor
+started for a batch finds it there at once. Stdin closing before a whole line came (the
+control plane let a spare go, or died mid-write) means no batch: it exits having claimed
+nothing, and the control plane records unclaimed attempts lost after LOST_AFTER_SECONDS.
+The batch never touches the disk: it holds every shard's environment, granted secrets
+included. It imports only the standard library (and :mod:`shardlog` and :mod:`statefiles`
+beside it) and never sylphx, so it starts in a few milliseconds; one supervisor serves a
+batch of the attempts the reconciler launched in one pass.
 
-The batch file (written atomically by the control plane, removed by the supervisor once
-it has claimed every attempt in it) is a JSON list of requests, each naming its attempt's
-state directory (``dir``), ``argv``, ``env``, ``cwd`` and the ``stdout``/``stderr`` log
-files. The supervisor creates the directories, so the control plane's pass does no
-per-attempt file work.
+The batch is a list of requests, each naming its attempt's state directory (``dir``),
+``argv``, ``env``, ``cwd``, the ``stdout``/``stderr`` log files and optionally ``cgroup``
+(``{"dirs": [...]}``), ``logcap`` (bytes per stream; DEFAULT_LOG_CAP), ``redact`` (secret
+values to mask in the logs) and ``open`` (``[[fd, path], ...]``: files the shard gets
+open read-only at those fds). The supervisor creates the directories, so the control
+plane's pass does no per-attempt file work.
+
+A shard's stdout and stderr are pipes to this supervisor, which moves what comes into the
+log files (zero-copy, or redacted when the run has secrets: :mod:`shardlog`) up to
+``logcap`` bytes each; past that the rest is read and dropped, so the shard's writes keep
+succeeding, and the log ends with a marker line. One epoll loop waits on every shard's
+pidfd (its end) and pipes (its output); other children of this process are not its
+business. When a shard's leader ends, what is left of its process group and cgroup is
+killed, its pipes are drained to their end (for at most DRAIN_SECONDS), its logs closed,
+and only then is its exit recorded: an exit on record means a complete log.
 
 Per attempt directory (files written atomically: tmp + rename; ``exit`` also fsynced, since
 it must outlive even the host; the others only matter while the processes live):
@@ -21,7 +39,8 @@ it must outlive even the host; the others only matter while the processes live):
                     (``"lost"``). Exactly one copy of an attempt can ever start.
 - ``pid``           ``"<pid> <start ticks> <started ns>"`` of the shard (its own session)
 - ``exit``          ``"<returncode> <started ns> <ended ns> <reason>"``; returncode is
-                    negative for death by a signal, as in ``subprocess``.
+                    negative for death by a signal, as in ``subprocess``. When output was
+                    dropped, a second line ``"logcap <stream>..."`` names the streams.
 """
 
 from __future__ import annotations
@@ -33,106 +52,43 @@ import signal
 import sys
 import time
 
+if __package__:  # imported by the control plane
+    from . import netstack
+else:  # run as a script (python -I -S: its own folder is not on sys.path)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import netstack  # type: ignore[no-redef,import-not-found]
 
-def start_ticks(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "0"
+if __package__:
+    from .shardlog import PipeLog
+    from .statefiles import (
+        claim,
+        clear_cgroup,
+        make_dir,
+        notify,
+        spawn_ticks,
+        start_ticks,
+        write_all_atomic,
+        write_atomic,
+    )
+else:  # run as a script with -I: its own folder is not on the path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from shardlog import PipeLog  # type: ignore[import-not-found,no-redef]
+    from statefiles import (  # type: ignore[import-not-found,no-redef]
+        claim,
+        clear_cgroup,
+        make_dir,
+        notify,
+        spawn_ticks,
+        start_ticks,
+        write_all_atomic,
+        write_atomic,
+    )
 
 
-TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")  # /proc's start times are in these
-
-
-def spawn_ticks(pid: int, before: int, after: int) -> str:
-    """:func:`start_ticks` of a child spawned between the CLOCK_BOOTTIME readings ``before``
-    and ``after`` (ns): the kernel stamps a process's start on that clock, and /proc shows
-    it rounded down to clock ticks, so when both readings fall in the same tick that tick
-    is the answer (nearly always: a spawn takes ~1 ms, a tick is 10) without reading
-    /proc -- which costs more than the rest of the shard's bookkeeping."""
-    tick = before // TICK_NS
-    return str(tick) if tick == after // TICK_NS else start_ticks(pid)
-
-
-def make_dir(path: str) -> None:
-    """``os.makedirs(path, exist_ok=True)`` in one system call when the parent exists."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
-
-
-Child = tuple[str, int, list[str]]  # a started shard: state dir, start ns, cgroup dirs
 REAP_EVERY = 8  # while starting a batch, look for children that already ended this often
-
-
-def write_atomic(path: str, text: str, *, sync: bool = True) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the whole new one;
-    ``sync`` (fsync before the rename) for what must survive a host crash, not just ours."""
-    write_all_atomic([(path, text)], sync=sync)
-
-
-def write_all_atomic(files: list[tuple[str, str]], *, sync: bool = True) -> None:
-    """:func:`write_atomic` for many files at once: all written, then (``sync``) all
-    fsynced -- the first fsync commits the filesystem journal for the others -- then all
-    renamed into place."""
-    tmps = []
-    for path, text in files:
-        fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            tmps.append((fd, path))
-    for fd, _ in tmps:
-        try:
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    for _, path in tmps:
-        os.rename(f"{path}.tmp", path)
-
-
-def claim(state_dir: str, owner: str) -> bool:
-    """Take the attempt (O_EXCL); False when someone already did."""
-    try:
-        fd = os.open(os.path.join(state_dir, "claim"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    try:  # no fsync: a claim only matters while the host (and so the processes) live
-        os.write(fd, owner.encode())
-    finally:
-        os.close(fd)
-    return True
-
-
-def notify(fifo: str, state_dirs: list[str]) -> None:
-    """Tell the control plane (if one is listening) which attempts just ended: a line
-    each, their state directories, in writes of at most PIPE_BUF bytes (each atomic). A
-    lost note costs nothing but latency: the control plane also scans every attempt's
-    ``exit`` file now and then."""
-    if not state_dirs:
-        return
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        chunk = b""
-        for line in (f"{d}\n".encode() for d in state_dirs):
-            if len(chunk) + len(line) > select.PIPE_BUF:
-                os.write(fd, chunk)
-                chunk = b""
-            chunk += line
-        os.write(fd, chunk)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+DEFAULT_LOG_CAP = 1 << 30  # bytes per stream when the request names none
+DRAIN_SECONDS = 2.0  # after a shard's end, the longest wait for its pipes' end
+FDS_PER_SHARD = 5  # 2 pipes, 2 log files and a pidfd, held while the shard runs
 
 
 def resolve(program: str, env: dict[str, str]) -> str:
@@ -146,127 +102,244 @@ def resolve(program: str, env: dict[str, str]) -> str:
     raise FileNotFoundError(2, "No such file or directory", program)
 
 
+class Child:
+    """A started shard, from its spawn until its exit is on record."""
+
+    __slots__ = (
+        "cgroup", "code", "deadline", "ended", "logs", "net", "pid", "pidfd", "reason",
+        "started", "state_dir",
+    )  # fmt: skip
+
+    def __init__(self, state_dir: str, started: int, cgroup: list[str]) -> None:
+        self.state_dir = state_dir
+        self.started = started  # ns, wall clock
+        self.cgroup = cgroup  # its cgroup's folders
+        self.pid = 0
+        self.pidfd = -1  # readable once the leader ended
+        self.logs: list[PipeLog] = []  # stdout, stderr
+        self.ended = 0  # ns, wall clock: when the leader's end was seen
+        self.code = 0  # returncode, as in subprocess
+        self.reason = ""
+        self.deadline = 0.0  # monotonic: the end of its pipes' drain
+        self.net: netstack.Net | None = None  # its own network's set-up (slirp4netns)
+
+
 _made: set[str] = set()  # log folders this supervisor already created
 _cwd = [""]  # the directory this supervisor is in (shards start in theirs)
 _found: dict[tuple[str, str, str], str] = {}  # (program, PATH, cwd) -> executable
 
 
-def spawn(req: dict[str, object]) -> int:
-    """Start the shard in a new session with its logs as stdout/stderr; raises OSError."""
+def spawn(req: dict[str, object], child: Child) -> None:
+    """Start the shard in a new session, its output piped to ``child.logs``; sets its pid
+    and pidfd. Raises OSError (nothing left behind) when it could not start."""
     argv = [str(a) for a in req["argv"]]  # type: ignore[attr-defined]
     env = {str(k): str(v) for k, v in req["env"].items()}  # type: ignore[attr-defined]
-    for log in (str(req["stdout"]), str(req["stderr"])):
-        folder = os.path.dirname(log)
-        if folder not in _made:
-            os.makedirs(folder, exist_ok=True)
-            _made.add(folder)
     cwd = str(req["cwd"])
     if _cwd[0] != cwd:
         os.chdir(cwd)
         _cwd[0] = cwd
     key = (argv[0], env.get("PATH", os.defpath), cwd)
     program = _found.get(key) or _found.setdefault(key, resolve(argv[0], env))
-    append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(req["stdout"]), append, 0o644),
-        (os.POSIX_SPAWN_OPEN, 2, str(req["stderr"]), append, 0o644),
-    ]
-    return os.posix_spawn(program, argv, env, file_actions=actions, setsid=True)
-
-
-OOM_REASON = "OOMKilled: the shard went over its machine tier's memory"
-
-
-def clear_cgroup(dirs: list[str]) -> str:
-    """After the shard's leader ended: kill what is left in its cgroup (processes that
-    left its process group), then remove the cgroup; returns the exit's reason ("" or
-    OOMKilled). A cgroup that is not empty yet stays for the control plane to clear."""
-    oom = False
-    for folder in dirs:
-        for name in ("memory.oom_control", "memory.events"):
+    limit = int(req.get("logcap") or DEFAULT_LOG_CAP)  # type: ignore[call-overload]
+    secrets = [str(v) for v in req.get("redact") or ()]  # type: ignore[attr-defined]
+    # The child's fds, in this order: stdio first (their sources are >= 3: ours are
+    # taken), then whatever else the request asks for at fixed numbers.
+    actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    ends: list[int] = []  # the pipes' write ends: the child's only
+    try:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            log = str(req[name])
+            folder = os.path.dirname(log)
+            if folder not in _made:
+                os.makedirs(folder, exist_ok=True)
+                _made.add(folder)
+            out, end = os.pipe2(os.O_CLOEXEC)
+            ends.append(end)
+            os.set_blocking(out, False)
             try:
-                with open(os.path.join(folder, name)) as fh:
-                    for line in fh:
-                        key, _, value = line.partition(" ")
-                        oom = oom or (key == "oom_kill" and value.strip() not in ("", "0"))
+                child.logs.append(PipeLog(name, out, log, limit, secrets))
             except OSError:
-                pass
+                os.close(out)
+                raise
+            actions.append((os.POSIX_SPAWN_DUP2, end, fd))
+        for fd, path in req.get("open") or ():  # type: ignore[attr-defined]
+            actions.append((os.POSIX_SPAWN_OPEN, int(fd), str(path), os.O_RDONLY, 0))
+        shard_env = req.get("shard_env")
+        if shard_env is not None:  # the sandbox's last stage sets it (bwrap --args)
+            ends.append(netstack.env_fd(shard_env))  # type: ignore[arg-type]
+            actions.append((os.POSIX_SPAWN_DUP2, ends[-1], netstack.ENV_FD))
+        if req.get("net"):  # bwrap's --info-fd/--block-fd: see netstack.Net
+            child.net = netstack.Net()
+            actions += [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in child.net.child_fds()]
+        child.pid = os.posix_spawn(program, argv, env, file_actions=actions, setsid=True)
+        if child.net is not None:
+            child.net.spawned()
         try:
-            with open(os.path.join(folder, "cgroup.procs")) as fh:
-                for pid in fh.read().split():
-                    try:  # noqa: SIM105 - contextlib would slow every supervisor's start
-                        os.kill(int(pid), signal.SIGKILL)
-                    except OSError:
-                        pass
-        except OSError:
-            pass
-    for folder in dirs:
-        try:  # noqa: SIM105 - as above
-            os.rmdir(folder)
-        except OSError:
-            pass
-    return OOM_REASON if oom else ""
+            child.pidfd = os.pidfd_open(child.pid)
+        except OSError:  # unwatchable: it must not run unsupervised
+            os.killpg(child.pid, signal.SIGKILL)
+            os.waitpid(child.pid, 0)
+            raise
+    except BaseException:
+        for piped in child.logs:
+            piped.close()
+        child.logs = []
+        if child.net is not None:
+            child.net.close()
+            child.net = None
+        raise
+    finally:
+        for end in ends:
+            os.close(end)
+
+
+def make_room(shards: int) -> None:
+    """Raise this process's open-file limit (up to the hard one) when ``shards`` would not
+    fit under it. The shards inherit the raised soft limit: it cannot be lowered around
+    each spawn, since posix_spawn refuses to dup2 an fd at or above the caller's limit."""
+    need = FDS_PER_SHARD * shards + 64
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if need <= soft:
+        return
+    raised = (need if hard == resource.RLIM_INFINITY else min(need, hard), hard)
+    try:  # noqa: SIM105 - contextlib would slow every supervisor's start
+        resource.setrlimit(resource.RLIMIT_NOFILE, raised)
+    except (OSError, ValueError):
+        pass  # spawns past the limit fail as LaunchErrors
 
 
 def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> None:
     """Record a launch that never became a process: exit 127, reason LaunchError."""
     now = time.time_ns()
+    why = str(exc).replace("\n", " ")
     if req is not None:
         try:
             os.makedirs(os.path.dirname(str(req["stderr"])), exist_ok=True)
             with open(str(req["stderr"]), "a") as fh:
-                fh.write(f"sylphx: could not start the shard: {exc}\n")
+                fh.write(f"sylphx: could not start the shard: {why}\n")
         except OSError:
             pass
-    write_atomic(os.path.join(state_dir, "exit"), f"127 {now} {now} LaunchError: {exc}")
+    write_atomic(os.path.join(state_dir, "exit"), f"127 {now} {now} LaunchError: {why}")
 
 
-def reap(children: dict[int, Child], *, block: bool) -> list[str] | None:
-    """Record how every child that has ended did (with ``block``, after waiting for one),
-    the exit files written together (:func:`write_all_atomic`); returns their state
-    directories, to :func:`notify` -- None when there is no child left to wait for."""
-    flags = os.WEXITED | os.WNOWAIT
-    try:
-        info = os.waitid(os.P_ALL, 0, flags if block else flags | os.WNOHANG)
-    except ChildProcessError:
-        return None
-    except InterruptedError:
-        return []
-    records: list[tuple[str, str]] = []
-    while info is not None:  # this child, and every other one that has ended too
-        ended = time.time_ns()
-        pid = info.si_pid
+class Loop:
+    """The started shards of this supervisor, watched in one epoll set: each one's pidfd
+    (its leader's end) and the read ends of its pipes (its output)."""
+
+    def __init__(self) -> None:
+        self.poller = select.epoll()
+        self.exits: dict[int, Child] = {}  # pidfd -> the running shard
+        self.pipes: dict[int, PipeLog] = {}  # pipe -> its log, until the pipe's end
+        self.draining: list[Child] = []  # ended shards whose output may still come
+        self.helpers: list[int] = []  # slirp4netns processes told to end, to reap
+
+    def add(self, child: Child) -> None:
+        self.exits[child.pidfd] = child
+        self.poller.register(child.pidfd, select.EPOLLIN)
+        for log in child.logs:
+            self.pipes[log.pipe] = log
+            self.poller.register(log.pipe, select.EPOLLIN)
+
+    def busy(self) -> bool:
+        return bool(self.exits or self.draining)
+
+    def step(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds (-1: until something happens) and handle what
+        happened: output moved to logs, ended shards finished off. Returns the state
+        directories of the exits recorded (written together: :func:`write_all_atomic`)."""
+        if self.draining:
+            soonest = min(c.deadline for c in self.draining) - time.monotonic()
+            timeout = max(0.0, soonest if timeout < 0 else min(timeout, soonest))
+        ended: list[Child] = []
+        for fd, _ in self.poller.poll(timeout):
+            log = self.pipes.get(fd)
+            if log is not None:
+                if not log.pump():
+                    self._closed(log)
+                continue
+            child = self.exits.pop(fd, None)
+            if child is not None:
+                ended.append(child)
+        for child in ended:
+            self._leader_ended(child)
+        self.helpers = [pid for pid in self.helpers if not netstack.reaped(pid)]
+        return self._record() if self.draining else []
+
+    def _closed(self, log: PipeLog) -> None:
+        """The pipe is at its end (or given up on): stop watching it."""
+        if self.pipes.pop(log.pipe, None) is not None:
+            self.poller.unregister(log.pipe)
+
+    def _leader_ended(self, child: Child) -> None:
+        child.ended = time.time_ns()
         try:  # noqa: SIM105 - stragglers in the group, while the leader pins the pgid
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(child.pid, signal.SIGKILL)
         except OSError:
             pass
-        _, status = os.waitpid(pid, 0)
-        entry = children.pop(pid, None)
-        if entry is not None:
-            state_dir, started, cgroup = entry
-            code = os.waitstatus_to_exitcode(status)
-            reason = clear_cgroup(cgroup)
-            records.append((os.path.join(state_dir, "exit"), f"{code} {started} {ended} {reason}"))
-        try:
-            info = os.waitid(os.P_ALL, 0, flags | os.WNOHANG)
-        except ChildProcessError:
-            info = None
-    write_all_atomic(records)  # one journal commit for the lot, not one per shard
-    return [os.path.dirname(path) for path, _ in records]
+        _, status = os.waitpid(child.pid, 0)
+        child.code = os.waitstatus_to_exitcode(status)
+        if child.net is not None:  # its slirp4netns ends with it
+            child.net.close()
+            if child.net.slirp_pid:
+                self.helpers.append(child.net.slirp_pid)
+        self.poller.unregister(child.pidfd)
+        os.close(child.pidfd)
+        child.reason = clear_cgroup(child.cgroup)
+        for log in child.logs:  # usually already at its end: its writers are gone
+            if log.pipe in self.pipes and not log.pump(budget=64):
+                self._closed(log)
+        child.deadline = time.monotonic() + DRAIN_SECONDS
+        self.draining.append(child)
+
+    def _record(self) -> list[str]:
+        """Close the logs of ended shards whose pipes are at their end (or past their
+        drain deadline), then write their exits."""
+        now = time.monotonic()
+        records: list[tuple[str, str]] = []
+        waiting = []
+        for child in self.draining:
+            if now < child.deadline and any(log.pipe in self.pipes for log in child.logs):
+                waiting.append(child)
+                continue
+            truncated = []
+            for log in child.logs:
+                self._closed(log)
+                log.close()
+                if log.truncated:
+                    truncated.append(log.name)
+            text = f"{child.code} {child.started} {child.ended} {child.reason}"
+            if truncated:
+                text += "\nlogcap " + " ".join(truncated)
+            records.append((os.path.join(child.state_dir, "exit"), text))
+        self.draining = waiting
+        write_all_atomic(records)  # one journal commit for the lot, not one per shard
+        return [os.path.dirname(path) for path, _ in records]
+
+
+def read_batch() -> list[dict[str, object]]:
+    """The batch from stdin: one line of JSON; [] when stdin ends before a whole line."""
+    line = sys.stdin.buffer.readline()
+    if not line.endswith(b"\n"):
+        return []  # the control plane closed the pipe (or went away) without a batch
+    try:
+        batch = json.loads(line)
+    except ValueError:
+        return []
+    return batch if isinstance(batch, list) else []
 
 
 def main(argv: list[str]) -> int:
-    fifo, batch = argv
-    if batch == "-":  # a spare: started ahead, it waits for the path of its batch
-        batch = sys.stdin.readline().strip()
-        if not batch:
-            return 0  # the control plane closed the pipe (or went away) without one
+    fifo = argv[0]
+    requests = read_batch()
+    if not requests:
+        return 0
     me = f"{os.getpid()} {start_ticks(os.getpid())}"
-    children: dict[int, Child] = {}
-    with open(batch) as fh:
-        requests: list[dict[str, object]] = json.load(fh)
+    make_room(len(requests))
+    loop = Loop()
     spawned = 0
+    started: list[Child] = []
     ended: list[str] = []  # announced once the whole batch has started (see below)
     for req in requests:
         state_dir = str(req["dir"])
@@ -276,40 +349,46 @@ def main(argv: list[str]) -> int:
             continue  # the control plane records it lost when nobody claims it
         if not claim(state_dir, me):
             continue  # another supervisor has it, or the control plane declared it lost
+        child = Child(state_dir, time.time_ns(), (req.get("cgroup") or {}).get("dirs", []))  # type: ignore[attr-defined]
         try:
-            started = time.time_ns()
             before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-            pid = spawn(req)
+            spawn(req, child)
             after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             fail(state_dir, req, exc)
             ended.append(state_dir)
             continue
-        ticks = spawn_ticks(pid, before, after)
-        pid_text = f"{pid} {ticks} {started}"  # dies with the host: no fsync
+        ticks = spawn_ticks(child.pid, before, after)
+        pid_text = f"{child.pid} {ticks} {child.started}"  # dies with the host: no fsync
         write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
-        children[pid] = (state_dir, started, (req.get("cgroup") or {}).get("dirs", []))  # type: ignore[attr-defined]
+        loop.add(child)
+        started.append(child)
         spawned += 1
         if spawned % REAP_EVERY == 0:  # record early exits while the batch still starts
-            ended += reap(children, block=False) or []
+            ended += loop.step(0)
+    # after the whole batch: meanwhile the sandboxes made their namespaces
+    slirps = {str(r["dir"]): str(r.get("net")) for r in requests}
+    for child in started:
+        if child.net is not None:
+            why = child.net.attach(slirps[child.state_dir])
+            if why is not None:  # it runs without a route out; its stderr says why
+                child.logs[1].note(f"sylphx: the shard has no network: {why}\n")
     # Exits during the start are recorded at once but announced now: settling them
     # would only compete with the starting for the CPU.
     notify(fifo, ended)
     os.chdir("/")
     _cwd[0] = "/"
-    try:  # noqa: SIM105 - every attempt in it is claimed: the batch has done its work
-        os.unlink(batch)
-    except OSError:
-        pass
-    while children:
-        done = reap(children, block=True)
-        if done is None:
-            break
-        notify(fifo, done)
+    while loop.busy():
+        notify(fifo, loop.step(-1))
     return 0
 
 
-if __name__ == "__main__":
+def run(argv: list[str]) -> None:
+    """The supervisor process: ``main`` with the signals of a terminal ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])

@@ -62,6 +62,7 @@ class AttemptRecord:
     exit_code: int | None
     reason: str | None
     stop_reason: str | None
+    log_truncated: str | None
     version: int
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -166,6 +168,10 @@ class AttemptRow(Base):
     killed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stdout_path: Mapped[str | None] = mapped_column(Text)
     stderr_path: Mapped[str | None] = mapped_column(Text)
+    # streams whose output went past the log cap: "stdout", "stderr", "stdout,stderr"
+    log_truncated: Mapped[str | None] = mapped_column(String(32))
+    # made before secrets were masked at capture (migration 0008): masked when served
+    legacy_log: Mapped[bool] = mapped_column(Boolean, server_default=false())
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     __mapper_args__ = {"version_id_col": version}
 
