@@ -1,8 +1,8 @@
 # sylphx developer tasks.
 #
 #   make venv         create .venv and install sylphx + dev extras (re-runs when pyproject changes)
-#   make system-deps  install bubblewrap, umoci, skopeo, busybox-static, postgresql via apt
-#                     when missing (root)
+#   make system-deps  install bubblewrap, slirp4netns, libseccomp2, umoci, skopeo,
+#                     busybox-static, postgresql via apt when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
 #   make bench        the P1-P6 benchmarks (BENCHMARKS.md), each against a baseline in the same run
@@ -45,14 +45,15 @@ $(STAMP): pyproject.toml
 	@touch "$@"
 
 # command:package pairs; busybox-static is checked by package (tests copy its static binary).
-SYSTEM_DEPS := bwrap:bubblewrap umoci:umoci skopeo:skopeo busybox-static:busybox-static
+SYSTEM_DEPS := bwrap:bubblewrap slirp4netns:slirp4netns setpriv:util-linux umoci:umoci skopeo:skopeo \
+  busybox-static:busybox-static libseccomp2:libseccomp2
 
 system-deps:
 	@missing=""; \
 	for pair in $(SYSTEM_DEPS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
-	  if [ "$$pkg" = busybox-static ]; then \
-	    dpkg-query -W -f='$${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
+	  if [ "$$pkg" = busybox-static ] || [ "$$pkg" = libseccomp2 ]; then \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'ok installed' \
 	      || missing="$$missing $$pkg"; \
 	  elif ! command -v "$$cmd" >/dev/null 2>&1; then \
 	    missing="$$missing $$pkg"; \
@@ -61,7 +62,7 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
 	  || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then \
-	  echo ">> system packages present: bubblewrap umoci skopeo busybox-static postgresql"; \
+	  echo ">> system packages present: bubblewrap slirp4netns libseccomp2 umoci skopeo busybox-static postgresql"; \
 	elif [ "$$(id -u)" -ne 0 ]; then \
 	  echo ">> missing:$$missing and not root; skipping (install these Debian packages yourself)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \

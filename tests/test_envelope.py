@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import Server
 from sylphx._machines import MACHINES
-from sylphx._server.executors.cgroups import CPU_PERIOD_US, PIDS_MAX, Cgroups
+from sylphx._server.executors.cgroups import CPU_PERIOD_US, Cgroups, pids_max
 
 
 def sh(script: str) -> list[str]:
@@ -165,13 +165,13 @@ def test_a_shards_cgroup_carries_its_tiers_limits() -> None:
             (d,) = map(Path, group.dirs)
             assert (d / "memory.max").read_text().strip() == str(tier.memory_bytes)
             assert (d / "cpu.max").read_text().split() == [quota, str(CPU_PERIOD_US)]
-            assert (d / "pids.max").read_text().strip() == str(PIDS_MAX)
+            assert (d / "pids.max").read_text().strip() == str(pids_max("small"))
         else:
             mem, cpu, pids = map(Path, group.dirs)
             assert (mem / "memory.limit_in_bytes").read_text().strip() == str(tier.memory_bytes)
             assert (cpu / "cpu.cfs_quota_us").read_text().strip() == quota
             assert (cpu / "cpu.cfs_period_us").read_text().strip() == str(CPU_PERIOD_US)
-            assert (pids / "pids.max").read_text().strip() == str(PIDS_MAX)
+            assert (pids / "pids.max").read_text().strip() == str(pids_max("small"))
         assert cgroups.create(f"limits-{os.getpid()}", "small") == group  # again: same group
     finally:
         group.remove()

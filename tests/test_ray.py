@@ -106,13 +106,14 @@ def test_capacity_is_the_clusters(ray_server: Server) -> None:
 
 
 def test_ray_shards_get_the_local_envelope(ray_server: Server, tmp_path: Path) -> None:
-    """Same sandbox, clean env and cgroup as the local executor, built on the Ray node."""
+    """Same sandbox and clean env as the local executor, built on the Ray node (its cgroup,
+    which the shard's cgroup namespace hides from it, is checked from the host in
+    test_ray_envelope)."""
     script = (
         "if touch /escape-ray 2>/dev/null; then exit 3; fi;"  # read-only host root
         f" touch {tmp_path}/escape 2>/dev/null;"  # /tmp is the sandbox's own
         " if env | grep -q '^RAY_'; then exit 4; fi;"  # nothing from the Ray worker
         ' [ "$(hostname)" = sylphx-shard ] || exit 5;'
-        " grep -q sylphx /proc/self/cgroup || exit 6;"  # the tier's cgroup (this node has them)
         ' [ "$TOKEN" = s3cret ] || exit 7'
     )
     run = ray_server.submit(

@@ -14,6 +14,7 @@ import ray
 from sylphx._server.executors import ray_remote
 from sylphx._server.executors.base import LaunchRequest, Signal
 from sylphx._server.executors.ray_remote import NodeEnvelope, run_shard, run_streaming
+from sylphx._server.executors.shardlog import marker
 
 PLAIN = NodeEnvelope(sandbox=False, enforce_tiers=False)
 # Prints the parent-death signal the shard runs with (prctl PR_GET_PDEATHSIG = 2).
@@ -30,7 +31,7 @@ def request(tmp_path: Path, command: list[str]) -> LaunchRequest:
 
 def run(
     tmp_path: Path, command: list[str], envelope: NodeEnvelope = PLAIN
-) -> tuple[tuple[int, str | None], bytes, int]:
+) -> tuple[tuple[int, str | None, list[str]], bytes, int]:
     """(result, all stdout shipped, number of ships)."""
     shipped: list[bytes] = []
 
@@ -44,24 +45,16 @@ def run(
 
 def test_shard_dies_with_the_worker_that_started_it(tmp_path: Path) -> None:
     result, out, _ = run(tmp_path, [sys.executable, "-c", PDEATHSIG])
-    assert result == (0, None)
-    assert out.strip() == b"9"  # SIGKILL
-
-
-def test_sandboxed_shard_dies_with_the_worker_through_bwrap(tmp_path: Path) -> None:
-    # No setpriv exec in front: bwrap's --die-with-parent sets the same signal.
-    sandboxed = NodeEnvelope(sandbox=True, enforce_tiers=False)
-    result, out, _ = run(tmp_path, [sys.executable, "-c", PDEATHSIG], sandboxed)
-    assert result == (0, None)
+    assert result == (0, None, [])
     assert out.strip() == b"9"  # SIGKILL
 
 
 def test_silent_quick_shard_ships_nothing_and_its_scratch_is_removed(tmp_path: Path) -> None:
     result, _, ships = run(tmp_path, ["true"])
-    assert result == (0, None) and ships == 0
+    assert result == (0, None, []) and ships == 0
     result, out, _ = run(tmp_path, ["pwd"])
     scratch = Path(out.decode().strip())
-    assert result == (0, None) and scratch.name.startswith("sylphx-scratch-")
+    assert result == (0, None, []) and scratch.name.startswith("sylphx-scratch-")
     assert not scratch.exists()
 
 
@@ -94,6 +87,31 @@ def test_shipping_never_blocks_the_tasks_main_thread_in_ray(
     monkeypatch.setattr(ray_remote, "_hubs", {})  # the fake hub is not cached for others
     monkeypatch.setattr(ray, "get", get)
     req = request(tmp_path, ["sh", "-c", "echo one; sleep 0.5; echo two"])
-    assert run_shard(req, "ray:run1:0:1", "hub-test", PLAIN) == (0, None)
+    assert run_shard(req, "ray:run1:0:1", "hub-test", PLAIN) == (0, None, [])
     assert b"".join(pushed) == b"one\ntwo\n"
     assert on_main and not any(on_main)
+
+
+def test_shipped_output_is_redacted_and_capped_as_on_the_local_executor(tmp_path: Path) -> None:
+    """The same shardlog code as the local supervisor: a secret value split across writes
+    never leaves the node, and output past the cap is dropped behind the marker line."""
+    script = (
+        "printf %s hunter; sleep 0.5; printf '%s\\n' 2-Zq8;"  # a chunk edge mid-value
+        " head -c 100000 /dev/zero; echo done >&2"
+    )
+    req = LaunchRequest(
+        "run1", 0, 1, 1, True, ["sh", "-c", script], {}, "nano", f"{tmp_path}/out",
+        f"{tmp_path}/err", None, secrets={"TOKEN": "hunter2-Zq8"},
+    )  # fmt: skip
+    out: list[bytes] = []
+    err: list[bytes] = []
+
+    def ship(o: bytes, e: bytes) -> Signal | None:
+        out.append(o)
+        err.append(e)
+        return None
+
+    envelope = NodeEnvelope(sandbox=False, enforce_tiers=False, max_log_bytes=4096)
+    assert run_streaming(req, "ray:run1:0:1", envelope, ship) == (0, None, ["stdout"])
+    assert b"".join(out) == (b"***\n" + b"\0" * 100_000)[:4096] + marker(4096)
+    assert b"".join(err) == b"done\n"

@@ -11,6 +11,7 @@ from .._settings import Settings
 from .controller.reconciler import Reconciler
 from .executors import Executor, LocalExecutor
 from .executors.cgroups import Cgroups
+from .executors.sandbox import Policy
 from .images import ImageStore
 from .lease import Lease
 from .lock import HomeLock
@@ -38,7 +39,8 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
             gang_strategy=settings.ray_gang_strategy,
             sandbox=settings.sandbox,
             enforce_tiers=not settings.unenforced_tiers,
-            hide=(settings.home,),
+            max_log_bytes=settings.max_log_bytes,
+            policy=shard_policy(settings),
         )
     return _local_executor(settings, images)
 
@@ -123,6 +125,16 @@ class ControlPlane:
             self.lock.release()
 
 
+def shard_policy(settings: Settings) -> Policy:
+    """The envelope every shard gets on any executor, from the operator's settings."""
+    return Policy(
+        hide=settings.hidden_paths(),
+        network="host" if settings.shard_network == "host" else "slirp4netns",
+        uid=settings.shard_uid,
+        gid=settings.shard_gid,
+    )
+
+
 def _local_executor(settings: Settings, images: ImageStore) -> LocalExecutor:
     """The local executor with the envelope the settings ask for; fails loudly when the
     sandbox or cgroups cannot be used unless the operator opted out."""
@@ -140,7 +152,8 @@ def _local_executor(settings: Settings, images: ImageStore) -> LocalExecutor:
         settings.home / "state",
         sandbox=settings.sandbox,
         cgroups=cgroups,
-        hide=[settings.home],
+        policy=shard_policy(settings),
         scratch=settings.home / "work",
         images=images,
+        max_log_bytes=settings.max_log_bytes,
     )

@@ -15,7 +15,15 @@ from ..._machines import MACHINES
 
 ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
-PIDS_MAX = 4096
+PIDS_PER_VCPU = 1024  # a shard's pids limit: its tier's vCPUs times this ...
+PIDS_FLOOR = 256  # ... but never below this (a nano tier still runs a shell pipeline)
+
+
+def pids_max(machine: str) -> int:
+    """The tier's process/thread ceiling: one shard cannot exhaust the host's pids."""
+    return max(PIDS_FLOOR, int(MACHINES[machine].vcpu * PIDS_PER_VCPU))
+
+
 # the shell prologue that moves the shard into its cgroups before exec'ing it
 _JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
 
@@ -148,14 +156,14 @@ class Cgroups:
             _write(f"{d}/memory.max", memory)
             _write(f"{d}/memory.swap.max", "0", optional=True)
             _write(f"{d}/cpu.max", f"{quota} {CPU_PERIOD_US}")
-            _write(f"{d}/pids.max", str(PIDS_MAX))
+            _write(f"{d}/pids.max", str(pids_max(machine)))
         else:
             mem, cpu, pids = dirs
             _write(f"{mem}/memory.limit_in_bytes", memory)
             _write(f"{mem}/memory.memsw.limit_in_bytes", memory, optional=True)
             _write(f"{cpu}/cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(f"{cpu}/cpu.cfs_quota_us", str(quota))
-            _write(f"{pids}/pids.max", str(PIDS_MAX))
+            _write(f"{pids}/pids.max", str(pids_max(machine)))
         return ShardCgroup(tuple(dirs), self.v2)
 
 

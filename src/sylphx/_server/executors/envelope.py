@@ -12,7 +12,7 @@ from pathlib import Path
 from ..._errors import ExecutorError
 from .base import LaunchRequest, Mount
 from .processes import check_program, visible_host_paths
-from .sandbox import Sandbox, clean_env
+from .sandbox import Policy, Sandbox, clean_env
 
 
 def bwrap_prefix(mounts: list[Mount]) -> list[str]:
@@ -58,11 +58,24 @@ def shard_env(
     )
 
 
+def own_volumes(mounts: Sequence[Mount], policy: Policy) -> None:
+    """Volumes belong to the uid shards run as (see :meth:`Policy.identity`), so a shard
+    can write its results; files shards write there are theirs too, and the control plane
+    (root) reads, moves and deletes them as it likes. Only the volume's top directory is
+    changed: files a root shard wrote before there stay root's."""
+    if os.geteuid() != 0:
+        return
+    for mount in mounts:
+        st = os.stat(mount.source)
+        if (st.st_uid, st.st_gid) != (policy.uid, policy.gid):
+            os.chown(mount.source, policy.uid, policy.gid)
+
+
 def host_envelope(
     request: LaunchRequest,
     *,
     sandbox: bool,
-    hide: Sequence[Path],
+    policy: Policy,
     host_path: str | None,
     scratch: Callable[[], Path],
     die_with_parent: bool = False,
@@ -80,9 +93,10 @@ def host_envelope(
             argv = bwrap_prefix(request.mounts) + argv
         return argv, env, workdir or scratch()
     check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
+    own_volumes(request.mounts, policy)
     box = Sandbox(
         mounts=request.mounts,
-        hide=hide,
+        policy=policy,
         network=request.network,
         working_dir=str(workdir or "/tmp"),
         extra_ro=visible_host_paths(argv[0], env["PATH"], workdir),

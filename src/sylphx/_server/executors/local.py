@@ -8,10 +8,13 @@ attempt's state directory (atomically), so a restarted control plane re-adopts l
 attempts and collects the ones that ended while it was down, with their true end
 times. Each shard runs in its own session (process group), its own cgroup (the
 machine tier's CPU quota and memory ceiling) and its own bubblewrap sandbox, with
-stdout and stderr written straight to files. A pass's launches reach the supervisors
-as one batch file (no per-attempt file work in the pass); each exit is announced on a
-FIFO in the state directory, so a poll reads only the attempts that ended, with a
-periodic scan of every attempt as the safety net.
+stdout and stderr piped through its supervisor into its log files: the run's secret
+values masked as they are written (logs on disk never hold them), each stream capped
+at ``max_log_bytes`` (the attempt's exit names the streams that hit it). A pass's
+launches reach the supervisors as one batch on their stdin pipes (never on disk: it
+holds the shards' secrets; no per-attempt file work in the pass); each exit is
+announced on a FIFO in the state directory, so a poll reads only the attempts that
+ended, with a periodic scan of every attempt as the safety net.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,10 +34,12 @@ from ..controller.admission import Resources
 from ..images import ImageStore
 from .base import Exit, LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
-from .envelope import host_envelope, shard_env
-from .processes import check_program, descendants
-from .sandbox import Sandbox, bwrap_path
-from .supervise import OOM_REASON, claim, start_ticks, write_atomic
+from .envelope import host_envelope, own_volumes, shard_env
+from .netstack import CHAIN_ENV, SECCOMP_FD, slirp4netns_path
+from .probe import check_envelope
+from .processes import check_program, shard_processes
+from .sandbox import Policy, Sandbox
+from .statefiles import OOM_REASON, claim, start_ticks, write_atomic
 from .supervisors import Supervisors
 
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
@@ -93,21 +98,24 @@ class LocalExecutor:
         *,
         sandbox: bool = True,
         cgroups: Cgroups | None = None,
-        hide: Sequence[Path] = (),
+        policy: Policy | None = None,
         scratch: Path | None = None,
         images: ImageStore | None = None,
+        max_log_bytes: int = 1 << 30,
     ) -> None:
         self._capacity = Resources.of_host(cpus, memory)
         self._sandbox = sandbox
         self._cgroups = cgroups
-        self._hide = tuple(hide)
+        self._policy = policy or Policy()
         self._images = images
+        self._max_log_bytes = max_log_bytes  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
         self._scratch_root = scratch or state_dir.parent / "work"
         self._host_path = os.environ.get("PATH")
-        if sandbox:
-            bwrap_path()  # fail at start, not at the first launch
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._seccomp: str | None = None
+        if sandbox:  # fail at start, not at the first launch
+            self._seccomp = check_envelope(self._policy, state_dir / "seccomp.bpf")
         self._fifo = state_dir / "exits.fifo"
         if not self._fifo.exists():
             with contextlib.suppress(FileExistsError):
@@ -120,7 +128,7 @@ class LocalExecutor:
         self._ended: set[str] = set()  # handles announced on the FIFO since the last poll
         self._last_scan = self._last_deep = float("-inf")  # the first poll scans everything
         self._envelopes: dict[tuple[object, ...], tuple[list[str], Path]] = {}  # per run
-        self._supervisors = Supervisors(self._fifo, state_dir / "batches")
+        self._supervisors = Supervisors(self._fifo)
         self._wake: Callable[[], None] = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
@@ -175,7 +183,15 @@ class LocalExecutor:
             "stdout": request.stdout_path,
             "stderr": request.stderr_path,
             "cgroup": cgroup,
+            "logcap": self._max_log_bytes,
         }
+        if request.secrets:  # the values this attempt was given, masked in its logs
+            body["redact"] = list(request.secrets.values())
+        if self._sandbox:  # bwrap reads the filter, and waits for its network, at fds 3-5
+            body["env"], body["shard_env"] = CHAIN_ENV, env  # see netstack.CHAIN_ENV
+            body["open"] = [[SECCOMP_FD, self._seccomp]]
+            slirp = request.network and self._policy.network == "slirp4netns"
+            body["net"] = slirp4netns_path() if slirp else None
         with self._lock:
             self._tracked[handle] = time.monotonic()
             self._pending.append((handle, body))
@@ -199,7 +215,7 @@ class LocalExecutor:
             argv, env, cwd = host_envelope(
                 request,
                 sandbox=self._sandbox,
-                hide=self._hide,
+                policy=self._policy,
                 host_path=self._host_path,
                 scratch=lambda: self._scratch(request.run_id),
             )
@@ -220,9 +236,11 @@ class LocalExecutor:
         argv = image.config.argv(request.command or None)
         env = shard_env(request, image_env=image.config.env, host_path=None)
         check_program(argv[0], env["PATH"], None, root=image.rootfs)
+        own_volumes(request.mounts, self._policy)
         box = Sandbox(
             base=image.rootfs,
             mounts=request.mounts,
+            policy=self._policy,
             network=request.network,
             working_dir=str(request.working_dir or image.config.working_dir or "/"),
         )
@@ -319,7 +337,9 @@ class LocalExecutor:
         if text is None and not deep:
             return None
         if text is not None:
-            code, started, ended, reason = text.split(" ", 3)
+            line, _, more = text.partition("\n")  # more: "logcap STREAM..." (newer only)
+            code, started, ended, reason = line.split(" ", 3)
+            truncated = tuple(more.split()[1:]) if more.startswith("logcap ") else ()
             group = self._group(handle)
             if group is not None and self._cgroups is not None:
                 if group.oom_killed():
@@ -331,6 +351,7 @@ class LocalExecutor:
                 _from_ns(int(ended)),
                 reason or None,
                 started_at=_from_ns(int(started)),
+                log_truncated=truncated,
             )
         owner = _read(f"{folder}/claim")
         if not owner:  # unclaimed, or claimed this instant (created, owner not yet written)
@@ -378,7 +399,7 @@ class LocalExecutor:
                 os.killpg(pid, signal.SIGTERM)
             return
         # SIGTERM to the shard's own processes, not the sandbox: its grace period must work
-        for child in descendants(pid):
+        for child in shard_processes(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(child, signal.SIGTERM)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -47,20 +48,86 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def shard_processes(pid: int) -> list[int]:
+    """The shard's own processes below the sandbox started as ``pid``: its descendants
+    but the sandbox's (bubblewrap's), which must not get the shard's SIGTERM -- a
+    bubblewrap stage ended by it would end the shard before its grace period."""
+    own = []
+    for child in descendants(pid):
+        try:
+            with open(f"/proc/{child}/comm") as fh:
+                if fh.read().strip() == "bwrap":
+                    continue
+        except OSError:
+            continue
+        own.append(child)
+    return own
+
+
 PRIVATE = Path("/tmp")  # each shard gets its own empty /tmp
+
+
+def private_roots() -> tuple[Path, ...]:
+    """Top-level host directories a shard does not get: the private ``/tmp``, and those an
+    unprivileged user cannot search (``/root`` on most hosts). What a run needs from inside
+    them (its working directory, its toolchains) is bound back read-only."""
+    roots = [PRIVATE]
+    for entry in os.scandir("/"):
+        if (
+            entry.is_dir(follow_symlinks=False)
+            and entry.name not in ("proc", "dev", "tmp")
+            and not entry.stat(follow_symlinks=False).st_mode & 0o001
+        ):
+            roots.append(Path(entry.path))
+    return tuple(roots)
+
+
+def closed_to(path: str, uid: int) -> str | None:
+    """The first directory on the way to ``path`` (itself included) that a shard running
+    as ``uid`` cannot enter, or None. Under a private root (:func:`private_roots`) the
+    sandbox makes the folders on the way itself (0755), so only ``path`` counts there."""
+    roots = private_roots()
+    inside = any(Path(path).is_relative_to(r) for r in roots)
+    steps = [path] if inside else [str(p) for p in reversed(Path(path).parents)] + [path]
+    for step in steps:
+        try:
+            st = os.stat(step)
+        except OSError:
+            return step
+        need = 0o005 if step == path else 0o001  # r-x on the directory itself
+        if st.st_uid != uid and st.st_mode & need != need:
+            return step
+    return None
+
+
+def _toolchain_root(directory: Path, roots: tuple[Path, ...]) -> Path | None:
+    """The folder to bind back for ``directory`` (a bin folder's parent: a virtualenv's or
+    an interpreter's prefix), if it lies under a private root."""
+    if not any(directory.is_relative_to(r) for r in roots) or not directory.is_dir():
+        return None
+    root = directory.parent if directory.name == "bin" else directory
+    return None if root in roots else root
 
 
 def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[Path, ...]:
     """Host directories a sandboxed shard must still see, read-only, although they lie under
-    the private ``/tmp``: its working directory, and the toolchains it runs -- a PATH entry's
-    parent (a virtualenv's root: ``bin`` and ``lib``) or an absolute program's."""
+    a private root (:func:`private_roots`): its working directory, and the toolchains it
+    runs -- a PATH entry's parent (a virtualenv's root: ``bin`` and ``lib``), an absolute
+    program's, and where the PATH's programs link to (a virtualenv's ``python`` is often a
+    link into an interpreter under ``/root``)."""
+    roots = private_roots()
     wanted: list[Path] = [workdir] if workdir else []
     bins = [Path(p) for p in path.split(":") if p]
     if program.startswith("/"):
         bins.append(Path(program).parent)
+    targets: list[Path] = []
     for directory in bins:
-        if directory.is_relative_to(PRIVATE) and directory.is_dir():
-            root = directory.parent if directory.name == "bin" else directory
-            if root != PRIVATE:
-                wanted.append(root)
+        with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    targets.append(Path(os.path.realpath(entry.path)).parent)
+    for directory in [*bins, *dict.fromkeys(targets)]:
+        root = _toolchain_root(directory, roots)
+        if root is not None:
+            wanted.append(root)
     return tuple(dict.fromkeys(wanted))

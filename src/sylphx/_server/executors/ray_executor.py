@@ -39,6 +39,7 @@ from ..._machines import MACHINES
 from ..controller.admission import Resources
 from .base import Exit, LaunchRequest, Signal
 from .ray_remote import LogHub, NodeEnvelope, run_shard
+from .sandbox import Policy
 
 GANG_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 _GC_SECONDS = 5.0  # a gang reservation nobody asked for this long is released
@@ -68,6 +69,12 @@ class _Gang:
     live: int = 0
 
 
+def _result_exit(handle: str, result: Any, now: datetime) -> Exit:
+    """The Exit of a finished ``run_shard``: (code, reason, streams that hit the log cap)."""
+    code, reason, *more = result
+    return Exit(handle, int(code), now, reason, log_truncated=tuple(more[0]) if more else ())
+
+
 class RayExecutor:
     """Runs attempts as Ray tasks; one instance per control plane (one Ray driver)."""
 
@@ -80,7 +87,8 @@ class RayExecutor:
         gang_strategy: str = "SPREAD",
         sandbox: bool = True,
         enforce_tiers: bool = True,
-        hide: tuple[Path, ...] = (),
+        max_log_bytes: int = 1 << 30,
+        policy: Policy | None = None,
     ) -> None:
         if gang_strategy not in GANG_STRATEGIES:
             raise ExecutorError(
@@ -96,7 +104,9 @@ class RayExecutor:
                     " Fix: start one (`ray start --head`) and set SYLPHX_RAY_ADDRESS to it."
                 ) from exc
         self._strategy = gang_strategy
-        self._envelope = NodeEnvelope(sandbox, enforce_tiers, tuple(str(p) for p in hide))
+        self._envelope = NodeEnvelope(
+            sandbox, enforce_tiers, policy or Policy(), max_log_bytes=max_log_bytes
+        )
         here = ray.get_runtime_context().get_node_id()
         hub_actor: Any = ray.remote(LogHub)
         self._hub_name = f"sylphx-hub-{uuid.uuid4().hex[:12]}"  # shards look it up by name
@@ -283,8 +293,7 @@ class RayExecutor:
                 if results is None:
                     exits.append(self._exit(handle, ref))
                 else:
-                    code, reason = results[i]
-                    exits.append(Exit(handle, int(code), now, reason))
+                    exits.append(_result_exit(handle, results[i], now))
                 self._ended(handle)
         with self._lock:
             forget, self._forget = self._forget, []
@@ -296,8 +305,7 @@ class RayExecutor:
     def _exit(self, handle: str, ref: Any) -> Exit:
         now = _now()
         try:
-            code, reason = ray.get(ref)
-            return Exit(handle, int(code), now, reason)
+            return _result_exit(handle, ray.get(ref), now)
         except TaskCancelledError:
             return Exit(handle, -9, now)
         except RayTaskError as exc:

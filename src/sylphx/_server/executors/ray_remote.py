@@ -1,14 +1,18 @@
 """The parts of the Ray executor that run inside the cluster.
 
 ``LogHub`` is one actor pinned to the control plane's node. Shards ship their
-output to it in chunks while they run; it appends them to the attempt's log
+output to it in chunks while they run -- redacted and capped on the node first, by
+the same :mod:`.shardlog` code the local executor's supervisor uses, so no secret
+value travels or reaches a disk -- and it appends them to the attempt's log
 files (the same files the local executor writes) and answers each chunk with
 the signal the control plane wants delivered, so log shipping doubles as the
 control channel. ``run_shard`` is the Ray task: on whatever node Ray picked it
 builds the shard's envelope with the same code the local executor uses
 (:func:`.envelope.host_envelope`: bubblewrap sandbox with a read-only root, the
-run's volumes bound at their mount paths, a clean environment) and, where the
-node has them, a cgroup with the tier's CPU quota and memory ceiling.
+run's volumes bound at their mount paths, a clean environment, the shard's own uid,
+seccomp filter and network; :mod:`.nodeenvelope` gives it the filter and the network
+pipes the supervisor gives a local shard) and, where the node has them, a cgroup with
+the tier's CPU quota and memory ceiling.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +37,28 @@ from ..._errors import ExecutorError
 from .base import LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
 from .envelope import host_envelope
-from .processes import check_program, descendants
-from .supervise import OOM_REASON
+from .netstack import CHAIN_ENV
+from .nodeenvelope import NodeFds
+from .processes import check_program, shard_processes
+from .sandbox import Policy
+from .shardlog import Shaper
+from .statefiles import OOM_REASON
 
 _RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
+STREAMS = ("stdout", "stderr")
 _PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
 class NodeEnvelope:
     """What the control plane asks of every node: the sandbox (on unless the operator
-    turned it off), tier enforcement where the node has cgroups, paths to hide."""
+    turned it off), tier enforcement where the node has cgroups, and the operator's
+    shard policy (hidden paths, network, the shard's uid, seccomp)."""
 
     sandbox: bool = True
     enforce_tiers: bool = True
-    hide: tuple[str, ...] = ()
+    policy: Policy = field(default_factory=Policy)
+    max_log_bytes: int = 1 << 30  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
 
 
 class LogHub:
@@ -156,7 +167,7 @@ def _deliver(pid: int, sig: Signal, sandboxed: bool, group: ShardCgroup | None) 
     elif not sandboxed:
         _kill_group(pid, signal.SIGTERM)
     else:
-        for child in descendants(pid):
+        for child in shard_processes(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(child, signal.SIGTERM)
 
@@ -179,10 +190,12 @@ def run_streaming(
     interval: float = 0.2,
     chunk: int = 1 << 20,
     drain_seconds: float = 2.0,
-) -> tuple[int, str | None]:
+) -> tuple[int, str | None, list[str]]:
     """Run the attempt in its envelope with piped output; ``ship(stdout, stderr)`` is called
-    at least every ``interval`` seconds and returns the signal the control plane wants
-    delivered. Returns (raw return code, reason). The process tree is gone on return."""
+    at least every ``interval`` seconds with the output so far (the attempt's secret values
+    masked, each stream capped at ``envelope.max_log_bytes``) and returns the signal the
+    control plane wants delivered. Returns (raw return code, reason, the streams that hit
+    the cap). The process tree is gone on return."""
     scratch: list[str] = []  # made only if the envelope asks (unsandboxed, no working dir)
 
     def make_scratch() -> Path:
@@ -191,29 +204,37 @@ def run_streaming(
         return Path(scratch[0])
 
     group = None
+    fds = None  # a sandboxed shard's filter and network pipes
     try:
         argv, env, cwd = host_envelope(
             request,
             sandbox=envelope.sandbox,
-            hide=[Path(p) for p in envelope.hide],
+            policy=envelope.policy,
             host_path=os.environ.get("PATH"),
             scratch=make_scratch,
             die_with_parent=True,
         )
         if not envelope.sandbox and request.command:  # as the sandbox does: a clear 127
             check_program(request.command[0], env.get("PATH", ""), cwd)
+        if envelope.sandbox:
+            fds = NodeFds.for_shard(request.network, envelope.policy, env)
+            argv = fds.prefix() + argv
+            env = dict(CHAIN_ENV)  # the shard's own comes in at ENV_FD (see netstack)
         cgroups = _node_cgroups() if envelope.enforce_tiers else None
         if cgroups is not None:
             name = handle.removeprefix("ray:").replace(":", "-") + f"-{os.getpid()}"
             group = cgroups.create(name, request.machine)
             argv = group.join_prefix() + argv
-        code = _stream(argv, env, cwd, envelope.sandbox, group, ship,
+        shapers = [Shaper(envelope.max_log_bytes, request.secrets.values()) for _ in STREAMS]
+        code = _stream(argv, env, cwd, fds, group, ship, shapers,
                        interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
         reason = None
         if group is not None and group.oom_killed():
             reason = OOM_REASON
-        return code, reason
+        return code, reason, [s for s, o in zip(STREAMS, shapers, strict=True) if o.truncated]
     finally:
+        if fds is not None:
+            fds.close()
         if group is not None:
             group.kill_all()
             group.remove()
@@ -225,9 +246,10 @@ def _stream(
     argv: list[str],
     env: dict[str, str],
     cwd: Path,
-    sandboxed: bool,
+    fds: NodeFds | None,  # None: unsandboxed
     group: ShardCgroup | None,
     ship: Ship,
+    shapers: list[Shaper],  # stdout's and stderr's
     *,
     interval: float,
     chunk: int,
@@ -235,6 +257,7 @@ def _stream(
 ) -> int:
     # A sandboxed shard dies with this worker through bwrap's --die-with-parent; a plain
     # one through setpriv (or, without it, a preexec_fn).
+    sandboxed = fds is not None
     prefix = [] if sandboxed else _death_prefix()
     proc = subprocess.Popen(
         prefix + argv,
@@ -245,16 +268,20 @@ def _stream(
         stderr=subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
+        pass_fds=fds.pass_fds() if fds is not None else (),
         preexec_fn=None if prefix or sandboxed else _die_with_parent,
     )
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    shaper = dict(zip(bufs, shapers, strict=True))
     open_fds = set(bufs)
     exit_fd = _pidfd(proc.pid)  # readable once the leader exits; None: poll every 20 ms
     last_ship = time.monotonic()
     exited_at: float | None = None
     try:
+        note = fds.started() if fds is not None else None  # its network, then it goes on
+        bufs[err_fd] += note.encode() if note else b""  # shipped first: no network, why
         while True:
             readable: list[int] = []
             watch = [*open_fds, *([exit_fd] if exit_fd is not None and exited_at is None else [])]
@@ -267,15 +294,19 @@ def _stream(
                     continue
                 data = os.read(fd, 1 << 16)
                 if data:
-                    bufs[fd] += data
+                    bufs[fd] += shaper[fd].feed(data)
                 else:
                     open_fds.discard(fd)
+                    bufs[fd] += shaper[fd].finish()
             if exited_at is None and _leader_exited(proc.pid):
                 exited_at = time.monotonic()
                 _kill_group(proc.pid, signal.SIGKILL)  # stragglers; also closes their pipes
             done = exited_at is not None and (
                 not open_fds or time.monotonic() - exited_at > drain_seconds
             )
+            if done:  # what the redactors still hold (a no-op for a stream at its end)
+                for fd in open_fds:
+                    bufs[fd] += shaper[fd].finish()
             size = len(bufs[out_fd]) + len(bufs[err_fd])
             if done and not size:  # nothing left to ship; a signal would come too late
                 break
@@ -309,11 +340,12 @@ def _pidfd(pid: int) -> int | None:
 
 def run_shard(
     request: LaunchRequest, handle: str, hub_name: str, envelope: NodeEnvelope
-) -> tuple[int, str | None]:
+) -> tuple[int, str | None, list[str]]:
     """Ray task body: run one attempt on this node, shipping logs to the named hub.
 
-    Returns (raw return code, reason). A shard that cannot start is exit 127 with a
-    ``LaunchError`` reason and the cause in its stderr, as on the local executor.
+    Returns (raw return code, reason, the streams that hit the log cap). A shard that
+    cannot start is exit 127 with a ``LaunchError`` reason and the cause in its stderr,
+    as on the local executor.
     """
     import ray
 
@@ -331,4 +363,4 @@ def run_shard(
         return run_streaming(request, handle, envelope, ship)
     except (OSError, ExecutorError) as exc:  # e.g. command not found, no bwrap
         ship(b"", f"sylphx: could not start the shard: {exc}\n".encode())
-        return 127, f"LaunchError: {exc}"
+        return 127, f"LaunchError: {exc}", []

@@ -1,10 +1,13 @@
-"""The per-shard sandbox: bubblewrap with its own pid, ipc, uts and mount namespaces.
+"""The per-shard sandbox: bubblewrap, run as an unprivileged user, in new user, pid,
+ipc, uts, cgroup, mount and network namespaces, under a seccomp filter.
 
 The root is a tmpfs holding read-only binds of the base's top-level entries (the
 host's ``/``, or an image's rootfs), so mount points for volumes can be created
-without touching the base. /tmp is private, the control plane's data directory is
-hidden, and only the run's volumes are writable. The network stays on unless the
-run turns it off.
+without touching the base. /tmp is private and only the run's volumes are writable.
+The control plane's paths are hidden *after* every other bind, so no working
+directory, toolchain or volume bound below or above them can show them again, and
+the host's cgroup tree is not visible. See the README's envelope section for what a
+shard can and cannot do.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..._errors import ExecutorError
 from .base import Mount
+from .netstack import BLOCK_FD, ENV_FD, INFO_FD, SECCOMP_FD
+from .processes import PRIVATE, private_roots
 
 _SKIP = {"proc", "dev", "tmp"}
+NEWROOT = "/.sylphx-root"  # where the first stage builds an image's root
+NetworkMode = Literal["slirp4netns", "host"]
 
 
 def bwrap_path() -> str:
@@ -33,56 +41,162 @@ def bwrap_path() -> str:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """What the operator decides for every shard on a host, whatever its spec says."""
+
+    hide: Sequence[Path] = ()  # host paths no shard sees (an empty tmpfs, or /dev/null)
+    network: NetworkMode = "slirp4netns"  # how a shard with network: true gets one
+    uid: int = 64000  # the host uid/gid a shard runs as when the control plane is root
+    gid: int = 64000
+    seccomp: bool = True  # the filter comes in at SECCOMP_FD (the supervisor opens it)
+
+    def identity(self) -> list[str]:
+        """argv that drops to the shard's uid/gid, with no supplementary groups and no
+        capabilities left in any set, when running as root; [] otherwise (a non-root
+        control plane's shards run as its own uid)."""
+        if os.geteuid() != 0:
+            return []
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        return [
+            setpriv,
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
+
+
+@dataclass(frozen=True)
 class Sandbox:
     """What one shard may see."""
 
     base: Path = Path("/")  # host root, or an image's rootfs
     mounts: Sequence[Mount] = ()
-    hide: Sequence[Path] = ()  # host directories replaced by an empty tmpfs
     network: bool = True
     working_dir: str | None = None
     extra_ro: Sequence[Path] = field(default_factory=tuple)
     die_with_parent: bool = False  # a Ray task's shard: gone with the worker that ran it
+    policy: Policy = field(default_factory=Policy)
+
+    @property
+    def slirp(self) -> bool:
+        """Whether the shard's network comes from slirp4netns (the INFO/BLOCK fds)."""
+        return self.network and self.policy.network == "slirp4netns"
 
     def argv(self) -> list[str]:
-        """``bwrap …  --`` (the command follows)."""
-        args = [
-            bwrap_path(),
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--hostname",
-            "sylphx-shard",
-            "--tmpfs",
-            "/",
+        """``bwrap … -- [setpriv … -- bwrap … --]`` (the command follows).
+
+        A root control plane's shard gets two stages: bubblewrap as root builds the
+        namespaces and the file system (it can bind what root can read, e.g. a toolchain
+        under ``/root``); ``setpriv`` then drops to the shard's uid with no capabilities,
+        and a second bubblewrap, as that user, makes the user namespace (no capabilities,
+        no further user namespaces) and loads the seccomp filter. A non-root control
+        plane's shard is one stage, as its own uid."""
+        inner = self.policy.identity()
+        user = [
+            "--unshare-user",
+            "--disable-userns",  # and no user namespaces made inside it
+            "--cap-drop",
+            "ALL",
         ]
-        if not self.network:
+        args = [bwrap_path(), *([] if inner else user)]
+        args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup"]
+        args += ["--hostname", "sylphx-shard", "--tmpfs", "/"]
+        if not self.network or self.policy.network != "host":
             args.append("--unshare-net")
+        # the first stage tells the sandbox's pid (its network namespace); the last one
+        # waits for slirp4netns before it runs the command (see netstack.Net.attach)
+        if self.slirp:
+            args += ["--info-fd", str(INFO_FD)]
+        handshake = ["--block-fd", str(BLOCK_FD)] if self.slirp else []
+        if not inner:
+            args += handshake
         if self.die_with_parent:
             args.append("--die-with-parent")
-        for entry in sorted(os.listdir(self.base)):
-            if entry in _SKIP:
-                continue
-            src = self.base / entry
-            if src.is_symlink():
-                args += ["--symlink", os.readlink(src), f"/{entry}"]
-            elif src.exists():
-                args += ["--ro-bind", str(src), f"/{entry}"]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         host = self.base == Path("/")
-        for path in self.hide:
-            if host and path.exists():
-                args += ["--tmpfs", str(path)]
-        for path in self.extra_ro:  # e.g. the run's working directory, even under /tmp
-            if host and path.exists():
-                args += ["--ro-bind", str(path), str(path)]
+        private = private_roots() if host else ()
+        # An image's root is built at NEWROOT, beside the host's tools the next stage runs
+        # (setpriv, bwrap), which then makes it the shard's "/".
+        root = NEWROOT if inner and not host else ""
+        if root:
+            args += _top_level(Path("/"), "", private_roots())
+            args += ["--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]  # bwrap works there
+            args += ["--perms", "0755", "--dir", root]
+        args += _top_level(self.base, root, private)
+        args += ["--proc", f"{root}/proc", "--dev", f"{root}/dev"]
+        args += ["--perms", "1777", "--tmpfs", f"{root}/tmp"]
+        extra = [path for path in self.extra_ro if host and path.exists()]
+        for path in extra:  # e.g. the run's working directory, even under /tmp
+            args += [*_parents(path, private), "--ro-bind", str(path), str(path)]
         for mount in self.mounts:
             _check_mount_point(self.base, mount.target)
-            args += ["--bind", str(mount.source), mount.target]
+            args += ["--bind", str(mount.source), f"{root}{mount.target}"]
+        if host:  # last, so that nothing bound above can show them again
+            args += _hides(self.policy.hide, extra)
+            if os.path.isdir("/sys/fs/cgroup"):
+                args += ["--tmpfs", "/sys/fs/cgroup"]
         args += ["--remount-ro", "/"]  # the root itself is read-only once mounts are placed
+        if inner:
+            # --dev-bind: the first stage's /dev (a plain --bind would make it nodev)
+            args += ["--", *inner, bwrap_path(), *user, *handshake]
+            args += ["--dev-bind", root or "/", "/"]
         if self.working_dir:
             args += ["--chdir", self.working_dir]
+        if self.policy.seccomp:
+            args += ["--seccomp", str(SECCOMP_FD)]
+        args += ["--args", str(ENV_FD)]  # the shard's environment, only for the shard
         return [*args, "--"]
+
+
+def _top_level(base: Path, root: str, private: Sequence[Path]) -> list[str]:
+    """Read-only binds of ``base``'s top-level entries at ``root`` (but /proc, /dev, /tmp
+    and the private ones), its symlinks as they are."""
+    args: list[str] = []
+    for entry in sorted(os.listdir(base)):
+        src = base / entry
+        if entry in _SKIP or src in private:
+            continue  # what the shard needs from a private one is bound back (extra_ro)
+        if src.is_symlink():
+            args += ["--symlink", os.readlink(src), f"{root}/{entry}"]
+        elif src.exists():
+            args += ["--ro-bind", str(src), f"{root}/{entry}"]
+    return args
+
+
+def _parents(path: Path, private: Sequence[Path]) -> list[str]:
+    """Directories between a private root and a path bound back below it, made
+    searchable (0755) for the shard's unprivileged user."""
+    root = next((r for r in private if path.is_relative_to(r) and r != path), None)
+    if root is None:
+        return []
+    args: list[str] = []
+    current = root
+    for part in path.relative_to(root).parts[:-1]:
+        current = current / part
+        args += ["--perms", "0755", "--dir", str(current)]
+    if root != PRIVATE:
+        args = ["--perms", "0755", "--dir", str(root), *args]
+    return args
+
+
+def _hides(hide: Sequence[Path], extra: Sequence[Path]) -> list[str]:
+    """Cover each hidden path the shard could otherwise see: a directory with an empty
+    read-only tmpfs, a file (or socket) with /dev/null. Under the private /tmp only what
+    a bind brought back is visible."""
+    args: list[str] = []
+    for path in hide:
+        if not os.path.lexists(path) or any(p != path and path.is_relative_to(p) for p in hide):
+            continue  # not there, or covered with its parent
+        hidden_anyway = any(path.is_relative_to(r) for r in private_roots())
+        if hidden_anyway and not any(path.is_relative_to(e) for e in extra):
+            continue
+        if path.is_dir():
+            args += ["--perms", "0555", "--tmpfs", str(path)]
+        else:
+            args += ["--ro-bind", "/dev/null", str(path)]
+    return args
 
 
 def _check_mount_point(base: Path, target: str) -> None:

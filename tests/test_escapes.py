@@ -1,0 +1,277 @@
+"""Escape attempts, made as a tenant would: through the API, in a real bubblewrap sandbox
+with real cgroups and the real seccomp filter. Each test asserts on the host side (the
+host file is not there, the value is not in any output, the process is still in its
+cgroup), not only on the shard's exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Server, pids_of_run
+from sylphx._server.executors.cgroups import Cgroups, pids_max
+
+# Runs inside the shard: every attempt, each reported as "ok" (it worked: an escape) or
+# the error that stopped it.
+ATTACKS = r"""
+import ctypes, json, os, socket, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+
+def attempt(name, fn):
+    try:
+        r = fn()
+        out[name] = "ok" if r is None or (type(r) is int and r == 0) else f"failed:{r}"
+    except Exception as exc:
+        out[name] = f"{type(exc).__name__}:{exc}"
+
+def sh(cmd):
+    return subprocess.run(["sh", "-c", cmd], capture_output=True).returncode
+
+def sys_call(fn, *args):
+    r = getattr(libc, fn)(*args)
+    return 0 if r >= 0 else -ctypes.get_errno()
+
+out["uid"] = os.getuid()
+out["capeff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+attempt("remount_var_rw", lambda: sh("mount -o remount,bind,rw /var"))
+attempt("remount_root_rw", lambda: sh("mount -o remount,rw /"))
+attempt("mount_tmpfs", lambda: sys_call("mount", b"none", b"/tmp", b"tmpfs", 0, None))
+attempt("mount_proc", lambda: sh("mkdir -p /tmp/p && mount -t proc proc /tmp/p"))
+attempt("mount_cgroup", lambda: sh("mkdir -p /tmp/cg && mount -t cgroup -o memory none /tmp/cg"))
+attempt("mount_cgroup2", lambda: sh("mkdir -p /tmp/cg2 && mount -t cgroup2 none /tmp/cg2"))
+attempt("unshare_user", lambda: sys_call("unshare", 0x10000000))
+attempt("unshare_user_cmd", lambda: sh("unshare -U -r true"))
+attempt("unshare_mount", lambda: sys_call("unshare", 0x00020000))
+attempt("setns", lambda: sys_call("setns", 0, 0))
+attempt("ptrace_attach_1", lambda: sys_call("ptrace", 16, 1, 0, 0))
+attempt("bpf", lambda: sys_call("syscall", 321, 0, 0, 0))
+attempt("keyctl", lambda: sys_call("syscall", 250, 0, 0, 0, 0, 0))
+attempt("perf_event_open", lambda: sys_call("syscall", 298, 0, 0, -1, -1, 0))
+attempt("kexec_load", lambda: sys_call("syscall", 246, 0, 0, 0, 0))
+attempt("init_module", lambda: sys_call("syscall", 175, 0, 0, b""))
+attempt("personality_no_aslr", lambda: 0 if libc.personality(0x0040000) != -1 else -1)
+attempt("read_shadow", lambda: open("/etc/shadow").read() and None)
+attempt("su_root", lambda: sh("su -c true root </dev/null"))
+attempt("write_proc_sys", lambda: open("/proc/sys/kernel/hostname", "w").write("x") and None)
+attempt("chroot", lambda: sys_call("chroot", b"/tmp"))
+print(json.dumps(out))
+"""
+
+
+def _run(server: Server, command: list[str], **spec: Any) -> tuple[dict[str, Any], str, str]:
+    run = server.submit(command=command, machine="nano", **spec)
+    done = server.wait(run["id"], timeout=90)
+    logs = [
+        server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0, "stream": s}).text
+        for s in ("stdout", "stderr")
+    ]
+    return done, logs[0], logs[1]
+
+
+def test_a_shard_is_an_unprivileged_user_that_cannot_mount_unshare_or_trace(
+    server: Server,
+) -> None:
+    marker = Path(f"/var/tmp/sylphx-escape-{uuid.uuid4().hex}")
+    attack = ATTACKS + (
+        f"\nattempt('write_host_var', lambda: sh('mount -o remount,bind,rw /var 2>/dev/null;"
+        f" echo pwned > {marker}'))\nprint(json.dumps(out))\n"
+    )
+    done, out, err = _run(server, [sys.executable, "-c", attack])
+    assert done["status"] == "succeeded", err
+    got = json.loads(out.splitlines()[-1])
+    assert got["uid"] != 0
+    assert got["capeff"] == "0000000000000000"
+    escapes = {name: result for name, result in got.items() if result == "ok"}
+    assert escapes == {}, (escapes, got, err)
+    assert not marker.exists()  # the host's /var was not written
+    shadow = Path("/etc/shadow").read_text()
+    assert shadow.splitlines()[0] not in out + err  # nothing of the host's shadow leaked
+
+
+def test_nothing_of_the_control_plane_is_visible_even_from_around_the_home(
+    server: Server, tmp_path: Path
+) -> None:
+    """The run's working directory and a PATH entry contain SYLPHX_HOME (it lies below
+    them): binding them read-only must not show it again, nor the volume root."""
+    home = server.settings.home
+    assert home.is_relative_to(tmp_path)
+    tmp_path.chmod(0o755)  # a working directory the shard's unprivileged user can read
+    key = server.settings.secrets_key_file.read_text().strip()
+    token = server.settings.local_token_file
+    _theirs, theirs_dir = server.volume()
+    (theirs_dir / "other.txt").write_text("another org's data")
+    probe = (
+        f"for f in {home}/secrets.key {home}/sylphx.db {theirs_dir}/other.txt {token}; do"
+        "  cat $f 2>/dev/null | head -c 200; done;"
+        f" ls -A {home} {home}/state {home}/logs 2>/dev/null;"
+        " find / -xdev \\( -name secrets.key -o -name 'sylphx.db*' -o -name local-token \\)"
+        " -print 2>/dev/null | head"
+    )
+    done, out, err = _run(
+        server,
+        ["sh", "-c", probe],
+        workingDir=str(tmp_path),
+        env={"PATH": f"{tmp_path}:/usr/local/bin:/usr/bin:/bin"},
+    )
+    assert done["status"] == "succeeded", err
+    assert key not in out
+    assert "another org's data" not in out
+    assert "SQLite format" not in out
+    for name in ("secrets.key", "sylphx.db", "local-token", "state", "logs", "volumes"):
+        assert name not in out, (name, out)
+
+
+def test_a_shard_cannot_leave_its_cgroup_or_raise_its_limits(server: Server) -> None:
+    escape = (
+        "for c in memory pids cpu; do mkdir -p /tmp/$c; mount -t cgroup -o $c none /tmp/$c"
+        " 2>/dev/null && echo $$ > /tmp/$c/cgroup.procs && echo ESCAPED-$c; done;"
+        " for f in /sys/fs/cgroup/memory/cgroup.procs /sys/fs/cgroup/cgroup.procs; do"
+        "  echo $$ > $f 2>/dev/null && echo ESCAPED-$f; done;"
+        " ls /sys/fs/cgroup; cat /proc/self/cgroup; sleep 30"
+    )
+    run = server.submit(command=["sh", "-c", escape], machine="nano")
+    server.wait_for(lambda: server.get(run["id"])["status"] == "running")
+    server.wait_for(lambda: len(pids_of_run(run["id"])) > 0, timeout=10)
+    import time
+
+    time.sleep(1.5)  # the escape attempts are done; the sleep is running
+    for pid in pids_of_run(run["id"]):  # host side: every process still in its cgroups
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+        for line in text.splitlines():
+            _, controllers, path = line.split(":", 2)
+            v1 = any(c in controllers.split(",") for c in ("memory", "pids", "cpu"))
+            if v1 or (controllers == "" and Cgroups().v2):
+                assert path.startswith("/sylphx/"), (pid, line)
+    server.http.post(f"/v1/runs/{run['id']}/cancel")
+    server.wait(run["id"], timeout=30)
+    out = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0}).text
+    assert "ESCAPED" not in out
+    assert "sylphx" not in out  # no other tenant's cgroup (run ids) to be seen
+
+
+def test_pids_are_capped_by_the_tier(server: Server) -> None:
+    bomb = (
+        "import threading, time\nn = 0\ntry:\n    while n < 5000:\n"
+        "        threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); n += 1\n"
+        "except RuntimeError:\n    pass\nprint(n)\n"
+    )
+    _done, out, _ = _run(server, [sys.executable, "-c", bomb])
+    assert int(out.strip()) < pids_max("nano")  # it hit the ceiling, not 5000
+    assert server.http.get("/healthz").status_code == 200  # the host still has pids
+
+
+class _Listener:
+    """A TCP service on the host's loopback that records whoever connects."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(0.2)
+        self.hits = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.hits += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+def _connect_probe(ports: list[int]) -> str:
+    return (
+        "import socket, json\nres = {}\n"
+        f"for host in ('127.0.0.1', '10.0.2.2', 'localhost'):\n    for port in {ports!r}:\n"
+        "        s = socket.socket(); s.settimeout(2)\n"
+        "        try:\n            s.connect((host, port)); res[f'{host}:{port}'] = 'CONNECTED'\n"
+        "        except OSError as e:\n            res[f'{host}:{port}'] = type(e).__name__\n"
+        "res['ifaces'] = [n for _, n in socket.if_nameindex()]\nprint(json.dumps(res))\n"
+    )
+
+
+def test_the_hosts_loopback_and_the_control_plane_are_unreachable(server: Server) -> None:
+    listener = _Listener()
+    api_port = int(server.url.rsplit(":", 1)[1])
+    try:
+        probe = _connect_probe([listener.port, api_port])
+        on, out_on, err_on = _run(server, [sys.executable, "-c", probe])
+        off, out_off, _ = _run(server, [sys.executable, "-c", probe], network=False)
+    finally:
+        listener.close()
+    assert on["status"] == "succeeded", err_on
+    assert listener.hits == 0  # host side: nobody ever connected
+    with_net, without = json.loads(out_on), json.loads(out_off)
+    assert "CONNECTED" not in out_on + out_off
+    assert "tap0" in with_net["ifaces"]  # network: true still has a way out
+    assert without["ifaces"] == ["lo"]
+    assert off["status"] == "succeeded"
+
+
+def test_a_shard_cannot_signal_another_tenants_shard(server: Server) -> None:
+    other = server.new_org("neighbour")
+    with server.client(other) as theirs:
+        victim = theirs.post("/v1/runs", json={"command": ["sleep", "30"], "machine": "nano"})
+        assert victim.status_code == 201, victim.text
+        vid = victim.json()["id"]
+        server.wait_for(lambda: len(pids_of_run(vid)) > 0, timeout=20)
+        pids = " ".join(str(p) for p in pids_of_run(vid))
+        done, _out, _ = _run(server, ["sh", "-c", f"kill -9 {pids} 2>&1; echo tried"])
+        assert done["status"] == "succeeded"
+        assert all(os.path.exists(f"/proc/{p}") for p in pids.split())  # still alive
+        assert theirs.get(f"/v1/runs/{vid}").json()["status"] == "running"
+        theirs.post(f"/v1/runs/{vid}/cancel")
+
+
+def test_the_tenants_environment_never_reaches_the_root_side_of_the_launch(
+    server: Server, tmp_path: Path
+) -> None:
+    """LD_PRELOAD (and the loader's other variables) in a run's env: a library in the
+    tenant's own volume, named by its host path, must never be loaded by the processes
+    that start the sandbox as root (nor by the sandbox's bubblewrap stages)."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("needs a C compiler to build the preloaded library")
+    marker = Path(f"/var/tmp/sylphx-preload-{uuid.uuid4().hex}")
+    vol, vol_dir = server.volume()
+    src = tmp_path / "evil.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <unistd.h>\n"
+        "__attribute__((constructor)) static void evil(void) {\n"
+        f'  FILE *f = fopen("{marker}", "a");\n'
+        '  if (f) { fprintf(f, "uid=%d comm\\n", (int)geteuid()); fclose(f); }\n}\n'
+    )
+    lib = vol_dir / "evil.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    lib.chmod(0o755)
+    try:
+        done, out, err = _run(
+            server,
+            ["sh", "-c", "echo ran"],
+            env={"LD_PRELOAD": str(lib), "GCONV_PATH": str(vol_dir), "LD_AUDIT": str(lib)},
+            volumeMounts=[{"volumeId": vol, "mountPath": "/vol"}],
+        )
+        assert done["status"] == "succeeded", err
+        assert out == "ran\n"
+        assert not marker.exists(), marker.read_text()  # nothing loaded it, as root or not
+    finally:
+        marker.unlink(missing_ok=True)

@@ -1,0 +1,294 @@
+"""The local executor's shard envelope holds on a Ray node too (issue #16 item 7): the same
+code path builds it in the Ray task. Run as a tenant would, through the API, on the
+session's real loopback Ray cluster; each test asserts on the host side where it can."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Server, pid_alive, pids_of_run
+from sylphx._errors import ExecutorError
+from sylphx._server.executors import nodeenvelope
+from sylphx._server.executors.base import LaunchRequest, Signal
+from sylphx._server.executors.cgroups import Cgroups
+from sylphx._server.executors.ray_remote import NodeEnvelope, run_streaming
+
+pytestmark = pytest.mark.slow
+
+# Runs in the shard: who it is, what it may do, what it holds open.
+PRIVILEGES = r"""
+import json, os, subprocess
+status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+os.makedirs("/tmp/x", exist_ok=True)
+def rc(cmd):
+    return subprocess.run(cmd, capture_output=True).returncode
+print(json.dumps({
+    "uid": os.getuid(),
+    "capeff": status["CapEff"].strip(),
+    "seccomp": status["Seccomp"].strip(),
+    "mount": rc(["mount", "-t", "tmpfs", "none", "/tmp/x"]),
+    "unshare": rc(["unshare", "-U", "true"]),
+    "mounted": os.path.ismount("/tmp/x"),
+    "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+}))
+"""
+
+
+def _run(server: Server, command: list[str], **spec: Any) -> tuple[dict[str, Any], str, str]:
+    run = server.submit(command=command, machine="nano", **spec)
+    done = server.wait(run["id"], timeout=90)
+    logs = [
+        server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0, "stream": s}).text
+        for s in ("stdout", "stderr")
+    ]
+    return done, logs[0], logs[1]
+
+
+def test_a_ray_shard_is_an_unprivileged_user_under_the_seccomp_filter(
+    ray_server: Server,
+) -> None:
+    assert ray_server.plane.executor.name == "ray"
+    done, out, err = _run(ray_server, [sys.executable, "-c", PRIVILEGES])
+    assert done["status"] == "succeeded", (done, err)
+    got = json.loads(out.splitlines()[-1])
+    assert got["uid"] != 0
+    assert got["capeff"] == "0000000000000000"
+    assert got["seccomp"] == "2"  # filter mode: bubblewrap loaded the filter
+    assert got["mount"] != 0 and not got["mounted"]
+    assert got["unshare"] != 0
+    # stdio and the listing's own fd: nothing of the worker, the filter or the pipes
+    assert got["fds"] == [0, 1, 2, 3], got
+
+
+class _Listener:
+    """A TCP service on the host's loopback that counts whoever connects."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(0.2)
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+def _connect_probe(ports: list[int]) -> str:
+    return (
+        "import socket, json\nres = {}\n"
+        f"for host in ('127.0.0.1', '10.0.2.2', 'localhost'):\n    for port in {ports!r}:\n"
+        "        s = socket.socket(); s.settimeout(2)\n"
+        "        try:\n            s.connect((host, port)); res[f'{host}:{port}'] = 'CONNECTED'\n"
+        "        except OSError as e:\n            res[f'{host}:{port}'] = type(e).__name__\n"
+        "res['ifaces'] = [n for _, n in socket.if_nameindex()]\nprint(json.dumps(res))\n"
+    )
+
+
+def test_a_ray_shard_reaches_nothing_on_the_hosts_loopback(
+    ray_server: Server, ray_cluster: Any
+) -> None:
+    listener = _Listener()
+    api_port = int(ray_server.url.rsplit(":", 1)[1])
+    gcs_port = int(ray_cluster.address.rsplit(":", 1)[1])  # Ray's own services too
+    try:
+        probe = _connect_probe([listener.port, api_port, gcs_port])
+        on, out_on, err_on = _run(ray_server, [sys.executable, "-c", probe])
+        off, out_off, err_off = _run(ray_server, [sys.executable, "-c", probe], network=False)
+    finally:
+        listener.close()
+    assert on["status"] == "succeeded", (on, err_on)
+    assert off["status"] == "succeeded", (off, err_off)
+    assert listener.accepted == 0  # host side: nobody ever connected
+    assert "CONNECTED" not in out_on + out_off
+    assert "tap0" in json.loads(out_on)["ifaces"]  # network: true has its own way out
+    assert "no network" not in err_on  # slirp4netns was attached
+    assert json.loads(out_off)["ifaces"] == ["lo"]
+
+
+def test_the_control_planes_home_is_not_listable_from_a_ray_shard(
+    ray_server: Server, tmp_path: Path
+) -> None:
+    """The run's working directory contains the home (it lies below it): binding it
+    read-only on the node must not show the home again."""
+    home = ray_server.settings.home
+    assert home.is_relative_to(tmp_path)
+    tmp_path.chmod(0o755)  # a working directory the shard's unprivileged user can read
+    key = ray_server.settings.secrets_key_file.read_text().strip()
+    probe = (
+        f"for d in {home} {home}/state {home}/logs; do ls -A $d 2>/dev/null; done; echo ---;"
+        f" cat {home}/secrets.key 2>/dev/null | head -c 200; ls -A {tmp_path}"
+    )
+    done, out, err = _run(ray_server, ["sh", "-c", probe], workingDir=str(tmp_path))
+    assert done["status"] == "succeeded", (done, err)
+    listed, _, rest = out.partition("---\n")
+    assert listed.strip() == "", listed
+    assert key not in rest
+    assert home.name in rest  # the working directory itself is there: the home is empty
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def _worker_of(pids: list[int]) -> int | None:
+    """The Ray worker that started the shard: its nearest ancestor that is no part of the
+    launch chain (bubblewrap, setpriv, the shells in front)."""
+    try:
+        pid = _parent(pids[0])
+        while pid > 1:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().strip() not in ("bwrap", "setpriv", "sh", "bash", "sleep"):
+                    return pid
+            pid = _parent(pid)
+    except (OSError, IndexError):
+        return None
+    return None
+
+
+def test_a_ray_shard_dies_with_the_worker_that_started_it(ray_server: Server) -> None:
+    """A lost worker (or node) leaves no shard behind: the sandbox's pid namespace dies
+    with bubblewrap, which dies with the worker (the shard's own uid cannot keep a
+    parent-death signal: a change of credentials clears it)."""
+    run = ray_server.submit(command=["sleep", "300"], machine="nano")
+    ray_server.wait_for(lambda: len(pids_of_run(run["id"])) >= 1, timeout=60)
+    time.sleep(0.5)  # the sandbox is up: sleep is running inside it
+    pids = pids_of_run(run["id"])
+    worker = _worker_of(pids)
+    assert worker is not None and worker != os.getpid()
+    with open(f"/proc/{worker}/cmdline", "rb") as fh:
+        assert b"ray" in fh.read().lower()  # a Ray worker, not the control plane
+    os.kill(worker, signal.SIGKILL)
+    ray_server.wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=20)
+    ray_server.http.post(f"/v1/runs/{run['id']}/cancel")
+    ray_server.wait(run["id"], timeout=60)
+
+
+def test_a_ray_shard_runs_in_its_tiers_cgroup(ray_server: Server) -> None:
+    """Seen from the host: every process of the shard is in its attempt's cgroup (the
+    shard's own view is its cgroup namespace, rooted there)."""
+    run = ray_server.submit(command=["sleep", "300"], machine="nano")
+    ray_server.wait_for(lambda: len(pids_of_run(run["id"])) >= 1, timeout=60)
+    time.sleep(0.5)
+    pids = pids_of_run(run["id"])
+    v2 = Cgroups().v2
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            v1 = any(c in controllers.split(",") for c in ("memory", "pids", "cpu"))
+            if v1 or (controllers == "" and v2):
+                assert path.startswith("/sylphx/"), (pid, line)
+    ray_server.http.post(f"/v1/runs/{run['id']}/cancel")
+    assert ray_server.wait(run["id"], timeout=60)["status"] == "cancelled"
+    assert not any(pid_alive(p) for p in pids)
+
+
+# -- the Ray task body on this host, without a cluster ---------------------------------------
+SANDBOXED = NodeEnvelope(sandbox=True, enforce_tiers=False)
+
+
+def _stream(tmp_path: Path, command: list[str], network: bool = True) -> tuple[Any, str, str]:
+    """(result, stdout, stderr) of ``run_streaming`` in the sandbox."""
+    req = LaunchRequest(
+        "run1", 0, 1, 1, True, command, {}, "nano", f"{tmp_path}/out", f"{tmp_path}/err",
+        None, network=network,
+    )  # fmt: skip
+    out: list[bytes] = []
+    err: list[bytes] = []
+
+    def ship(o: bytes, e: bytes) -> Signal | None:
+        out.append(o)
+        err.append(e)
+        return None
+
+    result = run_streaming(req, "ray:run1:0:1", SANDBOXED, ship)
+    return result, b"".join(out).decode(), b"".join(err).decode()
+
+
+def test_the_filter_is_compiled_once_per_worker_and_held_in_memory() -> None:
+    first = nodeenvelope.seccomp_filter()
+    assert first == nodeenvelope.seccomp_filter()
+    assert first.startswith(f"/proc/{os.getpid()}/fd/")
+    fd = int(first.rsplit("/", 1)[1])
+    assert os.fstat(fd).st_mode & 0o777 == 0o600
+    with pytest.raises(PermissionError):  # sealed: nobody changes it
+        os.write(fd, b"x")
+    assert not os.get_inheritable(fd)  # no other child of the worker gets it
+
+
+def test_a_node_without_slirp4netns_fails_the_launch_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nodeenvelope, "slirp4netns_path", lambda: None)
+    with pytest.raises(ExecutorError, match="slirp4netns, which is not installed"):
+        _stream(tmp_path, ["true"])
+    assert _stream(tmp_path, ["true"], network=False)[0] == (0, None, [])  # not needed
+
+
+def test_a_node_without_libseccomp_fails_the_launch_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> bytes:
+        raise ExecutorError("the shard seccomp filter needs libseccomp (not found)")
+
+    monkeypatch.setattr(nodeenvelope, "_filter", [])
+    monkeypatch.setattr(nodeenvelope, "build_filter", missing)
+    with pytest.raises(ExecutorError, match="libseccomp"):
+        _stream(tmp_path, ["true"], network=False)
+
+
+def test_a_network_that_could_not_be_attached_is_said_in_the_shards_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nodeenvelope, "slirp4netns_path", lambda: "/bin/false")
+    probe = "import socket; print([n for _, n in socket.if_nameindex()])"
+    result, out, err = _stream(tmp_path, [sys.executable, "-c", probe])
+    assert result == (0, None, [])
+    assert out.strip() == "['lo']"  # it ran, without a way out
+    assert err.startswith("sylphx: the shard has no network: slirp4netns did not configure")
+
+
+def test_slirp4netns_ends_with_the_shard(tmp_path: Path) -> None:
+    result, out, _ = _stream(tmp_path, ["cat", "/proc/net/dev"])
+    assert result == (0, None, []) and "tap0" in out
+    assert _slirps() == []  # gone and reaped: no zombie left in the worker
+
+
+def _slirps() -> list[str]:
+    """This process's slirp4netns children (zombies included), as their stat lines."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and "(slirp4netns)" in stat:
+                found.append(stat)
+    return found
