@@ -272,6 +272,7 @@ def test_missing_command_is_a_failed_launch(server: Server) -> None:
 
 
 def test_working_dir_is_honoured(server: Server, tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)  # shards run as an unprivileged user: pytest's dirs are 0700
     (tmp_path / "job.sh").write_text("pwd\n")
     run = server.submit(command=["sh", "job.sh"], workingDir=str(tmp_path))
     server.wait(run["id"])

@@ -61,6 +61,7 @@ def test_single_shard_run_and_working_dir_default(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    tmp_path.chmod(0o755)  # shards run as an unprivileged user: pytest's dirs are 0700
     (tmp_path / "hello.sh").write_text("echo hello from $(pwd)\n")
     config = create_client(server.url, token=server.token)
     run = RunsClient.run(config, command=["sh", "hello.sh"])

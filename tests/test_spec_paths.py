@@ -201,6 +201,7 @@ def test_operator_hidden_paths_are_refused_too(make_server: Any, tmp_path: Path)
 
 
 def test_a_valid_working_dir_spelled_oddly_runs_there(server: Server, tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)  # shards run as an unprivileged user: pytest's dirs are 0700
     job = tmp_path / "proj"
     job.mkdir()
     (job / "job.sh").write_text("pwd\n")
@@ -218,6 +219,7 @@ def test_a_valid_working_dir_spelled_oddly_runs_there(server: Server, tmp_path: 
 
 
 def test_a_working_dir_that_holds_the_home_is_fine(server: Server, tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)  # shards run as an unprivileged user: pytest's dirs are 0700
     assert server.settings.home.is_relative_to(tmp_path)  # "contains" is not "lies under"
     run = server.submit(command=["true"], workingDir=str(tmp_path))
     assert server.wait(run["id"])["status"] == "succeeded"
@@ -240,3 +242,17 @@ def test_image_runs_name_the_images_paths_not_the_hosts(
     )
     assert r.status_code == 201, r.text
     assert r.json()["spec"]["workingDir"] == "/no-such-dir-on-the-host"
+
+
+def test_a_working_dir_the_shards_user_cannot_enter_is_refused(
+    server: Server, tmp_path: Path
+) -> None:
+    """Shards run as an unprivileged uid: a private (0700) directory would only fail at
+    launch, as if the command had failed; it is a 422 naming workingDir and the fix."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    body = refused(server, "workingDir", "cannot be entered", command=["true"],
+                   workingDir=str(private))  # fmt: skip
+    assert "chmod o+rx" in body["details"][0]["fix"]
+    private.chmod(0o755)
+    assert server.submit(command=["true"], workingDir=str(private))["id"]

@@ -26,6 +26,7 @@ from .._errors import ValidationError
 from .._paths import is_within
 from .._settings import Settings
 from .._spec import RunSpec
+from .executors.processes import closed_to
 
 __all__ = ["check_host_paths"]
 
@@ -76,6 +77,19 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
                     " send the current directory by default; CLI: --workdir DIR)",
                 )
             )
+        elif real is not None and local and settings.sandbox and os.geteuid() == 0:
+            closed = closed_to(real, settings.shard_uid)
+            if closed is not None:
+                details.append(
+                    _detail(
+                        "workingDir",
+                        f"{workdir!r} cannot be entered by the shards' unprivileged user"
+                        f" (uid {settings.shard_uid}): {closed!r} is not readable and"
+                        " searchable by others",
+                        f"make it so (chmod o+rx {closed}), or start the run from a"
+                        " directory others can read (CLI: --workdir DIR)",
+                    )
+                )
     for entry in spec.env.get("PATH", "").split(":"):
         if entry:  # (an empty one is the start directory, checked above)
             refuse(
