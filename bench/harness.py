@@ -44,6 +44,21 @@ TERMINAL = ("succeeded", "partial", "failed", "cancelled", "timed_out")
 MAX_WAIT = 60.0  # the longest long-poll the API allows (GET /v1/runs/{id}?wait=)
 
 
+def sandbox_argv(command: Sequence[str]) -> list[str]:
+    """The argv a sandboxed shard of ``command`` runs (the same-envelope baseline): both
+    bubblewrap stages, the uid drop and the seccomp filter, opened at fd 3 by a shell as
+    the supervisor does. Without the network hand-shake (``network: false``): a plain
+    process pool cannot start slirp4netns per process."""
+    from sylphx._server.executors.netstack import ENV_FD, SECCOMP_FD
+    from sylphx._server.executors.sandbox import Sandbox
+    from sylphx._server.executors.seccomp import write_filter
+
+    bpf = write_filter(Path(tempfile.gettempdir()) / f"sylphx-bench-{os.getpid()}.bpf")
+    opener = f'exec "$@" {SECCOMP_FD}<"$0" {ENV_FD}</dev/null'
+    box = Sandbox(network=False, working_dir="/tmp").argv()
+    return ["/bin/sh", "-c", opener, str(bpf), *box, *command]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,14 +161,15 @@ class Server:
         the baseline's or our own. Benchmarks call it before every timed round."""
         time.sleep(seconds)
 
-    def fan_out(self, n: int, command: Sequence[str] = ("true",)) -> float:
-        """Seconds from submitting ``n`` opportunistic nano shards of ``command`` to seeing
-        the run terminal (it must succeed)."""
+    def fan_out(self, n: int, command: Sequence[str] = ("true",), **extra: Any) -> float:
+        """Seconds from submitting ``n`` opportunistic nano shards of ``command`` (and any
+        ``extra`` spec fields) to seeing the run terminal (it must succeed)."""
         spec = {
             "command": list(command),
             "parallelism": n,
             "machine": "nano",
             "gangScheduling": False,
+            **extra,
         }
         start = time.perf_counter()
         run_id = self.submit(**spec)
@@ -198,7 +214,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"supervise.py" not in cmdline:
+        if ppid == pid and b"supervise" not in cmdline:  # supervise.py, or BOOT importing it
             out.append(int(entry.name))
     return out
 

@@ -21,7 +21,7 @@ import argparse
 import subprocess
 import time
 
-from harness import ENVELOPES, Server, machine, summary, table
+from harness import ENVELOPES, Server, machine, sandbox_argv, summary, table
 
 
 def xargs(n: int, argv: list[str]) -> float:
@@ -32,13 +32,6 @@ def xargs(n: int, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def sandbox_argv(command: list[str]) -> list[str]:
-    """The bubblewrap argv a sandboxed shard of ``command`` gets (the same-envelope baseline)."""
-    from sylphx._server.executors.sandbox import Sandbox
-
-    return [*Sandbox(mounts=[], hide=[], network=True, working_dir="/tmp").argv(), *command]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=256)
@@ -47,9 +40,13 @@ def main() -> None:
     n = args.shards
     print(f"P1 on {machine()}")
     rows = []
-    cases = [(name, env, ["true"]) for name, env in ENVELOPES.items()]
-    cases.append(("plain", ENVELOPES["plain"], ["sleep", "1"]))  # a shard that does something
-    for name, env, command in cases:
+    cases = [(name, env, ["true"], {}) for name, env in ENVELOPES.items()]
+    # the baseline cannot start a slirp4netns per process: compare like with like too
+    cases.append(
+        ("sandboxed, network: false", ENVELOPES["sandboxed"], ["true"], {"network": False})
+    )
+    cases.append(("plain", ENVELOPES["plain"], ["sleep", "1"], {}))  # a shard that does something
+    for name, env, command, extra in cases:
         cap = {"SYLPHX_LOCAL_CPUS": str(n), "SYLPHX_LOCAL_MEMORY": f"{n}GiB"}
         with Server(**cap, **env) as server:
             server.fan_out(n)  # warm-up: imports, first cgroup, page cache
@@ -59,7 +56,7 @@ def main() -> None:
                 server.quiesce()
                 base.append(xargs(n, baseline_argv))
                 server.quiesce()
-                ours.append(server.fan_out(n, command))
+                ours.append(server.fan_out(n, command, **extra))
         o, b = summary(ours), summary(base)
         rows.append(
             [

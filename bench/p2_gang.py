@@ -32,9 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import BENCH_HOMES, ENVELOPES, Server, machine, summary, table
-
-from sylphx._server.executors.sandbox import Sandbox
+from harness import BENCH_HOMES, ENVELOPES, Server, machine, sandbox_argv, summary, table
 
 SLEEP = ["sleep", "600"]
 HERE = Path(__file__).resolve().parent
@@ -194,7 +192,7 @@ def main() -> None:
             cap |= {"PYTHONPATH": str(HERE / "reconciler_trace"), "SYLPHX_BENCH_MARKS": str(marks)}
         with Server(**cap, **env) as server:
             gang_round(server, n)  # warm-up
-            argv = SLEEP if name == "plain" else [*Sandbox().argv(), *SLEEP]
+            argv = SLEEP if name == "plain" else sandbox_argv(SLEEP)
             ours, base, wide, split = [], [], [], []
             for _ in range(args.rounds):  # interleaved, each after the server went quiet
                 server.quiesce()
