@@ -292,3 +292,15 @@ def _slirps() -> list[str]:
             if ppid == os.getpid() and "(slirp4netns)" in stat:
                 found.append(stat)
     return found
+
+
+def test_rays_session_folder_is_not_a_working_dir(ray_server: Server) -> None:
+    """Ray keeps every worker's logs and its sockets under its temp folder on each node:
+    a run cannot bind it in as its working directory (or a PATH entry)."""
+    for spec in (
+        {"workingDir": "/tmp/ray/session_latest/logs"},
+        {"env": {"PATH": "/usr/bin:/bin:/tmp/ray/session_latest"}},
+    ):
+        r = ray_server.http.post("/v1/runs", json={"command": ["true"], **spec})
+        assert r.status_code == 422, r.text
+        assert r.json()["details"][0]["field"] in ("workingDir", "env.PATH")

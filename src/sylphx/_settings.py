@@ -110,12 +110,15 @@ class Settings:
     def hidden_paths(self) -> tuple[Path, ...]:
         """Host paths no shard may see, whatever its spec says: the home (store, keys,
         state, logs, volumes, socket), the volume root and a SQLite store kept elsewhere,
-        the control plane's socket and what the operator adds (``SYLPHX_SHARD_HIDE``).
+        the control plane's socket, Ray's session folder on Ray and what the operator adds
+        (``SYLPHX_SHARD_HIDE``).
         Resolved (symlinks, ``//``, ``..``), so a spec's path can be checked against them."""
         paths = [self.home, self.volumes_dir, self.logs_dir, self.secrets_key_file]
         paths.append(socket_path(self.home))
         if self.database_url.startswith("sqlite:///"):
             paths.append(Path(self.database_url.removeprefix("sqlite:///")))
+        if self.executor == "ray":  # a node's Ray session: its sockets and every log
+            paths.append(Path(tempfile.gettempdir()) / "ray")
         paths.extend(self.shard_hide)
         out: dict[Path, None] = {}
         for path in paths:
