@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from attacks import Listener, connect_probe, run_shard
 from conftest import Server, pids_of_run
 from sylphx._server.executors.cgroups import Cgroups, pids_max
 
@@ -69,16 +67,6 @@ print(json.dumps(out))
 """
 
 
-def _run(server: Server, command: list[str], **spec: Any) -> tuple[dict[str, Any], str, str]:
-    run = server.submit(command=command, machine="nano", **spec)
-    done = server.wait(run["id"], timeout=90)
-    logs = [
-        server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0, "stream": s}).text
-        for s in ("stdout", "stderr")
-    ]
-    return done, logs[0], logs[1]
-
-
 def test_a_shard_is_an_unprivileged_user_that_cannot_mount_unshare_or_trace(
     server: Server,
 ) -> None:
@@ -87,7 +75,7 @@ def test_a_shard_is_an_unprivileged_user_that_cannot_mount_unshare_or_trace(
         f"\nattempt('write_host_var', lambda: sh('mount -o remount,bind,rw /var 2>/dev/null;"
         f" echo pwned > {marker}'))\nprint(json.dumps(out))\n"
     )
-    done, out, err = _run(server, [sys.executable, "-c", attack])
+    done, out, err = run_shard(server, [sys.executable, "-c", attack])
     assert done["status"] == "succeeded", err
     got = json.loads(out.splitlines()[-1])
     assert got["uid"] != 0
@@ -118,7 +106,7 @@ def test_nothing_of_the_control_plane_is_visible_even_from_around_the_home(
         " find / -xdev \\( -name secrets.key -o -name 'sylphx.db*' -o -name local-token \\)"
         " -print 2>/dev/null | head"
     )
-    done, out, err = _run(
+    done, out, err = run_shard(
         server,
         ["sh", "-c", probe],
         workingDir=str(tmp_path),
@@ -166,60 +154,22 @@ def test_pids_are_capped_by_the_tier(server: Server) -> None:
         "        threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); n += 1\n"
         "except RuntimeError:\n    pass\nprint(n)\n"
     )
-    _done, out, _ = _run(server, [sys.executable, "-c", bomb])
+    _done, out, _ = run_shard(server, [sys.executable, "-c", bomb])
     assert int(out.strip()) < pids_max("nano")  # it hit the ceiling, not 5000
     assert server.http.get("/healthz").status_code == 200  # the host still has pids
 
 
-class _Listener:
-    """A TCP service on the host's loopback that records whoever connects."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.2)
-        self.hits = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.hits += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-
-def _connect_probe(ports: list[int]) -> str:
-    return (
-        "import socket, json\nres = {}\n"
-        f"for host in ('127.0.0.1', '10.0.2.2', 'localhost'):\n    for port in {ports!r}:\n"
-        "        s = socket.socket(); s.settimeout(2)\n"
-        "        try:\n            s.connect((host, port)); res[f'{host}:{port}'] = 'CONNECTED'\n"
-        "        except OSError as e:\n            res[f'{host}:{port}'] = type(e).__name__\n"
-        "res['ifaces'] = [n for _, n in socket.if_nameindex()]\nprint(json.dumps(res))\n"
-    )
-
-
 def test_the_hosts_loopback_and_the_control_plane_are_unreachable(server: Server) -> None:
-    listener = _Listener()
+    listener = Listener()
     api_port = int(server.url.rsplit(":", 1)[1])
     try:
-        probe = _connect_probe([listener.port, api_port])
-        on, out_on, err_on = _run(server, [sys.executable, "-c", probe])
-        off, out_off, _ = _run(server, [sys.executable, "-c", probe], network=False)
+        probe = connect_probe([listener.port, api_port])
+        on, out_on, err_on = run_shard(server, [sys.executable, "-c", probe])
+        off, out_off, _ = run_shard(server, [sys.executable, "-c", probe], network=False)
     finally:
         listener.close()
     assert on["status"] == "succeeded", err_on
-    assert listener.hits == 0  # host side: nobody ever connected
+    assert listener.accepted == 0  # host side: nobody ever connected
     with_net, without = json.loads(out_on), json.loads(out_off)
     assert "CONNECTED" not in out_on + out_off
     assert "tap0" in with_net["ifaces"]  # network: true still has a way out
@@ -235,7 +185,7 @@ def test_a_shard_cannot_signal_another_tenants_shard(server: Server) -> None:
         vid = victim.json()["id"]
         server.wait_for(lambda: len(pids_of_run(vid)) > 0, timeout=20)
         pids = " ".join(str(p) for p in pids_of_run(vid))
-        done, _out, _ = _run(server, ["sh", "-c", f"kill -9 {pids} 2>&1; echo tried"])
+        done, _out, _ = run_shard(server, ["sh", "-c", f"kill -9 {pids} 2>&1; echo tried"])
         assert done["status"] == "succeeded"
         assert all(os.path.exists(f"/proc/{p}") for p in pids.split())  # still alive
         assert theirs.get(f"/v1/runs/{vid}").json()["status"] == "running"
@@ -264,7 +214,7 @@ def test_the_tenants_environment_never_reaches_the_root_side_of_the_launch(
     subprocess.run([gcc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     lib.chmod(0o755)
     try:
-        done, out, err = _run(
+        done, out, err = run_shard(
             server,
             ["sh", "-c", "echo ran"],
             env={"LD_PRELOAD": str(lib), "GCONV_PATH": str(vol_dir), "LD_AUDIT": str(lib)},

@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from attacks import Listener, connect_probe, run_shard
 from conftest import Server, pid_alive, pids_of_run
 from sylphx._errors import ExecutorError
 from sylphx._server.executors import nodeenvelope
@@ -44,21 +43,11 @@ print(json.dumps({
 """
 
 
-def _run(server: Server, command: list[str], **spec: Any) -> tuple[dict[str, Any], str, str]:
-    run = server.submit(command=command, machine="nano", **spec)
-    done = server.wait(run["id"], timeout=90)
-    logs = [
-        server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0, "stream": s}).text
-        for s in ("stdout", "stderr")
-    ]
-    return done, logs[0], logs[1]
-
-
 def test_a_ray_shard_is_an_unprivileged_user_under_the_seccomp_filter(
     ray_server: Server,
 ) -> None:
     assert ray_server.plane.executor.name == "ray"
-    done, out, err = _run(ray_server, [sys.executable, "-c", PRIVILEGES])
+    done, out, err = run_shard(ray_server, [sys.executable, "-c", PRIVILEGES])
     assert done["status"] == "succeeded", (done, err)
     got = json.loads(out.splitlines()[-1])
     assert got["uid"] != 0
@@ -70,54 +59,16 @@ def test_a_ray_shard_is_an_unprivileged_user_under_the_seccomp_filter(
     assert got["fds"] == [0, 1, 2, 3], got
 
 
-class _Listener:
-    """A TCP service on the host's loopback that counts whoever connects."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.2)
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-
-def _connect_probe(ports: list[int]) -> str:
-    return (
-        "import socket, json\nres = {}\n"
-        f"for host in ('127.0.0.1', '10.0.2.2', 'localhost'):\n    for port in {ports!r}:\n"
-        "        s = socket.socket(); s.settimeout(2)\n"
-        "        try:\n            s.connect((host, port)); res[f'{host}:{port}'] = 'CONNECTED'\n"
-        "        except OSError as e:\n            res[f'{host}:{port}'] = type(e).__name__\n"
-        "res['ifaces'] = [n for _, n in socket.if_nameindex()]\nprint(json.dumps(res))\n"
-    )
-
-
 def test_a_ray_shard_reaches_nothing_on_the_hosts_loopback(
     ray_server: Server, ray_cluster: Any
 ) -> None:
-    listener = _Listener()
+    listener = Listener()
     api_port = int(ray_server.url.rsplit(":", 1)[1])
     gcs_port = int(ray_cluster.address.rsplit(":", 1)[1])  # Ray's own services too
     try:
-        probe = _connect_probe([listener.port, api_port, gcs_port])
-        on, out_on, err_on = _run(ray_server, [sys.executable, "-c", probe])
-        off, out_off, err_off = _run(ray_server, [sys.executable, "-c", probe], network=False)
+        probe = connect_probe([listener.port, api_port, gcs_port])
+        on, out_on, err_on = run_shard(ray_server, [sys.executable, "-c", probe])
+        off, out_off, err_off = run_shard(ray_server, [sys.executable, "-c", probe], network=False)
     finally:
         listener.close()
     assert on["status"] == "succeeded", (on, err_on)
@@ -142,7 +93,7 @@ def test_the_control_planes_home_is_not_listable_from_a_ray_shard(
         f"for d in {home} {home}/state {home}/logs; do ls -A $d 2>/dev/null; done; echo ---;"
         f" cat {home}/secrets.key 2>/dev/null | head -c 200; ls -A {tmp_path}"
     )
-    done, out, err = _run(ray_server, ["sh", "-c", probe], workingDir=str(tmp_path))
+    done, out, err = run_shard(ray_server, ["sh", "-c", probe], workingDir=str(tmp_path))
     assert done["status"] == "succeeded", (done, err)
     listed, _, rest = out.partition("---\n")
     assert listed.strip() == "", listed
