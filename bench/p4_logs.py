@@ -141,6 +141,7 @@ def main() -> None:
     size = int(args.gib * 2**30)
     print(f"P4 on {machine()}; load average {os.getloadavg()[0]:.1f}")
     folder = Path(tempfile.mkdtemp(prefix="sylphx-p4-", dir="/var/tmp"))
+    folder.chmod(0o755)  # shards run as an unprivileged user: they read the source there
     rows, reads = [], []
     try:
         src = make_source(folder, size)
