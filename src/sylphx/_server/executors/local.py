@@ -39,7 +39,7 @@ from .netstack import CHAIN_ENV, SECCOMP_FD, slirp4netns_path
 from .probe import check_envelope
 from .processes import check_program, shard_processes
 from .sandbox import Policy, Sandbox
-from .statefiles import OOM_REASON, claim, start_ticks, write_atomic
+from .statefiles import OOM_REASON, claim, read_state, verified_pid, write_atomic
 from .supervisors import Supervisors
 
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
@@ -58,30 +58,6 @@ def _cgroup_name(handle: str) -> str:
 
 def _from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
-
-
-def _read(path: str) -> str | None:
-    """A small state file's text, or None if it does not exist (plain ``os`` calls: a pass
-    may read hundreds)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        data = b""
-        while chunk := os.read(fd, 65536):
-            data += chunk
-    finally:
-        os.close(fd)
-    return data.decode()
-
-
-def _verified(pid_text: str | None) -> int | None:
-    """The pid in ``"PID START ..."`` if that process is still the one recorded."""
-    if not pid_text or not pid_text.split()[0].isdigit():
-        return None
-    pid, ticks = pid_text.split()[:2]
-    return int(pid) if start_ticks(int(pid)) == ticks else None
 
 
 class LocalExecutor:
@@ -333,7 +309,7 @@ class LocalExecutor:
         """The attempt's recorded exit; ``deep`` also settles one that can never end
         (never claimed, or its supervisor died)."""
         folder = self._folder(handle)
-        text = _read(f"{folder}/exit")
+        text = read_state(f"{folder}/exit")
         if text is None and not deep:
             return None
         if text is not None:
@@ -353,7 +329,7 @@ class LocalExecutor:
                 started_at=_from_ns(int(started)),
                 log_truncated=truncated,
             )
-        owner = _read(f"{folder}/claim")
+        owner = read_state(f"{folder}/claim")
         if not owner:  # unclaimed, or claimed this instant (created, owner not yet written)
             if time.monotonic() - since < LOST_AFTER_SECONDS:
                 return None  # its supervisor may still be starting
@@ -362,12 +338,12 @@ class LocalExecutor:
             return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
         if owner == "lost":
             return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
-        if _verified(owner) is not None:
+        if verified_pid(owner) is not None:
             return None
         if os.path.exists(f"{folder}/exit"):  # the supervisor finished just now
             return self._check(handle, since)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            pid = _verified(_read(f"{folder}/pid"))
+            pid = verified_pid(read_state(f"{folder}/pid"))
             if pid is not None:
                 os.killpg(pid, signal.SIGKILL)
         return self._settle(handle, -9, "Lost: the attempt's supervisor died")
@@ -384,7 +360,7 @@ class LocalExecutor:
         folder = self._folder(handle)
         if os.path.exists(f"{folder}/exit"):
             return
-        pid = _verified(_read(f"{folder}/pid"))
+        pid = verified_pid(read_state(f"{folder}/pid"))
         if pid is None:
             return
         if sig == "kill":

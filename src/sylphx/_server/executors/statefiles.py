@@ -143,3 +143,27 @@ def clear_cgroup(dirs: list[str]) -> str:
         except OSError:
             pass
     return OOM_REASON if oom else ""
+
+
+def read_state(path: str) -> str | None:
+    """A small state file's text, or None if it does not exist (plain ``os`` calls: a pass
+    may read hundreds)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode()
+
+
+def verified_pid(pid_text: str | None) -> int | None:
+    """The pid in ``"PID START ..."`` if that process is still the one recorded."""
+    if not pid_text or not pid_text.split()[0].isdigit():
+        return None
+    pid, ticks = pid_text.split()[:2]
+    return int(pid) if start_ticks(int(pid)) == ticks else None
