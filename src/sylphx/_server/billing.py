@@ -2,17 +2,24 @@
 
 Usage is recorded once per attempt when it ends (a unique row per attempt). A run's
 usage is the sum over its shards and attempts; a run that never starts bills nothing.
-Monthly plan credits are applied first, in time order, within each calendar month.
+Monthly plan credits are applied first, in time order, within each calendar month (UTC).
+A usage report is aggregated in the store (:func:`report`) over a bounded window
+(:func:`window`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any, NoReturn
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select
+from sqlalchemy import Connection, String, Table, bindparam, func, insert, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
+from .._errors import ValidationError
 from .._machines import MACHINES
 from .._views import UsageByMachine, UsageByRun, UsageReport
 from .orgs import limits
@@ -94,46 +101,119 @@ def run_usage(
     return round(float(done or 0.0) + windows, 3), sum(n for _, n in unended)
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # the range a usage report may ask about
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+MAX_YEARS = 10  # the longest report window
+_EXAMPLE = " (ISO 8601, e.g. 2026-11-01T00:00:00Z)"
+
+
+def window(from_: datetime | None, to: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` of a usage report from the query's ``from`` and ``to`` (default:
+    this month so far), in UTC (a time without a zone is UTC). Both inside
+    1970-01-01..9999-12-31, ``from`` before ``to``, at most :data:`MAX_YEARS` apart;
+    otherwise a :class:`ValidationError` naming the field, the rule and the fix."""
+    end = _bounded("to", to) if to is not None else now
+    start = _bounded("from", from_) if from_ is not None else _month_start(now)
+    if start >= end:
+        _refuse("from", "must be earlier than to", "give from earlier than to" + _EXAMPLE)
+    if end > _years_after(start, MAX_YEARS):
+        _refuse(
+            "from",
+            f"must be at most {MAX_YEARS} years before to",
+            f"ask for at most {MAX_YEARS} years at a time (one request per period)",
+        )
+    return start, end
+
+
+def _bounded(field: str, t: datetime) -> datetime:
+    try:
+        utc = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is in year 10000
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        rule = "must be between 1970-01-01 and 9999-12-31 (UTC)"
+        _refuse(field, rule, f"give {field} in that range" + _EXAMPLE)
+    return utc
+
+
+def _refuse(field: str, rule: str, fix: str) -> NoReturn:
+    raise ValidationError(
+        f"{field}: {rule}. Fix: {fix}.", details=[{"field": field, "rule": rule, "fix": fix}]
+    )
+
+
+def _years_after(t: datetime, years: int) -> datetime:
+    if t.year + years > LATEST.year:
+        return LATEST
+    try:
+        return t.replace(year=t.year + years)
+    except ValueError:  # 29 February, in a year that has none
+        return t.replace(year=t.year + years, month=3, day=1)
+
+
 def _month_start(t: datetime) -> datetime:
     return datetime(t.year, t.month, 1, tzinfo=UTC)
 
 
-def _next_month(t: datetime) -> datetime:
-    return datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=UTC)
+class _Month(FunctionElement[str]):
+    """The calendar month (UTC) of a :class:`UTCDateTime` column as ``'YYYY-MM'``, which
+    sorts in time order: the key that groups usage into the months credits apply to."""
+
+    type = String()
+    inherit_cache = True
+    name = "usage_month"
 
 
-def _sum(s: Session, org_id: str, start: datetime, end: datetime) -> float:
-    total = s.scalar(
-        select(func.sum(UsageRow.compute_seconds)).where(
-            UsageRow.org_id == org_id, UsageRow.ended_at >= start, UsageRow.ended_at < end
-        )
+@compiles(_Month, "sqlite")
+def _month_sqlite(element: _Month, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps UTCDateTime as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff'
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 7)"
+
+
+@compiles(_Month, "postgresql")
+def _month_postgresql(element: _Month, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"to_char({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM')"
+
+
+_FROM_ORG = _USAGE.c.org_id == bindparam("org_id")
+_GROUPS = (  # one scan of the window: what every total, credit and breakdown is made of
+    select(
+        _Month(_USAGE.c.ended_at),
+        _USAGE.c.run_id,
+        _USAGE.c.machine,
+        func.sum(_USAGE.c.wall_seconds),
+        func.sum(_USAGE.c.compute_seconds),
     )
-    return float(total or 0.0)
+    .where(_FROM_ORG, _USAGE.c.ended_at >= bindparam("start"), _USAGE.c.ended_at < bindparam("end"))
+    .group_by(_Month(_USAGE.c.ended_at), _USAGE.c.run_id, _USAGE.c.machine)
+)
+_BEFORE = select(func.sum(_USAGE.c.compute_seconds)).where(  # this month's, before the window
+    _FROM_ORG, _USAGE.c.ended_at >= bindparam("month"), _USAGE.c.ended_at < bindparam("start")
+)
 
 
 def report(s: Session, org: OrgRow, start: datetime, end: datetime) -> UsageReport:
-    """Usage of ``org`` for attempts that ended in ``[start, end)``, with credits applied."""
+    """Usage of ``org`` for attempts that ended in ``[start, end)``, with credits applied.
+
+    Two queries whatever the window: the window's usage grouped by (month, run, machine)
+    and the usage of the first month before ``start`` (credit it already used). Only
+    months with usage are seen, so a long empty range costs nothing."""
     credit = limits(org).monthly_credit_seconds
-    total = applied = 0.0
-    month = _month_start(start)
-    while month < end:
-        lo, hi = max(start, month), min(end, _next_month(month))
-        before = _sum(s, org.id, month, lo)  # credit already used earlier this month
-        within = _sum(s, org.id, lo, hi)
-        applied += min(max(credit - before, 0.0), within)
-        total += within
-        month = _next_month(month)
-    rows = s.execute(
-        select(
-            UsageRow.run_id, UsageRow.machine, UsageRow.wall_seconds, UsageRow.compute_seconds
-        ).where(UsageRow.org_id == org.id, UsageRow.ended_at >= start, UsageRow.ended_at < end)
-    ).all()
+    window = {"org_id": org.id, "start": start, "end": end}
+    by_month: dict[str, float] = defaultdict(float)
     by_run: dict[str, float] = defaultdict(float)
     by_machine: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for run_id, machine, wall, compute in rows:
+    for month, run_id, machine, wall, compute in s.execute(_GROUPS, window):
+        by_month[month] += compute
         by_run[run_id] += compute
         by_machine[machine][0] += wall
         by_machine[machine][1] += compute
+    before = s.execute(_BEFORE, {**window, "month": _month_start(start)}).scalar()
+    used = {f"{start.year:04d}-{start.month:02d}": float(before or 0.0)}
+    total = applied = 0.0
+    for month, within in sorted(by_month.items()):  # in time order, as credits apply
+        applied += min(max(credit - used.get(month, 0.0), 0.0), within)
+        total += within
     return UsageReport(
         org=org.name,
         plan=org.plan,
