@@ -13,7 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sylphx._server.executors.shardlog import MASK, Cap, PipeLog, Redactor, Shaper, marker
+from sylphx._server.executors.shardlog import (
+    MASK,
+    Cap,
+    PipeLog,
+    Redactor,
+    Shaper,
+    lost_marker,
+    marker,
+)
 
 VALUE = b"postgres://admin:hunter2-Zq8@db.internal/prod"
 
@@ -186,3 +194,32 @@ def test_a_note_lands_where_the_log_is(tmp_path: Path) -> None:
     log.note("sylphx: a note\n")
     log.close()
     assert (tmp_path / "err").read_bytes() == b"first\nsylphx: a note\n"
+
+
+@pytest.mark.parametrize("secrets", [[], [b"hunter2"]])
+def test_a_log_that_cannot_be_written_is_drained_and_named(
+    tmp_path: Path, secrets: list[bytes]
+) -> None:
+    """/dev/full refuses every write with ENOSPC: the pipe is still drained to its end (the
+    writer never blocks), the rest dropped, and the stream named ``NAME:diskfull``."""
+    pipe, writer = feed_pipe(os.urandom(1 << 20), pieces=16)
+    log = PipeLog("stdout", pipe, "/dev/full", 1 << 30, secrets)
+    pump_all(log)
+    writer.join(timeout=10)
+    assert not writer.is_alive()
+    assert (log.lost, log.cut, log.truncated) == ("diskfull", "stdout:diskfull", False)
+    log.close()
+
+
+def test_a_log_cut_by_its_cap_is_named_by_its_stream_alone(tmp_path: Path) -> None:
+    pipe, writer = feed_pipe(b"x" * 5000)
+    log = PipeLog("stderr", pipe, str(tmp_path / "err"), 1000)
+    pump_all(log)
+    writer.join(timeout=10)
+    log.close()
+    assert (log.cut, log.lost) == ("stderr", "")
+
+
+def test_the_lost_marker_says_why() -> None:
+    full = lost_marker(OSError(28, "No space left on device"))
+    assert full == b"\n[sylphx: log truncated: No space left on device; further output dropped]\n"

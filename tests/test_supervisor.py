@@ -17,7 +17,14 @@ from conftest import Server
 from sylphx._server.executors import supervisors
 from sylphx._server.executors.base import Exit, LaunchRequest
 from sylphx._server.executors.local import LocalExecutor
-from sylphx._server.executors.statefiles import TICK_NS, spawn_ticks, start_ticks
+from sylphx._server.executors.statefiles import (
+    EXIT_ROOM,
+    TICK_NS,
+    record_exits,
+    reserve,
+    spawn_ticks,
+    start_ticks,
+)
 from sylphx._server.executors.supervise import DRAIN_SECONDS
 from sylphx._server.executors.supervisors import BOOT, HERE, SPARE_DELAY_SECONDS
 
@@ -334,6 +341,42 @@ def test_exit_records_old_and_new_both_parse(tmp_path: Path) -> None:
             assert exit is not None and exit.log_truncated == truncated
             assert exit.returncode == int(text[0])
         assert exit.reason == "LaunchError: x y"
+    finally:
+        executor.close()
+
+
+def test_an_exit_left_in_its_reserved_room_counts_once_it_is_whole(tmp_path: Path) -> None:
+    """The record is written in place into ``exit.reserved`` (first byte last), then
+    renamed to ``exit``. A record the rename never moved is read where it is -- with its
+    supervisor alive or dead -- and a blank or half-written room is no end at all."""
+    executor = LocalExecutor(1, 1 << 30, tmp_path / "state", sandbox=False)
+    try:
+        handle = "att:r/0.1"
+        folder = executor._dir(handle)
+        folder.mkdir(parents=True)
+        (folder / "claim").write_text(f"{os.getpid()} {start_ticks(os.getpid())}")  # alive
+        os.close(reserve(str(folder)))
+        room = folder / "exit.reserved"
+        assert room.read_bytes() == bytes(EXIT_ROOM) and (folder / "pid.tmp").exists()
+        assert executor._check(handle, time.monotonic()) is None  # running
+        record = b"7 1000 2000 \nlogcap stdout:diskfull\n"
+        with open(room, "r+b") as fh:
+            fh.write(b"\0" + record[1:])  # caught before its first byte
+        assert executor._check(handle, time.monotonic()) is None
+        with open(room, "r+b") as fh:
+            fh.write(record[:1])  # whole; the padding after it stays (no truncation)
+        assert executor._check(handle, time.monotonic(), deep=False) is None  # cheap scans
+        exit = executor._check(handle, time.monotonic())  # deep scans, announced exits
+        assert exit is not None
+        assert (exit.returncode, exit.log_truncated) == (7, ("stdout:diskfull",))
+        assert exit.started_at is not None and exit.ended_at > exit.started_at
+        (folder / "claim").write_text("1 0")  # its supervisor is gone: still the record
+        exit = executor._check(handle, time.monotonic())
+        assert exit is not None and exit.returncode == 7
+        record_exits([(str(folder), "7 1000 2000 ")])  # the normal way: in place, renamed
+        assert not room.exists() and (folder / "exit").read_text() == "7 1000 2000 \n"
+        exit = executor._check(handle, time.monotonic())
+        assert exit is not None and (exit.returncode, exit.log_truncated) == (7, ())
     finally:
         executor.close()
 

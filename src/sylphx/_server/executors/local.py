@@ -39,7 +39,7 @@ from .netstack import CHAIN_ENV, SECCOMP_FD, slirp4netns_path
 from .probe import check_envelope
 from .processes import check_program, shard_processes
 from .sandbox import Policy, Sandbox
-from .statefiles import OOM_REASON, claim, read_state, verified_pid, write_atomic
+from .statefiles import OOM_REASON, claim, read_exit, read_state, verified_pid, write_atomic
 from .supervisors import Supervisors
 
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
@@ -118,7 +118,7 @@ class LocalExecutor:
             return
         for name in self._cgroups.names():
             run_id, _, attempt = name.rpartition("-")
-            if run_id and os.path.exists(f"{self.state_dir}/{run_id}/{attempt}/exit"):
+            if run_id and read_exit(f"{self.state_dir}/{run_id}/{attempt}") is not None:
                 group = self._cgroups.existing(name)
                 if group is not None:
                     self._cgroups.release(group)
@@ -295,7 +295,7 @@ class LocalExecutor:
             ]
         exits = []
         for handle, since in tracked:
-            exit = self._check(handle, since, deep=deep)
+            exit = self._check(handle, since, deep=deep or handle in ended)
             if exit is not None:
                 exits.append(exit)
         with self._lock:
@@ -306,41 +306,38 @@ class LocalExecutor:
         return exits
 
     def _check(self, handle: str, since: float, *, deep: bool = True) -> Exit | None:
-        """The attempt's recorded exit; ``deep`` also settles one that can never end
-        (never claimed, or its supervisor died)."""
+        """The attempt's recorded exit; ``deep`` (also for an announced one) also reads a
+        record its supervisor could only leave in the reserved room, and settles one that
+        can never end (never claimed, or its supervisor died)."""
         folder = self._folder(handle)
-        text = read_state(f"{folder}/exit")
+        text = read_exit(folder, reserved=deep)
         if text is None and not deep:
             return None
         if text is not None:
-            line, _, more = text.partition("\n")  # more: "logcap STREAM..." (newer only)
-            code, started, ended, reason = line.split(" ", 3)
-            truncated = tuple(more.split()[1:]) if more.startswith("logcap ") else ()
+            code, started, ended, reason, cut = text
             group = self._group(handle)
             if group is not None and self._cgroups is not None:
                 if group.oom_killed():
                     reason = OOM_REASON
                 self._cgroups.release(group)
-            return Exit(
-                handle,
-                int(code),
-                _from_ns(int(ended)),
-                reason or None,
-                started_at=_from_ns(int(started)),
-                log_truncated=truncated,
-            )
+            at, end = _from_ns(started), _from_ns(ended)
+            return Exit(handle, code, end, reason or None, started_at=at, log_truncated=cut)
         owner = read_state(f"{folder}/claim")
         if not owner:  # unclaimed, or claimed this instant (created, owner not yet written)
             if time.monotonic() - since < LOST_AFTER_SECONDS:
                 return None  # its supervisor may still be starting
-            if owner is None and not claim(folder, "lost"):
-                return None  # a supervisor took it just now: next poll sees it
+            try:
+                if owner is None and not claim(folder, "lost"):
+                    return None  # a supervisor took it just now: next poll sees it
+            except OSError:  # a full disk: an empty claim means the same, none means wait
+                if read_state(f"{folder}/claim") is None:
+                    return None
             return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
         if owner == "lost":
             return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
         if verified_pid(owner) is not None:
             return None
-        if os.path.exists(f"{folder}/exit"):  # the supervisor finished just now
+        if read_exit(folder) is not None:  # the supervisor finished just now
             return self._check(handle, since)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             pid = verified_pid(read_state(f"{folder}/pid"))
@@ -351,14 +348,17 @@ class LocalExecutor:
     def _settle(self, handle: str, code: int, reason: str) -> Exit:
         """Record an exit on the supervisor's behalf, so a later control plane sees it too."""
         now = time.time_ns()
-        write_atomic(f"{self._folder(handle)}/exit", f"{code} {now} {now} {reason}")
+        try:
+            write_atomic(f"{self._folder(handle)}/exit", f"{code} {now} {now} {reason}")
+        except OSError:  # a full disk: settled again if the store cannot take it either
+            return Exit(handle, code, _from_ns(now), reason)
         return self._check(handle, 0) or Exit(handle, code, _from_ns(now), reason)
 
     def signal(self, handle: str, sig: Signal) -> None:
         """Signal the attempt's process group, once its pid is proven to be the same
         process (start time); works for attempts a previous server started too."""
         folder = self._folder(handle)
-        if os.path.exists(f"{folder}/exit"):
+        if read_exit(folder) is not None:
             return
         pid = verified_pid(read_state(f"{folder}/pid"))
         if pid is None:

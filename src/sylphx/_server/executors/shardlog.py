@@ -16,11 +16,15 @@ the same on both executors.
 - :class:`PipeLog` moves one stream of a shard from the read end of its pipe to its log
   file: zero-copy (``splice``) when nothing needs redacting, through a :class:`Shaper`
   when something does. It keeps draining the pipe past the cap, so the shard's writes
-  keep succeeding.
+  keep succeeding. A log that cannot be written (a full disk, a quota, an I/O error) is
+  handled the same way: the rest is drained and dropped, and the log ends with
+  :func:`lost_marker`, appended if there is room, else over the log's own last bytes
+  (already on disk: no new blocks needed).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
 TYPE_CHECKING = False  # typing and collections.abc would slow the supervisor's start
@@ -38,6 +42,15 @@ def marker(limit: int) -> bytes:
         f"\n[sylphx: log truncated at {limit} bytes (SYLPHX_MAX_LOG_BYTES);"
         " further output dropped]\n"
     ).encode()
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def lost_marker(exc: OSError) -> bytes:
+    """The line a log ends with once writing it failed and further output was dropped."""
+    why = exc.strerror or type(exc).__name__
+    return f"\n[sylphx: log truncated: {why}; further output dropped]\n".encode()
 
 
 class Redactor:
@@ -160,7 +173,7 @@ class PipeLog:
     """One stream (``name``: stdout or stderr) of one shard: ``pipe`` (a non-blocking read
     end) to the log file at ``path``, capped at ``limit`` bytes, ``secrets`` redacted."""
 
-    __slots__ = ("fd", "name", "pipe", "shaper", "spliced", "writable")
+    __slots__ = ("fd", "lost", "name", "pipe", "shaper", "spliced")
 
     def __init__(
         self, name: str, pipe: int, path: str, limit: int, secrets: Iterable[str | bytes] = ()
@@ -172,11 +185,19 @@ class PipeLog:
         os.lseek(self.fd, 0, os.SEEK_END)
         self.shaper = Shaper(limit, secrets)
         self.spliced = self.shaper.redactor is None  # zero-copy while nothing is redacted
-        self.writable = True  # False after a write failed (e.g. disk full): output dropped
+        self.lost = ""  # once a write failed: "diskfull" or "ioerror"; the rest is dropped
 
     @property
     def truncated(self) -> bool:
         return self.shaper.truncated
+
+    @property
+    def cut(self) -> str:
+        """How this stream's output was cut short, as the exit record names it: ``""``
+        (not), the stream's name (the cap), or ``NAME:diskfull`` / ``NAME:ioerror``."""
+        if self.lost:
+            return f"{self.name}:{self.lost}"
+        return self.name if self.shaper.truncated else ""
 
     def pump(self, budget: int = 8) -> bool:
         """Move what the pipe holds now (at most ``budget`` transfers, so one busy shard
@@ -185,13 +206,16 @@ class PipeLog:
         try:
             for _ in range(budget):
                 room = cap.limit - cap.used
-                if self.spliced and room > 0 and self.writable:
+                if self.spliced and room > 0 and not self.lost:
                     try:
                         moved = os.splice(self.pipe, self.fd, min(room, SPLICE_BYTES))
                     except BlockingIOError:
                         raise
-                    except OSError:  # e.g. a filesystem without splice: copy from now on
-                        self.spliced = False
+                    except OSError as exc:
+                        if exc.errno in FULL:
+                            self._lose(exc)
+                        else:  # e.g. a filesystem without splice: copy from now on
+                            self.spliced = False
                         continue
                     if not moved:
                         return False
@@ -200,7 +224,8 @@ class PipeLog:
                 data = os.read(self.pipe, READ_BYTES)
                 if not data:
                     return False
-                self._write(self.shaper.feed(data))
+                if not self.lost:
+                    self._write(self.shaper.feed(data))
         except BlockingIOError:
             pass  # the pipe is empty for now
         return True
@@ -212,11 +237,27 @@ class PipeLog:
         self._write(text.encode())
 
     def _write(self, data: bytes) -> None:
-        if data and self.writable:
+        if data and not self.lost:
             try:
                 write_all(self.fd, data)
-            except OSError:
-                self.writable = False  # the shard keeps running; its output is dropped
+            except OSError as exc:  # the shard keeps running; its output is dropped
+                self._lose(exc)
+
+    def _lose(self, exc: OSError) -> None:
+        """Writing failed: drop the rest; end the log with the marker where possible."""
+        self.lost = "diskfull" if exc.errno in FULL else "ioerror"
+        mark = lost_marker(exc)
+        try:
+            write_all(self.fd, mark)
+            return
+        except OSError:
+            pass
+        try:  # no room after the log: over its last bytes, which have their blocks
+            end = os.lseek(self.fd, 0, os.SEEK_CUR)
+            if end >= len(mark):
+                os.pwrite(self.fd, mark, end - len(mark))
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Write what the redactor held back; close the pipe and the file."""

@@ -3,6 +3,13 @@ supervisor (:mod:`.supervise`) and the control plane share: the ``claim`` taken 
 O_EXCL, ``pid`` and ``exit`` written atomically, the exit notes on the FIFO, a process's
 start time in /proc, and clearing a shard's cgroup once it ended.
 
+The disk room for ``pid`` and ``exit`` is taken before the shard starts (:func:`reserve`)
+and overwritten in place later, so a disk that filled up meanwhile (the shard's own
+output, or anything else) cannot keep an attempt's end off the record: ``exit.reserved``
+holds the record once it is written and is then renamed to ``exit``. ``exit`` existing
+means the attempt ended; a whole record left in ``exit.reserved`` (the rename failed, or
+the supervisor died right after writing it) means the same (:func:`read_exit`).
+
 Standard library only, and no sylphx import: the supervisor (``python -I -S``) imports it
 from beside itself.
 """
@@ -12,6 +19,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 
 
 def start_ticks(pid: int) -> str:
@@ -71,6 +79,116 @@ def write_all_atomic(files: list[tuple[str, str]], *, sync: bool = True) -> None
             os.close(fd)
     for _, path in tmps:
         os.rename(f"{path}.tmp", path)
+
+
+EXIT_ROOM = 4096  # bytes reserved for an exit record: one page, one block
+PID_ROOM = 64  # ... and for the pid record
+RESERVED = "exit.reserved"
+
+
+def _zeros(fd: int, size: int) -> None:
+    """Write ``size`` NUL bytes at ``fd``: real blocks (or pages), later overwritten in
+    place without needing new ones (a preallocation alone would leave unwritten extents,
+    whose first write may still need metadata blocks)."""
+    view = memoryview(bytes(size))
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def reserve(state_dir: str) -> int:
+    """Take the room the attempt's records need before its shard starts: ``exit.reserved``
+    (EXIT_ROOM bytes) and ``pid.tmp`` (PID_ROOM bytes, returned open for
+    :func:`record_pid`). Raises OSError when the disk has no room: the shard must not
+    start, since its end could not be recorded."""
+    fd = os.open(f"{state_dir}/{RESERVED}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _zeros(fd, EXIT_ROOM)
+    finally:
+        os.close(fd)
+    fd = os.open(f"{state_dir}/pid.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _zeros(fd, PID_ROOM)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def record_pid(fd: int, state_dir: str, text: str) -> None:
+    """``pid`` from the room :func:`reserve` took (``fd``, closed here). No fsync: it dies
+    with the host. A failure is let go: the shard runs on (unsignalled by the control
+    plane) and its exit is still recorded."""
+    try:
+        data = text.encode()[:PID_ROOM]
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.rename(f"{state_dir}/pid.tmp", f"{state_dir}/pid")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def record_exits(records: list[tuple[str, str]]) -> None:
+    """Write each ``(state_dir, text)`` exit record into that attempt's ``exit.reserved``
+    in place (no new blocks or inodes: a full disk cannot stop it), fsync them all (the
+    first fsync commits the journal for the others), then rename each to ``exit``. Its
+    first byte is written last, so a reader never takes a half-written record for a whole
+    one; a record whose rename failed stays readable where it is. Never raises: the
+    supervisor must go on supervising the others."""
+    written = []
+    for state_dir, text in records:
+        data = (text + "\n").encode()
+        try:
+            fd = os.open(f"{state_dir}/{RESERVED}", os.O_WRONLY)
+        except OSError:  # nothing reserved (a launch that failed before): the old way
+            try:  # noqa: SIM105 - contextlib would slow every supervisor's start
+                write_atomic(f"{state_dir}/exit", text)
+            except OSError:
+                pass
+            continue
+        try:
+            os.pwrite(fd, data[1:EXIT_ROOM], 1)
+            os.pwrite(fd, data[:1], 0)  # the record is whole from here on
+            os.ftruncate(fd, min(len(data), EXIT_ROOM))
+        except OSError:
+            pass
+        written.append((fd, state_dir))
+    for fd, _ in written:
+        try:  # noqa: SIM105 - as above
+            os.fsync(fd)
+        except OSError:
+            pass
+        os.close(fd)
+    for _, state_dir in written:
+        try:  # noqa: SIM105 - as above
+            os.rename(f"{state_dir}/{RESERVED}", f"{state_dir}/exit")
+        except OSError:
+            pass
+
+
+def unclaim(state_dir: str) -> None:
+    """Give up a claimed attempt that cannot start (no room to :func:`reserve`): its claim
+    emptied, the control plane records it as never started (LOST_AFTER_SECONDS later)."""
+    try:  # noqa: SIM105 - contextlib would slow every supervisor's start
+        os.truncate(f"{state_dir}/claim", 0)
+    except OSError:
+        pass
+
+
+def launch_failed(state_dir: str, stderr: str, exc: BaseException) -> None:
+    """Record a claimed launch that never became a process: exit 127, reason LaunchError,
+    the reason also at the end of ``stderr`` (the log)."""
+    now = time.time_ns()
+    why = str(exc).replace("\n", " ")[:2000]  # the record fits its reserved room
+    if stderr:
+        try:
+            os.makedirs(os.path.dirname(stderr), exist_ok=True)
+            with open(stderr, "a") as fh:
+                fh.write(f"sylphx: could not start the shard: {why}\n")
+        except OSError:
+            pass
+    record_exits([(state_dir, f"127 {now} {now} LaunchError: {why}")])
 
 
 def claim(state_dir: str, owner: str) -> bool:
@@ -159,6 +277,32 @@ def read_state(path: str) -> str | None:
     finally:
         os.close(fd)
     return data.decode()
+
+
+ExitRecord = tuple[int, int, int, str, tuple[str, ...]]
+
+
+def read_exit(folder: str, *, reserved: bool = True) -> ExitRecord | None:
+    """The attempt's exit record (:func:`parse_exit`) from ``exit``, or (``reserved``) a
+    whole one left in ``exit.reserved``; None while the attempt has not ended."""
+    text = read_state(f"{folder}/exit")
+    if text is not None:
+        return parse_exit(text.partition("\0")[0])  # \0: padding a truncation left
+    if not reserved:
+        return None
+    text = (read_state(f"{folder}/{RESERVED}") or "").partition("\0")[0]
+    return parse_exit(text) if text.endswith("\n") else None  # else not (wholly) written
+
+
+def parse_exit(text: str) -> ExitRecord:
+    """An exit record: ``"CODE STARTED_NS ENDED_NS REASON"`` (returncode negative for a
+    signal, as in subprocess), then optionally ``"logcap ENTRY..."``, the streams whose
+    output was dropped: ``stdout``/``stderr`` past the cap, ``stdout:diskfull`` when the log
+    disk was full (or over quota), ``stdout:ioerror`` when a write failed otherwise."""
+    line, _, more = text.partition("\n")
+    code, started, ended, reason = line.split(" ", 3)
+    truncated = tuple(more.split()[1:]) if more.startswith("logcap ") else ()
+    return int(code), int(started), int(ended), reason, truncated
 
 
 def verified_pid(pid_text: str | None) -> int | None:

@@ -24,15 +24,19 @@ plane's pass does no per-attempt file work.
 
 A shard's stdout and stderr are pipes to this supervisor, which moves what comes into the
 log files (zero-copy, or redacted when the run has secrets: :mod:`shardlog`) up to
-``logcap`` bytes each; past that the rest is read and dropped, so the shard's writes keep
-succeeding, and the log ends with a marker line. One epoll loop waits on every shard's
-pidfd (its end) and pipes (its output); other children of this process are not its
-business. When a shard's leader ends, what is left of its process group and cgroup is
-killed, its pipes are drained to their end (for at most DRAIN_SECONDS), its logs closed,
-and only then is its exit recorded: an exit on record means a complete log.
+``logcap`` bytes each; past that -- or once the log disk is full -- the rest is read and
+dropped, so the shard's writes keep succeeding, and the log ends with a marker line. One
+epoll loop waits on every shard's pidfd (its end) and pipes (its output); other children
+of this process are not its business. When a shard's leader ends, what is left of its
+process group and cgroup is killed, its pipes are drained to their end (for at most
+DRAIN_SECONDS), its logs closed, and only then is its exit recorded: an exit on record
+means a complete log.
 
 Per attempt directory (files written atomically: tmp + rename; ``exit`` also fsynced, since
-it must outlive even the host; the others only matter while the processes live):
+it must outlive even the host; the others only matter while the processes live). The room
+for ``pid`` and ``exit`` is taken before the shard starts and overwritten in place, so
+neither needs a new block or inode once the shard runs (:func:`statefiles.reserve`): a
+full disk never keeps an end off the record.
 
 - ``claim``         created with O_EXCL by whoever owns the attempt: this supervisor
                     (``"<pid> <start ticks>"``) or the control plane declaring it lost
@@ -40,7 +44,9 @@ it must outlive even the host; the others only matter while the processes live):
 - ``pid``           ``"<pid> <start ticks> <started ns>"`` of the shard (its own session)
 - ``exit``          ``"<returncode> <started ns> <ended ns> <reason>"``; returncode is
                     negative for death by a signal, as in ``subprocess``. When output was
-                    dropped, a second line ``"logcap <stream>..."`` names the streams.
+                    dropped, a second line ``"logcap <stream>..."`` names the streams
+                    (``stdout`` past the cap, ``stdout:diskfull`` on a full disk).
+- ``exit.reserved`` the exit's room until it is renamed to ``exit`` (``pid.tmp``: pid's)
 """
 
 from __future__ import annotations
@@ -63,12 +69,15 @@ if __package__:
     from .statefiles import (
         claim,
         clear_cgroup,
+        launch_failed,
         make_dir,
         notify,
+        record_exits,
+        record_pid,
+        reserve,
         spawn_ticks,
         start_ticks,
-        write_all_atomic,
-        write_atomic,
+        unclaim,
     )
 else:  # run as a script with -I: its own folder is not on the path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,12 +85,15 @@ else:  # run as a script with -I: its own folder is not on the path
     from statefiles import (  # type: ignore[import-not-found,no-redef]
         claim,
         clear_cgroup,
+        launch_failed,
         make_dir,
         notify,
+        record_exits,
+        record_pid,
+        reserve,
         spawn_ticks,
         start_ticks,
-        write_all_atomic,
-        write_atomic,
+        unclaim,
     )
 
 
@@ -210,20 +222,6 @@ def make_room(shards: int) -> None:
         pass  # spawns past the limit fail as LaunchErrors
 
 
-def fail(state_dir: str, req: dict[str, object] | None, exc: BaseException) -> None:
-    """Record a launch that never became a process: exit 127, reason LaunchError."""
-    now = time.time_ns()
-    why = str(exc).replace("\n", " ")
-    if req is not None:
-        try:
-            os.makedirs(os.path.dirname(str(req["stderr"])), exist_ok=True)
-            with open(str(req["stderr"]), "a") as fh:
-                fh.write(f"sylphx: could not start the shard: {why}\n")
-        except OSError:
-            pass
-    write_atomic(os.path.join(state_dir, "exit"), f"127 {now} {now} LaunchError: {why}")
-
-
 class Loop:
     """The started shards of this supervisor, watched in one epoll set: each one's pidfd
     (its leader's end) and the read ends of its pipes (its output)."""
@@ -248,7 +246,7 @@ class Loop:
     def step(self, timeout: float) -> list[str]:
         """Wait up to ``timeout`` seconds (-1: until something happens) and handle what
         happened: output moved to logs, ended shards finished off. Returns the state
-        directories of the exits recorded (written together: :func:`write_all_atomic`)."""
+        directories of the exits recorded (written together: :func:`record_exits`)."""
         if self.draining:
             soonest = min(c.deadline for c in self.draining) - time.monotonic()
             timeout = max(0.0, soonest if timeout < 0 else min(timeout, soonest))
@@ -303,19 +301,17 @@ class Loop:
             if now < child.deadline and any(log.pipe in self.pipes for log in child.logs):
                 waiting.append(child)
                 continue
-            truncated = []
             for log in child.logs:
                 self._closed(log)
                 log.close()
-                if log.truncated:
-                    truncated.append(log.name)
             text = f"{child.code} {child.started} {child.ended} {child.reason}"
-            if truncated:
-                text += "\nlogcap " + " ".join(truncated)
-            records.append((os.path.join(child.state_dir, "exit"), text))
+            cut = [log.cut for log in child.logs if log.cut]
+            if cut:
+                text += "\nlogcap " + " ".join(cut)
+            records.append((child.state_dir, text))
         self.draining = waiting
-        write_all_atomic(records)  # one journal commit for the lot, not one per shard
-        return [os.path.dirname(path) for path, _ in records]
+        record_exits(records)  # one journal commit for the lot, not one per shard
+        return [state_dir for state_dir, _ in records]
 
 
 def read_batch() -> list[dict[str, object]]:
@@ -345,22 +341,27 @@ def main(argv: list[str]) -> int:
         state_dir = str(req["dir"])
         try:
             make_dir(state_dir)
-        except OSError:
-            continue  # the control plane records it lost when nobody claims it
-        if not claim(state_dir, me):
-            continue  # another supervisor has it, or the control plane declared it lost
+            if not claim(state_dir, me):
+                continue  # another supervisor has it, or the control plane declared it lost
+        except OSError:  # no room: the control plane records it never started
+            continue
+        try:
+            pid_fd = reserve(state_dir)
+        except OSError:  # no room for its end's record: it must not start
+            unclaim(state_dir)  # recorded as never started
+            continue
         child = Child(state_dir, time.time_ns(), (req.get("cgroup") or {}).get("dirs", []))  # type: ignore[attr-defined]
         try:
             before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             spawn(req, child)
             after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            fail(state_dir, req, exc)
+            os.close(pid_fd)
+            launch_failed(state_dir, str(req.get("stderr") or ""), exc)
             ended.append(state_dir)
             continue
         ticks = spawn_ticks(child.pid, before, after)
-        pid_text = f"{child.pid} {ticks} {child.started}"  # dies with the host: no fsync
-        write_atomic(os.path.join(state_dir, "pid"), pid_text, sync=False)
+        record_pid(pid_fd, state_dir, f"{child.pid} {ticks} {child.started}")
         loop.add(child)
         started.append(child)
         spawned += 1
