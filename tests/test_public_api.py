@@ -26,6 +26,7 @@ EXPECTED = {
     "IllegalTransition",
     "Logs",
     "NotFound",
+    "PayloadTooLarge",
     "Run",
     "RunList",
     "RunSpec",

@@ -323,9 +323,9 @@ def test_logs_of_earlier_attempts_and_unknown_shards(server: Server) -> None:
     base = f"/v1/runs/{run['id']}/logs"
     assert server.http.get(base, params={"shard": 0}).text == "try 2\n"
     assert server.http.get(base, params={"shard": 0, "attempt": 1}).text == "try 1\n"
-    missing = server.http.get(base, params={"shard": 5})
-    assert missing.status_code == 404 and "pick a shard from 0 to 1" in missing.json()["message"]
-    assert server.http.get(base, params={"shard": 0, "attempt": 9}).status_code == 404
+    missing = server.http.get(base, params={"shard": 5})  # past the parallelism: a bad value
+    assert missing.status_code == 422 and "pick a shard from 0 to 1" in missing.json()["message"]
+    assert server.http.get(base, params={"shard": 0, "attempt": 9}).status_code == 422
     assert server.http.get("/v1/runs/wrk_nope/logs", params={"shard": 0}).status_code == 404
 
 

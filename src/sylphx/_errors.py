@@ -12,7 +12,9 @@ __all__ = [
     "ConflictError",
     "ExecutorError",
     "IllegalTransition",
+    "MethodNotAllowed",
     "NotFound",
+    "PayloadTooLarge",
     "QuotaExceeded",
     "ServerUnavailable",
     "StorageFull",
@@ -92,6 +94,20 @@ class NotFound(SylphxError):
     code = "not_found"
 
 
+class MethodNotAllowed(SylphxError):
+    """The endpoint exists but does not take the request's HTTP method (HTTP 405)."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(SylphxError):
+    """The request body is larger than the API accepts (HTTP 413); nothing was read."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
 class ConflictError(SylphxError):
     """The request conflicts with the object's current state (e.g. deleting a volume in use)."""
 
@@ -152,6 +168,8 @@ ERRORS_BY_CODE: dict[str, type[SylphxError]] = {
         ValidationError,
         Unschedulable,
         NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
         ConflictError,
         ExecutorError,
         ServerUnavailable,

@@ -8,6 +8,8 @@ server at submit (``_server/hostpaths.py``).
 
 from __future__ import annotations
 
+from ._limits import shown
+
 __all__ = ["SYSTEM_PATHS", "PathRuleError", "is_within", "normalise"]
 
 # Paths a volume may not be mounted over: the shard's own system directories.
@@ -44,10 +46,10 @@ def normalise(path: str) -> str:
     if "\0" in path:
         raise PathRuleError("must not contain NUL bytes")
     if not path.startswith("/"):
-        raise PathRuleError(f"must be an absolute path (got {path!r})")
+        raise PathRuleError(f"must be an absolute path (got {shown(path)})")
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise PathRuleError(f"must not contain '..' (got {path!r})")
+        raise PathRuleError(f"must not contain '..' (got {shown(path)})")
     return "/" + "/".join(parts)
 
 

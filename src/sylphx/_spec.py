@@ -6,19 +6,26 @@ rule violation is reported with the field, the rule and the fix.
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
 
-from ._errors import ValidationError
+from . import _limits as limits
+from ._limits import Text, rule
 from ._machines import DEFAULT_MACHINE, MachineName
 from ._paths import SYSTEM_PATHS, PathRuleError, is_within, normalise
+from ._validation import validation_error
 
 __all__ = ["CompletionMode", "RunSpec", "VolumeMount"]
 
@@ -34,11 +41,6 @@ DEFAULT_BACKOFF_LIMIT = 3
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def rule(field: str, text: str, fix: str) -> PydanticCustomError:
-    """A rule violation carrying its field, rule text and fix for the error translator."""
-    return PydanticCustomError("sylphx_rule", "{rule}", {"field": field, "rule": text, "fix": fix})
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -48,8 +50,8 @@ class _Model(BaseModel):
 class VolumeMount(_Model):
     """A volume mounted read-write into every shard at ``mount_path``."""
 
-    volume_id: str
-    mount_path: str
+    volume_id: Annotated[Text, Field(max_length=limits.MAX_ID_BYTES)]
+    mount_path: Text
 
     @field_validator("volume_id")
     @classmethod
@@ -69,27 +71,31 @@ class VolumeMount(_Model):
         except PathRuleError as exc:
             raise rule("mountPath", str(exc), fix) from None
         if norm == "/" or any(is_within(norm, p) for p in SYSTEM_PATHS):
-            raise rule("mountPath", f"must not be mounted over a system path (got {v!r})", fix)
+            got = limits.shown(v)
+            raise rule("mountPath", f"must not be mounted over a system path (got {got})", fix)
+        limits.check_path(norm, "mountPath", fix)
         return norm
 
 
 class RunSpec(_Model):
     """What to run and how to fan it out. Defaults are filled in on validation."""
 
-    image: str | None = None
-    command: list[str] | None = None  # with an image: replaces its CMD (ENTRYPOINT kept)
-    env: dict[str, str] = Field(default_factory=dict)
-    parallelism: int = 1
+    # Strict on the wire: no "3" -> 3 or true -> 1; every string is NUL-free UTF-8 and
+    # every size is bounded (see _limits: anything accepted can be launched).
+    image: Annotated[Text, Field(max_length=limits.MAX_IMAGE_BYTES)] | None = None
+    command: list[Text] | None = None  # with an image: replaces its CMD (ENTRYPOINT kept)
+    env: dict[Text, Text] = Field(default_factory=dict)
+    parallelism: StrictInt = 1
     completion_mode: CompletionMode | None = None
-    gang_scheduling: bool | None = None
-    backoff_limit_per_index: int | None = None
+    gang_scheduling: StrictBool | None = None
+    backoff_limit_per_index: StrictInt | None = None
     machine: MachineName = DEFAULT_MACHINE  # type: ignore[assignment]
     volume_mounts: list[VolumeMount] = Field(default_factory=list)
-    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
-    working_dir: str | None = None  # where the command starts; the SDK/CLI default to cwd
-    network: bool = True  # false: the shards get no network at all
-    secrets: list[str] = Field(default_factory=list)  # names of the org's secrets, as env vars
-    admission_timeout_seconds: int | None = None  # gang runs: give up waiting after this
+    timeout_seconds: StrictInt = DEFAULT_TIMEOUT_SECONDS
+    working_dir: Text | None = None  # where the command starts; the SDK/CLI default to cwd
+    network: StrictBool = True  # false: the shards get no network at all
+    secrets: list[Text] = Field(default_factory=list)  # names of the org's secrets, as env vars
+    admission_timeout_seconds: StrictInt | None = None  # gang runs: give up waiting after this
     admission_fallback: AdmissionFallback | None = None  # ...or carry on as opportunistic
 
     @field_validator("image")
@@ -104,20 +110,32 @@ class RunSpec(_Model):
     def _working_dir(cls, v: str | None) -> str | None:
         if v is None:
             return v
+        fix = "give an absolute path without '..', e.g. /work/job"
         try:
-            return normalise(v)  # stored spelled one way: //w/./job -> /w/job
+            norm = normalise(v)  # stored spelled one way: //w/./job -> /w/job
         except PathRuleError as exc:
-            fix = "give an absolute path without '..', e.g. /work/job"
             raise rule("workingDir", str(exc), fix) from None
+        limits.check_path(norm, "workingDir", fix)
+        return norm
 
     @field_validator("secrets")
     @classmethod
     def _secrets(cls, v: list[str]) -> list[str]:
+        if len(v) > limits.MAX_SECRETS:
+            raise rule(
+                "secrets",
+                f"names {len(v)} secrets; a run may name {limits.MAX_SECRETS}",
+                "put related values in one secret (e.g. a JSON document)",
+            )
         for name in v:
-            if not _ENV_NAME.match(name) or name.startswith("SYLPHX_"):
+            if (
+                not _ENV_NAME.match(name)
+                or name.startswith("SYLPHX_")
+                or len(name) > limits.MAX_NAME_BYTES
+            ):
                 raise rule(
                     "secrets",
-                    f"{name!r} is not a valid secret name",
+                    f"{limits.shown(name)} is not a valid secret name",
                     "use an env-var style name such as DB_URL (not SYLPHX_*)",
                 )
         if len(set(v)) != len(v):
@@ -131,28 +149,26 @@ class RunSpec(_Model):
             return v
         if not v or not v[0]:
             raise rule("command", "must be a non-empty argv list", 'e.g. ["python", "train.py"]')
-        if any("\0" in arg for arg in v):
-            raise rule("command", "must not contain NUL bytes", "remove the NUL characters")
+        limits.check_command(v)  # NUL bytes and surrogates: refused by Text
         return v
 
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
+        for name in v:
             if not _ENV_NAME.match(name):
                 raise rule(
                     "env",
-                    f"{name!r} is not a valid variable name",
+                    f"{limits.shown(name)} is not a valid variable name",
                     "use letters, digits and underscores, not starting with a digit",
                 )
             if name.startswith("SYLPHX_"):
                 raise rule(
                     "env",
-                    f"{name!r} is reserved: SYLPHX_* variables are set by the platform",
+                    f"{limits.shown(name)} is reserved: SYLPHX_* variables are set by the platform",
                     "rename the variable",
                 )
-            if "\0" in value:
-                raise rule("env", f"the value of {name!r} contains a NUL byte", "remove it")
+        limits.check_env(v)  # NUL bytes and surrogates: refused by Text
         return v
 
     @field_validator("parallelism")
@@ -192,6 +208,12 @@ class RunSpec(_Model):
     @field_validator("volume_mounts")
     @classmethod
     def _mounts(cls, v: list[VolumeMount]) -> list[VolumeMount]:
+        if len(v) > limits.MAX_VOLUME_MOUNTS:
+            raise rule(
+                "volumeMounts",
+                f"has {len(v)} mounts; a run may have {limits.MAX_VOLUME_MOUNTS}",
+                "mount one volume and use folders inside it",
+            )
         seen: set[str] = set()
         for mount in v:
             if mount.mount_path in seen:
@@ -282,6 +304,22 @@ class RunSpec(_Model):
         }
         return RunSpec.parse(wire)
 
+    @classmethod
+    def from_store(cls, data: dict[str, Any]) -> RunSpec:
+        """The spec of a stored run (the :meth:`to_wire` of a spec accepted then), trusted
+        as it is: a run accepted under older rules stays readable, listable, cancellable.
+        A string that cannot be sent (a lone surrogate stored before they were refused)
+        comes back with U+FFFD in its place."""
+        clean = _sendable(data)
+        mounts = [
+            VolumeMount.model_construct(
+                **{n: m[f.alias or n] for n, f in VolumeMount.model_fields.items()}
+            )
+            for m in clean.get("volumeMounts") or []
+        ]
+        fields = {n: clean[f.alias or n] for n, f in cls.model_fields.items() if f.alias in clean}
+        return cls.model_construct(**(fields | {"volume_mounts": mounts}))
+
     def to_wire(self) -> dict[str, Any]:
         """The camelCase JSON form, with every default filled in."""
         return self.model_dump(mode="json", by_alias=True)
@@ -298,84 +336,12 @@ class RunSpec(_Model):
             raise validation_error(exc, cls) from None
 
 
-# -- error translation -----------------------------------------------------
-
-_TYPE_RULES: dict[str, tuple[str, str]] = {
-    "missing": ("is required", "add it to the request"),
-    "int_type": ("must be a whole number", "give an integer, e.g. 9"),
-    "int_parsing": ("must be a whole number", "give an integer, e.g. 9"),
-    "int_from_float": ("must be a whole number", "give an integer, e.g. 9"),
-    "bool_type": ("must be true or false", "give a boolean"),
-    "bool_parsing": ("must be true or false", "give a boolean"),
-    "string_type": ("must be a string", "give a string"),
-    "list_type": ("must be a list", 'give a JSON array, e.g. ["python", "train.py"]'),
-    "dict_type": ("must be an object", 'give a JSON object, e.g. {"KEY": "value"}'),
-    "model_type": ("must be an object", "give a JSON object"),
-    "model_attributes_type": ("must be an object", "give a JSON object"),
-}
-_FIXES_FOR_MISSING = {"command": 'give the argv to run, e.g. ["python", "train.py"]'}
-
-
-def _loc_text(loc: tuple[int | str, ...]) -> str:
-    """``("volume_mounts", 0, "mountPath")`` -> ``volumeMounts[0].mountPath`` (wire names)."""
-    out = ""
-    for part in loc:
-        if isinstance(part, str) and part in _WIRE_NAMES:
-            part = _WIRE_NAMES[part]
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _known_fields(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def validation_error(
-    exc: pydantic.ValidationError | Sequence[Any], model: type[BaseModel]
-) -> ValidationError:
-    """Turn pydantic's report (or FastAPI's error list) into a sylphx ValidationError
-    whose details name the field, the rule and the fix."""
-    errors = exc.errors(include_url=False) if isinstance(exc, pydantic.ValidationError) else exc
-    details: list[dict[str, Any]] = []
-    suggested: set[str] = set()  # fields a typo probably meant: their "is required" is noise
-    for err in errors:
-        ctx = err.get("ctx") or {}
-        loc = tuple(err["loc"])
-        if loc and loc[0] in ("body", "query", "path"):
-            loc = loc[1:]
-        kind = err["type"]
-        field = _loc_text(loc)
-        if kind == "sylphx_rule":
-            field = field or str(ctx["field"])
-            text, fix = str(ctx["rule"]), str(ctx["fix"])
-        elif kind == "extra_forbidden":
-            name = str(loc[-1])
-            known = _known_fields(VolumeMount if "volumeMounts" in field else model)
-            near = difflib.get_close_matches(name, known, n=1)
-            if near:
-                suggested.add(_loc_text((*loc[:-1], near[0])))
-            text = "is not a known field"
-            fix = f"did you mean {near[0]!r}?" if near else f"known fields: {', '.join(known)}"
-        elif kind == "literal_error":
-            allowed = str(ctx.get("expected", ""))
-            text = f"must be one of {allowed} (got {err.get('input')!r})"
-            fix = "pick one of the allowed values"
-        elif kind == "json_invalid":
-            text, fix = "is not valid JSON", "send a JSON object with the run spec"
-        elif kind in _TYPE_RULES:
-            text, fix = _TYPE_RULES[kind]
-            if kind == "missing":
-                fix = _FIXES_FOR_MISSING.get(field, fix)
-        else:
-            text, fix = str(err.get("msg", kind)), "correct the value"
-        details.append({"field": field or "body", "rule": text, "fix": fix})
-    details = [d for d in details if not (d["rule"] == "is required" and d["field"] in suggested)]
-    lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix'].rstrip('.?')}" for d in details]
-    return ValidationError("; ".join(lines), details=details)
-
-
-_WIRE_NAMES = {
-    name: field.alias or name
-    for model in (RunSpec, VolumeMount)
-    for name, field in model.model_fields.items()
-}
+def _sendable(value: Any) -> Any:
+    """``value`` (stored JSON) with every lone surrogate replaced by U+FFFD."""
+    if isinstance(value, str):
+        return limits.SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_sendable(v) for v in value]
+    if isinstance(value, dict):
+        return {_sendable(k): _sendable(v) for k, v in value.items()}
+    return value

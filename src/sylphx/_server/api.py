@@ -10,17 +10,16 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm.exc import StaleDataError
 
-from .._errors import ConflictError, QuotaExceeded, ServerUnavailable, SylphxError, ValidationError
-from .._spec import RunSpec, validation_error
+from .. import _limits as limits
+from .._errors import ServerUnavailable
+from .._limits import Text
+from .._spec import MAX_PARALLELISM, RunSpec
 from .._states import RunState, ShardState
 from .._views import (
     OrgView,
@@ -31,24 +30,39 @@ from .._views import (
     UsageReport,
     VolumeView,
 )
-from . import billing, faults, image_policy, logs, longpoll, orgs, runs, secrets, volumes
+from . import billing, edge, faults, image_policy, logs, longpoll, orgs, runs, secrets, volumes
 from .hostpaths import check_host_paths
 from .plane import ControlPlane
 from .store import OrgRow, RunRow
 
 log = logging.getLogger("sylphx.api")
 CAS_RETRIES = 3
+MAX_ATTEMPTS = 10_000  # a bound for the attempt query parameter; a shard's own is smaller
 
 
 class VolumeCreate(BaseModel):
-    name: str | None = None
+    """A volume to create; its name is for people (ids name volumes in specs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[Text, Field(max_length=limits.MAX_VOLUME_NAME_BYTES)] | None = None
 
 
 class SecretPut(BaseModel):
     """A secret to store: its env-var style name and its value (never returned)."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)
-    value: str = Field(max_length=65536)
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[
+        Text, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=limits.MAX_NAME_BYTES)
+    ]
+    value: Annotated[Text, Field(max_length=limits.MAX_SECRET_BYTES)]
+
+
+# Ids in URLs: bounded, NUL-free UTF-8 (what no id can be is a 422, an unknown id a 404).
+RunId = Annotated[Text, Path(max_length=limits.MAX_ID_BYTES)]
+VolumeId = Annotated[Text, Path(max_length=limits.MAX_ID_BYTES)]
+SecretName = Annotated[Text, Path(max_length=limits.MAX_NAME_BYTES)]
 
 
 async def current_org(
@@ -93,41 +107,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     sessions = plane.sessions
     reads = plane.reads
 
-    @app.exception_handler(SylphxError)
-    async def _sylphx_error(_: Request, exc: SylphxError) -> JSONResponse:
-        headers = {}
-        if isinstance(exc, QuotaExceeded) and exc.retry_after is not None:
-            headers["Retry-After"] = str(exc.retry_after)
-        if exc.status_code == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(PoolTimeout)
-    async def _store_error(_: Request, exc: Exception) -> JSONResponse:
-        err = faults.store_unavailable(exc, plane.engine)
-        log.error("%s", err.message)
-        return JSONResponse(err.to_body(), status_code=err.status_code)
-
-    @app.exception_handler(OSError)
-    async def _os_error(_: Request, exc: OSError) -> JSONResponse:
-        if not faults.is_disk_full(exc):
-            raise exc
-        err = faults.disk_full(plane.settings.home, "data")
-        log.error("%s", err.message)
-        return JSONResponse(err.to_body(), status_code=err.status_code)
-
-    @app.exception_handler(StaleDataError)
-    async def _conflict(_: Request, exc: StaleDataError) -> JSONResponse:
-        err = ConflictError("the object changed while this request ran. Fix: retry the request.")
-        return JSONResponse(err.to_body(), status_code=err.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        err = longpoll.wait_error(errors) or validation_error(errors, RunSpec)
-        return JSONResponse(err.to_body(), status_code=err.status_code)
+    edge.install(app, plane)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -154,7 +134,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             )
 
     @app.post("/v1/runs", status_code=201, response_model=RunView)
-    def submit_run(spec: RunSpec, org_id: Org) -> RunView:
+    def submit_run(spec: RunSpec, org_id: Org) -> Response:
         if plane.draining:
             raise ServerUnavailable(
                 "the control plane is shutting down and accepts no new runs; running shards"
@@ -176,22 +156,24 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             assert org is not None
             run = runs.submit(s, spec, org, capacity=plane.executor.capacity(), now=plane.now())
             out = runs.view(run, Counter({ShardState.PENDING: spec.parallelism}))
+            # rendered before the commit: a run whose answer cannot be sent is not stored
+            body = out.model_dump_json(by_alias=True)
         plane.reconciler.wake()
-        return out
+        return Response(body, status_code=201, media_type="application/json")
 
     @app.get("/v1/runs", response_model=RunList)
     def list_runs(
         org_id: Org,
         status: RunState | None = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        cursor: str | None = None,
+        cursor: Annotated[Text | None, Query(max_length=limits.MAX_ID_BYTES)] = None,
     ) -> RunList:
         with reads() as s:
             return runs.list_runs(s, org_id, status=status, limit=limit, cursor=cursor)
 
     @app.get("/v1/runs/{run_id}", response_model=RunView)
     async def get_run(
-        run_id: str,
+        run_id: RunId,
         org_id: Org,
         request: Request,
         wait: Annotated[
@@ -219,12 +201,12 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         return Response(body, media_type="application/json")
 
     @app.get("/v1/runs/{run_id}/shards", response_model=list[ShardView])
-    def get_shards(run_id: str, org_id: Org) -> list[ShardView]:
+    def get_shards(run_id: RunId, org_id: Org) -> list[ShardView]:
         with reads() as s:
             return runs.shard_views(runs.load(s, run_id, org_id, with_attempts=True))
 
     @app.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunView)
-    def cancel_run(run_id: str, org_id: Org) -> RunView:
+    def cancel_run(run_id: RunId, org_id: Org) -> RunView:
         for attempt in range(CAS_RETRIES):  # the reconciler may update the run meanwhile
             try:
                 with sessions.begin() as s:
@@ -238,14 +220,24 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         plane.reconciler.wake()
         return out
 
+    @app.delete("/v1/runs/{run_id}", status_code=204)
+    def delete_run(run_id: RunId, org_id: Org) -> Response:
+        """Delete an ended run, its shards, attempts and logs (409 while it has not
+        ended: cancel it first). Its usage stays: ``GET /v1/usage`` still counts it."""
+        with sessions.begin() as s:
+            paths = runs.delete(s, run_id, org_id)
+        plane.terminal_views.drop(run_id)
+        logs.remove(paths, plane.settings.logs_dir)
+        return Response(status_code=204)
+
     @app.get("/v1/runs/{run_id}/logs")
     async def get_logs(
-        run_id: str,
+        run_id: RunId,
         org_id: Org,
-        shard: Annotated[int, Query(ge=0)],
+        shard: Annotated[int, Query(ge=0, lt=MAX_PARALLELISM)],
         stream: Literal["stdout", "stderr"] = "stdout",
         follow: bool = False,
-        attempt: Annotated[int | None, Query(ge=1)] = None,
+        attempt: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPTS)] = None,
     ) -> StreamingResponse:
         # served as stored: secret values were masked as the log was written
         body = logs.stream_log(
@@ -285,7 +277,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             return volumes.list_all(s, org_id)
 
     @app.delete("/v1/volumes/{volume_id}", status_code=204)
-    def delete_volume(volume_id: str, org_id: Org) -> Response:
+    def delete_volume(volume_id: VolumeId, org_id: Org) -> Response:
         with sessions.begin() as s:
             volumes.delete(s, volume_id, org_id)
         return Response(status_code=204)
@@ -307,7 +299,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             return secrets.list_all(s, org_id)
 
     @app.delete("/v1/secrets/{name}", status_code=204)
-    def delete_secret(name: str, org_id: Org) -> Response:
+    def delete_secret(name: SecretName, org_id: Org) -> Response:
         with sessions.begin() as s:
             secrets.delete(s, org_id, name)
         return Response(status_code=204)
@@ -320,15 +312,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     ) -> UsageReport:
         """Compute-seconds by run and machine tier over [from, to) (default: this month so
         far), the monthly credits applied first, and the billable remainder."""
-        now = plane.now()
-        end = _utc(to) if to else now
-        start = _utc(from_) if from_ else datetime(now.year, now.month, 1, tzinfo=UTC)
-        if start >= end:
-            fix = "give from earlier than to (ISO 8601, e.g. 2026-11-01T00:00:00Z)"
-            raise ValidationError(
-                f"from: must be earlier than to. Fix: {fix}.",
-                details=[{"field": "from", "rule": "must be earlier than to", "fix": fix}],
-            )
+        start, end = billing.window(from_, to, plane.now())  # 422 unless a bounded range
         with reads() as s:
             org = s.get(OrgRow, org_id)
             assert org is not None

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import anyio
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .._errors import NotFound
+from .._errors import NotFound, ValidationError
 from .._states import ShardState
 from .executors.shardlog import Redactor
 from .store import AttemptRow, RunRow, ShardRow
@@ -40,18 +43,22 @@ def locate(
     shard = s.scalars(
         select(ShardRow).where(ShardRow.run_id == run_id, ShardRow.index == index)
     ).first()
-    if shard is None:
-        raise NotFound(
-            f"run {run_id} has no shard {index}. Fix: pick a shard from 0 to {run.parallelism - 1}."
+    if shard is None:  # the index is past the run's parallelism
+        fix = f"pick a shard from 0 to {run.parallelism - 1}"
+        raise ValidationError(
+            f"shard: run {run_id} has no shard {index}. Fix: {fix}.",
+            details=[{"field": "shard", "rule": f"must be below {run.parallelism}", "fix": fix}],
         )
     query = select(AttemptRow).where(AttemptRow.shard_id == shard.id)
     if attempt is not None:
         query = query.where(AttemptRow.number == attempt)
     row = s.scalars(query.order_by(AttemptRow.number.desc())).first()
     if attempt is not None and row is None:
-        raise NotFound(
-            f"shard {index} of run {run_id} has no attempt {attempt}"
-            f" (it has {shard.attempts}). Fix: pick an attempt from 1 to {shard.attempts}."
+        fix = f"pick an attempt from 1 to {shard.attempts}" if shard.attempts else "omit attempt"
+        raise ValidationError(
+            f"attempt: shard {index} of run {run_id} has no attempt {attempt}"
+            f" (it has {shard.attempts}). Fix: {fix}.",
+            details=[{"field": "attempt", "rule": f"must be {shard.attempts} or less", "fix": fix}],
         )
     done = ShardState(shard.state).terminal
     if row is None:
@@ -119,7 +126,10 @@ async def _stream_log(
                     yield current.legacy, chunk
             return
         await anyio.sleep(FOLLOW_POLL_SECONDS)
-        current = await anyio.to_thread.run_sync(where)
+        try:
+            current = await anyio.to_thread.run_sync(where)
+        except NotFound:  # the run was deleted while followed: its log ends here
+            return
         if reading is None:
             reading = current.attempt
 
@@ -137,3 +147,20 @@ async def _read_from(path: str, offset: int) -> AsyncIterator[tuple[bytes, int]]
             await anyio.sleep(0)
     finally:
         fh.close()
+
+
+def remove(paths: list[str], logs_dir: Path) -> None:
+    """Remove a deleted run's log files (those under ``logs_dir``) and the folders they
+    leave empty. Best effort: a file already gone is no error."""
+    root = os.path.realpath(logs_dir) + "/"
+    folders = set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if not real.startswith(root):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(real)
+        folders.add(os.path.dirname(real))
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty (another writer): left alone
+            os.rmdir(folder)

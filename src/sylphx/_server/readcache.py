@@ -84,6 +84,11 @@ class TerminalViews:
             self._entries.move_to_end(run_id)
             return entry[1]
 
+    def drop(self, run_id: str) -> None:
+        """Forget the run (it was deleted)."""
+        with self._lock:
+            self._entries.pop(run_id, None)
+
     def put(self, run_id: str, org_id: str, body: bytes) -> None:
         with self._lock:
             self._entries[run_id] = (org_id, body)

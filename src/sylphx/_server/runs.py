@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
-from .._errors import NotFound, Unschedulable
+from .._errors import ConflictError, NotFound, Unschedulable, ValidationError
 from .._ids import new_id
 from .._machines import CPU_MACHINES, MACHINES
 from .._spec import RunSpec
@@ -23,6 +24,7 @@ from .store.batch import Batch
 from .store.records import SHARDS
 from .transitions import transition
 
+_RUN_ID = re.compile(r"wrk_[0-9a-z]{16}")  # see _ids.new_id
 _INSERT_SHARDS = Batch(
     insert(SHARDS), ("run_id", "index", "state", "attempts", "failures", "preemptions")
 )
@@ -131,6 +133,28 @@ def cancel(s: Session, run_id: str, org_id: str, now: datetime) -> RunRow:
     return run
 
 
+def delete(s: Session, run_id: str, org_id: str) -> list[str]:
+    """Delete an ended run with its shards and attempts; its usage rows stay (billing is
+    history). Returns the log files to remove once the deletion is committed. A run that
+    has not ended, or whose shards are still being stopped, is a 409."""
+    run = load(s, run_id, org_id, with_attempts=True)
+    fix = f"cancel it first (sylphx runs cancel {run_id}), then delete it once it has ended"
+    if not RunState(run.state).terminal:
+        raise ConflictError(
+            f"run {run_id} is {run.state}: only an ended run can be deleted. Fix: {fix}.",
+            details=[{"field": "status", "rule": "must be terminal", "fix": fix}],
+        )
+    attempts = [a for shard in run.shards for a in shard.history]
+    if any(a.ended_at is None for a in attempts):
+        raise ConflictError(
+            f"run {run_id} has ended but some of its shards are still being stopped."
+            " Fix: retry in a few seconds."
+        )
+    paths = [p for a in attempts for p in (a.stdout_path, a.stderr_path) if p]
+    s.delete(run)  # shards and attempts go with it (ON DELETE CASCADE, ORM cascade)
+    return paths
+
+
 def view(
     run: RunRow | Row[Any], counts: Counter[ShardState] | None = None, compute_seconds: float = 0.0
 ) -> RunView:
@@ -143,7 +167,7 @@ def view(
     return RunView(
         id=run.id,
         status=state,
-        spec=RunSpec.model_validate(run.spec),
+        spec=RunSpec.from_store(run.spec),
         aggregate=success.aggregate(state, counts),
         created_at=run.created_at,
         started_at=run.started_at,
@@ -239,7 +263,13 @@ def list_runs(
     )
     if status is not None:
         query = query.where(RunRow.state == status.value)
-    if cursor:
+    if cursor is not None:
+        if not _RUN_ID.fullmatch(cursor):
+            fix = "pass the nextCursor of the previous page, or omit cursor for the first page"
+            raise ValidationError(
+                f"cursor: is not a cursor this API gave out. Fix: {fix}.",
+                details=[{"field": "cursor", "rule": "is not a cursor this API gave", "fix": fix}],
+            )
         query = query.where(RunRow.id < cursor)
     runs = list(s.scalars(query))
     more = len(runs) > limit

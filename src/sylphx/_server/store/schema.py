@@ -195,9 +195,8 @@ class UsageRow(Base):
     __table_args__ = (Index("ix_usage_org_ended", "org_id", "ended_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    attempt_id: Mapped[int] = mapped_column(
-        ForeignKey("attempts.id", ondelete="CASCADE"), unique=True
-    )
+    # no foreign key: usage is billing history and outlives a deleted run (migration 0009)
+    attempt_id: Mapped[int] = mapped_column(Integer, unique=True)
     org_id: Mapped[str] = mapped_column(String(40))
     run_id: Mapped[str] = mapped_column(String(40), index=True)
     machine: Mapped[str] = mapped_column(String(16))

@@ -1,0 +1,163 @@
+"""The API's edge: every error becomes the documented error body here, once.
+
+The error tree (:mod:`sylphx._errors`) names each status; infrastructure failures (an
+unreachable store, a full disk, a concurrent write) become their sylphx errors; what
+FastAPI and Starlette answer themselves (an unknown path, a wrong method, a body that
+does not parse) is given the same shape. A request body is bounded
+(:data:`~sylphx._limits.MAX_BODY_BYTES`) before any of it is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm.exc import StaleDataError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._errors import (
+    ConflictError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    SylphxError,
+    ValidationError,
+)
+from .._limits import MAX_BODY_BYTES
+from .._spec import RunSpec
+from .._validation import validation_error
+from . import faults, longpoll
+from .plane import ControlPlane
+
+__all__ = ["BodyLimit", "ErrorResponse", "error_response", "install"]
+
+log = logging.getLogger("sylphx.api")
+
+
+class ErrorResponse(JSONResponse):
+    """An error body, JSON with non-ASCII escaped: whatever a rejected request held, the
+    answer can always be encoded."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def error_response(err: SylphxError) -> ErrorResponse:
+    """The response for ``err``: its status, its body and the headers it calls for."""
+    headers = {}
+    if isinstance(err, QuotaExceeded) and err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    if err.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return ErrorResponse(err.to_body(), status_code=err.status_code, headers=headers)
+
+
+def _too_large() -> PayloadTooLarge:
+    fix = "send a smaller body; large inputs belong in a volume or the working directory"
+    return PayloadTooLarge(
+        f"body: is over {MAX_BODY_BYTES:,} bytes. Fix: {fix}.",
+        details=[{"field": "body", "rule": f"at most {MAX_BODY_BYTES:,} bytes", "fix": fix}],
+    )
+
+
+def _http_error(exc: HTTPException) -> SylphxError:
+    """What Starlette or FastAPI answered by itself, as a sylphx error."""
+    if exc.status_code == 404:
+        return NotFound("no such endpoint. Fix: see /docs for the API's paths.")
+    if exc.status_code == 405:
+        return MethodNotAllowed(
+            f"this endpoint does not take that method ({exc.headers or {}}). Fix: see /docs."
+        )
+    if exc.status_code == 413:
+        return _too_large()
+    if exc.status_code == 400:  # FastAPI could not parse the body (e.g. nested too deep)
+        fix = "send a JSON object (nested at most a few levels, as the spec is)"
+        return ValidationError(
+            f"body: is not JSON this API can read. Fix: {fix}.",
+            details=[{"field": "body", "rule": "is not JSON this API can read", "fix": fix}],
+        )
+    err = SylphxError(str(exc.detail))
+    err.status_code = exc.status_code  # type: ignore[misc]
+    return err
+
+
+def install(app: FastAPI, plane: ControlPlane) -> None:
+    """Register the error handlers and the body limit on ``app``."""
+    app.add_middleware(BodyLimit)
+
+    @app.exception_handler(SylphxError)
+    async def _sylphx_error(_: Request, exc: SylphxError) -> ErrorResponse:
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _starlette_error(_: Request, exc: HTTPException) -> ErrorResponse:
+        return error_response(_http_error(exc))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _store_error(_: Request, exc: Exception) -> ErrorResponse:
+        err = faults.store_unavailable(exc, plane.engine)
+        log.error("%s", err.message)
+        return error_response(err)
+
+    @app.exception_handler(OSError)
+    async def _os_error(_: Request, exc: OSError) -> ErrorResponse:
+        if not faults.is_disk_full(exc):
+            raise exc
+        err = faults.disk_full(plane.settings.home, "data")
+        log.error("%s", err.message)
+        return error_response(err)
+
+    @app.exception_handler(StaleDataError)
+    async def _conflict(_: Request, exc: StaleDataError) -> ErrorResponse:
+        return error_response(
+            ConflictError("the object changed while this request ran. Fix: retry the request.")
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(_: Request, exc: RequestValidationError) -> ErrorResponse:
+        errors = list(exc.errors())
+        return error_response(longpoll.wait_error(errors) or validation_error(errors, RunSpec))
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over MAX_BODY_BYTES is a 413 in the error shape,
+    told by its Content-Length before it is read, or as it streams in (chunked)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    size = int(value)
+                except ValueError:
+                    size = -1
+                if size > MAX_BODY_BYTES or size < 0:
+                    await error_response(_too_large())(scope, receive, send)
+                    return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY_BYTES:
+                    raise HTTPException(413)  # FastAPI passes it on: see _http_error
+            return message
+
+        await self.app(scope, counted, send)

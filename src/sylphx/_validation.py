@@ -1,0 +1,137 @@
+"""Pydantic's validation report turned into a sylphx ValidationError: each broken field
+named as the wire spells it (``volumeMounts[0].mountPath``), with the rule and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+from typing import Any, get_args
+
+import pydantic
+from pydantic import BaseModel
+
+from ._errors import ValidationError
+from ._limits import shown
+
+__all__ = ["validation_error"]
+
+_TYPE_RULES: dict[str, tuple[str, str]] = {
+    "missing": ("is required", "add it to the request"),
+    "int_type": ("must be a whole number", "give an integer, e.g. 9"),
+    "int_parsing": ("must be a whole number", "give an integer, e.g. 9"),
+    "int_from_float": ("must be a whole number", "give an integer, e.g. 9"),
+    "bool_type": ("must be true or false", "give a boolean"),
+    "bool_parsing": ("must be true or false", "give a boolean"),
+    "string_type": ("must be a string", "give a string"),
+    "list_type": ("must be a list", 'give a JSON array, e.g. ["python", "train.py"]'),
+    "dict_type": ("must be an object", 'give a JSON object, e.g. {"KEY": "value"}'),
+    "model_type": ("must be an object", "give a JSON object"),
+    "model_attributes_type": ("must be an object", "give a JSON object"),
+}
+_FIXES_FOR_MISSING = {"command": 'give the argv to run, e.g. ["python", "train.py"]'}
+
+
+def _models(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models inside a field's annotation (``list[VolumeMount] | None``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in get_args(annotation):
+        yield from _models(arg)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The model whose fields ``loc`` (a path into ``model``'s input) names last."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        inner = next(_models(field.annotation), None) if field is not None else None
+        if inner is None:
+            break
+        model = inner
+    return model
+
+
+def _loc_text(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """``("volume_mounts", 0, "mountPath")`` -> ``volumeMounts[0].mountPath`` (wire names)."""
+    out = ""
+    for i, part in enumerate(loc):
+        if part == "[key]":  # pydantic's mark for a mapping's key: the name is at fault
+            out += " (the name)"
+            continue
+        if isinstance(part, str):
+            if not part.isprintable():  # a NUL, a lone surrogate: shown escaped
+                part = repr(part)[1:-1]
+            fields = _model_at(model, loc[:i]).model_fields
+            if part in fields:
+                part = fields[part].alias or part
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_BOUNDS = {
+    "greater_than_equal": "must be at least",
+    "greater_than": "must be greater than",
+    "less_than_equal": "must be at most",
+    "less_than": "must be less than",
+}
+
+
+def _known_fields(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def validation_error(
+    exc: pydantic.ValidationError | Sequence[Any], model: type[BaseModel]
+) -> ValidationError:
+    """Turn pydantic's report (or FastAPI's error list) into a sylphx ValidationError
+    whose details name the field, the rule and the fix."""
+    errors = exc.errors(include_url=False) if isinstance(exc, pydantic.ValidationError) else exc
+    details: list[dict[str, Any]] = []
+    suggested: set[str] = set()  # fields a typo probably meant: their "is required" is noise
+    for err in errors:
+        ctx = err.get("ctx") or {}
+        loc = tuple(err["loc"])
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]
+        kind = err["type"]
+        field = _loc_text(model, loc)
+        if kind == "sylphx_rule":
+            named = str(ctx["field"])  # the rule's own field: more precise within ``loc``
+            field = named if named and (not field or named.startswith(field)) else field
+            text, fix = str(ctx["rule"]), str(ctx["fix"])
+        elif kind == "extra_forbidden":
+            name = str(loc[-1])
+            known = _known_fields(_model_at(model, loc[:-1]))
+            near = difflib.get_close_matches(name, known, n=1)
+            if near:
+                suggested.add(_loc_text(model, (*loc[:-1], near[0])))
+            text = "is not a known field"
+            fix = f"did you mean {near[0]!r}?" if near else f"known fields: {', '.join(known)}"
+        elif kind in ("literal_error", "enum"):
+            allowed = str(ctx.get("expected", ""))
+            text = f"must be one of {allowed} (got {shown(err.get('input'))})"
+            fix = "pick one of the allowed values"
+        elif kind in _BOUNDS:
+            bound = next(iter(ctx.values()), "?")
+            text = f"{_BOUNDS[kind]} {bound} (got {shown(err.get('input'))})"
+            fix = "give a value in range"
+        elif kind in ("string_too_long", "too_long"):
+            most = ctx.get("max_length", "?")
+            unit = "characters" if kind == "string_too_long" else "items"
+            text, fix = f"must have at most {most} {unit}", "shorten it"
+        elif kind == "string_pattern_mismatch":
+            text = f"must match {ctx.get('pattern', '?')} (got {shown(err.get('input'))})"
+            fix = "use letters, digits and underscores, not starting with a digit"
+        elif kind == "json_invalid":
+            text, fix = "is not valid JSON", "send a JSON object with the run spec"
+        elif kind in _TYPE_RULES:
+            text, fix = _TYPE_RULES[kind]
+            if kind == "missing":
+                fix = _FIXES_FOR_MISSING.get(field, fix)
+        else:
+            text, fix = str(err.get("msg", kind)), "correct the value"
+        details.append({"field": field or "body", "rule": text, "fix": fix})
+    details = [d for d in details if not (d["rule"] == "is required" and d["field"] in suggested)]
+    lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix'].rstrip('.?')}" for d in details]
+    return ValidationError("; ".join(lines), details=details)
