@@ -145,6 +145,9 @@ def test_logs_follow_and_cancel(server: Server) -> None:
     follower.wait(timeout=15)  # the follow ends when the shard ends
     assert follower.returncode == 0
     assert server.get(run_id)["status"] == "cancelled"
+    deleted = cli("runs", "delete", run_id, url=server.url, token=server.token)
+    assert deleted.returncode == 0 and f"deleted {run_id}" in deleted.stdout
+    assert server.http.get(f"/v1/runs/{run_id}").status_code == 404
 
 
 def test_cli_not_found(server: Server) -> None:

@@ -89,6 +89,9 @@ def test_cancel_through_the_sdk(server: Server) -> None:
     server.wait_for(lambda: run.refresh().aggregate.running == 2)
     run.cancel()
     assert run.wait(timeout=15).status is RunState.CANCELLED
+    run.delete()  # an ended run: gone, with its shards and logs
+    with pytest.raises(NotFound):
+        RunsClient.get(config, run.id)
 
 
 @pytest.mark.anyio
@@ -108,6 +111,9 @@ async def test_async_client(server: Server) -> None:
     assert lines == ["async 1"]
     with pytest.raises(NotFound):
         await AsyncRunsClient.get(config, "wrk_missing")
+    await run.delete()
+    with pytest.raises(NotFound):
+        await AsyncRunsClient.get(config, run.id)
 
 
 @pytest.fixture

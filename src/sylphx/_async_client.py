@@ -206,6 +206,10 @@ class AsyncRun:
         self._view = await AsyncRunsClient.cancel(self._config, self.id)
         return self._view
 
+    async def delete(self) -> None:
+        """Delete this ended run, its shards and logs (its usage stays on record)."""
+        await AsyncRunsClient.delete(self._config, self.id)
+
     def __repr__(self) -> str:
         return f"AsyncRun({self.id!r}, status={self._view.status.value!r})"
 
@@ -297,6 +301,12 @@ class AsyncRunsClient:
         """Request cancellation; the run becomes ``cancelled`` within seconds."""
         body = json_body(await _request(config, "POST", _run_path(run_id, "/cancel")))
         return parse_model(RunView, body, "run")
+
+    @staticmethod
+    async def delete(config: ClientConfig, run_id: str) -> None:
+        """Delete an ended run with its shards and logs; its usage stays on record
+        (ConflictError while it has not ended: cancel it first)."""
+        check(await _request(config, "DELETE", _run_path(run_id)))
 
 
 class AsyncVolumesClient:

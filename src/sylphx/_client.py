@@ -214,6 +214,10 @@ class Run:
         self._view = RunsClient.cancel(self._config, self.id)
         return self._view
 
+    def delete(self) -> None:
+        """Delete this ended run, its shards and logs (its usage stays on record)."""
+        RunsClient.delete(self._config, self.id)
+
     def __repr__(self) -> str:
         return f"Run({self.id!r}, status={self._view.status.value!r})"
 
@@ -305,6 +309,12 @@ class RunsClient:
         """Request cancellation; the run becomes ``cancelled`` within seconds."""
         body = json_body(_request(config, "POST", _run_path(run_id, "/cancel")))
         return parse_model(RunView, body, "run")
+
+    @staticmethod
+    def delete(config: ClientConfig, run_id: str) -> None:
+        """Delete an ended run with its shards and logs; its usage stays on record
+        (ConflictError while it has not ended: cancel it first)."""
+        check(_request(config, "DELETE", _run_path(run_id)))
 
 
 class VolumesClient:

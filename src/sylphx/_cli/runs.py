@@ -1,4 +1,4 @@
-"""``sylphx runs get|list|logs|cancel``."""
+"""``sylphx runs get|list|logs|cancel|delete``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ CANCEL_WAIT_SECONDS = 30.0
 
 @click.group(cls=Group)
 def runs() -> None:
-    """Inspect, follow and cancel runs."""
+    """Inspect, follow, cancel and delete runs."""
 
 
 @runs.command("get")
@@ -106,3 +106,11 @@ def cancel(run_id: str, no_wait: bool, as_json: bool) -> None:
             err=True,
         )
         raise SystemExit(EXIT_FAILED)
+
+
+@runs.command("delete")
+@click.argument("run_id")
+def delete(run_id: str) -> None:
+    """Delete an ended run with its shards and logs; its usage stays on record."""
+    RunsClient.delete(state().config(), run_id)
+    click.echo(f"deleted {run_id}")
