@@ -5,7 +5,7 @@
 #                     busybox-static, postgresql via apt when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
-#   make bench        the P1-P6 benchmarks (BENCHMARKS.md), each against a baseline in the same run
+#   make bench        the P1-P7 benchmarks (BENCHMARKS.md), each against a baseline in the same run
 #   make bench-deps   install the wrk load generator (P3) via apt when missing (root)
 #   make lint | fmt | clean | distclean
 
@@ -106,7 +106,7 @@ test: venv system-deps
 # Every benchmark measures its baseline in the same run and prints a table with the ratio;
 # the tables of the last `make bench` are kept in bench/results.md (see BENCHMARKS.md).
 # BENCHES=p1_fanout make bench runs a subset.
-BENCHES ?= p1_fanout p2_gang p3_get_run p4_logs p5_scale p6_ray
+BENCHES ?= p1_fanout p2_gang p3_get_run p4_logs p5_scale p6_ray p7_usage
 
 bench: venv system-deps bench-deps
 	@cd bench && for b in $(BENCHES); do \
