@@ -240,3 +240,9 @@ def test_a_run_stored_under_older_rules_stays_readable_and_deletable(server: Ser
     assert server.http.post(f"/v1/runs/{run_id}/cancel").status_code == 202
     server.wait(run_id)
     assert server.http.delete(f"/v1/runs/{run_id}").status_code == 204
+
+
+def test_the_readme_shows_the_limits_the_code_enforces() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for field, limit, why in limits.LIMITS:
+        assert f"| {field} | {limit} | {why} |" in readme, field

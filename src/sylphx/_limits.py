@@ -7,7 +7,7 @@ fit ``ARG_MAX`` (2 MiB with the usual 8 MiB stack), and no single ``KEY=value`` 
 may exceed ``MAX_ARG_STRLEN`` (128 KiB). The worst case the limits below allow is
 256 KiB + 256 KiB + 16 x 64 KiB of strings (1.5 MiB) and 5,136 pointers (41 KiB).
 
-:data:`LIMITS` is the table the README shows (``tests/test_limits.py`` keeps them equal).
+:data:`LIMITS` is the table the README shows (``tests/test_strict_api.py`` keeps them equal).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ MAX_ARG_BYTES = 64 * KIB  # one argument, one env value (the kernel's limit: 128
 MAX_COMMAND_BYTES = 256 * KIB  # all arguments together
 MAX_ENV_VARS = 1024
 MAX_ENV_BYTES = 256 * KIB  # names and values together
-MAX_NAME_BYTES = 256  # an env variable or secret name
+MAX_NAME_BYTES = 200  # an env variable or secret name (the store keeps 200)
 MAX_SECRETS = 16  # secrets one run may name
 MAX_SECRET_BYTES = 64 * KIB  # one secret's value
 MAX_PATH_BYTES = 4095  # workingDir, mountPath (the kernel's PATH_MAX is 4096 with the NUL)
@@ -46,31 +46,30 @@ MAX_ID_BYTES = 64  # an object id: volumeId, run ids in URLs
 MAX_VOLUME_MOUNTS = 32
 MAX_VOLUME_NAME_BYTES = 200
 MAX_BODY_BYTES = 4 * KIB * KIB  # one request body
-MAX_JSON_DEPTH = 32  # nesting of a request body's JSON
 
 LIMITS: list[tuple[str, str, str]] = [  # (field, limit, why): the README's table
-    ("command", f"{MAX_ARGS:,} arguments, {MAX_COMMAND_BYTES // KIB} KiB in all",
+    ("`command`", f"{MAX_ARGS:,} arguments, {MAX_COMMAND_BYTES // KIB} KiB in all",
      "the command, environment and secrets must fit the kernel's 2 MiB ARG_MAX together"),
-    ("command[i], env values", f"{MAX_ARG_BYTES // KIB} KiB each",
-     "the kernel refuses a single argument or variable over 128 KiB"),
-    ("env", f"{MAX_ENV_VARS:,} variables, {MAX_ENV_BYTES // KIB} KiB in all (names and values)",
-     "ARG_MAX, as for command"),
-    ("env names, secrets names", f"{MAX_NAME_BYTES} bytes each; letters, digits, _",
+    ("`command[i]`, `env` values", f"{MAX_ARG_BYTES // KIB} KiB each",
+     "the kernel refuses one argument or variable over 128 KiB"),
+    ("`env`", f"{MAX_ENV_VARS:,} variables, {MAX_ENV_BYTES // KIB} KiB in all (names and values)",
+     "ARG_MAX, as for `command`"),
+    ("`env` names, `secrets` names", f"{MAX_NAME_BYTES} bytes each; letters, digits, _",
      "an environment variable name"),
-    ("secrets", f"{MAX_SECRETS} per run; a value {MAX_SECRET_BYTES // KIB} KiB at most",
+    ("`secrets`", f"{MAX_SECRETS} per run; a value {MAX_SECRET_BYTES // KIB} KiB at most",
      "the values become environment variables: ARG_MAX"),
-    ("workingDir, volumeMounts[i].mountPath",
+    ("`workingDir`, `volumeMounts[i].mountPath`",
      f"{MAX_PATH_BYTES:,} bytes, {MAX_PATH_COMPONENT_BYTES} per component",
      "the kernel's PATH_MAX and NAME_MAX"),
-    ("volumeMounts", f"{MAX_VOLUME_MOUNTS} mounts", "each is one bind mount in the sandbox"),
-    ("image", f"{MAX_IMAGE_BYTES:,} bytes", "a registry reference is far shorter"),
-    ("volumeId, ids in URLs", f"{MAX_ID_BYTES} bytes", "ids are 20 characters"),
+    ("`volumeMounts`", f"{MAX_VOLUME_MOUNTS} mounts", "each is one bind mount in the sandbox"),
+    ("`image`", f"{MAX_IMAGE_BYTES:,} bytes", "a registry reference is far shorter"),
+    ("`volumeId`, ids in URLs", f"{MAX_ID_BYTES} bytes", "ids are 20 characters"),
     ("every string", "valid UTF-8, no NUL byte",
      "a NUL ends a C string (argv, env, paths); a lone surrogate cannot be stored or sent"),
     ("integers", "the field's own range (e.g. parallelism 1..256); JSON numbers, not strings"
      " or booleans", "no silent conversion: \"3\" or true is a mistake, not a 3 or a 1"),
-    ("request body", f"{MAX_BODY_BYTES // KIB // KIB} MiB, JSON nested {MAX_JSON_DEPTH} deep",
-     "a spec at every limit above is under 2 MiB"),
+    ("request body", f"{MAX_BODY_BYTES // KIB // KIB} MiB (413 past it); JSON nested past the"
+     " parser's depth (about 1,000) is a 422", "a spec at every limit above is under 2 MiB"),
 ]  # fmt: skip
 
 SURROGATE = re.compile("[\ud800-\udfff]")
