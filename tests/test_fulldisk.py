@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,118 @@ def test_a_shard_that_fills_the_disk_runs_to_its_end(
         assert exit.started_at is not None and exit.started_at < exit.ended_at
     finally:
         executor.close()
+
+
+WAIT_FOR_GO = "while [ ! -e /data/go ]; do sleep 0.02; done; echo result; exit 0"
+
+
+def usage_of(home: Path, run_id: str) -> list[tuple[float, datetime, datetime]]:
+    """(wall seconds, start, end) of each usage row of the run, from the store itself."""
+    from sqlalchemy import select
+
+    from conftest import database_url_for
+    from sylphx._server.store import UsageRow, make_engine
+
+    engine = make_engine(database_url_for(home))
+    try:
+        with engine.connect() as db:
+            rows = db.execute(
+                select(UsageRow.wall_seconds, UsageRow.started_at, UsageRow.ended_at).where(
+                    UsageRow.run_id == run_id
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    return [(float(w), s, e) for w, s, e in rows]
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _run_waiting(server: Any, home: Path) -> tuple[dict[str, Any], str, Path, datetime]:
+    """Submit a shard that waits for /data/go and wait for it to run: returns
+    the run, its volume's id, the attempt's state folder and the time now."""
+    vol = server.http.post("/v1/volumes", json={"name": "out"}).json()["id"]
+    run = server.submit(
+        command=["sh", "-c", WAIT_FOR_GO],
+        machine="nano",
+        volumeMounts=[{"volumeId": vol, "mountPath": "/data"}],
+    )
+    state = home / "state" / run["id"] / "0.1"
+    wait_file(state / "pid")
+    filled = datetime.now(UTC)
+    return run, vol, state, filled
+
+
+def _check_settled(
+    server: Any, home: Path, run_id: str, filled: datetime, before: datetime
+) -> None:
+    """The run succeeded; its one attempt exit 0, started before the disk filled, ended
+    before ``before`` (the supervisor's record, not the settling's time), its stdout
+    named as cut by the full disk, and billed its true window."""
+    done = server.wait(run_id, timeout=60)
+    assert done["status"] == "succeeded", done
+    (shard,) = server.http.get(f"/v1/runs/{run_id}/shards").json()
+    (attempt,) = shard["history"]
+    assert (attempt["status"], attempt["exitCode"]) == ("succeeded", 0)
+    start, end = _ts(attempt["startedAt"]), _ts(attempt["endedAt"])
+    assert start < filled < end < before
+    assert attempt["logTruncated"] == ["stdout:diskfull"] == shard["logTruncated"]
+    ((wall, billed_start, billed_end),) = usage_of(home, run_id)
+    assert wall == pytest.approx((end - start).total_seconds(), abs=0.01) and wall > 0
+    assert (billed_start, billed_end) == (start, end)
+
+
+def test_a_full_disk_under_a_live_control_plane_keeps_the_true_end_and_its_bill(
+    tmp_path: Path, small_disk: Callable[[Path, str], Path]
+) -> None:
+    """SYLPHX_HOME (store, state, logs, volumes) on one small disk, sandboxed shards. The
+    shard runs, the disk fills, the shard prints and exits 0: its supervisor records the
+    end on the full disk; the store cannot commit it until space is freed, then it is
+    settled as it really was."""
+    from serverproc import ServerProcess
+
+    home = small_disk(tmp_path / "home", "48m")
+    server = ServerProcess(home)
+    try:
+        server.start()
+        run, vol, state, filled = _run_waiting(server, home)
+        filler = fill(home)
+        (home / "volumes" / vol / "go").touch()  # an inode, no block: fits a full tmpfs
+        wait_file(state / "exit")  # recorded by the supervisor, on the full disk
+        recorded = datetime.now(UTC)
+        time.sleep(2)  # passes fail to commit meanwhile (the store is on the full disk)
+        assert server.get(run["id"])["status"] == "running"
+        filler.unlink()
+        _check_settled(server, home, run["id"], filled, recorded)
+    finally:
+        server.close()
+
+
+def test_a_control_plane_killed_and_restarted_on_a_full_disk_records_the_true_end(
+    tmp_path: Path, small_disk: Callable[[Path, str], Path]
+) -> None:
+    """As above, but the control plane is killed -9 once the disk is full, the shard ends
+    while it is down, and a new one starts on the still-full disk (its store cannot
+    commit) before space is freed. SYLPHX_SANDBOX=off: a sandboxed control plane cannot
+    start on a full disk yet (it writes its seccomp filter at start-up)."""
+    from serverproc import ServerProcess
+
+    home = small_disk(tmp_path / "home", "48m")
+    server = ServerProcess(home, SYLPHX_SANDBOX="off")
+    try:
+        server.start()
+        run, vol, state, filled = _run_waiting(server, home)
+        filler = fill(home)
+        server.kill9()
+        (home / "volumes" / vol / "go").touch()
+        wait_file(state / "exit")
+        down = datetime.now(UTC)
+        server.start()  # healthy on the full disk; its passes cannot commit
+        time.sleep(2)
+        assert server.get(run["id"])["status"] == "running"
+        filler.unlink()
+        _check_settled(server, home, run["id"], filled, down)
+    finally:
+        server.close()
