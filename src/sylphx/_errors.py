@@ -27,11 +27,31 @@ __all__ = [
 ]
 
 
+ERRORS_BY_CODE: dict[str, type[SylphxError]] = {}  # filled as each class is defined
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
 class SylphxError(Exception):
-    """Base of every sylphx error; carries a human message and structured details."""
+    """Base of every sylphx error; carries a human message and structured details.
+
+    Each subclass that sets its own ``code`` registers itself (:data:`ERRORS_BY_CODE`),
+    so the SDK rebuilds exactly the class the API raised; ``fields`` names the extra
+    attributes a class carries in its body (camelCase on the wire)."""
 
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            if cls.code in ERRORS_BY_CODE:
+                raise TypeError(f"error code {cls.code!r} is taken by {ERRORS_BY_CODE[cls.code]}")
+            ERRORS_BY_CODE[cls.code] = cls
 
     def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
@@ -43,7 +63,26 @@ class SylphxError(Exception):
         body: dict[str, Any] = {"error": self.code, "message": self.message}
         if self.details:
             body["details"] = self.details
+        for name in self.fields:
+            value = getattr(self, name, None)
+            if value is not None:
+                body[_camel(name)] = value
         return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> SylphxError:
+        """The error an API error body describes (see :meth:`to_body`)."""
+        err = cls.__new__(cls)
+        details = body.get("details")
+        SylphxError.__init__(
+            err, body["message"], details=details if isinstance(details, list) else None
+        )
+        for name in cls.fields:
+            setattr(err, name, body.get(_camel(name)))
+        return err
+
+
+ERRORS_BY_CODE[SylphxError.code] = SylphxError
 
 
 class ValidationError(SylphxError):
@@ -74,6 +113,7 @@ class QuotaExceeded(SylphxError):
 
     status_code = 429
     code = "quota_exceeded"
+    fields = ("retry_after",)
     retry_after: int | None = None
 
     def __init__(
@@ -120,6 +160,7 @@ class IllegalTransition(SylphxError):
 
     status_code = 409
     code = "illegal_transition"
+    fields = ("kind", "ident", "current", "target")
 
     def __init__(self, kind: str, ident: str, current: str, target: str) -> None:
         super().__init__(f"{kind} {ident}: illegal transition {current} -> {target}")
@@ -161,30 +202,8 @@ class TransportError(SylphxError):
     code = "transport_error"
 
 
-ERRORS_BY_CODE: dict[str, type[SylphxError]] = {
-    cls.code: cls
-    for cls in (
-        SylphxError,
-        ValidationError,
-        Unschedulable,
-        NotFound,
-        MethodNotAllowed,
-        PayloadTooLarge,
-        ConflictError,
-        ExecutorError,
-        ServerUnavailable,
-        StoreUnavailable,
-        StorageFull,
-        TransportError,
-    )
-}
-
-
 def error_from_body(status: int, body: Any) -> SylphxError:
     """Rebuild the typed error from an API error body (used by the SDK)."""
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        cls = ERRORS_BY_CODE.get(str(body.get("error")), SylphxError)
-        err = cls.__new__(cls)
-        SylphxError.__init__(err, body["message"], details=body.get("details"))
-        return err
+        return ERRORS_BY_CODE.get(str(body.get("error")), SylphxError).from_body(body)
     return TransportError(f"HTTP {status}: {str(body)[:500]}")
