@@ -32,6 +32,7 @@ from pathlib import Path
 from ..._errors import ExecutorError
 from ..controller.admission import Resources
 from ..images import ImageStore
+from . import statefiles
 from .base import Exit, LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
 from .envelope import host_envelope, own_volumes, shard_env
@@ -118,7 +119,7 @@ class LocalExecutor:
             return
         for name in self._cgroups.names():
             run_id, _, attempt = name.rpartition("-")
-            if run_id and read_exit(f"{self.state_dir}/{run_id}/{attempt}") is not None:
+            if run_id and statefiles.exit_recorded(f"{self.state_dir}/{run_id}/{attempt}"):
                 group = self._cgroups.existing(name)
                 if group is not None:
                     self._cgroups.release(group)
@@ -358,7 +359,7 @@ class LocalExecutor:
         """Signal the attempt's process group, once its pid is proven to be the same
         process (start time); works for attempts a previous server started too."""
         folder = self._folder(handle)
-        if read_exit(folder) is not None:
+        if statefiles.exit_recorded(folder):
             return
         pid = verified_pid(read_state(f"{folder}/pid"))
         if pid is None:

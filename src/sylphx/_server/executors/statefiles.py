@@ -291,7 +291,15 @@ def read_exit(folder: str, *, reserved: bool = True) -> ExitRecord | None:
     if not reserved:
         return None
     text = (read_state(f"{folder}/{RESERVED}") or "").partition("\0")[0]
-    return parse_exit(text) if text.endswith("\n") else None  # else not (wholly) written
+    try:
+        return parse_exit(text) if text.endswith("\n") else None  # else not wholly written
+    except ValueError:  # not a record: as if not written
+        return None
+
+
+def exit_recorded(folder: str) -> bool:
+    """Whether the attempt ended: :func:`read_exit` without parsing a plain ``exit``."""
+    return os.path.exists(f"{folder}/exit") or read_exit(folder) is not None
 
 
 def parse_exit(text: str) -> ExitRecord:
