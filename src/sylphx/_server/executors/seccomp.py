@@ -138,6 +138,11 @@ def write_filter(path: Path) -> Path:
     every shard's bubblewrap opens it there (the supervisor passes it as an fd)."""
     data = build_filter()
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # already there (a restart): no write, so a full disk does not stop the start
+        if path.read_bytes() == data and path.stat().st_mode & 0o777 == 0o600:
+            return path
+    except FileNotFoundError:
+        pass
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
