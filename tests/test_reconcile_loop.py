@@ -22,6 +22,9 @@ LONG = 60.0  # a batch period no test outlives: a pass that came only after it n
 class WakingExecutor(FakeExecutor):
     """Keeps the waker the reconciler gives it, as a real executor does."""
 
+    def forget_run(self, run_id: str) -> None:
+        pass
+
     def set_waker(self, wake: object) -> None:
         assert callable(wake)
         self.wake: Callable[[], None] = wake

@@ -96,6 +96,9 @@ class FakeExecutor:
     def flush(self, *, discard: bool = False) -> None:
         pass
 
+    def forget_run(self, run_id: str) -> None:
+        pass
+
     def set_waker(self, wake: object) -> None:
         pass
 

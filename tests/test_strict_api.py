@@ -193,6 +193,7 @@ def test_an_ended_run_can_be_deleted_with_its_logs_and_its_usage_stays(server: S
     server.get(run["id"])  # a final view, now cached in memory
     logs_dir = server.settings.logs_dir / run["id"]
     assert logs_dir.is_dir()
+    assert (server.plane.executor.state_dir / run["id"]).is_dir()  # type: ignore[attr-defined]
     with server.plane.reads() as s:
         billed = s.scalar(select(func.sum(UsageRow.compute_seconds)).where(
             UsageRow.run_id == run["id"]))  # fmt: skip
@@ -203,6 +204,7 @@ def test_an_ended_run_can_be_deleted_with_its_logs_and_its_usage_stays(server: S
         assert server.http.get(path).status_code == 404
     assert server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0}).status_code == 404
     assert not logs_dir.exists()
+    assert not (server.plane.executor.state_dir / run["id"]).exists()  # type: ignore[attr-defined]
     assert run["id"] not in [r["id"] for r in server.http.get("/v1/runs").json()["items"]]
     assert server.http.get("/v1/usage").json()["computeSeconds"] == before  # usage stays
     assert server.http.delete(f"/v1/runs/{run['id']}").status_code == 404

@@ -228,6 +228,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             paths = runs.delete(s, run_id, org_id)
         plane.terminal_views.drop(run_id)
         logs.remove(paths, plane.settings.logs_dir)
+        plane.executor.forget_run(run_id)
         return Response(status_code=204)
 
     @app.get("/v1/runs/{run_id}/logs")

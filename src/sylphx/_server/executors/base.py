@@ -108,6 +108,11 @@ class Executor(Protocol):
         """Give the executor a callable to call when an attempt ends."""
         ...
 
+    def forget_run(self, run_id: str) -> None:
+        """Drop what the executor keeps of a run that ended and was deleted (its attempts'
+        state files); every attempt of it has ended and been settled."""
+        ...
+
     def close(self) -> None:
         """Release watchers; running attempts are left alone."""
         ...

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import threading
 import time
@@ -130,6 +131,9 @@ class LocalExecutor:
     def set_waker(self, wake: object) -> None:
         assert callable(wake)
         self._wake = wake
+
+    def forget_run(self, run_id: str) -> None:
+        shutil.rmtree(f"{self.state_dir}/{run_id}", ignore_errors=True)
 
     def _dir(self, handle: str) -> Path:
         return Path(self._folder(handle))

@@ -202,6 +202,9 @@ class RayExecutor:
             remove_placement_group(gang.pg)
 
     # -- attempts --------------------------------------------------------------
+    def forget_run(self, run_id: str) -> None:
+        """Nothing to drop: a node keeps no state files for an ended attempt."""
+
     def set_waker(self, wake: object) -> None:
         assert callable(wake)
         self._wake = wake
