@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -13,8 +14,12 @@ from ._states import AttemptState, RunState, ShardState
 __all__ = [
     "Aggregate",
     "AttemptView",
+    "ErrorBody",
+    "ErrorDetail",
+    "Health",
     "Logs",
     "OrgView",
+    "Readiness",
     "RunList",
     "RunView",
     "SecretView",
@@ -161,3 +166,46 @@ class SecretView(_View):
     name: str
     created_at: datetime
     updated_at: datetime
+
+
+class ErrorDetail(BaseModel):
+    """One broken rule: the field (or, for /readyz, the check) it is about, the rule, and
+    the fix. Quota errors add ``limit``, ``max``, ``current`` and ``requested``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str
+    rule: str
+    fix: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the API answers with, whatever its status."""
+
+    error: str = Field(
+        description="a stable code: validation_error, unschedulable, unauthorized, not_found,"
+        " method_not_allowed, conflict, payload_too_large, quota_exceeded, store_unavailable,"
+        " storage_full, server_unavailable, executor_error, ..."
+    )
+    message: str = Field(description="what went wrong and, after 'Fix:', what to do")
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class Health(_View):
+    """Liveness (``GET /healthz``): the process and its event loop answer."""
+
+    ok: Literal[True] = True
+    executor: str
+    capacity: str
+
+
+class Readiness(_View):
+    """Readiness (``GET /readyz``): this process can serve; a 503 names what it lacks."""
+
+    ok: Literal[True] = True
+    store: str = Field(description="the store's kind: sqlite or postgresql")
+    lease: Literal["holder", "standby"] = Field(
+        description="holder: this process reconciles; standby: another process does"
+    )
+    lease_holder: str = Field(description="which process holds the reconciler lease")
+    log_disk_free_bytes: int

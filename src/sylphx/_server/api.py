@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -30,7 +30,19 @@ from .._views import (
     UsageReport,
     VolumeView,
 )
-from . import billing, edge, faults, image_policy, logs, longpoll, orgs, runs, secrets, volumes
+from . import (
+    billing,
+    edge,
+    faults,
+    health,
+    image_policy,
+    logs,
+    longpoll,
+    orgs,
+    runs,
+    secrets,
+    volumes,
+)
 from .hostpaths import check_host_paths
 from .plane import ControlPlane
 from .store import OrgRow, RunRow
@@ -108,14 +120,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     reads = plane.reads
 
     edge.install(app, plane)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {
-            "ok": True,
-            "executor": plane.executor.name,
-            "capacity": plane.executor.capacity().text(),
-        }
+    health.install(app, plane)  # /healthz, /readyz
 
     @app.get("/v1/org", response_model=OrgView)
     def get_org(org_id: Org) -> OrgView:

@@ -33,6 +33,12 @@ class Lease:
     def postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
+    @property
+    def held(self) -> bool:
+        """Whether this process held the lease at its last :meth:`ensure` (no I/O: safe
+        to read from any thread; /readyz reports it)."""
+        return self._conn is not None or self._fh is not None
+
     def ensure(self) -> bool:
         """True while this process holds the lease (acquiring it if free)."""
         if self.postgres:
