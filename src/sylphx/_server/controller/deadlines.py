@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from ..._states import ShardState
+from ..transitions import transition
 
 if TYPE_CHECKING:
     from ..._spec import RunSpec
@@ -88,4 +89,23 @@ def stop_live(
             attempt.stop_reason, attempt.stop_requested_at = reason, now
         else:
             attempt.killed_at = now
+    return signals
+
+
+def stop(
+    run: RunRow,
+    spec: RunSpec,
+    now: datetime,
+    *,
+    kill_grace: float,
+    preemption_grace: float,
+) -> list[tuple[str, Action]]:
+    """One pass's look at a run with its shards loaded: :func:`stop_live`, and a
+    cancelled run's pending shards cancelled."""
+    signals = stop_live(run, spec, now, kill_grace=kill_grace, preemption_grace=preemption_grace)
+    if run.cancel_requested_at is not None:
+        for shard in run.shards:
+            if shard.state == ShardState.PENDING:
+                transition(shard, ShardState.CANCELLED, now)
+                shard.reason = "Cancelled before it started"
     return signals

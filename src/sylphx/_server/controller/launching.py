@@ -24,6 +24,7 @@ from ..store import RunRow, VolumeRow
 from ..store.batch import Batch
 from ..store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
 from ..transitions import transition
+from .bulkhead import PASS_LEVEL
 
 _PENDING = (  # a run's first pending shards (built once: see survey)
     select(*shard_columns())
@@ -51,15 +52,19 @@ class RunLaunch:
 
     def __init__(self, s: Session, run: RunRow, spec: RunSpec, cipher: Fernet | None) -> None:
         self._s, self._run, self._spec, self._cipher = s, run, spec, cipher
-        self._shared: tuple[list[Mount], dict[str, str]] | ExecutorError | None = None
+        self._shared: tuple[list[Mount], dict[str, str]] | Exception | None = None
+        self.fault: Exception | None = None  # the first error that was not the shard's
+        self.launched: list[str] = []  # handles the executor accepted
 
     def _parts(self) -> tuple[list[Mount], dict[str, str]]:
         if self._shared is None:
             try:
                 self._shared = (self._mounts(), self._secrets())
-            except ExecutorError as exc:
+            except PASS_LEVEL:
+                raise
+            except Exception as exc:
                 self._shared = exc
-        if isinstance(self._shared, ExecutorError):
+        if isinstance(self._shared, Exception):
             raise self._shared  # every shard of the run fails to start with the same reason
         return self._shared
 
@@ -104,7 +109,9 @@ class RunLaunch:
     ) -> list[Exit]:
         """Start the run's first ``n`` pending shards (each a new attempt) through
         ``executor``; returns the launches that failed (exit 127, LaunchError) for the
-        caller to settle. A full disk raises StorageFull: not the shards' fault."""
+        caller to settle. A full disk raises StorageFull: not the shards' fault. Any
+        other error (a bug, a bad value) fails that shard's launch too, and is kept in
+        :attr:`fault`: the caller parks or ends the run, the pass goes on."""
         self._s.flush()  # a shard this pass cancelled through the ORM is not pending
         rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n}).all()
         shards = [ShardRecord(*row) for row in rows]
@@ -117,15 +124,20 @@ class RunLaunch:
             try:
                 request = self.request(shard.index, shard.attempts, stdout, stderr)
                 handle = executor.launch(request)
-            except (OSError, ExecutorError) as exc:
+            except PASS_LEVEL:
+                raise
+            except Exception as exc:
                 if isinstance(exc, OSError) and faults.is_disk_full(exc):
                     raise faults.disk_full(home, "state") from exc  # roll back, retry
+                why = str(exc)
+                if not isinstance(exc, OSError | ExecutorError):
+                    self.fault = self.fault or exc
+                    why = f"internal error: {type(exc).__name__}: {exc}"
                 handle = f"unstarted:{self._run.id}/{shard.index}.{shard.attempts}"
-                Path(stderr).parent.mkdir(parents=True, exist_ok=True)
-                with open(stderr, "a") as fh:
-                    fh.write(f"sylphx: could not start the shard: {exc}\n")
-                failed.append(Exit(handle, 127, now, reason=f"LaunchError: {exc}"))
+                _note(logs_dir, stderr, f"sylphx: could not start the shard: {why}\n")
+                failed.append(Exit(handle, 127, now, reason=f"LaunchError: {why}"))
             else:
+                self.launched.append(handle)
                 transition(shard, ShardState.RUNNING, now)
             attempts.append(
                 {
@@ -143,3 +155,16 @@ class RunLaunch:
             _INSERT_ATTEMPTS.execute(self._s.connection(), attempts)
             update_shards(self._s, shards, ("state", "attempts", "started_at"))
         return failed
+
+
+def _note(logs_dir: Path, stderr: str, text: str) -> None:
+    """Say in the attempt's stderr why it never started (the reason is also stored on
+    the attempt). A full log disk fails the pass: no shard starts until there is room."""
+    try:
+        Path(stderr).parent.mkdir(parents=True, exist_ok=True)
+        with open(stderr, "a") as fh:
+            fh.write(text)
+    except OSError as exc:
+        if faults.is_disk_full(exc):
+            raise faults.disk_full(logs_dir, "log") from exc
+        raise

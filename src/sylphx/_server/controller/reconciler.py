@@ -16,20 +16,21 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, bindparam, inspect, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..._errors import StorageFull
 from ..._settings import Settings
 from ..._spec import RunSpec
-from ..._states import RUN_TRANSITIONS, RunState, ShardState
+from ..._states import RunState, ShardState
 from .. import faults
 from ..executors.base import Executor, Exit, Signal
 from ..lease import Lease
 from ..store import AttemptRow, RunRow, ShardRow
 from ..transitions import transition
-from . import deadlines, launching, scheduling, settle, success, survey
+from . import bulkhead, deadlines, launching, queue, rollup, scheduling, settle, survey
+from .bulkhead import PASS_LEVEL
 
 log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]
@@ -43,12 +44,12 @@ FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this
 # exits are likely as many, and waiting would only delay them).
 EXIT_BATCH_SECONDS = 0.04
 EXIT_BATCH = 32
+# What a pass was doing for a run when it failed (see bulkhead): "Internal error while ..."
+READING, SETTLING = "reading its spec", "settling its shards' exits"
+QUEUEING, STARTING = "deciding whether it starts", "starting its shards"
 
 
 _ACTIVE_RUNS = select(RunRow).where(RunRow.state.in_(ACTIVE)).order_by(RunRow.created_at, RunRow.id)
-_ENDED_SHARDS = select(ShardRow.index, ShardRow.state, ShardRow.ended_at).where(
-    ShardRow.run_id == bindparam("run_id")
-)
 
 
 def utcnow() -> datetime:
@@ -84,6 +85,7 @@ class Reconciler:
         self._disk_full: str | None = None  # the last "log disk full" message logged
         self._last_full = float("-inf")  # monotonic time of the last pass that loaded all
         self._specs: dict[tuple[str, int], RunSpec] = {}  # parsed specs by (run, version)
+        self._bulkhead = bulkhead.Bulkhead()  # runs that failed a step: parked or ended
         self.on_pass: Callable[[list[str]], None] = lambda ended: None  # hook, see tick()
         executor.set_waker(self._wake_batched)
 
@@ -159,6 +161,7 @@ class Reconciler:
         except BaseException:
             self.executor.flush(discard=True)  # never start what a rolled-back pass launched
             raise
+        self._bulkhead.commit(ended)  # the strikes of the runs that failed a step count
         # Signals go out only after the pass committed why (timeout/cancel): a pass rolled
         # back by a concurrent write must not leave a shard killed for no recorded reason.
         for handle, sig in self._signals:
@@ -166,44 +169,65 @@ class Reconciler:
         self.on_pass(ended)  # hook: the ids of the runs this committed pass ended
 
     def _pass(self) -> list[str]:
+        bh = self._bulkhead
+        bh.begin()
         with self.sessions.begin() as s:
             runs = list(s.scalars(_ACTIVE_RUNS))
             specs = self._parse(runs)
+            self._specs = {(run.id, run.version): specs[run.id] for run in bh.live(runs)}
             exits = self.executor.poll()
             self._last_exits = len(exits)
             self._collect(s, exits, specs)
             now = self.clock()
-            focus = self._focus(s, runs, specs, now)
-            for run in focus:
-                self._signals += deadlines.stop_live(
-                    run,
-                    specs[run.id],
-                    now,
-                    kill_grace=self.settings.kill_grace_seconds,
-                    preemption_grace=self.settings.preemption_grace_seconds,
-                )  # the signals go out once their reasons are stored
-                if run.cancel_requested_at is not None:
-                    for shard in run.shards:
-                        if shard.state == ShardState.PENDING:
-                            transition(shard, ShardState.CANCELLED, now)
-                            shard.reason = "Cancelled before it started"
-            for run in runs:
-                specs[run.id] = scheduling.expire_admission(run, specs[run.id], now)
+            focus = self._focus(s, bh.live(runs), specs, now)
+            grace = self.settings.kill_grace_seconds, self.settings.preemption_grace_seconds
+            stops = bh.each(
+                s,
+                focus,
+                "stopping its shards",
+                lambda run: deadlines.stop(
+                    run, specs[run.id], now, kill_grace=grace[0], preemption_grace=grace[1]
+                ),
+            )
+            for signals in stops.values():  # they go out once their reasons are stored
+                self._signals += signals
+            specs |= bh.each(
+                s,
+                runs,
+                "checking its admission deadline",
+                lambda run: scheduling.expire_admission(run, specs[run.id], now),
+            )
             counts = survey.shard_counts(s)
             if self._admit(s, runs, counts, specs, now):
                 counts = survey.shard_counts(s)  # failed launches were settled
-            for run in runs:
-                self._roll_up(s, run, counts[run.id], now)
+            bh.resolve(s, now)  # park or end the runs that failed a step
+            bh.each(
+                s,
+                [run for run in runs if not RunState(run.state).terminal],
+                "rolling it up",
+                lambda run: rollup.roll_up(s, run, counts[run.id], now, note=bh.notes.get(run.id)),
+                skip_faulted=False,
+            )
+            bh.resolve(s, now)
+            self._signals += bh.signals
             return [run.id for run in runs if RunState(run.state).terminal]
 
     def _parse(self, runs: list[RunRow]) -> dict[str, RunSpec]:
-        """Each run's spec, parsed once per version of its row."""
-        specs = {}
+        """Each run's spec, parsed once per version of its row. A run whose spec does
+        not parse (any more) is ended: nothing can be done for it."""
+        specs, failed = {}, {}
         for run in runs:
-            key = (run.id, run.version)
-            specs[key] = self._specs.get(key) or RunSpec.model_validate(run.spec)
-        self._specs = specs  # forget the runs that ended or changed
-        return {run_id: spec for (run_id, _), spec in specs.items()}
+            try:
+                spec = self._specs.get((run.id, run.version))
+                specs[run.id] = spec or RunSpec.model_validate(run.spec)
+            except PASS_LEVEL:
+                raise
+            except Exception as exc:
+                failed[run.id] = exc
+        bulkhead.breaker(READING, len(runs), failed)
+        for run_id, error in failed.items():
+            self._bulkhead.fault(run_id, READING, error, final=True)
+        return specs
 
     def _focus(
         self,
@@ -237,6 +261,8 @@ class Reconciler:
         which reports them when they end -- or at once, with their true end times, if they
         ended meanwhile. Only an attempt the executor cannot account for at all is recorded
         as lost; none is ever started twice."""
+        bh = self._bulkhead
+        bh.begin()
         with self.sessions.begin() as s:
             unended = s.scalars(select(AttemptRow).where(AttemptRow.ended_at.is_(None))).all()
             lost = []
@@ -247,18 +273,21 @@ class Reconciler:
                     reason = "Lost: the control plane restarted and cannot find the attempt"
                     lost.append(Exit(attempt.handle, -9, self.clock(), reason=reason))
             run_ids = {a.run_id for a in unended}
-            specs = {
-                r.id: RunSpec.model_validate(r.spec)
-                for r in s.scalars(select(RunRow).where(RunRow.id.in_(run_ids)))
-            }
+            specs = self._parse(list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids)))))
             self._collect(s, lost, specs)
+            bh.resolve(s, self.clock())
+        bh.commit()
+        for handle, sig in bh.signals:  # the processes of runs that were ended
+            self.executor.signal(handle, sig)
 
     # -- steps ---------------------------------------------------------------
     def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> None:
-        """Settle the attempts in ``exits``."""
+        """Settle the attempts in ``exits``; a run whose exits cannot be settled is ended."""
         if exits:
             ceiling = self.settings.max_preemptions_per_index
-            settle.settle(s, exits, specs.__getitem__, preemption_ceiling=ceiling)
+            unsettled = settle.settle(s, exits, specs.__getitem__, preemption_ceiling=ceiling)
+            for run_id, (exc, left) in unsettled.items():
+                self._bulkhead.fault(run_id, SETTLING, exc, final=True, exits=left)
 
     def _admit(
         self,
@@ -270,67 +299,91 @@ class Reconciler:
     ) -> bool:
         """Ask the queue policy what starts (and what is preempted) now, and do it; True
         when a launch failed (and was settled), which may have ended a run."""
+        bh = self._bulkhead
         try:  # a shard started on a full log disk would lose its logs: start none
             faults.check_disk(self.settings.logs_dir, "log")
         except StorageFull as exc:
             if self._disk_full != exc.message:
                 log.error("not starting shards: %s", exc.message)
             self._disk_full = exc.message
-            for run in runs:
+            for run in bh.live(runs):
                 if counts[run.id][ShardState.PENDING]:
                     run.message = f"waiting: {exc.message}"
             return False
         self._disk_full = None
-        decision = scheduling.decide(
-            runs,
-            counts,
-            capacity=self.executor.capacity(),
-            preemptible=lambda: survey.preemptible(s, now),
-            preemption_ceiling=self.settings.max_preemptions_per_index,
-        )
+        decision = self._decide(s, runs, counts, now)
         for victim in decision.preempt:
             attempt = s.get(AttemptRow, victim.attempt_id)
             if attempt is not None and attempt.ended_at is None and attempt.handle:
                 self._signals.append((attempt.handle, "term"))  # after the commit
                 attempt.stop_reason, attempt.stop_requested_at = "preempt", now
-        failed: list[Exit] = []
-        for run in runs:
-            note = _course_note(run)
+        for run in bh.live(runs):
+            note = rollup.course_note(run)
             waiting = decision.waiting.get(run.id)
+            left = counts[run.id][ShardState.PENDING] - decision.starts.get(run.id, 0)
+            if left > 0 and not waiting:  # a run that waits says why, always
+                waiting = f"waiting: {left} shard(s) not started yet"
             run.message = "; ".join(m for m in (note, waiting) if m) or None
             run.queue_position = decision.positions.get(run.id)
-            n = decision.starts.get(run.id, 0)
-            if not n:
-                continue
-            # Optional executor hook (Ray: a placement group of n bundles). Until the
-            # reservation is ready the gang run stays queued; it is asked again next pass.
-            reserve = getattr(self.executor, "reserve_gang", None)
-            if run.gang and reserve is not None and not reserve(run.id, n, run.machine):
-                run.message = f"waiting for the executor to reserve {n} x {run.machine} at once"
-                continue
-            if run.state == RunState.QUEUED:
-                transition(run, RunState.RUNNING, now)
-            launch = launching.RunLaunch(s, run, specs[run.id], self.cipher)
-            logs, home = self.settings.logs_dir, self.settings.home
-            failed += launch.start(self.executor, n, now, logs, home)
+        starting = [run for run in bh.live(runs) if decision.starts.get(run.id)]
+        launched = bh.each(  # one savepoint per run: a launch must not be done twice
+            s,
+            starting,
+            STARTING,
+            lambda run: self._start(s, run, decision.starts[run.id], specs[run.id], now),
+            isolated=True,
+        )
+        faulted = {run.id: bh.faults[run.id].error for run in starting if run.id in bh.faults}
+        bulkhead.breaker(STARTING, len(starting), faulted)
+        failed = [exit for exits in launched.values() for exit in exits]
+        for run in starting:
+            exits = launched.get(run.id)
+            if exits:  # a run that waits says why
+                could_not = f"{len(exits)} shard(s) could not start: {exits[0].reason}"
+                run.message = "; ".join(m for m in (run.message, could_not) if m)
         self.executor.flush()  # the local executor starts the whole pass as one batch
         self._collect(s, failed, specs)
         return bool(failed)
 
-    def _roll_up(self, s: Session, run: RunRow, counts: Counter[ShardState], now: datetime) -> None:
-        """End the run once every shard is terminal (``counts``: its shards by state)."""
-        final = success.final_status(counts, cancel_requested=run.cancel_requested_at is not None)
-        if final is None:
-            return
-        if run.state == RunState.QUEUED and final not in RUN_TRANSITIONS[RunState.QUEUED]:
+    def _decide(
+        self, s: Session, runs: list[RunRow], counts: dict[str, Counter[ShardState]], now: datetime
+    ) -> queue.Decision:
+        """The queue policy's decision (a run it fails on is parked, see bulkhead)."""
+        capacity, ceiling = self.executor.capacity(), self.settings.max_preemptions_per_index
+        return self._bulkhead.whole(
+            runs,
+            QUEUEING,
+            lambda some: scheduling.decide(
+                some,
+                counts,
+                capacity=capacity,
+                preemptible=lambda: survey.preemptible(s, now),
+                preemption_ceiling=ceiling,
+                hold=self._bulkhead.faults.keys(),  # parked: their live shards still count
+            ),
+        )
+
+    def _start(self, s: Session, run: RunRow, n: int, spec: RunSpec, now: datetime) -> list[Exit]:
+        """Start ``n`` of the run's pending shards; the launches that failed."""
+        # Optional executor hook (Ray: a placement group of n bundles). Until the
+        # reservation is ready the gang run stays queued; it is asked again next pass.
+        reserve = getattr(self.executor, "reserve_gang", None)
+        if run.gang and reserve is not None and not reserve(run.id, n, run.machine):
+            run.message = f"waiting for the executor to reserve {n} x {run.machine} at once"
+            return []
+        if run.state == RunState.QUEUED:
             transition(run, RunState.RUNNING, now)
-        transition(run, final, now)
-        shards = s.execute(_ENDED_SHARDS, {"run_id": run.id}).all()
-        run.ended_at = max((ended for _, _, ended in shards if ended), default=now)
-        states = [(index, state) for index, state, _ in shards]
-        note = _course_note(run)
-        run.message = "; ".join(m for m in (note, success.summary(states, counts)) if m) or None
-        run.queue_position = None
+        launch = launching.RunLaunch(s, run, spec, self.cipher)
+        try:
+            failed = launch.start(self.executor, n, now, self.settings.logs_dir, self.settings.home)
+        except PASS_LEVEL:
+            raise
+        except Exception:  # its savepoint is rolled back: the executor's launches are not
+            self._bulkhead.unrecorded(run.id, launch.launched)
+            raise
+        if launch.fault is not None:  # its shards' launches failed (and are settled)
+            self._bulkhead.fault(run.id, STARTING, launch.fault)
+        return failed
 
 
 def _load_shards(s: Session, runs: list[RunRow]) -> None:
@@ -342,10 +395,3 @@ def _load_shards(s: Session, runs: list[RunRow]) -> None:
             .where(RunRow.id.in_(ids))
             .options(selectinload(RunRow.shards).selectinload(ShardRow.history))
         ).all()
-
-
-def _course_note(run: RunRow) -> str | None:
-    """The part of the message that explains the run's course (kept until it ends)."""
-    if run.message and run.message.startswith("AdmissionTimeout"):
-        return run.message.split("; ")[0]
-    return None

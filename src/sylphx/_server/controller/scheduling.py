@@ -6,7 +6,7 @@ attempts (asked for only when a gang waits); and the gang admission deadline
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
 from ..._machines import MACHINES
@@ -26,9 +26,11 @@ def decide(
     capacity: Resources,
     preemptible: Callable[[], tuple[list[Victim], Resources]],
     preemption_ceiling: int,
+    hold: Collection[str] = (),
 ) -> queue.Decision:
     """The queue policy's decision for this pass (``runs`` in submission order, ``counts``
-    their shards by state). ``preemptible`` is asked only when a gang run waits."""
+    their shards by state). ``preemptible`` is asked only when a gang run waits. Runs in
+    ``hold`` (parked this pass) start nothing, but their live shards hold capacity."""
     used = ZERO
     org_units: dict[str, float] = defaultdict(float)
     candidates: list[queue.Candidate] = []
@@ -39,7 +41,7 @@ def decide(
             used = used + Resources.of_tier(run.machine, live)
             org_units[run.org_id] += MACHINES[run.machine].units * live
         pending = count[ShardState.PENDING]
-        if pending and run.cancel_requested_at is None:
+        if pending and run.cancel_requested_at is None and run.id not in hold:
             candidates.append(
                 queue.Candidate(
                     run.id,

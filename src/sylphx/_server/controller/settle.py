@@ -30,6 +30,7 @@ from ..store.records import (
 )
 from ..transitions import transition
 from . import backoff
+from .bulkhead import NOT_A_RUNS, PASS_LEVEL, breaker
 
 CHUNK = 500  # handles per query (bound parameters stay far below every backend's limit)
 ATTEMPT_KEYS = ("state", "exit_code", "reason", "ended_at", "started_at", "log_truncated")
@@ -46,15 +47,20 @@ _OPEN = (  # the open attempts among some handles, with their shards (built once
 )
 
 
+Unsettled = dict[str, tuple[Exception, list[Exit]]]
+
+
 def settle(
     s: Session,
     exits: Sequence[Exit],
     spec_of: Callable[[str], RunSpec],
     *,
     preemption_ceiling: int,
-) -> None:
+) -> Unsettled:
     """Record how the attempts in ``exits`` ended (those still open; an exit already
-    recorded is ignored), move their shards on and meter them."""
+    recorded is ignored), move their shards on and meter them. A run whose exits raise
+    (in a policy, or in writing them) is left out, the others are settled: returns, by
+    run id, the error and that run's exits (the caller ends the run with them)."""
     s.flush()  # pending ORM changes first: the Core reads below do not autoflush
     by_handle = {e.handle: e for e in exits}
     handles = list(by_handle)
@@ -69,18 +75,85 @@ def settle(
             shards.setdefault(shard.id, shard)
     runs: dict[str, RunRow] = {}
     usage = []
+    failed: dict[str, Exception] = {}
     for attempt in attempts:
-        run = runs.get(attempt.run_id) or s.get(RunRow, attempt.run_id)
-        assert run is not None
-        runs[run.id] = run
-        exit = by_handle[attempt.handle or ""]
-        shard = shards[attempt.shard_id]
-        finish(attempt, shard, exit, spec_of(run.id), preemption_ceiling)
-        launched = not (exit.reason or "").startswith("LaunchError")
-        usage.append(billing.usage(attempt, run, ran=launched))
-    update_attempts(s, attempts, ATTEMPT_KEYS)
-    update_shards(s, list(shards.values()), SHARD_KEYS)
-    billing.record(s, usage)  # one usage row per attempt
+        if attempt.run_id in failed:
+            continue
+        try:
+            run = runs.get(attempt.run_id) or s.get(RunRow, attempt.run_id)
+            if run is None:
+                raise LookupError(f"run {attempt.run_id} does not exist")
+            runs[run.id] = run
+            exit = by_handle[attempt.handle or ""]
+            shard = shards[attempt.shard_id]
+            finish(attempt, shard, exit, spec_of(run.id), preemption_ceiling)
+            launched = not (exit.reason or "").startswith("LaunchError")
+            usage.append(billing.usage(attempt, run, ran=launched))
+        except NOT_A_RUNS:  # (a failed read, outside a savepoint, is the pass's)
+            raise
+        except Exception as exc:  # this run's exits are not settled; the others are
+            failed[attempt.run_id] = exc
+    breaker("settling its shards' exits", len({a.run_id for a in attempts}), failed)
+    failed |= _write(
+        s,
+        [a for a in attempts if a.run_id not in failed],
+        [shard for shard in shards.values() if shard.run_id not in failed],
+        [row for row in usage if row["run_id"] not in failed],
+    )
+    return {
+        run_id: (exc, [by_handle[a.handle or ""] for a in attempts if a.run_id == run_id])
+        for run_id, exc in failed.items()
+    }
+
+
+def _write(
+    s: Session,
+    attempts: list[AttemptRecord],
+    shards: list[ShardRecord],
+    usage: list[dict[str, object]],
+) -> dict[str, Exception]:
+    """Store the settled records: in one batch per table, or, when that fails, run by
+    run; the runs whose records could not be stored, with why."""
+    if not attempts:
+        return {}
+
+    def write(
+        attempts: list[AttemptRecord], shards: list[ShardRecord], usage: list[dict[str, object]]
+    ) -> None:
+        records: list[AttemptRecord | ShardRecord] = [*attempts, *shards]
+        seen = [(rec, rec.version) for rec in records]
+        try:
+            with s.begin_nested():
+                update_attempts(s, attempts, ATTEMPT_KEYS)
+                update_shards(s, shards, SHARD_KEYS)
+                billing.record(s, usage)  # one usage row per attempt
+        except BaseException:  # rolled back: the records are at the versions read
+            for rec, version in seen:
+                rec.version = version
+            raise
+
+    try:
+        write(attempts, shards, usage)
+        return {}
+    except PASS_LEVEL:
+        raise
+    except Exception:  # which run? one savepoint each
+        pass
+    failed: dict[str, Exception] = {}
+    run_ids = list(dict.fromkeys(a.run_id for a in attempts))
+    for run_id in run_ids:
+        try:
+            write(
+                [a for a in attempts if a.run_id == run_id],
+                [shard for shard in shards if shard.run_id == run_id],
+                [row for row in usage if row["run_id"] == run_id],
+            )
+        except PASS_LEVEL:
+            raise
+        except Exception as exc:
+            failed[run_id] = exc
+    breaker("storing its shards' exits", len(run_ids), failed)
+    return failed
 
 
 def finish(

@@ -1,0 +1,304 @@
+"""Bulkheads: a failure that concerns one run ends or parks that run, never the pass.
+
+A pass is one transaction over every active run. A step that works run by run does so
+under a SAVEPOINT (:meth:`Bulkhead.each`): all the runs under one, and only when that
+fails, once more with one savepoint per run -- so a pass with nothing wrong pays two
+statements a step, and a failing run is found exactly. The run whose step raised is
+
+* ended at once (failed; its open attempts closed, their processes killed) when trying
+  again cannot help: its spec does not parse, or one of its exits could not be settled
+  (an executor reports an exit once: the next pass would have nothing to settle);
+* otherwise parked: its message says why, and it is tried again next pass. A run whose
+  same step fails ``STRIKES`` passes in a row is ended the same way: an error that
+  repeats every pass (about twice a second) is not going away.
+
+Neither is a run's doing when every run of a step fails (two or more): that is the
+control plane's own bug, so the pass fails as a whole, as does an error of the store or
+the host (:data:`PASS_LEVEL`); the pass is rolled back and tried again, no run ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+import pydantic
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.exc import StaleDataError
+
+from ..._errors import StorageFull
+from ..._states import AttemptState, RunState, ShardState
+from .. import billing
+from ..executors.base import Exit, Signal
+from ..store import AttemptRow, RunRow, ShardRow
+from ..transitions import transition
+from .backoff import normalize_exit
+
+log = logging.getLogger("sylphx.reconciler")
+T = TypeVar("T")
+
+# Not a run's fault: the store is away, a concurrent writer won, a disk is full.
+PASS_LEVEL: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    StaleDataError,
+    StorageFull,
+)
+# ... nor, outside a savepoint (a read), a failed statement: on PostgreSQL the whole
+# transaction is lost with it.
+NOT_A_RUNS: tuple[type[BaseException], ...] = (*PASS_LEVEL, DBAPIError)
+MAX_SAY = 400  # characters of an error's text in a run's message
+STRIKES = 3  # passes in a row a run's step may fail before the run is ended
+STOPPED = "the run was stopped so other runs go on"
+
+
+@dataclass
+class Fault:
+    """Why one run could not go through a step of this pass."""
+
+    step: str  # what the pass was doing for the run, e.g. "starting its shards"
+    error: Exception
+    final: bool = False  # trying again cannot help: end the run now
+    exits: list[Exit] = field(default_factory=list)  # its exits this pass could not settle
+
+    def text(self) -> str:
+        return f"Internal error while {self.step}: {type(self.error).__name__}: {_say(self.error)}"
+
+
+def _say(error: Exception) -> str:
+    """The error on one line, short enough for a run's message."""
+    if isinstance(error, pydantic.ValidationError):
+        text = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors()
+        )
+    else:
+        text = " ".join(str(error).split())
+    return text if len(text) <= MAX_SAY else text[: MAX_SAY - 3] + "..."
+
+
+def breaker(step: str, total: int, failed: Mapping[str, Exception]) -> None:
+    """Raise (fail the pass) when every one of two or more runs failed ``step``."""
+    if total >= 2 and len(failed) == total:
+        log.error("every run failed while %s: failing the pass instead", step)
+        raise next(iter(failed.values()))
+
+
+class Bulkhead:
+    """The faults of the current pass, and each run's strikes across passes."""
+
+    def __init__(self) -> None:
+        self._strikes: dict[str, tuple[str, int]] = {}  # run id -> (step, passes in a row)
+        self._unrecorded: dict[str, list[str]] = {}  # run id -> handles launched, not stored
+        self.begin()
+
+    def begin(self) -> None:
+        """Start a pass (or a recovery): no faults yet."""
+        self.faults: dict[str, Fault] = {}
+        self.notes: dict[str, str] = {}  # run id -> why it was parked this pass
+        self.signals: list[tuple[str, Signal]] = []  # kills of ended runs, sent after commit
+        self._next = dict(self._strikes)  # kept only if the pass commits
+        self._resolved: set[str] = set()
+
+    def commit(self, ended: Iterable[str] = ()) -> None:
+        """The pass committed: its strikes count; the runs it ended are forgotten."""
+        self._strikes = self._next
+        for run_id in ended:
+            self._strikes.pop(run_id, None)
+            self._unrecorded.pop(run_id, None)
+
+    def live(self, runs: Iterable[RunRow]) -> list[RunRow]:
+        """``runs`` but those that failed a step of this pass."""
+        return [run for run in runs if run.id not in self.faults]
+
+    def fault(
+        self,
+        run_id: str,
+        step: str,
+        error: Exception,
+        *,
+        final: bool = False,
+        exits: Iterable[Exit] = (),
+    ) -> None:
+        """Record that ``run_id`` failed ``step`` (the first fault of a pass names it)."""
+        fault = self.faults.get(run_id)
+        if fault is None:
+            fault = self.faults[run_id] = Fault(step, error, final)
+            log.error("run %s: %s", run_id, fault.text(), exc_info=error)
+        fault.final = fault.final or final
+        fault.exits.extend(exits)
+
+    def ok(self, run_id: str, step: str) -> None:
+        """``run_id`` went through ``step``: its strikes for that step are forgiven."""
+        if self._next.get(run_id, ("", 0))[0] == step:
+            del self._next[run_id]
+
+    def unrecorded(self, run_id: str, handles: Iterable[str]) -> None:
+        """Attempts the executor accepted whose rows were rolled back: killed if the run
+        is ended (a retry of the launch adopts them: launches are idempotent)."""
+        self._unrecorded.setdefault(run_id, []).extend(handles)
+
+    def each(
+        self,
+        s: Session,
+        runs: Iterable[RunRow],
+        step: str,
+        fn: Callable[[RunRow], T],
+        *,
+        isolated: bool = False,
+        skip_faulted: bool = True,
+    ) -> dict[str, T]:
+        """``fn(run)`` for each of ``runs`` (but those already faulted this pass) under a
+        savepoint; the results by run id of those that went through. ``isolated``: one
+        savepoint per run from the start (``fn`` has effects outside the store that a
+        second call would repeat, e.g. launches)."""
+        todo = [(run.id, run) for run in (self.live(runs) if skip_faulted else runs)]
+        if not todo:
+            return {}
+        s.flush()  # earlier steps' changes: not this step's to fail on
+        if not isolated:
+            try:
+                with s.begin_nested():
+                    done = {run_id: fn(run) for run_id, run in todo}
+            except PASS_LEVEL:
+                raise
+            except Exception:  # find the run(s): one savepoint each
+                pass
+            else:
+                for run_id in done:
+                    if run_id not in self.faults:
+                        self.ok(run_id, step)
+                return done
+        done, failed = {}, {}
+        for run_id, run in todo:
+            try:
+                with s.begin_nested():
+                    done[run_id] = fn(run)
+            except PASS_LEVEL:
+                raise
+            except Exception as exc:
+                failed[run_id] = exc
+        breaker(step, len(todo), failed)
+        for run_id, error in failed.items():
+            self.fault(run_id, step, error)
+        for run_id in done:
+            if run_id not in self.faults:  # fn may have recorded one and gone on
+                self.ok(run_id, step)
+        return done
+
+    def whole(self, runs: list[RunRow], step: str, fn: Callable[[list[RunRow]], T]) -> T:
+        """``fn(runs)``, a step that takes every run at once and writes nothing (the
+        queue policy); when it raises, each run alone finds the ones it fails on, which
+        are parked, and it is asked again without them."""
+        try:
+            result = fn(runs)
+        except NOT_A_RUNS:
+            raise
+        except Exception:  # which run? each alone
+            failed = {}
+            for run in runs:
+                try:
+                    fn([run])
+                except NOT_A_RUNS:
+                    raise
+                except Exception as exc:
+                    failed[run.id] = exc
+            breaker(step, len(runs), failed)
+            for run_id, error in failed.items():
+                self.fault(run_id, step, error)
+            result = fn([run for run in runs if run.id not in failed])
+        for run in self.live(runs):
+            self.ok(run.id, step)
+        return result
+
+    def resolve(self, s: Session, now: datetime) -> None:
+        """Park or end each run that failed a step of this pass (once per pass)."""
+        for run_id, fault in list(self.faults.items()):
+            if run_id in self._resolved:
+                continue
+            self._resolved.add(run_id)
+            step, n = self._next.get(run_id, (fault.step, 0))
+            n = n + 1 if step == fault.step else 1
+            self._next[run_id] = (fault.step, n)
+            run = s.get(RunRow, run_id)
+            if run is None:
+                continue
+            if fault.final or n >= STRIKES:
+                self._end(s, run, fault, n, now)
+            else:
+                self.notes[run_id] = fault.text()
+                run.message = (
+                    f"{fault.text()}; tried again next pass ({n} of {STRIKES} in a row: then"
+                    " the run is stopped)"
+                )
+
+    def _end(self, s: Session, run: RunRow, fault: Fault, n: int, now: datetime) -> None:
+        why = fault.text() + ("" if fault.final else f" ({n} passes in a row)")
+        try:
+            with s.begin_nested():
+                kills = stop_run(s, run, f"{why}; {STOPPED}", fault.exits, now)
+        except PASS_LEVEL:
+            raise
+        except Exception:  # not even that: it stays as it is, and is tried again
+            log.exception("run %s: could not be stopped after: %s", run.id, why)
+            return
+        kills += [(handle, "kill") for handle in self._unrecorded.pop(run.id, [])]
+        self._next.pop(run.id, None)
+        self.signals += kills
+
+
+def stop_run(
+    s: Session, run: RunRow, why: str, exits: Iterable[Exit], now: datetime
+) -> list[tuple[str, Signal]]:
+    """End ``run`` as failed, saying ``why``: its open attempts closed (with their exit
+    from ``exits`` if there is one; else killed, the kill sent once this is committed),
+    every shard not yet ended failed. No policy is asked: one of them may be what broke.
+    Returns the kills to send."""
+    by_handle = {exit.handle: exit for exit in exits}
+    kills: list[tuple[str, Signal]] = []
+    usage: list[tuple[AttemptRow, bool]] = []
+    # As stored now: this pass may have launched or settled them in Core statements
+    # after the ORM loaded them.
+    shards = s.scalars(
+        select(ShardRow)
+        .where(ShardRow.run_id == run.id)
+        .options(selectinload(ShardRow.history))
+        .execution_options(populate_existing=True)
+    ).all()
+    for shard in shards:
+        for attempt in shard.history:
+            if attempt.ended_at is not None:
+                continue
+            handle = attempt.handle or ""
+            exit = by_handle.get(handle)
+            if exit is not None:
+                attempt.ended_at, attempt.exit_code = exit.ended_at, normalize_exit(exit.returncode)
+                shard.exit_code = attempt.exit_code
+            else:  # still running, or never reported
+                attempt.ended_at = attempt.killed_at = now
+                if handle and not handle.startswith("unstarted:"):
+                    kills.append((handle, "kill"))
+            attempt.state, attempt.reason = AttemptState.FAILED.value, why
+            if attempt.started_at is not None:
+                usage.append((attempt, not handle.startswith("unstarted:")))
+        if not ShardState(shard.state).terminal:
+            transition(shard, ShardState.FAILED, now)
+            shard.reason = why
+    if not RunState(run.state).terminal:
+        transition(run, RunState.FAILED, now)
+    run.message, run.queue_position = why, None
+    s.flush()
+    try:  # metered if it can be: the run's end comes first (its machine may be what broke)
+        with s.begin_nested():
+            billing.record(s, [billing.usage(a, run, ran=ran) for a, ran in usage])
+    except PASS_LEVEL:
+        raise
+    except Exception:
+        log.exception(
+            "run %s: the usage of its %d last attempt(s) not recorded", run.id, len(usage)
+        )
+    return kills
