@@ -107,10 +107,10 @@ class FakeExecutor:
 
 
 class Harness:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, url: str | None = None) -> None:
         self.clock = Clock()
         self.executor = FakeExecutor(self.clock)
-        engine = make_engine(f"sqlite:///{tmp / 'db.sqlite'}")
+        engine = make_engine(url or f"sqlite:///{tmp / 'db.sqlite'}")
         migrate(engine)
         self.sessions = session_factory(engine)
         settings = Settings(home=tmp, database_url="unused", kill_grace_seconds=10)
