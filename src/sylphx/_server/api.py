@@ -38,6 +38,7 @@ from . import (
     image_policy,
     logs,
     longpoll,
+    openapi,
     orgs,
     runs,
     secrets,
@@ -121,6 +122,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     edge.install(app, plane)
     health.install(app, plane)  # /healthz, /readyz
+    openapi.install(app)  # the document, completed: every status, the one error body
 
     @app.get("/v1/org", response_model=OrgView)
     def get_org(org_id: Org) -> OrgView:

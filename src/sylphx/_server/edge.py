@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import (
@@ -68,13 +69,13 @@ def _too_large() -> PayloadTooLarge:
     )
 
 
-def _http_error(exc: HTTPException) -> SylphxError:
+def _http_error(exc: HTTPException, allow: str = "") -> SylphxError:
     """What Starlette or FastAPI answered by itself, as a sylphx error."""
     if exc.status_code == 404:
         return NotFound("no such endpoint. Fix: see /docs for the API's paths.")
     if exc.status_code == 405:
         return MethodNotAllowed(
-            f"this endpoint does not take that method ({exc.headers or {}}). Fix: see /docs."
+            f"this endpoint does not take that method. Fix: use one it takes ({allow}); see /docs."
         )
     if exc.status_code == 413:
         return _too_large()
@@ -98,8 +99,13 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
         return error_response(exc)
 
     @app.exception_handler(HTTPException)
-    async def _starlette_error(_: Request, exc: HTTPException) -> ErrorResponse:
-        return error_response(_http_error(exc))
+    async def _starlette_error(request: Request, exc: HTTPException) -> ErrorResponse:
+        if exc.status_code != 405:
+            return error_response(_http_error(exc))
+        allow = _allowed(app, request.scope)
+        out = error_response(_http_error(exc, allow))
+        out.headers["Allow"] = allow  # every method the path takes (RFC 9110)
+        return out
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -127,6 +133,18 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
     async def _request_error(_: Request, exc: RequestValidationError) -> ErrorResponse:
         errors = list(exc.errors())
         return error_response(longpoll.wait_error(errors) or validation_error(errors, RunSpec))
+
+
+def _allowed(app: FastAPI, scope: Scope) -> str:
+    """The methods some route of the request's path takes. (Starlette's own 405 names
+    only those of the first route of the path: GET /v1/runs would hide POST /v1/runs.)"""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 class BodyLimit:
