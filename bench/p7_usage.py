@@ -4,17 +4,20 @@ A real ``sylphx server`` subprocess (SQLite, `harness.Server`) gets a year (2025
 rows for its org: by default 200 runs a day of 32 shards, one attempt each, i.e. 6,400
 attempts a day and 2,336,000 usage rows in the year; machines nano/small/standard/large
 in turn, walls 1-600 s. The rows go straight into the ``usage`` table (deterministic,
-generated in SQL; the runs, shards and attempts they would belong to are not made: the
-report reads only ``usage``, through its index ``(org_id, ended_at)``).
+generated in SQL), and their sums by UTC day, run and machine into ``usage_days``, as
+``billing.record`` keeps them (73,000 rows); the runs, shards and attempts they would
+belong to are not made: the report reads only those two tables.
 
 Each window is timed four ways, interleaved round by round, on the same store:
 
 - **old month walk** (the baseline): a copy of ``billing.report`` before #17, two SUM
   queries per calendar month of the window plus every row of the window fetched into
   Python for the per-run and per-machine breakdown; in this process, no HTTP;
-- **one SUM** (the floor): ``SELECT sum(compute_seconds)`` over the window, the least any
-  answer that reads the rows does (not an answer: no credits, no breakdown);
-- **report()**: today's ``billing.report`` in this process, no HTTP;
+- **one SUM of the rows**: ``SELECT sum(compute_seconds) FROM usage`` over the window, the
+  least any answer that reads every usage row does (not an answer: no credits, no
+  breakdown);
+- **report()**: today's ``billing.report`` in this process, no HTTP: the window's whole
+  days from ``usage_days``, its partial days from ``usage``;
 - **GET /v1/usage**: the endpoint on the server, with its key, JSON (one entry per run:
   73,000 for the year) and loopback HTTP.
 
@@ -71,10 +74,15 @@ SELECT i + 1, 'org_bench', printf('wrk_%07d', r), machine,
        wall, units, wall * units
 FROM b
 """
+DAYS = """
+INSERT INTO usage_days (org_id, day, run_id, machine, wall_seconds, compute_seconds)
+SELECT org_id, substr(ended_at, 1, 10), run_id, machine, sum(wall_seconds), sum(compute_seconds)
+FROM usage GROUP BY org_id, substr(ended_at, 1, 10), run_id, machine
+"""
 
 
 def seed(path: str, per_day: int, shards: int) -> int:
-    """Write the year's usage rows (foreign keys off on this connection only)."""
+    """Write the year's usage rows, and their day sums as ``billing.record`` keeps them."""
     rows = per_day * shards * 365
     con = sqlite3.connect(path, timeout=60)
     try:
@@ -82,6 +90,7 @@ def seed(path: str, per_day: int, shards: int) -> int:
         params = {"rows": rows, "shards": shards, "per_day": per_day, "t0": YEAR.timestamp()}
         with con:
             con.execute(SEED, params)
+            con.execute(DAYS)
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.execute("ANALYZE")
     finally:
@@ -192,7 +201,7 @@ def main() -> None:
         f"P7: usage report over {rows:,} usage rows (a year, {args.runs_per_day} runs/day x"
         f" {args.shards} shards); seconds, median (min-max) of {args.rounds} rounds;"
         " ratio = GET / old month walk",
-        ["window", "from..to", "rows", "runs", "old month walk", "one SUM (floor)",
+        ["window", "from..to", "rows", "runs", "old month walk", "one SUM of the rows",
          "report()", "GET /v1/usage", "ratio"],
         out,
     )  # fmt: skip

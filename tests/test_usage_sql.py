@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conftest import Server, database_url_for
@@ -22,10 +25,13 @@ from sylphx._server.store import (
     OrgRow,
     RunRow,
     ShardRow,
+    UsageRow,
     make_engine,
     migrate,
     session_factory,
 )
+from sylphx._server.store.db import MIGRATIONS
+from sylphx._server.store.schema import UsageDayRow
 
 
 @dataclass(frozen=True)
@@ -224,3 +230,55 @@ def test_usage_query_strings(server: Server) -> None:
         assert r.status_code == 422, (from_, to, r.text)
         assert r.json()["details"][0]["field"] == field
     assert server.http.get("/v1/usage", params={"from": "soon"}).status_code == 422
+
+
+def test_day_sums_add_up_within_and_across_batches(tmp_path: Path) -> None:
+    """``record`` adds each batch to its runs' day sums (an upsert), per UTC day."""
+    t = _t("2025-03-10 23:59:59.5")
+    uses = [Use("org_a", "wrk_1", "large", t + timedelta(seconds=k), 1.25) for k in range(4)]
+    rows = [_usage_row(n, u) for n, u in enumerate(uses)]
+    sessions = _store(tmp_path, [], {"org_a": 0.0})
+    for batch in (rows[:1], rows[1:3], rows[3:]):
+        with sessions.begin() as s:
+            billing.record(s, batch)
+    with sessions() as s:
+        days = s.execute(select(UsageDayRow.day, UsageDayRow.compute_seconds)).all()
+    assert sorted(days) == [("2025-03-10", 2.5), ("2025-03-11", 7.5)]
+
+
+def test_migration_fills_the_day_sums(tmp_path: Path) -> None:
+    """A store with usage before ``usage_days`` existed reports the same after 0010."""
+    rng = random.Random("migrate")
+    uses = _random_uses(rng, 200)
+    engine = make_engine(database_url_for(tmp_path))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0009")
+        conn.execute(insert(OrgRow), [_org_row(o) for o in ("org_a", "org_b")])
+        rows = [_usage_row(n, u) for n, u in enumerate(uses)]
+        conn.execute(insert(UsageRow), rows)
+    migrate(engine)
+    with session_factory(engine)() as s:
+        for org_id in ("org_a", "org_b"):
+            org = s.get(OrgRow, org_id)
+            assert org is not None
+            start, end = _t("2024-12-15 10:00"), _t("2026-01-20")
+            got = billing.report(s, org, start, end)
+            want = reference(uses, org_id, orgs.limits(org).monthly_credit_seconds, start, end)
+            assert (got.compute_seconds, got.credits_applied, got.billable_seconds) == want[:3]
+            assert [(r.run_id, r.compute_seconds) for r in got.by_run] == want[3]
+    engine.dispose()
+
+
+def _org_row(org_id: str) -> dict[str, Any]:
+    return {"id": org_id, "name": org_id.replace("_", "-"), "plan": "pro",
+            "created_at": _t("2024-01-01"), "monthly_credit_seconds": 20_000.0}  # fmt: skip
+
+
+def _usage_row(n: int, u: Use) -> dict[str, Any]:
+    return {"attempt_id": n, "org_id": u.org_id, "run_id": u.run_id, "machine": u.machine,
+            "started_at": u.ended - timedelta(seconds=u.wall), "ended_at": u.ended,
+            "wall_seconds": u.wall, "units": MACHINES[u.machine].units,
+            "compute_seconds": u.compute}  # fmt: skip

@@ -10,10 +10,12 @@ A usage report is aggregated in the store (:func:`report`) over a bounded window
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import Connection, String, Table, bindparam, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -26,6 +28,7 @@ from .orgs import limits
 from .store import AttemptRow, OrgRow, RunRow, UsageRow
 from .store.batch import Batch
 from .store.records import AttemptRecord
+from .store.schema import UsageDayRow
 
 USAGE_KEYS = (  # the columns of a usage row, all given
     "attempt_id",
@@ -70,8 +73,30 @@ def usage(
 
 def record(s: Session, rows: list[dict[str, object]]) -> None:
     """Store the :func:`usage` rows of ended attempts: one executemany INSERT, not one
-    ORM object (and statement) per attempt."""
-    _INSERT_USAGE.execute(s.connection(), rows)
+    ORM object (and statement) per attempt; and add them to their days' sums (one row per
+    run and UTC day, see :func:`report`)."""
+    conn = s.connection()
+    _INSERT_USAGE.execute(conn, rows)
+    days: dict[tuple[object, object, object, date], list[Any]] = {}
+    for row in rows:
+        ended = row["ended_at"]
+        assert isinstance(ended, datetime)
+        key = (row["org_id"], row["run_id"], row["machine"], ended.astimezone(UTC).date())
+        sums = days.get(key)
+        if sums is None:
+            days[key] = [row["wall_seconds"], row["compute_seconds"]]
+        else:
+            sums[0] += row["wall_seconds"]
+            sums[1] += row["compute_seconds"]
+    if days:
+        conn.execute(
+            _ADD_DAYS[conn.dialect.name],
+            [
+                {"org_id": org, "run_id": run, "machine": machine, "day": day.isoformat(),
+                 "wall_seconds": wall, "compute_seconds": compute}
+                for (org, run, machine, day), (wall, compute) in days.items()
+            ],
+        )  # fmt: skip
 
 
 def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
@@ -81,7 +106,24 @@ def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
 
 _USAGE: Table = UsageRow.__table__  # type: ignore[assignment]
 _ATTEMPTS = AttemptRow.__table__
+_DAYS: Table = UsageDayRow.__table__  # type: ignore[assignment]
 _INSERT_USAGE = Batch(insert(_USAGE), USAGE_KEYS)
+_DAY_KEY = ("org_id", "day", "run_id", "machine")
+
+
+def _add_days(insert_: Callable[[Table], Any]) -> Any:
+    """INSERT a day's sums, or add them to the sums already there (an upsert)."""
+    stmt = insert_(_DAYS)
+    return stmt.on_conflict_do_update(
+        index_elements=list(_DAY_KEY),
+        set_={
+            "wall_seconds": _DAYS.c.wall_seconds + stmt.excluded.wall_seconds,
+            "compute_seconds": _DAYS.c.compute_seconds + stmt.excluded.compute_seconds,
+        },
+    )
+
+
+_ADD_DAYS = {"sqlite": _add_days(sqlite.insert), "postgresql": _add_days(postgresql.insert)}
 _METERED = select(func.sum(_USAGE.c.compute_seconds)).where(_USAGE.c.run_id == bindparam("run_id"))
 _UNENDED = (  # one reconcile pass starts many shards with the same timestamp: few groups
     select(_ATTEMPTS.c.started_at, func.count())
@@ -176,7 +218,7 @@ def _month_postgresql(element: _Month, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 _FROM_ORG = _USAGE.c.org_id == bindparam("org_id")
-_GROUPS = (  # one scan of the window: what every total, credit and breakdown is made of
+_GROUPS = (  # the usage rows of [lo, hi), by month, run and machine: a window's edges
     select(
         _Month(_USAGE.c.ended_at),
         _USAGE.c.run_id,
@@ -184,32 +226,68 @@ _GROUPS = (  # one scan of the window: what every total, credit and breakdown is
         func.sum(_USAGE.c.wall_seconds),
         func.sum(_USAGE.c.compute_seconds),
     )
-    .where(_FROM_ORG, _USAGE.c.ended_at >= bindparam("start"), _USAGE.c.ended_at < bindparam("end"))
+    .where(_FROM_ORG, _USAGE.c.ended_at >= bindparam("lo"), _USAGE.c.ended_at < bindparam("hi"))
     .group_by(_Month(_USAGE.c.ended_at), _USAGE.c.run_id, _USAGE.c.machine)
 )
-_BEFORE = select(func.sum(_USAGE.c.compute_seconds)).where(  # this month's, before the window
-    _FROM_ORG, _USAGE.c.ended_at >= bindparam("month"), _USAGE.c.ended_at < bindparam("start")
+_DAY_SUMS = select(  # the day sums of whole days [first, last), in key order, no sort
+    func.substr(_DAYS.c.day, 1, 7),
+    _DAYS.c.run_id,
+    _DAYS.c.machine,
+    _DAYS.c.wall_seconds,
+    _DAYS.c.compute_seconds,
+).where(
+    _DAYS.c.org_id == bindparam("org_id"),
+    _DAYS.c.day >= bindparam("first"),
+    _DAYS.c.day < bindparam("last"),
 )
+
+
+def _day(t: datetime) -> str:
+    return t.astimezone(UTC).date().isoformat()
+
+
+def _groups(s: Session, org_id: str, lo: datetime, hi: datetime) -> list[Any]:
+    """The org's usage that ended in ``[lo, hi)`` as rows (month "YYYY-MM", run, machine,
+    wall seconds, compute-seconds): its whole UTC days from their sums (``usage_days``),
+    the partial days at either end from the usage rows."""
+    first = datetime(lo.year, lo.month, lo.day, tzinfo=UTC)
+    last = datetime(hi.year, hi.month, hi.day, tzinfo=UTC)
+    if first < lo:
+        if first == last:  # within one day (also the last day there is, 9999-12-31)
+            return list(s.execute(_GROUPS, {"org_id": org_id, "lo": lo, "hi": hi}))
+        first += timedelta(days=1)
+    edges = [(lo, first)] if lo < first else []
+    edges += [(last, hi)] if last < hi else []
+    out: list[Any] = []
+    for a, b in edges:
+        out += s.execute(_GROUPS, {"org_id": org_id, "lo": a, "hi": b}).all()
+    if first < last:
+        days = {"org_id": org_id, "first": _day(first), "last": _day(last)}
+        out += s.execute(_DAY_SUMS, days).all()
+    return out
 
 
 def report(s: Session, org: OrgRow, start: datetime, end: datetime) -> UsageReport:
     """Usage of ``org`` for attempts that ended in ``[start, end)``, with credits applied.
 
-    Two queries whatever the window: the window's usage grouped by (month, run, machine)
-    and the usage of the first month before ``start`` (credit it already used). Only
-    months with usage are seen, so a long empty range costs nothing."""
+    A few queries whatever the window: its whole days from their sums by run and machine,
+    the partial days at its edges from the usage rows grouped by month, run and machine,
+    and likewise the first month's usage before ``start`` (credit it already used). Only
+    days with usage are read, so a long empty range costs nothing."""
     credit = limits(org).monthly_credit_seconds
-    window = {"org_id": org.id, "start": start, "end": end}
     by_month: dict[str, float] = defaultdict(float)
     by_run: dict[str, float] = defaultdict(float)
     by_machine: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for month, run_id, machine, wall, compute in s.execute(_GROUPS, window):
+    for month, run_id, machine, wall, compute in _groups(s, org.id, start, end):
         by_month[month] += compute
         by_run[run_id] += compute
         by_machine[machine][0] += wall
         by_machine[machine][1] += compute
-    before = s.execute(_BEFORE, {**window, "month": _month_start(start)}).scalar()
-    used = {f"{start.year:04d}-{start.month:02d}": float(before or 0.0)}
+    month_start = _month_start(start)
+    before = 0.0
+    if month_start < start:
+        before = sum(g[4] for g in _groups(s, org.id, month_start, start))
+    used = {month_start.strftime("%Y-%m"): before}
     total = applied = 0.0
     for month, within in sorted(by_month.items()):  # in time order, as credits apply
         applied += min(max(credit - used.get(month, 0.0), 0.0), within)

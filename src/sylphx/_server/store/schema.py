@@ -207,6 +207,21 @@ class UsageRow(Base):
     compute_seconds: Mapped[float] = mapped_column(Float)
 
 
+class UsageDayRow(Base):
+    """Usage summed by UTC day, run and machine tier, kept with the usage rows (migration
+    0010): a usage report reads its window's whole days here and only its partial days
+    from ``usage``."""
+
+    __tablename__ = "usage_days"
+
+    org_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # "YYYY-MM-DD", UTC
+    run_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    machine: Mapped[str] = mapped_column(String(16), primary_key=True)
+    wall_seconds: Mapped[float] = mapped_column(Float)
+    compute_seconds: Mapped[float] = mapped_column(Float)
+
+
 class SecretRow(Base):
     """A named secret of an org, encrypted at rest; only runs that name it receive it."""
 
