@@ -7,6 +7,7 @@
 #   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
 #   make bench        the P1-P7 benchmarks (BENCHMARKS.md), each against a baseline in the same run
 #   make bench-deps   install the wrk load generator (P3) via apt when missing (root)
+#   make sdk          regenerate the sync SDK from the async one (make lint checks it)
 #   make lint | fmt | clean | distclean
 
 SHELL := /bin/bash
@@ -21,17 +22,17 @@ STAMP  := $(VENV)/.sylphx-installed
 # Shard commands (e.g. `python`) must resolve to the venv's interpreter, which has numpy.
 export PATH := $(BIN):$(PATH)
 
-LINT_PATHS := src tests examples bench
+LINT_PATHS := src tests examples bench tools
 
 # Demo knobs. SYLPHX_HOME from the environment wins; otherwise use a throwaway home.
 DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo test bench bench-deps lint fmt clean distclean
+.PHONY: help venv system-deps demo test bench bench-deps lint fmt sdk clean distclean
 
 help:
-	@sed -n '3,11p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -99,6 +100,7 @@ demo: venv system-deps
 test: venv system-deps
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/python tools/unasync_sdk.py --check
 	$(BIN)/mypy
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
 	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
@@ -130,7 +132,13 @@ bench-deps:
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/python tools/unasync_sdk.py --check
 	$(BIN)/mypy
+
+# The sync SDK (_client.py, _resources.py) is generated from the async one: edit
+# _async_client.py / _async_resources.py, then run this.
+sdk: venv
+	$(BIN)/python tools/unasync_sdk.py
 
 fmt: venv
 	$(BIN)/ruff check --fix $(LINT_PATHS)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import sylphx
 
@@ -19,6 +21,9 @@ EXPECTED = {
     "AsyncRun",
     "AsyncRunsClient",
     "AsyncVolumesClient",
+    "AsyncSecretsClient",
+    "AsyncUsageClient",
+    "RetryPolicy",
     "AttemptView",
     "ClientConfig",
     "ConflictError",
@@ -73,3 +78,38 @@ def test_importing_the_sdk_does_not_load_the_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and callable(getattr(cls, name))
+    } | {name: None for name, member in vars(cls).items() if isinstance(member, property)}  # type: ignore[misc]
+
+
+def test_every_sync_method_has_an_async_twin_with_the_same_signature() -> None:
+    pairs = [
+        (sylphx.Run, sylphx.AsyncRun),
+        (sylphx.RunsClient, sylphx.AsyncRunsClient),
+        (sylphx.VolumesClient, sylphx.AsyncVolumesClient),
+        (sylphx.UsageClient, sylphx.AsyncUsageClient),
+        (sylphx.SecretsClient, sylphx.AsyncSecretsClient),
+    ]
+    for sync, twin in pairs:
+        ours, theirs = _methods(sync), _methods(twin)
+        assert set(ours) == set(theirs), (sync, set(ours) ^ set(theirs))
+        for name, signature in ours.items():
+            if signature is None:  # a property
+                continue
+            params = [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+            twins = [(p.name, p.kind, p.default) for p in theirs[name].parameters.values()]
+            assert params == twins, (sync, name)
+            is_coroutine = inspect.iscoroutinefunction(getattr(twin, name))
+            assert is_coroutine or "Iterator" in str(signature.return_annotation), (twin, name)
+
+
+def test_the_sync_sdk_is_what_unasync_generates_from_the_async_one() -> None:
+    tool = Path(__file__).parents[1] / "tools" / "unasync_sdk.py"
+    done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -17,8 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._async_client import AsyncRun, AsyncRunsClient, AsyncVolumesClient
-    from ._client import Run, RunsClient, SecretsClient, UsageClient, VolumesClient
+    from ._async_client import AsyncRun, AsyncRunsClient
+    from ._async_resources import AsyncSecretsClient, AsyncUsageClient, AsyncVolumesClient
+    from ._client import Run, RunsClient
     from ._errors import (
         ConflictError,
         ExecutorError,
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
         Unschedulable,
         ValidationError,
     )
+    from ._resources import SecretsClient, UsageClient, VolumesClient
+    from ._retrying import RetryPolicy
     from ._spec import RunSpec, VolumeMount
     from ._states import RunState, ShardState
     from ._transport import ClientConfig, create_client
@@ -58,12 +61,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "AsyncRun": "._async_client",
     "AsyncRunsClient": "._async_client",
-    "AsyncVolumesClient": "._async_client",
+    "AsyncSecretsClient": "._async_resources",
+    "AsyncUsageClient": "._async_resources",
+    "AsyncVolumesClient": "._async_resources",
     "Run": "._client",
     "RunsClient": "._client",
-    "SecretsClient": "._client",
-    "UsageClient": "._client",
-    "VolumesClient": "._client",
+    "SecretsClient": "._resources",
+    "UsageClient": "._resources",
+    "VolumesClient": "._resources",
+    "RetryPolicy": "._retrying",
     "ConflictError": "._errors",
     "ExecutorError": "._errors",
     "IllegalTransition": "._errors",
@@ -100,6 +106,8 @@ __all__ = [
     "Aggregate",
     "AsyncRun",
     "AsyncRunsClient",
+    "AsyncSecretsClient",
+    "AsyncUsageClient",
     "AsyncVolumesClient",
     "AttemptView",
     "ClientConfig",
@@ -111,6 +119,7 @@ __all__ = [
     "OrgView",
     "PayloadTooLarge",
     "QuotaExceeded",
+    "RetryPolicy",
     "Run",
     "RunList",
     "RunSpec",

@@ -1,20 +1,27 @@
-"""The asyncio SDK: the same surface as :mod:`sylphx._client` with ``async def``.
+"""The SDK over the HTTP API: runs (volumes, usage and secrets: ``_async_resources.py``).
 
-Each call opens its own ``httpx.AsyncClient`` so handles are safe to use from
-any event loop.
+These two files are the one implementation. They are written async (``AsyncRunsClient``,
+``AsyncRun``...); the synchronous SDK (``RunsClient``, ``Run``...: ``_client.py`` and
+``_resources.py``) is generated from them by ``tools/unasync_sdk.py`` (``make sdk``;
+``make lint`` checks it is current), as httpcore does. Edit these, never the generated.
+
+Requests go through :func:`_request`, which repeats them as :class:`RetryPolicy` says
+(a restart of the control plane is ridden through by reads, long-polls, cancels and
+keyed submits) and restarts the embedded control plane when it is gone.
 """
 
 from __future__ import annotations
 
-import builtins
+import functools
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import anyio
 import httpx
 
 from ._errors import ValidationError
+from ._io_async import run_blocking, sleep
 from ._machines import MachineName
 from ._spec import AdmissionFallback, CompletionMode, RunSpec
 from ._states import RunState
@@ -25,6 +32,7 @@ from ._transport import (
     as_sylphx,
     build_spec,
     check,
+    create_client,
     is_retryable_connect,
     json_body,
     list_params,
@@ -34,21 +42,26 @@ from ._transport import (
     spec_fields,
     stream_timeout,
 )
-from ._views import Aggregate, Logs, RunList, RunView, ShardView, VolumeView
+from ._views import (
+    Aggregate,
+    Logs,
+    RunList,
+    RunView,
+    ShardView,
+)
 from ._waiting import WaitLoop, refuses_wait, wait_params, wait_timeout
 
-__all__ = ["AsyncRun", "AsyncRunsClient", "AsyncVolumesClient"]
+__all__ = ["AsyncRun", "AsyncRunsClient", "ClientConfig", "create_client"]
+
+_RETRIED_STATUSES = (429, 503)  # raised inside the retry loop; every other status returns
 
 
-async def _recover(config: ClientConfig, exc: Exception) -> bool:
-    """After a refused connection, restart the embedded server; True if worth retrying."""
-    if config.embedded_home is None or not is_retryable_connect(exc):
-        return False
-    from ._embedded import ensure_local_server
+async def _recover(config: ClientConfig, exc: Exception) -> None:
+    """After a refused connection to the embedded control plane, start it again."""
+    if config.embedded_home is not None and is_retryable_connect(exc):
+        from ._embedded import ensure_local_server
 
-    home = config.embedded_home
-    await anyio.to_thread.run_sync(lambda: ensure_local_server(home))
-    return True
+        await run_blocking(functools.partial(ensure_local_server, config.embedded_home))
 
 
 async def _request(
@@ -59,45 +72,61 @@ async def _request(
     json: Any = None,
     params: Mapping[str, str | int] | None = None,
     timeout: httpx.Timeout | None = None,
+    headers: Mapping[str, str] | None = None,
+    idempotent: bool | None = None,
 ) -> httpx.Response:
-    for attempt in (1, 2):
-        try:
-            async with config.async_http() as client:
-                return await client.request(
-                    method, path, json=json, params=params, timeout=timeout or config.timeout
+    """Send one request, repeated as ``config.retry`` says (GET: idempotent)."""
+    safe = method == "GET" if idempotent is None else idempotent
+    async for attempt in config.retry.context(idempotent=safe):
+        with attempt:
+            try:
+                response = await config.async_http().request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout or config.timeout,
                 )
-        except httpx.HTTPError as exc:
-            if attempt == 1 and await _recover(config, exc):
-                continue
-            raise as_sylphx(config, exc) from exc
-    raise AssertionError("unreachable")
+            except httpx.HTTPError as exc:
+                await _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if response.status_code in _RETRIED_STATUSES:
+                check(response)  # the retry policy decides on the typed error
+            return response
+    raise AssertionError("unreachable")  # the retry context raises when it gives up
 
 
 async def _stream(
     config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool, lines: bool
 ) -> AsyncIterator[Any]:
+    """A log's chunks as they come. Opening the stream is repeated as a read is; a stream
+    cut once it has started is not (its chunks would repeat): that raises."""
     path = f"/v1/runs/{quote(run_id, safe='')}/logs"
-    for attempt in (1, 2):
-        started = False
-        try:
-            async with (
-                config.async_http() as client,
-                client.stream(
-                    "GET", path, params=params, timeout=stream_timeout(config, follow)
-                ) as response,
-            ):
-                started = True
-                if not response.is_success:
-                    await response.aread()
-                    check(response)
-                chunks = response.aiter_lines() if lines else response.aiter_bytes()
-                async for chunk in chunks:
-                    yield chunk
-            return
-        except httpx.HTTPError as exc:
-            if attempt == 1 and not started and await _recover(config, exc):
-                continue
-            raise as_sylphx(config, exc) from exc
+    client = config.async_http()
+    request = client.build_request(
+        "GET", path, params=params, timeout=stream_timeout(config, follow)
+    )
+    response: httpx.Response | None = None
+    async for attempt in config.retry.context(idempotent=True):
+        with attempt:
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                await _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if not response.is_success:
+                await response.aread()
+                await response.aclose()
+                check(response)
+    assert response is not None
+    try:
+        async for chunk in response.aiter_lines() if lines else response.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise as_sylphx(config, exc) from exc
+    finally:
+        await response.aclose()
 
 
 def _run_path(run_id: str, suffix: str = "") -> str:
@@ -105,7 +134,7 @@ def _run_path(run_id: str, suffix: str = "") -> str:
 
 
 class AsyncRun:
-    """An async handle on one submitted run."""
+    """A handle on one submitted run; every method asks the control plane afresh."""
 
     def __init__(self, config: ClientConfig, view: RunView) -> None:
         self._config = config
@@ -128,7 +157,9 @@ class AsyncRun:
         return self._view.status
 
     async def refresh(self, wait: float | None = None) -> RunView:
-        """Fetch the current RunView; with ``wait`` a long-poll (see :meth:`Run.refresh`)."""
+        """Fetch the current RunView. With ``wait`` (seconds, 0 < wait <= 60) it is a
+        long-poll: answered as soon as the run is terminal, or after ``wait`` seconds with
+        the view then (a server without long-polls answers at once)."""
         params = None if wait is None else wait_params(wait)
         timeout = None if wait is None else wait_timeout(self._config.timeout, wait)
         if not self._long_poll:
@@ -150,7 +181,8 @@ class AsyncRun:
         """Wait until the run is terminal and return its aggregate.
 
         Each request is a long-poll the server answers as soon as the run ends;
-        ``poll_interval`` paces plain polling of a server without long-polls.
+        ``poll_interval`` paces plain polling of a server without long-polls. A restart
+        of the control plane meanwhile is ridden through (see :class:`RetryPolicy`).
         Raises TimeoutError if ``timeout`` seconds pass first (the run keeps going).
         """
         loop = WaitLoop(self.id, timeout, poll_interval)
@@ -158,7 +190,7 @@ class AsyncRun:
             done = loop.result(await self.refresh(wait=loop.next_wait()))
             if done is not None:
                 return done
-            await anyio.sleep(loop.pause())
+            await sleep(loop.pause())
 
     async def shards(self) -> list[ShardView]:
         """Every shard with its status, attempts, exit code and history."""
@@ -185,8 +217,8 @@ class AsyncRun:
         follow: bool = True,
         attempt: int | None = None,
     ) -> AsyncIterator[str]:
-        """Async-iterate one shard's output line by line (without newlines); with
-        ``follow``, until the shard ends."""
+        """One shard's output line by line (without newlines); with ``follow``, until
+        the shard ends."""
         params = log_params(shard, stream, follow, attempt)
         return _stream(self._config, self.id, params, follow, lines=True)
 
@@ -197,12 +229,13 @@ class AsyncRun:
         follow: bool = True,
         attempt: int | None = None,
     ) -> AsyncIterator[bytes]:
-        """Async-iterate one shard's raw output as it arrives."""
+        """One shard's raw output as it arrives."""
         params = log_params(shard, stream, follow, attempt)
         return _stream(self._config, self.id, params, follow, lines=False)
 
     async def cancel(self) -> RunView:
-        """Ask the control plane to cancel the run (asynchronous; see :meth:`wait`)."""
+        """Ask the control plane to cancel the run (it ends within seconds; see
+        :meth:`wait`)."""
         self._view = await AsyncRunsClient.cancel(self._config, self.id)
         return self._view
 
@@ -211,16 +244,20 @@ class AsyncRun:
         await AsyncRunsClient.delete(self._config, self.id)
 
     def __repr__(self) -> str:
-        return f"AsyncRun({self.id!r}, status={self._view.status.value!r})"
+        return f"{type(self).__name__}({self.id!r}, status={self._view.status.value!r})"
 
 
 class AsyncRunsClient:
-    """Async twin of :class:`sylphx.RunsClient`."""
+    """Submit and inspect runs. Mirrors the TypeScript SDK: ``RunsClient.runDistributed``."""
 
     @staticmethod
     async def submit(config: ClientConfig, spec: RunSpec) -> AsyncRun:
-        """Submit an already validated spec."""
-        response = await _request(config, "POST", "/v1/runs", json=spec.to_wire())
+        """Submit an already validated spec. The request carries a fresh idempotency key,
+        so repeating it (a connection lost before the answer) never starts a second run."""
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        response = await _request(
+            config, "POST", "/v1/runs", json=spec.to_wire(), headers=key, idempotent=True
+        )
         return AsyncRun(config, parse_model(RunView, json_body(response), "run"))
 
     @staticmethod
@@ -299,7 +336,8 @@ class AsyncRunsClient:
     @staticmethod
     async def cancel(config: ClientConfig, run_id: str) -> RunView:
         """Request cancellation; the run becomes ``cancelled`` within seconds."""
-        body = json_body(await _request(config, "POST", _run_path(run_id, "/cancel")))
+        path = _run_path(run_id, "/cancel")
+        body = json_body(await _request(config, "POST", path, idempotent=True))
         return parse_model(RunView, body, "run")
 
     @staticmethod
@@ -307,24 +345,3 @@ class AsyncRunsClient:
         """Delete an ended run with its shards and logs; its usage stays on record
         (ConflictError while it has not ended: cancel it first)."""
         check(await _request(config, "DELETE", _run_path(run_id)))
-
-
-class AsyncVolumesClient:
-    """Async twin of :class:`sylphx.VolumesClient`."""
-
-    @staticmethod
-    async def create(config: ClientConfig, name: str | None = None) -> VolumeView:
-        """Create a volume; mount it with ``volume_mounts=[{"volume_id": v.id, ...}]``."""
-        body = json_body(await _request(config, "POST", "/v1/volumes", json={"name": name}))
-        return parse_model(VolumeView, body, "volume")
-
-    @staticmethod
-    async def list(config: ClientConfig) -> builtins.list[VolumeView]:
-        """Every volume."""
-        body = json_body(await _request(config, "GET", "/v1/volumes"))
-        return parse_list(VolumeView, body, "volume")
-
-    @staticmethod
-    async def delete(config: ClientConfig, volume_id: str) -> None:
-        """Delete a volume (ConflictError while a live run mounts it)."""
-        check(await _request(config, "DELETE", f"/v1/volumes/{quote(volume_id, safe='')}"))

@@ -1,17 +1,28 @@
-"""The synchronous SDK: ``RunsClient.run_distributed(config, ...)`` returns a :class:`Run`."""
+# Generated from _async_client.py by tools/unasync_sdk.py (make sdk): edit that file, not this.
+"""The SDK over the HTTP API: runs (volumes, usage and secrets: ``_async_resources.py``).
+
+These two files are the one implementation. They are written async (``AsyncRunsClient``,
+``AsyncRun``...); the synchronous SDK (``RunsClient``, ``Run``...: ``_client.py`` and
+``_resources.py``) is generated from them by ``tools/unasync_sdk.py`` (``make sdk``;
+``make lint`` checks it is current), as httpcore does. Edit these, never the generated.
+
+Requests go through :func:`_request`, which repeats them as :class:`RetryPolicy` says
+(a restart of the control plane is ridden through by reads, long-polls, cancels and
+keyed submits) and restarts the embedded control plane when it is gone.
+"""
 
 from __future__ import annotations
 
-import builtins
-import time
+import functools
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from ._errors import ValidationError
+from ._io_sync import run_blocking, sleep
 from ._machines import MachineName
 from ._spec import AdmissionFallback, CompletionMode, RunSpec
 from ._states import RunState
@@ -35,35 +46,23 @@ from ._transport import (
 from ._views import (
     Aggregate,
     Logs,
-    OrgView,
     RunList,
     RunView,
-    SecretView,
     ShardView,
-    UsageReport,
-    VolumeView,
 )
 from ._waiting import WaitLoop, refuses_wait, wait_params, wait_timeout
 
-__all__ = [
-    "ClientConfig",
-    "Run",
-    "RunsClient",
-    "SecretsClient",
-    "UsageClient",
-    "VolumesClient",
-    "create_client",
-]
+__all__ = ["ClientConfig", "Run", "RunsClient", "create_client"]
+
+_RETRIED_STATUSES = (429, 503)  # raised inside the retry loop; every other status returns
 
 
-def _recover(config: ClientConfig, exc: Exception) -> bool:
-    """After a refused connection, restart the embedded server; True if worth retrying."""
-    if config.embedded_home is None or not is_retryable_connect(exc):
-        return False
-    from ._embedded import ensure_local_server
+def _recover(config: ClientConfig, exc: Exception) -> None:
+    """After a refused connection to the embedded control plane, start it again."""
+    if config.embedded_home is not None and is_retryable_connect(exc):
+        from ._embedded import ensure_local_server
 
-    ensure_local_server(config.embedded_home)
-    return True
+        run_blocking(functools.partial(ensure_local_server, config.embedded_home))
 
 
 def _request(
@@ -74,39 +73,60 @@ def _request(
     json: Any = None,
     params: Mapping[str, str | int] | None = None,
     timeout: httpx.Timeout | None = None,
+    headers: Mapping[str, str] | None = None,
+    idempotent: bool | None = None,
 ) -> httpx.Response:
-    for attempt in (1, 2):
-        try:
-            return config.http().request(
-                method, path, json=json, params=params, timeout=timeout or config.timeout
-            )
-        except httpx.HTTPError as exc:
-            if attempt == 1 and _recover(config, exc):
-                continue
-            raise as_sylphx(config, exc) from exc
-    raise AssertionError("unreachable")
+    """Send one request, repeated as ``config.retry`` says (GET: idempotent)."""
+    safe = method == "GET" if idempotent is None else idempotent
+    for attempt in config.retry.context(idempotent=safe):
+        with attempt:
+            try:
+                response = config.http().request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout or config.timeout,
+                )
+            except httpx.HTTPError as exc:
+                _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if response.status_code in _RETRIED_STATUSES:
+                check(response)  # the retry policy decides on the typed error
+            return response
+    raise AssertionError("unreachable")  # the retry context raises when it gives up
 
 
 def _stream(
     config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool, lines: bool
 ) -> Iterator[Any]:
+    """A log's chunks as they come. Opening the stream is repeated as a read is; a stream
+    cut once it has started is not (its chunks would repeat): that raises."""
     path = f"/v1/runs/{quote(run_id, safe='')}/logs"
-    for attempt in (1, 2):
-        started = False
-        try:
-            with config.http().stream(
-                "GET", path, params=params, timeout=stream_timeout(config, follow)
-            ) as response:
-                started = True
-                if not response.is_success:
-                    response.read()
-                    check(response)
-                yield from (response.iter_lines() if lines else response.iter_bytes())
-            return
-        except httpx.HTTPError as exc:
-            if attempt == 1 and not started and _recover(config, exc):
-                continue
-            raise as_sylphx(config, exc) from exc
+    client = config.http()
+    request = client.build_request(
+        "GET", path, params=params, timeout=stream_timeout(config, follow)
+    )
+    response: httpx.Response | None = None
+    for attempt in config.retry.context(idempotent=True):
+        with attempt:
+            try:
+                response = client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if not response.is_success:
+                response.read()
+                response.close()
+                check(response)
+    assert response is not None
+    try:
+        yield from response.iter_lines() if lines else response.iter_bytes()
+    except httpx.HTTPError as exc:
+        raise as_sylphx(config, exc) from exc
+    finally:
+        response.close()
 
 
 def _run_path(run_id: str, suffix: str = "") -> str:
@@ -144,10 +164,9 @@ class Run:
         timeout = None if wait is None else wait_timeout(self._config.timeout, wait)
         if not self._long_poll:
             params = timeout = None
+        path = _run_path(self.id)
         try:
-            got = json_body(
-                _request(self._config, "GET", _run_path(self.id), params=params, timeout=timeout)
-            )
+            got = json_body(_request(self._config, "GET", path, params=params, timeout=timeout))
         except ValidationError as exc:
             if params is None or not refuses_wait(exc):
                 raise
@@ -157,10 +176,11 @@ class Run:
         return self._view
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> Aggregate:
-        """Block until the run is terminal and return its aggregate.
+        """Wait until the run is terminal and return its aggregate.
 
         Each request is a long-poll the server answers as soon as the run ends;
-        ``poll_interval`` paces plain polling of a server without long-polls.
+        ``poll_interval`` paces plain polling of a server without long-polls. A restart
+        of the control plane meanwhile is ridden through (see :class:`RetryPolicy`).
         Raises TimeoutError if ``timeout`` seconds pass first (the run keeps going).
         """
         loop = WaitLoop(self.id, timeout, poll_interval)
@@ -168,7 +188,7 @@ class Run:
             done = loop.result(self.refresh(wait=loop.next_wait()))
             if done is not None:
                 return done
-            time.sleep(loop.pause())
+            sleep(loop.pause())
 
     def shards(self) -> list[ShardView]:
         """Every shard with its status, attempts, exit code and history."""
@@ -177,14 +197,14 @@ class Run:
 
     def logs(self, shard: int, attempt: int | None = None) -> Logs:
         """The captured stdout and stderr of one shard (its latest attempt by default)."""
-        out = {
-            stream: b"".join(self.stream_log_bytes(shard, stream, follow=False, attempt=attempt))
-            for stream in ("stdout", "stderr")
-        }
-        return Logs(
-            stdout=out["stdout"].decode(errors="replace"),
-            stderr=out["stderr"].decode(errors="replace"),
-        )
+        out: dict[str, str] = {}
+        for stream in ("stdout", "stderr"):
+            chunks = [
+                chunk
+                for chunk in self.stream_log_bytes(shard, stream, follow=False, attempt=attempt)
+            ]
+            out[stream] = b"".join(chunks).decode(errors="replace")
+        return Logs(stdout=out["stdout"], stderr=out["stderr"])
 
     def stream_logs(
         self,
@@ -193,8 +213,8 @@ class Run:
         follow: bool = True,
         attempt: int | None = None,
     ) -> Iterator[str]:
-        """Yield one shard's output line by line (without newlines); with ``follow``,
-        until the shard ends."""
+        """One shard's output line by line (without newlines); with ``follow``, until
+        the shard ends."""
         params = log_params(shard, stream, follow, attempt)
         return _stream(self._config, self.id, params, follow, lines=True)
 
@@ -205,12 +225,13 @@ class Run:
         follow: bool = True,
         attempt: int | None = None,
     ) -> Iterator[bytes]:
-        """Yield one shard's raw output as it arrives."""
+        """One shard's raw output as it arrives."""
         params = log_params(shard, stream, follow, attempt)
         return _stream(self._config, self.id, params, follow, lines=False)
 
     def cancel(self) -> RunView:
-        """Ask the control plane to cancel the run (asynchronous; see :meth:`wait`)."""
+        """Ask the control plane to cancel the run (it ends within seconds; see
+        :meth:`wait`)."""
         self._view = RunsClient.cancel(self._config, self.id)
         return self._view
 
@@ -219,16 +240,20 @@ class Run:
         RunsClient.delete(self._config, self.id)
 
     def __repr__(self) -> str:
-        return f"Run({self.id!r}, status={self._view.status.value!r})"
+        return f"{type(self).__name__}({self.id!r}, status={self._view.status.value!r})"
 
 
 class RunsClient:
-    """Submit and inspect runs. Mirrors the TypeScript SDK: ``RunsClient.run_distributed``."""
+    """Submit and inspect runs. Mirrors the TypeScript SDK: ``RunsClient.runDistributed``."""
 
     @staticmethod
     def submit(config: ClientConfig, spec: RunSpec) -> Run:
-        """Submit an already validated spec."""
-        response = _request(config, "POST", "/v1/runs", json=spec.to_wire())
+        """Submit an already validated spec. The request carries a fresh idempotency key,
+        so repeating it (a connection lost before the answer) never starts a second run."""
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        response = _request(
+            config, "POST", "/v1/runs", json=spec.to_wire(), headers=key, idempotent=True
+        )
         return Run(config, parse_model(RunView, json_body(response), "run"))
 
     @staticmethod
@@ -307,7 +332,8 @@ class RunsClient:
     @staticmethod
     def cancel(config: ClientConfig, run_id: str) -> RunView:
         """Request cancellation; the run becomes ``cancelled`` within seconds."""
-        body = json_body(_request(config, "POST", _run_path(run_id, "/cancel")))
+        path = _run_path(run_id, "/cancel")
+        body = json_body(_request(config, "POST", path, idempotent=True))
         return parse_model(RunView, body, "run")
 
     @staticmethod
@@ -315,63 +341,3 @@ class RunsClient:
         """Delete an ended run with its shards and logs; its usage stays on record
         (ConflictError while it has not ended: cancel it first)."""
         check(_request(config, "DELETE", _run_path(run_id)))
-
-
-class VolumesClient:
-    """Create, list and delete the ReadWriteMany volumes runs mount."""
-
-    @staticmethod
-    def create(config: ClientConfig, name: str | None = None) -> VolumeView:
-        """Create a volume; mount it with ``volume_mounts=[{"volume_id": v.id, ...}]``."""
-        body = json_body(_request(config, "POST", "/v1/volumes", json={"name": name}))
-        return parse_model(VolumeView, body, "volume")
-
-    @staticmethod
-    def list(config: ClientConfig) -> builtins.list[VolumeView]:
-        """Every volume."""
-        body = json_body(_request(config, "GET", "/v1/volumes"))
-        return parse_list(VolumeView, body, "volume")
-
-    @staticmethod
-    def delete(config: ClientConfig, volume_id: str) -> None:
-        """Delete a volume (ConflictError while a live run mounts it)."""
-        check(_request(config, "DELETE", f"/v1/volumes/{quote(volume_id, safe='')}"))
-
-
-class UsageClient:
-    """The caller's org, its limits, and its metered compute-seconds."""
-
-    @staticmethod
-    def org(config: ClientConfig) -> OrgView:
-        """The org behind the API key, with its plan limits and shards in use."""
-        return parse_model(OrgView, json_body(_request(config, "GET", "/v1/org")), "org")
-
-    @staticmethod
-    def report(
-        config: ClientConfig, from_: datetime | None = None, to: datetime | None = None
-    ) -> UsageReport:
-        """Compute-seconds by run and tier over ``[from_, to)`` (default: this month),
-        credits applied first, and the billable remainder."""
-        params = {k: v.isoformat() for k, v in (("from", from_), ("to", to)) if v is not None}
-        body = json_body(_request(config, "GET", "/v1/usage", params=params))
-        return parse_model(UsageReport, body, "usage report")
-
-
-class SecretsClient:
-    """The org's scoped secrets: runs name them in ``secrets=[...]`` to get them as env vars."""
-
-    @staticmethod
-    def set(config: ClientConfig, name: str, value: str) -> SecretView:
-        """Create or replace a secret (its value is never returned)."""
-        body = {"name": name, "value": value}
-        data = json_body(_request(config, "POST", "/v1/secrets", json=body))
-        return parse_model(SecretView, data, "secret")
-
-    @staticmethod
-    def list(config: ClientConfig) -> builtins.list[SecretView]:
-        """Names and times of every secret."""
-        return parse_list(SecretView, json_body(_request(config, "GET", "/v1/secrets")), "secret")
-
-    @staticmethod
-    def delete(config: ClientConfig, name: str) -> None:
-        check(_request(config, "DELETE", f"/v1/secrets/{quote(name, safe='')}"))

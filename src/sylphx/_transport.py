@@ -1,14 +1,16 @@
 """Shared plumbing of the sync and async SDK: connection config, specs, responses.
 
 Nothing here performs I/O on its own except :class:`ClientConfig`'s lazily created
-synchronous ``httpx.Client``; async clients are created per call so they never
-cross event loops.
+HTTP clients: one ``httpx.Client``, and one ``httpx.AsyncClient`` per event loop (an async
+client's connections belong to the loop that opened them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -24,6 +26,7 @@ from ._errors import (
     ValidationError,
     error_from_body,
 )
+from ._retrying import RetryPolicy
 from ._spec import RunSpec, VolumeMount
 
 __all__ = ["ClientConfig", "LogStream", "create_client"]
@@ -37,11 +40,22 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 class ClientConfig:
     """Where the control plane is and how to talk to it; share one per process.
 
-    Build it with :func:`create_client`. The synchronous ``httpx.Client`` is created
-    on first use and shared (it is thread-safe); call :meth:`close` when done.
+    Build it with :func:`create_client`. Its HTTP clients are created on first use and
+    kept (connections are reused); call :meth:`close` (and :meth:`aclose` in each event
+    loop that used it) when done. ``retry`` says when a request is repeated.
     """
 
-    __slots__ = ("_embedded_home", "_http", "_lock", "_timeout", "_token", "_uds", "_url")
+    __slots__ = (
+        "_async",
+        "_embedded_home",
+        "_http",
+        "_lock",
+        "_timeout",
+        "_token",
+        "_uds",
+        "_url",
+        "retry",
+    )
 
     def __init__(
         self,
@@ -51,7 +65,11 @@ class ClientConfig:
         timeout: float = 30.0,
         embedded_home: Path | None = None,
         token: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+        self._async = weakref.WeakKeyDictionary()
         self._token = token
         self._url = base_url.rstrip("/")
         self._uds = uds
@@ -106,11 +124,20 @@ class ClientConfig:
             return self._http
 
     def async_http(self) -> httpx.AsyncClient:
-        """A new async client; use it as ``async with`` inside one event loop."""
-        transport = httpx.AsyncHTTPTransport(uds=self._uds) if self._uds else None
-        return httpx.AsyncClient(
-            base_url=self._url, transport=transport, timeout=self._timeout, headers=self.headers
-        )
+        """The async client of the running event loop, created on first use there."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.get(loop)
+            if client is None or client.is_closed:
+                transport = httpx.AsyncHTTPTransport(uds=self._uds) if self._uds else None
+                client = httpx.AsyncClient(
+                    base_url=self._url,
+                    transport=transport,
+                    timeout=self._timeout,
+                    headers=self.headers,
+                )
+                self._async[loop] = client
+            return client
 
     def close(self) -> None:
         """Close the shared synchronous client (it is re-created if used again)."""
@@ -118,6 +145,13 @@ class ClientConfig:
             if self._http is not None:
                 self._http.close()
                 self._http = None
+
+    async def aclose(self) -> None:
+        """Close the running event loop's async client (re-created if used again)."""
+        with self._lock:
+            client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     def __enter__(self) -> ClientConfig:
         return self
@@ -130,7 +164,11 @@ class ClientConfig:
 
 
 def create_client(
-    url: str | None = None, *, token: str | None = None, timeout: float = 30.0
+    url: str | None = None,
+    *,
+    token: str | None = None,
+    timeout: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> ClientConfig:
     """Connect to a control plane.
 
@@ -138,7 +176,9 @@ def create_client(
     socket. With neither, the embedded local control plane for ``$SYLPHX_HOME`` is
     used, started on demand and shared between terminals. ``token`` (the API key)
     defaults to ``$SYLPHX_TOKEN``, then the key ``sylphx login`` stored for the URL;
-    the embedded control plane's own key is used automatically.
+    the embedded control plane's own key is used automatically. ``retry``: when requests
+    are repeated (default: reads and long-polls ride through a restart of the control
+    plane for up to 60 s; ``RetryPolicy(wait_for_quota=600)`` makes submits wait out 429s).
     """
     from ._credentials import load_token
 
@@ -152,11 +192,13 @@ def create_client(
         sock = ensure_local_server(home)
         token = token or load_token(None)
         return ClientConfig(
-            UDS_BASE_URL, uds=str(sock), timeout=timeout, embedded_home=home, token=token
-        )
+            UDS_BASE_URL, uds=str(sock), timeout=timeout, embedded_home=home, token=token,
+            retry=retry,
+        )  # fmt: skip
     token = token or load_token(url)
     if url.startswith("unix://"):
-        return ClientConfig(UDS_BASE_URL, uds=url[len("unix://") :], timeout=timeout, token=token)
+        uds = url[len("unix://") :]
+        return ClientConfig(UDS_BASE_URL, uds=uds, timeout=timeout, token=token, retry=retry)
     if not url.startswith(("http://", "https://")):
         raise ValidationError(
             f"url {url!r} is not an http(s) or unix:// URL. Fix: e.g. http://127.0.0.1:8080",
@@ -168,7 +210,7 @@ def create_client(
                 }
             ],
         )
-    return ClientConfig(url, timeout=timeout, token=token)
+    return ClientConfig(url, timeout=timeout, token=token, retry=retry)
 
 
 # -- errors ------------------------------------------------------------------

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import click
 
-from .._client import UsageClient
 from .._credentials import save_token
+from .._resources import UsageClient
 from .._transport import create_client
 from .common import echo_json, state
 

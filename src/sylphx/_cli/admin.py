@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import click
 
-from .._client import VolumesClient
 from .._embedded import local_server_status, stop_local_server
+from .._resources import VolumesClient
 from . import render
 from .common import Group, echo_json, state
 

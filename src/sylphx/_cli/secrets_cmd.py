@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .._client import SecretsClient
+from .._resources import SecretsClient
 from .common import Group, echo_json, state
 
 

@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
@@ -141,7 +141,17 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             )
 
     @app.post("/v1/runs", status_code=201, response_model=RunView)
-    def submit_run(spec: RunSpec, org_id: Org) -> Response:
+    def submit_run(
+        spec: RunSpec,
+        org_id: Org,
+        idempotency_key: Annotated[
+            Text | None,
+            Header(
+                max_length=255,
+                description="repeat a submit safely: the same key returns the run it made",
+            ),
+        ] = None,
+    ) -> Response:
         if plane.draining:
             raise ServerUnavailable(
                 "the control plane is shutting down and accepts no new runs; running shards"
@@ -161,8 +171,19 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             # lock from BEGIN; on PostgreSQL, FOR UPDATE locks the org row
             org = s.get(OrgRow, org_id, with_for_update=True)
             assert org is not None
-            run = runs.submit(s, spec, org, capacity=plane.executor.capacity(), now=plane.now())
-            out = runs.view(run, Counter({ShardState.PENDING: spec.parallelism}))
+            run = runs.replay(s, org.id, idempotency_key, spec)
+            if run is not None:  # a repeated submit: the run it made, as it is now
+                out = runs.view(run, runs.state_counts(s, [run.id])[run.id])
+            else:
+                run = runs.submit(
+                    s,
+                    spec,
+                    org,
+                    capacity=plane.executor.capacity(),
+                    now=plane.now(),
+                    idempotency_key=idempotency_key,
+                )
+                out = runs.view(run, Counter({ShardState.PENDING: spec.parallelism}))
             # rendered before the commit: a run whose answer cannot be sent is not stored
             body = out.model_dump_json(by_alias=True)
         plane.reconciler.wake()
@@ -327,10 +348,6 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             return billing.report(s, org, start, end)
 
     return app
-
-
-def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 async def _current_run(plane: ControlPlane, run_id: str, org_id: str) -> bytes:

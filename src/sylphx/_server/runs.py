@@ -30,8 +30,31 @@ _INSERT_SHARDS = Batch(
 )
 
 
+def replay(s: Session, org_id: str, key: str | None, spec: RunSpec) -> RunRow | None:
+    """The run an earlier submit with idempotency ``key`` stored (None: a new submit);
+    ConflictError when that key came with another spec."""
+    if key is None:
+        return None
+    run = s.scalars(
+        select(RunRow).where(RunRow.org_id == org_id, RunRow.idempotency_key == key)
+    ).first()
+    if run is not None and run.spec != spec.to_wire():
+        fix = "use a new key for a new run (the SDK makes one per submit)"
+        raise ConflictError(
+            f"Idempotency-Key {key!r} was used for run {run.id} with another spec. Fix: {fix}.",
+            details=[{"field": "Idempotency-Key", "rule": "one key, one spec", "fix": fix}],
+        )
+    return run
+
+
 def submit(
-    s: Session, spec: RunSpec, org: OrgRow, *, capacity: admission.Resources, now: datetime
+    s: Session,
+    spec: RunSpec,
+    org: OrgRow,
+    *,
+    capacity: admission.Resources,
+    now: datetime,
+    idempotency_key: str | None = None,
 ) -> RunRow:
     """Store a new queued run and its pending shards, refusing what could never run and
     what the org's plan does not allow. Call inside a transaction that serialized writers
@@ -66,6 +89,7 @@ def submit(
         machine=spec.machine,
         gang=spec.gang,
         created_at=now,
+        idempotency_key=idempotency_key,
     )
     s.add(run)
     s.flush()

@@ -99,6 +99,9 @@ class ApiKeyRow(Base):
 
 class RunRow(Base):
     __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_org_idempotency_key", "org_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
@@ -113,6 +116,7 @@ class RunRow(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     message: Mapped[str | None] = mapped_column(Text)
     queue_position: Mapped[int | None] = mapped_column(Integer)  # 1 = next; None unless queued
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))  # see migration 0011
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     __mapper_args__ = {"version_id_col": version}
 
