@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ._errors import ValidationError
 from ._machines import parse_bytes
+
+T = TypeVar("T")
 
 
 def _host_memory() -> int:
@@ -41,6 +45,64 @@ def _number(env: dict[str, str], var: str, default: str, *, allow_zero: bool) ->
         bound = ">= 0" if allow_zero else "> 0"
         raise _bad(var, text, f"give seconds {bound}, e.g. {default}") from None
     return value
+
+
+def _choice(
+    env: dict[str, str],
+    var: str,
+    default: str,
+    allowed: tuple[str, ...],
+    fix: str,
+    *,
+    upper: bool = False,
+) -> str:
+    """``env[var]`` (case-folded) when it is one of ``allowed``; else a ValidationError."""
+    text = env.get(var, default)
+    text = text.upper() if upper else text.lower()
+    if text not in allowed:
+        raise _bad(var, text, fix)
+    return text
+
+
+def _parsed(
+    env: dict[str, str],
+    var: str,
+    parse: Callable[[str], T],
+    fix: str,
+    default: str | None = None,
+) -> T:
+    """``parse(env[var])`` (ValueError: a ValidationError naming ``var``); unset and no
+    ``default``: ``parse("")``, the host's own value."""
+    text = env.get(var) or default or ""
+    try:
+        return parse(text)
+    except ValueError:
+        raise _bad(var, text, fix) from None
+
+
+def _positive(text: str) -> float:
+    value = float(text) if text else float(os.cpu_count() or 1)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def _memory(text: str) -> int:
+    return parse_bytes(text) if text else _host_memory()
+
+
+def _log_cap(text: str) -> int:
+    value = parse_bytes(text)
+    if value < 4096:
+        raise ValueError(text)
+    return value
+
+
+def _shard_id(env: dict[str, str], var: str) -> int:
+    text = env.get(var, "64000")
+    if not text.isdigit() or not 0 < int(text) < 2**32 - 1:
+        raise _bad(var, text, "give an unprivileged numeric id (not 0), e.g. 64000")
+    return int(text)
 
 
 def home_dir() -> Path:
@@ -127,36 +189,27 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """The settings ``env`` (default: this process's environment) gives; a bad value
+        is a ValidationError naming the variable and the fix."""
         env = dict(os.environ if env is None else env)
         home = Path(env.get("SYLPHX_HOME") or Path.home() / ".sylphx").expanduser().resolve()
         db = env.get("SYLPHX_DATABASE_URL") or f"sqlite:///{home / 'sylphx.db'}"
-        executor = env.get("SYLPHX_EXECUTOR", "local")
-        if executor not in ("local", "ray"):
-            raise _bad("SYLPHX_EXECUTOR", executor, "use 'local' or 'ray'")
-        strategy = env.get("SYLPHX_RAY_GANG_STRATEGY", "SPREAD").upper()
-        if strategy not in ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"):
-            raise _bad(
-                "SYLPHX_RAY_GANG_STRATEGY",
-                strategy,
-                "use SPREAD, PACK, STRICT_SPREAD or STRICT_PACK",
-            )
+        executor = _choice(
+            env, "SYLPHX_EXECUTOR", "local", ("local", "ray"), "use 'local' or 'ray'"
+        )
+        strategy = _choice(
+            env,
+            "SYLPHX_RAY_GANG_STRATEGY",
+            "SPREAD",
+            ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"),
+            "use SPREAD, PACK, STRICT_SPREAD or STRICT_PACK",
+            upper=True,
+        )
         volume_root = env.get("SYLPHX_RAY_VOLUME_ROOT")
-        cpus_text = env.get("SYLPHX_LOCAL_CPUS")
-        try:
-            cpus = float(cpus_text) if cpus_text else float(os.cpu_count() or 1)
-            if cpus <= 0:
-                raise ValueError
-        except ValueError:
-            raise _bad(
-                "SYLPHX_LOCAL_CPUS", str(cpus_text), "give a positive number of vCPUs, e.g. 8"
-            ) from None
-        mem_text = env.get("SYLPHX_LOCAL_MEMORY")
-        try:
-            memory = parse_bytes(mem_text) if mem_text else _host_memory()
-        except ValueError:
-            raise _bad(
-                "SYLPHX_LOCAL_MEMORY", str(mem_text), "give a size such as 16GiB or 512MiB"
-            ) from None
+        cpus = _parsed(
+            env, "SYLPHX_LOCAL_CPUS", _positive, "give a positive number of vCPUs, e.g. 8"
+        )
+        memory = _parsed(env, "SYLPHX_LOCAL_MEMORY", _memory, "give a size such as 16GiB")
         grace = _number(env, "SYLPHX_KILL_GRACE_SECONDS", "10", allow_zero=True)
         interval = _number(env, "SYLPHX_RECONCILE_INTERVAL", "0.5", allow_zero=False)
         preempt_grace = _number(env, "SYLPHX_PREEMPTION_GRACE_SECONDS", "30", allow_zero=True)
@@ -166,37 +219,25 @@ class Settings:
             raise _bad(
                 "SYLPHX_MAX_PREEMPTIONS_PER_INDEX", ceiling_text, "give a whole number, e.g. 10"
             )
-        sandbox_text = env.get("SYLPHX_SANDBOX", "on").lower()
-        if sandbox_text not in ("on", "off", "1", "0", "true", "false"):
-            raise _bad("SYLPHX_SANDBOX", sandbox_text, "use on or off")
-        max_log = env.get("SYLPHX_MAX_LOG_BYTES", "1GiB")
-        try:
-            max_log_bytes = parse_bytes(max_log)
-            if max_log_bytes < 4096:
-                raise ValueError
-        except ValueError:
-            raise _bad(
-                "SYLPHX_MAX_LOG_BYTES", max_log, "give a size of at least 4KiB, e.g. 1GiB"
-            ) from None
-        network = env.get("SYLPHX_SHARD_NETWORK", "slirp4netns").lower()
-        if network not in ("slirp4netns", "host"):
-            raise _bad(
-                "SYLPHX_SHARD_NETWORK",
-                network,
-                "use slirp4netns (the default: shards get their own network namespace) or"
-                " host (unsafe on shared machines: shards reach the host's loopback)",
-            )
-        ids = {}
-        for var in ("SYLPHX_SHARD_UID", "SYLPHX_SHARD_GID"):
-            text = env.get(var, "64000")
-            if not text.isdigit() or not 0 < int(text) < 2**32 - 1:
-                raise _bad(var, text, "give an unprivileged numeric id (not 0), e.g. 64000")
-            ids[var] = int(text)
+        sandbox_text = _choice(
+            env, "SYLPHX_SANDBOX", "on", ("on", "off", "1", "0", "true", "false"), "use on or off"
+        )
+        max_log_bytes = _parsed(
+            env, "SYLPHX_MAX_LOG_BYTES", _log_cap, "give a size of at least 4KiB, e.g. 1GiB", "1GiB"
+        )
+        network = _choice(
+            env,
+            "SYLPHX_SHARD_NETWORK",
+            "slirp4netns",
+            ("slirp4netns", "host"),
+            "use slirp4netns (the default: shards get their own network namespace) or"
+            " host (unsafe on shared machines: shards reach the host's loopback)",
+        )
+        ids = {var: _shard_id(env, var) for var in ("SYLPHX_SHARD_UID", "SYLPHX_SHARD_GID")}
         hide_text = env.get("SYLPHX_SHARD_HIDE", "")
         hide = tuple(Path(p) for p in hide_text.split(":") if p)
-        for path in hide:
-            if not path.is_absolute():
-                raise _bad("SYLPHX_SHARD_HIDE", hide_text, "give absolute paths joined by ':'")
+        if not all(path.is_absolute() for path in hide):
+            raise _bad("SYLPHX_SHARD_HIDE", hide_text, "give absolute paths joined by ':'")
         return cls(
             max_log_bytes=max_log_bytes,
             shard_network=network,

@@ -90,48 +90,57 @@ def validation_error(
     details: list[dict[str, Any]] = []
     suggested: set[str] = set()  # fields a typo probably meant: their "is required" is noise
     for err in errors:
-        ctx = err.get("ctx") or {}
         loc = tuple(err["loc"])
         if loc and loc[0] in ("body", "query", "path"):
             loc = loc[1:]
-        kind = err["type"]
         field = _loc_text(model, loc)
-        if kind == "sylphx_rule":
-            named = str(ctx["field"])  # the rule's own field: more precise within ``loc``
-            field = named if named and (not field or named.startswith(field)) else field
-            text, fix = str(ctx["rule"]), str(ctx["fix"])
-        elif kind == "extra_forbidden":
-            name = str(loc[-1])
-            known = _known_fields(_model_at(model, loc[:-1]))
-            near = difflib.get_close_matches(name, known, n=1)
+        if err["type"] == "extra_forbidden":
+            field, text, fix, near = _unknown(model, loc)
             if near:
-                suggested.add(_loc_text(model, (*loc[:-1], near[0])))
-            text = "is not a known field"
-            fix = f"did you mean {near[0]!r}?" if near else f"known fields: {', '.join(known)}"
-        elif kind in ("literal_error", "enum"):
-            allowed = str(ctx.get("expected", ""))
-            text = f"must be one of {allowed} (got {shown(err.get('input'))})"
-            fix = "pick one of the allowed values"
-        elif kind in _BOUNDS:
-            bound = next(iter(ctx.values()), "?")
-            text = f"{_BOUNDS[kind]} {bound} (got {shown(err.get('input'))})"
-            fix = "give a value in range"
-        elif kind in ("string_too_long", "too_long"):
-            most = ctx.get("max_length", "?")
-            unit = "characters" if kind == "string_too_long" else "items"
-            text, fix = f"must have at most {most} {unit}", "shorten it"
-        elif kind == "string_pattern_mismatch":
-            text = f"must match {ctx.get('pattern', '?')} (got {shown(err.get('input'))})"
-            fix = "use letters, digits and underscores, not starting with a digit"
-        elif kind == "json_invalid":
-            text, fix = "is not valid JSON", "send a JSON object with the run spec"
-        elif kind in _TYPE_RULES:
-            text, fix = _TYPE_RULES[kind]
-            if kind == "missing":
-                fix = _FIXES_FOR_MISSING.get(field, fix)
+                suggested.add(near)
         else:
-            text, fix = str(err.get("msg", kind)), "correct the value"
+            field, text, fix = _rule(err, field)
         details.append({"field": field or "body", "rule": text, "fix": fix})
     details = [d for d in details if not (d["rule"] == "is required" and d["field"] in suggested)]
     lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix'].rstrip('.?')}" for d in details]
     return ValidationError("; ".join(lines), details=details)
+
+
+def _unknown(
+    model: type[BaseModel], loc: tuple[int | str, ...]
+) -> tuple[str, str, str, str | None]:
+    """(field, rule, fix, the field it probably meant) for a field the model lacks."""
+    known = _known_fields(_model_at(model, loc[:-1]))
+    near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    fix = f"did you mean {near[0]!r}?" if near else f"known fields: {', '.join(known)}"
+    meant = _loc_text(model, (*loc[:-1], near[0])) if near else None
+    return _loc_text(model, loc), "is not a known field", fix, meant
+
+
+def _rule(err: Any, field: str) -> tuple[str, str, str]:
+    """(field, rule, fix) of one of pydantic's errors other than an unknown field."""
+    kind, ctx, got = err["type"], err.get("ctx") or {}, shown(err.get("input"))
+    if kind == "sylphx_rule":
+        named = str(ctx["field"])  # the rule's own field: more precise within ``loc``
+        field = named if named and (not field or named.startswith(field)) else field
+        return field, str(ctx["rule"]), str(ctx["fix"])
+    if kind in ("literal_error", "enum"):
+        allowed = str(ctx.get("expected", ""))
+        return field, f"must be one of {allowed} (got {got})", "pick one of the allowed values"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()), "?")
+        return field, f"{_BOUNDS[kind]} {bound} (got {got})", "give a value in range"
+    if kind in ("string_too_long", "too_long"):
+        unit = "characters" if kind == "string_too_long" else "items"
+        return field, f"must have at most {ctx.get('max_length', '?')} {unit}", "shorten it"
+    if kind == "string_pattern_mismatch":
+        fix = "use only the characters the pattern allows"
+        return field, f"must match {ctx.get('pattern', '?')} (got {got})", fix
+    if kind == "json_invalid":
+        return field, "is not valid JSON", "send a JSON object with the run spec"
+    if kind in _TYPE_RULES:
+        text, fix = _TYPE_RULES[kind]
+        if kind == "missing":
+            fix = _FIXES_FOR_MISSING.get(field, fix)
+        return field, text, fix
+    return field, str(err.get("msg", kind)), "correct the value"

@@ -67,29 +67,8 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
             " directory (SYLPHX_HOME), e.g. your project's; the SDK and CLI send the current"
             " directory by default (CLI: --workdir DIR)",
         )
-        if real is not None and local and not os.path.isdir(real):
-            what = "is not a directory" if os.path.lexists(real) else "does not exist"
-            details.append(
-                _detail(
-                    "workingDir",
-                    f"{workdir!r} {what} on the host",
-                    "give an existing directory, or start the run from one (the SDK and CLI"
-                    " send the current directory by default; CLI: --workdir DIR)",
-                )
-            )
-        elif real is not None and local and settings.sandbox and os.geteuid() == 0:
-            closed = closed_to(real, settings.shard_uid)
-            if closed is not None:
-                details.append(
-                    _detail(
-                        "workingDir",
-                        f"{workdir!r} cannot be entered by the shards' unprivileged user"
-                        f" (uid {settings.shard_uid}): {closed!r} is not readable and"
-                        " searchable by others",
-                        f"make it so (chmod o+rx {closed}), or start the run from a"
-                        " directory others can read (CLI: --workdir DIR)",
-                    )
-                )
+        if real is not None and local:
+            details.extend(_workdir_on_host(workdir, real, settings))
     for entry in spec.env.get("PATH", "").split(":"):
         if entry:  # (an empty one is the start directory, checked above)
             refuse(
@@ -145,3 +124,33 @@ def _is_hidden(spelled: str, real: str, roots: list[str]) -> bool:
 
 def _detail(field: str, rule: str, fix: str) -> dict[str, Any]:
     return {"field": field, "rule": rule, "fix": fix}
+
+
+def _workdir_on_host(spelled: str, real: str, settings: Settings) -> list[dict[str, Any]]:
+    """What is wrong with a host run's ``workingDir`` on this host (resolved: ``real``):
+    not an existing directory, or (sandboxed, as root) closed to the shards' user."""
+    if not os.path.isdir(real):
+        what = "is not a directory" if os.path.lexists(real) else "does not exist"
+        return [
+            _detail(
+                "workingDir",
+                f"{spelled!r} {what} on the host",
+                "give an existing directory, or start the run from one (the SDK and CLI"
+                " send the current directory by default; CLI: --workdir DIR)",
+            )
+        ]
+    closed = None
+    if settings.sandbox and os.geteuid() == 0:
+        closed = closed_to(real, settings.shard_uid)
+    if closed is None:
+        return []
+    return [
+        _detail(
+            "workingDir",
+            f"{spelled!r} cannot be entered by the shards' unprivileged user"
+            f" (uid {settings.shard_uid}): {closed!r} is not readable and"
+            " searchable by others",
+            f"make it so (chmod o+rx {closed}), or start the run from a"
+            " directory others can read (CLI: --workdir DIR)",
+        )
+    ]
