@@ -101,6 +101,7 @@ test: venv system-deps
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/python tools/unasync_sdk.py --check
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
 	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
@@ -133,6 +134,7 @@ lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/python tools/unasync_sdk.py --check
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 # The sync SDK (_client.py, _resources.py) is generated from the async one: edit

@@ -46,6 +46,7 @@ MAX_ID_BYTES = 64  # an object id: volumeId, run ids in URLs
 MAX_VOLUME_MOUNTS = 32
 MAX_VOLUME_NAME_BYTES = 200
 MAX_BODY_BYTES = 4 * KIB * KIB  # one request body
+MAX_WAIT = 60.0  # seconds one long-poll (GET /v1/runs/{id}?wait=) may wait
 
 LIMITS: list[tuple[str, str, str]] = [  # (field, limit, why): the README's table
     ("`command`", f"{MAX_ARGS:,} arguments, {MAX_COMMAND_BYTES // KIB} KiB in all",

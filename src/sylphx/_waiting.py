@@ -14,11 +14,11 @@ import time
 import httpx
 
 from ._errors import ValidationError
+from ._limits import MAX_WAIT
 from ._views import Aggregate, RunView
 
 __all__ = ["MAX_WAIT", "WaitLoop", "refuses_wait", "wait_params", "wait_timeout"]
 
-MAX_WAIT = 60.0  # the most one request may wait (the server's limit)
 LONG_POLL_SECONDS = 20.0  # what one request of a wait loop asks for
 MIN_WAIT = 0.05  # less time than this left: a plain GET
 

@@ -37,8 +37,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from .._errors import ValidationError
+from .._limits import MAX_WAIT
 from .._states import RUN_TERMINAL
-from .._waiting import MAX_WAIT
 from .store import RunRow
 
 __all__ = ["MAX_WAIT", "RunWaiters", "ended_among", "is_terminal", "wait_error"]
