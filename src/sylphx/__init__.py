@@ -54,7 +54,7 @@ if TYPE_CHECKING:
         VolumeView,
     )
 
-__version__ = "0.1.0"
+__version__: str  # from the package metadata (pyproject.toml's version), read on first use
 
 # Names load on first use (PEP 562), so a process that only needs a small part of the
 # package (e.g. a Ray worker running a shard) does not pay for the SDK's imports.
@@ -149,6 +149,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # one version string: the installed distribution's
+        from importlib.metadata import version
+
+        globals()[name] = value = version("sylphx")
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sylphx' has no attribute {name!r}")

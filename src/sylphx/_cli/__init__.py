@@ -21,7 +21,7 @@ __all__ = ["cli", "main"]
     envvar="SYLPHX_URL",
     help="Control plane URL (http(s):// or unix://); default: the embedded local one.",
 )
-@click.version_option("0.1.0", prog_name="sylphx")
+@click.version_option(package_name="sylphx", prog_name="sylphx")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None) -> None:
     """Self-hosted Distributed Batch Compute: one command, N indexed shards."""
