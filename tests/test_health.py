@@ -202,3 +202,23 @@ def test_a_hung_store_is_a_503_in_time_and_the_loop_keeps_answering(
             release.set()
         monkeypatch.undo()
         _until_ready(anon)
+
+
+def test_each_worker_of_a_shared_home_is_ready_as_holder_or_standby(tmp_path: Path) -> None:
+    from serverproc import ServerProcess
+
+    server = ServerProcess(tmp_path / "home", workers=2)
+    try:
+        server.start()
+        seen: dict[str, set[str]] = {}  # role -> holders named
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:  # connections go to either
+            with httpx.Client(base_url=server.url, timeout=10) as fresh:
+                r = fresh.get("/readyz")
+            assert r.status_code == 200, r.text
+            seen.setdefault(r.json()["lease"], set()).add(r.json()["leaseHolder"])
+        assert set(seen) == {"holder", "standby"}, seen
+        assert all("this process" in h for h in seen["holder"])
+        assert all("another process" in h for h in seen["standby"])
+    finally:
+        server.close()
