@@ -177,6 +177,13 @@ def test_bodies_too_large_or_too_deep_get_the_error_shape(server: Server) -> Non
             "/v1/volumes", content=body, headers={"Content-Type": "application/json"}
         )
         assert r.status_code == 422, r.text
+    r = _post_raw(server, b"{not json")
+    assert r.status_code == 422 and _field(r) == "body", r.text
+    for key, words in (("", "must not be empty"), ("k" * 256, "at most 255 characters")):
+        r = server.http.post(
+            "/v1/runs", json={"command": ["true"]}, headers={"Idempotency-Key": key}
+        )
+        assert r.status_code == 422 and words in r.text, r.text
     r = server.http.post("/v1/secrets", json={"name": "A", "value": "x\x00"})
     assert r.status_code == 422 and _field(r) == "value"
     assert _runs_stored(server) == 0

@@ -130,14 +130,16 @@ def _rule(err: Any, field: str) -> tuple[str, str, str]:
     if kind in _BOUNDS:
         bound = next(iter(ctx.values()), "?")
         return field, f"{_BOUNDS[kind]} {bound} (got {got})", "give a value in range"
+    if kind in ("string_too_short", "too_short"):
+        return field, f"must not be empty (at least {ctx.get('min_length', 1)})", "give a value"
     if kind in ("string_too_long", "too_long"):
-        unit = "characters" if kind == "string_too_long" else "items"
+        unit = "characters" if isinstance(err.get("input"), str) else "items"
         return field, f"must have at most {ctx.get('max_length', '?')} {unit}", "shorten it"
     if kind == "string_pattern_mismatch":
         fix = "use only the characters the pattern allows"
         return field, f"must match {ctx.get('pattern', '?')} (got {got})", fix
-    if kind == "json_invalid":
-        return field, "is not valid JSON", "send a JSON object with the run spec"
+    if kind == "json_invalid":  # pydantic's loc is the parse position: the body is at fault
+        return "body", "is not valid JSON", "send a JSON object (Content-Type: application/json)"
     if kind in _TYPE_RULES:
         text, fix = _TYPE_RULES[kind]
         if kind == "missing":

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from importlib.metadata import version
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
@@ -115,7 +116,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         finally:
             plane.stop()
 
-    app = FastAPI(title="sylphx", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="sylphx", version=version("sylphx"), lifespan=lifespan)
     app.state.plane = plane
     sessions = plane.sessions
     reads = plane.reads
@@ -147,6 +148,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         idempotency_key: Annotated[
             Text | None,
             Header(
+                min_length=1,
                 max_length=255,
                 description="repeat a submit safely: the same key returns the run it made",
             ),
