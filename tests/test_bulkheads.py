@@ -111,10 +111,15 @@ def test_a_launch_and_a_settle_that_raise_end_their_runs_and_no_other_orgs(
     monkeypatch.setattr(settle, "settle", settle_all)
     # Pass 1 starts everything; the pass after it waits until every process has ended,
     # so the bad run's exit is settled in one batch with the others'.
+    # (The pass hands its batch over as it ends: the processes may not exist yet when it
+    # parks, so it waits for every exit record, then for the processes to be gone.)
     gate.open(then_hold=True)
     gate.wait_parked()
-    server.wait_for(lambda: not any(pids_of_run(r) for r in (bad_settle, mine, *good)))
-    time.sleep(0.2)  # their supervisors record the exits
+    state = server.plane.executor.state_dir  # type: ignore[attr-defined]
+    runs = (bad_settle, mine, *good)
+    server.wait_for(lambda: sum(len(list((state / r).glob("*/exit"))) for r in runs) == 7)
+    server.wait_for(lambda: not any(pids_of_run(r) for r in runs))
+    time.sleep(0.2)  # their supervisors announce the exits
     gate.open()
 
     for run_id in good:

@@ -6,7 +6,7 @@ so deadlines and the billing meter can be checked to the second.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 
 from sylphx._server import billing, orgs, runs
-from sylphx._server.controller import reconciler
+from sylphx._server.controller import reconciler, survey
 from sylphx._server.controller.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.base import Exit, LaunchRequest, Signal
@@ -93,7 +93,13 @@ class FakeExecutor:
     def adopt(self, handle: str) -> bool:
         return handle in self.live
 
+    def started(self, handle: str) -> bool:
+        return handle in self.live
+
     def flush(self, *, discard: bool = False) -> None:
+        pass
+
+    def drop(self, handles: Collection[str]) -> None:
         pass
 
     def forget_run(self, run_id: str) -> None:
@@ -286,10 +292,10 @@ def test_a_focused_pass_loads_only_the_runs_that_changed(
     h.tick()  # the first pass looks at everything and starts all four shards
     monkeypatch.setattr(reconciler, "FULL_PASS_SECONDS", float("inf"))
     loaded: list[str] = []
-    real = reconciler._load_shards
+    real = survey.load_shards
     monkeypatch.setattr(
-        reconciler,
-        "_load_shards",
+        survey,
+        "load_shards",
         lambda s, runs: (loaded.extend(r.id for r in runs), real(s, runs)),
     )
     h.executor.finish(0, run_id=busy)

@@ -93,7 +93,6 @@ class Bulkhead:
 
     def __init__(self) -> None:
         self._strikes: dict[str, tuple[str, int]] = {}  # run id -> (step, passes in a row)
-        self._unrecorded: dict[str, list[str]] = {}  # run id -> handles launched, not stored
         self.begin()
 
     def begin(self) -> None:
@@ -109,7 +108,6 @@ class Bulkhead:
         self._strikes = self._next
         for run_id in ended:
             self._strikes.pop(run_id, None)
-            self._unrecorded.pop(run_id, None)
 
     def live(self, runs: Iterable[RunRow]) -> list[RunRow]:
         """``runs`` but those that failed a step of this pass."""
@@ -136,11 +134,6 @@ class Bulkhead:
         """``run_id`` went through ``step``: its strikes for that step are forgiven."""
         if self._next.get(run_id, ("", 0))[0] == step:
             del self._next[run_id]
-
-    def unrecorded(self, run_id: str, handles: Iterable[str]) -> None:
-        """Attempts the executor accepted whose rows were rolled back: killed if the run
-        is ended (a retry of the launch adopts them: launches are idempotent)."""
-        self._unrecorded.setdefault(run_id, []).extend(handles)
 
     def each(
         self,
@@ -246,7 +239,6 @@ class Bulkhead:
         except Exception:  # not even that: it stays as it is, and is tried again
             log.exception("run %s: could not be stopped after: %s", run.id, why)
             return
-        kills += [(handle, "kill") for handle in self._unrecorded.pop(run.id, [])]
         self._next.pop(run.id, None)
         self.signals += kills
 

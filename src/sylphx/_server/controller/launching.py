@@ -8,6 +8,8 @@ shards sends one INSERT of attempts and one UPDATE of shards, each an executeman
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from ..._spec import RunSpec
 from ..._states import ShardState
 from .. import faults, secrets
 from ..executors.base import Executor, Exit, LaunchRequest, Mount
-from ..store import RunRow, VolumeRow
+from ..store import AttemptRow, RunRow, VolumeRow
 from ..store.batch import Batch
 from ..store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
 from ..transitions import transition
@@ -155,6 +157,50 @@ class RunLaunch:
             _INSERT_ATTEMPTS.execute(self._s.connection(), attempts)
             update_shards(self._s, shards, ("state", "attempts", "started_at"))
         return failed
+
+
+def readopt(
+    s: Session,
+    executor: Executor,
+    attempts: Sequence[AttemptRow],
+    specs: dict[str, RunSpec],
+    cipher: Fernet | None,
+    now: datetime,
+) -> list[Exit]:
+    """Hand the open ``attempts`` back to ``executor`` (after a restart, or a failed
+    pass); returns the exits to record: the attempts it cannot account for (lost), and
+    those it could not launch again. An attempt its pass stored but that was never handed
+    over (the control plane died between the commit and the act) is launched again, from
+    the store: no secret waited on disk. Launches are idempotent per attempt, so one that
+    did start meanwhile is adopted, never started twice. They start at the next flush."""
+    exits: list[Exit] = []
+    launches: dict[str, RunLaunch] = {}
+    for attempt in attempts:
+        handle = attempt.handle = attempt.handle or f"attempt:{attempt.id}"
+        if not executor.adopt(handle):
+            why = "Lost: the control plane restarted and cannot find the attempt"
+            exits.append(Exit(handle, -9, now, reason=why))
+            continue
+        spec = specs.get(attempt.run_id)  # none: the run is ended (its spec is unreadable)
+        if attempt.stop_reason or spec is None or executor.started(handle):
+            continue
+        run = s.get(RunRow, attempt.run_id)
+        if run is None:
+            continue
+        launch = launches.get(run.id)
+        if launch is None:
+            launch = launches[run.id] = RunLaunch(s, run, spec, cipher)
+        out, err = attempt.stdout_path or "", attempt.stderr_path or ""
+        try:
+            executor.launch(launch.request(attempt.shard.index, attempt.number, out, err))
+        except PASS_LEVEL:
+            raise
+        except Exception as exc:  # as when a pass's launch fails (without the strike)
+            why = str(exc) if isinstance(exc, OSError | ExecutorError) else repr(exc)
+            with contextlib.suppress(OSError), open(err, "a") as fh:
+                fh.write(f"sylphx: could not start the shard: {why}\n")
+            exits.append(Exit(handle, 127, now, reason=f"LaunchError: {why}"))
+    return exits
 
 
 def _note(logs_dir: Path, stderr: str, text: str) -> None:

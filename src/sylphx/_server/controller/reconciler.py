@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..._errors import StorageFull
 from ..._settings import Settings
@@ -27,7 +27,7 @@ from ..._states import RunState, ShardState
 from .. import faults
 from ..executors.base import Executor, Exit, Signal
 from ..lease import Lease
-from ..store import AttemptRow, RunRow, ShardRow
+from ..store import AttemptRow, RunRow
 from ..transitions import transition
 from . import bulkhead, deadlines, launching, queue, rollup, scheduling, settle, survey
 from .bulkhead import PASS_LEVEL
@@ -158,15 +158,20 @@ class Reconciler:
         self._signals = []
         try:
             ended = self._pass()
-        except BaseException:
-            self.executor.flush(discard=True)  # never start what a rolled-back pass launched
+        except BaseException:  # drop what it prepared: nothing of it started yet
+            self.executor.flush(discard=True)
             raise
         self._bulkhead.commit(ended)  # the strikes of the runs that failed a step count
-        # Signals go out only after the pass committed why (timeout/cancel): a pass rolled
-        # back by a concurrent write must not leave a shard killed for no recorded reason.
-        for handle, sig in self._signals:
-            self.executor.signal(handle, sig)
-        self.on_pass(ended)  # hook: the ids of the runs this committed pass ended
+        # Only now that the pass committed its decisions does it act on them (ADR 0004):
+        # a pass rolled back must leave no process the store does not know, and no shard
+        # killed for no recorded reason. A start that fails from here on is reported by the
+        # executor's next poll; one cut short by a crash is launched again by recover().
+        try:
+            self.executor.flush()  # the attempts it stored: the local executor's one batch
+        finally:
+            for handle, sig in self._signals:
+                self.executor.signal(handle, sig)
+            self.on_pass(ended)  # hook: the ids of the runs this committed pass ended
 
     def _pass(self) -> list[str]:
         bh = self._bulkhead
@@ -251,7 +256,7 @@ class Reconciler:
                 if run.cancel_requested_at is not None
                 or (run.id in clocks and clocks[run.id].due(specs[run.id], now, grace))
             ]
-        _load_shards(s, focus)
+        survey.load_shards(s, focus)
         return focus
 
     def recover(self) -> None:
@@ -259,24 +264,25 @@ class Reconciler:
         control plane (the local executor's supervisor records their exits durably), so
         after a restart, or a pass that failed midway, they are handed back to the executor,
         which reports them when they end -- or at once, with their true end times, if they
-        ended meanwhile. Only an attempt the executor cannot account for at all is recorded
-        as lost; none is ever started twice."""
+        ended meanwhile; one stored but never handed over (see launching.readopt) is launched
+        again. Only an attempt the executor cannot account for at all is recorded as lost;
+        none is ever started twice."""
         bh = self._bulkhead
         bh.begin()
-        with self.sessions.begin() as s:
-            unended = s.scalars(select(AttemptRow).where(AttemptRow.ended_at.is_(None))).all()
-            lost = []
-            for attempt in unended:
-                if attempt.handle is None:
-                    attempt.handle = f"attempt:{attempt.id}"
-                if not self.executor.adopt(attempt.handle):
-                    reason = "Lost: the control plane restarted and cannot find the attempt"
-                    lost.append(Exit(attempt.handle, -9, self.clock(), reason=reason))
-            run_ids = {a.run_id for a in unended}
-            specs = self._parse(list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids)))))
-            self._collect(s, lost, specs)
-            bh.resolve(s, self.clock())
+        try:
+            with self.sessions.begin() as s:
+                unended = s.scalars(select(AttemptRow).where(AttemptRow.ended_at.is_(None))).all()
+                run_ids = {a.run_id for a in unended}
+                specs = self._parse(list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids)))))
+                now = self.clock()
+                lost = launching.readopt(s, self.executor, unended, specs, self.cipher, now)
+                self._collect(s, lost, specs)
+                bh.resolve(s, now)
+        except BaseException:
+            self.executor.flush(discard=True)
+            raise
         bh.commit()
+        self.executor.flush()  # the relaunched attempts, as after a pass
         for handle, sig in bh.signals:  # the processes of runs that were ended
             self.executor.signal(handle, sig)
 
@@ -341,7 +347,6 @@ class Reconciler:
             if exits:  # a run that waits says why
                 could_not = f"{len(exits)} shard(s) could not start: {exits[0].reason}"
                 run.message = "; ".join(m for m in (run.message, could_not) if m)
-        self.executor.flush()  # the local executor starts the whole pass as one batch
         self._collect(s, failed, specs)
         return bool(failed)
 
@@ -378,20 +383,9 @@ class Reconciler:
             failed = launch.start(self.executor, n, now, self.settings.logs_dir, self.settings.home)
         except PASS_LEVEL:
             raise
-        except Exception:  # its savepoint is rolled back: the executor's launches are not
-            self._bulkhead.unrecorded(run.id, launch.launched)
+        except Exception:  # its savepoint is rolled back: so are its prepared launches
+            self.executor.drop(launch.launched)
             raise
         if launch.fault is not None:  # its shards' launches failed (and are settled)
             self._bulkhead.fault(run.id, STARTING, launch.fault)
         return failed
-
-
-def _load_shards(s: Session, runs: list[RunRow]) -> None:
-    """Load the shards (and attempts) of those of ``runs`` that do not have them yet."""
-    ids = [run.id for run in runs if "shards" in inspect(run).unloaded]
-    if ids:
-        s.scalars(
-            select(RunRow)
-            .where(RunRow.id.in_(ids))
-            .options(selectinload(RunRow.shards).selectinload(ShardRow.history))
-        ).all()

@@ -15,8 +15,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, inspect, select
+from sqlalchemy.orm import Session, selectinload
 
 from ..._spec import RunSpec
 from ..._states import RunState, ShardState
@@ -110,3 +110,14 @@ def preemptible(s: Session, now: datetime) -> tuple[list[Victim], Resources]:
             age = (now - started_at).total_seconds()
             victims.append(Victim(attempt_id, machine, age, preemptions))
     return victims, stopping
+
+
+def load_shards(s: Session, runs: list[RunRow]) -> None:
+    """Load the shards (and attempts) of those of ``runs`` that do not have them yet."""
+    ids = [run.id for run in runs if "shards" in inspect(run).unloaded]
+    if ids:
+        s.scalars(
+            select(RunRow)
+            .where(RunRow.id.in_(ids))
+            .options(selectinload(RunRow.shards).selectinload(ShardRow.history))
+        ).all()

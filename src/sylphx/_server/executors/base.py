@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -77,19 +78,32 @@ class Executor(Protocol):
         ...
 
     def launch(self, request: LaunchRequest) -> str:
-        """Start one attempt (possibly at the next :meth:`flush`) and return its handle;
-        raises ExecutorError when it cannot. Must be idempotent per (run, index, attempt):
-        a second launch of an attempt that was already started adopts it."""
+        """Check and prepare one attempt and return its handle; it starts at the next
+        :meth:`flush`, never before: the reconciler stores the handle in its pass and
+        flushes once the pass committed. Raises ExecutorError when it cannot start.
+        Must be idempotent per (run, index, attempt): a second launch of an attempt that
+        was already started adopts it."""
         ...
 
     def flush(self, *, discard: bool = False) -> None:
-        """Start whatever :meth:`launch` queued (executors that batch), or with ``discard``
-        drop it (the pass that queued it was rolled back); a no-op for the others."""
+        """Start whatever :meth:`launch` prepared (the pass that decided it committed), or
+        with ``discard`` drop it (the pass was rolled back). Never raises for an attempt
+        that could not start: a later :meth:`poll` reports it (exit 127, LaunchError)."""
+        ...
+
+    def drop(self, handles: Collection[str]) -> None:
+        """Forget prepared launches not yet flushed (their rows were rolled back)."""
         ...
 
     def adopt(self, handle: str) -> bool:
         """After a restart: watch an attempt a previous control plane started. False when
         the handle means nothing to this executor (the attempt is then recorded as lost)."""
+        ...
+
+    def started(self, handle: str) -> bool:
+        """Whether an adopted attempt was ever handed over to be started. False: its pass
+        committed but the control plane went away before it flushed; the reconciler
+        launches it again (idempotent: if it did start meanwhile, it is adopted)."""
         ...
 
     def poll(self) -> list[Exit]:

@@ -26,7 +26,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,11 +36,11 @@ from ..images import ImageStore
 from . import statefiles
 from .base import Exit, LaunchRequest, Signal
 from .cgroups import Cgroups, ShardCgroup
-from .envelope import host_envelope, own_volumes, shard_env
+from .localenvelope import Envelopes
 from .netstack import CHAIN_ENV, SECCOMP_FD, slirp4netns_path
 from .probe import check_envelope
-from .processes import check_program, shard_processes
-from .sandbox import Policy, Sandbox
+from .processes import shard_processes
+from .sandbox import Policy
 from .statefiles import OOM_REASON, claim, read_exit, read_state, verified_pid, write_atomic
 from .supervisors import Supervisors
 
@@ -85,10 +85,14 @@ class LocalExecutor:
         self._sandbox = sandbox
         self._cgroups = cgroups
         self._policy = policy or Policy()
-        self._images = images
         self._max_log_bytes = max_log_bytes  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
-        self._scratch_root = scratch or state_dir.parent / "work"
-        self._host_path = os.environ.get("PATH")
+        self._envelope = Envelopes(
+            sandbox=sandbox,
+            policy=self._policy,
+            images=images,
+            scratch_root=scratch or state_dir.parent / "work",
+            host_path=os.environ.get("PATH"),
+        )
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self._seccomp: str | None = None
@@ -105,7 +109,7 @@ class LocalExecutor:
         self._pending: list[tuple[str, dict[str, object]]] = []  # launched since last flush
         self._ended: set[str] = set()  # handles announced on the FIFO since the last poll
         self._last_scan = self._last_deep = float("-inf")  # the first poll scans everything
-        self._envelopes: dict[tuple[object, ...], tuple[list[str], Path]] = {}  # per run
+        self._handed: set[str] = set()  # flushed to a supervisor by us, not yet ended
         self._supervisors = Supervisors(self._fifo)
         self._wake: Callable[[], None] = lambda: None
         self._closed = threading.Event()
@@ -143,8 +147,9 @@ class LocalExecutor:
         return f"{self.state_dir}/{handle.removeprefix('att:')}"
 
     def launch(self, request: LaunchRequest) -> str:
-        """Queue the attempt for the next :meth:`flush`; idempotent per (run, index, attempt):
-        an attempt already claimed by a supervisor is adopted, never started twice."""
+        """Queue the attempt for the next :meth:`flush` (nothing starts before it);
+        idempotent per (run, index, attempt): an attempt already claimed by a supervisor
+        is adopted, never started twice."""
         handle = f"att:{request.run_id}/{request.index}.{request.attempt}"
         folder = self._folder(handle)
         if os.path.exists(f"{folder}/claim"):
@@ -178,72 +183,62 @@ class LocalExecutor:
             self._pending.append((handle, body))
         return handle
 
-    def _envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
-        """argv (sandbox included), the shard's clean environment and the start directory.
-        On the host, argv and directory are the same for every shard of a run: worked out
-        (and checked) once per run, the environment per shard."""
-        if request.image is not None:
-            return self._image_envelope(request)
-        key = (
-            request.run_id,
-            tuple(request.command),
-            request.working_dir,
-            tuple(request.mounts),
-            request.network,
-        )
-        hit = self._envelopes.get(key)
-        if hit is None:
-            argv, env, cwd = host_envelope(
-                request,
-                sandbox=self._sandbox,
-                policy=self._policy,
-                host_path=self._host_path,
-                scratch=lambda: self._scratch(request.run_id),
-            )
-            if len(self._envelopes) >= 64:
-                self._envelopes.clear()
-            self._envelopes[key] = (argv, cwd)
-            return argv, env, cwd
-        env = shard_env(request, image_env=None, host_path=self._host_path)
-        return list(hit[0]), env, hit[1]
-
-    def _image_envelope(self, request: LaunchRequest) -> tuple[list[str], dict[str, str], Path]:
-        """The same for a container image: its rootfs as ``/``, its Env and WorkingDir."""
-        if self._images is None or not self._sandbox:
-            raise ExecutorError(
-                "container images need the sandbox (SYLPHX_SANDBOX=on) and an image store"
-            )
-        image = self._images.resolve(request.image or "")
-        argv = image.config.argv(request.command or None)
-        env = shard_env(request, image_env=image.config.env, host_path=None)
-        check_program(argv[0], env["PATH"], None, root=image.rootfs)
-        own_volumes(request.mounts, self._policy)
-        box = Sandbox(
-            base=image.rootfs,
-            mounts=request.mounts,
-            policy=self._policy,
-            network=request.network,
-            working_dir=str(request.working_dir or image.config.working_dir or "/"),
-        )
-        return box.argv() + argv, env, Path("/")
-
-    def _scratch(self, run_id: str) -> Path:
-        path = self._scratch_root / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def flush(self, *, discard: bool = False) -> None:
-        """Start one supervisor for every attempt launched since the last flush (or, with
-        ``discard``, forget them: the pass that launched them was rolled back)."""
+        """Start one supervisor for every attempt launched since the last flush (called
+        once the pass that launched them committed), or with ``discard`` forget them: the
+        pass was rolled back. A batch no supervisor could be started for is recorded as
+        never started (exit 127, LaunchError) in its attempts' folders, durably, and
+        reported by the next :meth:`poll`: never raised, the pass is already committed."""
         with self._lock:
             batch, self._pending = self._pending, []
-            if discard:
-                for handle, _ in batch:
-                    self._tracked.pop(handle, None)
-                return
+        if discard:
+            self._forget([handle for handle, _ in batch])
+            return
         if not batch:
             return
-        self._supervisors.start([body for _, body in batch])
+        with self._lock:
+            self._handed.update(handle for handle, _ in batch)
+        failed = self._supervisors.start([body for _, body in batch])
+        if failed:
+            folders = {str(body["dir"]): (handle, body) for handle, body in batch}
+            for body, error in failed:
+                handle, _ = folders[str(body["dir"])]
+                self._unstarted(handle, str(body["stderr"]), error)
+            self._wake()
+
+    def drop(self, handles: Collection[str]) -> None:
+        """Forget these queued launches (their rows were rolled back with a savepoint)."""
+        with self._lock:
+            keep = [(h, body) for h, body in self._pending if h not in handles]
+            gone = [h for h, _ in self._pending if h in handles]
+            self._pending = keep
+        self._forget(gone)
+
+    def _forget(self, handles: list[str]) -> None:
+        with self._lock:
+            for handle in handles:
+                self._tracked.pop(handle, None)
+        for handle in handles:  # its cgroup, made at launch (no process is in it)
+            group = self._group(handle)
+            if group is not None and self._cgroups is not None:
+                self._cgroups.release(group)
+
+    def _unstarted(self, handle: str, stderr: str, error: BaseException) -> None:
+        why = ExecutorError(f"could not start its supervisor: {error}")
+        if statefiles.never_started(self._folder(handle), stderr, why):
+            with self._lock:
+                self._ended.add(handle)  # the next poll reads its record
+
+    def started(self, handle: str) -> bool:
+        """Whether the attempt was ever handed to a supervisor: by us, or (its folder
+        holds its claim or its records) by a control plane before a restart."""
+        with self._lock:
+            if handle in self._handed:
+                return True
+        try:
+            return bool(os.listdir(self._folder(handle)))
+        except OSError:
+            return False
 
     def adopt(self, handle: str) -> bool:
         """Track an attempt a previous control plane started; False if it is not ours.
@@ -306,6 +301,7 @@ class LocalExecutor:
         with self._lock:
             for exit in exits:
                 self._tracked.pop(exit.handle, None)
+                self._handed.discard(exit.handle)
         if deep and self._cgroups is not None:
             self._cgroups.sweep()
         return exits

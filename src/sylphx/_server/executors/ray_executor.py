@@ -16,12 +16,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from ..._errors import ExecutorError
 from ..._machines import MACHINES
 from ..controller.admission import Resources
 from .base import Exit, LaunchRequest, Signal
+from .ray_gang import Gang, result_exit, tier_resources
 from .ray_remote import LogHub, NodeEnvelope, run_shard
 from .sandbox import Policy
 
@@ -49,30 +49,6 @@ _NODE_ID = re.compile(r"node ID: ([0-9a-f]+)")
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def tier_resources(machine: str) -> dict[str, float]:
-    """A tier as Ray resources: CPU (fractional) and memory in bytes."""
-    tier = MACHINES[machine]
-    return {"CPU": tier.vcpu, "memory": float(tier.memory_bytes)}
-
-
-@dataclass
-class _Gang:
-    pg: Any
-    size: int
-    machine: str
-    ready_ref: Any
-    asked: float
-    ready: bool = False
-    next_bundle: int = 0
-    live: int = 0
-
-
-def _result_exit(handle: str, result: Any, now: datetime) -> Exit:
-    """The Exit of a finished ``run_shard``: (code, reason, streams that hit the log cap)."""
-    code, reason, *more = result
-    return Exit(handle, int(code), now, reason, log_truncated=tuple(more[0]) if more else ())
 
 
 class RayExecutor:
@@ -122,9 +98,10 @@ class RayExecutor:
         self._forget: list[str] = []
         self._lock = threading.Lock()
         self._refs: dict[str, Any] = {}  # handle -> ObjectRef of its task
-        self._unflushed: list[str] = []  # launched since the last flush
+        self._queued: dict[str, tuple[Any, LaunchRequest]] = {}  # launched, not yet flushed
+        self._failed: list[Exit] = []  # submissions Ray refused, for the next poll
         self._noticed: set[str] = set()
-        self._gangs: dict[str, _Gang] = {}
+        self._gangs: dict[str, Gang] = {}
         self._gang_of: dict[str, str] = {}  # handle -> run id of its placement group
         self._nodes: list[Resources] = []
         self._total = Resources(0, 0)
@@ -189,7 +166,7 @@ class RayExecutor:
                 pg = placement_group(
                     [tier_resources(machine)] * n, strategy=self._strategy, name=f"sylphx-{run_id}"
                 )
-                gang = _Gang(pg, n, machine, pg.ready(), time.monotonic())
+                gang = Gang(pg, n, machine, pg.ready(), time.monotonic())
                 self._gangs[run_id] = gang
             gang.asked = time.monotonic()
             if not gang.ready:
@@ -224,7 +201,7 @@ class RayExecutor:
         }
         handle = f"ray:{request.run_id}:{request.index}:{request.attempt}"
         with self._lock:
-            if handle in self._refs:  # launched already: idempotent per attempt
+            if handle in self._refs or handle in self._queued:  # idempotent per attempt
                 return handle
             gang = self._gangs.get(request.run_id)
             if gang is not None and gang.ready and gang.next_bundle < gang.size:
@@ -239,26 +216,59 @@ class RayExecutor:
                 task = self._plain.get(request.machine)
                 if task is None:
                     task = self._plain[request.machine] = self._task.options(**opts)
-        ref = task.remote(request, handle, self._hub_name, self._envelope)
-        with self._lock:
-            self._refs[handle] = ref
-            self._unflushed.append(handle)
+            self._queued[handle] = (task, request)  # submitted at flush: after the commit
         return handle
 
     def flush(self, *, discard: bool = False) -> None:
-        """Launches go to Ray as they come; with ``discard`` (the pass that launched them
-        was rolled back) the tasks launched since the last flush are cancelled."""
+        """Submit the tasks launched since the last flush (their pass committed), or with
+        ``discard`` drop them (it was rolled back). A task Ray refuses is reported by the
+        next poll as never started (exit 127, LaunchError)."""
         with self._lock:
-            recent, self._unflushed = self._unflushed, []
-            refs = [self._refs.pop(h) for h in recent if discard and h in self._refs]
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+            queued, self._queued = self._queued, {}
+        if discard:
+            self._unqueue(list(queued))
+            return
+        failed = []
+        for handle, (task, request) in queued.items():
+            try:
+                ref = task.remote(request, handle, self._hub_name, self._envelope)
+            except Exception as exc:
+                failed.append(Exit(handle, 127, _now(), reason=f"LaunchError: {exc}"))
+                continue
+            with self._lock:
+                self._refs[handle] = ref
+        if failed:
+            for exit in failed:
+                self._ended(exit.handle)
+            with self._lock:
+                self._failed += failed
+            self._wake()
+
+    def drop(self, handles: Collection[str]) -> None:
+        """Forget launches not yet submitted (their rows were rolled back)."""
+        with self._lock:
+            gone = [h for h in self._queued if h in handles]
+            for handle in gone:
+                del self._queued[handle]
+        self._unqueue(gone)
+
+    def _unqueue(self, handles: list[str]) -> None:
+        """Give back the gang bundles of launches that were never submitted."""
+        with self._lock:
+            for handle in handles:
+                gang = self._gangs.get(self._gang_of.pop(handle, ""))
+                if gang is not None:
+                    gang.next_bundle -= 1
+                    gang.live -= 1
 
     def adopt(self, handle: str) -> bool:
         """A previous control plane's Ray tasks ended with its driver: never adoptable."""
         with self._lock:
-            return handle in self._refs
+            return handle in self._refs or any(e.handle == handle for e in self._failed)
+
+    def started(self, handle: str) -> bool:
+        """Only this driver's attempts are adopted, and each was submitted (or failed to)."""
+        return self.adopt(handle)
 
     def _watch(self) -> None:
         """Wake the reconciler as soon as any attempt's task finishes."""
@@ -281,7 +291,7 @@ class RayExecutor:
     def poll(self) -> list[Exit]:
         with self._lock:
             items = list(self._refs.items())
-        exits: list[Exit] = []
+            exits, self._failed = self._failed, []
         if items:
             refs = [ref for _, ref in items]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
@@ -296,7 +306,7 @@ class RayExecutor:
                 if results is None:
                     exits.append(self._exit(handle, ref))
                 else:
-                    exits.append(_result_exit(handle, results[i], now))
+                    exits.append(result_exit(handle, results[i], now))
                 self._ended(handle)
         with self._lock:
             forget, self._forget = self._forget, []
@@ -308,7 +318,7 @@ class RayExecutor:
     def _exit(self, handle: str, ref: Any) -> Exit:
         now = _now()
         try:
-            return _result_exit(handle, ray.get(ref), now)
+            return result_exit(handle, ray.get(ref), now)
         except TaskCancelledError:
             return Exit(handle, -9, now)
         except RayTaskError as exc:

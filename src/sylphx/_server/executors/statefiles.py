@@ -191,6 +191,20 @@ def launch_failed(state_dir: str, stderr: str, exc: BaseException) -> None:
     record_exits([(state_dir, f"127 {now} {now} LaunchError: {why}")])
 
 
+def never_started(state_dir: str, stderr: str, exc: BaseException) -> bool:
+    """The control plane's record of an attempt no supervisor could be started for: the
+    attempt claimed "lost" (a late supervisor cannot start it), its exit written as by
+    :func:`launch_failed`. False when a supervisor claimed it first (it is that one's)."""
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        if not claim(state_dir, "lost"):
+            return read_state(f"{state_dir}/claim") == "lost"
+    except OSError:  # no room: recorded never started once LOST_AFTER_SECONDS passed
+        return False
+    launch_failed(state_dir, stderr, exc)
+    return True
+
+
 def claim(state_dir: str, owner: str) -> bool:
     """Take the attempt (O_EXCL); False when someone already did."""
     try:

@@ -62,14 +62,22 @@ class Supervisors:
         self._spares: list[subprocess.Popen[bytes]] = []  # idle, waiting for a batch
         self._last_batch = float("-inf")  # monotonic time the last batch was started
 
-    def start(self, requests: list[dict[str, object]]) -> None:
-        """Start ``requests`` (the supervisor's JSON request bodies) as one batch."""
+    def start(self, requests: list[dict[str, object]]) -> list[tuple[dict[str, object], OSError]]:
+        """Start ``requests`` (the supervisor's JSON request bodies) as one batch; the
+        requests no supervisor could be started for (the host out of processes or
+        memory), with why. Those of the other parts of the batch do start."""
         parts = min(os.cpu_count() or 1, -(-len(requests) // SHARDS_PER_SUPERVISOR))
         size = -(-len(requests) // parts)
+        failed: list[tuple[dict[str, object], OSError]] = []
         for first in range(0, len(requests), size):
-            batch = json.dumps(requests[first : first + size], separators=(",", ":"))
-            self._hand(f"{batch}\n".encode(), self._take_spare())
+            part = requests[first : first + size]
+            batch = json.dumps(part, separators=(",", ":"))
+            try:
+                self._hand(f"{batch}\n".encode(), self._take_spare())
+            except OSError as exc:  # Popen: EAGAIN, ENOMEM, EMFILE...
+                failed += [(request, exc) for request in part]
         self._last_batch = time.monotonic()
+        return failed
 
     def _hand(self, batch: bytes, proc: subprocess.Popen[bytes] | None) -> None:
         """Give ``batch`` to ``proc`` (a spare) or, if it died, to a new supervisor."""
