@@ -8,7 +8,7 @@ import pytest
 
 import sylphx
 from sylphx._errors import ERRORS_BY_CODE, IllegalTransition, QuotaExceeded, SylphxError
-from sylphx._server.edge import error_response
+from sylphx._server.http.edge import error_response
 from sylphx._transport import check
 
 

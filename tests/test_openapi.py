@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from conftest import Server
-from sylphx._server import openapi
+from sylphx._server.http import openapi
 
 ERROR_REF = "#/components/schemas/ErrorBody"
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from .api import create_app
+    from .http import create_app
     from .plane import ControlPlane
 
 __all__ = ["ControlPlane", "create_app", "serve", "shared_app"]
@@ -24,7 +24,7 @@ GRACEFUL_SECONDS = 5  # open requests (e.g. log follows) get this long after SIG
 def __getattr__(name: str) -> Any:
     """Load the API and plane on first use: Ray workers import ``executors`` only."""
     if name == "create_app":
-        from .api import create_app
+        from .http import create_app
 
         return create_app
     if name == "ControlPlane":
@@ -49,7 +49,7 @@ def freeze_startup_heap() -> None:
 def shared_app() -> FastAPI:
     """The app of one of several API worker processes sharing a home (``--workers``)."""
     from .._settings import Settings
-    from .api import create_app
+    from .http import create_app
     from .plane import ControlPlane
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -72,7 +72,7 @@ def serve(
     import uvicorn
 
     from .._settings import Settings
-    from .api import create_app
+    from .http import create_app
     from .plane import ControlPlane
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

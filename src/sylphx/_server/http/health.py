@@ -30,11 +30,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import Engine, text
 
-from .._errors import ServerUnavailable
-from .._views import Health, Readiness
-from . import edge, faults
-from .lease import ADVISORY_KEY
-from .plane import ControlPlane
+from ..._errors import ServerUnavailable
+from ..._views import Health, Readiness
+from .. import faults
+from ..lease import ADVISORY_KEY
+from ..plane import ControlPlane
+from . import edge
 
 __all__ = ["DISK_TIMEOUT", "STORE_TIMEOUT", "install"]
 

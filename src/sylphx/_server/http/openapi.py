@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from .._views import ErrorBody, SecretView
+from ..._views import ErrorBody, SecretView
 
 __all__ = ["ERRORS", "ROUTES", "document", "install"]
 

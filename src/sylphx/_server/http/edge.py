@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,10 +21,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._errors import (
+from ..._errors import (
     ConflictError,
     MethodNotAllowed,
     NotFound,
@@ -32,11 +32,12 @@ from .._errors import (
     SylphxError,
     ValidationError,
 )
-from .._limits import MAX_BODY_BYTES
-from .._spec import RunSpec
-from .._validation import validation_error
-from . import faults, longpoll
-from .plane import ControlPlane
+from ..._limits import MAX_BODY_BYTES
+from ..._spec import RunSpec
+from ..._validation import validation_error
+from .. import faults, longpoll
+from ..plane import ControlPlane
+from .openapi import ROUTES
 
 __all__ = ["BodyLimit", "ErrorResponse", "error_response", "install"]
 
@@ -102,7 +103,7 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
     async def _starlette_error(request: Request, exc: HTTPException) -> ErrorResponse:
         if exc.status_code != 405:
             return error_response(_http_error(exc))
-        allow = _allowed(app, request.scope)
+        allow = _allowed(request.url.path)
         out = error_response(_http_error(exc, allow))
         out.headers["Allow"] = allow  # every method the path takes (RFC 9110)
         return out
@@ -135,16 +136,18 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
         return error_response(longpoll.wait_error(errors) or validation_error(errors, RunSpec))
 
 
-def _allowed(app: FastAPI, scope: Scope) -> str:
-    """The methods some route of the request's path takes. (Starlette's own 405 names
-    only those of the first route of the path: GET /v1/runs would hide POST /v1/runs.)"""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                methods |= route.methods
+def _allowed(path: str) -> str:
+    """The methods the API takes at ``path``, from the route table the OpenAPI document is
+    built from. (Starlette's own 405 names only those of the first route of the path: GET
+    /v1/runs would hide POST /v1/runs.)"""
+    methods = {method.upper() for method, pattern in _PATTERNS if pattern.fullmatch(path)}
     return ", ".join(sorted(methods))
+
+
+_PATTERNS = [  # (method, the path template as a regex): {run_id} is one path segment
+    (method, re.compile(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template))))
+    for method, template in ROUTES
+]
 
 
 class BodyLimit:

@@ -1,0 +1,39 @@
+"""The API app: the plane's lifespan, the edge (errors, body limit), health, the
+routers per resource and the completed OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI
+
+from ..plane import ControlPlane
+from . import account, edge, health, openapi, runs, secrets, volumes
+
+__all__ = ["create_app"]
+
+
+def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
+    """The API app around ``plane``; the app's lifespan starts and stops the plane.
+    ``embedded``: the local default, which creates its ``local`` org and key on start."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        plane.start()
+        if embedded:
+            plane.bootstrap_local()
+        try:
+            yield
+        finally:
+            plane.stop()
+
+    app = FastAPI(title="sylphx", version=version("sylphx"), lifespan=lifespan)
+    app.state.plane = plane
+    edge.install(app, plane)  # errors mapped to HTTP once; the body limit
+    health.install(app, plane)  # /healthz, /readyz
+    for router in (account.router, runs.router, volumes.router, secrets.router):
+        app.include_router(router)
+    openapi.install(app)  # the document, completed: every status, the one error body
+    return app
