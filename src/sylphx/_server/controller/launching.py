@@ -110,10 +110,12 @@ class RunLaunch:
         self, executor: Executor, n: int, now: datetime, logs_dir: Path, home: Path
     ) -> list[Exit]:
         """Start the run's first ``n`` pending shards (each a new attempt) through
-        ``executor``; returns the launches that failed (exit 127, LaunchError) for the
-        caller to settle. A full disk raises StorageFull: not the shards' fault. Any
-        other error (a bug, a bad value) fails that shard's launch too, and is kept in
-        :attr:`fault`: the caller parks or ends the run, the pass goes on."""
+        ``executor``: prepared now, stored with their handles, started by the executor's
+        flush once the pass committed (docs/adr/0004). Returns the launches that failed
+        (exit 127, LaunchError) for the caller to settle. A full disk raises StorageFull:
+        not the shards' fault. Any other error (a bug, a bad value) fails that shard's
+        launch too, and is kept in :attr:`fault`: the caller parks or ends the run, the
+        pass goes on."""
         self._s.flush()  # a shard this pass cancelled through the ORM is not pending
         rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n}).all()
         shards = [ShardRecord(*row) for row in rows]
