@@ -49,9 +49,9 @@ def sandbox_argv(command: Sequence[str]) -> list[str]:
     bubblewrap stages, the uid drop and the seccomp filter, opened at fd 3 by a shell as
     the supervisor does. Without the network hand-shake (``network: false``): a plain
     process pool cannot start slirp4netns per process."""
-    from sylphx._server.executors.netstack import ENV_FD, SECCOMP_FD
-    from sylphx._server.executors.sandbox import Sandbox
-    from sylphx._server.executors.seccomp import write_filter
+    from sylphx._server.executors.envelope.sandbox import Sandbox
+    from sylphx._server.executors.envelope.seccomp import write_filter
+    from sylphx._server.executors.local.netstack import ENV_FD, SECCOMP_FD
 
     bpf = write_filter(Path(tempfile.gettempdir()) / f"sylphx-bench-{os.getpid()}.bpf")
     opener = f'exec "$@" {SECCOMP_FD}<"$0" {ENV_FD}</dev/null'
@@ -102,8 +102,8 @@ class Server:
         self._wait_healthy()
 
     def _make_org(self) -> str:
-        from sylphx._server import orgs
         from sylphx._server.store import make_engine, migrate, session_factory
+        from sylphx._server.tenancy import orgs
 
         engine = make_engine(self.env["SYLPHX_DATABASE_URL"])
         now = datetime.now(UTC)

@@ -32,7 +32,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on l
 import ray
 from harness import BENCH_HOMES, ENVELOPES, Server, machine, summary, table
 
-from sylphx._machines import MACHINES
+from sylphx._core.machines import MACHINES
 
 TIER = MACHINES["nano"]
 NODE = dict(num_cpus=2, memory=4 << 30, object_store_memory=80 << 20, num_gpus=0)

@@ -39,10 +39,10 @@ from harness import Server, machine, table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from sylphx._server import billing
-from sylphx._server.orgs import limits
+from sylphx._core.views import UsageReport
 from sylphx._server.store import OrgRow, UsageRow, make_engine, session_factory
-from sylphx._views import UsageReport
+from sylphx._server.tenancy import billing
+from sylphx._server.tenancy.orgs import limits
 
 YEAR = datetime(2025, 1, 1, tzinfo=UTC)
 WINDOWS = [  # (name, from, to)

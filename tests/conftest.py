@@ -23,7 +23,8 @@ import uvicorn
 # of the host's external interface (set before anything imports ray).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from sylphx._server import ControlPlane, create_app, orgs
+from sylphx._server import ControlPlane, create_app
+from sylphx._server.tenancy import orgs
 from sylphx._settings import Settings
 
 pytest_plugins = ["oci"]  # the busybox OCI image fixtures
@@ -215,7 +216,7 @@ def pid_alive(pid: int) -> bool:
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """A clean SYLPHX_HOME and no SYLPHX_URL, for embedded-default tests; the embedded
     control plane started under it is stopped afterwards."""
-    from sylphx._embedded import stop_local_server
+    from sylphx._client.embedded import stop_local_server
 
     home = tmp_path / "embedded-home"
     for key in list(os.environ):

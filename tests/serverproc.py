@@ -61,8 +61,8 @@ class ServerProcess:
         """Give the client an API key of org ``test`` in this server's store (made once)."""
         if "authorization" in self.http.headers:
             return
-        from sylphx._server import orgs
         from sylphx._server.store import make_engine, session_factory
+        from sylphx._server.tenancy import orgs
 
         engine = make_engine(self.env["SYLPHX_DATABASE_URL"])
         try:

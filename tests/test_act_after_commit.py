@@ -21,7 +21,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from conftest import Server, pids_of_run, start_server
 from sylphx._server.executors.base import LaunchRequest
-from sylphx._server.executors.local import LocalExecutor
+from sylphx._server.executors.local.executor import LocalExecutor
 from sylphx._server.store import AttemptRow
 
 

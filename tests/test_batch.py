@@ -11,7 +11,6 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conftest import database_url_for
-from sylphx._server import orgs
 from sylphx._server.store import (
     AttemptRow,
     OrgRow,
@@ -23,6 +22,7 @@ from sylphx._server.store import (
 )
 from sylphx._server.store.batch import Batch
 from sylphx._server.store.records import ATTEMPTS
+from sylphx._server.tenancy import orgs
 
 NOW = datetime(2026, 12, 2, 13, 0, 0, 123456, tzinfo=UTC)
 KEYS = ("shard_id", "run_id", "number", "state", "handle", "stdout_path", "stderr_path")

@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from conftest import Server
-from sylphx._server import billing, orgs
 from sylphx._server.store import (
     AttemptRow,
     RunRow,
@@ -22,6 +21,7 @@ from sylphx._server.store import (
     migrate,
     session_factory,
 )
+from sylphx._server.tenancy import billing, orgs
 
 
 def test_real_run_meters_its_attempt_windows(server: Server) -> None:

@@ -17,13 +17,13 @@ import pytest
 from sqlalchemy import select, update
 
 from conftest import Server, database_url_for, pids_of_run
-from sylphx._errors import ExecutorError, StorageFull
-from sylphx._server import billing
+from sylphx._core.errors import ExecutorError, StorageFull
 from sylphx._server.controller import bulkhead, reconciler, scheduling, settle
-from sylphx._server.controller.admission import Resources
+from sylphx._server.controller.policy.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.base import LaunchRequest
 from sylphx._server.store import AttemptRow, RunRow
+from sylphx._server.tenancy import billing
 from test_reconciler import Harness
 
 STOPPED = "the run was stopped so other runs go on"

@@ -8,8 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from sylphx._server.executors.cgroups import Cgroups
-from sylphx._server.executors.local import LocalExecutor
+from sylphx._server.executors.local.cgroups import Cgroups
+from sylphx._server.executors.local.executor import LocalExecutor
 
 
 def _cgroups() -> Cgroups:

@@ -11,8 +11,8 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from conftest import TEST_STORE, Server, database_url_for, pid_alive, pids_of_run, start_server
 from serverproc import ServerProcess
-from sylphx._server.faults import MIN_FREE_BYTES
-from sylphx._server.lease import Lease
+from sylphx._server.infra.faults import MIN_FREE_BYTES
+from sylphx._server.infra.lease import Lease
 from sylphx._server.store import RunRow, make_engine, migrate
 
 

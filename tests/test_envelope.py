@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from conftest import Server
-from sylphx._machines import MACHINES
-from sylphx._server.executors.cgroups import CPU_PERIOD_US, Cgroups, pids_max
+from sylphx._core.machines import MACHINES
+from sylphx._server.executors.local.cgroups import CPU_PERIOD_US, Cgroups, pids_max
 
 
 def sh(script: str) -> list[str]:

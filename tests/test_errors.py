@@ -7,9 +7,9 @@ import httpx
 import pytest
 
 import sylphx
-from sylphx._errors import ERRORS_BY_CODE, IllegalTransition, QuotaExceeded, SylphxError
+from sylphx._client.transport import check
+from sylphx._core.errors import ERRORS_BY_CODE, IllegalTransition, QuotaExceeded, SylphxError
 from sylphx._server.http.edge import error_response
-from sylphx._transport import check
 
 
 def _sample(cls: type[SylphxError]) -> SylphxError:

@@ -17,7 +17,7 @@ import pytest
 
 from attacks import Listener, connect_probe, run_shard
 from conftest import Server, pids_of_run
-from sylphx._server.executors.cgroups import Cgroups, pids_max
+from sylphx._server.executors.local.cgroups import Cgroups, pids_max
 
 # Runs inside the shard: every attempt, each reported as "ok" (it worked: an escape) or
 # the error that stopped it.

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from sylphx._server.executors.base import Exit, LaunchRequest
-from sylphx._server.executors.local import LocalExecutor
-from sylphx._server.executors.shardlog import lost_marker
+from sylphx._server.executors.local.executor import LocalExecutor
+from sylphx._server.executors.local.shardlog import lost_marker
 
 FULL_MARKER = lost_marker(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from conftest import TEST_STORE, Server, database_url_for, start_server
-from sylphx._server.faults import MIN_FREE_BYTES
 from sylphx._server.http import health
-from sylphx._server.lease import Lease
+from sylphx._server.infra.faults import MIN_FREE_BYTES
+from sylphx._server.infra.lease import Lease
 from sylphx._server.store import make_engine
 
 

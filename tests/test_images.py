@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from oci import BusyboxImages, busybox_images  # noqa: F401 - the fixture
-from sylphx._errors import ExecutorError, ValidationError
-from sylphx._server.image_refs import parse_ref
-from sylphx._server.images import ImageConfig, ImageStore, UnpackedImage
+from sylphx._core.errors import ExecutorError, ValidationError
+from sylphx._server.images.refs import parse_ref
+from sylphx._server.images.store import ImageConfig, ImageStore, UnpackedImage
 
 HELLO = ImageConfig(
     env={"GREETING": "hello"},
@@ -199,7 +199,9 @@ def test_concurrent_threads_and_process_unpack_once(
 ) -> None:
     monkeypatch.setenv("UMOCI_DELAY", "1")
     cache, ref = tmp_path / "cache", f"oci-archive:{busybox_images.oci_archive}"
-    script = "import sys; from pathlib import Path; from sylphx._server.images import ImageStore;"
+    script = (
+        "import sys; from pathlib import Path; from sylphx._server.images.store import ImageStore;"
+    )
     script += "print(ImageStore(Path(sys.argv[1])).resolve(sys.argv[2]).rootfs)"
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(cache), ref], stdout=subprocess.PIPE, text=True
@@ -226,7 +228,9 @@ def test_crash_mid_unpack_leaves_nothing_complete(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cache, ref = tmp_path / "cache", f"oci:{busybox_images.layout}:latest"
-    script = "import sys; from pathlib import Path; from sylphx._server.images import ImageStore;"
+    script = (
+        "import sys; from pathlib import Path; from sylphx._server.images.store import ImageStore;"
+    )
     script += "ImageStore(Path(sys.argv[1])).resolve(sys.argv[2])"
     env = {**os.environ, "UMOCI_DELAY": "30"}
     argv = [sys.executable, "-c", script, str(cache), ref]

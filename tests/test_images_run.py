@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import Server
 from oci import BusyboxImages
-from sylphx._server import orgs
+from sylphx._server.tenancy import orgs
 
 
 def logs(server: Server, run_id: str, shard: int = 0) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from conftest import Server
-from sylphx._server.executors.shardlog import marker
+from sylphx._server.executors.local.shardlog import marker
 from sylphx._server.store import AttemptRow
 
 VALUE = "postgres://admin:hunter2-Zq8@db.internal/prod"

@@ -7,14 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sylphx._errors import IllegalTransition, Unschedulable
-from sylphx._server.controller import admission, backoff, deadlines, preemption, queue, success
-from sylphx._server.controller.indexes import compress, expand
-from sylphx._server.controller.preemption import Victim
+from sylphx._core.errors import IllegalTransition, Unschedulable
+from sylphx._core.states import SHARD_TRANSITIONS, AttemptState, RunState, ShardState
+from sylphx._server.controller import deadlines
+from sylphx._server.controller.policy import admission, backoff, preemption, queue, success
+from sylphx._server.controller.policy.indexes import compress, expand
+from sylphx._server.controller.policy.preemption import Victim
+from sylphx._server.controller.transitions import transition
 from sylphx._server.store import RunRow, ShardRow
 from sylphx._server.store.records import ShardRecord
-from sylphx._server.transitions import transition
-from sylphx._states import SHARD_TRANSITIONS, AttemptState, RunState, ShardState
 
 S = ShardState
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from conftest import Server
-from sylphx._server.plans import PLANS
+from sylphx._server.tenancy.plans import PLANS
 
 
 def test_per_job_ceiling_per_plan(server: Server) -> None:

@@ -16,11 +16,11 @@ import pytest
 
 from attacks import Listener, connect_probe, run_shard
 from conftest import Server, pid_alive, pids_of_run
-from sylphx._errors import ExecutorError
-from sylphx._server.executors import nodeenvelope
+from sylphx._core.errors import ExecutorError
 from sylphx._server.executors.base import LaunchRequest, Signal
-from sylphx._server.executors.cgroups import Cgroups
-from sylphx._server.executors.ray_remote import NodeEnvelope, run_streaming
+from sylphx._server.executors.envelope import node as nodeenvelope
+from sylphx._server.executors.local.cgroups import Cgroups
+from sylphx._server.executors.ray.remote import NodeEnvelope, run_streaming
 
 pytestmark = pytest.mark.slow
 

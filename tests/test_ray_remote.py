@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import ray
 
-from sylphx._server.executors import ray_remote
 from sylphx._server.executors.base import LaunchRequest, Signal
-from sylphx._server.executors.ray_remote import NodeEnvelope, run_shard, run_streaming
-from sylphx._server.executors.shardlog import marker
+from sylphx._server.executors.local.shardlog import marker
+from sylphx._server.executors.ray import remote as ray_remote
+from sylphx._server.executors.ray.remote import NodeEnvelope, run_shard, run_streaming
 
 PLAIN = NodeEnvelope(sandbox=False, enforce_tiers=False)
 # Prints the parent-death signal the shard runs with (prctl PR_GET_PDEATHSIG = 2).

@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import select
 
 from conftest import Server
-from sylphx._server import billing, orgs, runs
-from sylphx._server.readcache import KeyCache, SharedReads, TerminalViews
+from sylphx._server.runs import service as runs
+from sylphx._server.runs.readcache import KeyCache, SharedReads, TerminalViews
 from sylphx._server.store import AttemptRow
+from sylphx._server.tenancy import billing, orgs
 
 
 class FakeClock:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from sylphx._server import billing, orgs, runs
+from sylphx._core.spec import RunSpec
 from sylphx._server.controller import reconciler, survey
-from sylphx._server.controller.admission import Resources
+from sylphx._server.controller.policy.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.base import Exit, LaunchRequest, Signal
+from sylphx._server.runs import service as runs
 from sylphx._server.store import (
     AttemptRow,
     OrgRow,
@@ -27,8 +28,8 @@ from sylphx._server.store import (
     migrate,
     session_factory,
 )
+from sylphx._server.tenancy import billing, orgs
 from sylphx._settings import Settings
-from sylphx._spec import RunSpec
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from conftest import database_url_for
-from sylphx._server import orgs
 from sylphx._server.store import ShardRow, make_engine, migrate, session_factory
 from sylphx._server.store.records import ShardRecord, shard_columns, update_shards
 from sylphx._server.store.schema import RunRow
+from sylphx._server.tenancy import orgs
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sylphx._errors import ValidationError
+from sylphx._core.errors import ValidationError
 from sylphx._settings import Settings
 
 

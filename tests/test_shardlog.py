@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sylphx._server.executors.shardlog import (
+from sylphx._server.executors.local.shardlog import (
     MASK,
     Cap,
     PipeLog,

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from conftest import Server
-from sylphx._errors import ValidationError
-from sylphx._spec import RunSpec
+from sylphx._core.errors import ValidationError
+from sylphx._core.spec import RunSpec
 
 CMD = {"command": ["python", "train.py"]}
 

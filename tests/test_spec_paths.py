@@ -14,7 +14,7 @@ import pytest
 from conftest import Server
 from oci import BusyboxImages
 from sylphx import ValidationError
-from sylphx._spec import RunSpec
+from sylphx._core.spec import RunSpec
 
 CMD = {"command": ["true"]}
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import Server
-from sylphx import _limits as limits
+from sylphx._core import limits
 from sylphx._server.store import RunRow, UsageRow
 
 SH = ["sh", "-c"]
@@ -223,8 +223,8 @@ def test_an_ended_run_can_be_deleted_with_its_logs_and_its_usage_stays(server: S
 def test_a_run_stored_under_older_rules_stays_readable_and_deletable(server: Server) -> None:
     """Runs stored before today's rules (a lone surrogate, 10,001 arguments, a mount at
     //etc) are still read, listed, cancelled and deleted: none of them is a 500."""
-    from sylphx._server import runs
-    from sylphx._spec import RunSpec
+    from sylphx._core.spec import RunSpec
+    from sylphx._server.runs import service as runs
 
     odd = RunSpec.parse({"command": ["true"]}).to_wire() | {
         "command": ["echo", "\ud800"] + ["x"] * 10_001,

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Server
-from sylphx._server.executors import supervisors
 from sylphx._server.executors.base import Exit, LaunchRequest
-from sylphx._server.executors.local import LocalExecutor
-from sylphx._server.executors.statefiles import (
+from sylphx._server.executors.local import supervisors
+from sylphx._server.executors.local.executor import LocalExecutor
+from sylphx._server.executors.local.statefiles import (
     EXIT_ROOM,
     TICK_NS,
     record_exits,
@@ -25,8 +25,8 @@ from sylphx._server.executors.statefiles import (
     spawn_ticks,
     start_ticks,
 )
-from sylphx._server.executors.supervise import DRAIN_SECONDS
-from sylphx._server.executors.supervisors import BOOT, HERE, SPARE_DELAY_SECONDS
+from sylphx._server.executors.local.supervise import DRAIN_SECONDS
+from sylphx._server.executors.local.supervisors import BOOT, HERE, SPARE_DELAY_SECONDS
 
 
 def request(tmp_path: Path, script: str, attempt: int = 1) -> LaunchRequest:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import Server
-from sylphx._server import orgs
+from sylphx._server.tenancy import orgs
 
 
 def test_missing_bad_and_revoked_keys_get_401(server: Server) -> None:

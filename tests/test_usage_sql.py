@@ -17,9 +17,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conftest import Server, database_url_for
-from sylphx._errors import ValidationError
-from sylphx._machines import MACHINES
-from sylphx._server import billing, orgs
+from sylphx._core.errors import ValidationError
+from sylphx._core.machines import MACHINES
 from sylphx._server.store import (
     AttemptRow,
     OrgRow,
@@ -32,6 +31,7 @@ from sylphx._server.store import (
 )
 from sylphx._server.store.db import MIGRATIONS
 from sylphx._server.store.schema import UsageDayRow
+from sylphx._server.tenancy import billing, orgs
 
 
 @dataclass(frozen=True)

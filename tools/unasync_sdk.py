@@ -1,6 +1,6 @@
 """Generate the synchronous SDK from the async one (as httpcore does), or check it is current.
 
-    python tools/unasync_sdk.py          # write src/sylphx/_client.py and _resources.py
+    python tools/unasync_sdk.py          # write src/sylphx/_client/runs.py and resources.py
     python tools/unasync_sdk.py --check  # exit 1 if they differ from what would be written
 
 The async files are the source; ``unasync`` drops ``async``/``await`` and renames the
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import unasync
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "sylphx"
-FILES = {"_async_client.py": "_client.py", "_async_resources.py": "_resources.py"}
+SRC = Path(__file__).resolve().parents[1] / "src" / "sylphx" / "_client"
+FILES = {"async_runs.py": "runs.py", "async_resources.py": "resources.py"}
 RENAMES = {
-    "_async_client": "_client",
-    "_async_resources": "_resources",
-    "_io_async": "_io_sync",
+    "async_runs": "runs",
+    "async_resources": "resources",
+    "io_async": "io_sync",
     "AsyncRun": "Run",
     "AsyncRunsClient": "RunsClient",
     "AsyncVolumesClient": "VolumesClient",
@@ -56,7 +56,7 @@ def generate() -> dict[str, str]:
                 subprocess.run(
                     [sys.executable, "-m", "ruff", *fix, "--quiet", str(path)],
                     check=True,
-                    cwd=SRC.parents[1],
+                    cwd=SRC.parents[2],
                 )
             out[target] = path.read_text()
     return out

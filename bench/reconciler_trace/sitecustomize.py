@@ -44,7 +44,7 @@ def _install(path: str) -> None:
     from sqlalchemy.orm import Session
 
     from sylphx._server.controller import deadlines, launching, reconciler, scheduling
-    from sylphx._server.executors.local import LocalExecutor
+    from sylphx._server.executors.local.executor import LocalExecutor
 
     out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
     state: dict[str, Any] = {"cur": None, "tid": None}
@@ -194,8 +194,8 @@ def _install_marks(path: str) -> None:
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
-    from sylphx._server import runs
     from sylphx._server.controller import launching
+    from sylphx._server.runs import service as runs
 
     out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
     lock = threading.Lock()

@@ -17,10 +17,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._async_client import AsyncRun, AsyncRunsClient
-    from ._async_resources import AsyncSecretsClient, AsyncUsageClient, AsyncVolumesClient
-    from ._client import Run, RunsClient
-    from ._errors import (
+    from sylphx._client.async_resources import (
+        AsyncSecretsClient,
+        AsyncUsageClient,
+        AsyncVolumesClient,
+    )
+    from sylphx._client.async_runs import AsyncRun, AsyncRunsClient
+    from sylphx._client.resources import SecretsClient, UsageClient, VolumesClient
+    from sylphx._client.retrying import RetryPolicy
+    from sylphx._client.runs import Run, RunsClient
+    from sylphx._client.transport import ClientConfig, create_client
+    from sylphx._core.errors import (
         ConflictError,
         ExecutorError,
         IllegalTransition,
@@ -36,12 +43,9 @@ if TYPE_CHECKING:
         Unschedulable,
         ValidationError,
     )
-    from ._resources import SecretsClient, UsageClient, VolumesClient
-    from ._retrying import RetryPolicy
-    from ._spec import RunSpec, VolumeMount
-    from ._states import RunState, ShardState
-    from ._transport import ClientConfig, create_client
-    from ._views import (
+    from sylphx._core.spec import RunSpec, VolumeMount
+    from sylphx._core.states import RunState, ShardState
+    from sylphx._core.views import (
         Aggregate,
         AttemptView,
         Logs,
@@ -59,47 +63,47 @@ __version__: str  # from the package metadata (pyproject.toml's version), read o
 # Names load on first use (PEP 562), so a process that only needs a small part of the
 # package (e.g. a Ray worker running a shard) does not pay for the SDK's imports.
 _LAZY = {
-    "AsyncRun": "._async_client",
-    "AsyncRunsClient": "._async_client",
-    "AsyncSecretsClient": "._async_resources",
-    "AsyncUsageClient": "._async_resources",
-    "AsyncVolumesClient": "._async_resources",
-    "Run": "._client",
-    "RunsClient": "._client",
-    "SecretsClient": "._resources",
-    "UsageClient": "._resources",
-    "VolumesClient": "._resources",
-    "RetryPolicy": "._retrying",
-    "ConflictError": "._errors",
-    "ExecutorError": "._errors",
-    "IllegalTransition": "._errors",
-    "NotFound": "._errors",
-    "PayloadTooLarge": "._errors",
-    "QuotaExceeded": "._errors",
-    "ServerUnavailable": "._errors",
-    "StorageFull": "._errors",
-    "StoreUnavailable": "._errors",
-    "SylphxError": "._errors",
-    "TransportError": "._errors",
-    "Unauthorized": "._errors",
-    "Unschedulable": "._errors",
-    "ValidationError": "._errors",
-    "RunSpec": "._spec",
-    "VolumeMount": "._spec",
-    "RunState": "._states",
-    "ShardState": "._states",
-    "ClientConfig": "._transport",
-    "create_client": "._transport",
-    "Aggregate": "._views",
-    "AttemptView": "._views",
-    "Logs": "._views",
-    "OrgView": "._views",
-    "RunList": "._views",
-    "RunView": "._views",
-    "SecretView": "._views",
-    "ShardView": "._views",
-    "UsageReport": "._views",
-    "VolumeView": "._views",
+    "AsyncRun": "sylphx._client.async_runs",
+    "AsyncRunsClient": "sylphx._client.async_runs",
+    "AsyncSecretsClient": "sylphx._client.async_resources",
+    "AsyncUsageClient": "sylphx._client.async_resources",
+    "AsyncVolumesClient": "sylphx._client.async_resources",
+    "Run": "sylphx._client.runs",
+    "RunsClient": "sylphx._client.runs",
+    "SecretsClient": "sylphx._client.resources",
+    "UsageClient": "sylphx._client.resources",
+    "VolumesClient": "sylphx._client.resources",
+    "RetryPolicy": "sylphx._client.retrying",
+    "ConflictError": "sylphx._core.errors",
+    "ExecutorError": "sylphx._core.errors",
+    "IllegalTransition": "sylphx._core.errors",
+    "NotFound": "sylphx._core.errors",
+    "PayloadTooLarge": "sylphx._core.errors",
+    "QuotaExceeded": "sylphx._core.errors",
+    "ServerUnavailable": "sylphx._core.errors",
+    "StorageFull": "sylphx._core.errors",
+    "StoreUnavailable": "sylphx._core.errors",
+    "SylphxError": "sylphx._core.errors",
+    "TransportError": "sylphx._core.errors",
+    "Unauthorized": "sylphx._core.errors",
+    "Unschedulable": "sylphx._core.errors",
+    "ValidationError": "sylphx._core.errors",
+    "RunSpec": "sylphx._core.spec",
+    "VolumeMount": "sylphx._core.spec",
+    "RunState": "sylphx._core.states",
+    "ShardState": "sylphx._core.states",
+    "ClientConfig": "sylphx._client.transport",
+    "create_client": "sylphx._client.transport",
+    "Aggregate": "sylphx._core.views",
+    "AttemptView": "sylphx._core.views",
+    "Logs": "sylphx._core.views",
+    "OrgView": "sylphx._core.views",
+    "RunList": "sylphx._core.views",
+    "RunView": "sylphx._core.views",
+    "SecretView": "sylphx._core.views",
+    "ShardView": "sylphx._core.views",
+    "UsageReport": "sylphx._core.views",
+    "VolumeView": "sylphx._core.views",
 }
 
 __all__ = [

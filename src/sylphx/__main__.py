@@ -1,6 +1,6 @@
 """``python -m sylphx``: the CLI (also how the embedded control plane is started)."""
 
-from sylphx._cli import main
+from ._cli import main
 
 if __name__ == "__main__":
     main()

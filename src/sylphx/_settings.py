@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ._errors import ValidationError
-from ._machines import parse_bytes
+from sylphx._core.errors import ValidationError
+from sylphx._core.machines import parse_bytes
 
 T = TypeVar("T")
 

@@ -6,9 +6,10 @@ from datetime import datetime
 
 import click
 
-from .._credentials import save_token
-from .._resources import UsageClient
-from .._transport import create_client
+from sylphx._client.credentials import save_token
+from sylphx._client.resources import UsageClient
+from sylphx._client.transport import create_client
+
 from .common import echo_json, state
 
 

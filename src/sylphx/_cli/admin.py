@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import click
 
-from .._embedded import local_server_status, stop_local_server
-from .._resources import VolumesClient
+from sylphx._client.embedded import local_server_status, stop_local_server
+from sylphx._client.resources import VolumesClient
+
 from . import render
 from .common import Group, echo_json, state
 
@@ -40,8 +41,8 @@ def server(host: str | None, port: int | None, uds: str | None, workers: int) ->
 @click.command("migrate")
 def admin_migrate() -> None:
     """Apply the store's migrations up to the newest (idempotent; the server does it too)."""
-    from .._server.store import make_engine, migrate, revision
-    from .._settings import Settings
+    from sylphx._server.store import make_engine, migrate, revision
+    from sylphx._settings import Settings
 
     settings = Settings.from_env()
     engine = make_engine(settings.database_url)

@@ -7,8 +7,8 @@ from typing import Any, NoReturn
 
 import click
 
-from .._errors import SylphxError, Unschedulable, ValidationError
-from .._transport import ClientConfig, create_client
+from sylphx._client.transport import ClientConfig, create_client
+from sylphx._core.errors import SylphxError, Unschedulable, ValidationError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -24,8 +24,8 @@ PLANS = click.Choice(["free", "pro", "team", "enterprise"])
 
 @contextmanager
 def _store() -> Iterator[Session]:
-    from .._server.store import make_engine, migrate, session_factory
-    from .._settings import Settings
+    from sylphx._server.store import make_engine, migrate, session_factory
+    from sylphx._settings import Settings
 
     settings = Settings.from_env()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def org_create(
     name: str, plan: str, concurrent_shards: int | None, monthly_credit: float | None
 ) -> None:
     """Create an org NAME on a plan."""
-    from .._server import orgs
+    from sylphx._server.tenancy import orgs
 
     with _store() as s:
         row = orgs.create_org(
@@ -88,7 +88,7 @@ def org_set(
     ref: str, plan: str | None, concurrent_shards: int | None, monthly_credit: float | None
 ) -> None:
     """Change an org's plan or budgets (REF is its id or name)."""
-    from .._server import orgs
+    from sylphx._server.tenancy import orgs
 
     with _store() as s:
         row = orgs.update_org(
@@ -112,8 +112,8 @@ def org_list(as_json: bool) -> None:
     """Every org with its effective limits."""
     from sqlalchemy import select
 
-    from .._server import orgs
-    from .._server.store import OrgRow
+    from sylphx._server.store import OrgRow
+    from sylphx._server.tenancy import orgs
 
     with _store() as s:
         rows = [(o, orgs.limits(o)) for o in s.scalars(select(OrgRow).order_by(OrgRow.name))]
@@ -162,8 +162,8 @@ def org_policy(
     clear: bool,
 ) -> None:
     """Set an org's image admission policy (what is not given is kept)."""
-    from .._server import orgs
-    from .._server.image_policy import ImagePolicy
+    from sylphx._server.images.policy import ImagePolicy
+    from sylphx._server.tenancy import orgs
 
     with _store() as s:
         row = orgs.find_org(s, ref)
@@ -188,7 +188,7 @@ def key() -> None:
 @click.option("--name", help="A label for the key.")
 def key_create(org_ref: str, name: str | None) -> None:
     """Create a key; it is printed once and cannot be shown again."""
-    from .._server import orgs
+    from sylphx._server.tenancy import orgs
 
     with _store() as s:
         row, token = orgs.create_key(s, org_ref, name=name, now=_now())
@@ -204,8 +204,8 @@ def key_list(org_ref: str | None) -> None:
     """Keys by id, prefix and state (never the key itself)."""
     from sqlalchemy import select
 
-    from .._server import orgs
-    from .._server.store import ApiKeyRow
+    from sylphx._server.store import ApiKeyRow
+    from sylphx._server.tenancy import orgs
 
     with _store() as s:
         query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
@@ -221,7 +221,7 @@ def key_list(org_ref: str | None) -> None:
 @click.argument("key_id")
 def key_revoke(key_id: str) -> None:
     """Revoke a key; API servers refuse it within SYLPHX_AUTH_CACHE_SECONDS (default 1 s)."""
-    from .._server import orgs
+    from sylphx._server.tenancy import orgs
 
     with _store() as s:
         orgs.revoke_key(s, key_id, _now())

@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .._views import RunView, ShardView, VolumeView
+from sylphx._core.views import RunView, ShardView, VolumeView
 
 
 def _utc(value: datetime) -> datetime:

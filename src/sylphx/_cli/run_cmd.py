@@ -10,10 +10,11 @@ from typing import Any, TextIO
 
 import click
 
-from .._client import Run, RunsClient
-from .._states import RunState
-from .._transport import build_spec
-from .._views import RunView, ShardView
+from sylphx._client.runs import Run, RunsClient
+from sylphx._client.transport import build_spec
+from sylphx._core.states import RunState
+from sylphx._core.views import RunView, ShardView
+
 from . import render
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, echo_json, state
 

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from .._client import RunsClient
-from .._transport import LogStream
+from sylphx._client.runs import RunsClient
+from sylphx._client.transport import LogStream
+
 from . import render
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, Group, echo_json, state
 

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .._resources import SecretsClient
+from sylphx._client.resources import SecretsClient
+
 from .common import Group, echo_json, state
 
 

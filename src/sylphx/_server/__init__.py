@@ -48,7 +48,8 @@ def freeze_startup_heap() -> None:
 
 def shared_app() -> FastAPI:
     """The app of one of several API worker processes sharing a home (``--workers``)."""
-    from .._settings import Settings
+    from sylphx._settings import Settings
+
     from .http import create_app
     from .plane import ControlPlane
 
@@ -71,7 +72,8 @@ def serve(
     """
     import uvicorn
 
-    from .._settings import Settings
+    from sylphx._settings import Settings
+
     from .http import create_app
     from .plane import ControlPlane
 

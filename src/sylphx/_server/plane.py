@@ -6,18 +6,19 @@ import functools
 import logging
 from datetime import UTC, datetime
 
-from .._errors import ExecutorError
-from .._settings import Settings
-from .controller.reconciler import Reconciler
+from sylphx._core.errors import ExecutorError
+from sylphx._server.controller.reconciler import Reconciler
+from sylphx._server.executors.envelope.sandbox import Policy
+from sylphx._server.executors.local.cgroups import Cgroups
+from sylphx._server.images.store import ImageStore
+from sylphx._server.infra.lease import Lease
+from sylphx._server.infra.lock import HomeLock
+from sylphx._server.runs.longpoll import RunWaiters, ended_among
+from sylphx._server.runs.readcache import KeyCache, SharedReads, TerminalViews
+from sylphx._server.tenancy.secrets import load_cipher
+from sylphx._settings import Settings
+
 from .executors import Executor, LocalExecutor
-from .executors.cgroups import Cgroups
-from .executors.sandbox import Policy
-from .images import ImageStore
-from .lease import Lease
-from .lock import HomeLock
-from .longpoll import RunWaiters, ended_among
-from .readcache import KeyCache, SharedReads, TerminalViews
-from .secrets import load_cipher
 from .store import make_engine, migrate, read_session_factory, session_factory
 
 log = logging.getLogger("sylphx")
@@ -27,7 +28,7 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
     """The executor ``SYLPHX_EXECUTOR`` names (Ray is imported only when chosen)."""
     if settings.executor == "ray":
         try:
-            from .executors.ray_executor import RayExecutor
+            from sylphx._server.executors.ray.executor import RayExecutor
         except ImportError as exc:
             raise ExecutorError(
                 f"SYLPHX_EXECUTOR=ray needs Ray ({exc}). Fix: pip install 'sylphx[ray]'."
@@ -109,7 +110,7 @@ class ControlPlane:
 
     def bootstrap_local(self) -> None:
         """Embedded default: make sure the ``local`` org and its key file exist."""
-        from .orgs import bootstrap_local
+        from sylphx._server.tenancy.orgs import bootstrap_local
 
         with self.sessions.begin() as s:
             bootstrap_local(s, self.settings.local_token_file, self.now())

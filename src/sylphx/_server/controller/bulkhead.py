@@ -31,13 +31,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
-from ..._errors import StorageFull
-from ..._states import AttemptState, RunState, ShardState
-from .. import billing
-from ..executors.base import Exit, Signal
-from ..store import AttemptRow, RunRow, ShardRow
-from ..transitions import transition
-from .backoff import normalize_exit
+from sylphx._core.errors import StorageFull
+from sylphx._core.states import AttemptState, RunState, ShardState
+from sylphx._server.controller.policy.backoff import normalize_exit
+from sylphx._server.executors.base import Exit, Signal
+from sylphx._server.store import AttemptRow, RunRow, ShardRow
+from sylphx._server.tenancy import billing
+
+from .transitions import transition
 
 log = logging.getLogger("sylphx.reconciler")
 T = TypeVar("T")
@@ -153,31 +154,12 @@ class Bulkhead:
         if not todo:
             return {}
         s.flush()  # earlier steps' changes: not this step's to fail on
-        if not isolated:
-            try:
-                with s.begin_nested():
-                    done = {run_id: fn(run) for run_id, run in todo}
-            except PASS_LEVEL:
-                raise
-            except Exception:  # find the run(s): one savepoint each
-                pass
-            else:
-                for run_id in done:
-                    if run_id not in self.faults:
-                        self.ok(run_id, step)
-                return done
-        done, failed = {}, {}
-        for run_id, run in todo:
-            try:
-                with s.begin_nested():
-                    done[run_id] = fn(run)
-            except PASS_LEVEL:
-                raise
-            except Exception as exc:
-                failed[run_id] = exc
-        breaker(step, len(todo), failed)
-        for run_id, error in failed.items():
-            self.fault(run_id, step, error)
+        done = None if isolated else _all_at_once(s, todo, fn)
+        if done is None:  # isolated, or some run failed: one savepoint each
+            done, failed = _one_by_one(s, todo, fn)
+            breaker(step, len(todo), failed)
+            for run_id, error in failed.items():
+                self.fault(run_id, step, error)
         for run_id in done:
             if run_id not in self.faults:  # fn may have recorded one and gone on
                 self.ok(run_id, step)
@@ -294,3 +276,33 @@ def stop_run(
             "run %s: the usage of its %d last attempt(s) not recorded", run.id, len(usage)
         )
     return kills
+
+
+def _all_at_once(
+    s: Session, todo: list[tuple[str, RunRow]], fn: Callable[[RunRow], T]
+) -> dict[str, T] | None:
+    """``fn`` for every run under one savepoint; None when some run raised (rolled back)."""
+    try:
+        with s.begin_nested():
+            return {run_id: fn(run) for run_id, run in todo}
+    except PASS_LEVEL:
+        raise
+    except Exception:  # find the run(s): one savepoint each
+        return None
+
+
+def _one_by_one(
+    s: Session, todo: list[tuple[str, RunRow]], fn: Callable[[RunRow], T]
+) -> tuple[dict[str, T], dict[str, Exception]]:
+    """``fn`` for each run under its own savepoint: the results and the errors by run."""
+    done: dict[str, T] = {}
+    failed: dict[str, Exception] = {}
+    for run_id, run in todo:
+        try:
+            with s.begin_nested():
+                done[run_id] = fn(run)
+        except PASS_LEVEL:
+            raise
+        except Exception as exc:
+            failed[run_id] = exc
+    return done, failed

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from ..._states import ShardState
-from ..transitions import transition
+from sylphx._core.states import ShardState
+
+from .transitions import transition
 
 if TYPE_CHECKING:
-    from ..._spec import RunSpec
-    from ..store import RunRow
+    from sylphx._core.spec import RunSpec
+    from sylphx._server.store import RunRow
 
 Action = Literal["term", "kill"]
 

@@ -17,16 +17,18 @@ from cryptography.fernet import Fernet
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from ..._errors import ExecutorError
-from ..._spec import RunSpec
-from ..._states import ShardState
-from .. import faults, secrets
-from ..executors.base import Executor, Exit, LaunchRequest, Mount
-from ..store import AttemptRow, RunRow, VolumeRow
-from ..store.batch import Batch
-from ..store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
-from ..transitions import transition
+from sylphx._core.errors import ExecutorError
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import ShardState
+from sylphx._server.executors.base import Executor, Exit, LaunchRequest, Mount
+from sylphx._server.infra import faults
+from sylphx._server.store import AttemptRow, RunRow, VolumeRow
+from sylphx._server.store.batch import Batch
+from sylphx._server.store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
+from sylphx._server.tenancy import secrets
+
 from .bulkhead import PASS_LEVEL
+from .transitions import transition
 
 _PENDING = (  # a run's first pending shards (built once: see survey)
     select(*shard_columns())

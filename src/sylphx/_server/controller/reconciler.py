@@ -20,17 +20,19 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..._errors import StorageFull
-from ..._settings import Settings
-from ..._spec import RunSpec
-from ..._states import RunState, ShardState
-from .. import faults
-from ..executors.base import Executor, Exit, Signal
-from ..lease import Lease
-from ..store import AttemptRow, RunRow
-from ..transitions import transition
-from . import bulkhead, deadlines, launching, queue, rollup, scheduling, settle, survey
+from sylphx._core.errors import StorageFull
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import RunState, ShardState
+from sylphx._server.executors.base import Executor, Exit, Signal
+from sylphx._server.infra import faults
+from sylphx._server.infra.lease import Lease
+from sylphx._server.store import AttemptRow, RunRow
+from sylphx._settings import Settings
+
+from . import bulkhead, deadlines, launching, rollup, scheduling, settle, survey
 from .bulkhead import PASS_LEVEL
+from .policy import queue
+from .transitions import transition
 
 log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]

@@ -9,10 +9,11 @@ from datetime import datetime
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from ..._states import RUN_TRANSITIONS, RunState, ShardState
-from ..store import RunRow, ShardRow
-from ..transitions import transition
-from . import success
+from sylphx._core.states import RUN_TRANSITIONS, RunState, ShardState
+from sylphx._server.store import RunRow, ShardRow
+
+from .policy import success
+from .transitions import transition
 
 _ENDED_SHARDS = select(ShardRow.index, ShardRow.state, ShardRow.ended_at).where(
     ShardRow.run_id == bindparam("run_id")

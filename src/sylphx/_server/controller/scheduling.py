@@ -9,14 +9,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
-from ..._machines import MACHINES
-from ..._spec import RunSpec
-from ..._states import RunState, ShardState
-from ..store import RunRow
-from ..transitions import transition
-from . import queue
-from .admission import ZERO, Resources
-from .preemption import Victim
+from sylphx._core.machines import MACHINES, ZERO, Resources
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import RunState, ShardState
+from sylphx._server.controller.policy.preemption import Victim
+from sylphx._server.store import RunRow
+
+from .policy import queue
+from .transitions import transition
 
 
 def decide(

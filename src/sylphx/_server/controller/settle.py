@@ -12,12 +12,11 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from ..._spec import RunSpec
-from ..._states import ShardState
-from .. import billing
-from ..executors.base import Exit
-from ..store import RunRow
-from ..store.records import (
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import ShardState
+from sylphx._server.executors.base import Exit
+from sylphx._server.store import RunRow
+from sylphx._server.store.records import (
     ATTEMPT_COLUMNS,
     ATTEMPTS,
     SHARDS,
@@ -28,9 +27,11 @@ from ..store.records import (
     update_attempts,
     update_shards,
 )
-from ..transitions import transition
-from . import backoff
+from sylphx._server.tenancy import billing
+
 from .bulkhead import NOT_A_RUNS, PASS_LEVEL, breaker
+from .policy import backoff
+from .transitions import transition
 
 CHUNK = 500  # handles per query (bound parameters stay far below every backend's limit)
 ATTEMPT_KEYS = ("state", "exit_code", "reason", "ended_at", "started_at", "log_truncated")

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, inspect, select
 from sqlalchemy.orm import Session, selectinload
 
-from ..._spec import RunSpec
-from ..._states import RunState, ShardState
-from ..store import AttemptRow, RunRow, ShardRow
-from .admission import ZERO, Resources
-from .preemption import Victim
+from sylphx._core.machines import ZERO, Resources
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import RunState, ShardState
+from sylphx._server.controller.policy.preemption import Victim
+from sylphx._server.store import AttemptRow, RunRow, ShardRow
 
 ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
 LIVE = (ShardState.STARTING.value, ShardState.RUNNING.value)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ..controller.admission import Resources
+from sylphx._core.machines import Resources
 
 Signal = Literal["term", "kill"]
 

@@ -7,9 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ..._views import OrgView, UsageReport
-from .. import billing, orgs, runs
-from ..store import OrgRow
+from sylphx._core.views import OrgView, UsageReport
+from sylphx._server.runs import service as runs
+from sylphx._server.store import OrgRow
+from sylphx._server.tenancy import billing, orgs
+
 from .deps import Org, Plane
 
 __all__ = ["router"]

@@ -9,7 +9,8 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from ..plane import ControlPlane
+from sylphx._server.plane import ControlPlane
+
 from . import account, edge, health, openapi, runs, secrets, volumes
 
 __all__ = ["create_app"]

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ... import _limits as limits
-from ..._limits import Text
-from .. import orgs
-from ..plane import ControlPlane
+from sylphx._core import limits
+from sylphx._core.limits import Text
+from sylphx._server.plane import ControlPlane
+from sylphx._server.tenancy import orgs
 
 __all__ = ["Org", "Plane", "RunId", "SecretName", "VolumeId", "current_org", "plane_of"]
 

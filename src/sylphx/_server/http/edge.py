@@ -1,10 +1,10 @@
 """The API's edge: every error becomes the documented error body here, once.
 
-The error tree (:mod:`sylphx._errors`) names each status; infrastructure failures (an
+The error tree (:mod:`sylphx._core.errors`) names each status; infrastructure failures (an
 unreachable store, a full disk, a concurrent write) become their sylphx errors; what
 FastAPI and Starlette answer themselves (an unknown path, a wrong method, a body that
 does not parse) is given the same shape. A request body is bounded
-(:data:`~sylphx._limits.MAX_BODY_BYTES`) before any of it is parsed.
+(:data:`~sylphx._core.limits.MAX_BODY_BYTES`) before any of it is parsed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..._errors import (
+from sylphx._core.errors import (
     ConflictError,
     MethodNotAllowed,
     NotFound,
@@ -32,11 +32,13 @@ from ..._errors import (
     SylphxError,
     ValidationError,
 )
-from ..._limits import MAX_BODY_BYTES
-from ..._spec import RunSpec
-from ..._validation import validation_error
-from .. import faults, longpoll
-from ..plane import ControlPlane
+from sylphx._core.limits import MAX_BODY_BYTES
+from sylphx._core.spec import RunSpec
+from sylphx._core.validation import validation_error
+from sylphx._server.infra import faults
+from sylphx._server.plane import ControlPlane
+from sylphx._server.runs import longpoll
+
 from .openapi import ROUTES
 
 __all__ = ["BodyLimit", "ErrorResponse", "error_response", "install"]

@@ -30,11 +30,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import Engine, text
 
-from ..._errors import ServerUnavailable
-from ..._views import Health, Readiness
-from .. import faults
-from ..lease import ADVISORY_KEY
-from ..plane import ControlPlane
+from sylphx._core.errors import ServerUnavailable
+from sylphx._core.views import Health, Readiness
+from sylphx._server.infra import faults
+from sylphx._server.infra.lease import ADVISORY_KEY
+from sylphx._server.plane import ControlPlane
+
 from . import edge
 
 __all__ = ["DISK_TIMEOUT", "STORE_TIMEOUT", "install"]
@@ -90,7 +91,7 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
         role, holder = lease
         out = Readiness(
             store=plane.engine.dialect.name,
-            lease=role,  # type: ignore[arg-type]
+            lease=role,
             lease_holder=holder,
             log_disk_free_bytes=free,
         )

@@ -2,7 +2,7 @@
 
 FastAPI documents each route's success and a 422 in its own (unused) shape. Everything
 else is added here from one table, :data:`ROUTES`: every error status each endpoint can
-answer, all in the one error body (:class:`~sylphx._views.ErrorBody`), the bearer key as a
+answer, all in the one error body (:class:`~sylphx._core.views.ErrorBody`), the bearer key as a
 security scheme (not a header parameter), the logs as ``text/plain`` and a secret's
 ``200 replaced``. A route missing from the table, or a table row without a route, fails
 the document's build, so the two cannot drift apart.
@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ..._views import ErrorBody, SecretView
+from sylphx._core.views import ErrorBody, SecretView
 
 __all__ = ["ERRORS", "ROUTES", "document", "install"]
 

@@ -11,16 +11,21 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm.exc import StaleDataError
 
-from ... import _limits as limits
-from ..._errors import ServerUnavailable
-from ..._limits import Text
-from ..._spec import MAX_PARALLELISM, RunSpec
-from ..._states import RunState, ShardState
-from ..._views import RunList, RunView, ShardView
-from .. import faults, image_policy, logs, longpoll, runs, secrets
-from ..hostpaths import check_host_paths
-from ..plane import ControlPlane
-from ..store import OrgRow, RunRow
+from sylphx._core import limits
+from sylphx._core.errors import ServerUnavailable
+from sylphx._core.limits import Text
+from sylphx._core.spec import MAX_PARALLELISM, RunSpec
+from sylphx._core.states import RunState, ShardState
+from sylphx._core.views import RunList, RunView, ShardView
+from sylphx._server.images import policy as image_policy
+from sylphx._server.infra import faults
+from sylphx._server.plane import ControlPlane
+from sylphx._server.runs import logs, longpoll
+from sylphx._server.runs import service as runs
+from sylphx._server.runs.hostpaths import check_host_paths
+from sylphx._server.store import OrgRow, RunRow
+from sylphx._server.tenancy import secrets
+
 from .deps import Org, Plane, RunId, plane_of
 
 __all__ = ["router"]

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ... import _limits as limits
-from ..._limits import Text
-from ..._views import SecretView
-from .. import secrets
+from sylphx._core import limits
+from sylphx._core.limits import Text
+from sylphx._core.views import SecretView
+from sylphx._server.tenancy import secrets
+
 from .deps import Org, Plane, SecretName
 
 __all__ = ["SecretPut", "router"]

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ... import _limits as limits
-from ..._limits import Text
-from ..._views import VolumeView
-from .. import volumes
+from sylphx._core import limits
+from sylphx._core.limits import Text
+from sylphx._core.views import VolumeView
+from sylphx._server.runs import volumes
+
 from .deps import Org, Plane, VolumeId
 
 __all__ = ["VolumeCreate", "router"]

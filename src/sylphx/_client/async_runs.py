@@ -1,0 +1,349 @@
+"""The SDK over the HTTP API: runs (volumes, usage and secrets: ``async_resources.py``).
+
+These two files are the one implementation. They are written async (``AsyncRunsClient``,
+``AsyncRun``...); the synchronous SDK (``RunsClient``, ``Run``...: ``runs.py`` and
+``resources.py`` beside them) is generated from them by ``tools/unasync_sdk.py``
+(``make sdk``; ``make lint`` checks it is current), as httpcore does. Edit these, never
+the generated ones.
+
+Requests go through :func:`_request`, which repeats them as :class:`RetryPolicy` says
+(a restart of the control plane is ridden through by reads, long-polls, cancels and
+keyed submits) and restarts the embedded control plane when it is gone.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from sylphx._core.errors import ValidationError
+from sylphx._core.machines import MachineName
+from sylphx._core.spec import AdmissionFallback, CompletionMode, RunSpec
+from sylphx._core.states import RunState
+from sylphx._core.views import (
+    Aggregate,
+    Logs,
+    RunList,
+    RunView,
+    ShardView,
+)
+
+from .io_async import run_blocking, sleep
+from .transport import (
+    ClientConfig,
+    LogStream,
+    VolumeMountLike,
+    as_sylphx,
+    build_spec,
+    check,
+    create_client,
+    is_retryable_connect,
+    json_body,
+    list_params,
+    log_params,
+    parse_list,
+    parse_model,
+    spec_fields,
+    stream_timeout,
+)
+from .waiting import WaitLoop, refuses_wait, wait_params, wait_timeout
+
+__all__ = ["AsyncRun", "AsyncRunsClient", "ClientConfig", "create_client"]
+
+_RETRIED_STATUSES = (429, 503)  # raised inside the retry loop; every other status returns
+
+
+async def _recover(config: ClientConfig, exc: Exception) -> None:
+    """After a refused connection to the embedded control plane, start it again."""
+    if config.embedded_home is not None and is_retryable_connect(exc):
+        from .embedded import ensure_local_server
+
+        await run_blocking(functools.partial(ensure_local_server, config.embedded_home))
+
+
+async def _request(
+    config: ClientConfig,
+    method: str,
+    path: str,
+    *,
+    json: Any = None,
+    params: Mapping[str, str | int] | None = None,
+    timeout: httpx.Timeout | None = None,
+    headers: Mapping[str, str] | None = None,
+    idempotent: bool | None = None,
+) -> httpx.Response:
+    """Send one request, repeated as ``config.retry`` says (GET: idempotent)."""
+    safe = method == "GET" if idempotent is None else idempotent
+    async for attempt in config.retry.context(idempotent=safe):
+        with attempt:
+            try:
+                response = await config.async_http().request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout or config.timeout,
+                )
+            except httpx.HTTPError as exc:
+                await _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if response.status_code in _RETRIED_STATUSES:
+                check(response)  # the retry policy decides on the typed error
+            return response
+    raise AssertionError("unreachable")  # the retry context raises when it gives up
+
+
+async def _stream(
+    config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool, lines: bool
+) -> AsyncIterator[Any]:
+    """A log's chunks as they come. Opening the stream is repeated as a read is; a stream
+    cut once it has started is not (its chunks would repeat): that raises."""
+    path = f"/v1/runs/{quote(run_id, safe='')}/logs"
+    client = config.async_http()
+    request = client.build_request(
+        "GET", path, params=params, timeout=stream_timeout(config, follow)
+    )
+    response: httpx.Response | None = None
+    async for attempt in config.retry.context(idempotent=True):
+        with attempt:
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                await _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if not response.is_success:
+                await response.aread()
+                await response.aclose()
+                check(response)
+    assert response is not None
+    try:
+        async for chunk in response.aiter_lines() if lines else response.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise as_sylphx(config, exc) from exc
+    finally:
+        await response.aclose()
+
+
+def _run_path(run_id: str, suffix: str = "") -> str:
+    return f"/v1/runs/{quote(run_id, safe='')}{suffix}"
+
+
+class AsyncRun:
+    """A handle on one submitted run; every method asks the control plane afresh."""
+
+    def __init__(self, config: ClientConfig, view: RunView) -> None:
+        self._config = config
+        self._view = view
+        self._long_poll = True  # until the server refuses ``wait``
+
+    @property
+    def id(self) -> str:
+        """The run id, e.g. ``wrk_01jd3x8q2m7k4f9a``."""
+        return self._view.id
+
+    @property
+    def view(self) -> RunView:
+        """The RunView last fetched (see :meth:`refresh`)."""
+        return self._view
+
+    @property
+    def status(self) -> RunState:
+        """The status as of the last fetch."""
+        return self._view.status
+
+    async def refresh(self, wait: float | None = None) -> RunView:
+        """Fetch the current RunView. With ``wait`` (seconds, 0 < wait <= 60) it is a
+        long-poll: answered as soon as the run is terminal, or after ``wait`` seconds with
+        the view then (a server without long-polls answers at once)."""
+        params = None if wait is None else wait_params(wait)
+        timeout = None if wait is None else wait_timeout(self._config.timeout, wait)
+        if not self._long_poll:
+            params = timeout = None
+        path = _run_path(self.id)
+        try:
+            got = json_body(
+                await _request(self._config, "GET", path, params=params, timeout=timeout)
+            )
+        except ValidationError as exc:
+            if params is None or not refuses_wait(exc):
+                raise
+            self._long_poll = False  # an older server: plain GETs from now on
+            return await self.refresh()
+        self._view = parse_model(RunView, got, "run")
+        return self._view
+
+    async def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> Aggregate:
+        """Wait until the run is terminal and return its aggregate.
+
+        Each request is a long-poll the server answers as soon as the run ends;
+        ``poll_interval`` paces plain polling of a server without long-polls. A restart
+        of the control plane meanwhile is ridden through (see :class:`RetryPolicy`).
+        Raises TimeoutError if ``timeout`` seconds pass first (the run keeps going).
+        """
+        loop = WaitLoop(self.id, timeout, poll_interval)
+        while True:
+            done = loop.result(await self.refresh(wait=loop.next_wait()))
+            if done is not None:
+                return done
+            await sleep(loop.pause())
+
+    async def shards(self) -> list[ShardView]:
+        """Every shard with its status, attempts, exit code and history."""
+        body = json_body(await _request(self._config, "GET", _run_path(self.id, "/shards")))
+        return parse_list(ShardView, body, "shard")
+
+    async def logs(self, shard: int, attempt: int | None = None) -> Logs:
+        """The captured stdout and stderr of one shard (its latest attempt by default)."""
+        out: dict[str, str] = {}
+        for stream in ("stdout", "stderr"):
+            chunks = [
+                chunk
+                async for chunk in self.stream_log_bytes(
+                    shard, stream, follow=False, attempt=attempt
+                )
+            ]
+            out[stream] = b"".join(chunks).decode(errors="replace")
+        return Logs(stdout=out["stdout"], stderr=out["stderr"])
+
+    def stream_logs(
+        self,
+        shard: int,
+        stream: LogStream = "stdout",
+        follow: bool = True,
+        attempt: int | None = None,
+    ) -> AsyncIterator[str]:
+        """One shard's output line by line (without newlines); with ``follow``, until
+        the shard ends."""
+        params = log_params(shard, stream, follow, attempt)
+        return _stream(self._config, self.id, params, follow, lines=True)
+
+    def stream_log_bytes(
+        self,
+        shard: int,
+        stream: LogStream = "stdout",
+        follow: bool = True,
+        attempt: int | None = None,
+    ) -> AsyncIterator[bytes]:
+        """One shard's raw output as it arrives."""
+        params = log_params(shard, stream, follow, attempt)
+        return _stream(self._config, self.id, params, follow, lines=False)
+
+    async def cancel(self) -> RunView:
+        """Ask the control plane to cancel the run (it ends within seconds; see
+        :meth:`wait`)."""
+        self._view = await AsyncRunsClient.cancel(self._config, self.id)
+        return self._view
+
+    async def delete(self) -> None:
+        """Delete this ended run, its shards and logs (its usage stays on record)."""
+        await AsyncRunsClient.delete(self._config, self.id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r}, status={self._view.status.value!r})"
+
+
+class AsyncRunsClient:
+    """Submit and inspect runs. Mirrors the TypeScript SDK: ``RunsClient.runDistributed``."""
+
+    @staticmethod
+    async def submit(config: ClientConfig, spec: RunSpec) -> AsyncRun:
+        """Submit an already validated spec. The request carries a fresh idempotency key,
+        so repeating it (a connection lost before the answer) never starts a second run."""
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        response = await _request(
+            config, "POST", "/v1/runs", json=spec.to_wire(), headers=key, idempotent=True
+        )
+        return AsyncRun(config, parse_model(RunView, json_body(response), "run"))
+
+    @staticmethod
+    async def run_distributed(
+        config: ClientConfig,
+        *,
+        command: Sequence[str],
+        image: str | None = None,
+        parallelism: int | None = None,
+        machine: MachineName | None = None,
+        gang_scheduling: bool | None = None,
+        backoff_limit_per_index: int | None = None,
+        completion_mode: CompletionMode | None = None,
+        volume_mounts: Iterable[VolumeMountLike] | None = None,
+        timeout_seconds: int | None = None,
+        env: Mapping[str, str] | None = None,
+        working_dir: str | None = None,
+        secrets: Sequence[str] | None = None,
+        network: bool | None = None,
+        admission_timeout_seconds: int | None = None,
+        admission_fallback: AdmissionFallback | None = None,
+    ) -> AsyncRun:
+        """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
+
+        The spec is validated locally first (same errors as the server). With no
+        ``image``, the command runs on the host in ``working_dir`` (default: cwd).
+        """
+        fields = spec_fields(
+            image=image, command=command, parallelism=parallelism, machine=machine,
+            gang_scheduling=gang_scheduling, backoff_limit_per_index=backoff_limit_per_index,
+            completion_mode=completion_mode, volume_mounts=volume_mounts,
+            timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,
+            secrets=secrets, network=network,
+            admission_timeout_seconds=admission_timeout_seconds,
+            admission_fallback=admission_fallback,
+        )  # fmt: skip
+        return await AsyncRunsClient.submit(config, build_spec(fields))
+
+    @staticmethod
+    async def run(
+        config: ClientConfig,
+        *,
+        command: Sequence[str],
+        image: str | None = None,
+        machine: MachineName | None = None,
+        volume_mounts: Iterable[VolumeMountLike] | None = None,
+        timeout_seconds: int | None = None,
+        env: Mapping[str, str] | None = None,
+        working_dir: str | None = None,
+    ) -> AsyncRun:
+        """Start a single-shard run (the N=1 case of :meth:`run_distributed`)."""
+        fields = spec_fields(
+            image=image, command=command, machine=machine, volume_mounts=volume_mounts,
+            timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,
+        )  # fmt: skip
+        return await AsyncRunsClient.submit(config, build_spec(fields))
+
+    @staticmethod
+    async def get(config: ClientConfig, run_id: str) -> AsyncRun:
+        """A handle on an existing run (raises NotFound for unknown ids)."""
+        body = json_body(await _request(config, "GET", _run_path(run_id)))
+        return AsyncRun(config, parse_model(RunView, body, "run"))
+
+    @staticmethod
+    async def list(
+        config: ClientConfig,
+        status: RunState | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunList:
+        """One page of runs, newest first; pass ``next_cursor`` as ``cursor`` for more."""
+        params = list_params(None if status is None else str(status), limit, cursor)
+        body = json_body(await _request(config, "GET", "/v1/runs", params=params))
+        return parse_model(RunList, body, "run list")
+
+    @staticmethod
+    async def cancel(config: ClientConfig, run_id: str) -> RunView:
+        """Request cancellation; the run becomes ``cancelled`` within seconds."""
+        path = _run_path(run_id, "/cancel")
+        body = json_body(await _request(config, "POST", path, idempotent=True))
+        return parse_model(RunView, body, "run")
+
+    @staticmethod
+    async def delete(config: ClientConfig, run_id: str) -> None:
+        """Delete an ended run with its shards and logs; its usage stays on record
+        (ConflictError while it has not ended: cancel it first)."""
+        check(await _request(config, "DELETE", _run_path(run_id)))

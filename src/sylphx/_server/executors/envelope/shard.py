@@ -1,0 +1,106 @@
+"""The envelope of a shard run on a host's own root (no image): argv with the sandbox in
+front, the shard's clean environment and its start directory. Both placements use it:
+the local executor on this host, a Ray task on its node."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sylphx._core.errors import ExecutorError
+from sylphx._server.executors.base import LaunchRequest, Mount
+from sylphx._server.executors.local.processes import check_program, visible_host_paths
+
+from .sandbox import Policy, Sandbox, clean_env
+
+
+def bwrap_prefix(mounts: list[Mount]) -> list[str]:
+    """A bubblewrap prefix that shows the host as-is plus the volumes at their paths.
+
+    The new root is a tmpfs holding binds of every top-level host entry, so a
+    mount path that does not exist on the host is created in the tmpfs, not on
+    the host.
+    """
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise ExecutorError(
+            "volumeMounts need bubblewrap (bwrap) on the executor host. Fix: install the"
+            " Debian package 'bubblewrap' (make system-deps), or run without volumeMounts."
+        )
+    args = [bwrap, "--tmpfs", "/"]
+    for entry in sorted(os.listdir("/")):
+        host = f"/{entry}"
+        if os.path.islink(host):
+            args += ["--symlink", os.readlink(host), host]
+        elif entry == "proc":
+            args += ["--proc", "/proc"]
+        elif entry == "dev":
+            args += ["--dev-bind", "/dev", "/dev"]
+        elif os.path.isdir(host):
+            args += ["--bind", host, host]
+    for mount in mounts:
+        args += ["--bind", str(mount.source), mount.target]
+    return [*args, "--"]
+
+
+def shard_env(
+    request: LaunchRequest, *, image_env: dict[str, str] | None, host_path: str | None
+) -> dict[str, str]:
+    """The shard's clean environment: the platform's variables, the run's env, its granted
+    secrets (and the image's Env, or the host PATH)."""
+    return clean_env(
+        platform=request.shard_env(),
+        run_env=request.env,
+        secrets=request.secrets,
+        image_env=image_env,
+        host_path=host_path,
+    )
+
+
+def own_volumes(mounts: Sequence[Mount], policy: Policy) -> None:
+    """Volumes belong to the uid shards run as (see :meth:`Policy.identity`), so a shard
+    can write its results; files shards write there are theirs too, and the control plane
+    (root) reads, moves and deletes them as it likes. Only the volume's top directory is
+    changed: files a root shard wrote before there stay root's."""
+    if os.geteuid() != 0:
+        return
+    for mount in mounts:
+        st = os.stat(mount.source)
+        if (st.st_uid, st.st_gid) != (policy.uid, policy.gid):
+            os.chown(mount.source, policy.uid, policy.gid)
+
+
+def host_envelope(
+    request: LaunchRequest,
+    *,
+    sandbox: bool,
+    policy: Policy,
+    host_path: str | None,
+    scratch: Callable[[], Path],
+    die_with_parent: bool = False,
+) -> tuple[list[str], dict[str, str], Path]:
+    """The envelope of a shard run on a host's own root (no image), wherever that host is:
+    argv (sandbox included), the shard's clean environment and the start directory. Both
+    placements use it: the local executor on this host, a Ray task on its node."""
+    env = shard_env(request, image_env=None, host_path=host_path)
+    argv = list(request.command)
+    workdir = request.working_dir
+    if workdir is not None and not workdir.is_dir():
+        raise ExecutorError(f"working directory {workdir} does not exist")
+    if not sandbox:
+        if request.mounts:
+            argv = bwrap_prefix(request.mounts) + argv
+        return argv, env, workdir or scratch()
+    check_program(argv[0], env["PATH"], workdir)  # bwrap itself would only say "exit 1"
+    own_volumes(request.mounts, policy)
+    box = Sandbox(
+        mounts=request.mounts,
+        policy=policy,
+        network=request.network,
+        working_dir=str(workdir or "/tmp"),
+        extra_ro=visible_host_paths(argv[0], env["PATH"], workdir),
+        die_with_parent=die_with_parent,
+    )
+    return box.argv() + argv, env, Path("/")

@@ -1,0 +1,35 @@
+"""The Ray executor's small parts: a tier as Ray resources, a gang's placement group,
+and the Exit of a finished task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sylphx._core.machines import MACHINES
+from sylphx._server.executors.base import Exit
+
+
+def tier_resources(machine: str) -> dict[str, float]:
+    """A tier as Ray resources: CPU (fractional) and memory in bytes."""
+    tier = MACHINES[machine]
+    return {"CPU": tier.vcpu, "memory": float(tier.memory_bytes)}
+
+
+@dataclass
+class Gang:
+    pg: Any
+    size: int
+    machine: str
+    ready_ref: Any
+    asked: float
+    ready: bool = False
+    next_bundle: int = 0
+    live: int = 0
+
+
+def result_exit(handle: str, result: Any, now: datetime) -> Exit:
+    """The Exit of a finished ``run_shard``: (code, reason, streams that hit the log cap)."""
+    code, reason, *more = result
+    return Exit(handle, int(code), now, reason, log_truncated=tuple(more[0]) if more else ())

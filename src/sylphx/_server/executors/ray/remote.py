@@ -1,0 +1,383 @@
+"""The parts of the Ray executor that run inside the cluster.
+
+``LogHub`` is one actor pinned to the control plane's node. Shards ship their
+output to it in chunks while they run -- redacted and capped on the node first, by
+the same :mod:`.shardlog` code the local executor's supervisor uses, so no secret
+value travels or reaches a disk -- and it appends them to the attempt's log
+files (the same files the local executor writes) and answers each chunk with
+the signal the control plane wants delivered, so log shipping doubles as the
+control channel. ``run_shard`` is the Ray task: on whatever node Ray picked it
+builds the shard's envelope with the same code the local executor uses
+(:func:`.envelope.host_envelope`: bubblewrap sandbox with a read-only root, the
+run's volumes bound at their mount paths, a clean environment, the shard's own uid,
+seccomp filter and network; :mod:`.nodeenvelope` gives it the filter and the network
+pipes the supervisor gives a local shard) and, where the node has them, a cgroup with
+the tier's CPU quota and memory ceiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sylphx._core.errors import ExecutorError
+from sylphx._server.executors.base import LaunchRequest, Signal
+from sylphx._server.executors.envelope.node import NodeFds
+from sylphx._server.executors.envelope.sandbox import Policy
+from sylphx._server.executors.envelope.shard import host_envelope
+from sylphx._server.executors.local.cgroups import Cgroups, ShardCgroup
+from sylphx._server.executors.local.netstack import CHAIN_ENV
+from sylphx._server.executors.local.processes import check_program, shard_processes
+from sylphx._server.executors.local.shardlog import Shaper
+from sylphx._server.executors.local.statefiles import OOM_REASON
+
+_RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
+STREAMS = ("stdout", "stderr")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class NodeEnvelope:
+    """What the control plane asks of every node: the sandbox (on unless the operator
+    turned it off), tier enforcement where the node has cgroups, and the operator's
+    shard policy (hidden paths, network, the shard's uid, seccomp)."""
+
+    sandbox: bool = True
+    enforce_tiers: bool = True
+    policy: Policy = field(default_factory=Policy)
+    max_log_bytes: int = 1 << 30  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
+
+
+class LogHub:
+    """Appends shipped chunks to log files; hands out pending signals; remembers nodes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._signals: dict[str, Signal] = {}
+        self._nodes: dict[str, str] = {}
+
+    def push(
+        self, handle: str, node_id: str, paths: tuple[str, str], out: bytes, err: bytes
+    ) -> Signal | None:
+        for path, data in zip(paths, (out, err), strict=True):
+            if data:
+                with open(path, "ab") as fh:
+                    fh.write(data)
+        with self._lock:
+            self._nodes[handle] = node_id
+            return self._signals.get(handle)
+
+    def signal(self, handle: str, sig: Signal) -> None:
+        with self._lock:
+            if _RANK[sig] > _RANK[self._signals.get(handle)]:
+                self._signals[handle] = sig
+
+    def forget(self, handle: str) -> str | None:
+        """Drop the attempt's state; returns the node it last reported from."""
+        with self._lock:
+            self._signals.pop(handle, None)
+            return self._nodes.pop(handle, None)
+
+    def forget_many(self, handles: list[str]) -> None:
+        for handle in handles:
+            self.forget(handle)
+
+    def ping(self) -> bool:
+        return True
+
+
+_hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
+_cgroups: list[Cgroups | None] = []  # per worker process: this node's cgroups, once checked
+_setpriv: list[list[str]] = []  # per worker process: the setpriv prefix ([] if unusable)
+_waiters: list[ThreadPoolExecutor] = []  # per worker process: one thread that waits on Ray
+
+
+def _get_off_main_thread(ref: Any) -> Any:
+    """``ray.get(ref)``, waited for in a helper thread. A blocking get in a task's main
+    thread makes Ray lend the task's CPU out until it returns -- to other tasks, and to new
+    Python workers started for them -- while the shard still uses that CPU: the node is
+    oversubscribed and, on a small host, busy starting workers (seen as most of P6)."""
+    import ray
+
+    if not _waiters:
+        _waiters.append(ThreadPoolExecutor(1, thread_name_prefix="sylphx-ship"))
+    return _waiters[0].submit(ray.get, ref).result()
+
+
+def _node_cgroups() -> Cgroups | None:
+    """This node's cgroups if it has usable ones (checked once per worker), else None."""
+    if not _cgroups:
+        cg: Cgroups | None = Cgroups()
+        try:
+            assert cg is not None
+            cg.check()
+        except (ExecutorError, OSError):
+            cg = None
+        _cgroups.append(cg)
+    return _cgroups[0]
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the Ray worker that started it dies (a lost node)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _death_prefix() -> list[str]:
+    """argv prefix that makes the shard die with this worker: util-linux ``setpriv`` sets
+    the parent-death signal and execs the command (checked once per worker). Without it,
+    a ``preexec_fn`` does the same, but that makes Popen fork() the whole Ray worker
+    instead of vfork(): under 20+ concurrent tasks per node that fork (page tables of a
+    ~100 MB worker, copy-on-write faults in its threads) cost more than the shards."""
+    if not _setpriv:
+        found = shutil.which("setpriv")
+        usage = ""
+        if found is not None:
+            usage = subprocess.run([found, "--help"], capture_output=True, text=True).stdout
+        ok = found is not None and "--pdeathsig" in usage
+        _setpriv.append([str(found), "--pdeathsig", "KILL", "--"] if ok else [])
+    return _setpriv[0]
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _deliver(pid: int, sig: Signal, sandboxed: bool, group: ShardCgroup | None) -> None:
+    """As the local executor does: kill the whole tree (and cgroup); SIGTERM the shard's
+    own processes, not the sandbox, so its grace period works."""
+    if sig == "kill":
+        _kill_group(pid, signal.SIGKILL)
+        if group is not None:
+            group.kill_all()
+    elif not sandboxed:
+        _kill_group(pid, signal.SIGTERM)
+    else:
+        for child in shard_processes(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGTERM)
+
+
+def _leader_exited(pid: int) -> bool:
+    """Whether the leader ended, without reaping it (its zombie keeps the pgid ours)."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None and info.si_pid == pid
+
+
+Ship = Callable[[bytes, bytes], "Signal | None"]
+
+
+def run_streaming(
+    request: LaunchRequest,
+    handle: str,
+    envelope: NodeEnvelope,
+    ship: Ship,
+    *,
+    interval: float = 0.2,
+    chunk: int = 1 << 20,
+    drain_seconds: float = 2.0,
+) -> tuple[int, str | None, list[str]]:
+    """Run the attempt in its envelope with piped output; ``ship(stdout, stderr)`` is called
+    at least every ``interval`` seconds with the output so far (the attempt's secret values
+    masked, each stream capped at ``envelope.max_log_bytes``) and returns the signal the
+    control plane wants delivered. Returns (raw return code, reason, the streams that hit
+    the cap). The process tree is gone on return."""
+    scratch: list[str] = []  # made only if the envelope asks (unsandboxed, no working dir)
+
+    def make_scratch() -> Path:
+        if not scratch:
+            scratch.append(tempfile.mkdtemp(prefix="sylphx-scratch-"))
+        return Path(scratch[0])
+
+    group = None
+    fds = None  # a sandboxed shard's filter and network pipes
+    try:
+        argv, env, cwd = host_envelope(
+            request,
+            sandbox=envelope.sandbox,
+            policy=envelope.policy,
+            host_path=os.environ.get("PATH"),
+            scratch=make_scratch,
+            die_with_parent=True,
+        )
+        if not envelope.sandbox and request.command:  # as the sandbox does: a clear 127
+            check_program(request.command[0], env.get("PATH", ""), cwd)
+        if envelope.sandbox:
+            fds = NodeFds.for_shard(request.network, envelope.policy, env)
+            argv = fds.prefix() + argv
+            env = dict(CHAIN_ENV)  # the shard's own comes in at ENV_FD (see netstack)
+        cgroups = _node_cgroups() if envelope.enforce_tiers else None
+        if cgroups is not None:
+            name = handle.removeprefix("ray:").replace(":", "-") + f"-{os.getpid()}"
+            group = cgroups.create(name, request.machine)
+            argv = group.join_prefix() + argv
+        shapers = [Shaper(envelope.max_log_bytes, request.secrets.values()) for _ in STREAMS]
+        code = _stream(argv, env, cwd, fds, group, ship, shapers,
+                       interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
+        reason = None
+        if group is not None and group.oom_killed():
+            reason = OOM_REASON
+        return code, reason, [s for s, o in zip(STREAMS, shapers, strict=True) if o.truncated]
+    finally:
+        if fds is not None:
+            fds.close()
+        if group is not None:
+            group.kill_all()
+            group.remove()
+        if scratch:
+            shutil.rmtree(scratch[0], ignore_errors=True)
+
+
+def _popen(
+    argv: list[str], env: dict[str, str], cwd: Path, fds: NodeFds | None
+) -> subprocess.Popen[bytes]:
+    """The shard's process, its output piped here. A sandboxed shard dies with this worker
+    through bwrap's --die-with-parent; a plain one through setpriv (or, without it, a
+    preexec_fn)."""
+    sandboxed = fds is not None
+    prefix = [] if sandboxed else _death_prefix()
+    return subprocess.Popen(
+        prefix + argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=fds.pass_fds() if fds is not None else (),
+        preexec_fn=None if prefix or sandboxed else _die_with_parent,
+    )
+
+
+def _read(
+    readable: list[int],
+    bufs: dict[int, bytearray],
+    shaper: dict[int, Shaper],
+    open_fds: set[int],
+) -> None:
+    """Read what each readable pipe holds into its buffer (shaped: capped, redacted); a
+    pipe at its end leaves ``open_fds``."""
+    for fd in readable:
+        data = os.read(fd, 1 << 16)
+        if data:
+            bufs[fd] += shaper[fd].feed(data)
+        else:
+            open_fds.discard(fd)
+            bufs[fd] += shaper[fd].finish()
+
+
+def _stream(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    fds: NodeFds | None,  # None: unsandboxed
+    group: ShardCgroup | None,
+    ship: Ship,
+    shapers: list[Shaper],  # stdout's and stderr's
+    *,
+    interval: float,
+    chunk: int,
+    drain_seconds: float,
+) -> int:
+    sandboxed = fds is not None
+    proc = _popen(argv, env, cwd, fds)
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    shaper = dict(zip(bufs, shapers, strict=True))
+    open_fds = set(bufs)
+    exit_fd = _pidfd(proc.pid)  # readable once the leader exits; None: poll every 20 ms
+    last_ship = time.monotonic()
+    exited_at: float | None = None
+    try:
+        note = fds.started() if fds is not None else None  # its network, then it goes on
+        bufs[err_fd] += note.encode() if note else b""  # shipped first: no network, why
+        while True:
+            readable: list[int] = []
+            watch = [*open_fds, *([exit_fd] if exit_fd is not None and exited_at is None else [])]
+            if watch:
+                readable = select.select(watch, [], [], interval)[0]
+            else:  # the shard closed its output and no pidfd: just watch for the exit
+                time.sleep(0.02)
+            _read([fd for fd in readable if fd != exit_fd], bufs, shaper, open_fds)
+            if exited_at is None and _leader_exited(proc.pid):
+                exited_at = time.monotonic()
+                _kill_group(proc.pid, signal.SIGKILL)  # stragglers; also closes their pipes
+            done = exited_at is not None and (
+                not open_fds or time.monotonic() - exited_at > drain_seconds
+            )
+            if done:  # what the redactors still hold (a no-op for a stream at its end)
+                for fd in open_fds:
+                    bufs[fd] += shaper[fd].finish()
+            size = len(bufs[out_fd]) + len(bufs[err_fd])
+            if done and not size:  # nothing left to ship; a signal would come too late
+                break
+            if done or size >= chunk or time.monotonic() - last_ship >= interval:
+                sig = ship(bytes(bufs[out_fd]), bytes(bufs[err_fd]))
+                bufs[out_fd].clear()
+                bufs[err_fd].clear()
+                last_ship = time.monotonic()
+                if sig is not None and exited_at is None:
+                    _deliver(proc.pid, sig, sandboxed, group)
+            if done:
+                break
+        return proc.wait()
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (Linux 5.3+): select() sees its exit without polling."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+
+
+def run_shard(
+    request: LaunchRequest, handle: str, hub_name: str, envelope: NodeEnvelope
+) -> tuple[int, str | None, list[str]]:
+    """Ray task body: run one attempt on this node, shipping logs to the named hub.
+
+    Returns (raw return code, reason, the streams that hit the log cap). A shard that
+    cannot start is exit 127 with a ``LaunchError`` reason and the cause in its stderr,
+    as on the local executor.
+    """
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    hub = _hubs.get(hub_name)
+    if hub is None:
+        hub = _hubs[hub_name] = ray.get_actor(hub_name)
+    paths = (request.stdout_path, request.stderr_path)
+
+    def ship(out: bytes, err: bytes) -> Signal | None:
+        result: Signal | None = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err))
+        return result
+
+    try:
+        return run_streaming(request, handle, envelope, ship)
+    except (OSError, ExecutorError) as exc:  # e.g. command not found, no bwrap
+        ship(b"", f"sylphx: could not start the shard: {exc}\n".encode())
+        return 127, f"LaunchError: {exc}", []

@@ -1,0 +1,73 @@
+"""Image admission: what "image scanning" means here, done honestly.
+
+Per org: allowed sources (reference prefixes), digest pinning on or off, and a deny
+list of manifest digests; plus an operator-wide scanner command
+(``SYLPHX_IMAGE_SCANNER``) run as ``CMD REF DIGEST ROOTFS`` whose non-zero exit
+refuses the image with its output. A refused image is a 422 at submit.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from sylphx._core.errors import ValidationError
+
+from .store import ImageStore
+
+SCANNER_TIMEOUT_SECONDS = 300
+
+
+class ImagePolicy(BaseModel):
+    """An org's image admission policy (empty: any image)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    allowed_sources: list[str] = Field(default_factory=list)  # e.g. "ghcr.io/acme/", "oci:/srv/"
+    require_digest: bool = False
+    deny_digests: list[str] = Field(default_factory=list)
+
+
+def _refuse(rule: str, fix: str) -> ValidationError:
+    return ValidationError(
+        f"image: {rule}. Fix: {fix}.", details=[{"field": "image", "rule": rule, "fix": fix}]
+    )
+
+
+def admit(ref: str, policy: dict[str, Any] | None, store: ImageStore, scanner: str | None) -> None:
+    """Resolve ``ref`` (so it exists and is cached) and apply the policy and the scanner."""
+    rules = ImagePolicy.model_validate(policy or {})
+    if rules.allowed_sources and not any(ref.startswith(p) for p in rules.allowed_sources):
+        raise _refuse(
+            f"{ref} is not from a source this org allows ({', '.join(rules.allowed_sources)})",
+            "use an image from an allowed source, or ask an operator to allow it",
+        )
+    if rules.require_digest and "@sha256:" not in ref:
+        raise _refuse(
+            f"{ref} is not pinned by digest, and this org requires digest pinning",
+            "refer to the image as NAME@sha256:<digest>",
+        )
+    image = store.resolve(ref)
+    if image.digest in rules.deny_digests:
+        raise _refuse(f"{ref} ({image.digest}) is on this org's deny list", "use another image")
+    if scanner:
+        argv = [*shlex.split(scanner), ref, image.digest, str(image.rootfs)]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=SCANNER_TIMEOUT_SECONDS
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise _refuse(
+                f"the image scanner could not run ({exc})",
+                "check SYLPHX_IMAGE_SCANNER on the server",
+            ) from None
+        if done.returncode != 0:
+            said = (done.stdout + done.stderr).strip()[-2000:] or f"exit {done.returncode}"
+            raise _refuse(
+                f"refused by the image scanner: {said}",
+                "fix what the scanner reports, or use another image",
+            )

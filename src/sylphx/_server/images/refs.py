@@ -1,0 +1,227 @@
+"""Image references and OCI metadata: parse what the user wrote, read index/manifest/config.
+
+Pure parsing; no subprocesses. :mod:`sylphx._server.images.store` runs the tools.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sylphx._core.errors import ValidationError
+
+Kind = Literal["oci", "oci-archive", "docker-archive", "docker"]
+
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+REF_NAME = "org.opencontainers.image.ref.name"
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
+
+
+def image_error(message: str, rule: str, fix: str) -> ValidationError:
+    """A ValidationError on the ``image`` field: ``message. Fix: fix``."""
+    return ValidationError(
+        f"image: {message}. Fix: {fix}",
+        details=[{"field": "image", "rule": rule, "fix": fix}],
+    )
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed reference: the transport, the path (or registry name) and the tag."""
+
+    kind: Kind
+    location: str  # a filesystem path, or a registry reference without "docker://"
+    tag: str | None = None
+
+    def skopeo(self, tag: str | None = None) -> str:
+        """This source as a skopeo transport string (``tag`` overrides our own)."""
+        if self.kind == "docker":
+            return f"docker://{self.location}"
+        tag = tag if tag is not None else self.tag
+        return f"{self.kind}:{self.location}" + (f":{tag}" if tag else "")
+
+    @property
+    def registry(self) -> str:
+        """The registry host of a registry reference (Docker's rule for the first part)."""
+        first = self.location.split("/", 1)[0]
+        if "/" in self.location and ("." in first or ":" in first or first == "localhost"):
+            return first
+        return "docker.io"
+
+
+def _tar_kind(path: Path) -> Kind:
+    """oci-archive if the tarball holds index.json (preferred), docker-archive for manifest.json."""
+    names: set[str] = set()
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                names.add(member.name.removeprefix("./"))
+                if "index.json" in names and "oci-layout" in names:
+                    return "oci-archive"
+    except (OSError, tarfile.TarError) as exc:
+        raise image_error(
+            f"{path} is not a readable tar archive ({exc})",
+            "archive_unreadable",
+            "give an OCI archive or a `docker save` tarball",
+        ) from None
+    if "index.json" in names:
+        return "oci-archive"
+    if "manifest.json" in names:
+        return "docker-archive"
+    raise image_error(
+        f"{path} holds neither index.json (OCI archive) nor manifest.json (docker save)",
+        "archive_format",
+        "give an OCI archive (`skopeo copy … oci-archive:…`) or a `docker save` tarball",
+    )
+
+
+def _plain_path(ref: str) -> Source:
+    path, tag = Path(ref), None
+    if not path.exists() and ":" in ref:
+        head, _, tail = ref.rpartition(":")
+        if Path(head).exists() and "/" not in tail:
+            path, tag = Path(head), tail
+    if path.is_dir():
+        return Source("oci", str(path.resolve()), tag)
+    if path.is_file():
+        return Source(_tar_kind(path), str(path.resolve()), tag)
+    raise image_error(
+        f"no image at {ref} (the path does not exist)",
+        "path_missing",
+        "give an existing OCI layout directory or archive, or a registry reference",
+    )
+
+
+def parse_ref(ref: str) -> Source:
+    """Parse an image reference; ValidationError on ``image`` when it cannot be used."""
+    ref = ref.strip()
+    if not ref:
+        raise image_error("is empty", "required", "give an image reference or path")
+    for kind in ("oci-archive", "docker-archive", "oci"):
+        if ref.startswith(f"{kind}:"):
+            # docker-archive keeps everything after the path (`name:tag` or `@N`) for skopeo.
+            path, sep, tag_part = ref[len(kind) + 1 :].partition(":")
+            tag = tag_part if sep and tag_part else None
+            p = Path(path)
+            if not p.is_absolute():
+                p = p.resolve()
+            wanted = p.is_dir() if kind == "oci" else p.is_file()
+            if not wanted:
+                what = "OCI layout directory" if kind == "oci" else "archive file"
+                raise image_error(
+                    f"no {what} at {p}",
+                    "path_missing",
+                    f"give the path of an existing {what} ({kind}:/path[:tag])",
+                )
+            return Source(kind, str(p), tag)
+    if ref.startswith(("/", "./", "../")):
+        return _plain_path(ref)
+    location = ref.removeprefix("docker://")
+    if not location or any(c.isspace() for c in location) or location.startswith("/"):
+        raise image_error(
+            f"{ref!r} is not an image reference",
+            "format",
+            "write a registry reference (ghcr.io/acme/trainer:tag) or an absolute path",
+        )
+    return Source("docker", location)
+
+
+def _select(index: dict[str, Any], tag: str | None, where: str) -> dict[str, Any]:
+    """The index entry for ``tag`` (no tag: the only entry, else ``latest``)."""
+    manifests: list[dict[str, Any]] = list(index.get("manifests") or [])
+    tags = [str(m.get("annotations", {}).get(REF_NAME)) for m in manifests]
+    if tag is None and len(manifests) == 1:
+        return manifests[0]
+    wanted = tag or "latest"
+    for entry, name in zip(manifests, tags, strict=True):
+        if name == wanted:
+            return entry
+    known = ", ".join(t for t in tags if t != "None") or "none"
+    raise image_error(
+        f"tag {wanted!r} not found in {where} (tags: {known})",
+        "tag_missing",
+        "name one of the tags after the path (oci:/path:TAG)",
+    )
+
+
+def host_platform(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The linux entry of a multi-platform index that matches this machine."""
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    for entry in entries:
+        plat = entry.get("platform") or {}
+        if plat.get("os") == "linux" and plat.get("architecture") == arch:
+            return entry
+    return None
+
+
+class Layout:
+    """Read-only access to an OCI layout: a directory, or the members of an OCI archive."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def read(self, name: str) -> bytes:
+        base = Path(self.source.location)
+        try:
+            if self.source.kind == "oci":
+                return (base / name).read_bytes()
+            with tarfile.open(base) as tar:
+                for member in tar:
+                    if member.name.removeprefix("./") == name:
+                        fh = tar.extractfile(member)
+                        if fh is not None:
+                            return fh.read()
+        except (OSError, tarfile.TarError):
+            pass
+        raise image_error(
+            f"{name} is missing from the OCI layout at {base}",
+            "layout_broken",
+            "give a complete OCI layout (index.json and blobs/)",
+        )
+
+    def json(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self.read(name))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise image_error(
+                f"{name} in {self.source.location} is not a JSON object",
+                "layout_broken",
+                "give a valid OCI layout",
+            )
+        return data
+
+    def blob(self, digest: str) -> dict[str, Any]:
+        return self.json("blobs/" + digest.replace(":", "/", 1))
+
+    def entry(self) -> dict[str, Any]:
+        """The index entry the source's tag names (a manifest or a nested index)."""
+        return _select(self.json("index.json"), self.source.tag, self.source.location)
+
+    def manifest(self) -> dict[str, Any]:
+        """The image manifest for this machine, following a multi-platform index."""
+        entry = self.entry()
+        for _ in range(4):
+            if entry.get("mediaType") not in INDEX_TYPES:
+                return self.blob(str(entry["digest"]))
+            nested = self.blob(str(entry["digest"])).get("manifests") or []
+            found = host_platform(list(nested))
+            if found is None:
+                raise image_error(
+                    f"{self.source.location} has no linux/{platform.machine()} image",
+                    "platform_missing",
+                    "build the image for this machine's platform",
+                )
+            entry = found
+        raise image_error("nested indexes too deep", "layout_broken", "give a valid layout")
+
+    def config_blob(self) -> dict[str, Any]:
+        return self.blob(str(self.manifest()["config"]["digest"]))

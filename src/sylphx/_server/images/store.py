@@ -1,0 +1,299 @@
+"""Daemonless container images for the local executor: a reference in, a rootfs out.
+
+``ImageStore.resolve(ref)`` turns an OCI layout, an OCI archive, a ``docker save`` tarball
+or a registry reference into an unpacked root filesystem plus the image's config
+(Env, WorkingDir, Entrypoint, Cmd). ``skopeo`` converts archives and registry images to an
+OCI layout; ``umoci unpack`` unpacks it. No daemon is involved.
+
+Cache: ``cache_dir/sha256/<hex>/`` holds ``rootfs/`` and ``image.json``, keyed by the
+manifest digest. A digest is unpacked under ``flock`` on ``cache_dir/locks/<hex>.lock``
+into ``cache_dir/tmp/`` and renamed into place at the end, so the final directory exists
+only when complete; leftovers of a crashed unpack are removed by the next holder of the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sylphx._core.errors import ExecutorError, ValidationError
+
+from .refs import INDEX_TYPES, REF_NAME, Layout, Source, image_error, parse_ref
+
+__all__ = ["ImageConfig", "ImageStore", "UnpackedImage"]
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# Mount points a sandbox binds over a read-only rootfs; created when the image lacks them.
+_MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
+_PACKAGES = {"skopeo": "skopeo", "umoci": "umoci"}
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The parts of an image's OCI config that decide how a shard runs."""
+
+    env: dict[str, str]
+    working_dir: str | None
+    entrypoint: list[str]
+    cmd: list[str]
+
+    @classmethod
+    def from_oci(cls, blob: dict[str, Any]) -> ImageConfig:
+        """From an OCI (or Docker) image config blob: its ``config`` section."""
+        section = blob.get("config") or {}
+        env: dict[str, str] = {}
+        for item in section.get("Env") or []:
+            key, _, value = str(item).partition("=")
+            env[key] = value
+        return cls(
+            env=env,
+            working_dir=section.get("WorkingDir") or None,
+            entrypoint=[str(a) for a in section.get("Entrypoint") or []],
+            cmd=[str(a) for a in section.get("Cmd") or []],
+        )
+
+    def argv(self, command: list[str] | None) -> list[str]:
+        """Docker semantics: ENTRYPOINT + (command if given else CMD).
+
+        An empty ``command`` counts as not given. ValidationError naming ``command``
+        when the result is empty.
+        """
+        argv = [*self.entrypoint, *(command if command else self.cmd)]
+        if not argv:
+            fix = "give a command, or use an image with an ENTRYPOINT or CMD"
+            raise ValidationError(
+                f"command: the image has no ENTRYPOINT or CMD and no command was given. Fix: {fix}",
+                details=[{"field": "command", "rule": "required_without_image_cmd", "fix": fix}],
+            )
+        return argv
+
+
+@dataclass(frozen=True)
+class UnpackedImage:
+    """An image ready to run: its rootfs (use read-only) and its config."""
+
+    ref: str  # as the user wrote it
+    digest: str  # manifest digest, "sha256:…"
+    rootfs: Path
+    config: ImageConfig
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ExecutorError(
+            f"container images need `{name}` on the executor host and it is not installed."
+            f" Fix: install the Debian package '{_PACKAGES[name]}' (make system-deps)"
+        )
+    return path
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:400] if lines else "no output"
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _repository(location: str) -> str:
+    """``host/name`` without its ``:tag`` and ``@digest``."""
+    name = location.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}" if head else last
+
+
+class ImageStore:
+    """Resolves image references to unpacked rootfs directories in a shared cache."""
+
+    def __init__(
+        self, cache_dir: Path, *, registry_timeout: float = 60.0, pull_timeout: float = 1800.0
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.registry_timeout = registry_timeout  # metadata look-ups (a dead network)
+        self.pull_timeout = pull_timeout  # copying a whole image (big layers)
+
+    # -- public --------------------------------------------------------------------------
+
+    def digest(self, ref: str) -> str:
+        """The manifest digest of ``ref`` without unpacking anything."""
+        return self._digest(parse_ref(ref), ref)
+
+    def resolve(self, ref: str) -> UnpackedImage:
+        """Unpack ``ref`` once (idempotent, process-safe, atomic) and return it."""
+        source = parse_ref(ref)
+        digest = self._digest(source, ref)
+        final = self.path_for(digest)
+        cached = self._load(final, ref, digest)
+        if cached is not None:
+            return cached
+        with self._locked(digest):
+            cached = self._load(final, ref, digest)
+            if cached is not None:
+                return cached
+            self._unpack(source, ref, digest, final)
+        loaded = self._load(final, ref, digest)
+        assert loaded is not None
+        return loaded
+
+    def path_for(self, digest: str) -> Path:
+        """The cache directory of a digest (``cache_dir/sha256/<hex>``)."""
+        algo, _, hexpart = digest.partition(":")
+        return self.cache_dir / algo / hexpart
+
+    # -- digests -------------------------------------------------------------------------
+
+    def _digest(self, source: Source, ref: str) -> str:
+        if source.kind in ("oci", "oci-archive"):
+            return str(Layout(source).entry()["digest"])
+        if source.kind == "docker-archive":
+            raw = self._skopeo(["inspect", "--raw", source.skopeo()], self.pull_timeout, ref)
+            return _sha256(raw)
+        pinned = source.location.rpartition("@")[2] if "@" in source.location else None
+        if pinned is not None:
+            if not _DIGEST.match(pinned):
+                raise image_error(
+                    f"{ref!r} has a malformed digest",
+                    "format",
+                    "pin with @sha256:<64 hex digits>, or use a tag",
+                )
+            return pinned
+        timeout = f"{int(self.registry_timeout)}s"
+        args = ["--command-timeout", timeout, "inspect", "--raw", source.skopeo()]
+        raw = self._skopeo(args, self.registry_timeout + 5, ref, registry=source.registry)
+        return _sha256(raw)
+
+    def _skopeo(
+        self, args: list[str], timeout: float, ref: str, registry: str | None = None
+    ) -> bytes:
+        """Run skopeo; failures become ValidationError on ``image`` naming the registry."""
+        argv = [_tool("skopeo"), *args]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            why, detail = "timed out", f"no answer within {timeout:.0f}s"
+        else:
+            if done.returncode == 0:
+                return done.stdout
+            detail = _last_line(done.stderr.decode(errors="replace"))
+            why = "failed"
+        if registry is None:
+            raise image_error(
+                f"cannot read {ref!r}: skopeo {why} ({detail})",
+                "unreadable",
+                "check that the file is a complete OCI archive or `docker save` tarball",
+            )
+        lowered = detail.lower()
+        if "manifest unknown" in lowered or (
+            "not found" in lowered and "no such host" not in lowered
+        ):
+            raise image_error(
+                f"{ref!r} was not found in registry {registry} ({detail})",
+                "not_found",
+                "check the repository and tag, or use a local OCI layout/archive",
+            )
+        raise image_error(
+            f"cannot pull {ref!r}: registry {registry} is unreachable (network or registry"
+            f" down; skopeo {why}: {detail})",
+            "registry_unreachable",
+            "check the network and the registry name, or use a local OCI layout or archive"
+            " instead (oci:/path:tag, oci-archive:/path.tar, docker-archive:/path.tar)",
+        )
+
+    # -- unpacking -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, digest: str) -> Iterator[None]:
+        locks = self.cache_dir / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{digest.replace(':', '-')}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+            yield
+
+    def _unpack(self, source: Source, ref: str, digest: str, final: Path) -> None:
+        """Under the digest's lock: unpack into a temp dir, then rename it to ``final``."""
+        tmp_root = self.cache_dir / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        prefix = digest.replace(":", "-") + "."
+        for stale in tmp_root.glob(prefix + "*"):  # a crashed unpack of this digest
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
+        try:
+            layout, tag = self._as_layout(source, ref, digest, work)
+            config = ImageConfig.from_oci(Layout(Source("oci", str(layout), tag)).config_blob())
+            bundle = work / "bundle"
+            self._umoci(layout, tag, bundle)
+            rootfs = bundle / "rootfs"
+            for name in _MOUNT_POINTS:
+                if not os.path.lexists(rootfs / name):
+                    (rootfs / name).mkdir(mode=0o755)
+            meta = {"digest": digest, "config": asdict(config)}
+            with open(bundle / "image.json", "w") as fh:
+                json.dump(meta, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(bundle, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _as_layout(self, source: Source, ref: str, digest: str, work: Path) -> tuple[Path, str]:
+        """An OCI layout and a tag naming one image manifest, copying with skopeo if needed."""
+        if source.kind == "oci":
+            entry = Layout(source).entry()
+            tag = (entry.get("annotations") or {}).get(REF_NAME)
+            if tag and entry.get("mediaType") not in INDEX_TYPES:
+                return Path(source.location), str(tag)  # umoci reads the user's layout as is
+        if source.kind == "docker":
+            src = f"docker://{_repository(source.location)}@{digest}"
+            registry: str | None = source.registry
+        else:
+            src = source.skopeo(self._tag_of(source))
+            registry = None
+        dest = work / "layout"
+        self._skopeo(
+            ["copy", "--quiet", src, f"oci:{dest}:image"], self.pull_timeout, ref, registry
+        )
+        return dest, "image"
+
+    @staticmethod
+    def _tag_of(source: Source) -> str | None:
+        """The tag skopeo needs: the one the user wrote, or the one we selected."""
+        if source.kind == "docker-archive" or source.tag:
+            return source.tag
+        entry = Layout(source).entry()
+        name = (entry.get("annotations") or {}).get(REF_NAME)
+        return str(name) if name else None
+
+    def _umoci(self, layout: Path, tag: str, bundle: Path) -> None:
+        argv = [_tool("umoci"), "unpack"]
+        if os.geteuid() != 0:
+            argv.append("--rootless")
+        argv += ["--image", f"{layout}:{tag}", str(bundle)]
+        done = subprocess.run(argv, capture_output=True, timeout=self.pull_timeout, check=False)
+        if done.returncode != 0:
+            raise ExecutorError(
+                f"umoci could not unpack {layout}:{tag}:"
+                f" {_last_line(done.stderr.decode(errors='replace'))}."
+                " Fix: check free disk space and that the image layers are intact"
+            )
+
+    def _load(self, final: Path, ref: str, digest: str) -> UnpackedImage | None:
+        try:
+            meta = json.loads((final / "image.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return UnpackedImage(ref, digest, final / "rootfs", ImageConfig(**meta["config"]))

@@ -1,0 +1,156 @@
+"""The host paths a run names, checked against the host at submit.
+
+Nothing of the control plane is visible to a shard, whatever its spec says: a host run
+(no ``image``) whose ``workingDir``, ``env.PATH`` entry or volume ``mountPath`` is, or lies
+under, a path hidden from shards (``Settings.hidden_paths``: the home, the volume root, the
+logs, the key file, the socket, a SQLite store kept elsewhere, ``SYLPHX_SHARD_HIDE``) is
+refused with a 422 naming the field and the fix, never bound. Paths are resolved first
+(symlinks, ``//``, ``..``, ``.``), as the kernel resolves them on this host; one that goes
+through ``/proc`` (``/proc/self/cwd``, ``/dev/fd/3``: magic links, whose target depends on
+the process that follows them, so what is checked here is not what a shard would get) is
+refused too.
+A host run's ``workingDir`` must also be an existing directory, so a mistyped one is a 422
+now, not a failed launch later that reads as if the command had failed.
+
+A run with an ``image`` names paths of the image's filesystem: only the spec model's
+lexical rules (``_paths.py``) apply to it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+from sylphx._core.errors import ValidationError
+from sylphx._core.paths import is_within
+from sylphx._core.spec import RunSpec
+from sylphx._server.executors.local.processes import closed_to
+from sylphx._settings import Settings
+
+__all__ = ["check_host_paths"]
+
+_HIDDEN = "is, or lies under, a path of the control plane that shards never see"
+_RESOLVED = " (symlinks, '..' and '//' resolved)"
+_VIA_PROC = "goes through /proc, whose links lead where the process following them is"
+_SHARD_CWD = "/tmp"  # a sandboxed host shard's start directory when the spec names none
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
+    """Raise :class:`ValidationError` (nothing is stored) when a host run names a path
+    hidden from shards (``settings.hidden_paths()``) or one through ``/proc``, or, with
+    ``local`` (the shards run on this host), a ``workingDir`` that is not an existing
+    directory here. Image runs pass untouched (and cost nothing here)."""
+    if spec.image is not None:
+        return
+    roots = [str(p) for p in settings.hidden_paths()]  # resolved: a few syscalls each
+    details: list[dict[str, Any]] = []
+
+    def refuse(field: str, spelled: str, fix: str) -> str | None:
+        """Add the detail ``spelled`` earns, if any; else return it resolved."""
+        real, via_proc = resolve(spelled)
+        if via_proc:
+            details.append(_detail(field, f"{spelled!r} {_VIA_PROC}", fix))
+        elif _is_hidden(spelled, real, roots):
+            details.append(_detail(field, f"{spelled!r} {_HIDDEN}{_RESOLVED}", fix))
+        else:
+            return real
+        return None
+
+    workdir = spec.working_dir
+    if workdir is not None:
+        real = refuse(
+            "workingDir",
+            workdir,
+            "start the run from (or give) a directory outside the control plane's data"
+            " directory (SYLPHX_HOME), e.g. your project's; the SDK and CLI send the current"
+            " directory by default (CLI: --workdir DIR)",
+        )
+        if real is not None and local:
+            details.extend(_workdir_on_host(workdir, real, settings))
+    for entry in spec.env.get("PATH", "").split(":"):
+        if entry:  # (an empty one is the start directory, checked above)
+            refuse(
+                "env.PATH",
+                os.path.join(workdir or _SHARD_CWD, entry),
+                "remove that entry from PATH; keep the tools a run uses outside the control"
+                " plane's data directory (SYLPHX_HOME)",
+            )
+    for i, mount in enumerate(spec.volume_mounts):
+        refuse(
+            f"volumeMounts[{i}].mountPath",
+            mount.mount_path,  # normalised by the spec model
+            "mount the volume at a path of your own, e.g. /cache or /data/out",
+        )
+    if details:
+        lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix']}" for d in details]
+        raise ValidationError("; ".join(lines), details=details)
+
+
+def resolve(path: str) -> tuple[str, bool]:
+    """``os.path.realpath(path)`` for an absolute ``path``, and whether resolving it went
+    through ``/proc`` (spelled there, or led there by a symlink such as ``/dev/fd``)."""
+    todo = deque(path.split("/"))
+    current, via_proc, links = "/", False, 0
+    while todo:
+        part = todo.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        step = os.path.join(current, part)
+        via_proc = via_proc or is_within(step, "/proc")
+        try:
+            target = os.readlink(step)
+        except OSError:  # not a symlink, or not there: the rest is taken as spelled
+            current = step
+            continue
+        links += 1
+        if links > _MAX_LINKS:  # a loop: the kernel would refuse it (ELOOP) as well
+            return os.path.join(step, *todo), via_proc
+        if target.startswith("/"):
+            current = "/"
+        todo.extendleft(reversed(target.split("/")))
+    return current, via_proc
+
+
+def _is_hidden(spelled: str, real: str, roots: list[str]) -> bool:
+    """Whether the path, as spelled or resolved, is or lies under a root."""
+    lexical = "/" + os.path.normpath(spelled).lstrip("/")  # normpath keeps a leading "//"
+    return any(is_within(p, root) for p in (real, lexical) for root in roots)
+
+
+def _detail(field: str, rule: str, fix: str) -> dict[str, Any]:
+    return {"field": field, "rule": rule, "fix": fix}
+
+
+def _workdir_on_host(spelled: str, real: str, settings: Settings) -> list[dict[str, Any]]:
+    """What is wrong with a host run's ``workingDir`` on this host (resolved: ``real``):
+    not an existing directory, or (sandboxed, as root) closed to the shards' user."""
+    if not os.path.isdir(real):
+        what = "is not a directory" if os.path.lexists(real) else "does not exist"
+        return [
+            _detail(
+                "workingDir",
+                f"{spelled!r} {what} on the host",
+                "give an existing directory, or start the run from one (the SDK and CLI"
+                " send the current directory by default; CLI: --workdir DIR)",
+            )
+        ]
+    closed = None
+    if settings.sandbox and os.geteuid() == 0:
+        closed = closed_to(real, settings.shard_uid)
+    if closed is None:
+        return []
+    return [
+        _detail(
+            "workingDir",
+            f"{spelled!r} cannot be entered by the shards' unprivileged user"
+            f" (uid {settings.shard_uid}): {closed!r} is not readable and"
+            " searchable by others",
+            f"make it so (chmod o+rx {closed}), or start the run from a"
+            " directory others can read (CLI: --workdir DIR)",
+        )
+    ]

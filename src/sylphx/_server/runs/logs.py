@@ -1,0 +1,166 @@
+"""Shard logs: read whole or followed live, straight from the attempt's log files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sylphx._core.errors import NotFound, ValidationError
+from sylphx._core.states import ShardState
+from sylphx._server.executors.local.shardlog import Redactor
+from sylphx._server.store import AttemptRow, RunRow, ShardRow
+
+Stream = Literal["stdout", "stderr"]
+CHUNK = 256 * 1024
+FOLLOW_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a shard's log lives right now."""
+
+    shard_done: bool
+    attempt: int | None  # newest attempt number, None before the first start
+    path: str | None
+    attempt_done: bool
+    legacy: bool = False  # written before secrets were masked at capture (migration 0008)
+
+
+def locate(
+    s: Session, run_id: str, org_id: str, index: int, stream: Stream, attempt: int | None
+) -> Where:
+    run = s.get(RunRow, run_id)
+    if run is None or run.org_id != org_id:
+        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    shard = s.scalars(
+        select(ShardRow).where(ShardRow.run_id == run_id, ShardRow.index == index)
+    ).first()
+    if shard is None:  # the index is past the run's parallelism
+        fix = f"pick a shard from 0 to {run.parallelism - 1}"
+        raise ValidationError(
+            f"shard: run {run_id} has no shard {index}. Fix: {fix}.",
+            details=[{"field": "shard", "rule": f"must be below {run.parallelism}", "fix": fix}],
+        )
+    query = select(AttemptRow).where(AttemptRow.shard_id == shard.id)
+    if attempt is not None:
+        query = query.where(AttemptRow.number == attempt)
+    row = s.scalars(query.order_by(AttemptRow.number.desc())).first()
+    if attempt is not None and row is None:
+        fix = f"pick an attempt from 1 to {shard.attempts}" if shard.attempts else "omit attempt"
+        raise ValidationError(
+            f"attempt: shard {index} of run {run_id} has no attempt {attempt}"
+            f" (it has {shard.attempts}). Fix: {fix}.",
+            details=[{"field": "attempt", "rule": f"must be {shard.attempts} or less", "fix": fix}],
+        )
+    done = ShardState(shard.state).terminal
+    if row is None:
+        return Where(done, None, None, True)
+    path = row.stdout_path if stream == "stdout" else row.stderr_path
+    return Where(done, row.number, path, row.ended_at is not None, bool(row.legacy_log))
+
+
+async def stream_log(
+    sessions: sessionmaker[Session],
+    run_id: str,
+    org_id: str,
+    index: int,
+    stream: Stream,
+    *,
+    attempt: int | None,
+    follow: bool,
+    legacy_secrets: Callable[[], list[str]] = list,
+) -> AsyncIterator[bytes]:
+    """Yield the log's bytes as stored; with ``follow``, keep yielding until the shard
+    ends (moving on to the next attempt when a failed one is retried). A log written
+    before secrets were masked at capture is masked now, with ``legacy_secrets()``."""
+    inner = _stream_log(sessions, run_id, org_id, index, stream, attempt=attempt, follow=follow)
+    redactor: Redactor | None = None
+    async for legacy, chunk in inner:
+        if legacy and redactor is None:
+            redactor = Redactor(await anyio.to_thread.run_sync(legacy_secrets))
+        yield chunk if redactor is None else redactor.feed(chunk)
+    if redactor is not None:
+        yield redactor.flush()
+
+
+async def _stream_log(
+    sessions: sessionmaker[Session],
+    run_id: str,
+    org_id: str,
+    index: int,
+    stream: Stream,
+    *,
+    attempt: int | None,
+    follow: bool,
+) -> AsyncIterator[tuple[bool, bytes]]:
+    """:func:`stream_log`'s chunks, each with whether its attempt's log is a legacy one."""
+
+    def where() -> Where:
+        with sessions() as s:
+            return locate(s, run_id, org_id, index, stream, attempt)
+
+    current = await anyio.to_thread.run_sync(where)
+    offset = 0
+    reading = current.attempt
+    while True:
+        if current.path is not None and current.attempt == reading:
+            async for chunk, end in _read_from(current.path, offset):
+                offset = end
+                yield current.legacy, chunk
+        if not follow:
+            return
+        if current.attempt is not None and current.attempt != reading:
+            reading, offset = current.attempt, 0  # a retry started: follow it from the top
+            continue
+        if current.attempt_done and (current.shard_done or attempt is not None):
+            if current.path is not None:  # drain what was written just before the end
+                async for chunk, _ in _read_from(current.path, offset):
+                    yield current.legacy, chunk
+            return
+        await anyio.sleep(FOLLOW_POLL_SECONDS)
+        try:
+            current = await anyio.to_thread.run_sync(where)
+        except NotFound:  # the run was deleted while followed: its log ends here
+            return
+        if reading is None:
+            reading = current.attempt
+
+
+async def _read_from(path: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; kept open across awaits
+    except FileNotFoundError:
+        return
+    try:
+        fh.seek(offset)
+        while chunk := fh.read(CHUNK):
+            offset += len(chunk)
+            yield chunk, offset
+            await anyio.sleep(0)
+    finally:
+        fh.close()
+
+
+def remove(paths: list[str], logs_dir: Path) -> None:
+    """Remove a deleted run's log files (those under ``logs_dir``) and the folders they
+    leave empty. Best effort: a file already gone is no error."""
+    root = os.path.realpath(logs_dir) + "/"
+    folders = set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if not real.startswith(root):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(real)
+        folders.add(os.path.dirname(real))
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty (another writer): left alone
+            os.rmdir(folder)

@@ -1,0 +1,303 @@
+"""Run operations behind the API: submit, read, list, cancel, and their views."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, func, insert, select
+from sqlalchemy.orm import Session, selectinload
+
+from sylphx._core.errors import ConflictError, NotFound, Unschedulable, ValidationError
+from sylphx._core.ids import new_id
+from sylphx._core.machines import CPU_MACHINES, MACHINES, Resources
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import AttemptState, RunState, ShardState
+from sylphx._core.views import AttemptView, RunList, RunView, ShardView
+from sylphx._server.controller.policy import admission, success
+from sylphx._server.controller.transitions import transition
+from sylphx._server.store import OrgRow, RunRow, ShardRow, VolumeRow
+from sylphx._server.store.batch import Batch
+from sylphx._server.store.records import SHARDS
+from sylphx._server.tenancy import billing, quota, secrets
+from sylphx._server.tenancy.orgs import limits
+
+_RUN_ID = re.compile(r"wrk_[0-9a-z]{16}")  # see _ids.new_id
+_INSERT_SHARDS = Batch(
+    insert(SHARDS), ("run_id", "index", "state", "attempts", "failures", "preemptions")
+)
+
+
+def replay(s: Session, org_id: str, key: str | None, spec: RunSpec) -> RunRow | None:
+    """The run an earlier submit with idempotency ``key`` stored (None: a new submit);
+    ConflictError when that key came with another spec."""
+    if key is None:
+        return None
+    run = s.scalars(
+        select(RunRow).where(RunRow.org_id == org_id, RunRow.idempotency_key == key)
+    ).first()
+    if run is not None and run.spec != spec.to_wire():
+        fix = "use a new key for a new run (the SDK makes one per submit)"
+        raise ConflictError(
+            f"Idempotency-Key {key!r} was used for run {run.id} with another spec. Fix: {fix}.",
+            details=[{"field": "Idempotency-Key", "rule": "one key, one spec", "fix": fix}],
+        )
+    return run
+
+
+def submit(
+    s: Session,
+    spec: RunSpec,
+    org: OrgRow,
+    *,
+    capacity: Resources,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> RunRow:
+    """Store a new queued run and its pending shards, refusing what could never run and
+    what the org's plan does not allow. Call inside a transaction that serialized writers
+    and locked ``org`` (so the quota check and the reservation are one step)."""
+    if MACHINES[spec.machine].gpu:
+        fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
+        raise Unschedulable(
+            f"machine: {spec.machine} is reserved in the API, but GPU node pools are not yet"
+            f" available, so it cannot be admitted. Fix: {fix}.",
+            details=[{"field": "machine", "rule": "GPU tiers are not admitted yet", "fix": fix}],
+        )
+    quota.check(
+        limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
+    )
+    admission.check_schedulable(
+        machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
+    )
+    secrets.check_exist(s, org.id, spec.secrets)
+    for mount in spec.volume_mounts:
+        volume = s.get(VolumeRow, mount.volume_id)
+        if volume is None or volume.org_id != org.id:
+            raise NotFound(
+                f"volumeMounts: volume {mount.volume_id!r} does not exist. Fix: create it with"
+                " `sylphx volumes create` (POST /v1/volumes) and use its id."
+            )
+    run = RunRow(
+        id=new_id("wrk"),
+        org_id=org.id,
+        state=RunState.QUEUED.value,
+        spec=spec.to_wire(),
+        parallelism=spec.parallelism,
+        machine=spec.machine,
+        gang=spec.gang,
+        created_at=now,
+        idempotency_key=idempotency_key,
+    )
+    s.add(run)
+    s.flush()
+    pending = ShardState.PENDING.value
+    _INSERT_SHARDS.execute(  # one executemany: no ORM object, nor ORM bulk-insert pass, per shard
+        s.connection(),
+        [
+            {
+                "run_id": run.id,
+                "index": i,
+                "state": pending,
+                "attempts": 0,
+                "failures": 0,
+                "preemptions": 0,
+            }
+            for i in range(spec.parallelism)
+        ],
+    )
+    return run
+
+
+_IN_USE = (  # built once: every submit runs it
+    select(func.count())
+    .select_from(ShardRow)
+    .join(RunRow, RunRow.id == ShardRow.run_id)
+    .where(
+        RunRow.org_id == bindparam("org_id"),
+        ShardRow.state.in_([st.value for st in ShardState if not st.terminal]),
+    )
+)
+
+
+def shards_in_use(s: Session, org_id: str) -> int:
+    """Units of the org's concurrent-shard budget held now: its unfinished shards."""
+    return int(s.scalar(_IN_USE, {"org_id": org_id}) or 0)
+
+
+def load(s: Session, run_id: str, org_id: str, *, with_attempts: bool = False) -> RunRow:
+    """The org's run with its shards, or NotFound (also for another org's run)."""
+    opts = selectinload(RunRow.shards)
+    if with_attempts:
+        opts = opts.selectinload(ShardRow.history)
+    run = s.scalars(
+        select(RunRow).where(RunRow.id == run_id, RunRow.org_id == org_id).options(opts)
+    ).first()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    return run
+
+
+def cancel(s: Session, run_id: str, org_id: str, now: datetime) -> RunRow:
+    """Ask for a run to be cancelled; the reconciler stops its shards within seconds."""
+    run = load(s, run_id, org_id)
+    if RunState(run.state).terminal:
+        return run
+    if run.cancel_requested_at is None:
+        run.cancel_requested_at = now
+    if run.state == RunState.QUEUED:  # nothing started: settle it right away
+        for shard in run.shards:
+            if shard.state == ShardState.PENDING:
+                transition(shard, ShardState.CANCELLED, now)
+                shard.reason = "Cancelled before it started"
+        transition(run, RunState.CANCELLED, now)
+        run.message = "cancelled before any shard started"
+    return run
+
+
+def delete(s: Session, run_id: str, org_id: str) -> list[str]:
+    """Delete an ended run with its shards and attempts; its usage rows stay (billing is
+    history). Returns the log files to remove once the deletion is committed. A run that
+    has not ended, or whose shards are still being stopped, is a 409."""
+    run = load(s, run_id, org_id, with_attempts=True)
+    fix = f"cancel it first (sylphx runs cancel {run_id}), then delete it once it has ended"
+    if not RunState(run.state).terminal:
+        raise ConflictError(
+            f"run {run_id} is {run.state}: only an ended run can be deleted. Fix: {fix}.",
+            details=[{"field": "status", "rule": "must be terminal", "fix": fix}],
+        )
+    attempts = [a for shard in run.shards for a in shard.history]
+    if any(a.ended_at is None for a in attempts):
+        raise ConflictError(
+            f"run {run_id} has ended but some of its shards are still being stopped."
+            " Fix: retry in a few seconds."
+        )
+    paths = [p for a in attempts for p in (a.stdout_path, a.stderr_path) if p]
+    s.delete(run)  # shards and attempts go with it (ON DELETE CASCADE, ORM cascade)
+    return paths
+
+
+def view(
+    run: RunRow | Row[Any], counts: Counter[ShardState] | None = None, compute_seconds: float = 0.0
+) -> RunView:
+    """The wire view of a run: a RunRow (its shards loaded unless ``counts`` is given) or a
+    row of the runs table with ``counts``."""
+    if counts is None:
+        assert isinstance(run, RunRow)
+        counts = success.count_states(shard.state for shard in run.shards)
+    state = RunState(run.state)
+    return RunView(
+        id=run.id,
+        status=state,
+        spec=RunSpec.from_store(run.spec),
+        aggregate=success.aggregate(state, counts),
+        created_at=run.created_at,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        cancel_requested=run.cancel_requested_at is not None,
+        message=run.message,
+        compute_seconds=compute_seconds,
+        queue_position=run.queue_position if state is RunState.QUEUED else None,
+    )
+
+
+def full_view(s: Session, run: RunRow, now: datetime) -> RunView:
+    """The view with the compute-seconds metered so far."""
+    return view(run, compute_seconds=billing.run_compute_seconds(s, run, now))
+
+
+_RUNS, _SHARDS = RunRow.__table__, ShardRow.__table__
+# Prebuilt Core statements for the polling path: no ORM objects, and no statement to build
+# and hash per request (SQLAlchemy's compiled cache is keyed on the statement's structure).
+_RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.org_id == bindparam("org_id"))
+_STATE_COUNTS = (
+    select(_SHARDS.c.run_id, _SHARDS.c.state, func.count())
+    .where(_SHARDS.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .group_by(_SHARDS.c.run_id, _SHARDS.c.state)
+)
+
+
+def read(db: Session | Connection, run_id: str, org_id: str, now: datetime) -> tuple[RunView, bool]:
+    """``GET /v1/runs/{id}``: the org's run (NotFound otherwise) as :func:`full_view` shows
+    it, in three small queries that load no shards; and whether that view is final (the
+    run is terminal and no attempt is left open), so it may be cached for good."""
+    run = db.execute(_RUN, {"run_id": run_id, "org_id": org_id}).first()
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    counts = state_counts(db, [run_id])[run_id]
+    compute, unended = billing.run_usage(db, run_id, run.machine, now)
+    final = RunState(run.state).terminal and unended == 0
+    return view(run, counts, compute), final
+
+
+def state_counts(db: Session | Connection, run_ids: list[str]) -> dict[str, Counter[ShardState]]:
+    """Shard counts by state of each run (one GROUP BY; shards are not loaded)."""
+    counts: dict[str, Counter[ShardState]] = {run_id: Counter() for run_id in run_ids}
+    if run_ids:
+        for run_id, state, n in db.execute(_STATE_COUNTS, {"run_ids": run_ids}):
+            counts[run_id][ShardState(state)] = n
+    return counts
+
+
+def shard_views(run: RunRow) -> list[ShardView]:
+    out = []
+    for shard in run.shards:
+        duration = None
+        if shard.started_at is not None and shard.ended_at is not None:
+            duration = round((shard.ended_at - shard.started_at).total_seconds(), 3)
+        history = [
+            AttemptView(
+                attempt=a.number,
+                status=AttemptState(a.state),
+                exit_code=a.exit_code,
+                reason=a.reason,
+                started_at=a.started_at,
+                ended_at=a.ended_at,
+                log_truncated=a.log_truncated.split(",") if a.log_truncated else [],
+            )
+            for a in shard.history
+        ]
+        latest = max(history, key=lambda a: a.attempt, default=None)
+        out.append(
+            ShardView(
+                index=shard.index,
+                status=ShardState(shard.state),
+                attempts=shard.attempts,
+                preemptions=shard.preemptions,
+                exit_code=shard.exit_code,
+                reason=shard.reason,
+                started_at=shard.started_at,
+                ended_at=shard.ended_at,
+                duration_seconds=duration,
+                log_truncated=latest.log_truncated if latest is not None else [],
+                history=history,
+            )
+        )
+    return out
+
+
+def list_runs(
+    s: Session, org_id: str, *, status: RunState | None, limit: int, cursor: str | None
+) -> RunList:
+    """The org's runs, newest first; ``cursor`` is the last id of the previous page."""
+    query = (
+        select(RunRow).where(RunRow.org_id == org_id).order_by(RunRow.id.desc()).limit(limit + 1)
+    )
+    if status is not None:
+        query = query.where(RunRow.state == status.value)
+    if cursor is not None:
+        if not _RUN_ID.fullmatch(cursor):
+            fix = "pass the nextCursor of the previous page, or omit cursor for the first page"
+            raise ValidationError(
+                f"cursor: is not a cursor this API gave out. Fix: {fix}.",
+                details=[{"field": "cursor", "rule": "is not a cursor this API gave", "fix": fix}],
+            )
+        query = query.where(RunRow.id < cursor)
+    runs = list(s.scalars(query))
+    more = len(runs) > limit
+    runs = runs[:limit]
+    counts = state_counts(s, [run.id for run in runs])
+    items = [view(run, counts[run.id]) for run in runs]
+    return RunList(items=items, next_cursor=runs[-1].id if more and runs else None)
