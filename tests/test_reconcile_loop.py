@@ -25,7 +25,7 @@ class WakingExecutor(FakeExecutor):
     def forget_run(self, run_id: str) -> None:
         pass
 
-    def set_waker(self, wake: object) -> None:
+    def set_waker(self, wake: Callable[[], None]) -> None:
         assert callable(wake)
         self.wake: Callable[[], None] = wake
 

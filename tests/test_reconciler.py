@@ -6,7 +6,7 @@ so deadlines and the billing meter can be checked to the second.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -106,8 +106,11 @@ class FakeExecutor:
     def forget_run(self, run_id: str) -> None:
         pass
 
-    def set_waker(self, wake: object) -> None:
+    def set_waker(self, wake: Callable[[], None]) -> None:
         pass
+
+    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
+        return True
 
     def close(self) -> None:
         pass

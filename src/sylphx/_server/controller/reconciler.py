@@ -372,10 +372,9 @@ class Reconciler:
 
     def _start(self, s: Session, run: RunRow, n: int, spec: RunSpec, now: datetime) -> list[Exit]:
         """Start ``n`` of the run's pending shards; the launches that failed."""
-        # Optional executor hook (Ray: a placement group of n bundles). Until the
-        # reservation is ready the gang run stays queued; it is asked again next pass.
-        reserve = getattr(self.executor, "reserve_gang", None)
-        if run.gang and reserve is not None and not reserve(run.id, n, run.machine):
+        # Ray: a placement group of n bundles. Until the reservation is ready the gang
+        # run stays queued; it is asked again next pass.
+        if run.gang and not self.executor.reserve_gang(run.id, n, run.machine):
             run.message = f"waiting for the executor to reserve {n} x {run.machine} at once"
             return []
         if run.state == RunState.QUEUED:

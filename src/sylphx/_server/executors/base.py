@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +68,9 @@ class Exit:
     log_truncated: tuple[str, ...] = ()  # streams ("stdout", "stderr") that hit the log cap
 
 
+Waker = Callable[[], None]  # what an executor calls when an attempt ended
+
+
 class Executor(Protocol):
     """Runs shard attempts. Handles are opaque strings the executor can resolve later."""
 
@@ -118,8 +121,14 @@ class Executor(Protocol):
         """Whether this executor still knows the attempt as running."""
         ...
 
-    def set_waker(self, wake: object) -> None:
-        """Give the executor a callable to call when an attempt ends."""
+    def set_waker(self, wake: Waker) -> None:
+        """Give the executor a callable to call (from any thread) when an attempt ends."""
+        ...
+
+    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
+        """Hold all ``n`` slots of a gang run before any of its shards launches: True once
+        held (Ray: a placement group of n bundles, ready), False while it waits (asked
+        again next pass). An executor that admits on capacity alone answers True."""
         ...
 
     def forget_run(self, run_id: str) -> None:
@@ -129,13 +138,4 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release watchers; running attempts are left alone."""
-        ...
-
-
-class GangReserver(Protocol):
-    """Optional executor hook: reserve all N slots of a gang run before any shard launches
-    (Ray: one placement group of N bundles). Executors without it admit on capacity alone."""
-
-    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
-        """True once the reservation is ready; False while it waits (asked again next pass)."""
         ...

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
 from sylphx._core.machines import Resources
-from sylphx._server.executors.base import Exit, LaunchRequest, Signal
+from sylphx._server.executors.base import Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.probe import check_envelope
 from sylphx._server.executors.envelope.sandbox import Policy
 from sylphx._server.images.store import ImageStore
@@ -133,9 +133,11 @@ class LocalExecutor:
     def capacity(self) -> Resources:
         return self._capacity
 
-    def set_waker(self, wake: object) -> None:
-        assert callable(wake)
+    def set_waker(self, wake: Waker) -> None:
         self._wake = wake
+
+    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
+        return True  # admitted on this host's capacity alone
 
     def forget_run(self, run_id: str) -> None:
         shutil.rmtree(f"{self.state_dir}/{run_id}", ignore_errors=True)

@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import (
 
 from sylphx._core.errors import ExecutorError
 from sylphx._core.machines import MACHINES, Resources
-from sylphx._server.executors.base import Exit, LaunchRequest, Signal
+from sylphx._server.executors.base import Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.sandbox import Policy
 
 from .gang import Gang, result_exit, tier_resources
@@ -106,7 +106,7 @@ class RayExecutor:
         self._nodes: list[Resources] = []
         self._total = Resources(0, 0)
         self._read_nodes()
-        self._wake: Any = lambda: None
+        self._wake: Waker = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-ray-exits", daemon=True)
         self._watcher.start()
@@ -182,8 +182,7 @@ class RayExecutor:
     def forget_run(self, run_id: str) -> None:
         """Nothing to drop: a node keeps no state files for an ended attempt."""
 
-    def set_waker(self, wake: object) -> None:
-        assert callable(wake)
+    def set_waker(self, wake: Waker) -> None:
         self._wake = wake
 
     def launch(self, request: LaunchRequest) -> str:
