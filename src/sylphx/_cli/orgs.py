@@ -110,13 +110,9 @@ def org_set(
 @click.option("--json", "as_json", is_flag=True)
 def org_list(as_json: bool) -> None:
     """Every org with its effective limits."""
-    from sqlalchemy import select
-
-    from sylphx._server.store import OrgRow
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
-        rows = [(o, orgs.limits(o)) for o in s.scalars(select(OrgRow).order_by(OrgRow.name))]
         data = [
             {
                 "id": o.id,
@@ -126,7 +122,7 @@ def org_list(as_json: bool) -> None:
                 "concurrentShards": lim.concurrent_shards,
                 "monthlyCreditSeconds": lim.monthly_credit_seconds,
             }
-            for o, lim in rows
+            for o, lim in orgs.list_orgs(s)
         ]
     if as_json:
         echo_json(data)
@@ -202,17 +198,11 @@ def key_create(org_ref: str, name: str | None) -> None:
 @click.option("--org", "org_ref", help="Only this org (id or name).")
 def key_list(org_ref: str | None) -> None:
     """Keys by id, prefix and state (never the key itself)."""
-    from sqlalchemy import select
-
-    from sylphx._server.store import ApiKeyRow
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
-        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
-        if org_ref:
-            query = query.where(ApiKeyRow.org_id == orgs.find_org(s, org_ref).id)
         click.echo(f"{'ID':<22}{'ORG':<22}{'PREFIX':<12}{'NAME':<16}STATE")
-        for k in s.scalars(query):
+        for k in orgs.list_keys(s, org_ref):
             status = "revoked" if k.revoked_at else "active"
             click.echo(f"{k.id:<22}{k.org_id:<22}{k.prefix + '…':<12}{k.name or '':<16}{status}")
 

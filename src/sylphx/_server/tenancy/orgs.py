@@ -126,6 +126,19 @@ def find_org(s: Session, ref: str) -> OrgRow:
     return org
 
 
+def list_orgs(s: Session) -> list[tuple[OrgRow, Plan]]:
+    """Every org, by name, with its effective limits."""
+    return [(o, limits(o)) for o in s.scalars(select(OrgRow).order_by(OrgRow.name))]
+
+
+def list_keys(s: Session, org_ref: str | None = None) -> list[ApiKeyRow]:
+    """The keys (of one org, by id or name), oldest first; never the key itself."""
+    query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+    if org_ref:
+        query = query.where(ApiKeyRow.org_id == find_org(s, org_ref).id)
+    return list(s.scalars(query))
+
+
 def create_key(
     s: Session, org_ref: str, *, name: str | None, now: datetime
 ) -> tuple[ApiKeyRow, str]:
