@@ -4,7 +4,8 @@
 #   make system-deps  install bubblewrap, slirp4netns, libseccomp2, umoci, skopeo,
 #                     busybox-static, postgresql via apt when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
-#   make test         ruff check, ruff format --check, mypy, pytest  (what .ci/run executes)
+#   make test         lint, types, the whole suite on SQLite and PostgreSQL (what .ci/run runs)
+#   make check        the fast loop: lint, types, the tests not marked slow on SQLite
 #   make bench        the P1-P7 benchmarks (BENCHMARKS.md), each against a baseline in the same run
 #   make bench-deps   install the wrk load generator (P3) via apt when missing (root)
 #   make sdk          regenerate the sync SDK from the async one (make lint checks it)
@@ -29,7 +30,7 @@ DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo test bench bench-deps lint fmt sdk clean distclean
+.PHONY: help venv system-deps demo test check bench bench-deps lint fmt sdk clean distclean
 
 help:
 	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -97,12 +98,7 @@ demo: venv system-deps
 	merge_id=$$(awk 'NR==1 {print $$1}' "$$SYLPHX_HOME/demo-merge.txt"); \
 	"$(BIN)/sylphx" runs logs "$$merge_id" --shard 0
 
-test: venv system-deps
-	$(BIN)/ruff check $(LINT_PATHS)
-	$(BIN)/ruff format --check $(LINT_PATHS)
-	$(BIN)/python tools/unasync_sdk.py --check
-	$(BIN)/lint-imports
-	$(BIN)/mypy
+test: venv system-deps lint
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
 	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
 
@@ -137,8 +133,13 @@ lint: venv
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-# The sync SDK (_client.py, _resources.py) is generated from the async one: edit
-# _async_client.py / _async_resources.py, then run this.
+# The fast loop: lint, types and the tests not marked slow, on SQLite (see SLOW_MODULES in
+# tests/conftest.py). make test is the whole suite on both stores, what CI runs.
+check: lint
+	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q -x -m "not slow"
+
+# The sync SDK (_client/runs.py, resources.py) is generated from the async one: edit
+# _client/async_runs.py / async_resources.py, then run this.
 sdk: venv
 	$(BIN)/python tools/unasync_sdk.py
 

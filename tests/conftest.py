@@ -56,6 +56,41 @@ def pg_server() -> Any:
     return _pg
 
 
+# Modules whose tests each take seconds (a real server killed and restarted, tmpfs disks,
+# Ray, the fuzzer, many sandboxed shards): `make check` skips them (-m "not slow"),
+# `make test` runs everything on both stores.
+SLOW_MODULES = {
+    "test_act_after_commit",
+    "test_admin_cli",
+    "test_api_fuzz",
+    "test_bulkheads",
+    "test_cgroups",
+    "test_cli",
+    "test_durability",
+    "test_envelope",
+    "test_escapes",
+    "test_faults",
+    "test_fulldisk",
+    "test_health",
+    "test_images",
+    "test_images_run",
+    "test_longpoll",
+    "test_quotas",
+    "test_ray",
+    "test_ray_envelope",
+    "test_ray_remote",
+    "test_sdk_resilience",
+    "test_server_startup",
+    "test_supervisor",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _pg is not None:
         _pg.destroy()
