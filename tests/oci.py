@@ -78,4 +78,17 @@ def busybox_images(tmp_path_factory: pytest.TempPathFactory) -> BusyboxImages:
         f"oci:{layout}:latest",
         f"docker-archive:{docker_archive}:sylphx/busybox:latest",
     )
+    open_to_shards(root)  # a root control plane runs only images the shards' user can read
     return BusyboxImages(layout, oci_archive, docker_archive)
+
+
+def open_to_shards(root: Path) -> None:
+    """Let others read ``root``'s tree and enter the folders on the way to it (pytest's
+    temporary folders are 0700)."""
+    for folder in root.parents:
+        if folder == Path("/"):
+            break
+        folder.chmod(folder.stat().st_mode | 0o711)
+    for path in [root, *root.rglob("*")]:
+        extra = 0o755 if path.is_dir() else 0o644
+        path.chmod(path.stat().st_mode | extra)

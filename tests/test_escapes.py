@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,3 +226,57 @@ def test_the_tenants_environment_never_reaches_the_root_side_of_the_launch(
         assert not marker.exists(), marker.read_text()  # nothing loaded it, as root or not
     finally:
         marker.unlink(missing_ok=True)
+
+
+def test_a_sqlite_store_kept_elsewhere_hides_its_wal_and_index_too(
+    make_server: Any, tmp_path: Path
+) -> None:
+    """SYLPHX_DATABASE_URL points outside the home, in a folder others can enter: a run
+    started there sees neither the store nor its -wal/-shm (every org's recent writes)."""
+    if not os.environ.get("SYLPHX_TEST_STORE", "sqlite").startswith("sqlite"):
+        pytest.skip("a SQLite store")
+    tmp_path.chmod(0o755)
+    db_dir = tmp_path / "db"
+    db_dir.mkdir(mode=0o755)
+    server = make_server(database_url=f"sqlite:///{db_dir / 'sylphx.db'}")
+    server.http.post("/v1/secrets", json={"name": "TOKEN", "value": "hunter2"})
+    assert (db_dir / "sylphx.db-wal").exists()
+    probe = "for f in sylphx.db sylphx.db-wal sylphx.db-shm; do head -c 4096 $f | strings; done"
+    done, out, err = run_shard(server, ["sh", "-c", probe], workingDir=str(db_dir))
+    assert done["status"] == "succeeded", err
+    for leak in ("SQLite", "org_test", "TOKEN", "secrets"):
+        assert leak not in out, (leak, out)
+
+
+def test_a_local_image_is_run_only_if_the_shards_user_could_read_it(
+    server: Server, tmp_path: Path, busybox_images: Any
+) -> None:
+    """The control plane (root) unpacks a local image for the run: one in a folder only
+    root can read, or one under the home, is refused with one answer whether it is there
+    or not; a readable one runs."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(busybox_images.layout, private / "layout")
+    shutil.copy(busybox_images.oci_archive, private / "image.tar")
+    unreadable = {  # image -> the path it names
+        str(private / "layout"): str(private / "layout"),
+        f"oci-archive:{private / 'image.tar'}:latest": str(private / "image.tar"),
+        str(private / "absent"): str(private / "absent"),
+        "/root/.ssh": "/root/.ssh",
+        "/etc/shadow": "/etc/shadow",
+    }
+    rules = set()
+    for image, path in [*unreadable.items(), (str(server.settings.home), "")]:
+        r = server.http.post("/v1/runs", json={"command": ["true"], "image": image})
+        assert r.status_code == 422, (image, r.text)
+        detail = r.json()["details"][0]
+        assert detail["field"] == "image", r.text
+        if path:  # the same answer whether it is there or not
+            rules.add(detail["rule"].replace(repr(path), "PATH"))
+        else:
+            assert "shards never see" in detail["rule"], r.text
+    assert len(rules) == 1 and "cannot be read by the shards'" in rules.pop()
+    assert server.http.get("/v1/runs").json()["items"] == []
+    done, out, err = run_shard(server, ["echo", "in the image"], image=str(busybox_images.layout))
+    assert done["status"] == "succeeded", err
+    assert out == "in the image\n"

@@ -177,8 +177,9 @@ class Settings:
         Resolved (symlinks, ``//``, ``..``), so a spec's path can be checked against them."""
         paths = [self.home, self.volumes_dir, self.logs_dir, self.secrets_key_file]
         paths.append(socket_path(self.home))
-        if self.database_url.startswith("sqlite:///"):
-            paths.append(Path(self.database_url.removeprefix("sqlite:///")))
+        if self.database_url.startswith("sqlite:///"):  # with its WAL, index and journal
+            db = Path(self.database_url.removeprefix("sqlite:///"))
+            paths += [db.with_name(db.name + tail) for tail in ("", "-wal", "-shm", "-journal")]
         if self.executor == "ray":  # a node's Ray session: its sockets and every log
             paths.append(Path(tempfile.gettempdir()) / "ray")
         paths.extend(self.shard_hide)

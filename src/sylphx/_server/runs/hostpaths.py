@@ -19,7 +19,9 @@ lexical rules (``_paths.py``) apply to it.
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from sylphx._core.errors import ValidationError
@@ -43,6 +45,7 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
     ``local`` (the shards run on this host), a ``workingDir`` that is not an existing
     directory here. Image runs pass untouched (and cost nothing here)."""
     if spec.image is not None:
+        _check_image_path(spec.image, settings)
         return
     roots = [str(p) for p in settings.hidden_paths()]  # resolved: a few syscalls each
     details: list[dict[str, Any]] = []
@@ -154,3 +157,62 @@ def _workdir_on_host(spelled: str, real: str, settings: Settings) -> list[dict[s
             " directory others can read (CLI: --workdir DIR)",
         )
     ]
+
+
+_IMAGE_FIX = (
+    "give an image the shards' user can read (chmod o+r, and o+x on its folders), kept"
+    " outside the control plane's data directory, or a registry reference"
+)
+
+
+def _check_image_path(image: str, settings: Settings) -> None:
+    """A local image path (an OCI layout or archive on this host) is read by the control
+    plane, which may be root: refuse one hidden from shards, or one the shards' user could
+    not read itself (one message for that and for a path that is not there, so the answer
+    tells a tenant nothing of what only root may see)."""
+    path = _local_image_path(image)
+    if path is None:
+        return
+    real, via_proc = resolve(path)
+    roots = [str(p) for p in settings.hidden_paths()]
+    if via_proc or _is_hidden(path, real, roots):
+        rule = f"{path!r} {_VIA_PROC if via_proc else _HIDDEN + _RESOLVED}"
+    elif os.geteuid() == 0 and _unreadable(real, settings.shard_uid):
+        rule = (
+            f"{path!r} does not exist or cannot be read by the shards' unprivileged user"
+            f" (uid {settings.shard_uid})"
+        )
+    else:
+        return
+    details = [_detail("image", rule, _IMAGE_FIX)]
+    raise ValidationError(f"image: {rule}. Fix: {_IMAGE_FIX}", details=details)
+
+
+def _local_image_path(image: str) -> str | None:
+    """The host path an image reference names (``oci:``, ``oci-archive:``,
+    ``docker-archive:`` or a plain path, with an optional ``:tag``), or None (a registry)."""
+    for kind in ("oci-archive:", "docker-archive:", "oci:"):
+        if image.startswith(kind):
+            return os.path.abspath(image[len(kind) :].partition(":")[0])
+    if not image.startswith(("/", "./", "../")):
+        return None
+    head, sep, tail = image.rpartition(":")
+    if sep and "/" not in tail and not os.path.lexists(image):
+        image = head  # path:tag
+    return os.path.abspath(image)
+
+
+def _unreadable(path: str, uid: int) -> bool:
+    """Whether ``uid`` could not read ``path`` (a folder: list and enter it) by the
+    permission bits on the way, or it is not there."""
+    steps = [*(str(p) for p in reversed(Path(path).parents)), path]
+    for step in steps:
+        try:
+            st = os.stat(step)
+        except OSError:
+            return True
+        last = step == path
+        need = (0o005 if stat.S_ISDIR(st.st_mode) else 0o004) if last else 0o001
+        if st.st_uid != uid and st.st_mode & need != need:
+            return True
+    return False
