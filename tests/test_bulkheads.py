@@ -211,7 +211,7 @@ def test_a_policy_error_parks_the_run_and_three_in_a_row_end_it(
     bad, other = h.submit(parallelism=2, machine="nano"), h.submit(machine="nano")
     h.tick()  # both start
     broken: set[str] = set()
-    _fail_for(monkeypatch, scheduling, "expire_admission", broken, lambda run, *_: run.id)
+    _fail_for(monkeypatch, scheduling, "expire_admission", broken, lambda _, run, *__: run.id)
     broken.add(bad)
     why = "Internal error while checking its admission deadline: RuntimeError: injected"
     for n in (1, 2):
@@ -241,7 +241,7 @@ def test_a_passing_error_parks_the_run_and_its_strikes_are_forgiven(
 ) -> None:
     bad = h.submit(machine="nano")
     broken = {bad}
-    _fail_for(monkeypatch, scheduling, "expire_admission", broken, lambda run, *_: run.id)
+    _fail_for(monkeypatch, scheduling, "expire_admission", broken, lambda _, run, *__: run.id)
     h.tick()
     h.tick()
     assert "(2 of 3 in a row" in h.run(bad)["message"]
@@ -261,7 +261,7 @@ def test_an_error_every_run_hits_is_the_passes_not_the_runs(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = h.submit(machine="nano"), h.submit(machine="nano")
-    _fail_for(monkeypatch, scheduling, "expire_admission", {first, second}, lambda r, *_: r.id)
+    _fail_for(monkeypatch, scheduling, "expire_admission", {first, second}, lambda _, r, *__: r.id)
     for _ in range(4):  # a bug of the control plane: no run is blamed, none ended
         with pytest.raises(RuntimeError, match="injected"):
             h.tick()

@@ -8,14 +8,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sylphx._core.errors import IllegalTransition, Unschedulable
-from sylphx._core.states import SHARD_TRANSITIONS, AttemptState, RunState, ShardState
+from sylphx._core.states import (
+    ATTEMPT_TRANSITIONS,
+    SHARD_TRANSITIONS,
+    AttemptState,
+    RunState,
+    ShardState,
+)
 from sylphx._server.controller import deadlines
 from sylphx._server.controller.policy import admission, backoff, preemption, queue, success
 from sylphx._server.controller.policy.indexes import compress, expand
 from sylphx._server.controller.policy.preemption import Victim
 from sylphx._server.controller.transitions import transition
 from sylphx._server.store import RunRow, ShardRow
-from sylphx._server.store.records import ShardRecord
+from sylphx._server.store.records import AttemptRecord, ShardRecord
 
 S = ShardState
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -409,6 +415,29 @@ def test_every_shard_transition_follows_the_table(src: S) -> None:
                 else:
                     with pytest.raises(IllegalTransition):
                         transition(shard, dst, T0)
+
+
+def _attempt(state: str) -> AttemptRecord:
+    return AttemptRecord(
+        1, 1, "wrk_x", 1, state, "att:x", T0, None, None, None, None, None, None, None, None,
+        None, 1,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("src", list(AttemptState))
+def test_every_attempt_transition_follows_the_table(src: AttemptState) -> None:
+    """An attempt is one process: it starts once and ends once. Every (from, to) pair is
+    legal exactly when the attempt table says so; an ended attempt never moves again."""
+    for dst in AttemptState:
+        attempt = _attempt(src.value)
+        if dst in ATTEMPT_TRANSITIONS[src]:
+            transition(attempt, dst, T0)
+            assert attempt.state == dst.value and type(attempt.state) is str
+        else:
+            with pytest.raises(IllegalTransition, match=f"attempt .*{src.value} -> {dst.value}"):
+                transition(attempt, dst, T0)
+            assert attempt.state == src.value
+    assert not ATTEMPT_TRANSITIONS[src] or not src.terminal
 
 
 def test_run_transitions() -> None:

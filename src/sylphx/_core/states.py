@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["AttemptState", "RunState", "ShardState"]
+__all__ = ["AttemptState", "RunState", "ShardState", "StopCause"]
 
 
 class ShardState(StrEnum):
@@ -40,6 +40,19 @@ class AttemptState(StrEnum):
     CANCELLED = "cancelled"
     PREEMPTED = "preempted"
 
+    @property
+    def terminal(self) -> bool:
+        return self in ATTEMPT_TERMINAL
+
+
+class StopCause(StrEnum):
+    """Why the control plane asked a live attempt to stop (stored on the attempt before
+    the signal goes out; its exit is then classified by it, see ``policy/backoff``)."""
+
+    TIMEOUT = "timeout"  # it ran past the spec's timeoutSeconds
+    CANCEL = "cancel"  # its run was cancelled
+    PREEMPT = "preempt"  # the scheduler needs its capacity for a gang run
+
 
 class RunState(StrEnum):
     """Lifecycle of a run: queued -> running -> one terminal aggregate status."""
@@ -59,6 +72,15 @@ class RunState(StrEnum):
 
 SHARD_TERMINAL = frozenset(
     {ShardState.SUCCEEDED, ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED}
+)
+ATTEMPT_TERMINAL = frozenset(
+    {
+        AttemptState.SUCCEEDED,
+        AttemptState.FAILED,
+        AttemptState.TIMED_OUT,
+        AttemptState.CANCELLED,
+        AttemptState.PREEMPTED,
+    }
 )
 RUN_TERMINAL = frozenset(
     {RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT}
@@ -86,6 +108,14 @@ SHARD_TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
     ShardState.FAILED: frozenset(),
     ShardState.TIMED_OUT: frozenset(),
     ShardState.CANCELLED: frozenset(),
+}
+
+# An attempt is one process: it starts once and ends once. starting -> ended: the
+# launch failed, or it ended before the control plane saw it running.
+ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
+    AttemptState.STARTING: frozenset({AttemptState.RUNNING, *ATTEMPT_TERMINAL}),
+    AttemptState.RUNNING: ATTEMPT_TERMINAL,
+    **{state: frozenset() for state in ATTEMPT_TERMINAL},
 }
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {

@@ -26,16 +26,26 @@ from datetime import datetime
 from typing import TypeVar
 
 import pydantic
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from sylphx._core.errors import StorageFull
 from sylphx._core.states import AttemptState, RunState, ShardState
 from sylphx._server.controller.policy.backoff import normalize_exit
 from sylphx._server.executors.base import Exit, Signal
-from sylphx._server.store import AttemptRow, RunRow, ShardRow
+from sylphx._server.store import RunRow
+from sylphx._server.store.records import (
+    ATTEMPTS,
+    SHARDS,
+    AttemptRecord,
+    ShardRecord,
+    attempt_columns,
+    shard_columns,
+    update_attempts,
+    update_shards,
+)
 from sylphx._server.tenancy import billing
 
 from .transitions import transition
@@ -225,6 +235,12 @@ class Bulkhead:
         self.signals += kills
 
 
+_SHARDS_OF = select(*shard_columns()).where(SHARDS.c.run_id == bindparam("run_id"))
+_OPEN_OF = select(*attempt_columns()).where(
+    ATTEMPTS.c.run_id == bindparam("run_id"), ATTEMPTS.c.ended_at.is_(None)
+)
+
+
 def stop_run(
     s: Session, run: RunRow, why: str, exits: Iterable[Exit], now: datetime
 ) -> list[tuple[str, Signal]]:
@@ -234,34 +250,29 @@ def stop_run(
     Returns the kills to send."""
     by_handle = {exit.handle: exit for exit in exits}
     kills: list[tuple[str, Signal]] = []
-    usage: list[tuple[AttemptRow, bool]] = []
-    # As stored now: this pass may have launched or settled them in Core statements
-    # after the ORM loaded them.
-    shards = s.scalars(
-        select(ShardRow)
-        .where(ShardRow.run_id == run.id)
-        .options(selectinload(ShardRow.history))
-        .execution_options(populate_existing=True)
-    ).all()
-    for shard in shards:
-        for attempt in shard.history:
-            if attempt.ended_at is not None:
-                continue
-            handle = attempt.handle or ""
-            exit = by_handle.get(handle)
-            if exit is not None:
-                attempt.ended_at, attempt.exit_code = exit.ended_at, normalize_exit(exit.returncode)
-                shard.exit_code = attempt.exit_code
-            else:  # still running, or never reported
-                attempt.ended_at = attempt.killed_at = now
-                if handle and not handle.startswith("unstarted:"):
-                    kills.append((handle, "kill"))
-            attempt.state, attempt.reason = AttemptState.FAILED.value, why
-            if attempt.started_at is not None:
-                usage.append((attempt, not handle.startswith("unstarted:")))
-        if not ShardState(shard.state).terminal:
-            transition(shard, ShardState.FAILED, now)
-            shard.reason = why
+    usage: list[tuple[AttemptRecord, bool]] = []
+    attempts = [AttemptRecord(*row) for row in s.execute(_OPEN_OF, {"run_id": run.id})]
+    shards = {row.id: ShardRecord(*row) for row in s.execute(_SHARDS_OF, {"run_id": run.id})}
+    for attempt in attempts:
+        handle = attempt.handle or ""
+        exit = by_handle.get(handle)
+        if exit is not None:
+            attempt.ended_at, attempt.exit_code = exit.ended_at, normalize_exit(exit.returncode)
+            shards[attempt.shard_id].exit_code = attempt.exit_code
+        else:  # still running, or never reported
+            attempt.ended_at = attempt.killed_at = now
+            if handle:
+                kills.append((handle, "kill"))
+        transition(attempt, AttemptState.FAILED, now)
+        attempt.reason = why
+        if attempt.started_at is not None:
+            usage.append((attempt, exit.launched if exit is not None else True))
+    ended = [shard for shard in shards.values() if not ShardState(shard.state).terminal]
+    for shard in ended:
+        transition(shard, ShardState.FAILED, now)
+        shard.reason = why
+    update_attempts(s, attempts, ("state", "reason", "exit_code", "ended_at", "killed_at"))
+    update_shards(s, ended, ("state", "reason", "exit_code", "ended_at"))
     if not RunState(run.state).terminal:
         transition(run, RunState.FAILED, now)
     run.message, run.queue_position = why, None

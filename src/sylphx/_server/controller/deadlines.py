@@ -1,12 +1,27 @@
-"""Deadline policy: when a live attempt is sent SIGTERM, and when SIGKILL."""
+"""Deadline policy: when a live attempt is sent SIGTERM, and when SIGKILL.
+
+:func:`next_action` is the policy; :func:`stop` applies it to a run's shards (records,
+see ``survey.load_shards``) and stores why and when before any signal goes out.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from sylphx._core.states import ShardState
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sylphx._core.states import ShardState, StopCause
+from sylphx._server.store.records import (
+    ATTEMPTS,
+    AttemptRecord,
+    ShardRecord,
+    attempt_columns,
+    update_attempts,
+    update_shards,
+)
 
 from .transitions import transition
 
@@ -14,11 +29,17 @@ if TYPE_CHECKING:
     from sylphx._core.spec import RunSpec
     from sylphx._server.store import RunRow
 
+    from .survey import Shards
+
 Action = Literal["term", "kill"]
+STOP_KEYS = ("stop_reason", "stop_requested_at", "killed_at")
+CANCELLED_BEFORE_START = "Cancelled before it started"
 
 
 @dataclass(frozen=True)
 class LiveAttempt:
+    """What the deadline policy reads of a running attempt."""
+
     started_at: datetime
     stop_reason: str | None
     stop_requested_at: datetime | None
@@ -32,20 +53,20 @@ def next_action(
     timeout_seconds: int,
     grace_seconds: float,
     cancel_requested: bool,
-) -> tuple[Action, str] | None:
-    """``("term", reason)`` when the attempt must be asked to stop (timeout or cancel),
-    or, when a preemption asked it to stop, ``("kill", "preempt")`` after the grace;
-    ``("kill", reason)`` once the grace period after that has passed, else None."""
+) -> tuple[Action, StopCause] | None:
+    """``("term", cause)`` when the attempt must be asked to stop (timeout or cancel),
+    or, when a preemption asked it to stop, ``("kill", PREEMPT)`` after the grace;
+    ``("kill", cause)`` once the grace period after that has passed, else None."""
     if attempt.stop_reason is None:
         if cancel_requested:
-            return ("term", "cancel")
+            return ("term", StopCause.CANCEL)
         if now >= attempt.started_at + timedelta(seconds=timeout_seconds):
-            return ("term", "timeout")
+            return ("term", StopCause.TIMEOUT)
         return None
     requested = attempt.stop_requested_at
     if attempt.killed_at is None and requested is not None:
         return (
-            ("kill", attempt.stop_reason)
+            ("kill", StopCause(attempt.stop_reason))
             if now >= requested + timedelta(seconds=grace_seconds)
             else None
         )
@@ -54,59 +75,85 @@ def next_action(
 
 def stop_live(
     run: RunRow,
+    shards: Shards,
     spec: RunSpec,
     now: datetime,
     *,
     kill_grace: float,
     preemption_grace: float,
-) -> list[tuple[str, Action]]:
-    """Apply :func:`next_action` to each running attempt of ``run`` (its shards loaded):
-    record why and when on the attempt, and return the signals to send (by handle) once
-    that record is committed."""
+) -> tuple[list[tuple[str, Action]], list[AttemptRecord]]:
+    """Apply :func:`next_action` to each running attempt among ``shards`` (the run's):
+    the signals to send (by handle) once stored, and the attempts changed (copies:
+    ``shards`` stay as read, so a step rolled back can be run again)."""
     signals: list[tuple[str, Action]] = []
-    for shard in run.shards:
-        if shard.state != ShardState.RUNNING or not shard.history:
+    changed: list[AttemptRecord] = []
+    for shard, latest in shards:
+        if shard.state != ShardState.RUNNING or latest is None:
             continue
-        attempt = shard.history[-1]
-        if attempt.ended_at is not None or attempt.started_at is None:
+        if latest.ended_at is not None or latest.started_at is None or latest.handle is None:
             continue
         action = next_action(
             LiveAttempt(
-                attempt.started_at,
-                attempt.stop_reason,
-                attempt.stop_requested_at,
-                attempt.killed_at,
+                latest.started_at, latest.stop_reason, latest.stop_requested_at, latest.killed_at
             ),
             now=now,
             timeout_seconds=spec.timeout_seconds,
-            grace_seconds=preemption_grace if attempt.stop_reason == "preempt" else kill_grace,
+            grace_seconds=(
+                preemption_grace if latest.stop_reason == StopCause.PREEMPT else kill_grace
+            ),
             cancel_requested=run.cancel_requested_at is not None,
         )
-        if action is None or attempt.handle is None:
+        if action is None:
             continue
-        sig, reason = action
-        signals.append((attempt.handle, sig))
+        sig, cause = action
+        attempt = replace(latest)
         if sig == "term":
-            attempt.stop_reason, attempt.stop_requested_at = reason, now
+            attempt.stop_reason, attempt.stop_requested_at = cause.value, now
         else:
             attempt.killed_at = now
-    return signals
+        signals.append((latest.handle, sig))
+        changed.append(attempt)
+    return signals, changed
 
 
 def stop(
+    s: Session,
     run: RunRow,
+    shards: Shards,
     spec: RunSpec,
     now: datetime,
     *,
     kill_grace: float,
     preemption_grace: float,
 ) -> list[tuple[str, Action]]:
-    """One pass's look at a run with its shards loaded: :func:`stop_live`, and a
-    cancelled run's pending shards cancelled."""
-    signals = stop_live(run, spec, now, kill_grace=kill_grace, preemption_grace=preemption_grace)
+    """One pass's look at a run and its ``shards``: :func:`stop_live`, and a cancelled
+    run's pending shards cancelled; both stored. Returns the signals to send once the
+    pass committed."""
+    signals, attempts = stop_live(
+        run, shards, spec, now, kill_grace=kill_grace, preemption_grace=preemption_grace
+    )
+    cancelled: list[ShardRecord] = []
     if run.cancel_requested_at is not None:
-        for shard in run.shards:
-            if shard.state == ShardState.PENDING:
+        for read, _ in shards:
+            if read.state == ShardState.PENDING:
+                shard = replace(read)
                 transition(shard, ShardState.CANCELLED, now)
-                shard.reason = "Cancelled before it started"
+                shard.reason = CANCELLED_BEFORE_START
+                cancelled.append(shard)
+    update_attempts(s, attempts, STOP_KEYS)
+    update_shards(s, cancelled, ("state", "reason", "ended_at"))
     return signals
+
+
+def preempt(s: Session, attempt_ids: list[int], now: datetime) -> list[tuple[str, Action]]:
+    """Ask the live ones of these attempts to stop for a preemption (stored now); the
+    SIGTERMs to send once the pass committed."""
+    if not attempt_ids:
+        return []
+    query = select(*attempt_columns()).where(ATTEMPTS.c.id.in_(attempt_ids))
+    attempts = [AttemptRecord(*row) for row in s.execute(query)]
+    live = [a for a in attempts if a.ended_at is None and a.handle and a.stop_reason is None]
+    for attempt in live:
+        attempt.stop_reason, attempt.stop_requested_at = StopCause.PREEMPT.value, now
+    update_attempts(s, live, STOP_KEYS)
+    return [(attempt.handle, "term") for attempt in live if attempt.handle]

@@ -19,12 +19,22 @@ from sqlalchemy.orm import Session
 
 from sylphx._core.errors import ExecutorError
 from sylphx._core.spec import RunSpec
-from sylphx._core.states import ShardState
+from sylphx._core.states import AttemptState, ShardState
 from sylphx._server.executors.base import Executor, Exit, LaunchRequest, Mount
 from sylphx._server.infra import faults
-from sylphx._server.store import AttemptRow, RunRow, VolumeRow
+from sylphx._server.store import RunRow, VolumeRow
 from sylphx._server.store.batch import Batch
-from sylphx._server.store.records import ATTEMPTS, SHARDS, ShardRecord, shard_columns, update_shards
+from sylphx._server.store.records import (
+    ATTEMPT_COLUMNS,
+    ATTEMPTS,
+    SHARDS,
+    AttemptRecord,
+    ShardRecord,
+    attempt_columns,
+    shard_columns,
+    update_attempts,
+    update_shards,
+)
 from sylphx._server.tenancy import secrets
 
 from .bulkhead import PASS_LEVEL
@@ -36,6 +46,7 @@ _PENDING = (  # a run's first pending shards (built once: see survey)
     .order_by(SHARDS.c.index)
     .limit(bindparam("n"))
 )
+STARTING = AttemptState.STARTING
 _INSERT_ATTEMPTS = Batch(
     insert(ATTEMPTS),
     ("shard_id", "run_id", "number", "state", "handle", "stdout_path", "stderr_path", "started_at"),
@@ -118,7 +129,6 @@ class RunLaunch:
         not the shards' fault. Any other error (a bug, a bad value) fails that shard's
         launch too, and is kept in :attr:`fault`: the caller parks or ends the run, the
         pass goes on."""
-        self._s.flush()  # a shard this pass cancelled through the ORM is not pending
         rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n}).all()
         shards = [ShardRecord(*row) for row in rows]
         attempts: list[dict[str, object]] = []
@@ -141,7 +151,7 @@ class RunLaunch:
                     why = f"internal error: {type(exc).__name__}: {exc}"
                 handle = f"unstarted:{self._run.id}/{shard.index}.{shard.attempts}"
                 _note(logs_dir, stderr, f"sylphx: could not start the shard: {why}\n")
-                failed.append(Exit(handle, 127, now, reason=f"LaunchError: {why}"))
+                failed.append(Exit.unlaunched(handle, now, why))
             else:
                 self.launched.append(handle)
                 transition(shard, ShardState.RUNNING, now)
@@ -150,7 +160,9 @@ class RunLaunch:
                     "shard_id": shard.id,
                     "run_id": self._run.id,
                     "number": shard.attempts,
-                    "state": shard.state,
+                    "state": str(  # an attempt is born running, or failed to start
+                        AttemptState.RUNNING if shard.state == ShardState.RUNNING else STARTING
+                    ),
                     "handle": handle,
                     "stdout_path": stdout,
                     "stderr_path": stderr,
@@ -163,24 +175,43 @@ class RunLaunch:
         return failed
 
 
+_OPEN = (  # every attempt the store shows as live, with its shard's index
+    select(*attempt_columns(), SHARDS.c.index)
+    .join_from(ATTEMPTS, SHARDS, ATTEMPTS.c.shard_id == SHARDS.c.id)
+    .where(ATTEMPTS.c.ended_at.is_(None))
+    .order_by(ATTEMPTS.c.id)
+)
+
+
+def open_attempts(s: Session) -> list[tuple[AttemptRecord, int]]:
+    """Every attempt not yet ended, with its shard's index."""
+    n = len(ATTEMPT_COLUMNS)
+    return [(AttemptRecord(*row[:n]), row[n]) for row in s.execute(_OPEN)]
+
+
 def readopt(
     s: Session,
     executor: Executor,
-    attempts: Sequence[AttemptRow],
+    attempts: Sequence[tuple[AttemptRecord, int]],
     specs: dict[str, RunSpec],
     cipher: Fernet | None,
     now: datetime,
 ) -> list[Exit]:
-    """Hand the open ``attempts`` back to ``executor`` (after a restart, or a failed
-    pass); returns the exits to record: the attempts it cannot account for (lost), and
-    those it could not launch again. An attempt its pass stored but that was never handed
-    over (the control plane died between the commit and the act) is launched again, from
-    the store: no secret waited on disk. Launches are idempotent per attempt, so one that
-    did start meanwhile is adopted, never started twice. They start at the next flush."""
+    """Hand the open ``attempts`` (each with its shard's index) back to ``executor``
+    (after a restart, or a failed pass); returns the exits to record: the attempts it
+    cannot account for (lost), and those it could not launch again. An attempt its pass
+    stored but that was never handed over (the control plane died between the commit and
+    the act) is launched again, from the store: no secret waited on disk. Launches are
+    idempotent per attempt, so one that did start meanwhile is adopted, never started
+    twice. They start at the next flush."""
     exits: list[Exit] = []
     launches: dict[str, RunLaunch] = {}
-    for attempt in attempts:
-        handle = attempt.handle = attempt.handle or f"attempt:{attempt.id}"
+    named = []  # attempts stored before handles were (migration 0007): named by id now
+    for attempt, index in attempts:
+        if attempt.handle is None:
+            attempt.handle = f"attempt:{attempt.id}"
+            named.append(attempt)
+        handle = attempt.handle
         if not executor.adopt(handle):
             why = "Lost: the control plane restarted and cannot find the attempt"
             exits.append(Exit(handle, -9, now, reason=why))
@@ -196,14 +227,15 @@ def readopt(
             launch = launches[run.id] = RunLaunch(s, run, spec, cipher)
         out, err = attempt.stdout_path or "", attempt.stderr_path or ""
         try:
-            executor.launch(launch.request(attempt.shard.index, attempt.number, out, err))
+            executor.launch(launch.request(index, attempt.number, out, err))
         except PASS_LEVEL:
             raise
         except Exception as exc:  # as when a pass's launch fails (without the strike)
             why = str(exc) if isinstance(exc, OSError | ExecutorError) else repr(exc)
             with contextlib.suppress(OSError), open(err, "a") as fh:
                 fh.write(f"sylphx: could not start the shard: {why}\n")
-            exits.append(Exit(handle, 127, now, reason=f"LaunchError: {why}"))
+            exits.append(Exit.unlaunched(handle, now, why))
+    update_attempts(s, named, ("handle",))
     return exits
 
 

@@ -26,7 +26,7 @@ from sylphx._core.states import RunState, ShardState
 from sylphx._server.executors.base import Executor, Exit, Signal
 from sylphx._server.infra import faults
 from sylphx._server.infra.lease import Lease
-from sylphx._server.store import AttemptRow, RunRow
+from sylphx._server.store import RunRow
 from sylphx._settings import Settings
 
 from . import bulkhead, deadlines, launching, rollup, scheduling, settle, survey
@@ -187,13 +187,20 @@ class Reconciler:
             self._collect(s, exits, specs)
             now = self.clock()
             focus = self._focus(s, bh.live(runs), specs, now)
+            shards = survey.load_shards(s, focus)
             grace = self.settings.kill_grace_seconds, self.settings.preemption_grace_seconds
             stops = bh.each(
                 s,
                 focus,
                 "stopping its shards",
                 lambda run: deadlines.stop(
-                    run, specs[run.id], now, kill_grace=grace[0], preemption_grace=grace[1]
+                    s,
+                    run,
+                    shards[run.id],
+                    specs[run.id],
+                    now,
+                    kill_grace=grace[0],
+                    preemption_grace=grace[1],
                 ),
             )
             for signals in stops.values():  # they go out once their reasons are stored
@@ -202,7 +209,7 @@ class Reconciler:
                 s,
                 runs,
                 "checking its admission deadline",
-                lambda run: scheduling.expire_admission(run, specs[run.id], now),
+                lambda run: scheduling.expire_admission(s, run, specs[run.id], now),
             )
             counts = survey.shard_counts(s)
             if self._admit(s, runs, counts, specs, now):
@@ -243,9 +250,9 @@ class Reconciler:
         specs: dict[str, RunSpec],
         now: datetime,
     ) -> list[RunRow]:
-        """The runs whose shards this pass must look at (loaded): those with cancels or
-        due deadlines -- or every run, every FULL_PASS_SECONDS. Exits need no more than
-        the attempts they settle; roll-up and admission read the survey's counts."""
+        """The runs whose shards this pass must look at: those with cancels or due
+        deadlines -- or every run, every FULL_PASS_SECONDS. Exits need no more than the
+        attempts they settle; roll-up and admission read the survey's counts."""
         if time.monotonic() - self._last_full >= FULL_PASS_SECONDS:
             self._last_full = time.monotonic()
             focus = runs
@@ -258,7 +265,6 @@ class Reconciler:
                 if run.cancel_requested_at is not None
                 or (run.id in clocks and clocks[run.id].due(specs[run.id], now, grace))
             ]
-        survey.load_shards(s, focus)
         return focus
 
     def recover(self) -> None:
@@ -273,8 +279,8 @@ class Reconciler:
         bh.begin()
         try:
             with self.sessions.begin() as s:
-                unended = s.scalars(select(AttemptRow).where(AttemptRow.ended_at.is_(None))).all()
-                run_ids = {a.run_id for a in unended}
+                unended = launching.open_attempts(s)
+                run_ids = {attempt.run_id for attempt, _ in unended}
                 specs = self._parse(list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids)))))
                 now = self.clock()
                 lost = launching.readopt(s, self.executor, unended, specs, self.cipher, now)
@@ -320,11 +326,8 @@ class Reconciler:
             return False
         self._disk_full = None
         decision = self._decide(s, runs, counts, now)
-        for victim in decision.preempt:
-            attempt = s.get(AttemptRow, victim.attempt_id)
-            if attempt is not None and attempt.ended_at is None and attempt.handle:
-                self._signals.append((attempt.handle, "term"))  # after the commit
-                attempt.stop_reason, attempt.stop_requested_at = "preempt", now
+        victims = [victim.attempt_id for victim in decision.preempt]
+        self._signals += deadlines.preempt(s, victims, now)  # sent after the commit
         for run in bh.live(runs):
             note = rollup.course_note(run)
             waiting = decision.waiting.get(run.id)

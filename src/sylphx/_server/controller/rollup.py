@@ -41,6 +41,4 @@ def roll_up(
 
 def course_note(run: RunRow) -> str | None:
     """The part of the message that explains the run's course (kept until it ends)."""
-    if run.message and run.message.startswith("AdmissionTimeout"):
-        return run.message.split("; ")[0]
-    return None
+    return run.course

@@ -9,14 +9,22 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
 from sylphx._core.machines import MACHINES, ZERO, Resources
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import RunState, ShardState
 from sylphx._server.controller.policy.preemption import Victim
 from sylphx._server.store import RunRow
+from sylphx._server.store.records import SHARDS, ShardRecord, shard_columns, update_shards
 
 from .policy import queue
 from .transitions import transition
+
+_PENDING = select(*shard_columns()).where(
+    SHARDS.c.run_id == bindparam("run_id"), SHARDS.c.state == ShardState.PENDING.value
+)
 
 
 def decide(
@@ -65,7 +73,7 @@ def decide(
     )
 
 
-def expire_admission(run: RunRow, spec: RunSpec, now: datetime) -> RunSpec:
+def expire_admission(s: Session, run: RunRow, spec: RunSpec, now: datetime) -> RunSpec:
     """End (or turn opportunistic) a gang run still queued past its admission deadline.
 
     Returns the spec the run continues with."""
@@ -77,14 +85,15 @@ def expire_admission(run: RunRow, spec: RunSpec, now: datetime) -> RunSpec:
     if spec.admission_fallback == "opportunistic":
         spec = spec.as_opportunistic()
         run.spec, run.gang = spec.to_wire(), False
-        run.message = (
+        run.course = run.message = (
             f"AdmissionTimeout: not admitted as a gang within {timeout}s; continuing as an"
             " opportunistic run"
         )
         return spec
-    for shard in run.shards:
-        if shard.state == ShardState.PENDING:
-            transition(shard, ShardState.FAILED, now)
-            shard.reason = f"AdmissionTimeout: not admitted within {timeout}s"
-    run.message = f"AdmissionTimeout: not admitted as a gang within {timeout}s"
+    shards = [ShardRecord(*row) for row in s.execute(_PENDING, {"run_id": run.id})]
+    for shard in shards:
+        transition(shard, ShardState.FAILED, now)
+        shard.reason = f"AdmissionTimeout: not admitted within {timeout}s"
+    update_shards(s, shards, ("state", "reason", "ended_at"))
+    run.course = run.message = f"AdmissionTimeout: not admitted as a gang within {timeout}s"
     return spec

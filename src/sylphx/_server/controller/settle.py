@@ -62,7 +62,6 @@ def settle(
     recorded is ignored), move their shards on and meter them. A run whose exits raise
     (in a policy, or in writing them) is left out, the others are settled: returns, by
     run id, the error and that run's exits (the caller ends the run with them)."""
-    s.flush()  # pending ORM changes first: the Core reads below do not autoflush
     by_handle = {e.handle: e for e in exits}
     handles = list(by_handle)
     attempts: list[AttemptRecord] = []
@@ -88,8 +87,7 @@ def settle(
             exit = by_handle[attempt.handle or ""]
             shard = shards[attempt.shard_id]
             finish(attempt, shard, exit, spec_of(run.id), preemption_ceiling)
-            launched = not (exit.reason or "").startswith("LaunchError")
-            usage.append(billing.usage(attempt, run, ran=launched))
+            usage.append(billing.usage(attempt, run, ran=exit.launched))
         except NOT_A_RUNS:  # (a failed read, outside a savepoint, is the pass's)
             raise
         except Exception as exc:  # this run's exits are not settled; the others are
@@ -175,7 +173,7 @@ def finish(
         preemptions=shard.preemptions,
         preemption_ceiling=preemption_ceiling,
     )
-    attempt.state = outcome.attempt_state.value
+    transition(attempt, outcome.attempt_state, exit.ended_at)
     attempt.exit_code = outcome.exit_code
     attempt.reason = outcome.reason
     attempt.ended_at = exit.ended_at

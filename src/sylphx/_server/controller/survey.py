@@ -3,7 +3,8 @@
 It answers, without loading a single shard: how many shards each active run has in each
 state, when a live attempt of a run may next need a signal, and (only when a gang run
 waits) which opportunistic attempts could be preempted. The reconciler loads the shards
-of just the runs that need a close look this pass -- runs with cancels or due deadlines;
+(as records, with their latest attempts) of just the runs that need a close look this
+pass -- runs with cancels or due deadlines;
 exits and starts touch only their own shards (:mod:`.settle`, :mod:`.launching`) -- so a
 pass costs what changed, not everything active. Every minute a pass looks at everything
 anyway (level-triggered as before).
@@ -15,14 +16,23 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, inspect, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import and_, bindparam, case, func, select
+from sqlalchemy.orm import Session
 
 from sylphx._core.machines import ZERO, Resources
 from sylphx._core.spec import RunSpec
-from sylphx._core.states import RunState, ShardState
+from sylphx._core.states import RunState, ShardState, StopCause
 from sylphx._server.controller.policy.preemption import Victim
 from sylphx._server.store import AttemptRow, RunRow, ShardRow
+from sylphx._server.store.records import (
+    ATTEMPTS,
+    SHARD_COLUMNS,
+    SHARDS,
+    AttemptRecord,
+    ShardRecord,
+    attempt_columns,
+    shard_columns,
+)
 
 ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
 LIVE = (ShardState.STARTING.value, ShardState.RUNNING.value)
@@ -104,7 +114,7 @@ def preemptible(s: Session, now: datetime) -> tuple[list[Victim], Resources]:
         .order_by(AttemptRow.id)
     )
     for attempt_id, machine, started_at, stop_reason, preemptions in rows:
-        if stop_reason == "preempt":
+        if stop_reason == StopCause.PREEMPT:
             stopping = stopping + Resources.of_tier(machine)
         elif stop_reason is None and started_at is not None:
             age = (now - started_at).total_seconds()
@@ -112,12 +122,27 @@ def preemptible(s: Session, now: datetime) -> tuple[list[Victim], Resources]:
     return victims, stopping
 
 
-def load_shards(s: Session, runs: list[RunRow]) -> None:
-    """Load the shards (and attempts) of those of ``runs`` that do not have them yet."""
-    ids = [run.id for run in runs if "shards" in inspect(run).unloaded]
-    if ids:
-        s.scalars(
-            select(RunRow)
-            .where(RunRow.id.in_(ids))
-            .options(selectinload(RunRow.shards).selectinload(ShardRow.history))
-        ).all()
+Shards = list[tuple[ShardRecord, AttemptRecord | None]]  # each with its latest attempt
+
+CHUNK = 500  # runs per query (bound parameters stay far below every backend's limit)
+_SHARDS_OF = (
+    select(*shard_columns(), *attempt_columns())
+    .outerjoin(  # a shard's latest attempt is number ``attempts``
+        ATTEMPTS, and_(ATTEMPTS.c.shard_id == SHARDS.c.id, ATTEMPTS.c.number == SHARDS.c.attempts)
+    )
+    .where(SHARDS.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .order_by(SHARDS.c.run_id, SHARDS.c.index)
+)
+
+
+def load_shards(s: Session, runs: list[RunRow]) -> dict[str, Shards]:
+    """The shards of ``runs``, each with its latest attempt (None before the first), as
+    records: the reconciler never holds shards or attempts as ORM objects."""
+    loaded: dict[str, Shards] = {run.id: [] for run in runs}
+    ids, n_shard = list(loaded), len(SHARD_COLUMNS)
+    for first in range(0, len(ids), CHUNK):
+        for row in s.execute(_SHARDS_OF, {"run_ids": ids[first : first + CHUNK]}):
+            shard = ShardRecord(*row[:n_shard])
+            attempt = AttemptRecord(*row[n_shard:]) if row[n_shard] is not None else None
+            loaded[shard.run_id].append((shard, attempt))
+    return loaded

@@ -55,6 +55,9 @@ class LaunchRequest:
         return env
 
 
+LAUNCH_ERROR = "LaunchError"  # how the reason of an attempt that never started begins
+
+
 @dataclass(frozen=True)
 class Exit:
     """A process that ended: its handle, raw return code and when it ended."""
@@ -62,10 +65,41 @@ class Exit:
     handle: str
     returncode: int
     ended_at: datetime
-    reason: str | None = None  # an executor-specific cause, e.g. "LaunchError"
+    reason: str | None = None  # an executor-specific cause, shown to the user
     lost: bool = False  # the executor lost the attempt (node died): a preemption, not a failure
     started_at: datetime | None = None  # the process's true start, when the executor knows it
     log_truncated: tuple[str, ...] = ()  # streams ("stdout", "stderr") that hit the log cap
+    launched: bool = True  # False: it never became a process (exit 127): nothing to meter
+
+    @classmethod
+    def unlaunched(cls, handle: str, ended_at: datetime, why: str) -> Exit:
+        """An attempt that could not be started: exit 127 (as a shell's "command not
+        found"), reason ``LaunchError: why``."""
+        return cls(handle, 127, ended_at, reason=f"{LAUNCH_ERROR}: {why}", launched=False)
+
+    @classmethod
+    def recorded(
+        cls,
+        handle: str,
+        returncode: int,
+        ended_at: datetime,
+        reason: str | None,
+        *,
+        started_at: datetime | None = None,
+        log_truncated: tuple[str, ...] = (),
+    ) -> Exit:
+        """An exit read back from an executor's own record (a state file, a Ray task's
+        result), where the reason is all that says whether the attempt ever started."""
+        launched = not (reason or "").startswith(LAUNCH_ERROR)
+        return cls(
+            handle,
+            returncode,
+            ended_at,
+            reason,
+            started_at=started_at,
+            log_truncated=log_truncated,
+            launched=launched,
+        )
 
 
 Waker = Callable[[], None]  # what an executor calls when an attempt ended

@@ -8,8 +8,6 @@ being overwritten (the reconciler's pass or the API call is then rolled back and
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +28,6 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-_BIND: dict[str, Callable[[Any], Any]] = {}  # UTCDateTime's bind processor, per dialect
-
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC timestamps on every backend (SQLite drops the zone)."""
@@ -45,18 +41,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC)
-
-    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
-        """:meth:`process_bind_param`, then the dialect's own conversion, remembering the
-        last few thousand results: a pass writes the same timestamps many times (``now``
-        to every shard it starts; an exit's end to its attempt, its shard and its usage)."""
-        process = _BIND.get(dialect.name)
-        if process is None:
-            base = super().bind_processor(dialect)
-            if base is None:
-                return None
-            process = _BIND[dialect.name] = functools.lru_cache(maxsize=4096)(base)
-        return process
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -115,6 +99,8 @@ class RunRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     message: Mapped[str | None] = mapped_column(Text)
+    # what changed its course (an admission deadline): kept in the message until it ends
+    course: Mapped[str | None] = mapped_column(Text)  # migration 0012
     queue_position: Mapped[int | None] = mapped_column(Integer)  # 1 = next; None unless queued
     idempotency_key: Mapped[str | None] = mapped_column(String(255))  # see migration 0011
     version: Mapped[int] = mapped_column(Integer, server_default="1")
@@ -167,7 +153,7 @@ class AttemptRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     exit_code: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
-    stop_reason: Mapped[str | None] = mapped_column(String(16))  # "timeout" | "cancel"
+    stop_reason: Mapped[str | None] = mapped_column(String(16))  # a StopCause
     stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     killed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stdout_path: Mapped[str | None] = mapped_column(Text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from sylphx._core.states import AttemptState, ShardState
+from sylphx._core.states import AttemptState, ShardState, StopCause
 
 A, S = AttemptState, ShardState
 
@@ -47,17 +47,19 @@ def decide(
     preemptions: int = 0,
     preemption_ceiling: int = 10,
 ) -> Outcome:
-    """Classify an exit. Failures retry while ``failures < budget``; timeouts and
-    cancels are final; ``reason`` lets an executor name a cause (e.g. LaunchError).
-    A preemption (``stop_reason == "preempt"``, or ``lost``: the executor lost the
-    attempt, e.g. its node died) retries without using the failure budget, up to
-    ``preemption_ceiling`` times per index."""
+    """Classify an exit. ``stop_reason``: the :class:`StopCause` the control plane
+    stored before it signalled the attempt, if it did. Failures retry while ``failures <
+    budget``; timeouts and cancels are final; ``reason`` lets an executor name a cause
+    (e.g. LaunchError). A preemption (``StopCause.PREEMPT``, or ``lost``: the executor
+    lost the attempt, e.g. its node died) retries without using the failure budget, up
+    to ``preemption_ceiling`` times per index."""
     code = normalize_exit(returncode)
-    if stop_reason == "timeout":
+    stop = StopCause(stop_reason) if stop_reason is not None else None
+    if stop is StopCause.TIMEOUT:
         return Outcome(A.TIMED_OUT, S.TIMED_OUT, code, "DeadlineExceeded", False)
-    if stop_reason == "cancel":
+    if stop is StopCause.CANCEL:
         return Outcome(A.CANCELLED, S.CANCELLED, code, "Cancelled", False)
-    if stop_reason == "preempt" or lost:
+    if stop is StopCause.PREEMPT or lost:
         why = reason or "Preempted: stopped to make room for a gang run"
         if preemptions < preemption_ceiling:
             return Outcome(A.PREEMPTED, S.PENDING, code, why, False, preempted=True)

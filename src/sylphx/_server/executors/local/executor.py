@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
 from sylphx._core.machines import Resources
-from sylphx._server.executors.base import Exit, LaunchRequest, Signal, Waker
+from sylphx._server.executors.base import LAUNCH_ERROR, Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.probe import check_envelope
 from sylphx._server.executors.envelope.sandbox import Policy
 from sylphx._server.images.store import ImageStore
@@ -45,6 +45,7 @@ from .processes import shard_processes
 from .statefiles import OOM_REASON, read_exit, read_state, verified_pid, write_atomic
 from .supervisors import Supervisors
 
+NEVER_STARTED = "the attempt's supervisor never started"
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
 SCAN_SECONDS = 1.0  # every tracked attempt's exit file is read this often (missed notes)
 DEEP_SCAN_SECONDS = 2.0  # ... and its claim and supervisor checked this often
@@ -325,14 +326,15 @@ class LocalExecutor:
                     reason = OOM_REASON
                 self._cgroups.release(group)
             at, end = _from_ns(started), _from_ns(ended)
-            return Exit(handle, code, end, reason or None, started_at=at, log_truncated=cut)
+            why = reason or None
+            return Exit.recorded(handle, code, end, why, started_at=at, log_truncated=cut)
         owner = read_state(f"{folder}/claim")
         if not owner:  # unclaimed, or claimed this instant (created, owner not yet written)
             if not statefiles.never_claimed(folder, owner, since, LOST_AFTER_SECONDS):
                 return None
-            return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
+            return self._settle(handle, 127, f"{LAUNCH_ERROR}: {NEVER_STARTED}")
         if owner == "lost":
-            return self._settle(handle, 127, "LaunchError: the attempt's supervisor never started")
+            return self._settle(handle, 127, f"{LAUNCH_ERROR}: {NEVER_STARTED}")
         if verified_pid(owner) is not None:
             return None
         if read_exit(folder) is not None:  # the supervisor finished just now
@@ -349,8 +351,8 @@ class LocalExecutor:
         try:
             write_atomic(f"{self._folder(handle)}/exit", f"{code} {now} {now} {reason}")
         except OSError:  # a full disk: settled again if the store cannot take it either
-            return Exit(handle, code, _from_ns(now), reason)
-        return self._check(handle, 0) or Exit(handle, code, _from_ns(now), reason)
+            return Exit.recorded(handle, code, _from_ns(now), reason)
+        return self._check(handle, 0) or Exit.recorded(handle, code, _from_ns(now), reason)
 
     def signal(self, handle: str, sig: Signal) -> None:
         """Signal the attempt's process group, once its pid is proven to be the same

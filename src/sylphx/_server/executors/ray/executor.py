@@ -232,7 +232,7 @@ class RayExecutor:
             try:
                 ref = task.remote(request, handle, self._hub_name, self._envelope)
             except Exception as exc:
-                failed.append(Exit(handle, 127, _now(), reason=f"LaunchError: {exc}"))
+                failed.append(Exit.unlaunched(handle, _now(), str(exc)))
                 continue
             with self._lock:
                 self._refs[handle] = ref

@@ -32,4 +32,5 @@ class Gang:
 def result_exit(handle: str, result: Any, now: datetime) -> Exit:
     """The Exit of a finished ``run_shard``: (code, reason, streams that hit the log cap)."""
     code, reason, *more = result
-    return Exit(handle, int(code), now, reason, log_truncated=tuple(more[0]) if more else ())
+    cut = tuple(more[0]) if more else ()
+    return Exit.recorded(handle, int(code), now, reason, log_truncated=cut)
