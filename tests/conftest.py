@@ -2,28 +2,44 @@
 
 ``SYLPHX_TEST_STORE=sqlite`` (default) or ``postgresql`` picks the store for every server the
 tests start; PostgreSQL is one throwaway server per session with a fresh database per home.
+
+What keeps the loop fast without testing less:
+
+- a new home's store starts as a copy of one migrated once per session (SQLite: a file
+  copy; PostgreSQL: ``CREATE DATABASE ... TEMPLATE``); the control plane still runs its
+  migrations on start, which find the store at head (``test_store`` migrates from empty);
+- ``make_server`` stops its control planes in the background: the next test starts while
+  the last one's uvicorn tick and executor watcher wind down; every one is joined (and must
+  have stopped) before the session ends;
+- ``shared_server`` is one control plane per module, and ``tenant`` a fresh org on it, for
+  tests whose requests are refused or whose runs end before the test does.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import make_url, select
 
 # Keep every Ray address on loopback: with this, Ray resolves "127.0.0.1" to itself instead
 # of the host's external interface (set before anything imports ray).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from sylphx._server import ControlPlane, create_app
+from sylphx._server.store import ApiKeyRow
 from sylphx._server.tenancy import orgs
 from sylphx._settings import Settings
 
@@ -34,6 +50,7 @@ if TEST_STORE not in ("sqlite", "postgresql"):
     raise RuntimeError(f"SYLPHX_TEST_STORE={TEST_STORE!r}: use sqlite or postgresql")
 _pg: Any = None  # the session's PgServer (postgresql runs only)
 _db_by_home: dict[Path, str] = {}
+_template: Path | None = None  # see _template_home
 
 
 def database_url_for(home: Path) -> str:
@@ -43,6 +60,39 @@ def database_url_for(home: Path) -> str:
     home = home.resolve()
     if home not in _db_by_home:
         _db_by_home[home] = pg_server().create_database()
+    return _db_by_home[home]
+
+
+def _template_home() -> Path:
+    """A home whose store was migrated to head once for this session (created on first use)."""
+    global _template
+    if _template is None:
+        from sylphx._server.store import make_engine, migrate
+
+        home = Path(tempfile.mkdtemp(prefix="sylphx-template-"))
+        engine = make_engine(database_url_for(home))
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
+        _template = home
+    return _template
+
+
+def migrated_store_for(home: Path) -> str:
+    """The store of ``home`` like :func:`database_url_for`, but created already at the newest
+    migration (a copy of the session's template) when it does not exist yet."""
+    template = _template_home()
+    if TEST_STORE == "sqlite":
+        db = home / "sylphx.db"
+        if not db.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(template / "sylphx.db", db)
+        return database_url_for(home)
+    home = home.resolve()
+    if home not in _db_by_home:
+        template_db = make_url(database_url_for(template)).database
+        _db_by_home[home] = pg_server().create_database(template=template_db)
     return _db_by_home[home]
 
 
@@ -92,8 +142,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _pg is not None:
-        _pg.destroy()
+    """Wait for the control planes stopping in the background, then drop the stores."""
+    try:
+        _join_stopping()
+    finally:
+        if _pg is not None:
+            _pg.destroy()
+        if _template is not None:
+            shutil.rmtree(_template, ignore_errors=True)
 
 
 def pytest_report_header() -> str:
@@ -118,6 +174,15 @@ class Server:
         with self.plane.sessions.begin() as s:
             orgs.create_org(s, name, plan=plan, now=ControlPlane.now(), **limits)
             return orgs.create_key(s, name, name="test", now=ControlPlane.now())[1]
+
+    @property
+    def org_id(self) -> str:
+        """The id of the org this server's ``http`` client acts as."""
+        with self.plane.reads() as s:
+            key = select(ApiKeyRow.org_id).where(ApiKeyRow.hash == orgs.hash_key(self.token))
+            org_id = s.scalar(key)
+        assert org_id is not None
+        return str(org_id)
 
     def volume(self) -> tuple[str, Path]:
         """A new volume: its id and its directory on this host (shards write there)."""
@@ -161,16 +226,46 @@ class Server:
         raise AssertionError("condition not met in time")
 
 
-def start_server(home: Path, **overrides: Any) -> tuple[Server, Callable[[], None]]:
+class _Running:
+    """One control plane served by uvicorn on a thread; stopped now or in the background."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, sock: socket.socket):
+        self.server, self.thread, self.sock = server, thread, sock
+
+    def begin_stop(self) -> None:
+        """Ask uvicorn to exit: it shuts the app down, which stops the plane."""
+        self.server.should_exit = True
+
+    def join(self) -> None:
+        self.thread.join(timeout=15)
+        self.sock.close()
+        if self.thread.is_alive():
+            raise RuntimeError("a test control plane did not stop within 15 s")
+
+
+_stopping: list[_Running] = []  # control planes make_server stops in the background
+
+
+def _join_stopping(*, finished_only: bool = False) -> None:
+    """Join the control planes stopping in the background (only those done, if asked)."""
+    for running in list(_stopping):
+        if finished_only and running.thread.is_alive():
+            continue
+        _stopping.remove(running)
+        running.join()
+
+
+def _serve(home: Path, **overrides: Any) -> tuple[Server, _Running]:
     params: dict[str, Any] = dict(
         home=home,
-        database_url=database_url_for(home),
         local_cpus=2.0,
         local_memory=8 << 30,
         kill_grace_seconds=1.0,
         reconcile_interval=0.1,
     )
     params.update(overrides)
+    if "database_url" not in params:
+        params["database_url"] = migrated_store_for(home)
     settings = Settings(**params)
     plane = ControlPlane(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -184,43 +279,73 @@ def start_server(home: Path, **overrides: Any) -> tuple[Server, Callable[[], Non
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("test server did not start")
-        time.sleep(0.02)
+        time.sleep(0.01)
     url = f"http://127.0.0.1:{port}"
     with plane.sessions.begin() as s:
         if s.get(orgs.OrgRow, "org_test") is None:
             orgs.create_org(s, "test", plan="enterprise", now=plane.now(), org_id="org_test")
         token = orgs.create_key(s, "org_test", name="tests", now=plane.now())[1]
     http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
+    return Server(url, http, settings, plane, token), _Running(server, thread, sock)
+
+
+def start_server(home: Path, **overrides: Any) -> tuple[Server, Callable[[], None]]:
+    """A control plane on ``home`` (settings as ``Settings`` keywords) and a function that
+    stops it and returns once it has (so the same home can be started again)."""
+    server, running = _serve(home, **overrides)
 
     def stop() -> None:
-        http.close()
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+        server.http.close()
+        running.begin_stop()
+        running.join()
 
-    return Server(url, http, settings, plane, token), stop
+    return server, stop
 
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start control planes with chosen settings (capacity, grace...); all stopped after."""
-    stops: list[Callable[[], None]] = []
+    """Start control planes with chosen settings (capacity, grace...); all stopped after
+    the test, in the background (see the module's docstring)."""
+    started: list[tuple[Server, _Running]] = []
+    _join_stopping(finished_only=True)
 
     def make(**overrides: Any) -> Server:
-        home = tmp_path / f"home{len(stops)}"
-        server, stop = start_server(home, **overrides)
-        stops.append(stop)
+        server, running = _serve(tmp_path / f"home{len(started)}", **overrides)
+        started.append((server, running))
         return server
 
     yield make
-    for stop in reversed(stops):
-        stop()
+    for server, running in reversed(started):
+        server.http.close()
+        running.begin_stop()
+        _stopping.append(running)
 
 
 @pytest.fixture
 def server(make_server: Callable[..., Server]) -> Server:
     """A control plane with 2 vCPU / 8 GiB of local capacity."""
     return make_server()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One control plane (2 vCPU / 8 GiB) for all of a module's tests that ask for it: for
+    requests that are refused, or runs that end before their test does. Use ``tenant``
+    for an org of the test's own."""
+    server, stop = start_server(tmp_path_factory.mktemp("shared") / "home")
+    yield server
+    stop()
+
+
+@pytest.fixture
+def tenant(shared_server: Server) -> Iterator[Server]:
+    """The module's shared control plane as seen by a new org of this test's own: its runs,
+    volumes, secrets and usage start empty (capacity and the home are shared)."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    token = shared_server.new_org(name)
+    http = shared_server.client(token)
+    yield replace(shared_server, http=http, token=token)
+    http.close()
 
 
 def pids_of_run(run_id: str) -> list[int]:

@@ -98,11 +98,13 @@ class PgServer:
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg://sylphx@/{dbname}?host={self.sock}"
 
-    def create_database(self) -> str:
-        """A fresh, empty database; returns its SQLAlchemy URL."""
+    def create_database(self, template: str | None = None) -> str:
+        """A fresh database, empty or a copy of the database named ``template`` (which
+        nothing may be connected to); returns its SQLAlchemy URL."""
         name = f"t{os.getpid()}_{next(_names)}"
+        copy = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(
             host=str(self.sock), user="sylphx", dbname="postgres", autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"{copy}')  # type: ignore[arg-type]
         return self.url(name)
