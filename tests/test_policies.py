@@ -259,6 +259,36 @@ def test_waiting_message_has_the_numbers_and_positions() -> None:
     assert d.positions == {"a": 1, "b": 2, "c": 3}
 
 
+@pytest.mark.parametrize(
+    ("total", "head", "starts"),
+    [
+        # the gang fits the cluster, not what is free: it holds the head, b waits behind
+        (admission.Resources.of_host(8, 32 << 30), "g", {}),
+        # a node was lost: the cluster cannot hold the gang at all; it waits aside, b runs
+        (CPU2, None, {"b": 1}),
+    ],
+)
+def test_a_gang_that_cannot_fit_the_cluster_does_not_hold_the_queue(
+    total: admission.Resources, head: str | None, starts: dict[str, int]
+) -> None:
+    d = queue.admit(
+        [cand("g", True, "standard", 4), cand("b", False, "nano", 1)],
+        free=admission.Resources.of_host(1, 4 << 30),
+        org_units={},
+        total=total,
+    )
+    assert d.starts == starts
+    if head is None:
+        assert d.waiting["g"] == (
+            "waiting for nodes: needs 4 vCPU / 8 GiB at once (4 x standard); the cluster has"
+            " 2 vCPU / 8 GiB in all now; it waits aside until nodes join or its admission"
+            " deadline passes"
+        )
+        assert "g" not in d.positions and "b" not in d.waiting
+    else:
+        assert d.waiting["b"].startswith(f"waiting behind {head}")
+
+
 def v(attempt: int, seconds: float, preemptions: int = 0, machine: str = "standard") -> Victim:
     return Victim(attempt, machine, seconds, preemptions)
 

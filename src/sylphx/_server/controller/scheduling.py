@@ -70,6 +70,7 @@ def decide(
         victims=victims,
         stopping=stopping,
         preemption_ceiling=preemption_ceiling,
+        total=capacity,
     )
 
 

@@ -5,9 +5,13 @@
    shard-units (machine units of its live shards) goes first; then first come,
    first served.
 3. A gang run starts only when all its shards fit at once. The first gang run that
-   does not fit holds the head of the queue: nothing behind it starts (no backfill
-   onto capacity it is waiting for), so a stream of small runs cannot starve it. If
-   stopping opportunistic shards would make it fit, those are preempted.
+   does not fit what is free, but would fit the whole of the current capacity, holds
+   the head of the queue: nothing behind it starts (no backfill onto capacity it is
+   waiting for), so a stream of small runs cannot starve it. If stopping opportunistic
+   shards would make it fit, those are preempted. A gang that does not fit even the
+   whole current capacity (nodes were lost since it was accepted) waits aside, holding
+   nothing up, until nodes come back or its admission deadline passes: a queue never
+   jams behind a run that cannot start.
 4. Opportunistic runs start as many pending shards as fit.
 Pure: queue, capacity and usage in, decisions out.
 """
@@ -56,12 +60,14 @@ def admit(
     victims: list[Victim] | None = None,
     stopping: Resources | None = None,
     preemption_ceiling: int = 10,
+    total: Resources | None = None,
 ) -> Decision:
     """Decide starts for ``candidates`` (given in submission order).
 
     ``org_units``: machine units each org's live shards hold now. ``victims``: running
     opportunistic attempts that may be preempted; ``stopping``: capacity held by
-    attempts already asked to stop for a preemption (it is on its way back).
+    attempts already asked to stop for a preemption (it is on its way back). ``total``:
+    the whole capacity there is now (alive nodes), used or not; None: unknown.
     """
     decision = Decision()
     units: dict[str, float] = defaultdict(float, org_units)
@@ -88,6 +94,13 @@ def admit(
                 decision.starts[cand.run_id] = cand.pending
                 free = free - need
                 units[cand.org_id] += MACHINES[cand.machine].units * cand.pending
+                continue
+            if total is not None and not need.fits_in(total):
+                decision.waiting[cand.run_id] = (
+                    f"waiting for nodes: needs {need.text()} at once ({cand.pending} x"
+                    f" {cand.machine}); the cluster has {_text(total)} in all now; it waits"
+                    " aside until nodes join or its admission deadline passes"
+                )
                 continue
             head = cand
             message = (
