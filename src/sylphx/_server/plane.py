@@ -1,4 +1,7 @@
-"""The control plane's parts wired together: store, executor, reconciler."""
+"""The composition root: the control plane's parts (store, executor, reconciler, caches)
+built and wired together for one home, and the services the HTTP edge calls built over
+them (:class:`~.runs.facade.RunService`, :class:`~.runs.volumes.VolumeService`,
+:class:`~.runs.account.SecretService`, :class:`~.runs.account.AccountService`)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ from sylphx._server.executors.local.cgroups import Cgroups
 from sylphx._server.images.store import ImageStore
 from sylphx._server.infra.lease import Lease
 from sylphx._server.infra.lock import HomeLock
+from sylphx._server.runs.account import AccountService, SecretService
+from sylphx._server.runs.facade import RunService
 from sylphx._server.runs.longpoll import RunWaiters, ended_among
 from sylphx._server.runs.readcache import KeyCache, SharedReads, TerminalViews
+from sylphx._server.runs.volumes import VolumeService
 from sylphx._server.tenancy.secrets import load_cipher
 from sylphx._settings import Settings
 
@@ -47,7 +53,9 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
 
 
 class ControlPlane:
-    """Owns the engine, the executor and the reconciler thread for one SYLPHX_HOME."""
+    """Owns the engine, the executor and the reconciler thread for one SYLPHX_HOME, and
+    builds the services over them: ``runs``, ``volumes``, ``secrets``, ``account``. The
+    HTTP edge calls those services; it does not reach into the parts."""
 
     def __init__(
         self, settings: Settings, executor: Executor | None = None, *, shared: bool = False
@@ -83,10 +91,37 @@ class ControlPlane:
             reconcile_interval=settings.reconcile_interval,
         )
         self.reconciler.on_pass = self.run_waiters.passed
+        self.runs = RunService(
+            sessions=self.sessions,
+            reads=self.reads,
+            engine=self.engine,
+            executor=self.executor,
+            images=self.images,
+            settings=settings,
+            cipher=self.cipher,
+            wake=self.reconciler.wake,
+            now=self.now,
+            draining=self.is_draining,
+            terminal_views=self.terminal_views,
+            shared_reads=self.run_reads,
+            waiters=self.run_waiters,
+        )
+        self.volumes = VolumeService(
+            sessions=self.sessions, reads=self.reads, root=settings.volumes_dir, now=self.now
+        )
+        self.secrets = SecretService(
+            sessions=self.sessions, reads=self.reads, cipher=self.cipher, now=self.now
+        )
+        self.account = AccountService(reads=self.reads, keys=self.keys, now=self.now)
 
     @staticmethod
     def now() -> datetime:
+        """The clock every service of the plane is given (UTC)."""
         return datetime.now(UTC)
+
+    def is_draining(self) -> bool:
+        """Whether SIGTERM arrived (``draining`` is set): no new runs, shards keep running."""
+        return self.draining
 
     def start(self) -> None:
         """Take the home lock, migrate the store and start reconciling."""

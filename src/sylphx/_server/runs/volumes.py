@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from sylphx._core.errors import ConflictError, NotFound
 from sylphx._core.ids import new_id
@@ -56,3 +58,29 @@ def delete(s: Session, volume_id: str, org_id: str) -> None:
         )
     s.delete(row)
     shutil.rmtree(row.path, ignore_errors=True)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class VolumeService:
+    """The org-scoped volume operations the HTTP edge calls: each volume is a directory
+    under ``root`` (SYLPHX_HOME/volumes) and a row written through ``sessions``."""
+
+    sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]
+    root: Path
+    now: Callable[[], datetime]
+
+    def create(self, org_id: str, name: str | None) -> VolumeView:
+        """Create a volume and its directory."""
+        with self.sessions.begin() as s:
+            return create(s, org_id, name=name, root=self.root, now=self.now())
+
+    def list_all(self, org_id: str) -> list[VolumeView]:
+        """Every volume of the org."""
+        with self.reads() as s:
+            return list_all(s, org_id)
+
+    def delete(self, volume_id: str, org_id: str) -> None:
+        """Delete a volume and its files (ConflictError while a live run mounts it)."""
+        with self.sessions.begin() as s:
+            delete(s, volume_id, org_id)

@@ -1,0 +1,217 @@
+"""The run service the HTTP edge calls: submit, read (and long-poll), list, shards, cancel,
+delete and logs. It knows neither HTTP nor the control plane: the plane builds it from the
+parts it needs (sessions, caches, the executor, a way to wake the reconciler, a clock),
+and the routes turn what it returns or raises into answers."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+from starlette.types import Receive
+
+from sylphx._core.errors import ServerUnavailable
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import RunState, ShardState
+from sylphx._core.views import RunList, RunView, ShardView
+from sylphx._server.executors import Executor
+from sylphx._server.images import policy as image_policy
+from sylphx._server.images.store import ImageStore
+from sylphx._server.infra import faults
+from sylphx._server.store import OrgRow, RunRow
+from sylphx._server.tenancy import secrets
+from sylphx._settings import Settings
+
+from . import logs, service
+from .hostpaths import check_host_paths
+from .logs import Stream
+from .longpoll import RunWaiters
+from .readcache import SharedReads, TerminalViews
+
+__all__ = ["CAS_RETRIES", "RunService"]
+
+CAS_RETRIES = 3  # a cancel races the reconciler's writes to the run this often at most
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RunService:
+    """The org-scoped run operations, over explicit parts.
+
+    ``sessions`` write (BEGIN IMMEDIATE on SQLite), ``reads`` only read and ``engine``
+    serves the polling path's Core reads. ``settings`` is read at each call (the logs
+    folder, the image scanner, the host paths shards may not see). ``wake`` nudges the
+    reconciler after a change; ``draining`` says the process accepts no new runs."""
+
+    sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]
+    engine: Engine
+    executor: Executor
+    images: ImageStore
+    settings: Settings
+    cipher: Fernet
+    wake: Callable[[], None]
+    now: Callable[[], datetime]
+    draining: Callable[[], bool]
+    terminal_views: TerminalViews
+    shared_reads: SharedReads
+    waiters: RunWaiters
+
+    # -- writes --------------------------------------------------------------------------
+    def submit(self, spec: RunSpec, org_id: str, idempotency_key: str | None = None) -> bytes:
+        """Store a run, wake the reconciler and return the RunView's JSON; a repeated
+        ``idempotency_key`` answers with the run it made, as it is now."""
+        self._admit(spec, org_id)
+        with self.sessions.begin() as s:
+            # quota check + reservation in one step: the write session holds SQLite's write
+            # lock from BEGIN; on PostgreSQL, FOR UPDATE locks the org row
+            org = s.get(OrgRow, org_id, with_for_update=True)
+            assert org is not None
+            run = service.replay(s, org.id, idempotency_key, spec)
+            if run is not None:  # a repeated submit: the run it made, as it is now
+                out = service.view(run, service.state_counts(s, [run.id])[run.id])
+            else:
+                run = service.submit(
+                    s,
+                    spec,
+                    org,
+                    capacity=self.executor.capacity(),
+                    now=self.now(),
+                    idempotency_key=idempotency_key,
+                )
+                out = service.view(run, Counter({ShardState.PENDING: spec.parallelism}))
+            # rendered before the commit: a run whose answer cannot be sent is not stored
+            body = out.model_dump_json(by_alias=True).encode()
+        self.wake()
+        return body
+
+    def _admit(self, spec: RunSpec, org_id: str) -> None:
+        """What is refused before the write lock: a draining process, a full log disk, host
+        paths of the control plane, an image the org's policy (or the scanner) refuses."""
+        if self.draining():
+            raise ServerUnavailable(
+                "the control plane is shutting down and accepts no new runs; running shards"
+                " keep running. Fix: retry in a few seconds, once it has restarted."
+            )
+        faults.check_disk(self.settings.logs_dir, "log")
+        # nothing of the control plane visible, whatever the spec says (422, nothing stored)
+        local = self.executor.name == "local"  # Ray shards run on nodes: no existence check
+        check_host_paths(spec, self.settings, local=local)
+        if spec.image is not None:  # resolve + policy + scanner, outside the write lock
+            with self.reads() as s:
+                org_row = s.get(OrgRow, org_id)
+                policy = org_row.image_policy if org_row else None
+            image_policy.admit(spec.image, policy, self.images, self.settings.image_scanner)
+
+    def cancel(self, run_id: str, org_id: str) -> RunView:
+        """Ask for the run to stop; a queued run is settled at once (and its long-polls
+        released)."""
+        for attempt in range(CAS_RETRIES):  # the reconciler may update the run meanwhile
+            try:
+                with self.sessions.begin() as s:
+                    out = service.view(service.cancel(s, run_id, org_id, self.now()))
+                break
+            except StaleDataError:
+                if attempt == CAS_RETRIES - 1:
+                    raise
+        if out.status.terminal:
+            self.waiters.ended([run_id])
+        self.wake()
+        return out
+
+    def delete(self, run_id: str, org_id: str) -> None:
+        """Delete an ended run, its shards, attempts and logs (ConflictError while it has
+        not ended). Its usage rows stay."""
+        with self.sessions.begin() as s:
+            paths = service.delete(s, run_id, org_id)
+        self.terminal_views.drop(run_id)
+        logs.remove(paths, self.settings.logs_dir)
+        self.executor.forget_run(run_id)
+
+    # -- reads ---------------------------------------------------------------------------
+    async def get(
+        self,
+        run_id: str,
+        org_id: str,
+        *,
+        wait: float | None = None,
+        receive: Receive | None = None,
+    ) -> bytes:
+        """The RunView JSON of the org's run. With ``wait`` seconds, a long-poll: the view
+        once the run is terminal, or as it is after ``wait``; ``receive`` (the request's
+        ASGI receive) ends the wait early when the client goes away.
+
+        A final view is served from memory; otherwise the run is read in the thread pool,
+        one read shared by the requests for it that arrive while it waits to start."""
+        read = functools.partial(self._current, run_id, org_id)
+        if wait is None:
+            return await read()
+        return await self.waiters.wait(run_id, wait, read, receive)
+
+    async def _current(self, run_id: str, org_id: str) -> bytes:
+        body = self.terminal_views.get(run_id, org_id)
+        if body is None:
+            read = functools.partial(self._read, run_id, org_id)
+            body = await self.shared_reads.read((run_id, org_id), read)
+        return body
+
+    def _read(self, run_id: str, org_id: str) -> bytes:
+        """The RunView JSON from the store; a final one is kept for later reads."""
+        with self.engine.connect() as conn:  # one read transaction, no ORM session
+            out, final = service.read(conn, run_id, org_id, self.now())
+        body = out.model_dump_json(by_alias=True).encode()
+        if final:
+            self.terminal_views.put(run_id, org_id, body)
+        return body
+
+    def list_runs(
+        self, org_id: str, *, status: RunState | None, limit: int, cursor: str | None
+    ) -> RunList:
+        """The org's runs, newest first; ``cursor`` is the previous page's last id."""
+        with self.reads() as s:
+            return service.list_runs(s, org_id, status=status, limit=limit, cursor=cursor)
+
+    def shards(self, run_id: str, org_id: str) -> list[ShardView]:
+        """Every shard of the org's run with its status, attempts, exit code and history."""
+        with self.reads() as s:
+            return service.shard_views(service.load(s, run_id, org_id, with_attempts=True))
+
+    def logs(
+        self,
+        run_id: str,
+        org_id: str,
+        shard: int,
+        stream: Stream,
+        *,
+        attempt: int | None,
+        follow: bool,
+    ) -> AsyncIterator[bytes]:
+        """One shard's log as stored (secret values masked as it was written); with
+        ``follow``, until the shard ends. NotFound and ValidationError come with the first
+        chunk, before any byte."""
+        return logs.stream_log(
+            self.reads,
+            run_id,
+            org_id,
+            shard,
+            stream,
+            attempt=attempt,
+            follow=follow,
+            legacy_secrets=functools.partial(self._secret_values, run_id, org_id),
+        )
+
+    def _secret_values(self, run_id: str, org_id: str) -> list[str]:
+        """The current values of the secrets a run names: only for logs written before
+        secrets were masked at capture (see logs.stream_log)."""
+        with self.reads() as s:
+            run = s.get(RunRow, run_id)
+            if run is None or run.org_id != org_id:
+                return []
+            names = list(run.spec.get("secrets") or [])
+            return list(secrets.reveal(s, org_id, names, self.cipher).values())
