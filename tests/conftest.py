@@ -332,9 +332,11 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One control plane (2 vCPU / 8 GiB) for all of a module's tests that ask for it: for
     requests that are refused, or runs that end before their test does. Use ``tenant``
     for an org of the test's own."""
-    server, stop = start_server(tmp_path_factory.mktemp("shared") / "home")
+    server, running = _serve(tmp_path_factory.mktemp("shared") / "home")
     yield server
-    stop()
+    server.http.close()
+    running.begin_stop()
+    _stopping.append(running)
 
 
 @pytest.fixture

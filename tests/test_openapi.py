@@ -24,8 +24,8 @@ def _ops(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(m, path): op for path, ops in doc["paths"].items() for m, op in ops.items()}
 
 
-def test_every_operation_documents_its_errors_in_the_one_error_body(server: Server) -> None:
-    doc = _doc(server)
+def test_every_operation_documents_its_errors_in_the_one_error_body(shared_server: Server) -> None:
+    doc = _doc(shared_server)
     ops = _ops(doc)
     assert set(ops) == set(openapi.ROUTES)
     schemas = doc["components"]["schemas"]
@@ -50,8 +50,8 @@ def test_every_operation_documents_its_errors_in_the_one_error_body(server: Serv
                 assert schema == {"$ref": ERROR_REF}, (method, path, code)
 
 
-def test_the_statuses_the_issue_names(server: Server) -> None:
-    ops = _ops(_doc(server))
+def test_the_statuses_the_issue_names(shared_server: Server) -> None:
+    ops = _ops(_doc(shared_server))
 
     def codes(method: str, path: str) -> set[str]:
         return set(ops[(method, path)]["responses"])
@@ -71,14 +71,14 @@ def test_the_statuses_the_issue_names(server: Server) -> None:
 
 
 def test_a_method_an_endpoint_does_not_take_is_a_405_naming_those_it_does(
-    server: Server,
+    shared_server: Server,
 ) -> None:
-    ops = _ops(_doc(server))
+    ops = _ops(_doc(shared_server))
     for path in {path for _, path in ops}:
         takes = {m.upper() for m, p in ops if p == path}
         concrete = path.replace("{run_id}", "x").replace("{volume_id}", "x")
         for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - takes:
-            r = server.http.request(method, concrete.replace("{name}", "x"))
+            r = shared_server.http.request(method, concrete.replace("{name}", "x"))
             assert r.status_code == 405, (method, path, r.text)
             allow = set(r.headers["allow"].replace(" ", "").split(","))
             assert allow == takes, (path, allow)

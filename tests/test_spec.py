@@ -177,9 +177,9 @@ def test_python_spelling_is_accepted() -> None:
 
 @pytest.mark.parametrize(("spec", "field", "words"), INVALID)
 def test_api_refuses_invalid_specs_with_422(
-    server: Server, spec: dict[str, Any], field: str, words: str
+    tenant: Server, spec: dict[str, Any], field: str, words: str
 ) -> None:
-    r = server.http.post("/v1/runs", json={**CMD, **spec})
+    r = tenant.http.post("/v1/runs", json={**CMD, **spec})
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["error"] == "validation_error"
@@ -187,11 +187,11 @@ def test_api_refuses_invalid_specs_with_422(
     assert words in body["details"][0]["rule"] + " " + body["details"][0]["fix"]
 
 
-def test_api_refuses_bad_json_and_images(server: Server) -> None:
-    r = server.http.post(
+def test_api_refuses_bad_json_and_images(tenant: Server) -> None:
+    r = tenant.http.post(
         "/v1/runs", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert r.status_code == 422 and "not valid JSON" in r.json()["message"]
-    r = server.http.post("/v1/runs", json={**CMD, "image": "ghcr.io/acme/trainer:1"})
+    r = tenant.http.post("/v1/runs", json={**CMD, "image": "ghcr.io/acme/trainer:1"})
     assert r.status_code == 422 and r.json()["details"][0]["field"] == "image"
-    assert server.http.get("/v1/runs").json()["items"] == []
+    assert tenant.http.get("/v1/runs").json()["items"] == []

@@ -89,6 +89,13 @@ def test_working_dirs_that_break_a_rule(spelled: str, words: str) -> None:
 # -- the API: host checks at submit ------------------------------------------------------
 
 
+@pytest.fixture
+def server(tenant: Server) -> Server:
+    """Each test acts as an org of its own on the module's one control plane: its runs are
+    refused, or end before it does."""
+    return tenant
+
+
 def run_ids(server: Server) -> list[str]:
     return [run["id"] for run in server.http.get("/v1/runs").json()["items"]]
 
@@ -139,13 +146,15 @@ def test_path_entries_in_the_control_plane_home_are_refused(server: Server, tmp_
         f"/usr/bin:{home}/volumes/bin",
         f"{home}:/usr/bin",
         f"/usr/bin://{home}/bin",
-        f"/usr/bin:{tmp_path}/x/../{home.name}/bin",  # '..' resolved
+        f"/usr/bin:{home.parent}/x/../{home.name}/bin",  # '..' resolved
         f"/usr/bin:{link}/../logs",  # '..' after a symlink: resolved as the kernel does
         f"/usr/bin:{link}",
     ):
         refused(server, "env.PATH", hidden, env={"PATH": path}, workingDir=str(tmp_path))
     # a relative entry is resolved against the working directory
-    refused(server, "env.PATH", hidden, env={"PATH": f"{home.name}/bin"}, workingDir=str(tmp_path))
+    refused(
+        server, "env.PATH", hidden, env={"PATH": f"{home.name}/bin"}, workingDir=str(home.parent)
+    )
     # every broken rule is named, not only the first
     body = refused(
         server, "env.PATH", hidden, env={"PATH": f"{home}/bin"}, workingDir=str(home / "state")
@@ -218,8 +227,9 @@ def test_a_valid_working_dir_spelled_oddly_runs_there(server: Server, tmp_path: 
     assert server.get(run["id"])["spec"]["workingDir"] == str(job)
 
 
-def test_a_working_dir_that_holds_the_home_is_fine(server: Server, tmp_path: Path) -> None:
+def test_a_working_dir_that_holds_the_home_is_fine(make_server: Any, tmp_path: Path) -> None:
     tmp_path.chmod(0o755)  # shards run as an unprivileged user: pytest's dirs are 0700
+    server = make_server()  # its home in this test's tmp_path
     assert server.settings.home.is_relative_to(tmp_path)  # "contains" is not "lies under"
     run = server.submit(command=["true"], workingDir=str(tmp_path))
     assert server.wait(run["id"])["status"] == "succeeded"

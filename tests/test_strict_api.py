@@ -20,9 +20,18 @@ from sylphx._server.store import RunRow, UsageRow
 SH = ["sh", "-c"]
 
 
+@pytest.fixture
+def server(tenant: Server) -> Server:
+    """Each test acts as an org of its own on the module's one control plane: what it sends
+    is refused, or its runs end before it does."""
+    return tenant
+
+
 def _runs_stored(server: Server) -> int:
+    """The runs stored for the org ``server`` acts as."""
+    count = select(func.count()).select_from(RunRow).where(RunRow.org_id == server.org_id)
     with server.plane.reads() as s:
-        return int(s.scalar(select(func.count()).select_from(RunRow)) or 0)
+        return int(s.scalar(count) or 0)
 
 
 def _post_raw(server: Server, body: bytes | str) -> httpx.Response:
@@ -231,7 +240,7 @@ def test_a_run_stored_under_older_rules_stays_readable_and_deletable(server: Ser
         "volumeMounts": [{"volumeId": "vol_gone", "mountPath": "//etc"}],
     }
     with server.plane.sessions.begin() as s:
-        org = s.get(runs.OrgRow, "org_test")
+        org = s.get(runs.OrgRow, server.org_id)
         assert org is not None
         row = runs.submit(
             s,
