@@ -1,4 +1,5 @@
-"""``/v1/org`` and ``/v1/usage``: the caller's org, its limits and its metered usage."""
+"""``/v1/org`` and ``/v1/usage``: the caller's org, its limits and its metered usage, over
+:class:`~sylphx._server.runs.account.AccountService`."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from sylphx._core.views import OrgView, UsageReport
-from sylphx._server.runs import service as runs
-from sylphx._server.store import OrgRow
-from sylphx._server.tenancy import billing, orgs
 
-from .deps import Org, Plane
+from .deps import Account, Org
 
 __all__ = ["router"]
 
@@ -20,34 +18,18 @@ router = APIRouter()
 
 
 @router.get("/v1/org", response_model=OrgView)
-def get_org(org_id: Org, plane: Plane) -> OrgView:
+def get_org(org_id: Org, account: Account) -> OrgView:
     """The org behind the key: its plan's limits and the shards it holds now."""
-    with plane.reads() as s:
-        org = s.get(OrgRow, org_id)
-        assert org is not None
-        plan = orgs.limits(org)
-        return OrgView(
-            id=org.id,
-            name=org.name,
-            plan=org.plan,
-            max_parallelism=plan.max_parallelism,
-            concurrent_shards=plan.concurrent_shards,
-            shards_in_use=runs.shards_in_use(s, org.id),
-            monthly_credit_seconds=plan.monthly_credit_seconds,
-        )
+    return account.org(org_id)
 
 
 @router.get("/v1/usage", response_model=UsageReport)
 def get_usage(
     org_id: Org,
-    plane: Plane,
+    account: Account,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: datetime | None = None,
 ) -> UsageReport:
     """Compute-seconds by run and machine tier over [from, to) (default: this month so
     far), the monthly credits applied first, and the billable remainder."""
-    start, end = billing.window(from_, to, plane.now())  # 422 unless a bounded range
-    with plane.reads() as s:
-        org = s.get(OrgRow, org_id)
-        assert org is not None
-        return billing.report(s, org, start, end)
+    return account.usage(org_id, from_, to)  # 422 unless a bounded range

@@ -1,5 +1,9 @@
 """The API app: the plane's lifespan, the edge (errors, body limit), health, the
-routers per resource and the completed OpenAPI document."""
+routers per resource and the completed OpenAPI document.
+
+This is where the HTTP edge meets the control plane, once: the routers reach the
+services the plane built through :mod:`.deps`; the edge and the health checks are given
+the parts they watch (the store's engine, the executor, the lease, the disks)."""
 
 from __future__ import annotations
 
@@ -32,8 +36,17 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
 
     app = FastAPI(title="sylphx", version=version("sylphx"), lifespan=lifespan)
     app.state.plane = plane
-    edge.install(app, plane)  # errors mapped to HTTP once; the body limit
-    health.install(app, plane)  # /healthz, /readyz
+    # errors mapped to HTTP once; the body limit
+    edge.install(app, engine=plane.engine, home=plane.settings.home)
+    health.install(  # /healthz, /readyz
+        app,
+        engine=plane.engine,
+        executor=plane.executor,
+        logs_dir=plane.settings.logs_dir,
+        lease=plane.reconciler.lease,
+        reconcile_interval=plane.settings.reconcile_interval,
+        draining=plane.is_draining,
+    )
     for router in (account.router, runs.router, volumes.router, secrets.router):
         app.include_router(router)
     openapi.install(app)  # the document, completed: every status, the one error body

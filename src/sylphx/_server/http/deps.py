@@ -1,18 +1,36 @@
-"""What the routes are given: the control plane, the caller's org, bounded ids in URLs."""
+"""What the routes are given: the services the control plane built, the caller's org,
+bounded ids in URLs. The providers are coroutines: they only look a service up, so they
+need no hop to the thread pool."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
-from fastapi.concurrency import run_in_threadpool
 
 from sylphx._core import limits
 from sylphx._core.limits import Text
 from sylphx._server.plane import ControlPlane
-from sylphx._server.tenancy import orgs
+from sylphx._server.runs.account import AccountService, SecretService
+from sylphx._server.runs.facade import RunService
+from sylphx._server.runs.volumes import VolumeService
 
-__all__ = ["Org", "Plane", "RunId", "SecretName", "VolumeId", "current_org", "plane_of"]
+__all__ = [
+    "Account",
+    "Org",
+    "RunId",
+    "Runs",
+    "SecretName",
+    "Secrets",
+    "VolumeId",
+    "Volumes",
+    "account_service",
+    "current_org",
+    "plane_of",
+    "run_service",
+    "secret_service",
+    "volume_service",
+]
 
 
 def plane_of(request: Request) -> ControlPlane:
@@ -21,27 +39,38 @@ def plane_of(request: Request) -> ControlPlane:
     return plane
 
 
+async def run_service(request: Request) -> RunService:
+    """The runs: submit, read, list, shards, cancel, delete, logs."""
+    return plane_of(request).runs
+
+
+async def volume_service(request: Request) -> VolumeService:
+    """The org's volumes."""
+    return plane_of(request).volumes
+
+
+async def secret_service(request: Request) -> SecretService:
+    """The org's secrets."""
+    return plane_of(request).secrets
+
+
+async def account_service(request: Request) -> AccountService:
+    """Keys to orgs, the org's view and its usage."""
+    return plane_of(request).account
+
+
 async def current_org(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> str:
-    """The caller's org id, from ``Authorization: Bearer <key>`` (401 otherwise). A key's
-    store lookup is reused for ``SYLPHX_AUTH_CACHE_SECONDS`` (see :mod:`..readcache`)."""
-    plane = plane_of(request)
-    key_hash = orgs.bearer_hash(authorization)
-    org_id = plane.keys.get(key_hash)
-    if org_id is None:
-        checked_at = plane.keys.now()
-        org_id = await run_in_threadpool(_org_of_key, plane, key_hash)
-        plane.keys.put(key_hash, org_id, checked_at)
-    return org_id
+    """The caller's org id, from ``Authorization: Bearer <key>`` (401 otherwise); see
+    :meth:`AccountService.authenticate`."""
+    return await plane_of(request).account.authenticate(authorization)
 
 
-def _org_of_key(plane: ControlPlane, key_hash: str) -> str:
-    with plane.reads() as s:
-        return orgs.org_of_key(s, key_hash)
-
-
-Plane = Annotated[ControlPlane, Depends(plane_of)]
+Runs = Annotated[RunService, Depends(run_service)]
+Volumes = Annotated[VolumeService, Depends(volume_service)]
+Secrets = Annotated[SecretService, Depends(secret_service)]
+Account = Annotated[AccountService, Depends(account_service)]
 Org = Annotated[str, Depends(current_org)]
 
 # Ids in URLs: bounded, NUL-free UTF-8 (what no id can be is a 422, an unknown id a 404).

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm.exc import StaleDataError
@@ -36,7 +38,6 @@ from sylphx._core.limits import MAX_BODY_BYTES
 from sylphx._core.spec import RunSpec
 from sylphx._core.validation import validation_error
 from sylphx._server.infra import faults
-from sylphx._server.plane import ControlPlane
 from sylphx._server.runs import longpoll
 
 from .openapi import ROUTES
@@ -93,8 +94,9 @@ def _http_error(exc: HTTPException, allow: str = "") -> SylphxError:
     return err
 
 
-def install(app: FastAPI, plane: ControlPlane) -> None:
-    """Register the error handlers and the body limit on ``app``."""
+def install(app: FastAPI, *, engine: Engine, home: Path) -> None:
+    """Register the error handlers and the body limit on ``app``: an unreachable store is
+    told about ``engine``'s, a full disk about the one of ``home`` (SYLPHX_HOME)."""
     app.add_middleware(BodyLimit)
 
     @app.exception_handler(SylphxError)
@@ -114,7 +116,7 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
     @app.exception_handler(InterfaceError)
     @app.exception_handler(PoolTimeout)
     async def _store_error(_: Request, exc: Exception) -> ErrorResponse:
-        err = faults.store_unavailable(exc, plane.engine)
+        err = faults.store_unavailable(exc, engine)
         log.error("%s", err.message)
         return error_response(err)
 
@@ -122,7 +124,7 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
     async def _os_error(_: Request, exc: OSError) -> ErrorResponse:
         if not faults.is_disk_full(exc):
             raise exc
-        err = faults.disk_full(plane.settings.home, "data")
+        err = faults.disk_full(home, "data")
         log.error("%s", err.message)
         return error_response(err)
 

@@ -32,9 +32,9 @@ from sqlalchemy import Engine, text
 
 from sylphx._core.errors import ServerUnavailable
 from sylphx._core.views import Health, Readiness
+from sylphx._server.executors import Executor
 from sylphx._server.infra import faults
-from sylphx._server.infra.lease import ADVISORY_KEY
-from sylphx._server.plane import ControlPlane
+from sylphx._server.infra.lease import ADVISORY_KEY, Lease
 
 from . import edge
 
@@ -54,16 +54,27 @@ _PG_HOLDERS = text(
 )
 
 
-def install(app: FastAPI, plane: ControlPlane) -> None:
-    """Register ``GET /healthz`` and ``GET /readyz`` on ``app``."""
-    store = _Probe(lambda: _probe_store(plane))
-    disk = _Probe(lambda: _probe_disk(plane.settings.logs_dir))
+def install(
+    app: FastAPI,
+    *,
+    engine: Engine,
+    executor: Executor,
+    logs_dir: Path,
+    lease: Lease | None,
+    reconcile_interval: float,
+    draining: Callable[[], bool],
+) -> None:
+    """Register ``GET /healthz`` and ``GET /readyz`` on ``app``, checking these parts:
+    the store behind ``engine``, the disk of ``logs_dir``, the reconciler's ``lease``
+    (None: this process is the only reconciler) and whether the process is ``draining``."""
+    store = _Probe(lambda: _probe_store(engine))
+    disk = _Probe(lambda: _probe_disk(logs_dir))
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Response:
         """Liveness: the process and its event loop answer (no store, no disk, no key)."""
-        cap = plane.executor.capacity().text()
-        out = Health(executor=plane.executor.name, capacity=cap)
+        cap = executor.capacity().text()
+        out = Health(executor=executor.name, capacity=cap)
         return Response(out.model_dump_json(by_alias=True), media_type="application/json")
 
     @app.get("/readyz", response_model=Readiness, tags=["health"])
@@ -71,26 +82,26 @@ def install(app: FastAPI, plane: ControlPlane) -> None:
         """Readiness: 200 while the store answers, the reconciler lease's holder is known
         and the log disk has room; otherwise 503 naming each failing check and its fix."""
         failed: list[Detail] = []
-        if plane.draining:
+        if draining():
             failed.append(_draining())
         probed, free = await asyncio.gather(store(STORE_TIMEOUT), disk(DISK_TIMEOUT))
         if probed is None:
             probed = (f"no answer within {STORE_TIMEOUT:g} s", None)
         store_error, holders = probed
         if store_error is not None:
-            failed.append(_store_failure(plane.engine, store_error))
-        lease = _lease(plane, holders)
-        if isinstance(lease, dict):
-            failed.append(lease)
+            failed.append(_store_failure(engine, store_error))
+        held = _lease(lease, reconcile_interval, holders)
+        if isinstance(held, dict):
+            failed.append(held)
         if not isinstance(free, int) or free < faults.MIN_FREE_BYTES:
-            failed.append(_disk_failure(plane.settings.logs_dir, free))
-        if failed or isinstance(lease, dict) or not isinstance(free, int):
+            failed.append(_disk_failure(logs_dir, free))
+        if failed or isinstance(held, dict) or not isinstance(free, int):
             lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix']}" for d in failed]
             err = ServerUnavailable("not ready: " + "; ".join(lines) + ".", details=failed)
             return edge.error_response(err)
-        role, holder = lease
+        role, holder = held
         out = Readiness(
-            store=plane.engine.dialect.name,
+            store=engine.dialect.name,
             lease=role,
             lease_holder=holder,
             log_disk_free_bytes=free,
@@ -116,13 +127,12 @@ class _Probe(Generic[T]):
 
 
 # -- the checks (in the thread pool) -------------------------------------------------------
-def _probe_store(plane: ControlPlane) -> tuple[str | None, list[int] | None]:
+def _probe_store(engine: Engine) -> tuple[str | None, list[int] | None]:
     """(why the store failed, or None; on PostgreSQL the lease holders' backend pids).
 
     PostgreSQL: ``SELECT 1`` on a pooled connection (pre-pinged), then the lease's lock.
     SQLite: the file is opened anew and read, as a restart would -- a pooled connection
     answers ``SELECT 1`` without touching the file, even after the file is gone."""
-    engine = plane.engine
     try:
         if engine.dialect.name != "postgresql":
             _read_sqlite(engine)
@@ -173,11 +183,12 @@ def _flock_holder(path: Path) -> int | None:
 
 
 # -- what each check answers ----------------------------------------------------------------
-def _lease(plane: ControlPlane, holders: list[int] | None) -> tuple[str, str] | Detail:
+def _lease(
+    lease: Lease | None, reconcile_interval: float, holders: list[int] | None
+) -> tuple[str, str] | Detail:
     """("holder" or "standby", who holds it), or the lease check's failure."""
-    lease = plane.reconciler.lease
     me = f"this process (pid {os.getpid()})"
-    wait = f"{max(plane.settings.reconcile_interval, 1.0):g} s"
+    wait = f"{max(reconcile_interval, 1.0):g} s"
     lost = (
         f"none if it passes: the reconciler takes a free lease within {wait}; if it lasts,"
         " read this process's log for 'reconcile pass failed'"

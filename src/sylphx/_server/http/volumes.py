@@ -1,4 +1,5 @@
-"""``/v1/volumes``: the org's ReadWriteMany volumes."""
+"""``/v1/volumes``: the org's ReadWriteMany volumes, over
+:class:`~sylphx._server.runs.volumes.VolumeService`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sylphx._core import limits
 from sylphx._core.limits import Text
 from sylphx._core.views import VolumeView
-from sylphx._server.runs import volumes
 
-from .deps import Org, Plane, VolumeId
+from .deps import Org, VolumeId, Volumes
 
 __all__ = ["VolumeCreate", "router"]
 
@@ -28,28 +28,19 @@ class VolumeCreate(BaseModel):
 
 
 @router.post("/v1/volumes", status_code=201, response_model=VolumeView)
-def create_volume(org_id: Org, plane: Plane, body: VolumeCreate | None = None) -> VolumeView:
+def create_volume(org_id: Org, volumes: Volumes, body: VolumeCreate | None = None) -> VolumeView:
     """Create a volume (its directory under SYLPHX_HOME/volumes)."""
-    with plane.sessions.begin() as s:
-        return volumes.create(
-            s,
-            org_id,
-            name=body.name if body else None,
-            root=plane.settings.volumes_dir,
-            now=plane.now(),
-        )
+    return volumes.create(org_id, body.name if body else None)
 
 
 @router.get("/v1/volumes", response_model=list[VolumeView])
-def list_volumes(org_id: Org, plane: Plane) -> list[VolumeView]:
+def list_volumes(org_id: Org, volumes: Volumes) -> list[VolumeView]:
     """Every volume of the org."""
-    with plane.reads() as s:
-        return volumes.list_all(s, org_id)
+    return volumes.list_all(org_id)
 
 
 @router.delete("/v1/volumes/{volume_id}", status_code=204)
-def delete_volume(volume_id: VolumeId, org_id: Org, plane: Plane) -> Response:
+def delete_volume(volume_id: VolumeId, org_id: Org, volumes: Volumes) -> Response:
     """Delete a volume and its files (409 while a live run mounts it)."""
-    with plane.sessions.begin() as s:
-        volumes.delete(s, volume_id, org_id)
+    volumes.delete(volume_id, org_id)
     return Response(status_code=204)
