@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sylphx._server.controller import reconciler
+from sylphx._server.controller import loop as pass_loop
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.store import make_engine, migrate, session_factory
 from sylphx._settings import Settings
@@ -51,7 +51,7 @@ class Passes:
 def loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Reconciler, WakingExecutor, Passes]]:
-    monkeypatch.setattr(reconciler, "EXIT_BATCH_SECONDS", LONG)
+    monkeypatch.setattr(pass_loop, "EXIT_BATCH_SECONDS", LONG)
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     executor = WakingExecutor(Clock())
@@ -69,7 +69,7 @@ def test_exits_that_trickle_in_are_settled_in_one_pass(
     loop: tuple[Reconciler, WakingExecutor, Passes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, executor, passes = loop
-    monkeypatch.setattr(reconciler, "EXIT_BATCH_SECONDS", 1.0)
+    monkeypatch.setattr(pass_loop, "EXIT_BATCH_SECONDS", 1.0)
     for _ in range(20):  # 20 exit notes in quick succession
         executor.wake()
         time.sleep(0.005)
@@ -83,7 +83,7 @@ def test_exits_after_a_pass_that_settled_a_burst_are_settled_at_once(
     loop: tuple[Reconciler, WakingExecutor, Passes],
 ) -> None:
     rec, executor, passes = loop
-    rec._last_exits = reconciler.EXIT_BATCH  # the last pass settled a burst of exits
+    rec._last_exits = pass_loop.EXIT_BATCH  # the last pass settled a burst of exits
     executor.wake()
     assert passes.wait_for(2)  # well before the batch period is over
 

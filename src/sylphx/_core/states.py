@@ -52,6 +52,7 @@ class StopCause(StrEnum):
     TIMEOUT = "timeout"  # it ran past the spec's timeoutSeconds
     CANCEL = "cancel"  # its run was cancelled
     PREEMPT = "preempt"  # the scheduler needs its capacity for a gang run
+    GANG_RESTART = "gang_restart"  # a sibling in its gang was lost: the gang restarts whole
 
 
 class RunState(StrEnum):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from sylphx._core.states import ShardState, StopCause
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 Action = Literal["term", "kill"]
 STOP_KEYS = ("stop_reason", "stop_requested_at", "killed_at")
+_PREEMPTIONS = (StopCause.PREEMPT, StopCause.GANG_RESTART)  # killed after the preemption grace
 CANCELLED_BEFORE_START = "Cancelled before it started"
 
 
@@ -98,9 +99,7 @@ def stop_live(
             ),
             now=now,
             timeout_seconds=spec.timeout_seconds,
-            grace_seconds=(
-                preemption_grace if latest.stop_reason == StopCause.PREEMPT else kill_grace
-            ),
+            grace_seconds=preemption_grace if latest.stop_reason in _PREEMPTIONS else kill_grace,
             cancel_requested=run.cancel_requested_at is not None,
         )
         if action is None:
@@ -143,6 +142,24 @@ def stop(
     update_attempts(s, attempts, STOP_KEYS)
     update_shards(s, cancelled, ("state", "reason", "ended_at"))
     return signals
+
+
+_LIVE_OF = select(*attempt_columns()).where(
+    ATTEMPTS.c.run_id == bindparam("run_id"),
+    ATTEMPTS.c.ended_at.is_(None),
+    ATTEMPTS.c.stop_reason.is_(None),
+)
+
+
+def restart_gang(s: Session, run: RunRow, *, now: datetime) -> list[tuple[str, Action]]:
+    """Ask every live member of a gang that lost one to stop (stored now; killed after
+    the preemption grace): each comes back as a preemption, and the queue admits the
+    gang again whole once none is left running. The SIGTERMs to send after the commit."""
+    attempts = [AttemptRecord(*row) for row in s.execute(_LIVE_OF, {"run_id": run.id})]
+    for attempt in attempts:
+        attempt.stop_reason, attempt.stop_requested_at = StopCause.GANG_RESTART.value, now
+    update_attempts(s, attempts, STOP_KEYS)
+    return [(attempt.handle, "term") for attempt in attempts if attempt.handle]
 
 
 def preempt(s: Session, attempt_ids: list[int], now: datetime) -> list[tuple[str, Action]]:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sylphx._core.errors import ExecutorError
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import AttemptState, ShardState
-from sylphx._server.executors.base import Executor, Exit, LaunchRequest, Mount
+from sylphx._server.executors.base import LOST, Executor, Exit, LaunchRequest, Mount
 from sylphx._server.infra import faults
 from sylphx._server.store import RunRow, VolumeRow
 from sylphx._server.store.batch import Batch
@@ -213,8 +213,8 @@ def readopt(
             named.append(attempt)
         handle = attempt.handle
         if not executor.adopt(handle):
-            why = "Lost: the control plane restarted and cannot find the attempt"
-            exits.append(Exit(handle, -9, now, reason=why))
+            why = f"{LOST}: the control plane restarted and cannot find the attempt"
+            exits.append(Exit(handle, -9, now, reason=why, lost=True))
             continue
         spec = specs.get(attempt.run_id)  # none: the run is ended (its spec is unreadable)
         if attempt.stop_reason or spec is None or executor.started(handle):

@@ -8,16 +8,15 @@ and writes the result. Running a pass twice in a row changes nothing the second 
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sylphx._core.errors import StorageFull
@@ -31,6 +30,7 @@ from sylphx._settings import Settings
 
 from . import bulkhead, deadlines, launching, rollup, scheduling, settle, survey
 from .bulkhead import PASS_LEVEL
+from .loop import PassLoop
 from .policy import queue
 from .transitions import transition
 
@@ -38,17 +38,10 @@ log = logging.getLogger("sylphx.reconciler")
 Clock = Callable[[], datetime]
 ACTIVE = survey.ACTIVE
 FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this often
-# A pass woken by process exits starts at least this long after the previous pass began,
-# so exits that trickle in (256 shards ending over a few seconds) are settled a batch per
-# pass, not one pass each; like the Kubernetes Job controller's sync batch period. An
-# exit after a quiet spell, and every wake() (submit, cancel), still start a pass at once;
-# so does one after a pass that settled EXIT_BATCH exits or more (a burst: the next
-# exits are likely as many, and waiting would only delay them).
-EXIT_BATCH_SECONDS = 0.04
-EXIT_BATCH = 32
 # What a pass was doing for a run when it failed (see bulkhead): "Internal error while ..."
 READING, SETTLING = "reading its spec", "settling its shards' exits"
 QUEUEING, STARTING = "deciding whether it starts", "starting its shards"
+RESTARTING = "stopping its gang to admit it again whole"
 
 
 _ACTIVE_RUNS = select(RunRow).where(RunRow.state.in_(ACTIVE)).order_by(RunRow.created_at, RunRow.id)
@@ -58,8 +51,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Reconciler:
-    """Drives every active run one step closer to done on each :meth:`tick`."""
+class Reconciler(PassLoop):
+    """Drives every active run one step closer to done on each :meth:`tick`; the loop
+    that runs the passes (waking, batching, the lease) is :class:`.loop.PassLoop`."""
 
     def __init__(
         self,
@@ -76,83 +70,14 @@ class Reconciler:
         self.executor = executor
         self.settings = settings
         self.clock = clock
-        self._wake = threading.Event()  # set by every wake-up, batched ones included
-        self._urgent = threading.Event()  # set by wake(): no batching
-        self._stop = threading.Event()
-        self._last_start = float("-inf")  # monotonic time the last pass began
-        self._last_exits = 0  # exits the last pass settled
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
-        self._recovered = False  # whether start() already re-adopted live attempts
         self._disk_full: str | None = None  # the last "log disk full" message logged
         self._last_full = float("-inf")  # monotonic time of the last pass that loaded all
         self._specs: dict[tuple[str, int], RunSpec] = {}  # parsed specs by (run, version)
         self._bulkhead = bulkhead.Bulkhead()  # runs that failed a step: parked or ended
         self.on_pass: Callable[[list[str]], None] = lambda ended: None  # hook, see tick()
         executor.set_waker(self._wake_batched)
-
-    # -- loop -------------------------------------------------------------
-    def wake(self) -> None:
-        """Run the next pass now (after a submit or a cancel)."""
-        self._urgent.set()
-        self._wake.set()
-
-    def _wake_batched(self) -> None:
-        """Run a pass soon: processes ended (see EXIT_BATCH_SECONDS)."""
-        self._wake.set()
-
-    def _wait(self) -> None:
-        """Until the next pass is due: a wake-up, or the reconcile interval."""
-        self._wake.wait(self.settings.reconcile_interval)
-        if not self._urgent.is_set() and self._last_exits < EXIT_BATCH:  # let exits gather
-            rest = self._last_start + EXIT_BATCH_SECONDS - time.monotonic()
-            if rest > 0:
-                self._urgent.wait(rest)
-
-    def start(self) -> None:
-        if self.lease is None or self.lease.ensure():
-            self.recover()
-            self._recovered = True
-        self._thread = threading.Thread(target=self._loop, name="sylphx-reconciler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self.lease is not None:
-            self.lease.release()
-
-    def _loop(self) -> None:
-        readopt = not self._recovered
-        while not self._stop.is_set():
-            self._wake.clear()
-            self._urgent.clear()
-            self._last_start = time.monotonic()
-            try:
-                # Several API processes may share the store: only the lease holder acts.
-                # A standby that takes over re-adopts every live attempt first.
-                if self.lease is not None and not self.lease.ensure():
-                    readopt = True
-                    self._wake.wait(self.settings.reconcile_interval)
-                    continue
-                if readopt:  # exits polled by a failed pass were lost with its transaction
-                    self.recover()
-                    readopt = False
-                self.tick()
-            except (OperationalError, InterfaceError) as exc:  # the store is away: say so
-                bind = self.sessions.kw["bind"]
-                assert isinstance(bind, Engine)
-                log.error("reconcile pass failed: %s", faults.store_unavailable(exc, bind).message)
-                readopt = True
-            except StorageFull as exc:
-                log.error("reconcile pass failed: %s", exc.message)
-                readopt = True
-            except Exception:  # keep reconciling; the next pass re-reads everything
-                log.exception("reconcile pass failed")
-                readopt = True
-            self._wait()
 
     # -- one pass ----------------------------------------------------------
     def tick(self) -> None:
@@ -277,6 +202,7 @@ class Reconciler:
         none is ever started twice."""
         bh = self._bulkhead
         bh.begin()
+        self._signals = []
         try:
             with self.sessions.begin() as s:
                 unended = launching.open_attempts(s)
@@ -291,17 +217,28 @@ class Reconciler:
             raise
         bh.commit()
         self.executor.flush()  # the relaunched attempts, as after a pass
-        for handle, sig in bh.signals:  # the processes of runs that were ended
+        for handle, sig in [*self._signals, *bh.signals]:  # gangs restarting, runs ended
             self.executor.signal(handle, sig)
 
     # -- steps ---------------------------------------------------------------
     def _collect(self, s: Session, exits: Sequence[Exit], specs: dict[str, RunSpec]) -> None:
-        """Settle the attempts in ``exits``; a run whose exits cannot be settled is ended."""
-        if exits:
-            ceiling = self.settings.max_preemptions_per_index
-            unsettled = settle.settle(s, exits, specs.__getitem__, preemption_ceiling=ceiling)
-            for run_id, (exc, left) in unsettled.items():
-                self._bulkhead.fault(run_id, SETTLING, exc, final=True, exits=left)
+        """Settle the attempts in ``exits``; a run whose exits cannot be settled is ended.
+        A gang that lost a member has its other live members stopped (SIGTERM once the
+        pass committed): it is admitted again as one, never run short of a peer."""
+        if not exits:
+            return
+        ceiling = self.settings.max_preemptions_per_index
+        restarts: set[str] = set()
+        unsettled = settle.settle(
+            s, exits, specs.__getitem__, preemption_ceiling=ceiling, restarts=restarts
+        )
+        for run_id, (exc, left) in unsettled.items():
+            self._bulkhead.fault(run_id, SETTLING, exc, final=True, exits=left)
+        gangs = [s.get(RunRow, run_id) for run_id in sorted(restarts - set(unsettled))]
+        now = self.clock()
+        restart = functools.partial(deadlines.restart_gang, s, now=now)
+        stops = self._bulkhead.each(s, [run for run in gangs if run], RESTARTING, restart)
+        self._signals += [signal for signals in stops.values() for signal in signals]
 
     def _admit(
         self,
@@ -370,6 +307,7 @@ class Reconciler:
                 preemptible=lambda: survey.preemptible(s, now),
                 preemption_ceiling=ceiling,
                 hold=self._bulkhead.faults.keys(),  # parked: their live shards still count
+                restarting=lambda: survey.restarting_gangs(s),
             ),
         )
 

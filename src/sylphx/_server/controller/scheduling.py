@@ -35,21 +35,39 @@ def decide(
     preemptible: Callable[[], tuple[list[Victim], Resources]],
     preemption_ceiling: int,
     hold: Collection[str] = (),
+    restarting: Callable[[], set[str]] = set,
 ) -> queue.Decision:
     """The queue policy's decision for this pass (``runs`` in submission order, ``counts``
     their shards by state). ``preemptible`` is asked only when a gang run waits. Runs in
-    ``hold`` (parked this pass) start nothing, but their live shards hold capacity."""
+    ``hold`` (parked this pass) start nothing, but their live shards hold capacity.
+    ``restarting``: the gang runs whose members are being stopped to restart the gang
+    (asked only when a gang has shards both live and pending): they start nothing until
+    none is left running, then the gang is admitted again as one."""
     used = ZERO
     org_units: dict[str, float] = defaultdict(float)
     candidates: list[queue.Candidate] = []
+    waiting: dict[str, str] = {}
+    mixed = [
+        run.id
+        for run in runs
+        if run.gang
+        and counts.get(run.id, Counter())[ShardState.PENDING]
+        and _live(counts.get(run.id, Counter()))
+    ]
+    stopping = restarting() if mixed else set()
     for run in runs:
         count = counts.get(run.id, Counter())
-        live = count[ShardState.STARTING] + count[ShardState.RUNNING]
+        live = _live(count)
+        if run.id in stopping:
+            waiting[run.id] = (
+                f"restarting the gang: a shard was lost; waiting for {live} running shard(s)"
+                " to stop, then all are admitted again together"
+            )
         if live:
             used = used + Resources.of_tier(run.machine, live)
             org_units[run.org_id] += MACHINES[run.machine].units * live
         pending = count[ShardState.PENDING]
-        if pending and run.cancel_requested_at is None and run.id not in hold:
+        if pending and run.cancel_requested_at is None and run.id not in {*hold, *stopping}:
             candidates.append(
                 queue.Candidate(
                     run.id,
@@ -61,17 +79,23 @@ def decide(
                 )
             )
     if not candidates:
-        return queue.Decision()
-    victims, stopping = preemptible() if any(c.gang for c in candidates) else ([], ZERO)
-    return queue.admit(
+        return queue.Decision(waiting=waiting)
+    victims, coming = preemptible() if any(c.gang for c in candidates) else ([], ZERO)
+    decision = queue.admit(
         candidates,
         free=capacity - used,
         org_units=dict(org_units),
         victims=victims,
-        stopping=stopping,
+        stopping=coming,
         preemption_ceiling=preemption_ceiling,
         total=capacity,
     )
+    decision.waiting |= waiting
+    return decision
+
+
+def _live(count: Counter[ShardState]) -> int:
+    return count[ShardState.STARTING] + count[ShardState.RUNNING]
 
 
 def expire_admission(s: Session, run: RunRow, spec: RunSpec, now: datetime) -> RunSpec:

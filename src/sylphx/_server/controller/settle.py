@@ -57,11 +57,14 @@ def settle(
     spec_of: Callable[[str], RunSpec],
     *,
     preemption_ceiling: int,
+    restarts: set[str] | None = None,
 ) -> Unsettled:
     """Record how the attempts in ``exits`` ended (those still open; an exit already
     recorded is ignored), move their shards on and meter them. A run whose exits raise
     (in a policy, or in writing them) is left out, the others are settled: returns, by
-    run id, the error and that run's exits (the caller ends the run with them)."""
+    run id, the error and that run's exits (the caller ends the run with them).
+    ``restarts`` gets the gang runs that lost a member which is to be retried: the
+    caller stops its siblings, and the gang is admitted again as one."""
     by_handle = {e.handle: e for e in exits}
     handles = list(by_handle)
     attempts: list[AttemptRecord] = []
@@ -86,8 +89,12 @@ def settle(
             runs[run.id] = run
             exit = by_handle[attempt.handle or ""]
             shard = shards[attempt.shard_id]
-            finish(attempt, shard, exit, spec_of(run.id), preemption_ceiling)
+            spec = spec_of(run.id)
+            finish(attempt, shard, exit, spec, preemption_ceiling)
             usage.append(billing.usage(attempt, run, ran=exit.launched))
+            retried = shard.state == ShardState.PENDING
+            if spec.gang and exit.lost and retried and restarts is not None:
+                restarts.add(run.id)
         except NOT_A_RUNS:  # (a failed read, outside a savepoint, is the pass's)
             raise
         except Exception as exc:  # this run's exits are not settled; the others are
@@ -169,7 +176,7 @@ def finish(
         failures=shard.failures,
         budget=spec.retry_budget,
         reason=exit.reason,
-        lost=exit.lost and not spec.gang,  # a lost gang shard is not retried alone
+        lost=exit.lost,  # a preemption; a gang's siblings are stopped too (see settle)
         preemptions=shard.preemptions,
         preemption_ceiling=preemption_ceiling,
     )

@@ -90,6 +90,23 @@ def live_clocks(s: Session) -> dict[str, Clocks]:
     return {run_id: Clocks(started, stop) for run_id, started, stop in rows}
 
 
+_RESTARTING = (
+    select(AttemptRow.run_id)
+    .join(RunRow, RunRow.id == AttemptRow.run_id)
+    .where(
+        RunRow.state.in_(ACTIVE),
+        AttemptRow.ended_at.is_(None),
+        AttemptRow.stop_reason == StopCause.GANG_RESTART.value,
+    )
+    .distinct()
+)
+
+
+def restarting_gangs(s: Session) -> set[str]:
+    """The active runs with members still stopping for a gang restart."""
+    return set(s.scalars(_RESTARTING))
+
+
 def preemptible(s: Session, now: datetime) -> tuple[list[Victim], Resources]:
     """Running opportunistic attempts that may be preempted, and the capacity held by
     those already asked to stop for a preemption (it is on its way back)."""

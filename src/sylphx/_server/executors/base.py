@@ -56,6 +56,7 @@ class LaunchRequest:
 
 
 LAUNCH_ERROR = "LaunchError"  # how the reason of an attempt that never started begins
+LOST = "Lost"  # ... and of one the executor lost track of (its supervisor died)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ class Exit:
     returncode: int
     ended_at: datetime
     reason: str | None = None  # an executor-specific cause, shown to the user
-    lost: bool = False  # the executor lost the attempt (node died): a preemption, not a failure
+    # the executor lost the attempt (its node or supervisor died): a preemption, never a
+    # failure of the shard's own
+    lost: bool = False
     started_at: datetime | None = None  # the process's true start, when the executor knows it
     log_truncated: tuple[str, ...] = ()  # streams ("stdout", "stderr") that hit the log cap
     launched: bool = True  # False: it never became a process (exit 127): nothing to meter
@@ -89,8 +92,10 @@ class Exit:
         log_truncated: tuple[str, ...] = (),
     ) -> Exit:
         """An exit read back from an executor's own record (a state file, a Ray task's
-        result), where the reason is all that says whether the attempt ever started."""
+        result), where the reason is all that says whether the attempt ever started and
+        whether it was lost."""
         launched = not (reason or "").startswith(LAUNCH_ERROR)
+        lost = (reason or "").startswith(f"{LOST}:")
         return cls(
             handle,
             returncode,
@@ -99,6 +104,7 @@ class Exit:
             started_at=started_at,
             log_truncated=log_truncated,
             launched=launched,
+            lost=lost,
         )
 
 

@@ -22,6 +22,16 @@ class Outcome:
     preempted: bool = False  # counts against the preemption ceiling instead
 
 
+_PREEMPTED = {
+    StopCause.PREEMPT: "Preempted: stopped to make room for a gang run",
+    StopCause.GANG_RESTART: (
+        "GangRestart: a shard of its gang was lost; the whole gang was stopped to be"
+        " admitted again together"
+    ),
+    None: "Preempted: the executor lost the attempt",
+}
+
+
 def normalize_exit(returncode: int) -> int:
     """Shell convention: death by signal N is exit code 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -50,8 +60,9 @@ def decide(
     """Classify an exit. ``stop_reason``: the :class:`StopCause` the control plane
     stored before it signalled the attempt, if it did. Failures retry while ``failures <
     budget``; timeouts and cancels are final; ``reason`` lets an executor name a cause
-    (e.g. LaunchError). A preemption (``StopCause.PREEMPT``, or ``lost``: the executor
-    lost the attempt, e.g. its node died) retries without using the failure budget, up
+    (e.g. LaunchError). A preemption (``StopCause.PREEMPT``; ``GANG_RESTART``: stopped
+    because a sibling in its gang was lost; or ``lost``: the executor lost the attempt,
+    e.g. its node or its supervisor died) retries without using the failure budget, up
     to ``preemption_ceiling`` times per index."""
     code = normalize_exit(returncode)
     stop = StopCause(stop_reason) if stop_reason is not None else None
@@ -59,8 +70,8 @@ def decide(
         return Outcome(A.TIMED_OUT, S.TIMED_OUT, code, "DeadlineExceeded", False)
     if stop is StopCause.CANCEL:
         return Outcome(A.CANCELLED, S.CANCELLED, code, "Cancelled", False)
-    if stop is StopCause.PREEMPT or lost:
-        why = reason or "Preempted: stopped to make room for a gang run"
+    if stop in (StopCause.PREEMPT, StopCause.GANG_RESTART) or lost:
+        why = reason or _PREEMPTED[stop]
         if preemptions < preemption_ceiling:
             return Outcome(A.PREEMPTED, S.PENDING, code, why, False, preempted=True)
         limit = f"PreemptionLimit: preempted {preemptions + 1} times (ceiling {preemption_ceiling})"

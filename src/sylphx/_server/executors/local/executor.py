@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
 from sylphx._core.machines import Resources
-from sylphx._server.executors.base import LAUNCH_ERROR, Exit, LaunchRequest, Signal, Waker
+from sylphx._server.executors.base import LAUNCH_ERROR, LOST, Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.probe import check_envelope
 from sylphx._server.executors.envelope.sandbox import Policy
 from sylphx._server.images.store import ImageStore
@@ -343,7 +343,7 @@ class LocalExecutor:
             pid = verified_pid(read_state(f"{folder}/pid"))
             if pid is not None:
                 os.killpg(pid, signal.SIGKILL)
-        return self._settle(handle, -9, "Lost: the attempt's supervisor died")
+        return self._settle(handle, -9, f"{LOST}: the attempt's supervisor died")
 
     def _settle(self, handle: str, code: int, reason: str) -> Exit:
         """Record an exit on the supervisor's behalf, so a later control plane sees it too."""
