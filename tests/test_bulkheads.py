@@ -2,7 +2,7 @@
 why, and every other run -- of every org -- goes on (see controller/bulkhead.py).
 
 The first tests use a real control plane (the local executor, real processes) on the
-session's store; the rest the reconciler with a fake executor and clock, also on it.
+session's store; the rest the reconciler with the stub executor and a manual clock, also on it.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def test_a_spec_that_no_longer_parses_ends_its_run_only(server: Server) -> None:
     assert shard["status"] == "failed" and shard["reason"] == view["message"]
 
 
-# -- the reconciler alone: a fake executor and clock, on the session's store ---------------
+# -- the reconciler alone: the stub executor and a manual clock, on the session's store ----
 
 
 @pytest.fixture
@@ -338,7 +338,7 @@ def test_a_run_whose_spec_does_not_parse_is_ended_by_recovery(h: Harness) -> Non
 def test_a_queued_or_running_run_with_pending_shards_always_says_why(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    h.executor.cap = Resources.of_host(1, 64 << 30)  # ten nano shards at once
+    h.executor.resources = Resources.of_host(1, 64 << 30)  # ten nano shards at once
     retried = h.submit(parallelism=2, machine="nano", gangScheduling=False, backoffLimitPerIndex=2)
     cases = {"retried": retried}
     cases["reserve"] = h.submit(parallelism=2, machine="nano")  # a gang: it goes first
@@ -352,7 +352,7 @@ def test_a_queued_or_running_run_with_pending_shards_always_says_why(
         return real(request)
 
     monkeypatch.setattr(h.executor, "launch", launch)
-    monkeypatch.setattr(h.executor, "reserve_gang", lambda *_: False, raising=False)
+    h.executor.gangs_ready = False  # gang reservations wait (as a pending placement group)
     for _ in range(2):
         h.tick()
         _all_say_why(h, cases)

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sylphx._server.controller import loop as pass_loop
 from sylphx._server.controller.reconciler import Reconciler
+from sylphx._server.executors.stub import StubExecutor
 from sylphx._server.store import make_engine, migrate, session_factory
 from sylphx._settings import Settings
-from test_reconciler import Clock, FakeExecutor
 
 LONG = 60.0  # a batch period no test outlives: a pass that came only after it never came
-
-
-class WakingExecutor(FakeExecutor):
-    """Keeps the waker the reconciler gives it, as a real executor does."""
-
-    def forget_run(self, run_id: str) -> None:
-        pass
-
-    def set_waker(self, wake: Callable[[], None]) -> None:
-        assert callable(wake)
-        self.wake: Callable[[], None] = wake
 
 
 class Passes:
@@ -50,28 +39,29 @@ class Passes:
 @pytest.fixture
 def loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Reconciler, WakingExecutor, Passes]]:
+) -> Iterator[tuple[Reconciler, StubExecutor, Passes]]:
     monkeypatch.setattr(pass_loop, "EXIT_BATCH_SECONDS", LONG)
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
-    executor = WakingExecutor(Clock())
+    executor = StubExecutor()  # it keeps the waker the reconciler gives it, as a real one
     settings = Settings(home=tmp_path, database_url="unused", reconcile_interval=30)
     rec = Reconciler(session_factory(engine), executor, settings)
     passes = Passes()
     monkeypatch.setattr(rec, "tick", passes.tick)
     rec.start()
     assert passes.wait_for(1)  # the first pass runs at start
+    assert executor.waker is not None
     yield rec, executor, passes
     rec.stop()
 
 
 def test_exits_that_trickle_in_are_settled_in_one_pass(
-    loop: tuple[Reconciler, WakingExecutor, Passes], monkeypatch: pytest.MonkeyPatch
+    loop: tuple[Reconciler, StubExecutor, Passes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, executor, passes = loop
     monkeypatch.setattr(pass_loop, "EXIT_BATCH_SECONDS", 1.0)
     for _ in range(20):  # 20 exit notes in quick succession
-        executor.wake()
+        executor.waker()
         time.sleep(0.005)
     assert passes.wait_for(2)
     time.sleep(0.2)  # no pass for each of the other notes
@@ -80,27 +70,27 @@ def test_exits_that_trickle_in_are_settled_in_one_pass(
 
 
 def test_exits_after_a_pass_that_settled_a_burst_are_settled_at_once(
-    loop: tuple[Reconciler, WakingExecutor, Passes],
+    loop: tuple[Reconciler, StubExecutor, Passes],
 ) -> None:
     rec, executor, passes = loop
     rec._last_exits = pass_loop.EXIT_BATCH  # the last pass settled a burst of exits
-    executor.wake()
+    executor.waker()
     assert passes.wait_for(2)  # well before the batch period is over
 
 
 def test_a_wake_starts_a_pass_without_waiting_for_the_batch(
-    loop: tuple[Reconciler, WakingExecutor, Passes],
+    loop: tuple[Reconciler, StubExecutor, Passes],
 ) -> None:
     rec, executor, passes = loop
-    executor.wake()  # an exit note: its pass waits for the batch period ...
+    executor.waker()  # an exit note: its pass waits for the batch period ...
     rec.wake()  # ... which a submit cuts short
     assert passes.wait_for(2)  # well before the batch period is over
 
 
 def test_stop_does_not_wait_for_the_batch(
-    loop: tuple[Reconciler, WakingExecutor, Passes],
+    loop: tuple[Reconciler, StubExecutor, Passes],
 ) -> None:
     rec, executor, _ = loop
-    executor.wake()  # its pass would wait LONG
+    executor.waker()  # its pass would wait LONG
     rec.stop()  # joins the loop for at most 10 s
     assert rec._thread is not None and not rec._thread.is_alive()

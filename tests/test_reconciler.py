@@ -1,4 +1,4 @@
-"""The reconciler, table-driven, with a fake executor and a fake clock (no processes).
+"""The reconciler, table-driven, with the stub executor and a manual clock (no processes).
 
 Behaviour is also shown with real processes in test_runs.py; here the clock is ours,
 so deadlines and the billing meter can be checked to the second.
@@ -6,7 +6,7 @@ so deadlines and the billing meter can be checked to the second.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from sylphx._core.spec import RunSpec
 from sylphx._server.controller import reconciler, survey
 from sylphx._server.controller.policy.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
-from sylphx._server.executors.base import Exit, LaunchRequest, Signal
+from sylphx._server.executors.stub import ManualClock, StubExecutor
 from sylphx._server.runs import service as runs
 from sylphx._server.store import (
     AttemptRow,
@@ -34,92 +34,13 @@ from sylphx._settings import Settings
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class FakeExecutor:
-    """Processes that exit when the test says, or when signalled."""
-
-    name = "fake"
-
-    def __init__(self, clock: Clock, cpus: float = 64, memory: int = 256 << 30) -> None:
-        self.clock = clock
-        self.cap = Resources.of_host(cpus, memory)
-        self.live: dict[str, LaunchRequest] = {}
-        self.ended: list[Exit] = []
-        self.signals: list[tuple[str, Signal]] = []
-        self.ignore_term = False
-        self._n = 0
-
-    def capacity(self) -> Resources:
-        return self.cap
-
-    def launch(self, request: LaunchRequest) -> str:
-        self._n += 1
-        handle = f"fake:{self._n}"
-        self.live[handle] = request
-        return handle
-
-    def finish(self, index: int, code: int = 0, *, run_id: str | None = None) -> None:
-        for handle, req in list(self.live.items()):
-            if req.index == index and (run_id is None or req.run_id == run_id):
-                del self.live[handle]
-                self.ended.append(Exit(handle, code, self.clock()))
-
-    def finish_all(self, code: int = 0) -> None:
-        for req in list(self.live.values()):
-            self.finish(req.index, code, run_id=req.run_id)
-
-    def poll(self) -> list[Exit]:
-        out, self.ended = self.ended, []
-        return out
-
-    def signal(self, handle: str, sig: Signal) -> None:
-        self.signals.append((handle, sig))
-        if handle in self.live and (sig == "kill" or not self.ignore_term):
-            del self.live[handle]
-            self.ended.append(Exit(handle, -9 if sig == "kill" else -15, self.clock()))
-
-    def alive(self, handle: str) -> bool:
-        return handle in self.live
-
-    def adopt(self, handle: str) -> bool:
-        return handle in self.live
-
-    def started(self, handle: str) -> bool:
-        return handle in self.live
-
-    def flush(self, *, discard: bool = False) -> None:
-        pass
-
-    def drop(self, handles: Collection[str]) -> None:
-        pass
-
-    def forget_run(self, run_id: str) -> None:
-        pass
-
-    def set_waker(self, wake: Callable[[], None]) -> None:
-        pass
-
-    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
-
-
 class Harness:
+    """A reconciler on a real store, driven pass by pass: the stub executor and the
+    reconciler share one manual clock."""
+
     def __init__(self, tmp: Path, url: str | None = None) -> None:
-        self.clock = Clock()
-        self.executor = FakeExecutor(self.clock)
+        self.clock = ManualClock(T0)
+        self.executor = StubExecutor(clock=self.clock)
         engine = make_engine(url or f"sqlite:///{tmp / 'db.sqlite'}")
         migrate(engine)
         self.sessions = session_factory(engine)
@@ -136,7 +57,7 @@ class Harness:
                 s,
                 RunSpec.parse({"command": ["x"], **spec}),
                 org,
-                capacity=self.executor.cap,
+                capacity=self.executor.capacity(),
                 now=self.clock(),
             )
             return run.id
@@ -250,7 +171,7 @@ def test_retries_are_each_billed(h: Harness) -> None:
 
 
 def test_cancel_before_start_bills_nothing_and_mid_flight_bills_the_window(h: Harness) -> None:
-    h.executor.cap = Resources.of_host(1, 4 << 30)
+    h.executor.resources = Resources.of_host(1, 4 << 30)
     first = h.submit()
     h.tick()
     queued = h.submit()  # no capacity left: stays queued
@@ -266,7 +187,7 @@ def test_cancel_before_start_bills_nothing_and_mid_flight_bills_the_window(h: Ha
 
 
 def test_gang_waits_until_all_fit_then_starts_together(h: Harness) -> None:
-    h.executor.cap = Resources.of_host(4, 64 << 30)
+    h.executor.resources = Resources.of_host(4, 64 << 30)
     blocker = h.submit(parallelism=2, machine="standard")
     h.tick()
     gang = h.submit(parallelism=3, machine="standard")
@@ -312,7 +233,7 @@ def test_a_focused_pass_loads_only_the_runs_that_changed(
 
 
 def test_gang_preempts_opportunistic_shards_which_finish_later(h: Harness) -> None:
-    h.executor.cap = Resources.of_host(2, 64 << 30)
+    h.executor.resources = Resources.of_host(2, 64 << 30)
     opp = h.submit(parallelism=2, machine="standard", gangScheduling=False, backoffLimitPerIndex=0)
     h.tick()
     h.tick(40)
@@ -341,7 +262,7 @@ def test_gang_preempts_opportunistic_shards_which_finish_later(h: Harness) -> No
 
 
 def test_preempted_shard_ignoring_sigterm_is_killed_after_the_preemption_grace(h: Harness) -> None:
-    h.executor.cap = Resources.of_host(1, 64 << 30)
+    h.executor.resources = Resources.of_host(1, 64 << 30)
     h.executor.ignore_term = True
     h.submit(parallelism=2, machine="standard", gangScheduling=False)
     h.tick()
@@ -354,11 +275,11 @@ def test_preempted_shard_ignoring_sigterm_is_killed_after_the_preemption_grace(h
 
 
 def test_admission_deadline_ends_the_run_and_bills_nothing(h: Harness) -> None:
-    h.executor.cap = Resources.of_host(1, 64 << 30)
+    h.executor.resources = Resources.of_host(1, 64 << 30)
     h.submit(machine="standard")
     h.tick()
     late = h.submit(parallelism=2, machine="nano", admissionTimeoutSeconds=60)
-    h.executor.cap = Resources.of_host(1.1, 64 << 30)  # 0.1 vCPU free: the gang needs 0.2
+    h.executor.resources = Resources.of_host(1.1, 64 << 30)  # 0.1 vCPU free: the gang needs 0.2
     h.tick(59)
     assert h.run(late)["status"] == "queued"
     h.tick(1)
@@ -370,7 +291,7 @@ def test_admission_deadline_ends_the_run_and_bills_nothing(h: Harness) -> None:
 
 
 def test_admission_deadline_can_fall_back_to_opportunistic(h: Harness) -> None:
-    h.executor.cap = Resources.of_host(1.1, 64 << 30)
+    h.executor.resources = Resources.of_host(1.1, 64 << 30)
     h.submit(machine="standard")
     h.tick()
     late = h.submit(
@@ -397,7 +318,9 @@ def test_a_restart_that_cannot_find_attempts_records_every_one_lost(h: Harness) 
     with h.sessions.begin() as s:
         first = s.scalars(select(AttemptRow.id).where(AttemptRow.run_id == run_id)).first()
         s.execute(update(AttemptRow).where(AttemptRow.id == first).values(handle=None))
-    restarted = Reconciler(h.sessions, FakeExecutor(h.clock), h.reconciler.settings, clock=h.clock)
+    restarted = Reconciler(
+        h.sessions, StubExecutor(clock=h.clock), h.reconciler.settings, clock=h.clock
+    )
     restarted.recover()
     with h.sessions() as s:
         attempts = s.scalars(select(AttemptRow).where(AttemptRow.run_id == run_id)).all()
@@ -405,3 +328,36 @@ def test_a_restart_that_cannot_find_attempts_records_every_one_lost(h: Harness) 
         assert all(
             (a.reason or "").startswith("Lost: the control plane restarted") for a in attempts
         )
+
+
+def test_a_lost_opportunistic_shard_is_preempted_and_runs_again_on_its_budget(
+    h: Harness,
+) -> None:
+    run_id = h.submit(parallelism=2, gangScheduling=False, backoffLimitPerIndex=0)
+    h.tick()
+    h.tick(20)
+    h.executor.lose(0)  # its node died: not the shard's failure
+    h.tick()
+    h.tick()
+    assert h.run(run_id)["aggregate"]["running"] == 2
+    h.tick(10)
+    h.executor.finish_all(0)
+    h.tick()
+    done = h.run(run_id)
+    assert done["status"] == "succeeded"  # with backoffLimitPerIndex 0: budget untouched
+    assert [(s["preemptions"], s["attempts"]) for s in done["shards"]] == [(1, 2), (0, 1)]
+    assert h.usage(run_id) == [(10.0, 10.0), (20.0, 20.0), (30.0, 30.0)]
+
+
+def test_a_gang_waits_while_the_executor_cannot_reserve_it(h: Harness) -> None:
+    h.executor.gangs_ready = False  # as a Ray placement group still pending
+    run_id = h.submit(parallelism=3, machine="nano")
+    h.tick()
+    h.tick(5)
+    view = h.run(run_id)
+    assert view["status"] == "queued" and h.executor.live == {}
+    assert view["message"] == "waiting for the executor to reserve 3 x nano at once"
+    assert h.executor.reservations == [(run_id, 3, "nano")] * 2  # asked again each pass
+    h.executor.gangs_ready = True
+    h.tick()
+    assert h.run(run_id)["aggregate"]["running"] == 3 and len(h.executor.live) == 3

@@ -1,0 +1,267 @@
+"""The stub executor: the executor interface in memory, for tests (as dramatiq's StubBroker).
+
+It starts no process. An attempt is a record that runs from the :meth:`~StubExecutor.flush`
+after its launch until the caller ends it (:meth:`~StubExecutor.finish`,
+:meth:`~StubExecutor.lose`) or a signal does; its exit is stamped by an injected clock. With
+a :class:`ManualClock` shared with the reconciler, a test drives passes one at a time and
+checks deadlines, grace periods and the billing meter to the second::
+
+    clock = ManualClock()
+    executor = StubExecutor(Resources.of_host(4, 16 << 30), clock=clock)
+    rec = Reconciler(sessions, executor, settings, clock=clock)
+    ...submit a run...
+    rec.tick()                      # the pass records the attempts, commits, flushes
+    clock.advance(600)
+    executor.finish(0)              # shard 0 exits 0, ten minutes after it started
+    rec.tick()                      # ...and this pass settles it
+
+It keeps the interface's contract where a test could tell: launches start only at the next
+flush (a discarded flush or :meth:`~StubExecutor.drop` starts nothing); a launch is
+idempotent per (run, index, attempt); every exit is polled once; the waker is called when
+an attempt ends. It is thread-safe, so a reconciler loop may run it on its own thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sylphx._core.machines import Resources
+
+from .base import Exit, LaunchRequest, Signal, Waker
+
+if TYPE_CHECKING:
+    from .base import Executor
+
+__all__ = ["ManualClock", "StubAttempt", "StubExecutor"]
+
+Clock = Callable[[], datetime]
+
+SIGNAL_CODES: dict[Signal, int] = {"term": -15, "kill": -9}
+"""The return code of an attempt a signal ended (as ``subprocess`` reports it)."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told: ``clock()`` is the current time, ``advance``
+    moves it. Give one to the stub and the reconciler so both read the same time."""
+
+    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
+        """Start at ``start`` (an aware datetime)."""
+        self.now = start
+
+    def __call__(self) -> datetime:
+        """The current time."""
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        """Move the clock ``seconds`` forward; the new time."""
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@dataclass
+class StubAttempt:
+    """One attempt the stub knows: what launched it, and when it started and ended."""
+
+    handle: str
+    request: LaunchRequest
+    started_at: datetime | None = None  # set by the flush that started it
+    exit: Exit | None = None  # set when it ended
+    signals: list[Signal] = field(default_factory=list)
+
+
+class StubExecutor:
+    """An :class:`~sylphx._server.executors.base.Executor` whose attempts live in memory.
+
+    What a test reads: :attr:`live` (the running attempts by handle), :attr:`signals` (every
+    signal sent, in order), :attr:`reservations` (the gangs asked for), :attr:`forgotten`
+    (the runs forgotten). What it sets: :attr:`resources` (the capacity reported, which may
+    change between passes, as a Ray cluster's does), :attr:`ignore_term` (SIGTERM is then
+    recorded but ends nothing, as a shard that traps it), :attr:`gangs_ready` (False: gang
+    reservations wait, as a pending Ray placement group).
+    """
+
+    name = "stub"
+
+    def __init__(self, resources: Resources | None = None, *, clock: Clock = _utc_now) -> None:
+        """``resources``: the capacity reported (default 64 vCPU / 256 GiB); ``clock``:
+        what stamps starts and exits (default: the wall clock, in UTC)."""
+        self.resources = resources or Resources.of_host(64, 256 << 30)
+        self.clock = clock
+        self.ignore_term = False
+        self.gangs_ready = True
+        self.signals: list[tuple[str, Signal]] = []
+        self.reservations: list[tuple[str, int, str]] = []
+        self.forgotten: list[str] = []
+        self.closed = False
+        self.waker: Waker | None = None
+        self._attempts: dict[str, StubAttempt] = {}
+        self._prepared: list[str] = []  # launched, waiting for the next flush
+        self._unpolled: list[Exit] = []
+        self._lock = threading.RLock()
+
+    # -- the executor interface -----------------------------------------------------------
+    def capacity(self) -> Resources:
+        """The capacity the test gave (:attr:`resources`)."""
+        return self.resources
+
+    def launch(self, request: LaunchRequest) -> str:
+        """Prepare the attempt (it starts at the next flush) and return its handle; an
+        attempt launched before keeps its handle (and is not prepared again)."""
+        handle = self.handle_of(request.run_id, request.index, request.attempt)
+        with self._lock:
+            if handle not in self._attempts:
+                self._attempts[handle] = StubAttempt(handle, request)
+                self._prepared.append(handle)
+        return handle
+
+    def flush(self, *, discard: bool = False) -> None:
+        """Start the prepared attempts (at the clock's time), or forget them."""
+        with self._lock:
+            prepared, self._prepared = self._prepared, []
+            now = self.clock()
+            for handle in prepared:
+                if discard:
+                    del self._attempts[handle]
+                else:
+                    self._attempts[handle].started_at = now
+
+    def drop(self, handles: Collection[str]) -> None:
+        """Forget prepared attempts among ``handles`` (started ones are kept)."""
+        with self._lock:
+            for handle in handles:
+                if handle in self._prepared:
+                    self._prepared.remove(handle)
+                    del self._attempts[handle]
+
+    def adopt(self, handle: str) -> bool:
+        """Whether this stub knows the attempt (a new stub knows none: all are lost)."""
+        with self._lock:
+            return handle in self._attempts
+
+    def started(self, handle: str) -> bool:
+        """Whether the attempt was flushed (it may have ended since)."""
+        with self._lock:
+            attempt = self._attempts.get(handle)
+            return attempt is not None and attempt.started_at is not None
+
+    def poll(self) -> list[Exit]:
+        """The exits since the last poll, in the order the attempts ended."""
+        with self._lock:
+            exits, self._unpolled = self._unpolled, []
+        return exits
+
+    def signal(self, handle: str, sig: Signal) -> None:
+        """Record the signal; it ends a running attempt unless it is a SIGTERM while
+        :attr:`ignore_term` is set."""
+        with self._lock:
+            self.signals.append((handle, sig))
+            attempt = self._attempts.get(handle)
+            if attempt is not None:
+                attempt.signals.append(sig)
+            ended = (sig == "kill" or not self.ignore_term) and self._end(handle, SIGNAL_CODES[sig])
+        if ended:
+            self._wake()
+
+    def alive(self, handle: str) -> bool:
+        """Whether the attempt is running (flushed and not ended)."""
+        with self._lock:
+            return handle in self.live
+
+    def set_waker(self, wake: Waker) -> None:
+        """Keep ``wake``: called whenever an attempt ends."""
+        self.waker = wake
+
+    def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
+        """Record the request; :attr:`gangs_ready` is the answer."""
+        with self._lock:
+            self.reservations.append((run_id, n, machine))
+        return self.gangs_ready
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop every attempt of the run (each has ended and been settled)."""
+        with self._lock:
+            self.forgotten.append(run_id)
+            for handle, attempt in list(self._attempts.items()):
+                if attempt.request.run_id == run_id:
+                    del self._attempts[handle]
+
+    def close(self) -> None:
+        """Mark the stub closed; its attempts are left as they are."""
+        self.closed = True
+
+    # -- what a test does and reads --------------------------------------------------------
+    @staticmethod
+    def handle_of(run_id: str, index: int, attempt: int) -> str:
+        """The handle of an attempt (the same for every launch of it)."""
+        return f"stub:{run_id}:{index}:{attempt}"
+
+    @property
+    def live(self) -> dict[str, LaunchRequest]:
+        """The running attempts: handle -> what launched it."""
+        with self._lock:
+            return {
+                h: a.request
+                for h, a in self._attempts.items()
+                if a.started_at is not None and a.exit is None
+            }
+
+    def attempt(self, handle: str) -> StubAttempt:
+        """What the stub knows of one attempt (KeyError if nothing)."""
+        with self._lock:
+            return self._attempts[handle]
+
+    def finish(self, index: int, code: int = 0, *, run_id: str | None = None) -> list[str]:
+        """End the running attempts of shard ``index`` (of ``run_id``, or of any run) with
+        return code ``code``; their handles."""
+        return self._end_where(index, run_id, code)
+
+    def finish_all(self, code: int = 0) -> list[str]:
+        """End every running attempt with return code ``code``; their handles."""
+        return self._end_where(None, None, code)
+
+    def lose(self, index: int, *, run_id: str | None = None) -> list[str]:
+        """Report the running attempts of shard ``index`` lost (as a Ray node that died:
+        a preemption, not a failure); their handles."""
+        return self._end_where(index, run_id, SIGNAL_CODES["kill"], lost=True)
+
+    # -- inside ---------------------------------------------------------------------------
+    def _end_where(
+        self, index: int | None, run_id: str | None, code: int, *, lost: bool = False
+    ) -> list[str]:
+        with self._lock:
+            ended = [
+                handle
+                for handle, request in self.live.items()
+                if (index is None or request.index == index)
+                and (run_id is None or request.run_id == run_id)
+            ]
+            for handle in ended:
+                self._end(handle, code, lost=lost)
+        if ended:
+            self._wake()
+        return ended
+
+    def _end(self, handle: str, code: int, *, lost: bool = False) -> bool:
+        """End the attempt if it is running (its exit is polled next); whether it was."""
+        attempt = self._attempts.get(handle)
+        if attempt is None or attempt.started_at is None or attempt.exit is not None:
+            return False
+        attempt.exit = Exit(handle, code, self.clock(), lost=lost, started_at=attempt.started_at)
+        self._unpolled.append(attempt.exit)
+        return True
+
+    def _wake(self) -> None:
+        if self.waker is not None:
+            self.waker()
+
+
+if TYPE_CHECKING:
+    _conforms: type[Executor] = StubExecutor  # mypy checks the stub against the protocol
