@@ -157,3 +157,19 @@ def test_a_new_stub_knows_no_attempt_of_an_old_one(clock: ManualClock) -> None:
     new = StubExecutor(clock=clock)
     assert not new.adopt(handle) and not new.started(handle)
     assert StubExecutor.handle_of("wrk_1", 0, 1) == handle
+
+
+def test_with_reported_starts_an_attempt_starts_when_placed(clock: ManualClock) -> None:
+    stub = StubExecutor(clock=clock, reports_starts=True)
+    assert StubExecutor().reports_starts is False
+    a, b = stub.launch(_request(index=0)), stub.launch(_request(index=1))
+    stub.flush()  # handed over: waiting to be placed, not started
+    assert stub.started(a) and stub.alive(a) and stub.attempt(a).started_at is None
+    assert stub.starts() == []
+    clock.advance(7)
+    assert stub.start(1) == [b]
+    assert stub.starts() == [(b, clock())] and stub.starts() == []
+    assert stub.start(1) == []  # already started
+    stub.finish_all(0)
+    exits = {e.handle: e for e in stub.poll()}
+    assert exits[a].started_at is None and exits[b].started_at == clock()

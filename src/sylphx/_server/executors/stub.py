@@ -2,7 +2,9 @@
 
 It starts no process. An attempt is a record that runs from the :meth:`~StubExecutor.flush`
 after its launch until the caller ends it (:meth:`~StubExecutor.finish`,
-:meth:`~StubExecutor.lose`) or a signal does; its exit is stamped by an injected clock. With
+:meth:`~StubExecutor.lose`) or a signal does; its start and exit are stamped by an injected
+clock. With ``reports_starts`` it is handed over at the flush but starts only when the caller
+says (:meth:`~StubExecutor.start`), as a Ray task waits to be placed. With
 a :class:`ManualClock` shared with the reconciler, a test drives passes one at a time and
 checks deadlines, grace periods and the billing meter to the second::
 
@@ -72,15 +74,22 @@ class StubAttempt:
 
     handle: str
     request: LaunchRequest
-    started_at: datetime | None = None  # set by the flush that started it
+    flushed: bool = False  # handed over to be started (a flush after its launch)
+    started_at: datetime | None = None  # its process started (at the flush, or start())
     exit: Exit | None = None  # set when it ended
     signals: list[Signal] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        """Handed over and not ended (it may still wait to start)."""
+        return self.flushed and self.exit is None
 
 
 class StubExecutor:
     """An :class:`~sylphx._server.executors.base.Executor` whose attempts live in memory.
 
-    What a test reads: :attr:`live` (the running attempts by handle), :attr:`signals` (every
+    What a test reads: :attr:`live` (the attempts handed over and not ended, by handle),
+    :attr:`signals` (every
     signal sent, in order), :attr:`reservations` (the gangs asked for), :attr:`forgotten`
     (the runs forgotten). What it sets: :attr:`resources` (the capacity reported, which may
     change between passes, as a Ray cluster's does), :attr:`ignore_term` (SIGTERM is then
@@ -90,11 +99,19 @@ class StubExecutor:
 
     name = "stub"
 
-    def __init__(self, resources: Resources | None = None, *, clock: Clock = _utc_now) -> None:
+    def __init__(
+        self,
+        resources: Resources | None = None,
+        *,
+        clock: Clock = _utc_now,
+        reports_starts: bool = False,
+    ) -> None:
         """``resources``: the capacity reported (default 64 vCPU / 256 GiB); ``clock``:
-        what stamps starts and exits (default: the wall clock, in UTC)."""
+        what stamps starts and exits (default: the wall clock, in UTC);
+        ``reports_starts``: attempts start when :meth:`start` says, not at the flush."""
         self.resources = resources or Resources.of_host(64, 256 << 30)
         self.clock = clock
+        self.reports_starts = reports_starts
         self.ignore_term = False
         self.gangs_ready = True
         self.signals: list[tuple[str, Signal]] = []
@@ -105,6 +122,7 @@ class StubExecutor:
         self._attempts: dict[str, StubAttempt] = {}
         self._prepared: list[str] = []  # launched, waiting for the next flush
         self._unpolled: list[Exit] = []
+        self._unreported: list[tuple[str, datetime]] = []  # starts not yet asked for
         self._lock = threading.RLock()
 
     # -- the executor interface -----------------------------------------------------------
@@ -123,15 +141,19 @@ class StubExecutor:
         return handle
 
     def flush(self, *, discard: bool = False) -> None:
-        """Start the prepared attempts (at the clock's time), or forget them."""
+        """Hand the prepared attempts over (they start now, at the clock's time, unless
+        :attr:`reports_starts`), or forget them."""
         with self._lock:
             prepared, self._prepared = self._prepared, []
             now = self.clock()
             for handle in prepared:
                 if discard:
                     del self._attempts[handle]
-                else:
-                    self._attempts[handle].started_at = now
+                    continue
+                attempt = self._attempts[handle]
+                attempt.flushed = True
+                if not self.reports_starts:
+                    attempt.started_at = now
 
     def drop(self, handles: Collection[str]) -> None:
         """Forget prepared attempts among ``handles`` (started ones are kept)."""
@@ -147,16 +169,22 @@ class StubExecutor:
             return handle in self._attempts
 
     def started(self, handle: str) -> bool:
-        """Whether the attempt was flushed (it may have ended since)."""
+        """Whether the attempt was handed over by a flush (it may have ended since)."""
         with self._lock:
             attempt = self._attempts.get(handle)
-            return attempt is not None and attempt.started_at is not None
+            return attempt is not None and attempt.flushed
 
     def poll(self) -> list[Exit]:
         """The exits since the last poll, in the order the attempts ended."""
         with self._lock:
             exits, self._unpolled = self._unpolled, []
         return exits
+
+    def starts(self) -> list[tuple[str, datetime]]:
+        """The attempts :meth:`start` started since the last call, with when."""
+        with self._lock:
+            started, self._unreported = self._unreported, []
+        return started
 
     def signal(self, handle: str, sig: Signal) -> None:
         """Record the signal; it ends a running attempt unless it is a SIGTERM while
@@ -171,7 +199,7 @@ class StubExecutor:
             self._wake()
 
     def alive(self, handle: str) -> bool:
-        """Whether the attempt is running (flushed and not ended)."""
+        """Whether the attempt was handed over and has not ended."""
         with self._lock:
             return handle in self.live
 
@@ -205,18 +233,29 @@ class StubExecutor:
 
     @property
     def live(self) -> dict[str, LaunchRequest]:
-        """The running attempts: handle -> what launched it."""
+        """The attempts handed over and not ended: handle -> what launched it."""
         with self._lock:
-            return {
-                h: a.request
-                for h, a in self._attempts.items()
-                if a.started_at is not None and a.exit is None
-            }
+            return {h: a.request for h, a in self._attempts.items() if a.running}
 
     def attempt(self, handle: str) -> StubAttempt:
         """What the stub knows of one attempt (KeyError if nothing)."""
         with self._lock:
             return self._attempts[handle]
+
+    def start(self, index: int | None = None, *, run_id: str | None = None) -> list[str]:
+        """With :attr:`reports_starts`: start the waiting attempts of shard ``index`` (of
+        any shard if None; of ``run_id``, or of any run) now; their handles."""
+        with self._lock:
+            now = self.clock()
+            begun = [
+                a.handle
+                for a in self._matching(index, run_id)
+                if a.started_at is None and self.reports_starts
+            ]
+            for handle in begun:
+                self._attempts[handle].started_at = now
+                self._unreported.append((handle, now))
+        return begun
 
     def finish(self, index: int, code: int = 0, *, run_id: str | None = None) -> list[str]:
         """End the running attempts of shard ``index`` (of ``run_id``, or of any run) with
@@ -233,16 +272,22 @@ class StubExecutor:
         return self._end_where(index, run_id, SIGNAL_CODES["kill"], lost=True)
 
     # -- inside ---------------------------------------------------------------------------
+    def _matching(self, index: int | None, run_id: str | None) -> list[StubAttempt]:
+        """The attempts handed over and not ended, of shard ``index`` and run ``run_id``
+        (None: any)."""
+        return [
+            a
+            for a in self._attempts.values()
+            if a.running
+            and (index is None or a.request.index == index)
+            and (run_id is None or a.request.run_id == run_id)
+        ]
+
     def _end_where(
         self, index: int | None, run_id: str | None, code: int, *, lost: bool = False
     ) -> list[str]:
         with self._lock:
-            ended = [
-                handle
-                for handle, request in self.live.items()
-                if (index is None or request.index == index)
-                and (run_id is None or request.run_id == run_id)
-            ]
+            ended = [a.handle for a in self._matching(index, run_id)]
             for handle in ended:
                 self._end(handle, code, lost=lost)
         if ended:
@@ -252,7 +297,7 @@ class StubExecutor:
     def _end(self, handle: str, code: int, *, lost: bool = False) -> bool:
         """End the attempt if it is running (its exit is polled next); whether it was."""
         attempt = self._attempts.get(handle)
-        if attempt is None or attempt.started_at is None or attempt.exit is not None:
+        if attempt is None or not attempt.running:
             return False
         attempt.exit = Exit(handle, code, self.clock(), lost=lost, started_at=attempt.started_at)
         self._unpolled.append(attempt.exit)
