@@ -72,7 +72,7 @@ def test_a_waiting_gang_is_not_starved_by_a_stream_of_small_runs(
     starts = out / "starts"
     record = ["sh", "-c", 'echo "$RUN" >> /out/starts; sleep 0.3']
     mount = [{"volumeId": vol, "mountPath": "/out"}]
-    blocker = sched.submit(command=["sleep", "1.5"], machine="standard")
+    blocker = sched.submit(command=["sleep", "60"], machine="standard")  # ends when cancelled
     sched.wait_for(lambda: sched.get(blocker["id"])["status"] == "running")
     big = sched.submit(
         command=record, parallelism=2, machine="standard", env={"RUN": "big"}, volumeMounts=mount
@@ -84,6 +84,7 @@ def test_a_waiting_gang_is_not_starved_by_a_stream_of_small_runs(
     view = sched.get(small[2]["id"])
     sched.wait_for(lambda: sched.get(small[2]["id"])["queuePosition"] == 4)
     assert "holds the head of the queue" in sched.get(small[2]["id"])["message"]
+    sched.http.post(f"/v1/runs/{blocker['id']}/cancel")
     for run in [big, *small]:
         assert sched.wait(run["id"])["status"] == "succeeded"
     order = starts.read_text().split()
@@ -95,16 +96,16 @@ def test_admission_deadline_both_ways(sched: Server) -> None:
     blocker = sched.submit(command=["sleep", "60"], parallelism=2, machine="standard")
     sched.wait_for(lambda: sched.get(blocker["id"])["status"] == "running")
     ends = sched.submit(command=["true"], parallelism=2, machine="nano", admissionTimeoutSeconds=1)
-    done = sched.wait(ends["id"], timeout=20)
-    assert done["status"] == "failed" and done["computeSeconds"] == 0
-    assert done["message"].startswith("AdmissionTimeout")
-    carries_on = sched.submit(
+    carries_on = sched.submit(  # the same deadline, run out at the same time
         command=["true"],
         parallelism=2,
         machine="nano",
         admissionTimeoutSeconds=1,
         admissionFallback="opportunistic",
     )
+    done = sched.wait(ends["id"], timeout=20)
+    assert done["status"] == "failed" and done["computeSeconds"] == 0
+    assert done["message"].startswith("AdmissionTimeout")
     sched.wait_for(
         lambda: sched.get(carries_on["id"])["spec"]["gangScheduling"] is False, timeout=20
     )
