@@ -140,6 +140,9 @@ class StubExecutor:
                 self._prepared.append(handle)
         return handle
 
+    def check_images(self) -> None:
+        """Accept image runs: the stub runs nothing, so any image will do."""
+
     def flush(self, *, discard: bool = False) -> None:
         """Hand the prepared attempts over (they start now, at the clock's time, unless
         :attr:`reports_starts`), or forget them."""
