@@ -4,6 +4,7 @@
 #   make system-deps  install bubblewrap, slirp4netns, libseccomp2, umoci, skopeo,
 #                     busybox-static, postgresql via apt when missing (root)
 #   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
+#   make ray-demo     the product page's example (9 large shards) on a two-node loopback Ray cluster
 #   make test         lint, types, the whole suite on SQLite and PostgreSQL (what .ci/run runs)
 #   make check        the fast loop: lint, types, the tests not marked slow on SQLite
 #   make bench        the P1-P7 benchmarks (BENCHMARKS.md), each against a baseline in the same run
@@ -30,10 +31,10 @@ DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo test check bench bench-deps lint fmt sdk clean distclean
+.PHONY: help venv system-deps demo ray-demo test check bench bench-deps lint fmt sdk clean distclean
 
 help:
-	@sed -n '3,12p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -97,6 +98,13 @@ demo: venv system-deps
 	  | tee "$$SYLPHX_HOME/demo-merge.txt"; \
 	merge_id=$$(awk 'NR==1 {print $$1}' "$$SYLPHX_HOME/demo-merge.txt"); \
 	"$(BIN)/sylphx" runs logs "$$merge_id" --shard 0
+
+# The README's multi-node Ray commands with HEAD_IP=127.0.0.2, NODE_IP=127.0.0.3: two Ray
+# nodes, `sylphx server` on the Ray executor, the page's 9 x large opportunistic run, the
+# aggregate and shard 3's logs (examples/ray_demo.sh). Its trap stops the server and both
+# nodes by process id (never `ray stop`, which would stop every Ray on the machine).
+ray-demo: venv system-deps
+	@time "$(CURDIR)/examples/ray_demo.sh"
 
 test: venv system-deps lint
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
