@@ -3,7 +3,9 @@ the nodes, gang placement groups and volumes under SYLPHX_RAY_VOLUME_ROOT."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,20 @@ import ray
 from ray.util.placement_group import placement_group_table
 
 from conftest import RAY_NODE, Server
+from oci import BusyboxImages
 
 pytestmark = pytest.mark.slow
+
+
+# A shard that writes down, in its volume, when its process started and ended ($m: a path).
+CLOCKED = 'date +%s.%N > "$m.start"; sleep 6; date +%s.%N > "$m.end"'
+
+
+def _gap(stamp: str | None, mark: Path) -> float | None:
+    """Seconds from the time in ``mark`` (a shard wrote it) to the ISO ``stamp``."""
+    if stamp is None or not mark.exists():
+        return None
+    return round(datetime.fromisoformat(stamp).timestamp() - float(mark.read_text()), 3)
 
 
 def cpus(server: Server) -> int:
@@ -29,23 +43,39 @@ def test_killed_node_shards_are_retried_elsewhere_without_using_budget(
     ray_server.wait_for(lambda: cpus(ray_server) == base + 2)  # capacity follows a join
     vol, marks = ray_server.volume()  # shards cannot write host paths: only their volumes
     # 12 x standard (1 vCPU) on 8 vCPU: every slot is busy, 2 of them on the extra node.
-    # backoffLimitPerIndex 0: a node loss that used the budget would fail its shard.
+    # (6 s each: a sandbox's start, ~0.1 s, is billed too -- it runs for the shard.)
+    # backoffLimitPerIndex 0: a node loss that used the budget would fail its shard. Each
+    # process writes down when it started and ended: the run time billing must match.
     run = ray_server.submit(
-        command=[
-            "sh",
-            "-c",
-            'touch "/m/$SYLPHX_SHARD_INDEX.$SYLPHX_SHARD_ATTEMPT"; exec sleep 3',
-        ],
+        command=["sh", "-c", f'm="/m/$SYLPHX_SHARD_INDEX.$SYLPHX_SHARD_ATTEMPT"; {CLOCKED}'],
         parallelism=12,
         machine="standard",
         gangScheduling=False,
         backoffLimitPerIndex=0,
         volumeMounts=[{"volumeId": vol, "mountPath": "/m"}],
     )
-    ray_server.wait_for(lambda: len(list(marks.iterdir())) == base + 2)
+    ray_server.wait_for(lambda: len(list(marks.glob("*.start"))) == base + 2)
+    lost_at = time.time()
     ray_cluster.remove_node(extra, allow_graceful=False)
     done = ray_server.wait(run["id"], timeout=120)
     assert done["status"] == "succeeded", done
+    # Billed: each attempt's own window -- not the time Ray took to notice the node gone,
+    # nor a relaunch waiting in Ray's queue (lost shards wait in sylphx's, as pending).
+    ran = 0.0
+    for start in marks.glob("*.start"):
+        end = start.with_suffix(".end")
+        ran += (float(end.read_text()) if end.exists() else lost_at) - float(start.read_text())
+    windows = [  # per attempt: billed start - own start, billed end - own end (debugging)
+        (
+            shard["index"],
+            attempt["attempt"],
+            _gap(attempt["startedAt"], marks / f"{shard['index']}.{attempt['attempt']}.start"),
+            _gap(attempt["endedAt"], marks / f"{shard['index']}.{attempt['attempt']}.end"),
+        )
+        for shard in ray_server.shards(run["id"])
+        for attempt in shard["history"]
+    ]
+    assert abs(done["computeSeconds"] - ran) <= 0.05 * ran, (done["computeSeconds"], ran, windows)
     shards = ray_server.shards(run["id"])
     lost = [s for s in shards if s["attempts"] > 1]
     assert 1 <= len(lost) <= 2, shards
@@ -134,3 +164,54 @@ def test_tier_larger_than_every_node_fails_with_the_numbers(ray_server: Server) 
     (shard,) = ray_server.shards(run["id"])
     assert shard["exitCode"] == 127 and shard["reason"].startswith("LaunchError")
     assert "the largest Ray node has 2 vCPU / 4 GiB" in shard["reason"]
+
+
+def test_images_run_on_ray_nodes_unpacked_by_each_node(
+    make_server: Callable[..., Server],
+    ray_cluster: Any,
+    busybox_images: BusyboxImages,
+    tmp_path: Path,
+) -> None:
+    """The node unpacks the image with the same image store code (its own cache) and runs
+    the shard in its rootfs in the same sandbox; WorkingDir, Env and CMD as on local."""
+    tmp_path.chmod(0o755)
+    cache = tmp_path / "node-images"
+    server = make_server(executor="ray", ray_address=ray_cluster.address, ray_image_cache=cache)
+    vol, out = server.volume()
+    image = f"oci:{busybox_images.layout}:latest"
+    run = server.submit(
+        image=image,
+        command=[
+            "/bin/sh",
+            "-c",
+            'echo "part $SYLPHX_SHARD_INDEX from $(pwd) says $GREETING" > /shared/part-'
+            "$SYLPHX_SHARD_INDEX; touch /escape 2>/dev/null || echo ro",
+        ],
+        parallelism=3,
+        machine="nano",
+        gangScheduling=False,
+        volumeMounts=[{"volumeId": vol, "mountPath": "/shared"}],
+    )
+    done = server.wait(run["id"], timeout=120)
+    assert done["status"] == "succeeded", server.shards(run["id"])
+    assert sorted(p.read_text() for p in out.iterdir()) == [
+        f"part {i} from /work says hello\n" for i in range(3)
+    ]
+    log = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0}).text
+    assert log == "ro\n"  # the image's root is read-only
+    assert list((cache / "sha256").iterdir())  # unpacked in the node's own cache
+    cmd_only = server.submit(image=image)  # no command: the image's CMD
+    assert server.wait(cmd_only["id"], timeout=60)["status"] == "succeeded"
+
+
+def test_an_image_run_is_refused_at_submit_where_nodes_cannot_run_images(
+    make_server: Callable[..., Server], ray_cluster: Any, busybox_images: BusyboxImages
+) -> None:
+    server = make_server(executor="ray", ray_address=ray_cluster.address, sandbox=False)
+    r = server.http.post(
+        "/v1/runs", json={"image": f"oci:{busybox_images.layout}:latest", "command": ["true"]}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["details"][0]["field"] == "image"
+    assert "sandbox" in r.json()["message"]
+    assert server.http.get("/v1/runs").json()["items"] == []  # nothing stored

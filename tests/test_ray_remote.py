@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,19 @@ def test_shipping_never_blocks_the_tasks_main_thread_in_ray(
     # tasks while the shard still runs on it: every wait for the log hub is off that thread.
     pushed: list[bytes] = []
     on_main: list[bool] = []
+    started: list[float] = []
 
     class Hub:
         class push:  # stands in for an actor method
             @staticmethod
             def remote(handle: str, node: str, paths: Any, out: bytes, err: bytes) -> str:
                 pushed.append(out)
+                return "ref"
+
+        class started:  # the shard tells the hub when its process started, and goes on
+            @staticmethod
+            def remote(handle: str, node: str, epoch: float) -> str:
+                started.append(epoch)
                 return "ref"
 
     def get(ref: str) -> None:
@@ -87,7 +95,11 @@ def test_shipping_never_blocks_the_tasks_main_thread_in_ray(
     monkeypatch.setattr(ray_remote, "_hubs", {})  # the fake hub is not cached for others
     monkeypatch.setattr(ray, "get", get)
     req = request(tmp_path, ["sh", "-c", "echo one; sleep 0.5; echo two"])
-    assert run_shard(req, "ray:run1:0:1", "hub-test", PLAIN) == (0, None, [])
+    before = time.time()
+    code, reason, cut, began, ended = run_shard(req, "ray:run1:0:1", "hub-test", PLAIN)
+    assert (code, reason, cut) == (0, None, [])
+    # the window the node measured: from the process's spawn (told to the hub) to the end
+    assert started == [began] and before <= began <= ended - 0.5 <= time.time()
     assert b"".join(pushed) == b"one\ntwo\n"
     assert on_main and not any(on_main)
 

@@ -361,3 +361,65 @@ def test_a_gang_waits_while_the_executor_cannot_reserve_it(h: Harness) -> None:
     h.executor.gangs_ready = True
     h.tick()
     assert h.run(run_id)["aggregate"]["running"] == 3 and len(h.executor.live) == 3
+
+
+# -- executors that place attempts before they start (Ray): running means running ---------
+
+
+@pytest.fixture
+def placed(tmp_path: Path) -> Harness:
+    """A harness whose executor starts attempts only when it says so (as Ray places a
+    task on a node when it can), not at the flush."""
+    harness = Harness(tmp_path)
+    harness.executor = StubExecutor(clock=harness.clock, reports_starts=True)
+    settings = harness.reconciler.settings
+    harness.reconciler = Reconciler(
+        harness.sessions, harness.executor, settings, clock=harness.clock
+    )
+    return harness
+
+
+def test_a_placed_attempt_is_starting_and_unbilled_until_it_starts(placed: Harness) -> None:
+    run_id = placed.submit()
+    placed.tick()
+    placed.tick(30)  # waiting for a node: starting, nothing metered
+    view = placed.run(run_id)
+    assert view["shards"][0]["status"] == "starting" and view["computeSeconds"] == 0
+    placed.executor.start(0)
+    placed.tick()
+    view = placed.run(run_id)
+    shard = view["shards"][0]
+    assert shard["status"] == "running"
+    assert shard["history"][0]["startedAt"] == "2026-11-02T09:00:30Z"  # T0 + 30 s
+    placed.tick(600)
+    placed.executor.finish(0)
+    placed.tick()
+    assert placed.run(run_id)["status"] == "succeeded"
+    assert placed.usage(run_id) == [(600.0, 600.0)]  # the process's window, not the wait
+
+
+def test_the_timeout_counts_from_the_start_not_the_placement(placed: Harness) -> None:
+    placed.submit(timeoutSeconds=60)
+    placed.tick()
+    placed.tick(100)  # 100 s waiting for a node: no timeout yet
+    placed.executor.start(0)
+    placed.tick()
+    placed.tick(50)
+    assert placed.executor.signals == []
+    placed.tick(11)
+    assert [sig for _, sig in placed.executor.signals] == ["term"]
+
+
+def test_a_cancelled_run_stops_attempts_still_waiting_for_a_node(placed: Harness) -> None:
+    run_id = placed.submit(parallelism=2, gangScheduling=False)
+    placed.tick()
+    placed.executor.start(0)  # shard 1 still waits to be placed
+    placed.tick()
+    with placed.sessions.begin() as s:
+        runs.cancel(s, run_id, "org_acme", placed.clock())
+    placed.tick()
+    placed.tick()
+    assert sorted(sig for _, sig in placed.executor.signals) == ["term", "term"]
+    view = placed.run(run_id)
+    assert view["status"] == "cancelled", view
+    assert placed.usage(run_id) == [(0.0, 0.0), (0.0, 0.0)]  # neither ran any time

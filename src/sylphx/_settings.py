@@ -139,6 +139,7 @@ class Settings:
     ray_address: str | None = None  # None: "auto" (the cluster this host belongs to)
     ray_gang_strategy: str = "SPREAD"
     ray_volume_root: Path | None = None  # a filesystem every Ray node mounts at this path
+    ray_image_cache: Path = Path("/var/cache/sylphx/images")  # where each node unpacks images
     auth_cache_seconds: float = 1.0  # a revoked API key is refused within this; 0 = no cache
     max_log_bytes: int = 1 << 30  # SYLPHX_MAX_LOG_BYTES: per stream of one attempt
     shard_network: str = "slirp4netns"  # SYLPHX_SHARD_NETWORK: or "host" (unsafe, shared)
@@ -180,8 +181,8 @@ class Settings:
         if self.database_url.startswith("sqlite:///"):  # with its WAL, index and journal
             db = Path(self.database_url.removeprefix("sqlite:///"))
             paths += [db.with_name(db.name + tail) for tail in ("", "-wal", "-shm", "-journal")]
-        if self.executor == "ray":  # a node's Ray session: its sockets and every log
-            paths.append(Path(tempfile.gettempdir()) / "ray")
+        if self.executor == "ray":  # a node's Ray session (its sockets, every log) and images
+            paths += [Path(tempfile.gettempdir()) / "ray", self.ray_image_cache]
         paths.extend(self.shard_hide)
         out: dict[Path, None] = {}
         for path in paths:
@@ -262,4 +263,13 @@ class Settings:
             ray_address=env.get("SYLPHX_RAY_ADDRESS") or None,
             ray_gang_strategy=strategy,
             ray_volume_root=Path(volume_root).expanduser().resolve() if volume_root else None,
+            ray_image_cache=_absolute(env, "SYLPHX_RAY_IMAGE_CACHE", "/var/cache/sylphx/images"),
         )
+
+
+def _absolute(env: dict[str, str], name: str, default: str) -> Path:
+    """An absolute path setting (resolved: it may be one the shards are kept from)."""
+    value = env.get(name) or default
+    if not value.startswith("/"):
+        raise _bad(name, value, "give an absolute path")
+    return Path(os.path.realpath(value))

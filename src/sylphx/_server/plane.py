@@ -48,6 +48,7 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
             enforce_tiers=not settings.unenforced_tiers,
             max_log_bytes=settings.max_log_bytes,
             policy=shard_policy(settings),
+            image_cache=str(settings.ray_image_cache),
         )
     return _local_executor(settings, images)
 

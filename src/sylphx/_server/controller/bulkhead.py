@@ -265,8 +265,7 @@ def stop_run(
                 kills.append((handle, "kill"))
         transition(attempt, AttemptState.FAILED, now)
         attempt.reason = why
-        if attempt.started_at is not None:
-            usage.append((attempt, exit.launched if exit is not None else True))
+        usage.append((attempt, exit.launched if exit is not None else True))
     ended = [shard for shard in shards.values() if not ShardState(shard.state).terminal]
     for shard in ended:
         transition(shard, ShardState.FAILED, now)

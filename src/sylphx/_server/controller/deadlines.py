@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 Action = Literal["term", "kill"]
 STOP_KEYS = ("stop_reason", "stop_requested_at", "killed_at")
+_LIVE = (ShardState.STARTING, ShardState.RUNNING)  # starting: placed, waiting for a node
 _PREEMPTIONS = (StopCause.PREEMPT, StopCause.GANG_RESTART)  # killed after the preemption grace
 CANCELLED_BEFORE_START = "Cancelled before it started"
 
@@ -41,7 +42,7 @@ CANCELLED_BEFORE_START = "Cancelled before it started"
 class LiveAttempt:
     """What the deadline policy reads of a running attempt."""
 
-    started_at: datetime
+    started_at: datetime | None  # None: placed but not started yet (Ray)
     stop_reason: str | None
     stop_requested_at: datetime | None
     killed_at: datetime | None
@@ -61,7 +62,8 @@ def next_action(
     if attempt.stop_reason is None:
         if cancel_requested:
             return ("term", StopCause.CANCEL)
-        if now >= attempt.started_at + timedelta(seconds=timeout_seconds):
+        started = attempt.started_at
+        if started is not None and now >= started + timedelta(seconds=timeout_seconds):
             return ("term", StopCause.TIMEOUT)
         return None
     requested = attempt.stop_requested_at
@@ -89,9 +91,9 @@ def stop_live(
     signals: list[tuple[str, Action]] = []
     changed: list[AttemptRecord] = []
     for shard, latest in shards:
-        if shard.state != ShardState.RUNNING or latest is None:
+        if shard.state not in _LIVE or latest is None:
             continue
-        if latest.ended_at is not None or latest.started_at is None or latest.handle is None:
+        if latest.ended_at is not None or latest.handle is None:
             continue
         action = next_action(
             LiveAttempt(

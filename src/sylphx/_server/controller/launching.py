@@ -154,25 +154,54 @@ class RunLaunch:
                 failed.append(Exit.unlaunched(handle, now, why))
             else:
                 self.launched.append(handle)
-                transition(shard, ShardState.RUNNING, now)
+                if not executor.reports_starts:  # else running once the executor says so
+                    transition(shard, ShardState.RUNNING, now)
+            running = shard.state == ShardState.RUNNING
             attempts.append(
                 {
                     "shard_id": shard.id,
                     "run_id": self._run.id,
                     "number": shard.attempts,
-                    "state": str(  # an attempt is born running, or failed to start
-                        AttemptState.RUNNING if shard.state == ShardState.RUNNING else STARTING
-                    ),
+                    "state": str(AttemptState.RUNNING if running else STARTING),
                     "handle": handle,
                     "stdout_path": stdout,
                     "stderr_path": stderr,
-                    "started_at": now,
+                    "started_at": now if running else None,  # else when it starts, if ever
                 }
             )
         if attempts:
             _INSERT_ATTEMPTS.execute(self._s.connection(), attempts)
             update_shards(self._s, shards, ("state", "attempts", "started_at"))
         return failed
+
+
+_STARTING_OF = (  # attempts still starting among some handles, with their shards
+    select(*attempt_columns(), *shard_columns())
+    .join_from(ATTEMPTS, SHARDS, ATTEMPTS.c.shard_id == SHARDS.c.id)
+    .where(
+        ATTEMPTS.c.handle.in_(bindparam("handles", expanding=True)),
+        ATTEMPTS.c.ended_at.is_(None),
+        ATTEMPTS.c.state == AttemptState.STARTING.value,
+    )
+)
+
+
+def mark_started(s: Session, starts: Sequence[tuple[str, datetime]]) -> None:
+    """The attempts whose process started (as their executor reported): ``running`` from
+    then, with their shards; one that ended meanwhile, or is unknown, is left alone."""
+    when = dict(starts)
+    n = len(ATTEMPT_COLUMNS)
+    attempts: list[AttemptRecord] = []
+    shards: list[ShardRecord] = []
+    for row in s.execute(_STARTING_OF, {"handles": list(when)}):
+        attempt, shard = AttemptRecord(*row[:n]), ShardRecord(*row[n:])
+        attempt.started_at = when[attempt.handle or ""]
+        transition(attempt, AttemptState.RUNNING, attempt.started_at)
+        transition(shard, ShardState.RUNNING, attempt.started_at)
+        attempts.append(attempt)
+        shards.append(shard)
+    update_attempts(s, attempts, ("state", "started_at"))
+    update_shards(s, shards, ("state",))
 
 
 _OPEN = (  # every attempt the store shows as live, with its shard's index

@@ -110,6 +110,9 @@ class Reconciler(PassLoop):
             exits = self.executor.poll()
             self._last_exits = len(exits)
             self._collect(s, exits, specs)
+            starts = self.executor.starts()  # processes the executor placed (Ray)
+            if starts:
+                launching.mark_started(s, starts)
             now = self.clock()
             focus = self._focus(s, bh.live(runs), specs, now)
             shards = survey.load_shards(s, focus)

@@ -115,6 +115,10 @@ class Executor(Protocol):
     """Runs shard attempts. Handles are opaque strings the executor can resolve later."""
 
     name: str
+    # True: an attempt starts when the executor places it, reported by :meth:`starts`
+    # (Ray); until then it is ``starting``, not running and not billed. False: it starts
+    # at :meth:`flush` (local).
+    reports_starts: bool
 
     def capacity(self) -> Resources:
         """Total resources shards may use at once."""
@@ -126,6 +130,12 @@ class Executor(Protocol):
         flushes once the pass committed. Raises ExecutorError when it cannot start.
         Must be idempotent per (run, index, attempt): a second launch of an attempt that
         was already started adopts it."""
+        ...
+
+    def check_images(self) -> None:
+        """Raise ValidationError naming ``image`` when this executor cannot run container
+        images as it is set up (checked at submit: an image run is refused there, never
+        accepted and then failed shard by shard)."""
         ...
 
     def flush(self, *, discard: bool = False) -> None:
@@ -151,6 +161,11 @@ class Executor(Protocol):
 
     def poll(self) -> list[Exit]:
         """Attempts that ended since the last call (each reported once)."""
+        ...
+
+    def starts(self) -> list[tuple[str, datetime]]:
+        """Attempts whose process started since the last call, with when (each reported
+        once; always empty unless :attr:`reports_starts`)."""
         ...
 
     def signal(self, handle: str, sig: Signal) -> None:

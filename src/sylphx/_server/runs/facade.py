@@ -104,6 +104,7 @@ class RunService:
         local = self.executor.name == "local"  # Ray shards run on nodes: no existence check
         check_host_paths(spec, self.settings, local=local)
         if spec.image is not None:  # resolve + policy + scanner, outside the write lock
+            self.executor.check_images()  # the executor can run images at all (422 if not)
             with self.reads() as s:
                 org_row = s.get(OrgRow, org_id)
                 policy = org_row.image_policy if org_row else None

@@ -54,9 +54,10 @@ def usage(
     attempt: AttemptRow | AttemptRecord, run: RunRow, *, ran: bool = True
 ) -> dict[str, object]:
     """The usage row of an ended attempt (see :func:`record`); ``ran=False`` (the launch
-    failed) bills zero."""
-    assert attempt.started_at is not None and attempt.ended_at is not None
-    started = attempt.started_at
+    failed) bills zero, and so does an attempt that never started (it ended while it
+    waited for a Ray node)."""
+    assert attempt.ended_at is not None
+    started = attempt.started_at or attempt.ended_at
     ended = attempt.ended_at if ran else started
     wall, compute = meter(run.machine, started, ended)
     return {

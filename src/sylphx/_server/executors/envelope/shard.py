@@ -1,6 +1,7 @@
-"""The envelope of a shard run on a host's own root (no image): argv with the sandbox in
-front, the shard's clean environment and its start directory. Both placements use it:
-the local executor on this host, a Ray task on its node."""
+"""The envelope of a shard: argv with the sandbox in front, the shard's clean environment
+and its start directory; on a host's own root (:func:`host_envelope`) or in a container
+image's rootfs (:func:`image_envelope`). Both placements use them: the local executor on
+this host, a Ray task on its node."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from sylphx._core.errors import ExecutorError
 from sylphx._server.executors.base import LaunchRequest, Mount
 from sylphx._server.executors.local.processes import check_program, visible_host_paths
+from sylphx._server.images.store import UnpackedImage
 
 from .sandbox import Policy, Sandbox, clean_env
 
@@ -102,5 +104,29 @@ def host_envelope(
         working_dir=str(workdir or "/tmp"),
         extra_ro=visible_host_paths(argv[0], env["PATH"], workdir),
         die_with_parent=die_with_parent,
+    )
+    return box.argv() + argv, env, Path("/")
+
+
+def image_envelope(
+    request: LaunchRequest, image: UnpackedImage, *, sandbox: bool, policy: Policy
+) -> tuple[list[str], dict[str, str], Path]:
+    """The envelope of a shard run in ``image`` (unpacked on this host): its rootfs as
+    ``/`` read-only, its Env and WorkingDir, ENTRYPOINT + (command or CMD), in the sandbox
+    (an image needs it: without it the shard would run on the host's root)."""
+    if not sandbox:
+        raise ExecutorError(
+            "container images need the sandbox (SYLPHX_SANDBOX=on) and an image store"
+        )
+    argv = image.config.argv(request.command or None)
+    env = shard_env(request, image_env=image.config.env, host_path=None)
+    check_program(argv[0], env["PATH"], None, root=image.rootfs)
+    own_volumes(request.mounts, policy)
+    box = Sandbox(
+        base=image.rootfs,
+        mounts=request.mounts,
+        policy=policy,
+        network=request.network,
+        working_dir=str(request.working_dir or image.config.working_dir or "/"),
     )
     return box.argv() + argv, env, Path("/")

@@ -11,11 +11,9 @@ from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
 from sylphx._server.executors.base import LaunchRequest
-from sylphx._server.executors.envelope.sandbox import Policy, Sandbox
-from sylphx._server.executors.envelope.shard import host_envelope, own_volumes, shard_env
+from sylphx._server.executors.envelope.sandbox import Policy
+from sylphx._server.executors.envelope.shard import host_envelope, image_envelope, shard_env
 from sylphx._server.images.store import ImageStore
-
-from .processes import check_program
 
 Envelope = tuple[list[str], dict[str, str], Path]
 
@@ -68,18 +66,7 @@ class Envelopes:
                 "container images need the sandbox (SYLPHX_SANDBOX=on) and an image store"
             )
         image = self._images.resolve(request.image or "")
-        argv = image.config.argv(request.command or None)
-        env = shard_env(request, image_env=image.config.env, host_path=None)
-        check_program(argv[0], env["PATH"], None, root=image.rootfs)
-        own_volumes(request.mounts, self._policy)
-        box = Sandbox(
-            base=image.rootfs,
-            mounts=request.mounts,
-            policy=self._policy,
-            network=request.network,
-            working_dir=str(request.working_dir or image.config.working_dir or "/"),
-        )
-        return box.argv() + argv, env, Path("/")
+        return image_envelope(request, image, sandbox=self._sandbox, policy=self._policy)
 
     def _scratch(self, run_id: str) -> Path:
         path = self._scratch_root / run_id

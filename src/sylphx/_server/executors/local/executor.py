@@ -35,13 +35,14 @@ from sylphx._core.machines import Resources
 from sylphx._server.executors.base import LAUNCH_ERROR, LOST, Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.probe import check_envelope
 from sylphx._server.executors.envelope.sandbox import Policy
+from sylphx._server.images.policy import refuse as images_refused
 from sylphx._server.images.store import ImageStore
 
 from . import statefiles
 from .cgroups import Cgroups, ShardCgroup
 from .envelope import Envelopes
 from .netstack import CHAIN_ENV, SECCOMP_FD, slirp4netns_path
-from .processes import shard_processes
+from .processes import signal_shard
 from .statefiles import OOM_REASON, read_exit, read_state, verified_pid, write_atomic
 from .supervisors import Supervisors
 
@@ -69,6 +70,7 @@ class LocalExecutor:
     (state folder ``STATE/RUN/I.N``; older ``att:RUN/I/N`` handles still resolve)."""
 
     name = "local"
+    reports_starts = False  # an attempt's process starts at flush (its supervisor's batch)
 
     def __init__(
         self,
@@ -278,6 +280,18 @@ class LocalExecutor:
         finally:
             poller.close()
 
+    def check_images(self) -> None:
+        """Images run only in the sandbox (their rootfs is its root)."""
+        if not self._sandbox:
+            raise images_refused(
+                "container images need the sandbox, and SYLPHX_SANDBOX is off on this server",
+                "run without an image, or ask the operator to turn the sandbox on",
+            )
+
+    def starts(self) -> list[tuple[str, datetime]]:
+        """Nothing to report: processes start at flush; their true start comes with the exit."""
+        return []
+
     def poll(self) -> list[Exit]:
         """Attempts whose exit was recorded (or that were lost) since the last call: the
         ones announced on the FIFO, and every tracked one on the periodic scans."""
@@ -361,23 +375,9 @@ class LocalExecutor:
         if statefiles.exit_recorded(folder):
             return
         pid = verified_pid(read_state(f"{folder}/pid"))
-        if pid is None:
-            return
-        if sig == "kill":
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            group = self._group(handle)
-            if group is not None:
-                group.kill_all()
-            return
-        if not self._sandbox:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-            return
-        # SIGTERM to the shard's own processes, not the sandbox: its grace period must work
-        for child in shard_processes(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(child, signal.SIGTERM)
+        if pid is not None:
+            group = self._group(handle) if sig == "kill" else None
+            signal_shard(pid, sig, sandboxed=self._sandbox, group=group)
 
     def _group(self, handle: str) -> ShardCgroup | None:
         return None if self._cgroups is None else self._cgroups.existing(_cgroup_name(handle))

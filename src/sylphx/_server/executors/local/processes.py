@@ -5,7 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .cgroups import ShardCgroup
 
 
 def check_program(
@@ -131,3 +136,19 @@ def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[P
         if root is not None:
             wanted.append(root)
     return tuple(dict.fromkeys(wanted))
+
+
+def signal_shard(pid: int, sig: str, *, sandboxed: bool, group: ShardCgroup | None) -> None:
+    """Ask (``term``) or force (``kill``) a shard started as process group ``pid`` to
+    stop. SIGTERM goes to the shard's own processes in a sandbox, not to the sandbox
+    itself, so the shard's grace period works; a kill takes its whole cgroup too."""
+    if sig == "kill":
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        if group is not None:
+            group.kill_all()
+        return
+    targets = shard_processes(pid) if sandboxed else [pid]
+    for target in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            (os.kill if sandboxed else os.killpg)(target, signal.SIGTERM)

@@ -9,7 +9,11 @@
   and their shards go into its bundles, so all start together or none do.
 * Logs and signals travel through one ``LogHub`` actor on the control plane's
   node (see ``ray_remote.py``); nothing relies on a shared filesystem for logs.
-* An attempt whose node died ends with ``Exit.lost`` (reason ``NodeLost``).
+* An attempt is ``running`` from the moment its process started on a node (the task
+  tells the hub; :meth:`RayExecutor.starts`), never while it waits in Ray's queue or
+  for a node; its billed window is the one the node measured.
+* An attempt whose node died ends with ``Exit.lost`` (reason ``NodeLost``); the node view
+  (capacity) is read again at once, so nothing is relaunched into a node that is gone.
 * Attempts belong to this driver: after a control plane restart Ray has ended
   them, so :meth:`adopt` declines and the reconciler records them as lost.
 """
@@ -37,13 +41,15 @@ from sylphx._core.errors import ExecutorError
 from sylphx._core.machines import MACHINES, Resources
 from sylphx._server.executors.base import Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.sandbox import Policy
+from sylphx._server.images.policy import refuse as images_refused
 
 from .gang import Gang, result_exit, tier_resources
-from .remote import LogHub, NodeEnvelope, run_shard
+from .hub import LogHub
+from .nodes import NodeView
+from .remote import NodeEnvelope, node_tools, run_shard
 
 GANG_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 _GC_SECONDS = 5.0  # a gang reservation nobody asked for this long is released
-_NODES_SECONDS = 0.5  # how often the view of the cluster's alive nodes is re-read
 _NODE_ID = re.compile(r"node ID: ([0-9a-f]+)")
 
 
@@ -55,6 +61,7 @@ class RayExecutor:
     """Runs attempts as Ray tasks; one instance per control plane (one Ray driver)."""
 
     name = "ray"
+    reports_starts = True  # attempts start when Ray places them: see starts()
 
     def __init__(
         self,
@@ -65,6 +72,7 @@ class RayExecutor:
         enforce_tiers: bool = True,
         max_log_bytes: int = 1 << 30,
         policy: Policy | None = None,
+        image_cache: str = "/var/cache/sylphx/images",
     ) -> None:
         if gang_strategy not in GANG_STRATEGIES:
             raise ExecutorError(
@@ -81,7 +89,11 @@ class RayExecutor:
                 ) from exc
         self._strategy = gang_strategy
         self._envelope = NodeEnvelope(
-            sandbox, enforce_tiers, policy or Policy(), max_log_bytes=max_log_bytes
+            sandbox,
+            enforce_tiers,
+            policy or Policy(),
+            max_log_bytes=max_log_bytes,
+            image_cache=image_cache,
         )
         here = ray.get_runtime_context().get_node_id()
         hub_actor: Any = ray.remote(LogHub)
@@ -94,6 +106,7 @@ class RayExecutor:
         ).remote()
         ray.get(self._hub.ping.remote())
         self._task: Any = ray.remote(run_shard)
+        self._tools: Any = ray.remote(node_tools)
         self._plain: dict[str, Any] = {}  # machine -> task options (building them is not free)
         self._forget: list[str] = []
         self._lock = threading.Lock()
@@ -101,60 +114,24 @@ class RayExecutor:
         self._queued: dict[str, tuple[Any, LaunchRequest]] = {}  # launched, not yet flushed
         self._failed: list[Exit] = []  # submissions Ray refused, for the next poll
         self._noticed: set[str] = set()
+        self._starts: dict[str, datetime] = {}  # handle -> its process's start, not yet taken
         self._gangs: dict[str, Gang] = {}
         self._gang_of: dict[str, str] = {}  # handle -> run id of its placement group
-        self._nodes: list[Resources] = []
-        self._total = Resources(0, 0)
-        self._read_nodes()
+        self._nodes = NodeView()
         self._wake: Waker = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-ray-exits", daemon=True)
         self._watcher.start()
-        self._node_reader = threading.Thread(
-            target=self._watch_nodes, name="sylphx-ray-nodes", daemon=True
-        )
-        self._node_reader.start()
 
     # -- capacity and gangs --------------------------------------------------------
-    def _read_nodes(self) -> None:
-        """Read the cluster's alive nodes: joins and leaves show in capacity and placement."""
-        nodes = [
-            Resources.of_host(n["Resources"].get("CPU", 0.0), int(n["Resources"].get("memory", 0)))
-            for n in ray.nodes()  # type: ignore[no-untyped-call]
-            if n.get("Alive")
-        ]
-        self._nodes, self._total = nodes, sum(nodes, Resources(0, 0))
-
-    def _watch_nodes(self) -> None:
-        """Keep the node view fresh off the reconciler's path: ``ray.nodes()`` is a GCS round
-        trip that took up to 0.4 s on a loaded 2-core host, inside the pass that launched."""
-        while not self._closed.wait(_NODES_SECONDS):
-            try:
-                self._read_nodes()
-            except Exception:  # ray shutting down, or the GCS briefly away: keep the last view
-                continue
-
     def capacity(self) -> Resources:
-        return self._total
-
-    def _check_fits_a_node(self, machine: str) -> None:
-        """Refuse a tier no alive node can hold: Ray would leave its task pending forever."""
-        nodes = self._nodes
-        unit = Resources.of_tier(machine)
-        if any(unit.fits_in(node) for node in nodes):
-            return
-        largest = max(nodes, key=lambda r: (r.millicpu, r.memory), default=Resources(0, 0))
-        raise ExecutorError(
-            f"one {machine} shard needs {unit.text()}, but the largest Ray node has"
-            f" {largest.text()}, so Ray could never place it. Fix: pick a smaller machine"
-            " tier, or add larger nodes to the cluster."
-        )
+        return self._nodes.total
 
     def reserve_gang(self, run_id: str, n: int, machine: str) -> bool:
         """One placement group of ``n`` bundles of the tier; True once Ray placed it.
         A tier no node can hold is not reserved: launch() then refuses it with the numbers."""
         try:
-            self._check_fits_a_node(machine)
+            self._nodes.check_fits_a_node(machine)
         except ExecutorError:
             return True
         with self._lock:
@@ -185,10 +162,25 @@ class RayExecutor:
     def set_waker(self, wake: Waker) -> None:
         self._wake = wake
 
+    def check_images(self) -> None:
+        """Every alive node must be able to unpack and sandbox an image (bwrap, skopeo,
+        umoci), and the sandbox must be on: any node may be given a shard."""
+        if not self._envelope.sandbox:
+            raise images_refused(
+                "container images need the sandbox, and SYLPHX_SANDBOX is off on this server",
+                "run without an image, or ask the operator to turn the sandbox on",
+            )
+        lacking = self._nodes.lacking_image_tools(self._tools)
+        if lacking:
+            raise images_refused(
+                f"Ray node(s) {', '.join(lacking)} lack what images need (bubblewrap, skopeo,"
+                " umoci)",
+                "run without an image, or ask the operator to install them on every node"
+                " (make system-deps)",
+            )
+
     def launch(self, request: LaunchRequest) -> str:
-        if request.image is not None:
-            raise ExecutorError("the ray executor cannot run container images yet")
-        self._check_fits_a_node(request.machine)
+        self._nodes.check_fits_a_node(request.machine)
         stdout, stderr = Path(request.stdout_path), Path(request.stderr_path)
         stdout.parent.mkdir(parents=True, exist_ok=True)
         stdout.touch()
@@ -269,14 +261,34 @@ class RayExecutor:
         """Only this driver's attempts are adopted, and each was submitted (or failed to)."""
         return self.adopt(handle)
 
+    def starts(self) -> list[tuple[str, datetime]]:
+        """Attempts whose process started since the last call, with when (each once)."""
+        with self._lock:
+            starts, self._starts = self._starts, {}
+        return list(starts.items())
+
+    def _take_starts(self) -> None:
+        """Collect the starts the hub heard of; wake the reconciler for new ones."""
+        try:
+            starts = ray.get(self._hub.take_starts.remote(), timeout=5)
+        except Exception:  # ray shutting down, or the hub busy: next time
+            return
+        if starts:
+            with self._lock:
+                for handle, epoch in starts.items():
+                    if handle in self._refs:
+                        self._starts[handle] = datetime.fromtimestamp(epoch, UTC)
+            self._wake()
+
     def _watch(self) -> None:
-        """Wake the reconciler as soon as any attempt's task finishes."""
+        """Wake the reconciler as soon as any attempt's task starts or finishes."""
         while not self._closed.is_set():
             with self._lock:
                 waiting = {ref: h for h, ref in self._refs.items() if h not in self._noticed}
             if not waiting:
                 self._closed.wait(0.05)
                 continue
+            self._take_starts()
             try:
                 ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.2, fetch_local=False)
             except Exception:  # ray shutting down
@@ -325,12 +337,16 @@ class RayExecutor:
             return Exit(handle, 1, now, reason=f"ExecutorError: {first}")
         except RayError as exc:
             match = _NODE_ID.search(str(exc))
-            node: str | None = match.group(1) if match else ray.get(self._hub.forget.remote(handle))
+            node, seen = ray.get(self._hub.forget.remote(handle))
+            node = match.group(1) if match else node
             nodes = ray.nodes()  # type: ignore[no-untyped-call]
             alive = {n["NodeID"] for n in nodes if n.get("Alive")}
             if isinstance(exc, NodeDiedError) or (node is not None and node not in alive):
+                self._nodes.refresh()  # a node event: capacity without it, before any relaunch
                 why = f"NodeLost: node {(node or '?')[:12]} died (preempted; retried elsewhere)"
-                return Exit(handle, -9, now, reason=why, lost=True)
+                # billed until it was last heard from, not until Ray noticed the node gone
+                end = datetime.fromtimestamp(seen, UTC) if seen is not None else now
+                return Exit(handle, -9, end, reason=why, lost=True)
             return Exit(handle, -9, now, reason=f"WorkerCrashed: {type(exc).__name__}")
 
     def _ended(self, handle: str) -> None:
@@ -374,7 +390,7 @@ class RayExecutor:
         and stop themselves at their next chunk (nothing would record their output)."""
         self._closed.set()
         self._watcher.join(timeout=2)
-        self._node_reader.join(timeout=2)
+        self._nodes.close()
         with self._lock:
             for run_id in list(self._gangs):
                 self._release(run_id)

@@ -4,7 +4,7 @@ and the Exit of a finished task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sylphx._core.machines import MACHINES
@@ -30,7 +30,18 @@ class Gang:
 
 
 def result_exit(handle: str, result: Any, now: datetime) -> Exit:
-    """The Exit of a finished ``run_shard``: (code, reason, streams that hit the log cap)."""
-    code, reason, *more = result
-    cut = tuple(more[0]) if more else ()
-    return Exit.recorded(handle, int(code), now, reason, log_truncated=cut)
+    """The Exit of a finished ``run_shard``: (code, reason, streams that hit the log cap,
+    when the process started and when the task ended, epoch seconds, on the node)."""
+    code, reason, cut, started, ended = result
+    return Exit.recorded(
+        handle,
+        int(code),
+        _utc(ended) if ended is not None else now,
+        reason,
+        started_at=_utc(started) if started is not None else None,
+        log_truncated=tuple(cut),
+    )
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

@@ -1,6 +1,6 @@
 """The parts of the Ray executor that run inside the cluster.
 
-``LogHub`` is one actor pinned to the control plane's node. Shards ship their
+``LogHub`` (:mod:`.hub`) is one actor pinned to the control plane's node. Shards ship their
 output to it in chunks while they run -- redacted and capped on the node first, by
 the same :mod:`.shardlog` code the local executor's supervisor uses, so no secret
 value travels or reaches a disk -- and it appends them to the attempt's log
@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,18 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sylphx._core.errors import ExecutorError
+from sylphx._core.errors import ExecutorError, SylphxError
 from sylphx._server.executors.base import LaunchRequest, Signal
 from sylphx._server.executors.envelope.node import NodeFds
 from sylphx._server.executors.envelope.sandbox import Policy
-from sylphx._server.executors.envelope.shard import host_envelope
+from sylphx._server.executors.envelope.shard import host_envelope, image_envelope
 from sylphx._server.executors.local.cgroups import Cgroups, ShardCgroup
 from sylphx._server.executors.local.netstack import CHAIN_ENV
 from sylphx._server.executors.local.processes import check_program, shard_processes
 from sylphx._server.executors.local.shardlog import Shaper
 from sylphx._server.executors.local.statefiles import OOM_REASON
+from sylphx._server.images.store import ImageStore
 
-_RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
 STREAMS = ("stdout", "stderr")
 _PR_SET_PDEATHSIG = 1
 
@@ -59,47 +58,11 @@ class NodeEnvelope:
     enforce_tiers: bool = True
     policy: Policy = field(default_factory=Policy)
     max_log_bytes: int = 1 << 30  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
-
-
-class LogHub:
-    """Appends shipped chunks to log files; hands out pending signals; remembers nodes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._signals: dict[str, Signal] = {}
-        self._nodes: dict[str, str] = {}
-
-    def push(
-        self, handle: str, node_id: str, paths: tuple[str, str], out: bytes, err: bytes
-    ) -> Signal | None:
-        for path, data in zip(paths, (out, err), strict=True):
-            if data:
-                with open(path, "ab") as fh:
-                    fh.write(data)
-        with self._lock:
-            self._nodes[handle] = node_id
-            return self._signals.get(handle)
-
-    def signal(self, handle: str, sig: Signal) -> None:
-        with self._lock:
-            if _RANK[sig] > _RANK[self._signals.get(handle)]:
-                self._signals[handle] = sig
-
-    def forget(self, handle: str) -> str | None:
-        """Drop the attempt's state; returns the node it last reported from."""
-        with self._lock:
-            self._signals.pop(handle, None)
-            return self._nodes.pop(handle, None)
-
-    def forget_many(self, handles: list[str]) -> None:
-        for handle in handles:
-            self.forget(handle)
-
-    def ping(self) -> bool:
-        return True
+    image_cache: str = "/var/cache/sylphx/images"  # where a node unpacks images (its own)
 
 
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
+_images: dict[str, ImageStore] = {}  # per worker process: cache dir -> its image store
 _cgroups: list[Cgroups | None] = []  # per worker process: this node's cgroups, once checked
 _setpriv: list[list[str]] = []  # per worker process: the setpriv prefix ([] if unusable)
 _waiters: list[ThreadPoolExecutor] = []  # per worker process: one thread that waits on Ray
@@ -190,12 +153,16 @@ def run_streaming(
     interval: float = 0.2,
     chunk: int = 1 << 20,
     drain_seconds: float = 2.0,
+    on_start: Callable[[float], None] = lambda started: None,
+    on_exit: Callable[[float], None] = lambda ended: None,
 ) -> tuple[int, str | None, list[str]]:
     """Run the attempt in its envelope with piped output; ``ship(stdout, stderr)`` is called
     at least every ``interval`` seconds with the output so far (the attempt's secret values
     masked, each stream capped at ``envelope.max_log_bytes``) and returns the signal the
-    control plane wants delivered. Returns (raw return code, reason, the streams that hit
-    the cap). The process tree is gone on return."""
+    control plane wants delivered; ``on_start(epoch)`` once the process was spawned and
+    ``on_exit(epoch)`` once it exited (the window billed; the output may drain after).
+    Returns (raw return code, reason, the streams that hit the cap). The process tree is
+    gone on return."""
     scratch: list[str] = []  # made only if the envelope asks (unsandboxed, no working dir)
 
     def make_scratch() -> Path:
@@ -206,14 +173,19 @@ def run_streaming(
     group = None
     fds = None  # a sandboxed shard's filter and network pipes
     try:
-        argv, env, cwd = host_envelope(
-            request,
-            sandbox=envelope.sandbox,
-            policy=envelope.policy,
-            host_path=os.environ.get("PATH"),
-            scratch=make_scratch,
-            die_with_parent=True,
-        )
+        if request.image is not None:  # unpacked on this node, by the same image store code
+            image = _node_images(envelope.image_cache).resolve(request.image)
+            policy = envelope.policy
+            argv, env, cwd = image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
+        else:
+            argv, env, cwd = host_envelope(
+                request,
+                sandbox=envelope.sandbox,
+                policy=envelope.policy,
+                host_path=os.environ.get("PATH"),
+                scratch=make_scratch,
+                die_with_parent=True,
+            )
         if not envelope.sandbox and request.command:  # as the sandbox does: a clear 127
             check_program(request.command[0], env.get("PATH", ""), cwd)
         if envelope.sandbox:
@@ -226,7 +198,7 @@ def run_streaming(
             group = cgroups.create(name, request.machine)
             argv = group.join_prefix() + argv
         shapers = [Shaper(envelope.max_log_bytes, request.secrets.values()) for _ in STREAMS]
-        code = _stream(argv, env, cwd, fds, group, ship, shapers,
+        code = _stream(argv, env, cwd, fds, group, ship, shapers, (on_start, on_exit),
                        interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
         reason = None
         if group is not None and group.oom_killed():
@@ -289,6 +261,7 @@ def _stream(
     group: ShardCgroup | None,
     ship: Ship,
     shapers: list[Shaper],  # stdout's and stderr's
+    marks: tuple[Callable[[float], None], Callable[[float], None]],  # on_start, on_exit
     *,
     interval: float,
     chunk: int,
@@ -296,6 +269,7 @@ def _stream(
 ) -> int:
     sandboxed = fds is not None
     proc = _popen(argv, env, cwd, fds)
+    marks[0](time.time())  # started
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
@@ -317,6 +291,7 @@ def _stream(
             _read([fd for fd in readable if fd != exit_fd], bufs, shaper, open_fds)
             if exited_at is None and _leader_exited(proc.pid):
                 exited_at = time.monotonic()
+                marks[1](time.time())  # exited
                 _kill_group(proc.pid, signal.SIGKILL)  # stragglers; also closes their pipes
             done = exited_at is not None and (
                 not open_fds or time.monotonic() - exited_at > drain_seconds
@@ -355,14 +330,31 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def run_shard(
-    request: LaunchRequest, handle: str, hub_name: str, envelope: NodeEnvelope
-) -> tuple[int, str | None, list[str]]:
-    """Ray task body: run one attempt on this node, shipping logs to the named hub.
+Result = tuple[int, str | None, list[str], float | None, float]
 
-    Returns (raw return code, reason, the streams that hit the log cap). A shard that
-    cannot start is exit 127 with a ``LaunchError`` reason and the cause in its stderr,
-    as on the local executor.
+
+def _node_images(cache_dir: str) -> ImageStore:
+    store = _images.get(cache_dir)
+    if store is None:
+        store = _images[cache_dir] = ImageStore(Path(cache_dir))
+    return store
+
+
+def node_tools() -> dict[str, bool]:
+    """Ray task body: what this node has of what container images need (see
+    ``RayExecutor.check_images``)."""
+    return {tool: shutil.which(tool) is not None for tool in ("bwrap", "skopeo", "umoci")}
+
+
+def run_shard(request: LaunchRequest, handle: str, hub_name: str, envelope: NodeEnvelope) -> Result:
+    """Ray task body: run one attempt on this node, shipping logs to the named hub, and
+    telling it the moment the process started (the attempt is ``running`` and billed from
+    then: never while the task waited in Ray's queue or for its node).
+
+    Returns (raw return code, reason, the streams that hit the log cap, when the process
+    started and when the task ended, epoch seconds). A shard that cannot start is exit
+    127 with a ``LaunchError`` reason and the cause in its stderr, as on the local
+    executor.
     """
     import ray
 
@@ -376,8 +368,18 @@ def run_shard(
         result: Signal | None = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err))
         return result
 
+    started: list[float] = []
+    ended: list[float] = []
+
+    def on_start(epoch: float) -> None:
+        started.append(epoch)
+        hub.started.remote(handle, node, epoch)  # no wait: the shard is already running
+
     try:
-        return run_streaming(request, handle, envelope, ship)
-    except (OSError, ExecutorError) as exc:  # e.g. command not found, no bwrap
+        code, reason, cut = run_streaming(
+            request, handle, envelope, ship, on_start=on_start, on_exit=ended.append
+        )
+        return code, reason, cut, started[0] if started else None, (ended or [time.time()])[0]
+    except (OSError, SylphxError) as exc:  # e.g. command not found, no bwrap, bad image
         ship(b"", f"sylphx: could not start the shard: {exc}\n".encode())
-        return 127, f"LaunchError: {exc}", []
+        return 127, f"LaunchError: {exc}", [], None, time.time()
