@@ -17,9 +17,11 @@ What keeps the loop fast without testing less:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -51,6 +53,7 @@ if TEST_STORE not in ("sqlite", "postgresql"):
 _pg: Any = None  # the session's PgServer (postgresql runs only)
 _db_by_home: dict[Path, str] = {}
 _template: Path | None = None  # see _template_home
+_templates: list[Path] = []  # other template folders, removed at the end of the session
 
 
 def database_url_for(home: Path) -> str:
@@ -79,16 +82,38 @@ def _template_home() -> Path:
     return _template
 
 
+def migrated_sqlite(db: Path) -> str:
+    """A SQLite store at ``db`` (whatever the session's store), created at the newest
+    migration (a copy of the session's template) when it does not exist yet; its URL."""
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_sqlite_template(), db)
+    return f"sqlite:///{db}"
+
+
+@functools.cache
+def _sqlite_template() -> Path:
+    if TEST_STORE == "sqlite":
+        return _template_home() / "sylphx.db"
+    from sylphx._server.store import make_engine, migrate
+
+    db = Path(tempfile.mkdtemp(prefix="sylphx-template-")) / "sylphx.db"
+    _templates.append(db.parent)
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return db
+
+
 def migrated_store_for(home: Path) -> str:
     """The store of ``home`` like :func:`database_url_for`, but created already at the newest
     migration (a copy of the session's template) when it does not exist yet."""
-    template = _template_home()
     if TEST_STORE == "sqlite":
-        db = home / "sylphx.db"
-        if not db.exists():
-            home.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(template / "sylphx.db", db)
+        migrated_sqlite(home / "sylphx.db")
         return database_url_for(home)
+    template = _template_home()
     home = home.resolve()
     if home not in _db_by_home:
         template_db = make_url(database_url_for(template)).database
@@ -156,8 +181,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     finally:
         if _pg is not None:
             _pg.destroy()
-        if _template is not None:
-            shutil.rmtree(_template, ignore_errors=True)
+        for folder in [*_templates, *([_template] if _template else [])]:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_report_header() -> str:
@@ -165,6 +190,13 @@ def pytest_report_header() -> str:
 
 
 TERMINAL = {"succeeded", "partial", "failed", "cancelled", "timed_out"}
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for the tests' HTTP clients: each new one would load the CA bundle
+    again (~30 ms), though they only talk plain HTTP on loopback."""
+    return ssl.create_default_context()
 
 
 @dataclass
@@ -200,7 +232,10 @@ class Server:
     def client(self, token: str) -> httpx.Client:
         """An HTTP client authenticated as ``token``."""
         return httpx.Client(
-            base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+            base_url=self.url,
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=_tls(),
         )
 
     def submit(self, **spec: Any) -> dict[str, Any]:
@@ -295,7 +330,9 @@ def _serve(home: Path, **overrides: Any) -> tuple[Server, _Running]:
         if s.get(orgs.OrgRow, "org_test") is None:
             orgs.create_org(s, "test", plan="enterprise", now=plane.now(), org_id="org_test")
         token = orgs.create_key(s, "org_test", name="tests", now=plane.now())[1]
-    http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
+    http = httpx.Client(
+        base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}, verify=_tls()
+    )
     return Server(url, http, settings, plane, token), _Running(server, thread, sock)
 
 
@@ -431,6 +468,7 @@ def ray_cluster() -> Iterator[Any]:
     try:
         yield cluster
     finally:
+        _join_stopping()  # Ray control planes stopping in the background still use the driver
         ray.shutdown()
         cluster.shutdown()
 
