@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import migrated_sqlite
 from sylphx._server.controller import loop as pass_loop
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.stub import StubExecutor
@@ -41,7 +42,7 @@ def loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Reconciler, StubExecutor, Passes]]:
     monkeypatch.setattr(pass_loop, "EXIT_BATCH_SECONDS", LONG)
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    engine = make_engine(migrated_sqlite(tmp_path / "db.sqlite"))
     migrate(engine)
     executor = StubExecutor()  # it keeps the waker the reconciler gives it, as a real one
     settings = Settings(home=tmp_path, database_url="unused", reconcile_interval=30)

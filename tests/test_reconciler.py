@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from conftest import migrated_sqlite
 from sylphx._core.spec import RunSpec
 from sylphx._server.controller import reconciler, survey
 from sylphx._server.controller.policy.admission import Resources
@@ -41,7 +42,7 @@ class Harness:
     def __init__(self, tmp: Path, url: str | None = None) -> None:
         self.clock = ManualClock(T0)
         self.executor = StubExecutor(clock=self.clock)
-        engine = make_engine(url or f"sqlite:///{tmp / 'db.sqlite'}")
+        engine = make_engine(url or migrated_sqlite(tmp / "db.sqlite"))
         migrate(engine)
         self.sessions = session_factory(engine)
         settings = Settings(home=tmp, database_url="unused", kill_grace_seconds=10)

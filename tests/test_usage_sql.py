@@ -16,7 +16,7 @@ from alembic.config import Config
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conftest import Server, database_url_for
+from conftest import Server, database_url_for, migrated_store_for
 from sylphx._core.errors import ValidationError
 from sylphx._core.machines import MACHINES
 from sylphx._server.store import (
@@ -80,7 +80,7 @@ def reference(uses: list[Use], org_id: str, credit: float, start: datetime, end:
 
 def _store(tmp_path: Path, uses: list[Use], credits: dict[str, float]) -> sessionmaker[Session]:
     """A store of the session's kind holding ``uses``: a run per run id, an attempt each."""
-    engine = make_engine(database_url_for(tmp_path))
+    engine = make_engine(migrated_store_for(tmp_path))
     migrate(engine)
     sessions = session_factory(engine)
     with sessions.begin() as s:
