@@ -173,3 +173,10 @@ def test_with_reported_starts_an_attempt_starts_when_placed(clock: ManualClock) 
     stub.finish_all(0)
     exits = {e.handle: e for e in stub.poll()}
     assert exits[a].started_at is None and exits[b].started_at == clock()
+
+
+def test_forgetting_a_run_drops_its_launches_not_yet_flushed(stub: StubExecutor) -> None:
+    gone, kept = stub.launch(_request("wrk_1")), stub.launch(_request("wrk_2"))
+    stub.forget_run("wrk_1")
+    stub.flush()
+    assert list(stub.live) == [kept] and not stub.adopt(gone)

@@ -4,9 +4,10 @@ It starts no process. An attempt is a record that runs from the :meth:`~StubExec
 after its launch until the caller ends it (:meth:`~StubExecutor.finish`,
 :meth:`~StubExecutor.lose`) or a signal does; its start and exit are stamped by an injected
 clock. With ``reports_starts`` it is handed over at the flush but starts only when the caller
-says (:meth:`~StubExecutor.start`), as a Ray task waits to be placed. With
-a :class:`ManualClock` shared with the reconciler, a test drives passes one at a time and
-checks deadlines, grace periods and the billing meter to the second::
+says (:meth:`~StubExecutor.start`), as a Ray task waits to be placed.
+
+With a :class:`ManualClock` shared with the reconciler, a test drives passes one at a time
+and checks deadlines, grace periods and the billing meter to the second::
 
     clock = ManualClock()
     executor = StubExecutor(Resources.of_host(4, 16 << 30), clock=clock)
@@ -89,12 +90,13 @@ class StubExecutor:
     """An :class:`~sylphx._server.executors.base.Executor` whose attempts live in memory.
 
     What a test reads: :attr:`live` (the attempts handed over and not ended, by handle),
-    :attr:`signals` (every
-    signal sent, in order), :attr:`reservations` (the gangs asked for), :attr:`forgotten`
-    (the runs forgotten). What it sets: :attr:`resources` (the capacity reported, which may
-    change between passes, as a Ray cluster's does), :attr:`ignore_term` (SIGTERM is then
-    recorded but ends nothing, as a shard that traps it), :attr:`gangs_ready` (False: gang
-    reservations wait, as a pending Ray placement group).
+    :attr:`signals` (every signal sent, in order), :attr:`reservations` (the gangs asked
+    for), :attr:`forgotten` (the runs forgotten), :meth:`attempt` (one attempt's record).
+    What it sets: :attr:`resources` (the capacity reported, which may change between
+    passes, as a Ray cluster's does), :attr:`ignore_term` (SIGTERM is then recorded but
+    ends nothing, as a shard that traps it), :attr:`gangs_ready` (False: gang reservations
+    wait, as a pending Ray placement group). What it does: :meth:`finish`,
+    :meth:`finish_all`, :meth:`lose`, and with ``reports_starts`` :meth:`start`.
     """
 
     name = "stub"
@@ -223,6 +225,7 @@ class StubExecutor:
             for handle, attempt in list(self._attempts.items()):
                 if attempt.request.run_id == run_id:
                     del self._attempts[handle]
+            self._prepared = [h for h in self._prepared if h in self._attempts]
 
     def close(self) -> None:
         """Mark the stub closed; its attempts are left as they are."""
