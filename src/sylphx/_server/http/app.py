@@ -47,7 +47,9 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
         reconcile_interval=plane.settings.reconcile_interval,
         draining=plane.is_draining,
     )
-    for router in (account.router, runs.router, volumes.router, secrets.router):
-        app.include_router(router)
+    # The routes go straight into the app's table, the polled run first: an included
+    # router is a routing layer of its own in this FastAPI, ~40 us more per request (P3).
+    for router in (runs.router, volumes.router, secrets.router, account.router):
+        app.router.routes.extend(router.routes)
     openapi.install(app)  # the document, completed: every status, the one error body
     return app

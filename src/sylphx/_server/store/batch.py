@@ -8,9 +8,10 @@ bind processors of its parameters in order, and hands the converted rows to the 
 cursor's ``executemany`` through ``Connection.exec_driver_sql`` (so engine events and
 the connection's transaction still apply). Values are converted by the same
 processors SQLAlchemy would use, so a timestamp written here reads back as one written
-through the ORM. Values repeat within a batch (one ``now`` for every shard a pass starts,
-an exit's end on its attempt, shard and usage row), so each distinct value is converted
-once per batch: that halves the cost of a 256-shard write on SQLite (docs/adr/0006).
+through the ORM. Values repeat (one ``now`` for every shard a pass starts, an exit's end on its
+attempt, shard and usage row), so each distinct value is converted once while a
+connection remembers it: that halves the cost of a 256-shard write on SQLite
+(docs/adr/0006).
 
 The compiled statement's ``positiontup`` and ``binds`` are SQLAlchemy internals: the
 dependency is pinned to one minor version, and ``tests/test_batch.py`` checks a batch
@@ -27,6 +28,8 @@ from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql.dml import Insert, Update
 
 Processor = Callable[[Any], Any]
+_MEMOS = "sylphx.batch.converted"  # key of the per-connection memo in Connection.info
+MEMO_SIZE = 8192  # converted values remembered per processor and connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,7 @@ class Batch:
         values = []
         for name, process in zip(plan.names, plan.processors, strict=True):
             column = columns[name]
-            values.append(column if process is None else _convert(process, column))
+            values.append(column if process is None else _convert(conn, process, column))
         params: list[Any] = list(zip(*values, strict=True))
         if not params:
             return 0
@@ -85,9 +88,15 @@ class Batch:
         return conn.exec_driver_sql(plan.sql, params).rowcount
 
 
-def _convert(process: Processor, column: Sequence[Any]) -> list[Any]:
-    """``[process(v) for v in column]``, each distinct (hashable) value converted once."""
-    done: dict[Any, Any] = {}
+def _convert(conn: Connection, process: Processor, column: Sequence[Any]) -> list[Any]:
+    """``[process(v) for v in column]``, each distinct (hashable) value converted once per
+    connection while it is remembered: a pass writes an exit's end to its attempt, its
+    shard and its usage row, three batches. The memo lives in the pooled connection's
+    ``info`` (no state shared between engines or connections) and is bounded."""
+    memos: dict[Processor, dict[Any, Any]] = conn.info.setdefault(_MEMOS, {})
+    done = memos.setdefault(process, {})
+    if len(done) > MEMO_SIZE:
+        done.clear()
     out = []
     for value in column:
         try:
