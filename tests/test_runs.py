@@ -5,6 +5,8 @@ Ray cluster on loopback, shared by the session)."""
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, pid_alive, pids_of_run, start_server
+from sylphx._server.executors.local.processes import signal_shard
 
 PY = sys.executable
 GIB = 1 << 30
@@ -174,6 +177,18 @@ def test_cancel_mid_flight_stops_every_process(server: Server) -> None:
     assert done["status"] == "cancelled"
     assert done["aggregate"]["cancelled"] == 4
     server.wait_for(lambda: not any(pid_alive(pid) for pid in live), timeout=5)
+
+
+def test_a_sigterm_before_the_sandbox_started_the_shard_is_not_dropped() -> None:
+    """A sandbox (a process group) with no shard process below it yet gets the SIGTERM
+    itself: it used to be dropped, and the shard SIGKILLed after the grace (exit 137)."""
+    sandbox = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        signal_shard(sandbox.pid, "term", sandboxed=True, group=None)
+        assert sandbox.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        sandbox.kill()
+        sandbox.wait()
 
 
 def _comm(pid: int) -> str:

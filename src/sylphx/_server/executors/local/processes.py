@@ -141,14 +141,20 @@ def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[P
 def signal_shard(pid: int, sig: str, *, sandboxed: bool, group: ShardCgroup | None) -> None:
     """Ask (``term``) or force (``kill``) a shard started as process group ``pid`` to
     stop. SIGTERM goes to the shard's own processes in a sandbox, not to the sandbox
-    itself, so the shard's grace period works; a kill takes its whole cgroup too."""
+    itself, so the shard's grace period works -- unless the sandbox is still starting
+    the shard, when the sandbox gets it (a TERM is never dropped); a kill takes its whole
+    cgroup too."""
     if sig == "kill":
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         if group is not None:
             group.kill_all()
         return
-    targets = shard_processes(pid) if sandboxed else [pid]
-    for target in targets:
+    shard = shard_processes(pid) if sandboxed else []
+    if not shard:  # unsandboxed, or the sandbox has not started the shard yet: it all goes
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            (os.kill if sandboxed else os.killpg)(target, signal.SIGTERM)
+            os.killpg(pid, signal.SIGTERM)
+        return
+    for target in shard:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGTERM)
