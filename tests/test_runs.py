@@ -140,8 +140,8 @@ def test_timeout_kills_the_shard_and_reports_timed_out(server: Server) -> None:
         command=sh('[ "$SYLPHX_SHARD_INDEX" = 0 ] || exec sleep 60'),
         parallelism=2,
         machine="nano",
-        timeoutSeconds=1,
-    )
+        timeoutSeconds=3,  # past a sandbox's start even on a loaded host (a TERM before
+    )  # the shard started ends the sandbox: the fast shard would time out too)
     done = server.wait(run["id"], timeout=30)
     assert done["status"] == "partial"
     fast, slow = server.shards(run["id"])
@@ -154,7 +154,8 @@ def test_timeout_kills_the_shard_and_reports_timed_out(server: Server) -> None:
 
 
 def test_shard_ignoring_sigterm_is_killed_after_grace(server: Server) -> None:
-    run = server.submit(command=sh("trap '' TERM; sleep 60"), timeoutSeconds=1)
+    # 3 s: the trap is set before the TERM comes, even on a loaded host
+    run = server.submit(command=sh("trap '' TERM; sleep 60"), timeoutSeconds=3)
     done = server.wait(run["id"], timeout=30)
     assert done["status"] == "timed_out"  # every unsuccessful shard timed out
     (shard,) = server.shards(run["id"])
