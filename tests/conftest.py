@@ -150,6 +150,8 @@ SLOW_MODULES = {
     "test_images",
     "test_images_run",
     "test_longpoll",
+    "test_parity",
+    "test_parity_faults",
     "test_quotas",
     "test_ray",
     "test_ray_envelope",
