@@ -156,6 +156,7 @@ SLOW_MODULES = {
     "test_ray",
     "test_ray_envelope",
     "test_ray_remote",
+    "test_ray_restart",
     "test_sdk_resilience",
     "test_server_startup",
     "test_supervisor",

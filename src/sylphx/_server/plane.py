@@ -43,6 +43,7 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
             log.warning("SYLPHX_SANDBOX=off: Ray shards run unsandboxed on their nodes")
         return RayExecutor(
             settings.ray_address,
+            home=settings.home,  # names the home's hub: a restart re-adopts its shards
             gang_strategy=settings.ray_gang_strategy,
             sandbox=settings.sandbox,
             enforce_tiers=not settings.unenforced_tiers,

@@ -4,61 +4,79 @@
   follows nodes joining and leaving.
 * Each attempt is one Ray task (no retries: the reconciler owns retries) asking
   for its tier's CPU and memory; on whatever node Ray picked, the task runs the
-  command in the same envelope as the local executor (``ray_remote.py``).
-* Gang runs reserve one placement group of N bundles first (:meth:`reserve_gang`)
-  and their shards go into its bundles, so all start together or none do.
-* Logs and signals travel through one ``LogHub`` actor on the control plane's
-  node (see ``ray_remote.py``); nothing relies on a shared filesystem for logs.
+  command in the same envelope as the local executor (``remote.py``).
+* The control plane does not own those tasks: its home's hub does (``hub.py``), a
+  detached actor on the control plane's node that submits them, relays their logs and
+  signals, and keeps their outcomes until they are recorded. So attempts outlive the
+  control plane: after a ``kill -9`` or a restart, the new control plane on the same home
+  finds the hub by name (the home's id, kept in ``SYLPHX_HOME/ray.id``) and :meth:`adopt`
+  re-adopts them, those that ended meanwhile with their true start and end
+  (``attempts.py``).
+* Gang runs reserve one detached placement group of N bundles first
+  (:meth:`reserve_gang`, through the hub) and their shards go into its bundles, so all
+  start together or none do.
 * An attempt is ``running`` from the moment its process started on a node (the task
   tells the hub; :meth:`RayExecutor.starts`), never while it waits in Ray's queue or
   for a node; its billed window is the one the node measured.
 * An attempt whose node died ends with ``Exit.lost`` (reason ``NodeLost``); the node view
   (capacity) is read again at once, so nothing is relaunched into a node that is gone.
-* Attempts belong to this driver: after a control plane restart Ray has ended
-  them, so :meth:`adopt` declines and the reconciler records them as lost.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import signal
 import threading
-import time
-import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import NodeDiedError, RayError, RayTaskError, TaskCancelledError
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import (
-    NodeAffinitySchedulingStrategy,
-    PlacementGroupSchedulingStrategy,
-)
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sylphx._core.errors import ExecutorError
-from sylphx._core.machines import MACHINES, Resources
+from sylphx._core.machines import Resources
 from sylphx._server.executors.base import Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.sandbox import Policy
 from sylphx._server.images.policy import refuse as images_refused
 
-from .gang import Gang, result_exit, tier_resources
-from .hub import LogHub
+from .attempts import Ledger, outcome_exit
+from .gang import Gangs
+from .hub import Launch, LogHub, home_id, hub_name
 from .nodes import NodeView
-from .remote import NodeEnvelope, node_tools, run_shard
+from .remote import NodeEnvelope, node_tools
 
 GANG_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
-_GC_SECONDS = 5.0  # a gang reservation nobody asked for this long is released
-_NODE_ID = re.compile(r"node ID: ([0-9a-f]+)")
+_FEED_WAIT = 0.5  # seconds the hub holds a long poll of its feed
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _connect(address: str | None) -> None:
+    """Become a driver of the cluster. ``ray.init`` replaces the process's SIGTERM handler
+    with one that exits at once (code 15): the server's own is put back, so SIGTERM still
+    drains and stops the control plane (and exits 0)."""
+    main = threading.current_thread() is threading.main_thread()
+    on_term = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(address=address or "auto", namespace="sylphx", log_to_driver=False)
+    except Exception as exc:
+        raise ExecutorError(
+            f"could not connect to the Ray cluster at {address or 'auto'}: {exc}."
+            " Fix: start one (`ray start --head`) and set SYLPHX_RAY_ADDRESS to it."
+        ) from exc
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
 class RayExecutor:
-    """Runs attempts as Ray tasks; one instance per control plane (one Ray driver)."""
+    """Runs attempts as Ray tasks owned by the home's hub; one instance per control plane
+    (one Ray driver)."""
 
     name = "ray"
     reports_starts = True  # attempts start when Ray places them: see starts()
@@ -67,6 +85,7 @@ class RayExecutor:
         self,
         address: str | None,
         *,
+        home: Path | None = None,
         gang_strategy: str = "SPREAD",
         sandbox: bool = True,
         enforce_tiers: bool = True,
@@ -80,14 +99,7 @@ class RayExecutor:
                 f" Fix: set SYLPHX_RAY_GANG_STRATEGY to one of {', '.join(GANG_STRATEGIES)}."
             )
         if not ray.is_initialized():
-            try:
-                ray.init(address=address or "auto", namespace="sylphx", log_to_driver=False)
-            except Exception as exc:
-                raise ExecutorError(
-                    f"could not connect to the Ray cluster at {address or 'auto'}: {exc}."
-                    " Fix: start one (`ray start --head`) and set SYLPHX_RAY_ADDRESS to it."
-                ) from exc
-        self._strategy = gang_strategy
+            _connect(address)
         self._envelope = NodeEnvelope(
             sandbox,
             enforce_tiers,
@@ -95,33 +107,43 @@ class RayExecutor:
             max_log_bytes=max_log_bytes,
             image_cache=image_cache,
         )
+        self._hub_name = hub_name(home_id(home))  # shards look it up by name
+        self._hub, self._hub_is_new = self._connect_hub()
+        self._tools: Any = ray.remote(node_tools)
+        self._lock = threading.Lock()
+        self._ledger = Ledger()
+        self._queued: dict[str, Launch] = {}  # launched, not yet flushed
+        self._gangs = Gangs(self._hub, gang_strategy)
+        self._retained = False  # whether the hub dropped what nobody adopted (first poll)
+        self._nodes = NodeView()
+        self._wake: Waker = lambda: None
+        self._closed = threading.Event()
+        self._since = 0  # the hub's feed, read up to here
+        self._read_hub()
+        self._watcher = threading.Thread(target=self._watch, name="sylphx-ray-exits", daemon=True)
+        self._watcher.start()
+
+    def _connect_hub(self) -> tuple[Any, bool]:
+        """The home's hub (made here, on this node, if it is not running): and whether it
+        is new, i.e. knows nothing a previous control plane handed it."""
         here = ray.get_runtime_context().get_node_id()
         hub_actor: Any = ray.remote(LogHub)
-        self._hub_name = f"sylphx-hub-{uuid.uuid4().hex[:12]}"  # shards look it up by name
-        self._hub: Any = hub_actor.options(
+        hub = hub_actor.options(
             name=self._hub_name,
+            lifetime="detached",
+            get_if_exists=True,
             num_cpus=0,
             max_concurrency=64,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
         ).remote()
-        ray.get(self._hub.ping.remote())
-        self._task: Any = ray.remote(run_shard)
-        self._tools: Any = ray.remote(node_tools)
-        self._plain: dict[str, Any] = {}  # machine -> task options (building them is not free)
-        self._forget: list[str] = []
-        self._lock = threading.Lock()
-        self._refs: dict[str, Any] = {}  # handle -> ObjectRef of its task
-        self._queued: dict[str, tuple[Any, LaunchRequest]] = {}  # launched, not yet flushed
-        self._failed: list[Exit] = []  # submissions Ray refused, for the next poll
-        self._noticed: set[str] = set()
-        self._starts: dict[str, datetime] = {}  # handle -> its process's start, not yet taken
-        self._gangs: dict[str, Gang] = {}
-        self._gang_of: dict[str, str] = {}  # handle -> run id of its placement group
-        self._nodes = NodeView()
-        self._wake: Waker = lambda: None
-        self._closed = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="sylphx-ray-exits", daemon=True)
-        self._watcher.start()
+        return hub, bool(ray.get(hub.hello.remote()))
+
+    def _read_hub(self) -> None:
+        """What the hub holds (after a restart: what the previous control plane handed
+        it), before anything is adopted: every attempt's record, and the gangs."""
+        self._since, changes = ray.get(self._hub.changes.remote(0, 0))
+        self._ledger.note(changes)
+        self._gangs.load(ray.get(self._hub.gangs.remote()))
 
     # -- capacity and gangs --------------------------------------------------------
     def capacity(self) -> Resources:
@@ -134,26 +156,7 @@ class RayExecutor:
             self._nodes.check_fits_a_node(machine)
         except ExecutorError:
             return True
-        with self._lock:
-            gang = self._gangs.get(run_id)
-            if gang is not None and (gang.size, gang.machine) != (n, machine) and not gang.live:
-                self._release(run_id)
-                gang = None
-            if gang is None:
-                pg = placement_group(
-                    [tier_resources(machine)] * n, strategy=self._strategy, name=f"sylphx-{run_id}"
-                )
-                gang = Gang(pg, n, machine, pg.ready(), time.monotonic())
-                self._gangs[run_id] = gang
-            gang.asked = time.monotonic()
-            if not gang.ready:
-                gang.ready = bool(ray.wait([gang.ready_ref], timeout=0)[0])
-            return gang.ready
-
-    def _release(self, run_id: str) -> None:
-        gang = self._gangs.pop(run_id, None)
-        if gang is not None:
-            remove_placement_group(gang.pg)
+        return self._gangs.reserve(run_id, n, machine)
 
     # -- attempts --------------------------------------------------------------
     def forget_run(self, run_id: str) -> None:
@@ -185,54 +188,36 @@ class RayExecutor:
         stdout.parent.mkdir(parents=True, exist_ok=True)
         stdout.touch()
         stderr.touch()
-        opts: dict[str, Any] = {
-            "num_cpus": MACHINES[request.machine].vcpu,
-            "memory": MACHINES[request.machine].memory_bytes,
-            "max_retries": 0,
-        }
         handle = f"ray:{request.run_id}:{request.index}:{request.attempt}"
         with self._lock:
-            if handle in self._refs or handle in self._queued:  # idempotent per attempt
+            if handle in self._queued or self._ledger.handed_over(handle):  # idempotent
                 return handle
-            gang = self._gangs.get(request.run_id)
-            if gang is not None and gang.ready and gang.next_bundle < gang.size:
-                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    gang.pg, placement_group_bundle_index=gang.next_bundle
-                )
-                gang.next_bundle += 1
-                gang.live += 1
-                self._gang_of[handle] = request.run_id
-                task = self._task.options(**opts)
-            else:
-                task = self._plain.get(request.machine)
-                if task is None:
-                    task = self._plain[request.machine] = self._task.options(**opts)
-            self._queued[handle] = (task, request)  # submitted at flush: after the commit
+            bundle = self._gangs.bundle(handle, request.run_id)
+            self._queued[handle] = (handle, request, bundle)  # submitted at flush
         return handle
 
     def flush(self, *, discard: bool = False) -> None:
-        """Submit the tasks launched since the last flush (their pass committed), or with
-        ``discard`` drop them (it was rolled back). A task Ray refuses is reported by the
-        next poll as never started (exit 127, LaunchError)."""
+        """Hand the attempts launched since the last flush (their pass committed) to the
+        hub, which submits them, or with ``discard`` drop them (it was rolled back). One
+        Ray refuses is reported by the next poll as never started (exit 127, LaunchError)."""
         with self._lock:
             queued, self._queued = self._queued, {}
         if discard:
-            self._unqueue(list(queued))
+            self._gangs.unqueue(list(queued))
             return
-        failed = []
-        for handle, (task, request) in queued.items():
-            try:
-                ref = task.remote(request, handle, self._hub_name, self._envelope)
-            except Exception as exc:
-                failed.append(Exit.unlaunched(handle, _now(), str(exc)))
-                continue
-            with self._lock:
-                self._refs[handle] = ref
-        if failed:
-            for exit in failed:
-                self._ended(exit.handle)
-            with self._lock:
-                self._failed += failed
+        if not queued:
+            return
+        self._ledger.handing(queued)
+        try:
+            launches = list(queued.values())
+            refused = ray.get(self._hub.submit.remote(launches, self._hub_name, self._envelope))
+        except Exception as exc:  # the hub is gone or broken: none of them was submitted
+            refused = {handle: f"the Ray cluster refused it: {exc}" for handle in queued}
+        if refused:
+            now = _now()
+            self._ledger.refused([Exit.unlaunched(h, now, why) for h, why in refused.items()])
+            for handle in refused:
+                self._gangs.ended(handle)
             self._wake()
 
     def drop(self, handles: Collection[str]) -> None:
@@ -241,157 +226,104 @@ class RayExecutor:
             gone = [h for h in self._queued if h in handles]
             for handle in gone:
                 del self._queued[handle]
-        self._unqueue(gone)
-
-    def _unqueue(self, handles: list[str]) -> None:
-        """Give back the gang bundles of launches that were never submitted."""
-        with self._lock:
-            for handle in handles:
-                gang = self._gangs.get(self._gang_of.pop(handle, ""))
-                if gang is not None:
-                    gang.next_bundle -= 1
-                    gang.live -= 1
+        self._gangs.unqueue(gone)
 
     def adopt(self, handle: str) -> bool:
-        """A previous control plane's Ray tasks ended with its driver: never adoptable."""
+        """After a restart (or a failed pass): watch an attempt the hub holds, whether it
+        still runs or ended meanwhile; one the hub never got is adopted to be launched
+        again (:meth:`started` is False) -- unless the hub is new: the old one died, and
+        the attempt with it (False: it is recorded lost)."""
         with self._lock:
-            return handle in self._refs or any(e.handle == handle for e in self._failed)
+            if handle in self._queued:
+                return True
+        adopted, run_id = self._ledger.adopt(handle, self._hub_is_new)
+        if run_id is not None:
+            self._gangs.adopted(handle, run_id)
+        return adopted
 
     def started(self, handle: str) -> bool:
-        """Only this driver's attempts are adopted, and each was submitted (or failed to)."""
-        return self.adopt(handle)
+        """Whether the attempt was handed to the hub (or its exit is known)."""
+        return self._ledger.handed_over(handle)
 
     def starts(self) -> list[tuple[str, datetime]]:
         """Attempts whose process started since the last call, with when (each once)."""
-        with self._lock:
-            starts, self._starts = self._starts, {}
-        return list(starts.items())
-
-    def _take_starts(self) -> None:
-        """Collect the starts the hub heard of; wake the reconciler for new ones."""
-        try:
-            starts = ray.get(self._hub.take_starts.remote(), timeout=5)
-        except Exception:  # ray shutting down, or the hub busy: next time
-            return
-        if starts:
-            with self._lock:
-                for handle, epoch in starts.items():
-                    if handle in self._refs:
-                        self._starts[handle] = datetime.fromtimestamp(epoch, UTC)
-            self._wake()
+        return self._ledger.take_starts()
 
     def _watch(self) -> None:
-        """Wake the reconciler as soon as any attempt's task starts or finishes."""
+        """Read the hub's feed (a long poll); wake the reconciler as soon as an attempt
+        this control plane watches starts or ends."""
         while not self._closed.is_set():
-            with self._lock:
-                waiting = {ref: h for h, ref in self._refs.items() if h not in self._noticed}
-            if not waiting:
-                self._closed.wait(0.05)
-                continue
-            self._take_starts()
             try:
-                ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.2, fetch_local=False)
-            except Exception:  # ray shutting down
+                feed = self._hub.changes.remote(self._since, _FEED_WAIT)
+                self._since, changes = ray.get(feed, timeout=30)
+            except RayActorError:
+                self._hub_died()
+                continue
+            except Exception:  # ray shutting down, or the hub busy: next time
                 self._closed.wait(0.2)
                 continue
-            if ready:
-                with self._lock:
-                    self._noticed.update(waiting[ref] for ref in ready)
+            if self._ledger.note(changes):
                 self._wake()
 
+    def _hub_died(self) -> None:
+        """The hub is gone (its node died, or it was killed), and its tasks with it: every
+        attempt this control plane watches is lost; a new hub takes its place."""
+        if self._closed.is_set():
+            return
+        why = "Lost: the Ray log hub that owned the attempt died"
+        for handle in self._ledger.lose(why, _now()):
+            self._gangs.ended(handle)
+        self._wake()
+        with contextlib.suppress(Exception):
+            self._hub, _ = self._connect_hub()
+            self._gangs.hub, self._hub_is_new, self._since = self._hub, True, 0
+        self._closed.wait(0.5)
+
     def poll(self) -> list[Exit]:
-        with self._lock:
-            items = list(self._refs.items())
-            exits, self._failed = self._failed, []
-        if items:
-            refs = [ref for _, ref in items]
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
-            done = set(ready)
-            ended = [(handle, ref) for handle, ref in items if ref in done]
-            try:  # one round trip for every result; a failed task is looked at on its own
-                results = ray.get([ref for _, ref in ended])
-            except Exception:  # any failure: each task is asked on its own, below
-                results = None
-            now = _now()
-            for i, (handle, ref) in enumerate(ended):
-                if results is None:
-                    exits.append(self._exit(handle, ref))
-                else:
-                    exits.append(result_exit(handle, results[i], now))
-                self._ended(handle)
-        with self._lock:
-            forget, self._forget = self._forget, []
-        if forget:
-            self._hub.forget_many.remote(forget)
-        self._gc_gangs()
+        ack, ended, exits = self._ledger.take()
+        for handle, outcome in ended:
+            exits.append(outcome_exit(handle, outcome, self._nodes.refresh))
+            self._gangs.ended(handle)
+        self._ledger.now_reported(exits)
+        if ack:  # their pass committed: nothing will ask for them again
+            self._hub.forget_many.remote(ack)
+        if not self._retained:
+            self._retain()
+        self._gangs.collect()
         return exits
 
-    def _exit(self, handle: str, ref: Any) -> Exit:
-        now = _now()
+    def _retain(self) -> None:
+        """At the first poll (every live attempt was adopted before it): the hub drops the
+        records nobody adopted -- their exits were recorded before a restart -- and the
+        gangs none of whose attempts is live are released."""
+        with self._lock:
+            keep = self._ledger.watched() | set(self._queued)
         try:
-            return result_exit(handle, ray.get(ref), now)
-        except TaskCancelledError:
-            return Exit(handle, -9, now)
-        except RayTaskError as exc:
-            first = str(exc).strip().splitlines()[-1][:300]
-            return Exit(handle, 1, now, reason=f"ExecutorError: {first}")
-        except RayError as exc:
-            match = _NODE_ID.search(str(exc))
-            node, seen = ray.get(self._hub.forget.remote(handle))
-            node = match.group(1) if match else node
-            nodes = ray.nodes()  # type: ignore[no-untyped-call]
-            alive = {n["NodeID"] for n in nodes if n.get("Alive")}
-            if isinstance(exc, NodeDiedError) or (node is not None and node not in alive):
-                self._nodes.refresh()  # a node event: capacity without it, before any relaunch
-                why = f"NodeLost: node {(node or '?')[:12]} died (preempted; retried elsewhere)"
-                # billed until it was last heard from, not until Ray noticed the node gone
-                end = datetime.fromtimestamp(seen, UTC) if seen is not None else now
-                return Exit(handle, -9, end, reason=why, lost=True)
-            return Exit(handle, -9, now, reason=f"WorkerCrashed: {type(exc).__name__}")
-
-    def _ended(self, handle: str) -> None:
-        with self._lock:
-            self._forget.append(handle)
-            self._refs.pop(handle, None)
-            self._noticed.discard(handle)
-            run_id = self._gang_of.pop(handle, None)
-            gang = self._gangs.get(run_id) if run_id else None
-            if run_id and gang is not None:
-                gang.live -= 1
-                if gang.live <= 0 and gang.next_bundle >= gang.size:
-                    self._release(run_id)
-
-    def _gc_gangs(self) -> None:
-        """Release reservations the reconciler stopped asking for (cancelled while queued)."""
-        with self._lock:
-            stale = [
-                run_id
-                for run_id, g in self._gangs.items()
-                if g.next_bundle == 0 and time.monotonic() - g.asked > _GC_SECONDS
-            ]
-            for run_id in stale:
-                self._release(run_id)
+            ray.get(self._hub.retain.remote(list(keep)), timeout=30)
+        except Exception:  # next poll
+            return
+        self._ledger.keep_only(keep)
+        self._retained = True
+        self._gangs.collect(idle=True)
 
     def signal(self, handle: str, sig: Signal) -> None:
         """Delivered with the reply to the shard's next log chunk (within ~0.2 s); a kill
         also cancels a task Ray has not started yet."""
         self._hub.signal.remote(handle, sig)
-        with self._lock:
-            ref = self._refs.get(handle)
-        if sig == "kill" and ref is not None:
-            ray.cancel(ref, force=False)
 
     def alive(self, handle: str) -> bool:
-        with self._lock:
-            return handle in self._refs
+        return self._ledger.is_live(handle)
 
     def close(self) -> None:
-        """Stop watching and release reservations. Shards still running lose their log hub
-        and stop themselves at their next chunk (nothing would record their output)."""
+        """Stop watching. Running attempts, their hub and their gangs are left alone: a
+        restarted control plane re-adopts them. Reservations no attempt uses are released,
+        and the hub is stopped if it then holds nothing."""
         self._closed.set()
         self._watcher.join(timeout=2)
         self._nodes.close()
-        with self._lock:
-            for run_id in list(self._gangs):
-                self._release(run_id)
-        ray.kill(self._hub)
+        if not self._retained:  # it never reconciled (a standby): nothing here is its own
+            return
+        self._gangs.collect(unused=True)
+        with contextlib.suppress(Exception):  # ray shutting down
+            if not self._ledger.watched() and ray.get(self._hub.idle.remote(), timeout=5):
+                ray.kill(self._hub)

@@ -1,43 +1,231 @@
-"""The log hub: one actor on the control plane's node that every Ray shard talks to.
+"""The hub: the home's agent in the Ray cluster, one detached actor per control-plane home.
 
-Shards ship their output to it in chunks (it appends them to the attempt's log files, so
-nothing relies on a shared filesystem for logs), tell it when their process started, and
-get the signal the control plane wants delivered in the reply to each chunk.
+Ray ends a driver's tasks when the driver goes, and the control plane is the driver. So
+it never submits a shard attempt itself: it hands it to its home's ``LogHub``, a detached
+actor (namespace ``sylphx``, named after the home: :func:`hub_name`) on the control
+plane's node, which submits the attempt as a Ray task and so owns it; gangs' placement
+groups are detached too, reserved through the hub. A ``kill -9`` or a restart of the
+control plane leaves the hub, its tasks and their placement groups running; a new control
+plane on the same home finds the hub by name and re-adopts them (see ``attempts.py``).
+
+The hub keeps each attempt's record -- its gang, its node, when its process started, when
+it last shipped output, and once its task ended, its outcome (what ``run_shard`` returned,
+or how Ray failed it) -- until the control plane says it recorded the exit
+(:meth:`LogHub.forget_many`), and tells the control plane of starts and outcomes as a feed
+of changes (:meth:`LogHub.changes`, a long poll). Shards ship their output to it in chunks;
+it appends them to the attempt's log files (on the control plane's disk: nothing relies
+on a shared filesystem for logs) and answers each chunk with the signal the control plane
+wants delivered.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from sylphx._server.executors.base import Signal
+import ray
+from ray.exceptions import NodeDiedError, RayError, RayTaskError, TaskCancelledError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from sylphx._core.machines import MACHINES
+from sylphx._server.executors.base import LaunchRequest, Signal
+
+from .gang import tier_resources
+from .remote import NodeEnvelope, run_shard
 
 _RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
+HOME_ID_FILE = "ray.id"
+
+# What became of an attempt's task, and when the hub saw it end (epoch): ("result", at,
+# what run_shard returned) | ("cancelled", at) | ("error", at, the task's exception, last
+# line) | ("lost", at, Ray's error, whether Ray said the node died, the node it last
+# reported from, when it last shipped: epoch)
+Outcome = tuple[Any, ...]
+# One attempt's record, as the feed tells it: handle, the run id of its gang's placement
+# group (None: no gang), when its process started (epoch), its outcome (None: running)
+Change = tuple[str, str | None, float | None, Outcome | None]
+# A launch handed to the hub: handle, request, its gang's bundle (None: no gang)
+Launch = tuple[str, LaunchRequest, int | None]
+
+
+def home_id(home: Path | None) -> str:
+    """A stable id of the control plane's home, made once and kept in it: it names the
+    home's hub, so a restart finds its own and two homes on one cluster never share one.
+    Without a home, a new id (nothing survives this executor)."""
+    if home is None:
+        return uuid.uuid4().hex[:16]
+    path = home / HOME_ID_FILE
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        new = uuid.uuid4().hex[:16]
+        tmp = home / f".{HOME_ID_FILE}.{new}"
+        tmp.write_text(new)
+        try:
+            os.link(tmp, path)  # the first writer's id wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+def hub_name(home_id: str) -> str:
+    """The hub's actor name for a home (see ``RayExecutor``: a stable id of the home)."""
+    return f"sylphx-hub-{home_id}"
+
+
+@dataclass
+class _Attempt:
+    gang: str | None  # run id of the placement group it runs in
+    ref: Any = None  # its task, until it ended
+    node: str | None = None  # the node it last reported from
+    started: float | None = None  # when its process started (epoch)
+    seen: float | None = None  # when it last shipped (every ~0.2 s while it runs)
+    outcome: Outcome | None = None
+    seq: int = 0  # the feed's position of its last change
+
+
+@dataclass
+class _Gang:
+    pg: Any
+    size: int
+    machine: str
+    launched: int = 0  # bundles given to attempts so far (the next one's index)
 
 
 class LogHub:
-    """Appends shipped chunks to log files; hands out pending signals; remembers each
-    attempt's node, when its process started and when it last shipped (every ~0.2 s: the
-    last moment it was known alive, the end of a window lost with its node)."""
+    """Submits and owns a home's attempts and gangs; relays their logs and signals."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._seq = 0
+        self._attempts: dict[str, _Attempt] = {}
         self._signals: dict[str, Signal] = {}
-        self._nodes: dict[str, str] = {}
-        self._starts: dict[str, float] = {}  # handle -> epoch its process started
-        self._seen: dict[str, float] = {}  # handle -> epoch of its last chunk
+        self._gangs: dict[str, _Gang] = {}
+        self._greeted = False
+        self._task: Any = ray.remote(run_shard)
+        self._plain: dict[str, Any] = {}  # machine -> task options (building them is not free)
 
+    def hello(self) -> bool:
+        """True for the first control plane that calls it: the hub is new, nothing it was
+        asked before can be known to it."""
+        with self._lock:
+            first, self._greeted = not self._greeted, True
+            return first
+
+    # -- attempts -------------------------------------------------------------
+    def submit(self, launches: list[Launch], name: str, envelope: NodeEnvelope) -> dict[str, str]:
+        """Submit each attempt as a Ray task (into its gang's bundle, if it has one) that
+        ships to the hub called ``name``; returns those Ray refused, with why. An attempt
+        already submitted is left alone: launches are idempotent."""
+        refused = {}
+        for handle, request, bundle in launches:
+            with self._lock:
+                if handle in self._attempts:
+                    continue
+                gang = self._gangs.get(request.run_id) if bundle is not None else None
+                attempt = _Attempt(gang=request.run_id if gang is not None else None)
+                self._attempts[handle] = attempt
+                if gang is not None and bundle is not None:
+                    gang.launched = max(gang.launched, bundle + 1)
+            try:
+                task = self._task_for(request.machine, gang, bundle)
+                attempt.ref = task.remote(request, handle, name, envelope)
+            except Exception as exc:
+                with self._lock:
+                    del self._attempts[handle]
+                refused[handle] = str(exc)
+                continue
+            attempt.ref.future().add_done_callback(functools.partial(self._done, handle))
+        return refused
+
+    def _task_for(self, machine: str, gang: _Gang | None, bundle: int | None) -> Any:
+        if gang is None:
+            task = self._plain.get(machine)
+            if task is None:
+                task = self._plain[machine] = self._task.options(**_options(machine))
+            return task
+        strategy = PlacementGroupSchedulingStrategy(
+            gang.pg, placement_group_bundle_index=bundle or 0
+        )
+        return self._task.options(**_options(machine), scheduling_strategy=strategy)
+
+    def _done(self, handle: str, future: Future[Any]) -> None:
+        """A task ended (in a Ray thread): keep its outcome until the control plane took it."""
+        try:
+            outcome: Outcome = ("result", time.time(), tuple(future.result()))
+        except BaseException as exc:
+            with self._lock:
+                attempt = self._attempts.get(handle)
+                node, seen = (attempt.node, attempt.seen) if attempt else (None, None)
+            outcome = _failure(exc, node, seen)
+        self._finish(handle, outcome)
+
+    def _finish(self, handle: str, outcome: Outcome) -> None:
+        with self._changed:
+            attempt = self._attempts.get(handle)
+            if attempt is None or attempt.outcome is not None:
+                return
+            attempt.outcome, attempt.ref = outcome, None
+            self._bump(attempt)
+
+    def _bump(self, attempt: _Attempt) -> None:  # under the lock
+        self._seq += 1
+        attempt.seq = self._seq
+        self._changed.notify_all()
+
+    def changes(self, since: int, timeout: float) -> tuple[int, list[Change]]:
+        """The records that changed after position ``since`` of the feed (0: all of them),
+        waiting up to ``timeout`` seconds for one; and the feed's position now."""
+        with self._changed:
+            if self._seq <= since:
+                self._changed.wait(timeout)
+            changed = [
+                (handle, a.gang, a.started, a.outcome)
+                for handle, a in self._attempts.items()
+                if a.seq > since
+            ]
+            return self._seq, changed
+
+    def forget_many(self, handles: list[str]) -> None:
+        """Drop the records of attempts whose exits the control plane recorded."""
+        with self._lock:
+            for handle in handles:
+                self._attempts.pop(handle, None)
+                self._signals.pop(handle, None)
+
+    def retain(self, keep: list[str]) -> list[str]:
+        """Drop every record but ``keep``'s (after a restart: the attempts the store still
+        shows as live); a task among them still running is stopped, for nobody would
+        record it. Returns the handles dropped."""
+        kept = set(keep)
+        with self._lock:
+            gone = [handle for handle in self._attempts if handle not in kept]
+            refs = [self._attempts.pop(handle).ref for handle in gone]
+            for handle in gone:
+                self._signals.pop(handle, None)
+        for ref in refs:
+            if ref is not None:
+                ray.cancel(ref, force=True)
+        return gone
+
+    # -- from the shards ------------------------------------------------------
     def started(self, handle: str, node_id: str, epoch: float) -> None:
         """An attempt's process started on ``node_id``."""
-        with self._lock:
-            self._nodes[handle] = node_id
-            self._starts[handle] = epoch
-
-    def take_starts(self) -> dict[str, float]:
-        """The starts reported since the last call."""
-        with self._lock:
-            starts, self._starts = self._starts, {}
-            return starts
+        with self._changed:
+            attempt = self._attempts.get(handle)
+            if attempt is not None and attempt.started is None:
+                attempt.node, attempt.started = node_id, epoch
+                self._bump(attempt)
 
     def push(
         self, handle: str, node_id: str, paths: tuple[str, str], out: bytes, err: bytes
@@ -47,25 +235,83 @@ class LogHub:
                 with open(path, "ab") as fh:
                     fh.write(data)
         with self._lock:
-            self._nodes[handle] = node_id
-            self._seen[handle] = time.time()
+            attempt = self._attempts.get(handle)
+            if attempt is not None:
+                attempt.node, attempt.seen = node_id, time.time()
             return self._signals.get(handle)
 
     def signal(self, handle: str, sig: Signal) -> None:
+        """Delivered with the reply to the shard's next chunk; a kill also cancels the
+        task (one Ray has not started yet ends at once). An attempt the hub does not hold
+        (it ended and was recorded) has nothing to stop."""
         with self._lock:
+            attempt = self._attempts.get(handle)
+            if attempt is None:
+                return
             if _RANK[sig] > _RANK[self._signals.get(handle)]:
                 self._signals[handle] = sig
+            ref = attempt.ref
+        if sig == "kill" and ref is not None:
+            ray.cancel(ref, force=False)
 
-    def forget(self, handle: str) -> tuple[str | None, float | None]:
-        """Drop the attempt's state; returns the node it last reported from and when."""
+    # -- gangs -----------------------------------------------------------------
+    def reserve(self, run_id: str, n: int, machine: str, strategy: str) -> Any:
+        """A detached placement group of ``n`` bundles of the tier for a gang run (the one
+        it has, if of that shape; another one replaces it)."""
         with self._lock:
-            self._signals.pop(handle, None)
-            self._starts.pop(handle, None)
-            return self._nodes.pop(handle, None), self._seen.pop(handle, None)
+            gang = self._gangs.get(run_id)
+            if gang is not None and (gang.size, gang.machine) == (n, machine):
+                return gang.pg
+            old = self._gangs.pop(run_id, None)
+        if old is not None:
+            remove_placement_group(old.pg)
+        pg = placement_group(
+            [tier_resources(machine)] * n,
+            strategy=strategy,
+            name=f"sylphx-{run_id}",
+            lifetime="detached",
+        )
+        with self._lock:
+            self._gangs[run_id] = _Gang(pg, n, machine)
+        return pg
 
-    def forget_many(self, handles: list[str]) -> None:
-        for handle in handles:
-            self.forget(handle)
+    def release(self, run_id: str) -> None:
+        """Remove a gang's placement group."""
+        with self._lock:
+            gang = self._gangs.pop(run_id, None)
+        if gang is not None:
+            remove_placement_group(gang.pg)
+
+    def gangs(self) -> dict[str, tuple[Any, int, str, int]]:
+        """Each gang's placement group, size, tier and bundles given out so far."""
+        with self._lock:
+            return {r: (g.pg, g.size, g.machine, g.launched) for r, g in self._gangs.items()}
+
+    def idle(self) -> bool:
+        """Whether the hub holds nothing: no attempt, no gang."""
+        with self._lock:
+            return not self._attempts and not self._gangs
 
     def ping(self) -> bool:
         return True
+
+
+def _options(machine: str) -> dict[str, Any]:
+    """A tier's task options: its CPU and memory, and no retries (sylphx owns them)."""
+    tier = MACHINES[machine]
+    return {"num_cpus": tier.vcpu, "memory": tier.memory_bytes, "max_retries": 0}
+
+
+def _failure(exc: BaseException, node: str | None, seen: float | None) -> Outcome:
+    """How a task that raised ended: cancelled, failed on its own, or lost with its
+    worker or node (told apart by the control plane, which knows the alive nodes)."""
+    at = time.time()
+    cause = exc.cause if isinstance(exc, RayTaskError) else exc
+    if isinstance(cause, TaskCancelledError):
+        return ("cancelled", at)
+    if isinstance(exc, RayTaskError):
+        return ("error", at, str(exc).strip().splitlines()[-1][:300])
+    if isinstance(exc, RayError):
+        text = f"{type(exc).__name__}: {exc}"[:4000]
+        return ("lost", at, text, isinstance(exc, NodeDiedError), node, seen)
+    return ("error", at, f"{type(exc).__name__}: {exc}"[:300])

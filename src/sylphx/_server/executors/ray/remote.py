@@ -1,7 +1,8 @@
 """The parts of the Ray executor that run inside the cluster.
 
-``LogHub`` (:mod:`.hub`) is one actor pinned to the control plane's node. Shards ship their
-output to it in chunks while they run -- redacted and capped on the node first, by
+``LogHub`` (:mod:`.hub`) is the home's detached actor on the control plane's node: it
+submits and owns every attempt's task, so they outlive the control plane. Shards ship
+their output to it in chunks while they run -- redacted and capped on the node first, by
 the same :mod:`.shardlog` code the local executor's supervisor uses, so no secret
 value travels or reaches a disk -- and it appends them to the attempt's log
 files (the same files the local executor writes) and answers each chunk with
@@ -12,7 +13,8 @@ builds the shard's envelope with the same code the local executor uses
 run's volumes bound at their mount paths, a clean environment, the shard's own uid,
 seccomp filter and network; :mod:`.nodeenvelope` gives it the filter and the network
 pipes the supervisor gives a local shard) and, where the node has them, a cgroup with
-the tier's CPU quota and memory ceiling.
+the tier's CPU quota and memory ceiling. The shard dies with the worker that runs the
+task (its node lost, or the task cancelled), never with the control plane.
 """
 
 from __future__ import annotations
@@ -357,19 +359,26 @@ def run_shard(request: LaunchRequest, handle: str, hub_name: str, envelope: Node
     executor.
     """
     import ray
+    from ray.exceptions import RayActorError
 
     node = ray.get_runtime_context().get_node_id()
-    hub = _hubs.get(hub_name)
-    if hub is None:
-        hub = _hubs[hub_name] = ray.get_actor(hub_name)
+    hub: Any = _hubs.get(hub_name) or _hubs.setdefault(hub_name, ray.get_actor(hub_name))
     paths = (request.stdout_path, request.stderr_path)
-
-    def ship(out: bytes, err: bytes) -> Signal | None:
-        result: Signal | None = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err))
-        return result
-
     started: list[float] = []
     ended: list[float] = []
+
+    def ship(out: bytes, err: bytes) -> Signal | None:
+        nonlocal hub
+        try:
+            result: Signal | None = _get_off_main_thread(
+                hub.push.remote(handle, node, paths, out, err)
+            )
+        except RayActorError:  # this worker knew an earlier hub of that name: ask again
+            hub = _hubs[hub_name] = ray.get_actor(hub_name)
+            if started:
+                hub.started.remote(handle, node, started[0])
+            result = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err))
+        return result
 
     def on_start(epoch: float) -> None:
         started.append(epoch)
