@@ -301,3 +301,20 @@ def test_shards_run_from_a_busybox_image(
     missing = server.submit(image=image, command=["python3"])  # not in the image
     assert server.wait(missing["id"], timeout=WAIT)["status"] == "failed"
     assert outcome(server, missing["id"]) == [(0, "failed", [("failed", 127, "LaunchError")])]
+    # A tenant attack: another org's shard on the host's root cannot read the unpacked
+    # images (the local image store under the home; a Ray node's own image cache).
+    cache = server.settings.ray_image_cache if kind_of(server) == "ray" else server.settings.home
+    probe = f"ls -A {cache} 2>&1 | head -3; find {cache} -name os-release 2>/dev/null | head -1"
+    other = server.client(server.new_org("rival"))
+    r = other.post("/v1/runs", json={"command": sh(probe), "workingDir": str(tmp_path)})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    ended = other.get(f"/v1/runs/{run_id}", params={"wait": 60}).json()  # a long-poll
+    assert ended["status"] == "succeeded", ended
+    seen = other.get(f"/v1/runs/{run_id}/logs", params={"shard": 0}).text
+    assert "sha256" not in seen and "os-release" not in seen, seen
+
+
+def kind_of(server: Server) -> str:
+    """The executor a control plane runs."""
+    return server.settings.executor
