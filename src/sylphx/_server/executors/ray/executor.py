@@ -18,7 +18,8 @@
 * An attempt is ``running`` from the moment its process started on a node (the task
   tells the hub; :meth:`RayExecutor.starts`), never while it waits in Ray's queue or
   for a node; its billed window is the one the node measured.
-* An attempt whose node died ends with ``Exit.lost`` (reason ``NodeLost``); the node view
+* An attempt whose node died ends with ``Exit.lost`` (reason ``NodeLost``), and so does a
+  gang member not yet started whose bundle was on it (Ray would re-place it late); the node view
   (capacity) is read again at once, so nothing is relaunched into a node that is gone.
 """
 
@@ -115,7 +116,7 @@ class RayExecutor:
         self._queued: dict[str, Launch] = {}  # launched, not yet flushed
         self._gangs = Gangs(self._hub, gang_strategy)
         self._retained = False  # whether the hub dropped what nobody adopted (first poll)
-        self._nodes = NodeView()
+        self._nodes = NodeView(on_leave=self._nodes_left)
         self._wake: Waker = lambda: None
         self._closed = threading.Event()
         self._since = 0  # the hub's feed, read up to here
@@ -144,6 +145,12 @@ class RayExecutor:
         self._since, changes = ray.get(self._hub.changes.remote(0, 0))
         self._ledger.note(changes)
         self._gangs.load(ray.get(self._hub.gangs.remote()))
+
+    def _nodes_left(self, dead: list[str]) -> None:
+        """A node event: the hub ends as lost the gang members that had not started on
+        those nodes (see ``LogHub.nodes_left``); the feed then reports them."""
+        with contextlib.suppress(Exception):  # the hub gone: its tasks are lost anyway
+            self._hub.nodes_left.remote(dead)
 
     # -- capacity and gangs --------------------------------------------------------
     def capacity(self) -> Resources:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import ray
+from ray.util import placement_group_table
 
 from sylphx._core.machines import MACHINES
 from sylphx._server.executors.base import Exit
@@ -138,6 +139,31 @@ class Gangs:
         for run_id in run_ids:
             with contextlib.suppress(Exception):  # the hub gone: so are its groups' owner
                 ray.get(self.hub.release.remote(run_id), timeout=30)
+
+
+def bundle_nodes(pg: Any) -> dict[int, str]:
+    """Where Ray placed a ready placement group's bundles (empty: it could not say)."""
+    try:
+        table = placement_group_table(pg)
+        return {int(i): str(node) for i, node in table["bundles_to_node_id"].items()}
+    except Exception:
+        return {}
+
+
+def placement_state(pg: Any) -> str | None:
+    """A placement group's state in Ray's table (None: it could not say)."""
+    try:
+        return str(placement_group_table(pg)["state"])
+    except Exception:
+        return None
+
+
+def cancel(ref: Any) -> None:
+    """Stop a task (one not started ends at once; a running one is interrupted and its
+    process group killed on the way out)."""
+    if ref is not None:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)
 
 
 def result_exit(handle: str, result: Any, now: datetime) -> Exit:

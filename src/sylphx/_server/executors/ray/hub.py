@@ -38,7 +38,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from sylphx._core.machines import MACHINES
 from sylphx._server.executors.base import LaunchRequest, Signal
 
-from .gang import tier_resources
+from .gang import bundle_nodes, cancel, placement_state, tier_resources
 from .remote import NodeEnvelope, run_shard
 
 _RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
@@ -91,6 +91,7 @@ class _Attempt:
     seen: float | None = None  # when it last shipped (every ~0.2 s while it runs)
     outcome: Outcome | None = None
     seq: int = 0  # the feed's position of its last change
+    placed: str | None = None  # the node its gang's bundle was on when submitted
 
 
 @dataclass
@@ -109,7 +110,8 @@ class LogHub:
         self._changed = threading.Condition(self._lock)
         self._seq = 0
         self._attempts: dict[str, _Attempt] = {}
-        self._signals: dict[str, Signal] = {}
+        self._signals: dict[str, list[Signal]] = {}  # not yet delivered, in order
+        self._asked: dict[str, Signal] = {}  # the strongest signal asked for so far
         self._gangs: dict[str, _Gang] = {}
         self._greeted = False
         self._task: Any = ray.remote(run_shard)
@@ -128,6 +130,13 @@ class LogHub:
         ships to the hub called ``name``; returns those Ray refused, with why. An attempt
         already submitted is left alone: launches are idempotent."""
         refused = {}
+        with self._lock:
+            pgs = {
+                r.run_id: self._gangs[r.run_id].pg
+                for _, r, b in launches
+                if b is not None and r.run_id in self._gangs
+            }
+        where = {run_id: bundle_nodes(pg) for run_id, pg in pgs.items()}  # before any loss
         for handle, request, bundle in launches:
             with self._lock:
                 if handle in self._attempts:
@@ -136,6 +145,7 @@ class LogHub:
                 attempt = _Attempt(gang=request.run_id if gang is not None else None)
                 self._attempts[handle] = attempt
                 if gang is not None and bundle is not None:
+                    attempt.placed = where.get(request.run_id, {}).get(bundle) or None
                     gang.launched = max(gang.launched, bundle + 1)
             try:
                 task = self._task_for(request.machine, gang, bundle)
@@ -202,6 +212,7 @@ class LogHub:
             for handle in handles:
                 self._attempts.pop(handle, None)
                 self._signals.pop(handle, None)
+                self._asked.pop(handle, None)
 
     def retain(self, keep: list[str]) -> list[str]:
         """Drop every record but ``keep``'s (after a restart: the attempts the store still
@@ -213,6 +224,7 @@ class LogHub:
             refs = [self._attempts.pop(handle).ref for handle in gone]
             for handle in gone:
                 self._signals.pop(handle, None)
+                self._asked.pop(handle, None)
         for ref in refs:
             if ref is not None:
                 ray.cancel(ref, force=True)
@@ -220,12 +232,20 @@ class LogHub:
 
     # -- from the shards ------------------------------------------------------
     def started(self, handle: str, node_id: str, epoch: float) -> None:
-        """An attempt's process started on ``node_id``."""
+        """An attempt's process started on ``node_id``. A gang member that started on
+        another node than its bundle's was re-placed by Ray after that node died, late,
+        while its siblings ran without it: it is lost (and stopped), never adopted."""
         with self._changed:
             attempt = self._attempts.get(handle)
-            if attempt is not None and attempt.started is None:
+            if attempt is None or attempt.started is not None or attempt.outcome is not None:
+                return
+            placed = attempt.placed
+            if placed is None or placed == node_id:
                 attempt.node, attempt.started = node_id, epoch
                 self._bump(attempt)
+                return
+            ref = self._lose(attempt, placed, "re-placed by Ray after its node died")
+        cancel(ref)
 
     def push(
         self, handle: str, node_id: str, paths: tuple[str, str], out: bytes, err: bytes
@@ -238,21 +258,66 @@ class LogHub:
             attempt = self._attempts.get(handle)
             if attempt is not None:
                 attempt.node, attempt.seen = node_id, time.time()
-            return self._signals.get(handle)
+            pending = self._signals.get(handle)
+            sig = pending.pop(0) if pending else None
+            ref = attempt.ref if attempt is not None and sig == "kill" else None
+        if ref is not None:  # the term (if any) went out with an earlier reply
+            ray.cancel(ref, force=False)
+        return sig
 
     def signal(self, handle: str, sig: Signal) -> None:
-        """Delivered with the reply to the shard's next chunk; a kill also cancels the
-        task (one Ray has not started yet ends at once). An attempt the hub does not hold
+        """Delivered with the reply to one of the shard's next chunks, each signal once and
+        in the order asked: a kill asked while a term is not yet delivered goes out after
+        it, never in its place (a signal no stronger than one asked before is dropped).
+        A kill also cancels the task, so one Ray has not started yet ends at once --
+        after its term went out, for one that started. An attempt the hub does not hold
         (it ended and was recorded) has nothing to stop."""
         with self._lock:
             attempt = self._attempts.get(handle)
-            if attempt is None:
+            if attempt is None or _RANK[sig] <= _RANK[self._asked.get(handle)]:
                 return
-            if _RANK[sig] > _RANK[self._signals.get(handle)]:
-                self._signals[handle] = sig
-            ref = attempt.ref
-        if sig == "kill" and ref is not None:
+            self._asked[handle] = sig
+            pending = self._signals.setdefault(handle, [])
+            pending.append(sig)
+            term_first = attempt.started is not None and pending[0] == "term"
+            ref = attempt.ref if sig == "kill" and not term_first else None
+        if ref is not None:
             ray.cancel(ref, force=False)
+
+    # -- node loss ---------------------------------------------------------------
+    def nodes_left(self, dead: list[str]) -> list[str]:
+        """Nodes left the cluster: every gang member whose process had not started and
+        whose bundle was on one of them (or, where that is unknown, whose placement group
+        Ray is rescheduling) is lost and its task cancelled, so the control plane stops
+        its siblings and admits the gang again whole; Ray would otherwise re-place the
+        bundle and start it late, alone. Returns the handles lost."""
+        gone = set(dead)
+        with self._lock:
+            unknown = {
+                a.gang: self._gangs[a.gang].pg
+                for a in self._attempts.values()
+                if a.gang in self._gangs and a.placed is None and a.started is None
+            }
+        moving = {run_id for run_id, pg in unknown.items() if placement_state(pg) == "RESCHEDULING"}
+        refs = {}
+        with self._changed:
+            for handle, attempt in self._attempts.items():
+                if attempt.gang is None or attempt.started is not None or attempt.outcome:
+                    continue
+                placed = attempt.placed
+                if placed in gone or (placed is None and attempt.gang in moving):
+                    refs[handle] = self._lose(attempt, placed, "died before it started")
+        for ref in refs.values():
+            cancel(ref)
+        return list(refs)
+
+    def _lose(self, attempt: _Attempt, node: str | None, what: str) -> Any:  # under the lock
+        """End a gang member as lost with its bundle's node; returns its task to cancel."""
+        text = f"NodeLost: the node ID: {node or '?'} of its gang bundle {what}"
+        attempt.outcome = ("lost", time.time(), text, True, node, attempt.seen)
+        ref, attempt.ref = attempt.ref, None
+        self._bump(attempt)
+        return ref
 
     # -- gangs -----------------------------------------------------------------
     def reserve(self, run_id: str, n: int, machine: str, strategy: str) -> Any:

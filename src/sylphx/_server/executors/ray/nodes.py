@@ -9,6 +9,7 @@ gone and nothing is relaunched into it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -22,9 +23,12 @@ PROBE_SECONDS = 30.0  # a node asked what it has must answer within this
 
 
 class NodeView:
-    """The alive nodes' resources, kept fresh until :meth:`close`."""
+    """The alive nodes' resources, kept fresh until :meth:`close`; ``on_leave`` is told
+    the ids of nodes that were alive at the previous read and are not any more."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_leave: Callable[[list[str]], None] = lambda dead: None) -> None:
+        self._on_leave = on_leave
+        self._lock = threading.Lock()
         self._nodes: list[Resources] = []
         self._ids: list[str] = []  # the alive nodes' ids
         self._image_ready: set[str] = set()  # nodes found to have what images need
@@ -41,8 +45,12 @@ class NodeView:
             Resources.of_host(n["Resources"].get("CPU", 0.0), int(n["Resources"].get("memory", 0)))
             for n in alive
         ]
-        self._ids = [n["NodeID"] for n in alive]
-        self._nodes, self.total = nodes, sum(nodes, Resources(0, 0))
+        with self._lock:
+            dead = sorted(set(self._ids) - {n["NodeID"] for n in alive})
+            self._ids = [n["NodeID"] for n in alive]
+            self._nodes, self.total = nodes, sum(nodes, Resources(0, 0))
+        if dead:
+            self._on_leave(dead)
 
     def lacking_image_tools(self, probe: Any) -> list[str]:
         """The alive nodes (short ids) that lack what container images need, asking each
