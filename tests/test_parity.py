@@ -298,6 +298,8 @@ def test_shards_run_from_a_busybox_image(
     cmd_only = server.submit(image=image)  # no command: the image's CMD
     assert server.wait(cmd_only["id"], timeout=WAIT)["status"] == "succeeded"
     assert logs(server, cmd_only["id"]) == "hello\n"
+    if kind_of(server) == "ray":  # unpacked by the node, in its own cache
+        assert list((server.settings.ray_image_cache / "sha256").iterdir())
     missing = server.submit(image=image, command=["python3"])  # not in the image
     assert server.wait(missing["id"], timeout=WAIT)["status"] == "failed"
     assert outcome(server, missing["id"]) == [(0, "failed", [("failed", 127, "LaunchError")])]

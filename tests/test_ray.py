@@ -166,44 +166,6 @@ def test_tier_larger_than_every_node_fails_with_the_numbers(ray_server: Server) 
     assert "the largest Ray node has 2 vCPU / 4 GiB" in shard["reason"]
 
 
-def test_images_run_on_ray_nodes_unpacked_by_each_node(
-    make_server: Callable[..., Server],
-    ray_cluster: Any,
-    busybox_images: BusyboxImages,
-    tmp_path: Path,
-) -> None:
-    """The node unpacks the image with the same image store code (its own cache) and runs
-    the shard in its rootfs in the same sandbox; WorkingDir, Env and CMD as on local."""
-    tmp_path.chmod(0o755)
-    cache = tmp_path / "node-images"
-    server = make_server(executor="ray", ray_address=ray_cluster.address, ray_image_cache=cache)
-    vol, out = server.volume()
-    image = f"oci:{busybox_images.layout}:latest"
-    run = server.submit(
-        image=image,
-        command=[
-            "/bin/sh",
-            "-c",
-            'echo "part $SYLPHX_SHARD_INDEX from $(pwd) says $GREETING" > /shared/part-'
-            "$SYLPHX_SHARD_INDEX; touch /escape 2>/dev/null || echo ro",
-        ],
-        parallelism=3,
-        machine="nano",
-        gangScheduling=False,
-        volumeMounts=[{"volumeId": vol, "mountPath": "/shared"}],
-    )
-    done = server.wait(run["id"], timeout=120)
-    assert done["status"] == "succeeded", server.shards(run["id"])
-    assert sorted(p.read_text() for p in out.iterdir()) == [
-        f"part {i} from /work says hello\n" for i in range(3)
-    ]
-    log = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0}).text
-    assert log == "ro\n"  # the image's root is read-only
-    assert list((cache / "sha256").iterdir())  # unpacked in the node's own cache
-    cmd_only = server.submit(image=image)  # no command: the image's CMD
-    assert server.wait(cmd_only["id"], timeout=60)["status"] == "succeeded"
-
-
 def test_an_image_run_is_refused_at_submit_where_nodes_cannot_run_images(
     make_server: Callable[..., Server], ray_cluster: Any, busybox_images: BusyboxImages
 ) -> None:
