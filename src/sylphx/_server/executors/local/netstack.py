@@ -55,7 +55,9 @@ def env_fd(env: dict[str, str]) -> int:
     return high
 
 
-READY_SECONDS = 10.0  # longest wait for bubblewrap's pid and slirp4netns's ready byte
+# Longest wait for bubblewrap's pid and slirp4netns's ready byte: long, for both only come
+# late on a host loaded far beyond its cores (a Ray node running 200 sandboxes on 2).
+READY_SECONDS = 60.0
 SLIRP_ARGS = (
     "--configure",
     "--mtu=65520",
@@ -98,6 +100,7 @@ class Net:
         self.block_r, self.block_w = high_pipe()
         self.slirp_pid = 0
         self.exit_w = -1  # slirp4netns exits when this closes
+        self.late_info = -1  # the info pipe of a sandbox that reported late, kept open
 
     def child_fds(self) -> list[tuple[int, int]]:
         """(source, target) pairs to dup2 into the shard's process before exec."""
@@ -115,6 +118,9 @@ class Net:
             pid = _read_pid(self.info_r)
             if pid is None:
                 return None  # bubblewrap ended before its namespaces existed: nothing to do
+            if pid < 0:  # a host too loaded to start it in time: it goes on, unrouted
+                self.late_info, self.info_r = self.info_r, -1  # closed with the shard
+                return f"bubblewrap did not report its sandbox within {READY_SECONDS:g} s"
             if os.geteuid() == 0 and not _set_up(pid):
                 return None  # the sandbox ended during its set-up
             ready_r, ready_w = high_pipe()
@@ -148,6 +154,8 @@ class Net:
                 ready = _read_within(ready_r, 1)
             finally:
                 os.close(ready_r)
+            if ready is None:
+                return f"slirp4netns did not configure the interface within {READY_SECONDS:g} s"
             return None if ready == b"1" else "slirp4netns did not configure the interface"
         except OSError as exc:
             return f"could not start slirp4netns: {exc}"
@@ -164,10 +172,10 @@ class Net:
     def close(self) -> None:
         """The shard ended: slirp4netns goes too (it is reaped by whoever waits on it)."""
         self.release()
-        for fd in (self.info_w, self.block_r, self.exit_w):
+        for fd in (self.info_w, self.block_r, self.exit_w, self.late_info):
             if fd != -1:
                 os.close(fd)
-        self.info_w = self.block_r = self.exit_w = -1
+        self.info_w = self.block_r = self.exit_w = self.late_info = -1
 
 
 def _set_up(pid: int) -> bool:
@@ -188,20 +196,26 @@ def _set_up(pid: int) -> bool:
     return False
 
 
-def _read_within(fd: int, size: int) -> bytes:
-    """Up to ``size`` bytes from ``fd``, waiting at most READY_SECONDS; b"" on EOF."""
+def _read_within(fd: int, size: int) -> bytes | None:
+    """Up to ``size`` bytes from ``fd``, waiting at most READY_SECONDS; b"" on EOF, None
+    when nothing came in time."""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
     if not poller.poll(READY_SECONDS * 1000):
-        return b""
+        return None
     return os.read(fd, size)
 
 
 def _read_pid(fd: int) -> int | None:
-    """The sandbox's pid from bubblewrap's info JSON; None when it ended first."""
+    """The sandbox's pid from bubblewrap's info JSON; None when it ended first, -1 when
+    it wrote nothing in time. The read end must then stay open: bubblewrap writing into
+    a pipe with no reader dies of SIGPIPE (1 sandboxed shard in ~200 on a host with a
+    load of 70, with the 10 s this once waited)."""
     data = b""
     while not data.rstrip().endswith(b"}"):
         chunk = _read_within(fd, 4096)
+        if chunk is None:
+            return -1
         if not chunk:
             return None
         data += chunk
