@@ -2,7 +2,7 @@
 preempted by a gang; a lost attempt (local: its supervisor killed with SIGKILL; Ray: a real
 raylet removed from the loopback cluster without a drain) is a preemption, retried without
 the failure budget, and a gang that loses a member is stopped and admitted again whole.
-The control-plane ``kill -9`` scenario is not here yet (Ray's survival of it is item 5)."""
+A control plane killed mid-run is in test_parity_restart."""
 
 from __future__ import annotations
 
