@@ -94,10 +94,10 @@ def test_a_launch_and_a_settle_that_raise_end_their_runs_and_no_other_orgs(
 
     real_finish = settle.finish
 
-    def finish(attempt: Any, *args: Any) -> None:
+    def finish(attempt: Any, *args: Any) -> Any:
         if attempt.run_id == bad_settle:
             raise RuntimeError("injected settle failure")
-        real_finish(attempt, *args)
+        return real_finish(attempt, *args)
 
     real_settle = settle.settle
     batches: list[set[str]] = []  # the runs whose exits each settle() was given
@@ -339,7 +339,13 @@ def test_a_queued_or_running_run_with_pending_shards_always_says_why(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h.executor.resources = Resources.of_host(1, 64 << 30)  # ten nano shards at once
-    retried = h.submit(parallelism=2, machine="nano", gangScheduling=False, backoffLimitPerIndex=2)
+    retried = h.submit(  # retried at once, each pass: its message says why it failed
+        parallelism=2,
+        machine="nano",
+        gangScheduling=False,
+        backoffLimitPerIndex=2,
+        retryBackoff={"initialSeconds": 0},
+    )
     cases = {"retried": retried}
     cases["reserve"] = h.submit(parallelism=2, machine="nano")  # a gang: it goes first
     cases["capacity"] = h.submit(parallelism=8, machine="nano", gangScheduling=False)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sylphx._core.errors import IllegalTransition, Unschedulable
+from sylphx._core.indexes import compress, expand
 from sylphx._core.states import (
     ATTEMPT_TRANSITIONS,
     SHARD_TRANSITIONS,
@@ -17,7 +18,6 @@ from sylphx._core.states import (
 )
 from sylphx._server.controller import deadlines
 from sylphx._server.controller.policy import admission, backoff, preemption, queue, success
-from sylphx._server.controller.policy.indexes import compress, expand
 from sylphx._server.controller.policy.preemption import Victim
 from sylphx._server.controller.transitions import transition
 from sylphx._server.store import RunRow, ShardRow

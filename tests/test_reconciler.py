@@ -157,7 +157,13 @@ def test_timeout_then_kill_after_grace_is_billed_until_the_kill(h: Harness) -> N
 
 
 def test_retries_are_each_billed(h: Harness) -> None:
-    run_id = h.submit(parallelism=2, gangScheduling=False, backoffLimitPerIndex=2, machine="nano")
+    run_id = h.submit(
+        parallelism=2,
+        gangScheduling=False,
+        backoffLimitPerIndex=2,
+        machine="nano",
+        retryBackoff={"initialSeconds": 0},  # at once (the delays: test_lifecycle_policies)
+    )
     for _ in range(3):  # index 0 fails three times: 1 try + 2 retries
         h.tick()
         h.tick(8)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         Unschedulable,
         ValidationError,
     )
+    from sylphx._core.failure import FailureRule, RetryBackoff
     from sylphx._core.spec import RunSpec, VolumeMount
     from sylphx._core.states import RunState, ShardState
     from sylphx._core.views import (
@@ -88,6 +89,8 @@ _LAZY = {
     "Unauthorized": "sylphx._core.errors",
     "Unschedulable": "sylphx._core.errors",
     "ValidationError": "sylphx._core.errors",
+    "FailureRule": "sylphx._core.failure",
+    "RetryBackoff": "sylphx._core.failure",
     "RunSpec": "sylphx._core.spec",
     "VolumeMount": "sylphx._core.spec",
     "RunState": "sylphx._core.states",
@@ -117,12 +120,14 @@ __all__ = [
     "ClientConfig",
     "ConflictError",
     "ExecutorError",
+    "FailureRule",
     "IllegalTransition",
     "Logs",
     "NotFound",
     "OrgView",
     "PayloadTooLarge",
     "QuotaExceeded",
+    "RetryBackoff",
     "RetryPolicy",
     "Run",
     "RunList",

@@ -71,7 +71,8 @@ def shard_table(
         row.append(_exit(s.exit_code))
         row.append(fmt_duration(shard_duration(s, now)))
         if reason:
-            row.append(s.reason or "")
+            retry = f"retry at {fmt_time(s.retry_at)}" if s.retry_at else ""
+            row.append(" · ".join(part for part in (s.reason, retry) if part))
         rows.append(row)
     return table(headers, rows)
 
@@ -94,6 +95,8 @@ def aggregate_line(view: RunView) -> str:
     line = f"{view.id}  {view.status.value}  " + " · ".join(parts)
     if view.cancel_requested and not view.status.terminal:
         line += "  (cancelling)"
+    if view.reopened:
+        line += f"  (retried {view.reopened}x)"
     if view.queue_position is not None:
         line += f"  [queue position {view.queue_position}]"
     if view.message:
@@ -106,6 +109,13 @@ def spec_line(view: RunView) -> str:
     spec = view.spec
     where = spec.image or f"host:{spec.working_dir or '-'}"
     mode = "gang" if spec.gang else f"opportunistic, {spec.retry_budget} retries/index"
+    if spec.retry_budget:
+        b = spec.retry_backoff
+        mode += f" (backoff {b.initial_seconds:g}s x{b.factor:g} to {b.max_seconds:g}s)"
+    if spec.max_failed_indexes is not None:
+        mode += f" · maxFailedIndexes {spec.max_failed_indexes}"
+    if spec.failure_policy:
+        mode += f" · failurePolicy {len(spec.failure_policy)} rule(s)"
     command = shlex.join(spec.command or ["(image CMD)"])
     return (
         f"{command}  [{where} · {spec.parallelism} x {spec.machine} · {mode}"

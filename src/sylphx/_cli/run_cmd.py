@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -33,6 +35,44 @@ def _parse_env(
             )
         env[name] = value
     return env
+
+
+def _parse_policy(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """``--failure-policy``: a JSON list of rules, inline or ``@file``."""
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise click.BadParameter(
+            "is not JSON. Fix: e.g. --failure-policy"
+            ' \'[{"onExitCodes": {"operator": "In", "values": [42]}, "action": "FailIndex"}]\''
+            " or @policy.json"
+        ) from None
+
+
+def _parse_backoff(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> dict[str, float] | None:
+    """``--retry-backoff INITIAL[,FACTOR[,MAX]]`` in seconds."""
+    if value is None:
+        return None
+    names = ("initial_seconds", "factor", "max_seconds")
+    try:
+        numbers = [float(part) for part in value.split(",")]
+    except ValueError:
+        numbers = []
+    if not 1 <= len(numbers) <= 3:
+        raise click.BadParameter(
+            f"{value!r} is not INITIAL[,FACTOR[,MAX]]. Fix: e.g. --retry-backoff 10,2,360"
+        )
+    return dict(zip(names, numbers, strict=False))
 
 
 def _parse_volumes(
@@ -135,6 +175,21 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
     type=click.Choice(["fail", "opportunistic"]),
     help="What --admission-timeout does: fail (default) or continue opportunistic.",
 )
+@click.option(
+    "--max-failed-indexes", type=int, help="Fail the run once more indices than this failed."
+)
+@click.option(
+    "--failure-policy",
+    callback=_parse_policy,
+    metavar="JSON|@FILE",
+    help="Rules on exit codes and reasons (FailIndex, FailRun, Ignore, Count).",
+)
+@click.option(
+    "--retry-backoff",
+    callback=_parse_backoff,
+    metavar="INITIAL[,FACTOR[,MAX]]",
+    help="Seconds before a failed index runs again (default 1,2,60).",
+)
 @click.option("--follow", "-f", "follow_run", is_flag=True, help="Show shard status until done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
@@ -153,6 +208,9 @@ def run(
     no_network: bool,
     admission_timeout: int | None,
     admission_fallback: str | None,
+    max_failed_indexes: int | None,
+    failure_policy: Any,
+    retry_backoff: dict[str, float] | None,
     follow_run: bool,
     as_json: bool,
     command: tuple[str, ...],
@@ -174,6 +232,9 @@ def run(
         "network": False if no_network else None,
         "admission_timeout_seconds": admission_timeout,
         "admission_fallback": admission_fallback,
+        "max_failed_indexes": max_failed_indexes,
+        "failure_policy": failure_policy,
+        "retry_backoff": retry_backoff,
     }
     spec = build_spec(fields)  # ValidationError -> exit 2 before touching the server
     handle = RunsClient.submit(state().config(), spec)

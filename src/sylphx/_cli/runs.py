@@ -1,4 +1,4 @@
-"""``sylphx runs get|list|logs|cancel|delete``."""
+"""``sylphx runs get|list|logs|cancel|retry|delete``."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import click
 
 from sylphx._client.runs import RunsClient
 from sylphx._client.transport import LogStream
+from sylphx._core.states import RunState
 
 from . import render
-from .common import EXIT_FAILED, EXIT_INTERRUPTED, Group, echo_json, state
+from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Group, echo_json, state
+from .run_cmd import follow
 
 CANCEL_WAIT_SECONDS = 30.0
 
 
 @click.group(cls=Group)
 def runs() -> None:
-    """Inspect, follow, cancel and delete runs."""
+    """Inspect, follow, cancel, retry and delete runs."""
 
 
 @runs.command("get")
@@ -107,6 +109,40 @@ def cancel(run_id: str, no_wait: bool, as_json: bool) -> None:
             err=True,
         )
         raise SystemExit(EXIT_FAILED)
+
+
+@runs.command("retry")
+@click.argument("run_id")
+@click.option("--indices", metavar="SET", help='Indices to run again, e.g. "2,5,7-9".')
+@click.option(
+    "--failed", is_flag=True, help="Every index that failed, timed out or was cancelled (default)."
+)
+@click.option("--follow", "-f", "follow_run", is_flag=True, help="Show shard status until done.")
+@click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
+def retry(run_id: str, indices: str | None, failed: bool, follow_run: bool, as_json: bool) -> None:
+    """Run the unsuccessful indices of an ended run again, in the same run.
+
+    Succeeded shards and their outputs are kept; the chosen indices get new attempts
+    with a fresh retry budget. With --follow, exit 0 only if the run then succeeds."""
+    if failed and indices is not None:
+        raise click.UsageError("give --indices or --failed, not both")
+    config = state().config()
+    view = RunsClient.retry(config, run_id, indices)
+    if not follow_run:
+        if as_json:
+            echo_json(view.to_wire())
+        else:
+            click.echo(render.aggregate_line(view))
+        return
+    run = RunsClient.get(config, run_id)
+    try:
+        final = follow(run, sys.stdout, tty=sys.stdout.isatty(), quiet=as_json)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following; run {run_id} continues.", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    if as_json:
+        echo_json(final.to_wire())
+    raise SystemExit(EXIT_OK if final.status is RunState.SUCCEEDED else EXIT_FAILED)
 
 
 @runs.command("delete")

@@ -22,7 +22,10 @@ from urllib.parse import quote
 import httpx
 
 from sylphx._core.errors import ValidationError
+from sylphx._core.failure import FailureRule, RetryBackoff
+from sylphx._core.indexes import compress
 from sylphx._core.machines import MachineName
+from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import AdmissionFallback, CompletionMode, RunSpec
 from sylphx._core.states import RunState
 from sylphx._core.views import (
@@ -241,6 +244,14 @@ class AsyncRun:
         self._view = await AsyncRunsClient.cancel(self._config, self.id)
         return self._view
 
+    async def retry(self, indices: str | Iterable[int] | None = None) -> RunView:
+        """Run the unsuccessful indices of this ended run again, in the same run
+        (``indices``: ``"2,5,7-9"`` or a list; default every index that ended failed,
+        timed_out or cancelled). The run is queued again; :meth:`wait` for its new end.
+        ConflictError while it runs or for an index that succeeded."""
+        self._view = await AsyncRunsClient.retry(self._config, self.id, indices)
+        return self._view
+
     async def delete(self) -> None:
         """Delete this ended run, its shards and logs (its usage stays on record)."""
         await AsyncRunsClient.delete(self._config, self.id)
@@ -281,11 +292,17 @@ class AsyncRunsClient:
         network: bool | None = None,
         admission_timeout_seconds: int | None = None,
         admission_fallback: AdmissionFallback | None = None,
+        max_failed_indexes: int | None = None,
+        failure_policy: Sequence[Mapping[str, Any] | FailureRule] | None = None,
+        retry_backoff: Mapping[str, Any] | RetryBackoff | None = None,
     ) -> AsyncRun:
         """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
 
         The spec is validated locally first (same errors as the server). With no
         ``image``, the command runs on the host in ``working_dir`` (default: cwd).
+        ``failure_policy`` rules and ``retry_backoff`` take the wire's camelCase keys
+        (``{"onExitCodes": {"operator": "In", "values": [42]}, "action": "FailIndex"}``)
+        or snake_case ones.
         """
         fields = spec_fields(
             image=image, command=command, parallelism=parallelism, machine=machine,
@@ -294,7 +311,8 @@ class AsyncRunsClient:
             timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,
             secrets=secrets, network=network,
             admission_timeout_seconds=admission_timeout_seconds,
-            admission_fallback=admission_fallback,
+            admission_fallback=admission_fallback, max_failed_indexes=max_failed_indexes,
+            failure_policy=failure_policy, retry_backoff=retry_backoff,
         )  # fmt: skip
         return await AsyncRunsClient.submit(config, build_spec(fields))
 
@@ -341,6 +359,21 @@ class AsyncRunsClient:
         path = _run_path(run_id, "/cancel")
         body = json_body(await _request(config, "POST", path, idempotent=True))
         return parse_model(RunView, body, "run")
+
+    @staticmethod
+    async def retry(
+        config: ClientConfig, run_id: str, indices: str | Iterable[int] | None = None
+    ) -> RunView:
+        """Reopen an ended run for ``indices`` (default: every failed, timed_out or
+        cancelled one). The request carries a fresh idempotency key: sent twice (a
+        connection lost before the answer), it reopens the run once."""
+        if indices is not None and not isinstance(indices, str):
+            indices = compress(indices)
+        body = RetryRequest(indices=indices).model_dump(by_alias=True, exclude_none=True)
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        path = _run_path(run_id, "/retry")
+        response = await _request(config, "POST", path, json=body, headers=key, idempotent=True)
+        return parse_model(RunView, json_body(response), "run")
 
     @staticmethod
     async def delete(config: ClientConfig, run_id: str) -> None:

@@ -26,6 +26,7 @@ from sylphx._core.errors import (
     ValidationError,
     error_from_body,
 )
+from sylphx._core.failure import FailureRule, RetryBackoff
 from sylphx._core.spec import RunSpec, VolumeMount
 
 from .retrying import RetryPolicy
@@ -331,25 +332,17 @@ def spec_fields(
     network: bool | None = None,
     admission_timeout_seconds: int | None = None,
     admission_fallback: str | None = None,
+    max_failed_indexes: int | None = None,
+    failure_policy: Sequence[Mapping[str, Any] | FailureRule] | None = None,
+    retry_backoff: Mapping[str, Any] | RetryBackoff | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of ``run``/``run_distributed`` as a spec dict."""
-    return {
-        "secrets": None if secrets is None else list(secrets),
-        "network": network,
-        "admission_timeout_seconds": admission_timeout_seconds,
-        "admission_fallback": admission_fallback,
-        "image": image,
-        "command": command,
-        "parallelism": parallelism,
-        "machine": machine,
-        "gang_scheduling": gang_scheduling,
-        "backoff_limit_per_index": backoff_limit_per_index,
-        "completion_mode": completion_mode,
-        "volume_mounts": None if volume_mounts is None else list(volume_mounts),
-        "timeout_seconds": timeout_seconds,
-        "env": None if env is None else dict(env),
-        "working_dir": working_dir,
-    }
+    """The keyword arguments of ``run``/``run_distributed`` as a spec dict (iterables
+    made lists, mappings dicts; None: the spec's default)."""
+    fields = dict(locals())
+    for name, make in (("secrets", list), ("failure_policy", list), ("volume_mounts", list)):
+        fields[name] = None if fields[name] is None else make(fields[name])
+    fields["env"] = None if env is None else dict(env)
+    return fields
 
 
 def list_params(status: str | None, limit: int, cursor: str | None) -> dict[str, str | int]:

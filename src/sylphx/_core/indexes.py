@@ -19,13 +19,24 @@ def compress(indexes: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def expand(text: str) -> list[int]:
-    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``; raises ValueError on malformed input."""
+class OutOfRange(ValueError):
+    """An index set naming an index at or past its bound."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"index {index} is out of range")
+        self.index = index
+
+
+def expand(text: str, below: int | None = None) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``; raises ValueError on malformed input, and
+    :class:`OutOfRange` for an index >= ``below`` (checked before a range is expanded)."""
     out: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, sep, hi = part.partition("-")
         start, end = int(lo), int(hi) if sep else int(lo)
         if start < 0 or end < start:
             raise ValueError(f"bad index range {part!r}")
+        if below is not None and end >= below:
+            raise OutOfRange(end)
         out.update(range(start, end + 1))
     return sorted(out)

@@ -137,6 +137,26 @@ def check_command(argv: list[str]) -> None:
         )
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env_names(env: dict[str, str], field: str = "env") -> None:
+    """Raise the rule a variable name in ``env`` breaks: not a name, or a SYLPHX_* one."""
+    for name in env:
+        if not ENV_NAME.match(name):
+            raise rule(
+                field,
+                f"{shown(name)} is not a valid variable name",
+                "use letters, digits and underscores, not starting with a digit",
+            )
+        if name.startswith("SYLPHX_"):
+            raise rule(
+                field,
+                f"{shown(name)} is reserved: SYLPHX_* variables are set by the platform",
+                "rename the variable",
+            )
+
+
 def check_env(env: dict[str, str]) -> None:
     """Raise the rule ``env`` breaks: too many variables, a name or value too large."""
     if len(env) > MAX_ENV_VARS:

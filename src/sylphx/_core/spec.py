@@ -6,25 +6,24 @@ rule violation is reported with the field, the rule and the fix.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from . import limits
+from .failure import MAX_RULES, FailureRule, RetryBackoff
 from .limits import Text, rule
 from .machines import DEFAULT_MACHINE, MachineName
-from .paths import SYSTEM_PATHS, PathRuleError, is_within, normalise
+from .model import WireModel as _Model
+from .mounts import VolumeMount
+from .paths import PathRuleError, normalise
 from .validation import validation_error
 
 __all__ = ["CompletionMode", "RunSpec", "VolumeMount"]
@@ -38,43 +37,7 @@ DEFAULT_TIMEOUT_SECONDS = 3600
 MAX_BACKOFF_LIMIT = 50
 DEFAULT_BACKOFF_LIMIT = 3
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-class VolumeMount(_Model):
-    """A volume mounted read-write into every shard at ``mount_path``."""
-
-    volume_id: Annotated[Text, Field(max_length=limits.MAX_ID_BYTES)]
-    mount_path: Text
-
-    @field_validator("volume_id")
-    @classmethod
-    def _volume_id(cls, v: str) -> str:
-        if not v.strip():
-            raise rule(
-                "volumeId", "must not be empty", "give the id of a volume (sylphx volumes list)"
-            )
-        return v
-
-    @field_validator("mount_path")
-    @classmethod
-    def _mount_path(cls, v: str) -> str:
-        fix = "use an absolute path of your own, e.g. /cache or /data/out"
-        try:
-            norm = normalise(v)
-        except PathRuleError as exc:
-            raise rule("mountPath", str(exc), fix) from None
-        if norm == "/" or any(is_within(norm, p) for p in SYSTEM_PATHS):
-            got = limits.shown(v)
-            raise rule("mountPath", f"must not be mounted over a system path (got {got})", fix)
-        limits.check_path(norm, "mountPath", fix)
-        return norm
+_ENV_NAME = limits.ENV_NAME
 
 
 class RunSpec(_Model):
@@ -97,6 +60,11 @@ class RunSpec(_Model):
     secrets: list[Text] = Field(default_factory=list)  # names of the org's secrets, as env vars
     admission_timeout_seconds: StrictInt | None = None  # gang runs: give up waiting after this
     admission_fallback: AdmissionFallback | None = None  # ...or carry on as opportunistic
+    # failure policies (see failure.py): end the run once more indices than this failed
+    # for good; rules on exit codes and reasons; the delay before a retry
+    max_failed_indexes: StrictInt | None = None
+    failure_policy: list[FailureRule] = Field(default_factory=list)
+    retry_backoff: RetryBackoff = Field(default_factory=RetryBackoff)
 
     @field_validator("image")
     @classmethod
@@ -155,19 +123,7 @@ class RunSpec(_Model):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if not _ENV_NAME.match(name):
-                raise rule(
-                    "env",
-                    f"{limits.shown(name)} is not a valid variable name",
-                    "use letters, digits and underscores, not starting with a digit",
-                )
-            if name.startswith("SYLPHX_"):
-                raise rule(
-                    "env",
-                    f"{limits.shown(name)} is reserved: SYLPHX_* variables are set by the platform",
-                    "rename the variable",
-                )
+        limits.check_env_names(v)
         limits.check_env(v)  # NUL bytes and surrogates: refused by Text
         return v
 
@@ -224,6 +180,29 @@ class RunSpec(_Model):
                 )
             seen.add(mount.mount_path)
         return v
+
+    @field_validator("failure_policy")
+    @classmethod
+    def _failure_policy(cls, v: list[FailureRule]) -> list[FailureRule]:
+        if len(v) > MAX_RULES:
+            raise rule(
+                "failurePolicy",
+                f"has {len(v)} rules; a run may have {MAX_RULES}",
+                "merge rules with the same action into one (values take a list)",
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _max_failed_indexes(self) -> RunSpec:
+        limit = self.max_failed_indexes
+        if limit is not None and not 0 <= limit < self.parallelism:
+            raise rule(
+                "maxFailedIndexes",
+                f"must be between 0 and parallelism - 1 ({self.parallelism - 1}) (got {limit})",
+                "give how many indices may fail for good before the run is stopped, or omit"
+                " it to let every index run to its end",
+            )
+        return self
 
     @model_validator(mode="after")
     def _cross_field_rules_and_defaults(self) -> RunSpec:
@@ -318,7 +297,14 @@ class RunSpec(_Model):
             for m in clean.get("volumeMounts") or []
         ]
         fields = {n: clean[f.alias or n] for n, f in cls.model_fields.items() if f.alias in clean}
-        return cls.model_construct(**(fields | {"volume_mounts": mounts}))
+        nested: dict[str, Any] = {"volume_mounts": mounts}
+        if "failurePolicy" in clean:  # small, and valid when stored: validated again
+            nested["failure_policy"] = [
+                FailureRule.model_validate(r) for r in clean["failurePolicy"]
+            ]
+        if "retryBackoff" in clean:
+            nested["retry_backoff"] = RetryBackoff.model_validate(clean["retryBackoff"])
+        return cls.model_construct(**(fields | nested))
 
     def to_wire(self) -> dict[str, Any]:
         """The camelCase JSON form, with every default filled in."""

@@ -53,6 +53,7 @@ class StopCause(StrEnum):
     CANCEL = "cancel"  # its run was cancelled
     PREEMPT = "preempt"  # the scheduler needs its capacity for a gang run
     GANG_RESTART = "gang_restart"  # a sibling in its gang was lost: the gang restarts whole
+    FAIL_RUN = "fail_run"  # its run failed (failurePolicy FailRun, maxFailedIndexes)
 
 
 class RunState(StrEnum):
@@ -72,7 +73,12 @@ class RunState(StrEnum):
 
 
 SHARD_TERMINAL = frozenset(
-    {ShardState.SUCCEEDED, ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED}
+    {
+        ShardState.SUCCEEDED,
+        ShardState.FAILED,
+        ShardState.TIMED_OUT,
+        ShardState.CANCELLED,
+    }
 )
 ATTEMPT_TERMINAL = frozenset(
     {
@@ -123,4 +129,14 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
     RunState.RUNNING: RUN_TERMINAL,
     **{state: frozenset() for state in RUN_TERMINAL},
+}
+
+# Reopening (``POST /v1/runs/{id}/retry``): the one way out of a terminal state, taken
+# only by a retry, never by the reconciler. A run that did not succeed goes back to the
+# queue; each index retried goes back to pending (a succeeded one never does).
+RUN_REOPEN: dict[RunState, RunState] = {
+    state: RunState.QUEUED for state in RUN_TERMINAL if state is not RunState.SUCCEEDED
+}
+SHARD_REOPEN: dict[ShardState, ShardState] = {
+    state: ShardState.PENDING for state in SHARD_TERMINAL if state is not ShardState.SUCCEEDED
 }

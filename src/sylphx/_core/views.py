@@ -79,6 +79,7 @@ class ShardView(_View):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     duration_seconds: float | None = None
+    retry_at: datetime | None = None  # pending in its retryBackoff: not started before then
     log_truncated: list[str] = Field(default_factory=list)  # of its latest attempt's logs
     history: list[AttemptView] = Field(default_factory=list)
 
@@ -97,6 +98,7 @@ class RunView(_View):
     message: str | None = None  # why it is queued, or why it ended as it did
     compute_seconds: float = 0.0  # metered so far: sum over attempts of wall x machine units
     queue_position: int | None = None  # 1 = next to be admitted; None unless waiting
+    reopened: int = 0  # times a retry reopened it (POST /v1/runs/{id}/retry)
 
 
 class RunList(_View):

@@ -36,6 +36,7 @@ STOP_KEYS = ("stop_reason", "stop_requested_at", "killed_at")
 _LIVE = (ShardState.STARTING, ShardState.RUNNING)  # starting: placed, waiting for a node
 _PREEMPTIONS = (StopCause.PREEMPT, StopCause.GANG_RESTART)  # killed after the preemption grace
 CANCELLED_BEFORE_START = "Cancelled before it started"
+NOT_STARTED_RUN_FAILED = "RunFailed: not started because its run failed"
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,17 @@ def next_action(
     timeout_seconds: int,
     grace_seconds: float,
     cancel_requested: bool,
+    run_failed: bool = False,
 ) -> tuple[Action, StopCause] | None:
-    """``("term", cause)`` when the attempt must be asked to stop (timeout or cancel),
+    """``("term", cause)`` when the attempt must be asked to stop (timeout, cancel, or
+    ``run_failed``: its run failed by its failure policy),
     or, when a preemption asked it to stop, ``("kill", PREEMPT)`` after the grace;
     ``("kill", cause)`` once the grace period after that has passed, else None."""
     if attempt.stop_reason is None:
         if cancel_requested:
             return ("term", StopCause.CANCEL)
+        if run_failed:
+            return ("term", StopCause.FAIL_RUN)
         started = attempt.started_at
         if started is not None and now >= started + timedelta(seconds=timeout_seconds):
             return ("term", StopCause.TIMEOUT)
@@ -103,6 +108,7 @@ def stop_live(
             timeout_seconds=spec.timeout_seconds,
             grace_seconds=preemption_grace if latest.stop_reason in _PREEMPTIONS else kill_grace,
             cancel_requested=run.cancel_requested_at is not None,
+            run_failed=run.fail_reason is not None,
         )
         if action is None:
             continue
@@ -128,18 +134,19 @@ def stop(
     preemption_grace: float,
 ) -> list[tuple[str, Action]]:
     """One pass's look at a run and its ``shards``: :func:`stop_live`, and a cancelled
-    run's pending shards cancelled; both stored. Returns the signals to send once the
-    pass committed."""
+    run's (or a failed run's) pending shards cancelled; both stored. Returns the signals
+    to send once the pass committed."""
     signals, attempts = stop_live(
         run, shards, spec, now, kill_grace=kill_grace, preemption_grace=preemption_grace
     )
     cancelled: list[ShardRecord] = []
-    if run.cancel_requested_at is not None:
+    if run.cancel_requested_at is not None or run.fail_reason is not None:
+        why = CANCELLED_BEFORE_START if run.cancel_requested_at else NOT_STARTED_RUN_FAILED
         for read, _ in shards:
             if read.state == ShardState.PENDING:
                 shard = replace(read)
                 transition(shard, ShardState.CANCELLED, now)
-                shard.reason = CANCELLED_BEFORE_START
+                shard.reason = why
                 cancelled.append(shard)
     update_attempts(s, attempts, STOP_KEYS)
     update_shards(s, cancelled, ("state", "reason", "ended_at"))

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from sylphx._core.errors import ExecutorError
@@ -40,9 +40,13 @@ from sylphx._server.tenancy import secrets
 from .bulkhead import PASS_LEVEL
 from .transitions import transition
 
-_PENDING = (  # a run's first pending shards (built once: see survey)
+_PENDING = (  # a run's first pending shards whose retryBackoff is over (built once)
     select(*shard_columns())
-    .where(SHARDS.c.run_id == bindparam("run_id"), SHARDS.c.state == ShardState.PENDING.value)
+    .where(
+        SHARDS.c.run_id == bindparam("run_id"),
+        SHARDS.c.state == ShardState.PENDING.value,
+        or_(SHARDS.c.not_before.is_(None), SHARDS.c.not_before <= bindparam("now")),
+    )
     .order_by(SHARDS.c.index)
     .limit(bindparam("n"))
 )
@@ -129,7 +133,7 @@ class RunLaunch:
         not the shards' fault. Any other error (a bug, a bad value) fails that shard's
         launch too, and is kept in :attr:`fault`: the caller parks or ends the run, the
         pass goes on."""
-        rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n}).all()
+        rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n, "now": now}).all()
         shards = [ShardRecord(*row) for row in rows]
         attempts: list[dict[str, object]] = []
         failed: list[Exit] = []

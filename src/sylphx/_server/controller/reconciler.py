@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sylphx._core.errors import StorageFull
@@ -31,7 +31,7 @@ from sylphx._settings import Settings
 from . import bulkhead, deadlines, launching, rollup, scheduling, settle, survey
 from .bulkhead import PASS_LEVEL
 from .loop import PassLoop
-from .policy import queue
+from .policy import failures, queue
 from .transitions import transition
 
 log = logging.getLogger("sylphx.reconciler")
@@ -44,7 +44,12 @@ QUEUEING, STARTING = "deciding whether it starts", "starting its shards"
 RESTARTING = "stopping its gang to admit it again whole"
 
 
-_ACTIVE_RUNS = select(RunRow).where(RunRow.state.in_(ACTIVE)).order_by(RunRow.created_at, RunRow.id)
+# in the order they joined the queue: a run reopened by a retry joins it again at the back
+_ACTIVE_RUNS = (
+    select(RunRow)
+    .where(RunRow.state.in_(ACTIVE))
+    .order_by(func.coalesce(RunRow.reopened_at, RunRow.created_at), RunRow.id)
+)
 
 
 def utcnow() -> datetime:
@@ -140,6 +145,12 @@ class Reconciler(PassLoop):
                 lambda run: scheduling.expire_admission(s, run, specs[run.id], now),
             )
             counts = survey.shard_counts(s)
+            bh.each(  # more than maxFailedIndexes failed: stopped from the next pass on
+                s,
+                [run for run in bh.live(runs) if run.fail_reason is None],
+                "checking its failure limit",
+                lambda run: failures.fail_run_past_limit(run, specs[run.id], counts[run.id]),
+            )
             if self._admit(s, runs, counts, specs, now):
                 counts = survey.shard_counts(s)  # failed launches were settled
             bh.resolve(s, now)  # park or end the runs that failed a step
@@ -191,6 +202,7 @@ class Reconciler(PassLoop):
                 run
                 for run in runs
                 if run.cancel_requested_at is not None
+                or run.fail_reason is not None
                 or (run.id in clocks and clocks[run.id].due(specs[run.id], now, grace))
             ]
         return focus
@@ -265,7 +277,8 @@ class Reconciler(PassLoop):
                     run.message = f"waiting: {exc.message}"
             return False
         self._disk_full = None
-        decision = self._decide(s, runs, counts, now)
+        backing_off = survey.backing_off(s, now)
+        decision = self._decide(s, runs, counts, backing_off, now)
         victims = [victim.attempt_id for victim in decision.preempt]
         self._signals += deadlines.preempt(s, victims, now)  # sent after the commit
         for run in bh.live(runs):
@@ -274,6 +287,8 @@ class Reconciler(PassLoop):
             left = counts[run.id][ShardState.PENDING] - decision.starts.get(run.id, 0)
             if left > 0 and not waiting:  # a run that waits says why, always
                 waiting = f"waiting: {left} shard(s) not started yet"
+                if run.id in backing_off:
+                    waiting = f"{waiting} ({backing_off[run.id]} in retryBackoff)"
             run.message = "; ".join(m for m in (note, waiting) if m) or None
             run.queue_position = decision.positions.get(run.id)
         starting = [run for run in bh.live(runs) if decision.starts.get(run.id)]
@@ -296,7 +311,12 @@ class Reconciler(PassLoop):
         return bool(failed)
 
     def _decide(
-        self, s: Session, runs: list[RunRow], counts: dict[str, Counter[ShardState]], now: datetime
+        self,
+        s: Session,
+        runs: list[RunRow],
+        counts: dict[str, Counter[ShardState]],
+        backing_off: dict[str, int],
+        now: datetime,
     ) -> queue.Decision:
         """The queue policy's decision (a run it fails on is parked, see bulkhead)."""
         capacity, ceiling = self.executor.capacity(), self.settings.max_preemptions_per_index
@@ -311,6 +331,7 @@ class Reconciler(PassLoop):
                 preemption_ceiling=ceiling,
                 hold=self._bulkhead.faults.keys(),  # parked: their live shards still count
                 restarting=lambda: survey.restarting_gangs(s),
+                backing_off=backing_off,
             ),
         )
 

@@ -25,7 +25,11 @@ def roll_up(
 ) -> None:
     """End the run once every shard is terminal (``counts``: its shards by state);
     ``note``: why the run was parked this pass, kept in the message it ends with."""
-    final = success.final_status(counts, cancel_requested=run.cancel_requested_at is not None)
+    final = success.final_status(
+        counts,
+        cancel_requested=run.cancel_requested_at is not None,
+        run_failed=run.fail_reason is not None,
+    )
     if final is None:
         return
     if run.state == RunState.QUEUED and final not in RUN_TRANSITIONS[RunState.QUEUED]:
@@ -41,4 +45,5 @@ def roll_up(
 
 def course_note(run: RunRow) -> str | None:
     """The part of the message that explains the run's course (kept until it ends)."""
-    return run.course
+    notes = [note for note in (run.course, run.fail_reason) if note]
+    return "; ".join(notes) or None

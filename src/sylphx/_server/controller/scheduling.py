@@ -36,13 +36,16 @@ def decide(
     preemption_ceiling: int,
     hold: Collection[str] = (),
     restarting: Callable[[], set[str]] = set,
+    backing_off: Mapping[str, int] | None = None,
 ) -> queue.Decision:
     """The queue policy's decision for this pass (``runs`` in submission order, ``counts``
     their shards by state). ``preemptible`` is asked only when a gang run waits. Runs in
     ``hold`` (parked this pass) start nothing, but their live shards hold capacity.
     ``restarting``: the gang runs whose members are being stopped to restart the gang
     (asked only when a gang has shards both live and pending): they start nothing until
-    none is left running, then the gang is admitted again as one."""
+    none is left running, then the gang is admitted again as one. ``backing_off``: the
+    pending shards of each run still waiting out their ``retryBackoff`` delay."""
+    backing_off = backing_off or {}
     used = ZERO
     org_units: dict[str, float] = defaultdict(float)
     candidates: list[queue.Candidate] = []
@@ -67,7 +70,9 @@ def decide(
             used = used + Resources.of_tier(run.machine, live)
             org_units[run.org_id] += MACHINES[run.machine].units * live
         pending = count[ShardState.PENDING]
-        if pending and run.cancel_requested_at is None and run.id not in {*hold, *stopping}:
+        pending -= backing_off.get(run.id, 0)  # retryBackoff: not yet
+        stopped = run.cancel_requested_at is not None or run.fail_reason is not None
+        if pending > 0 and not stopped and run.id not in {*hold, *stopping}:
             candidates.append(
                 queue.Candidate(
                     run.id,
@@ -105,7 +110,7 @@ def expire_admission(s: Session, run: RunRow, spec: RunSpec, now: datetime) -> R
     timeout = spec.admission_timeout_seconds
     if run.state != RunState.QUEUED or timeout is None or run.cancel_requested_at is not None:
         return spec
-    if now < run.created_at + timedelta(seconds=timeout):
+    if now < (run.reopened_at or run.created_at) + timedelta(seconds=timeout):
         return spec
     if spec.admission_fallback == "opportunistic":
         spec = spec.as_opportunistic()

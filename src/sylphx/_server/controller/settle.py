@@ -8,6 +8,7 @@ backoff policy's and every shard status change goes through :func:`transition`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -36,7 +37,9 @@ from .transitions import transition
 CHUNK = 500  # handles per query (bound parameters stay far below every backend's limit)
 ATTEMPT_KEYS = ("state", "exit_code", "reason", "ended_at", "started_at", "log_truncated")
 # not started_at: settling never moves a shard into STARTING, the only change that sets it
-SHARD_KEYS = ("state", "exit_code", "reason", "failures", "preemptions", "ended_at")
+SHARD_KEYS = (
+    "state", "exit_code", "reason", "failures", "preemptions", "ended_at", "ignored", "not_before"
+)  # fmt: skip
 
 _OPEN = (  # the open attempts among some handles, with their shards (built once)
     select(*attempt_columns(), *shard_columns())
@@ -90,7 +93,9 @@ def settle(
             exit = by_handle[attempt.handle or ""]
             shard = shards[attempt.shard_id]
             spec = spec_of(run.id)
-            finish(attempt, shard, exit, spec, preemption_ceiling)
+            outcome = finish(attempt, shard, exit, spec, preemption_ceiling)
+            if outcome.fail_run is not None and run.fail_reason is None:
+                run.fail_reason = outcome.fail_run  # the pass stops the rest of the run
             usage.append(billing.usage(attempt, run, ran=exit.launched))
             retried = shard.state == ShardState.PENDING
             if spec.gang and exit.lost and retried and restarts is not None:
@@ -168,8 +173,9 @@ def finish(
     exit: Exit,
     spec: RunSpec,
     preemption_ceiling: int,
-) -> None:
-    """Settle one ended attempt in memory: its outcome and its shard's next state."""
+) -> backoff.Outcome:
+    """Settle one ended attempt in memory: its outcome and its shard's next state (a
+    failure retried waits its ``retryBackoff`` delay; a preemption is retried at once)."""
     outcome = backoff.decide(
         exit.returncode,
         stop_reason=attempt.stop_reason,
@@ -179,6 +185,8 @@ def finish(
         lost=exit.lost,  # a preemption; a gang's siblings are stopped too (see settle)
         preemptions=shard.preemptions,
         preemption_ceiling=preemption_ceiling,
+        rules=spec.failure_policy,
+        ignored=shard.ignored,
     )
     transition(attempt, outcome.attempt_state, exit.ended_at)
     attempt.exit_code = outcome.exit_code
@@ -193,6 +201,13 @@ def finish(
         shard.failures += 1
     if outcome.preempted:
         shard.preemptions += 1
+    if outcome.ignored:
+        shard.ignored += 1
+    shard.not_before = None
+    if outcome.shard_state is ShardState.PENDING and (outcome.uses_budget or outcome.ignored):
+        wait = spec.retry_backoff.delay(shard.failures + shard.ignored)
+        shard.not_before = exit.ended_at + timedelta(seconds=wait) if wait > 0 else None
     if ShardState(shard.state) is ShardState.STARTING:
         transition(shard, ShardState.RUNNING, exit.ended_at)
     transition(shard, outcome.shard_state, exit.ended_at)
+    return outcome

@@ -58,6 +58,23 @@ _LIVE_CLOCKS = (
 )
 
 
+_BACKING_OFF = (
+    select(ShardRow.run_id, func.count())
+    .join(RunRow, RunRow.id == ShardRow.run_id)
+    .where(
+        RunRow.state.in_(ACTIVE),
+        ShardRow.state == ShardState.PENDING.value,
+        ShardRow.not_before > bindparam("now"),
+    )
+    .group_by(ShardRow.run_id)
+)
+
+
+def backing_off(s: Session, now: datetime) -> dict[str, int]:
+    """Pending shards of each active run still waiting out their ``retryBackoff`` delay."""
+    return {run_id: n for run_id, n in s.execute(_BACKING_OFF, {"now": now})}
+
+
 def shard_counts(s: Session) -> dict[str, Counter[ShardState]]:
     """Shards of every active run, counted by state."""
     counts: dict[str, Counter[ShardState]] = defaultdict(Counter)

@@ -14,7 +14,9 @@ from datetime import datetime
 from sylphx._core.errors import IllegalTransition
 from sylphx._core.states import (
     ATTEMPT_TRANSITIONS,
+    RUN_REOPEN,
     RUN_TRANSITIONS,
+    SHARD_REOPEN,
     SHARD_TRANSITIONS,
     AttemptState,
     RunState,
@@ -69,3 +71,30 @@ def transition(
     if value in _SHARD_TERMINAL:
         row.ended_at = now
     row.state = value
+
+
+def reopen(row: RunRow | ShardRow, now: datetime) -> None:
+    """Take an ended run, or one of its unsuccessful shards, back out of its terminal state
+    for a retry (``RUN_REOPEN``/``SHARD_REOPEN``): the run to ``queued``, the shard to
+    ``pending`` with a fresh retry budget. Its history stays; the attempts go on numbering.
+
+    Raises :class:`IllegalTransition` for anything else (a live or succeeded one)."""
+    if isinstance(row, RunRow):
+        run_current = RunState(row.state)
+        run_target = RUN_REOPEN.get(run_current)
+        if run_target is None:
+            raise IllegalTransition("run", row.id, run_current, RunState.QUEUED)
+        row.state = run_target.value
+        row.ended_at = row.cancel_requested_at = row.message = row.course = None
+        row.fail_reason = None
+        row.reopened = (row.reopened or 0) + 1
+        row.reopened_at = now
+        return
+    current = ShardState(row.state)
+    target = SHARD_REOPEN.get(current)
+    if target is None:
+        raise IllegalTransition("shard", f"{row.run_id}/{row.index}", current, ShardState.PENDING)
+    row.state = target.value
+    row.started_at = row.ended_at = row.exit_code = row.reason = None  # of the next attempt
+    row.failures = row.ignored = 0
+    row.not_before = None

@@ -46,6 +46,8 @@ ROUTES: dict[tuple[str, str], tuple[bool, tuple[int, ...]]] = {
     ("delete", "/v1/runs/{run_id}"): (True, (404, 409)),
     ("get", "/v1/runs/{run_id}/shards"): (True, (404,)),
     ("post", "/v1/runs/{run_id}/cancel"): (True, (404, 409)),
+    # 404: a volume the run mounts was deleted; 409: not ended, an index succeeded
+    ("post", "/v1/runs/{run_id}/retry"): (True, (404, 409, 413, 429)),
     ("get", "/v1/runs/{run_id}/logs"): (True, (404,)),
     ("post", "/v1/volumes"): (True, (413,)),
     ("get", "/v1/volumes"): (True, ()),

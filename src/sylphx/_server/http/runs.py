@@ -1,4 +1,4 @@
-"""``/v1/runs``: submit, list, read (and long-poll), shards, cancel, delete, logs.
+"""``/v1/runs``: submit, list, read (and long-poll), shards, cancel, retry, delete, logs.
 
 HTTP only: parameters, status codes, streaming. What each route does is a method of
 :class:`~sylphx._server.runs.facade.RunService`."""
@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from sylphx._core import limits
 from sylphx._core.limits import Text
+from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import MAX_PARALLELISM, RunSpec
 from sylphx._core.states import RunState
 from sylphx._core.views import RunList, RunView, ShardView
@@ -92,6 +93,36 @@ def get_shards(run_id: RunId, org_id: Org, runs: Runs) -> list[ShardView]:
 def cancel_run(run_id: RunId, org_id: Org, runs: Runs) -> RunView:
     """Ask for the run to stop; a queued run is settled at once."""
     return runs.cancel(run_id, org_id)
+
+
+RetryKey = Annotated[
+    Text | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="repeat a retry safely: the same key reopens the run once",
+    ),
+]
+
+
+@router.post("/v1/runs/{run_id}/retry", response_model=RunView)
+def retry_run(
+    run_id: RunId,
+    org_id: Org,
+    runs: Runs,
+    body: RetryRequest | None = None,
+    idempotency_key: RetryKey = None,
+) -> Response:
+    """Run the unsuccessful indices of an ended run again, in the same run: ``indices``
+    (a compressed set, ``"2,5,7-9"``; default every index that ended failed, timed_out
+    or cancelled) go back to pending with a fresh retry budget and new attempts; the
+    run is queued again, keeps its id, spec and volumes, and counts ``reopened``.
+    Admission and quotas apply as to a submit of that many shards (429 over budget).
+    409: the run has not ended, an index named succeeded, or nothing is left to retry;
+    422: an index the run does not have."""
+    out = runs.retry(run_id, org_id, body or RetryRequest(), idempotency_key)
+    return Response(out, media_type="application/json")
 
 
 @router.delete("/v1/runs/{run_id}", status_code=204)

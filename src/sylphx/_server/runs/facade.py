@@ -18,6 +18,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.types import Receive
 
 from sylphx._core.errors import ServerUnavailable
+from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import RunState, ShardState
 from sylphx._core.views import RunList, RunView, ShardView
@@ -29,7 +30,7 @@ from sylphx._server.store import OrgRow, RunRow
 from sylphx._server.tenancy import secrets
 from sylphx._settings import Settings
 
-from . import logs, service
+from . import logs, retry, service
 from .hostpaths import check_host_paths
 from .logs import Stream
 from .longpoll import RunWaiters
@@ -126,6 +127,36 @@ class RunService:
         self.wake()
         return out
 
+    def retry(
+        self, run_id: str, org_id: str, request: RetryRequest, key: str | None = None
+    ) -> bytes:
+        """Reopen the ended run for the indices ``request`` names (see ``retry.retry``) and
+        return its RunView JSON; a repeated ``key`` reopens it once."""
+        faults.check_disk(self.settings.logs_dir, "log")
+        for attempt in range(CAS_RETRIES):  # the reconciler may still touch its attempts
+            try:
+                with self.sessions.begin() as s:
+                    org = s.get(OrgRow, org_id, with_for_update=True)  # quota + reservation
+                    assert org is not None
+                    run = retry.retry(
+                        s,
+                        run_id,
+                        org,
+                        request,
+                        capacity=self.executor.capacity(),
+                        now=self.now(),
+                        key=key,
+                    )
+                    out = service.view(run)
+                    body = out.model_dump_json(by_alias=True).encode()
+                break
+            except StaleDataError:
+                if attempt == CAS_RETRIES - 1:
+                    raise
+        self.terminal_views.drop(run_id)
+        self.wake()
+        return body
+
     def delete(self, run_id: str, org_id: str) -> None:
         """Delete an ended run, its shards, attempts and logs (ConflictError while it has
         not ended). Its usage rows stay."""
@@ -164,11 +195,12 @@ class RunService:
 
     def _read(self, run_id: str, org_id: str) -> bytes:
         """The RunView JSON from the store; a final one is kept for later reads."""
+        read_at = self.terminal_views.now()
         with self.engine.connect() as conn:  # one read transaction, no ORM session
             out, final = service.read(conn, run_id, org_id, self.now())
         body = out.model_dump_json(by_alias=True).encode()
         if final:
-            self.terminal_views.put(run_id, org_id, body)
+            self.terminal_views.put(run_id, org_id, body, read_at)
         return body
 
     def list_runs(

@@ -6,9 +6,11 @@ shared reads of active runs. Each ``--workers`` process has its own; all are bou
   store is therefore refused by every API process within ``ttl`` seconds
   (``SYLPHX_AUTH_CACHE_SECONDS``, default 1; 0 turns the cache off). Failed lookups are
   never cached, so a new key works at once.
-* :class:`TerminalViews` keeps the JSON of runs that can no longer change: terminal, with
-  no attempt left open. The reconciler only touches active runs and cancelling a
-  terminal run is a no-op, so these bytes stay exact.
+* :class:`TerminalViews` keeps the JSON of ended runs (terminal, no attempt left open) for
+  ``ttl`` seconds. The reconciler only touches active runs and cancelling a terminal run
+  is a no-op; only a retry (``POST /v1/runs/{id}/retry``) reopens one. The process that
+  took the retry drops its copy at once; every other ``--workers`` process sees the
+  reopened run within ``ttl`` (2 s): one store read per ended run and ttl at most.
 * :class:`SharedReads` runs at most ``slots`` store reads at once, and requests for the same
   run that arrive while its read still waits for a slot share that read. A read starts
   after every request it answers arrived, so no answer is older than its request.
@@ -67,12 +69,21 @@ class KeyCache:
 
 
 class TerminalViews:
-    """run id -> (org id, JSON bytes) of runs whose view is final; least recently used
-    entries go first beyond ``max_entries``."""
+    """run id -> (org id, JSON bytes, expiry) of ended runs, each for ``ttl`` seconds from
+    the read that found it ended; least recently used entries go first beyond
+    ``max_entries``."""
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(
+        self,
+        max_entries: int = 4096,
+        *,
+        ttl: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[str, bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, run_id: str, org_id: str) -> bytes | None:
@@ -81,17 +92,26 @@ class TerminalViews:
             entry = self._entries.get(run_id)
             if entry is None or entry[0] != org_id:
                 return None
+            if self._clock() >= entry[2]:
+                del self._entries[run_id]
+                return None
             self._entries.move_to_end(run_id)
             return entry[1]
 
+    def now(self) -> float:
+        return self._clock()
+
     def drop(self, run_id: str) -> None:
-        """Forget the run (it was deleted)."""
+        """Forget the run (it was deleted, or reopened by a retry)."""
         with self._lock:
             self._entries.pop(run_id, None)
 
-    def put(self, run_id: str, org_id: str, body: bytes) -> None:
+    def put(self, run_id: str, org_id: str, body: bytes, read_at: float | None = None) -> None:
+        """Remember the view of an ended run read at ``read_at`` (clock time taken before
+        the read: a retry committed meanwhile is still seen within ``ttl``)."""
+        expires = (self._clock() if read_at is None else read_at) + self.ttl
         with self._lock:
-            self._entries[run_id] = (org_id, body)
+            self._entries[run_id] = (org_id, body, expires)
             self._entries.move_to_end(run_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

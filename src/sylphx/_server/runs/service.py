@@ -26,7 +26,7 @@ from sylphx._server.tenancy.orgs import limits
 
 _RUN_ID = re.compile(r"wrk_[0-9a-z]{16}")  # see _ids.new_id
 _INSERT_SHARDS = Batch(
-    insert(SHARDS), ("run_id", "index", "state", "attempts", "failures", "preemptions")
+    insert(SHARDS), ("run_id", "index", "state", "attempts", "failures", "preemptions", "ignored")
 )
 
 
@@ -104,6 +104,7 @@ def submit(
                 "attempts": 0,
                 "failures": 0,
                 "preemptions": 0,
+                "ignored": 0,
             }
             for i in range(spec.parallelism)
         ],
@@ -200,6 +201,7 @@ def view(
         message=run.message,
         compute_seconds=compute_seconds,
         queue_position=run.queue_position if state is RunState.QUEUED else None,
+        reopened=run.reopened or 0,
     )
 
 
@@ -271,6 +273,7 @@ def shard_views(run: RunRow) -> list[ShardView]:
                 started_at=shard.started_at,
                 ended_at=shard.ended_at,
                 duration_seconds=duration,
+                retry_at=shard.not_before if shard.state == ShardState.PENDING else None,
                 log_truncated=latest.log_truncated if latest is not None else [],
                 history=history,
             )

@@ -46,6 +46,8 @@ class ShardRecord:
     started_at: datetime | None
     ended_at: datetime | None
     version: int
+    not_before: datetime | None = None  # retryBackoff: not started again before this
+    ignored: int = 0  # failures an Ignore rule of the failurePolicy retried
 
 
 @dataclass(slots=True)

@@ -103,6 +103,12 @@ class RunRow(Base):
     course: Mapped[str | None] = mapped_column(Text)  # migration 0012
     queue_position: Mapped[int | None] = mapped_column(Integer)  # 1 = next; None unless queued
     idempotency_key: Mapped[str | None] = mapped_column(String(255))  # see migration 0011
+    # retries of the ended run (POST /v1/runs/{id}/retry), the last one's time and key
+    reopened: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 0013
+    reopened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reopen_key: Mapped[str | None] = mapped_column(String(255))
+    # why it is being stopped as failed (failurePolicy FailRun, maxFailedIndexes): 0013
+    fail_reason: Mapped[str | None] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     __mapper_args__ = {"version_id_col": version}
 
@@ -127,6 +133,9 @@ class ShardRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(Integer, server_default="1")
+    # retryBackoff: not started again before this; failures an Ignore rule retried (0013)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ignored: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     __mapper_args__ = {"version_id_col": version}
 
     run: Mapped[RunRow] = relationship(back_populates="shards")

@@ -3,6 +3,7 @@
 The rule, in order:
 1. every index succeeded            -> succeeded
 2. the user cancelled the run       -> cancelled
+2b. its failure policy failed it     -> failed (FailRun, more than maxFailedIndexes)
 3. no index succeeded               -> timed_out if every unsuccessful shard timed out, else failed
 4. otherwise                        -> partial
 """
@@ -12,18 +13,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from sylphx._core.indexes import compress
 from sylphx._core.states import RunState, ShardState
 from sylphx._core.views import Aggregate
-
-from .indexes import compress
 
 
 def count_states(states: Iterable[str]) -> Counter[ShardState]:
     return Counter(ShardState(s) for s in states)
 
 
-def final_status(counts: Counter[ShardState], *, cancel_requested: bool) -> RunState | None:
-    """The run's terminal status, or None while any shard is not terminal."""
+def final_status(
+    counts: Counter[ShardState], *, cancel_requested: bool, run_failed: bool = False
+) -> RunState | None:
+    """The run's terminal status, or None while any shard is not terminal. ``run_failed``:
+    its failure policy failed it (failurePolicy FailRun, maxFailedIndexes)."""
     total = sum(counts.values())
     if total == 0 or any(not state.terminal for state in counts.elements()):
         return None
@@ -32,6 +35,8 @@ def final_status(counts: Counter[ShardState], *, cancel_requested: bool) -> RunS
         return RunState.SUCCEEDED
     if cancel_requested:
         return RunState.CANCELLED
+    if run_failed:
+        return RunState.FAILED
     if succeeded == 0:
         timed_out = counts[ShardState.TIMED_OUT]
         return RunState.TIMED_OUT if timed_out == total else RunState.FAILED

@@ -1,0 +1,112 @@
+"""Retrying the unsuccessful indices of an ended run, in the same run (``POST
+/v1/runs/{id}/retry``): the run is reopened through the one transition function, the
+chosen indices go back to pending with a fresh retry budget, and the queue, the quotas and
+admission treat them as a submit of that many shards would be treated."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from sylphx._core.errors import ConflictError, NotFound, ValidationError
+from sylphx._core.indexes import OutOfRange, compress, expand
+from sylphx._core.machines import Resources
+from sylphx._core.retry import RetryRequest
+from sylphx._core.spec import RunSpec
+from sylphx._core.states import SHARD_REOPEN, RunState, ShardState
+from sylphx._server.controller.policy import admission
+from sylphx._server.controller.transitions import reopen
+from sylphx._server.store import OrgRow, RunRow, ShardRow, VolumeRow
+from sylphx._server.tenancy import quota, secrets
+from sylphx._server.tenancy.orgs import limits
+
+from .service import load, shards_in_use
+
+__all__ = ["retry"]
+
+
+def retry(
+    s: Session,
+    run_id: str,
+    org: OrgRow,
+    request: RetryRequest,
+    *,
+    capacity: Resources,
+    now: datetime,
+    key: str | None = None,
+) -> RunRow:
+    """Reopen the org's ended run for the indices ``request`` names (default: every one
+    that ended failed, timed_out or cancelled). A repeated ``key`` (the Idempotency-Key of
+    the retry that reopened it last) answers with the run as it is. Call inside a
+    transaction that locked ``org`` (the quota check and the reservation are one step)."""
+    run = load(s, run_id, org.id, with_attempts=True)
+    if key is not None and run.reopen_key == key:
+        return run  # this very retry, sent again: it reopened the run once
+    if not RunState(run.state).terminal:
+        fix = f"wait for it to end (sylphx runs get {run_id} --wait) or cancel it first"
+        raise ConflictError(
+            f"run {run_id} is {run.state}: only an ended run can be retried. Fix: {fix}.",
+            details=[{"field": "status", "rule": "must be terminal", "fix": fix}],
+        )
+    shards = {shard.index: shard for shard in run.shards}
+    chosen = _chosen(run, request, shards)
+    stopping = [i for i in chosen if any(a.ended_at is None for a in shards[i].history)]
+    if stopping:  # a new attempt beside the old process: never
+        raise ConflictError(
+            f"run {run_id} has ended but index {compress(stopping)} is still being stopped."
+            " Fix: retry in a few seconds.",
+            details=[{"field": "indices", "rule": "still stopping", "fix": "retry shortly"}],
+        )
+    spec = RunSpec.from_store(run.spec)
+    quota.check(limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=len(chosen))
+    admission.check_schedulable(
+        machine=run.machine, parallelism=len(chosen), gang=run.gang, total=capacity
+    )
+    secrets.check_exist(s, org.id, spec.secrets)
+    for mount in spec.volume_mounts:
+        volume = s.get(VolumeRow, mount.volume_id)
+        if volume is None or volume.org_id != org.id:
+            raise NotFound(
+                f"volumeMounts: volume {mount.volume_id!r} of run {run_id} no longer exists,"
+                " so its shards cannot run again. Fix: submit a new run with a volume that"
+                " exists (sylphx volumes list)."
+            )
+    for index in chosen:
+        reopen(shards[index], now)
+    reopen(run, now)
+    run.reopen_key = key
+    run.queue_position = None
+    return run
+
+
+def _chosen(run: RunRow, request: RetryRequest, shards: dict[int, ShardRow]) -> list[int]:
+    """The indices to run again, or the 409/422 that names the one that cannot be."""
+    states = {index: ShardState(shard.state) for index, shard in shards.items()}
+    if request.indices is None:
+        chosen = sorted(i for i, state in states.items() if state in SHARD_REOPEN)
+        if not chosen:
+            raise ConflictError(
+                f"run {run.id} has no failed, timed_out or cancelled index to retry. Fix:"
+                " submit a new run to run it all again.",
+                details=[{"field": "indices", "rule": "nothing to retry", "fix": "submit anew"}],
+            )
+        return chosen
+    try:
+        chosen = expand(request.indices, below=run.parallelism)
+    except OutOfRange as exc:
+        fix = f"name indices from 0 to {run.parallelism - 1}"
+        raise ValidationError(
+            f"indices: index {exc.index} does not exist: run {run.id} has {run.parallelism}"
+            f" shards (0-{run.parallelism - 1}). Fix: {fix}.",
+            details=[{"field": "indices", "rule": f"index {exc.index} does not exist", "fix": fix}],
+        ) from None
+    done = [i for i in chosen if states[i] is ShardState.SUCCEEDED]
+    if done:
+        fix = f"drop {compress(done)} from indices; a succeeded index is never run again"
+        raise ConflictError(
+            f"run {run.id}: index {compress(done)} succeeded: only failed, timed_out or"
+            f" cancelled indices can be retried. Fix: {fix}.",
+            details=[{"field": "indices", "rule": f"{compress(done)} succeeded", "fix": fix}],
+        )
+    return chosen
