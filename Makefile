@@ -3,7 +3,8 @@
 #   make venv         create .venv and install sylphx + dev extras (re-runs when pyproject changes)
 #   make system-deps  install bubblewrap, slirp4netns, libseccomp2, umoci, skopeo,
 #                     busybox-static, postgresql via apt when missing (root)
-#   make demo         Monte-Carlo pi across 9 gang shards on the embedded local control plane
+#   make demo         Monte-Carlo pi across 9 gang shards and their merge step, on the embedded
+#                     local control plane
 #   make ray-demo     the product page's example (9 large shards) on a two-node loopback Ray cluster
 #   make test         lint, types, the whole suite on SQLite and PostgreSQL (what .ci/run runs)
 #   make check        the fast loop: lint, types, the tests not marked slow on SQLite
@@ -34,7 +35,7 @@ DEMO_MACHINE ?= nano
 .PHONY: help venv system-deps demo ray-demo test check bench bench-deps lint fmt sdk clean distclean
 
 help:
-	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -89,15 +90,12 @@ demo: venv system-deps
 	set -x; \
 	"$(BIN)/sylphx" run --parallelism $(DEMO_SHARDS) --machine $(DEMO_MACHINE) --follow \
 	  --volume "$$vol:/out" --env OUT_DIR=/out \
+	  --merge-command "python $(CURDIR)/examples/merge_pi.py /out" \
 	  -- python "$(CURDIR)/examples/montecarlo_pi.py" | tee "$$SYLPHX_HOME/demo-run.txt"; \
 	run_id=$$(awk 'NR==1 {print $$1}' "$$SYLPHX_HOME/demo-run.txt"); \
 	"$(BIN)/sylphx" runs logs "$$run_id" --shard 3; \
 	"$(BIN)/sylphx" runs logs "$$run_id" --shard 3 --stderr; \
-	"$(BIN)/sylphx" run --machine $(DEMO_MACHINE) --volume "$$vol:/out" --follow \
-	  -- python "$(CURDIR)/examples/merge_pi.py" /out --shards $(DEMO_SHARDS) \
-	  | tee "$$SYLPHX_HOME/demo-merge.txt"; \
-	merge_id=$$(awk 'NR==1 {print $$1}' "$$SYLPHX_HOME/demo-merge.txt"); \
-	"$(BIN)/sylphx" runs logs "$$merge_id" --shard 0
+	"$(BIN)/sylphx" runs logs "$$run_id" --merge
 
 # The README's multi-node Ray commands with HEAD_IP=127.0.0.2, NODE_IP=127.0.0.3: two Ray
 # nodes, `sylphx server` on the Ray executor, the page's 9 x large opportunistic run, the

@@ -1,9 +1,11 @@
 """Merge the per-shard outputs of ``examples/montecarlo_pi.py`` into one estimate of pi.
 
-Usage: ``python examples/merge_pi.py [OUT_DIR] [--shards N]``
+Usage: ``python examples/merge_pi.py [OUT_DIR] [--shards N]``, or as the merge step of the
+run of ``montecarlo_pi.py``: ``sylphx run ... --merge-command 'python merge_pi.py /out' ...``
 
 Reads every ``part-{index}.json`` in ``OUT_DIR`` (default ``$OUT_DIR`` or ``./out/pi``),
 verifies that each shard index ``0..N-1`` is present exactly once (``N`` from ``--shards``,
+else from the run's manifest when it runs as the run's merge step (``SYLPHX_MANIFEST``),
 otherwise from the parts' ``count`` field), then prints the merged estimate, its error
 against ``math.pi`` and the total number of samples. Exits non-zero if any part is missing,
 duplicated, malformed or inconsistent.
@@ -118,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.shards is not None and args.shards < 1:
         parser.error("--shards must be >= 1")
 
+    manifest = os.environ.get("SYLPHX_MANIFEST")  # set for a run's merge step
+    if manifest:
+        with open(manifest, encoding="utf-8") as fh:
+            run = json.load(fh)
+        print(f"manifest:      {len(run['succeededIndices'])}/{run['shardCount']} shards succeeded")
+        if args.shards is None:
+            args.shards = run["shardCount"]
     try:
         parts = load_parts(args.out_dir)
         shards = check_complete(parts, args.shards)

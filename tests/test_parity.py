@@ -220,23 +220,29 @@ def test_a_shard_past_its_tiers_memory_is_oomkilled_while_siblings_succeed(
     assert logs(server, run["id"], 2) == "fine\n"
 
 
-def test_shards_write_parts_and_a_second_run_merges_them(server: Server) -> None:
+def test_a_merge_step_merges_the_parts_fed_a_read_only_manifest(server: Server) -> None:
     vol, out = server.volume()
-    mount = [{"volumeId": vol, "mountPath": "/cache"}]
-    parts = server.submit(
+    merge = (
+        '(echo x >> "$SYLPHX_MANIFEST") 2>/dev/null && echo WRITABLE;'
+        ' grep -c \'"status": "succeeded"\' "$SYLPHX_MANIFEST";'
+        " cat /cache/part-* | tee /cache/merged"
+    )
+    run = server.submit(
         command=sh('echo "part $SYLPHX_SHARD_INDEX" > /cache/part-$SYLPHX_SHARD_INDEX'),
         parallelism=4,
         machine="nano",
-        gangScheduling=False,
-        volumeMounts=mount,
+        volumeMounts=[{"volumeId": vol, "mountPath": "/cache"}],
+        merge={"command": sh(merge), "machine": "micro"},
     )
-    assert server.wait(parts["id"], timeout=WAIT)["status"] == "succeeded"
-    merge = server.submit(command=sh("cat /cache/part-* | tee /cache/merged"), volumeMounts=mount)
-    assert server.wait(merge["id"], timeout=WAIT)["status"] == "succeeded"
+    done = server.wait(run["id"], timeout=WAIT)
+    assert done["status"] == "succeeded" and done["merge"]["status"] == "succeeded", done
     merged = "".join(f"part {i}\n" for i in range(4))
-    assert logs(server, merge["id"]) == merged
+    log = server.http.get(f"/v1/runs/{run['id']}/logs", params={"merge": "true"}).text
+    assert log == "4\n" + merged  # and never WRITABLE
     assert sorted(p.name for p in out.iterdir()) == ["merged", *(f"part-{i}" for i in range(4))]
     assert (out / "merged").read_text() == merged
+    usage = server.http.get("/v1/usage").json()
+    assert {row["machine"] for row in usage["byMachine"]} == {"nano", "micro"}, usage
 
 
 VALUE = "postgres://admin:hunter2-Zq8@db.internal/prod"

@@ -194,3 +194,36 @@ def test_a_gang_runs_on_across_a_restart(kind: str, proc: ServerProcess, how: st
     assert proc.term() == 0
     if kind == "ray":
         assert _hub_gone(proc)
+
+
+def test_kill_9_during_a_merge_runs_it_once(kind: str, proc: ServerProcess) -> None:
+    vol = proc.http.post("/v1/volumes", json={"name": "marks"}).json()
+    marks = proc.home / "volumes" / vol["id"]
+    step = "echo start >> /m/merge-runs; sleep 4; echo done >> /m/merge-runs; echo merged"
+    run = proc.submit(
+        command=["sh", "-c", "echo $SYLPHX_SHARD_INDEX > /m/part-$SYLPHX_SHARD_INDEX"],
+        parallelism=2,
+        machine="nano",
+        volumeMounts=[{"volumeId": vol["id"], "mountPath": "/m"}],
+        merge={"command": ["sh", "-c", step]},
+    )
+    run_id = run["id"]
+    deadline = time.monotonic() + 60
+    while proc.http.get(f"/v1/runs/{run_id}").json()["merge"]["status"] != "running":
+        assert time.monotonic() < deadline, proc.http.get(f"/v1/runs/{run_id}").json()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    _restart(proc, "kill9", down=2)
+    done = proc.wait(run_id, timeout=120)
+    assert done["status"] == "succeeded" and done["merge"]["attempts"] == 1, done
+    assert (marks / "merge-runs").read_text() == "start\ndone\n"  # once, to its end
+    log = proc.http.get(f"/v1/runs/{run_id}/logs", params={"merge": "true"}).text
+    assert log == "merged\n"
+    engine = make_engine(proc.env["SYLPHX_DATABASE_URL"])
+    try:
+        with engine.connect() as db:
+            rows = db.execute(select(UsageRow.machine).where(UsageRow.run_id == run_id)).all()
+    finally:
+        engine.dispose()
+    assert len(rows) == 3  # one per attempt: two shards and the merge
+    assert proc.term() == 0

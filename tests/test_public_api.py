@@ -30,6 +30,7 @@ EXPECTED = {
     "ConflictError",
     "ExecutorError",
     "FailureRule",
+    "MergeSpec",
     "IllegalTransition",
     "Logs",
     "NotFound",

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
         ValidationError,
     )
     from sylphx._core.failure import FailureRule, RetryBackoff
-    from sylphx._core.spec import RunSpec, VolumeMount
+    from sylphx._core.merge import MergeSpec
+    from sylphx._core.mounts import VolumeMount
+    from sylphx._core.spec import RunSpec
     from sylphx._core.states import RunState, ShardState
     from sylphx._core.views import (
         Aggregate,
@@ -91,8 +93,9 @@ _LAZY = {
     "ValidationError": "sylphx._core.errors",
     "FailureRule": "sylphx._core.failure",
     "RetryBackoff": "sylphx._core.failure",
+    "MergeSpec": "sylphx._core.merge",
     "RunSpec": "sylphx._core.spec",
-    "VolumeMount": "sylphx._core.spec",
+    "VolumeMount": "sylphx._core.mounts",
     "RunState": "sylphx._core.states",
     "ShardState": "sylphx._core.states",
     "ClientConfig": "sylphx._client.transport",
@@ -123,6 +126,7 @@ __all__ = [
     "FailureRule",
     "IllegalTransition",
     "Logs",
+    "MergeSpec",
     "NotFound",
     "OrgView",
     "PayloadTooLarge",

@@ -123,6 +123,26 @@ def spec_line(view: RunView) -> str:
     )
 
 
+def merge_line(view: RunView) -> str | None:
+    """The run's merge step: ``merge: succeeded (attempt 1, exit 0, 1.2s) python m.py``."""
+    step, spec = view.merge, view.spec.merge
+    if step is None or spec is None:
+        return None
+    when = spec.when if isinstance(spec.when, str) else f"minSucceeded {spec.when.min_succeeded}"
+    if step.status.value == "pending" and not step.attempts:
+        return f"merge: waiting for the shards (when {when})  {shlex.join(spec.command)}"
+    extra = [f"attempt {step.attempts}"] if step.attempts else []
+    if step.exit_code is not None:
+        extra.append(f"exit {step.exit_code}")
+    duration = shard_duration(step)
+    if duration is not None:
+        extra.append(fmt_duration(duration))
+    line = f"merge: {step.status.value}" + (f" ({', '.join(extra)})" if extra else "")
+    if step.reason and step.status.terminal and step.status.value != "succeeded":
+        line += f": {step.reason}"
+    return f"{line}  {shlex.join(spec.command)}"
+
+
 def shard_change(shard: ShardView) -> str:
     """One line for a shard status change (non-TTY --follow)."""
     extra = f"attempt {shard.attempts}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -75,6 +76,15 @@ def _parse_backoff(
     return dict(zip(names, numbers, strict=False))
 
 
+def _parse_when(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """``--merge-when allSucceeded|always|K`` (K: at least K indices succeeded)."""
+    if value is None or value in ("allSucceeded", "always"):
+        return value
+    if value.isdigit():
+        return {"min_succeeded": int(value)}
+    raise click.BadParameter(f"{value!r}: give allSucceeded, always or a number of indices K")
+
+
 def _parse_volumes(
     _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
 ) -> list[dict[str, str]]:
@@ -102,6 +112,11 @@ def _redraw(out: TextIO, lines: list[str], previous: int) -> int:
     return len(lines)
 
 
+def _merge(view: RunView) -> list[str]:
+    line = render.merge_line(view)
+    return [line] if line else []
+
+
 def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
     """Poll ``run`` until terminal, showing the aggregate and the per-shard table.
 
@@ -118,13 +133,18 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
         if quiet:
             pass
         elif tty:
-            drawn = _redraw(out, [render.aggregate_line(view), *render.shard_table(shards)], drawn)
+            head = [render.aggregate_line(view), *_merge(view)]
+            drawn = _redraw(out, [*head, *render.shard_table(shards)], drawn)
         else:
             for shard in sorted(shards, key=lambda s: s.index):
                 key = (shard.status.value, shard.attempts)
                 if seen.get(shard.index) != key:
                     seen[shard.index] = key
                     out.write(render.shard_change(shard) + "\n")
+            step = view.merge
+            if step is not None and seen.get(-1) != (step.status.value, step.attempts):
+                seen[-1] = (step.status.value, step.attempts)
+                out.write("".join(f"{line}\n" for line in _merge(view)))
             out.flush()
         if view.status.terminal:
             break
@@ -133,7 +153,8 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
         if not view.status.terminal:  # a server without long-polls answers at once
             time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
     if not quiet and not tty:
-        out.write("\n".join([*render.shard_table(shards), render.aggregate_line(view)]) + "\n")
+        final = [*render.shard_table(shards), *_merge(view), render.aggregate_line(view)]
+        out.write("\n".join(final) + "\n")
         out.flush()
     return view
 
@@ -190,6 +211,21 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
     metavar="INITIAL[,FACTOR[,MAX]]",
     help="Seconds before a failed index runs again (default 1,2,60).",
 )
+@click.option(
+    "--merge-command",
+    metavar="'CMD ARGS'",
+    help="Run this once every shard ended, fed SYLPHX_MANIFEST (split like a shell).",
+)
+@click.option(
+    "--merge-when",
+    callback=_parse_when,
+    metavar="allSucceeded|always|K",
+    help="When the merge runs: all succeeded (default), always, or at least K succeeded.",
+)
+@click.option("--merge-machine", help="The merge's tier (default: the shards').")
+@click.option("--merge-image", help="The merge's image (default: the shards').")
+@click.option("--merge-timeout", type=int, help="The merge's deadline in seconds.")
+@click.option("--merge-backoff-limit", type=int, help="Retries of a failed merge (default 0).")
 @click.option("--follow", "-f", "follow_run", is_flag=True, help="Show shard status until done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
@@ -211,6 +247,12 @@ def run(
     max_failed_indexes: int | None,
     failure_policy: Any,
     retry_backoff: dict[str, float] | None,
+    merge_command: str | None,
+    merge_when: Any,
+    merge_machine: str | None,
+    merge_image: str | None,
+    merge_timeout: int | None,
+    merge_backoff_limit: int | None,
     follow_run: bool,
     as_json: bool,
     command: tuple[str, ...],
@@ -236,6 +278,19 @@ def run(
         "failure_policy": failure_policy,
         "retry_backoff": retry_backoff,
     }
+    merge = {
+        "when": merge_when,
+        "machine": merge_machine,
+        "image": merge_image,
+        "timeout_seconds": merge_timeout,
+        "backoff_limit": merge_backoff_limit,
+    }
+    if merge_command is not None:
+        fields["merge"] = {"command": shlex.split(merge_command)} | {
+            k: v for k, v in merge.items() if v is not None
+        }
+    elif any(v is not None for v in merge.values()):
+        raise click.UsageError("--merge-* options need --merge-command 'CMD ARGS'")
     spec = build_spec(fields)  # ValidationError -> exit 2 before touching the server
     handle = RunsClient.submit(state().config(), spec)
     if not follow_run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import Literal
 
 import click
 
@@ -35,6 +36,9 @@ def get(run_id: str, as_json: bool) -> None:
         return
     click.echo(render.aggregate_line(run.view))
     click.echo(render.spec_line(run.view))
+    merge = render.merge_line(run.view)
+    if merge:
+        click.echo(merge)
     click.echo(
         f"created {render.fmt_time(run.view.created_at)}"
         f"  started {render.fmt_time(run.view.started_at)}"
@@ -65,17 +69,23 @@ def list_runs(status: str | None, limit: int, cursor: str | None, as_json: bool)
 
 @runs.command("logs")
 @click.argument("run_id")
-@click.option("--shard", type=int, required=True, help="Shard index, 0..N-1.")
+@click.option("--shard", type=int, help="Shard index, 0..N-1.")
+@click.option("--merge", is_flag=True, help="The merge step's log instead of a shard's.")
 @click.option("--stderr", "use_stderr", is_flag=True, help="Show stderr instead of stdout.")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the shard ends.")
 @click.option("--attempt", type=int, help="A specific attempt (default: the latest).")
-def logs(run_id: str, shard: int, use_stderr: bool, follow: bool, attempt: int | None) -> None:
-    """Write one shard's output to stdout as it arrives."""
+def logs(
+    run_id: str, shard: int | None, merge: bool, use_stderr: bool, follow: bool, attempt: int | None
+) -> None:
+    """Write one shard's output (or the merge step's) to stdout as it arrives."""
+    if (shard is None) == (not merge):
+        raise click.UsageError("give --shard INDEX, or --merge for the merge step's log")
     run = RunsClient.get(state().config(), run_id)
     out = sys.stdout.buffer
     stream: LogStream = "stderr" if use_stderr else "stdout"
     try:
-        for chunk in run.stream_log_bytes(shard, stream, follow=follow, attempt=attempt):
+        which: int | Literal["merge"] = "merge" if merge else (shard or 0)
+        for chunk in run.stream_log_bytes(which, stream, follow=follow, attempt=attempt):
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -25,6 +25,7 @@ from sylphx._core.errors import ValidationError
 from sylphx._core.failure import FailureRule, RetryBackoff
 from sylphx._core.indexes import compress
 from sylphx._core.machines import MachineName
+from sylphx._core.merge import MergeSpec
 from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import AdmissionFallback, CompletionMode, RunSpec
 from sylphx._core.states import RunState
@@ -202,8 +203,9 @@ class AsyncRun:
         body = json_body(await _request(self._config, "GET", _run_path(self.id, "/shards")))
         return parse_list(ShardView, body, "shard")
 
-    async def logs(self, shard: int, attempt: int | None = None) -> Logs:
-        """The captured stdout and stderr of one shard (its latest attempt by default)."""
+    async def logs(self, shard: int | Literal["merge"], attempt: int | None = None) -> Logs:
+        """The captured stdout and stderr of one shard, or with ``"merge"`` of the merge
+        step (its latest attempt by default)."""
         out: dict[str, str] = {}
         for stream in ("stdout", "stderr"):
             chunks = [
@@ -217,7 +219,7 @@ class AsyncRun:
 
     def stream_logs(
         self,
-        shard: int,
+        shard: int | Literal["merge"],
         stream: LogStream = "stdout",
         follow: bool = True,
         attempt: int | None = None,
@@ -229,7 +231,7 @@ class AsyncRun:
 
     def stream_log_bytes(
         self,
-        shard: int,
+        shard: int | Literal["merge"],
         stream: LogStream = "stdout",
         follow: bool = True,
         attempt: int | None = None,
@@ -295,6 +297,7 @@ class AsyncRunsClient:
         max_failed_indexes: int | None = None,
         failure_policy: Sequence[Mapping[str, Any] | FailureRule] | None = None,
         retry_backoff: Mapping[str, Any] | RetryBackoff | None = None,
+        merge: Mapping[str, Any] | MergeSpec | None = None,
     ) -> AsyncRun:
         """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
 
@@ -302,7 +305,9 @@ class AsyncRunsClient:
         ``image``, the command runs on the host in ``working_dir`` (default: cwd).
         ``failure_policy`` rules and ``retry_backoff`` take the wire's camelCase keys
         (``{"onExitCodes": {"operator": "In", "values": [42]}, "action": "FailIndex"}``)
-        or snake_case ones.
+        or snake_case ones, and so does ``merge``, the step run once every shard ended
+        (``{"command": ["python", "merge.py"], "when": "always"}``; its log:
+        ``run.logs("merge")``).
         """
         fields = spec_fields(
             image=image, command=command, parallelism=parallelism, machine=machine,
@@ -312,7 +317,7 @@ class AsyncRunsClient:
             secrets=secrets, network=network,
             admission_timeout_seconds=admission_timeout_seconds,
             admission_fallback=admission_fallback, max_failed_indexes=max_failed_indexes,
-            failure_policy=failure_policy, retry_backoff=retry_backoff,
+            failure_policy=failure_policy, retry_backoff=retry_backoff, merge=merge,
         )  # fmt: skip
         return await AsyncRunsClient.submit(config, build_spec(fields))
 

@@ -27,6 +27,7 @@ from sylphx._core.errors import (
     error_from_body,
 )
 from sylphx._core.failure import FailureRule, RetryBackoff
+from sylphx._core.merge import MergeSpec
 from sylphx._core.spec import RunSpec, VolumeMount
 
 from .retrying import RetryPolicy
@@ -335,6 +336,7 @@ def spec_fields(
     max_failed_indexes: int | None = None,
     failure_policy: Sequence[Mapping[str, Any] | FailureRule] | None = None,
     retry_backoff: Mapping[str, Any] | RetryBackoff | None = None,
+    merge: Mapping[str, Any] | MergeSpec | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``run``/``run_distributed`` as a spec dict (iterables
     made lists, mappings dicts; None: the spec's default)."""
@@ -355,15 +357,19 @@ def list_params(status: str | None, limit: int, cursor: str | None) -> dict[str,
     return params
 
 
-def log_params(shard: int, stream: str, follow: bool, attempt: int | None) -> dict[str, str | int]:
-    """Query parameters of ``GET /v1/runs/{id}/logs`` (stream is checked locally)."""
+def log_params(
+    shard: int | Literal["merge"], stream: str, follow: bool, attempt: int | None
+) -> dict[str, str | int]:
+    """Query parameters of ``GET /v1/runs/{id}/logs`` (stream is checked locally);
+    ``shard="merge"``: the merge step's log."""
     if stream not in ("stdout", "stderr"):
         raise ValidationError(
             f"stream: must be 'stdout' or 'stderr' (got {stream!r}). Fix: pick one",
             details=[{"field": "stream", "rule": "must be stdout or stderr", "fix": "pick one"}],
         )
+    where: dict[str, str | int] = {"merge": "true"} if shard == "merge" else {"shard": shard}
     params: dict[str, str | int] = {
-        "shard": shard,
+        **where,
         "stream": stream,
         "follow": "true" if follow else "false",
     }

@@ -17,10 +17,11 @@ from pydantic import (
     model_validator,
 )
 
-from . import limits
+from . import limits, merge
 from .failure import MAX_RULES, FailureRule, RetryBackoff
 from .limits import Text, rule
 from .machines import DEFAULT_MACHINE, MachineName
+from .merge import MERGE_INDEX, MergeSpec, should_run
 from .model import WireModel as _Model
 from .mounts import VolumeMount
 from .paths import PathRuleError, normalise
@@ -32,7 +33,7 @@ CompletionMode = Literal["Indexed", "NonIndexed"]
 AdmissionFallback = Literal["fail", "opportunistic"]
 
 MAX_PARALLELISM = 256
-MAX_TIMEOUT_SECONDS = 86400
+MAX_TIMEOUT_SECONDS = merge.MAX_TIMEOUT_SECONDS
 DEFAULT_TIMEOUT_SECONDS = 3600
 MAX_BACKOFF_LIMIT = 50
 DEFAULT_BACKOFF_LIMIT = 3
@@ -65,6 +66,7 @@ class RunSpec(_Model):
     max_failed_indexes: StrictInt | None = None
     failure_policy: list[FailureRule] = Field(default_factory=list)
     retry_backoff: RetryBackoff = Field(default_factory=RetryBackoff)
+    merge: MergeSpec | None = None  # run once every shard ended (see merge.py)
 
     @field_validator("image")
     @classmethod
@@ -258,6 +260,24 @@ class RunSpec(_Model):
             object.__setattr__(self, "admission_fallback", "fail")
         return self
 
+    @model_validator(mode="after")
+    def _merge(self) -> RunSpec:
+        m = self.merge
+        if m is None:
+            return self
+        wanted = getattr(m.when, "min_succeeded", 0)
+        if wanted > self.parallelism:
+            raise rule(
+                "merge.when.minSucceeded",
+                f"asks for {wanted} succeeded indices of a run of {self.parallelism}",
+                f"give a number from 1 to parallelism ({self.parallelism})",
+            )
+        filled = m.filled(
+            image=self.image, machine=self.machine, timeout_seconds=self.timeout_seconds
+        )
+        object.__setattr__(self, "merge", filled)
+        return self
+
     # -- derived ---------------------------------------------------------
     @property
     def gang(self) -> bool:
@@ -272,6 +292,34 @@ class RunSpec(_Model):
     @property
     def indexed(self) -> bool:
         return self.completion_mode != "NonIndexed"
+
+    def for_index(self, index: int) -> RunSpec:
+        """The spec shard ``index`` runs with: the run's own; for the merge (MERGE_INDEX)
+        the run's with the merge's command, image, machine, env (added over the run's),
+        timeout and retry budget, one unindexed process, no failure policy."""
+        m = self.merge
+        if index != MERGE_INDEX or m is None:
+            return self
+        return self.model_copy(
+            update={
+                "command": m.command,
+                "image": m.image,
+                "machine": m.machine or self.machine,
+                "env": self.env | m.env,
+                "timeout_seconds": m.timeout_seconds or self.timeout_seconds,
+                "backoff_limit_per_index": m.backoff_limit,
+                "gang_scheduling": False,
+                "completion_mode": "NonIndexed",
+                "failure_policy": [],
+                "max_failed_indexes": None,
+                "retry_backoff": RetryBackoff(),
+                "merge": None,
+            }
+        )
+
+    def merges(self, succeeded: int) -> bool:
+        """Whether the merge runs once every shard ended, ``succeeded`` of them so."""
+        return self.merge is not None and should_run(self.merge.when, succeeded, self.parallelism)
 
     def as_opportunistic(self) -> RunSpec:
         """This spec continuing as an opportunistic run (the admission fallback)."""
@@ -304,6 +352,8 @@ class RunSpec(_Model):
             ]
         if "retryBackoff" in clean:
             nested["retry_backoff"] = RetryBackoff.model_validate(clean["retryBackoff"])
+        if clean.get("merge"):
+            nested["merge"] = MergeSpec.model_validate(clean["merge"])
         return cls.model_construct(**(fields | nested))
 
     def to_wire(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ class ShardState(StrEnum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a merge step whose ``when`` did not hold (never a shard)
 
     @property
     def terminal(self) -> bool:
@@ -78,6 +79,7 @@ SHARD_TERMINAL = frozenset(
         ShardState.FAILED,
         ShardState.TIMED_OUT,
         ShardState.CANCELLED,
+        ShardState.SKIPPED,
     }
 )
 ATTEMPT_TERMINAL = frozenset(
@@ -95,8 +97,11 @@ RUN_TERMINAL = frozenset(
 
 # The whole state machine. Anything not listed raises IllegalTransition.
 SHARD_TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
-    # pending -> failed: never admitted before the run's admission deadline
-    ShardState.PENDING: frozenset({ShardState.STARTING, ShardState.CANCELLED, ShardState.FAILED}),
+    # pending -> failed: never admitted before the run's admission deadline;
+    # pending -> skipped: a merge step whose ``when`` did not hold
+    ShardState.PENDING: frozenset(
+        {ShardState.STARTING, ShardState.CANCELLED, ShardState.FAILED, ShardState.SKIPPED}
+    ),
     # starting -> pending|failed: the launch itself failed (retry while budget remains)
     ShardState.STARTING: frozenset(
         {ShardState.RUNNING, ShardState.PENDING, ShardState.FAILED, ShardState.CANCELLED}
@@ -115,6 +120,7 @@ SHARD_TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
     ShardState.FAILED: frozenset(),
     ShardState.TIMED_OUT: frozenset(),
     ShardState.CANCELLED: frozenset(),
+    ShardState.SKIPPED: frozenset(),
 }
 
 # An attempt is one process: it starts once and ends once. starting -> ended: the
@@ -138,5 +144,9 @@ RUN_REOPEN: dict[RunState, RunState] = {
     state: RunState.QUEUED for state in RUN_TERMINAL if state is not RunState.SUCCEEDED
 }
 SHARD_REOPEN: dict[ShardState, ShardState] = {
-    state: ShardState.PENDING for state in SHARD_TERMINAL if state is not ShardState.SUCCEEDED
+    state: ShardState.PENDING
+    for state in SHARD_TERMINAL
+    if state not in (ShardState.SUCCEEDED, ShardState.SKIPPED)
 }
+# The merge step runs again after every retry, however it ended.
+MERGE_REOPEN: dict[ShardState, ShardState] = dict.fromkeys(SHARD_TERMINAL, ShardState.PENDING)

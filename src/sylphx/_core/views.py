@@ -99,6 +99,9 @@ class RunView(_View):
     compute_seconds: float = 0.0  # metered so far: sum over attempts of wall x machine units
     queue_position: int | None = None  # 1 = next to be admitted; None unless waiting
     reopened: int = 0  # times a retry reopened it (POST /v1/runs/{id}/retry)
+    # the merge step (spec ``merge``), as a shard with index -1: ``pending`` until every
+    # shard ended and ``when`` held (``skipped`` when it did not); not in the aggregate
+    merge: ShardView | None = None
 
 
 class RunList(_View):

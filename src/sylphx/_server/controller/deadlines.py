@@ -105,7 +105,7 @@ def stop_live(
                 latest.started_at, latest.stop_reason, latest.stop_requested_at, latest.killed_at
             ),
             now=now,
-            timeout_seconds=spec.timeout_seconds,
+            timeout_seconds=spec.for_index(shard.index).timeout_seconds,
             grace_seconds=preemption_grace if latest.stop_reason in _PREEMPTIONS else kill_grace,
             cancel_requested=run.cancel_requested_at is not None,
             run_failed=run.fail_reason is not None,

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from sylphx._core.errors import ExecutorError
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import AttemptState, ShardState
 from sylphx._server.executors.base import LOST, Executor, Exit, LaunchRequest, Mount
@@ -37,6 +38,7 @@ from sylphx._server.store.records import (
 )
 from sylphx._server.tenancy import secrets
 
+from . import merging
 from .bulkhead import PASS_LEVEL
 from .transitions import transition
 
@@ -46,9 +48,15 @@ _PENDING = (  # a run's first pending shards whose retryBackoff is over (built o
         SHARDS.c.run_id == bindparam("run_id"),
         SHARDS.c.state == ShardState.PENDING.value,
         or_(SHARDS.c.not_before.is_(None), SHARDS.c.not_before <= bindparam("now")),
+        SHARDS.c.index >= 0,  # the merge step starts on its own (see merging)
     )
     .order_by(SHARDS.c.index)
     .limit(bindparam("n"))
+)
+_MERGE_STEP = select(*shard_columns()).where(
+    SHARDS.c.run_id == bindparam("run_id"),
+    SHARDS.c.state == ShardState.PENDING.value,
+    SHARDS.c.index == MERGE_INDEX,
 )
 STARTING = AttemptState.STARTING
 _INSERT_ATTEMPTS = Batch(
@@ -62,7 +70,8 @@ def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> 
     folder per run (a folder per shard would be one more mkdir per launch). Readers use
     the paths stored on the attempt, so older layouts stay readable. Plain strings: a pass
     builds two per shard, and a ``Path`` costs more than the rest of the shard's launch."""
-    base = f"{logs_dir}/{run_id}/shard-{index}.attempt-{attempt}"
+    name = "merge" if index == MERGE_INDEX else f"shard-{index}"
+    base = f"{logs_dir}/{run_id}/{name}.attempt-{attempt}"
     return f"{base}.stdout", f"{base}.stderr"
 
 
@@ -102,9 +111,11 @@ class RunLaunch:
         return secrets.reveal(self._s, self._run.org_id, self._spec.secrets, self._cipher)
 
     def request(self, index: int, attempt: int, stdout: str, stderr: str) -> LaunchRequest:
-        """Shard ``index``'s attempt number ``attempt``; raises ExecutorError."""
+        """Shard ``index``'s attempt number ``attempt`` (the merge step's, fed its
+        manifest, for MERGE_INDEX); raises ExecutorError."""
         mounts, granted = self._parts()
-        spec = self._spec
+        spec = self._spec.for_index(index)
+        manifest = merging.manifest(self._s, self._run) if index == MERGE_INDEX else None
         return LaunchRequest(
             run_id=self._run.id,
             index=index,
@@ -121,19 +132,30 @@ class RunLaunch:
             mounts=mounts,
             network=spec.network,
             secrets=granted,
+            manifest=manifest,
         )
 
     def start(
-        self, executor: Executor, n: int, now: datetime, logs_dir: Path, home: Path
+        self,
+        executor: Executor,
+        n: int,
+        now: datetime,
+        logs_dir: Path,
+        home: Path,
+        *,
+        merge: bool = False,
     ) -> list[Exit]:
-        """Start the run's first ``n`` pending shards (each a new attempt) through
-        ``executor``: prepared now, stored with their handles, started by the executor's
-        flush once the pass committed (docs/adr/0004). Returns the launches that failed
-        (exit 127, LaunchError) for the caller to settle. A full disk raises StorageFull:
-        not the shards' fault. Any other error (a bug, a bad value) fails that shard's
-        launch too, and is kept in :attr:`fault`: the caller parks or ends the run, the
-        pass goes on."""
-        rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n, "now": now}).all()
+        """Start the run's first ``n`` pending shards (each a new attempt), or with
+        ``merge`` its merge step, through ``executor``: prepared now, stored with their
+        handles, started by the executor's flush once the pass committed (docs/adr/0004).
+        Returns the launches that failed (exit 127, LaunchError) for the caller to settle.
+        A full disk raises StorageFull: not the shards' fault. Any other error (a bug, a
+        bad value) fails that shard's launch too, and is kept in :attr:`fault`: the caller
+        parks or ends the run, the pass goes on."""
+        if merge:  # the run's merge step (its shards have all ended)
+            rows = self._s.execute(_MERGE_STEP, {"run_id": self._run.id}).all()
+        else:
+            rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n, "now": now}).all()
         shards = [ShardRecord(*row) for row in rows]
         attempts: list[dict[str, object]] = []
         failed: list[Exit] = []

@@ -28,7 +28,7 @@ from sylphx._server.infra.lease import Lease
 from sylphx._server.store import RunRow
 from sylphx._settings import Settings
 
-from . import bulkhead, deadlines, launching, rollup, scheduling, settle, survey
+from . import bulkhead, deadlines, launching, merging, rollup, scheduling, settle, survey
 from .bulkhead import PASS_LEVEL
 from .loop import PassLoop
 from .policy import failures, queue
@@ -42,6 +42,7 @@ FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this
 READING, SETTLING = "reading its spec", "settling its shards' exits"
 QUEUEING, STARTING = "deciding whether it starts", "starting its shards"
 RESTARTING = "stopping its gang to admit it again whole"
+MERGING = "deciding whether its merge step starts"
 
 
 # in the order they joined the queue: a run reopened by a retry joins it again at the back
@@ -151,14 +152,18 @@ class Reconciler(PassLoop):
                 "checking its failure limit",
                 lambda run: failures.fail_run_past_limit(run, specs[run.id], counts[run.id]),
             )
-            if self._admit(s, runs, counts, specs, now):
+            merges = self._merge_steps(s, runs, counts, specs, now)
+            if self._admit(s, runs, counts, specs, now, merges):
                 counts = survey.shard_counts(s)  # failed launches were settled
             bh.resolve(s, now)  # park or end the runs that failed a step
+            steps = survey.merges(s) if merges is not None else {}  # as they are now
             bh.each(
                 s,
                 [run for run in runs if not RunState(run.state).terminal],
                 "rolling it up",
-                lambda run: rollup.roll_up(s, run, counts[run.id], now, note=bh.notes.get(run.id)),
+                lambda run: rollup.roll_up(
+                    s, run, counts[run.id], now, note=bh.notes.get(run.id), merge=steps.get(run.id)
+                ),
                 skip_faulted=False,
             )
             bh.resolve(s, now)
@@ -255,6 +260,33 @@ class Reconciler(PassLoop):
         stops = self._bulkhead.each(s, [run for run in gangs if run], RESTARTING, restart)
         self._signals += [signal for signals in stops.values() for signal in signals]
 
+    def _merge_steps(
+        self,
+        s: Session,
+        runs: list[RunRow],
+        counts: dict[str, Counter[ShardState]],
+        specs: dict[str, RunSpec],
+        now: datetime,
+    ) -> dict[str, tuple[bool, str]] | None:
+        """The active runs' merge steps for the queue policy: live (True) or ready to start
+        (False), with their tiers; a step whose ``when`` does not hold is skipped. None:
+        no active run has a merge step."""
+        steps = survey.merges(s)
+        if not steps:
+            return None
+        ready = self._bulkhead.each(
+            s,
+            [run for run in self._bulkhead.live(runs) if run.id in steps],
+            MERGING,
+            lambda run: merging.decide(s, run, specs[run.id], counts[run.id], steps[run.id], now),
+        )
+        out = {run_id: (False, tier) for run_id, tier in ready.items() if tier}
+        for run_id, step in steps.items():
+            merge = specs[run_id].merge if run_id in specs else None
+            if ShardState(step.state).live and merge is not None:
+                out[run_id] = (True, merge.machine or specs[run_id].machine)
+        return out
+
     def _admit(
         self,
         s: Session,
@@ -262,6 +294,7 @@ class Reconciler(PassLoop):
         counts: dict[str, Counter[ShardState]],
         specs: dict[str, RunSpec],
         now: datetime,
+        merges: dict[str, tuple[bool, str]] | None = None,
     ) -> bool:
         """Ask the queue policy what starts (and what is preempted) now, and do it; True
         when a launch failed (and was settled), which may have ended a run."""
@@ -278,7 +311,7 @@ class Reconciler(PassLoop):
             return False
         self._disk_full = None
         backing_off = survey.backing_off(s, now)
-        decision = self._decide(s, runs, counts, backing_off, now)
+        decision = self._decide(s, runs, counts, backing_off, now, merges or {})
         victims = [victim.attempt_id for victim in decision.preempt]
         self._signals += deadlines.preempt(s, victims, now)  # sent after the commit
         for run in bh.live(runs):
@@ -296,7 +329,9 @@ class Reconciler(PassLoop):
             s,
             starting,
             STARTING,
-            lambda run: self._start(s, run, decision.starts[run.id], specs[run.id], now),
+            lambda run: self._start(
+                s, run, decision.starts[run.id], specs[run.id], now, merge=run.id in (merges or {})
+            ),
             isolated=True,
         )
         faulted = {run.id: bh.faults[run.id].error for run in starting if run.id in bh.faults}
@@ -317,6 +352,7 @@ class Reconciler(PassLoop):
         counts: dict[str, Counter[ShardState]],
         backing_off: dict[str, int],
         now: datetime,
+        merges: dict[str, tuple[bool, str]],
     ) -> queue.Decision:
         """The queue policy's decision (a run it fails on is parked, see bulkhead)."""
         capacity, ceiling = self.executor.capacity(), self.settings.max_preemptions_per_index
@@ -332,21 +368,26 @@ class Reconciler(PassLoop):
                 hold=self._bulkhead.faults.keys(),  # parked: their live shards still count
                 restarting=lambda: survey.restarting_gangs(s),
                 backing_off=backing_off,
+                merges=merges,
             ),
         )
 
-    def _start(self, s: Session, run: RunRow, n: int, spec: RunSpec, now: datetime) -> list[Exit]:
-        """Start ``n`` of the run's pending shards; the launches that failed."""
+    def _start(
+        self, s: Session, run: RunRow, n: int, spec: RunSpec, now: datetime, *, merge: bool
+    ) -> list[Exit]:
+        """Start ``n`` of the run's pending shards (``merge``: its merge step); the
+        launches that failed."""
         # Ray: a placement group of n bundles. Until the reservation is ready the gang
         # run stays queued; it is asked again next pass.
-        if run.gang and not self.executor.reserve_gang(run.id, n, run.machine):
+        if run.gang and not merge and not self.executor.reserve_gang(run.id, n, run.machine):
             run.message = f"waiting for the executor to reserve {n} x {run.machine} at once"
             return []
         if run.state == RunState.QUEUED:
             transition(run, RunState.RUNNING, now)
         launch = launching.RunLaunch(s, run, spec, self.cipher)
         try:
-            failed = launch.start(self.executor, n, now, self.settings.logs_dir, self.settings.home)
+            logs, home = self.settings.logs_dir, self.settings.home
+            failed = launch.start(self.executor, n, now, logs, home, merge=merge)
         except PASS_LEVEL:
             raise
         except Exception:  # its savepoint is rolled back: so are its prepared launches

@@ -9,9 +9,12 @@ from datetime import datetime
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.states import RUN_TRANSITIONS, RunState, ShardState
 from sylphx._server.store import RunRow, ShardRow
+from sylphx._server.store.records import ShardRecord
 
+from . import merging
 from .policy import success
 from .transitions import transition
 
@@ -21,15 +24,22 @@ _ENDED_SHARDS = select(ShardRow.index, ShardRow.state, ShardRow.ended_at).where(
 
 
 def roll_up(
-    s: Session, run: RunRow, counts: Counter[ShardState], now: datetime, note: str | None = None
+    s: Session,
+    run: RunRow,
+    counts: Counter[ShardState],
+    now: datetime,
+    note: str | None = None,
+    merge: ShardRecord | None = None,
 ) -> None:
-    """End the run once every shard is terminal (``counts``: its shards by state);
-    ``note``: why the run was parked this pass, kept in the message it ends with."""
+    """End the run once every shard is terminal (``counts``: its shards by state) and its
+    ``merge`` step, if it has one, has ended; ``note``: why the run was parked this pass,
+    kept in the message it ends with."""
     final = success.final_status(
         counts,
         cancel_requested=run.cancel_requested_at is not None,
         run_failed=run.fail_reason is not None,
     )
+    final = success.with_merge(final, ShardState(merge.state) if merge else None)
     if final is None:
         return
     if run.state == RunState.QUEUED and final not in RUN_TRANSITIONS[RunState.QUEUED]:
@@ -37,8 +47,9 @@ def roll_up(
     transition(run, final, now)
     shards = s.execute(_ENDED_SHARDS, {"run_id": run.id}).all()
     run.ended_at = max((ended for _, _, ended in shards if ended), default=now)
-    states = [(index, state) for index, state, _ in shards]
-    notes = (course_note(run), note, success.summary(states, counts))
+    states = [(index, state) for index, state, _ in shards if index != MERGE_INDEX]
+    merged = merging.note(run.id, merge)
+    notes = (course_note(run), note, success.summary(states, counts), merged)
     run.message = "; ".join(m for m in notes if m) or None
     run.queue_position = None
 

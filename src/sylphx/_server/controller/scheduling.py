@@ -22,8 +22,10 @@ from sylphx._server.store.records import SHARDS, ShardRecord, shard_columns, upd
 from .policy import queue
 from .transitions import transition
 
-_PENDING = select(*shard_columns()).where(
-    SHARDS.c.run_id == bindparam("run_id"), SHARDS.c.state == ShardState.PENDING.value
+_PENDING = select(*shard_columns()).where(  # a merge step waits on: see merging
+    SHARDS.c.run_id == bindparam("run_id"),
+    SHARDS.c.state == ShardState.PENDING.value,
+    SHARDS.c.index >= 0,
 )
 
 
@@ -37,6 +39,7 @@ def decide(
     hold: Collection[str] = (),
     restarting: Callable[[], set[str]] = set,
     backing_off: Mapping[str, int] | None = None,
+    merges: Mapping[str, tuple[bool, str]] | None = None,
 ) -> queue.Decision:
     """The queue policy's decision for this pass (``runs`` in submission order, ``counts``
     their shards by state). ``preemptible`` is asked only when a gang run waits. Runs in
@@ -44,8 +47,11 @@ def decide(
     ``restarting``: the gang runs whose members are being stopped to restart the gang
     (asked only when a gang has shards both live and pending): they start nothing until
     none is left running, then the gang is admitted again as one. ``backing_off``: the
-    pending shards of each run still waiting out their ``retryBackoff`` delay."""
-    backing_off = backing_off or {}
+    pending shards of each run still waiting out their ``retryBackoff`` delay. ``merges``:
+    the runs' merge steps that are live (True) or may start now (False), with their
+    tiers: a live one holds capacity, one that may start is a one-shard candidate (its
+    run has no other: every shard has ended)."""
+    backing_off, merges = backing_off or {}, merges or {}
     used = ZERO
     org_units: dict[str, float] = defaultdict(float)
     candidates: list[queue.Candidate] = []
@@ -69,6 +75,10 @@ def decide(
         if live:
             used = used + Resources.of_tier(run.machine, live)
             org_units[run.org_id] += MACHINES[run.machine].units * live
+        merge_live, merge_tier = merges.get(run.id, (False, ""))
+        if merge_live:
+            used = used + Resources.of_tier(merge_tier)
+            org_units[run.org_id] += MACHINES[merge_tier].units
         pending = count[ShardState.PENDING]
         pending -= backing_off.get(run.id, 0)  # retryBackoff: not yet
         stopped = run.cancel_requested_at is not None or run.fail_reason is not None
@@ -83,6 +93,9 @@ def decide(
                     queued=run.state == RunState.QUEUED,
                 )
             )
+        elif merge_tier and not merge_live and not stopped and run.id not in hold:
+            queued = run.state == RunState.QUEUED
+            candidates.append(queue.Candidate(run.id, run.org_id, False, merge_tier, 1, queued))
     if not candidates:
         return queue.Decision(waiting=waiting)
     victims, coming = preemptible() if any(c.gang for c in candidates) else ([], ZERO)

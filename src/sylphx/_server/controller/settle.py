@@ -92,11 +92,11 @@ def settle(
             runs[run.id] = run
             exit = by_handle[attempt.handle or ""]
             shard = shards[attempt.shard_id]
-            spec = spec_of(run.id)
+            spec = spec_of(run.id).for_index(shard.index)  # the merge step's own
             outcome = finish(attempt, shard, exit, spec, preemption_ceiling)
             if outcome.fail_run is not None and run.fail_reason is None:
                 run.fail_reason = outcome.fail_run  # the pass stops the rest of the run
-            usage.append(billing.usage(attempt, run, ran=exit.launched))
+            usage.append(billing.usage(attempt, run, ran=exit.launched, machine=spec.machine))
             retried = shard.state == ShardState.PENDING
             if spec.gang and exit.lost and retried and restarts is not None:
                 restarts.add(run.id)

@@ -20,6 +20,7 @@ from sqlalchemy import and_, bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from sylphx._core.machines import ZERO, Resources
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import RunState, ShardState, StopCause
 from sylphx._server.controller.policy.preemption import Victim
@@ -40,11 +41,16 @@ LIVE = (ShardState.STARTING.value, ShardState.RUNNING.value)
 
 # Built once: a pass runs these every time, and building a statement costs more than
 # SQLite takes to answer it.
-_SHARD_COUNTS = (
+_SHARD_COUNTS = (  # the merge step (index -1) is not a shard: see merges()
     select(ShardRow.run_id, ShardRow.state, func.count())
     .join(RunRow, RunRow.id == ShardRow.run_id)
-    .where(RunRow.state.in_(ACTIVE))
+    .where(RunRow.state.in_(ACTIVE), ShardRow.index >= 0)
     .group_by(ShardRow.run_id, ShardRow.state)
+)
+_MERGES = (
+    select(*shard_columns())
+    .join(RunRow, RunRow.id == SHARDS.c.run_id)
+    .where(RunRow.state.in_(ACTIVE), SHARDS.c.index == MERGE_INDEX)
 )
 _LIVE_CLOCKS = (
     select(
@@ -65,6 +71,7 @@ _BACKING_OFF = (
         RunRow.state.in_(ACTIVE),
         ShardRow.state == ShardState.PENDING.value,
         ShardRow.not_before > bindparam("now"),
+        ShardRow.index >= 0,
     )
     .group_by(ShardRow.run_id)
 )
@@ -83,6 +90,11 @@ def shard_counts(s: Session) -> dict[str, Counter[ShardState]]:
     return counts
 
 
+def merges(s: Session) -> dict[str, ShardRecord]:
+    """The merge step of every active run that has one (see ``_core.merge``)."""
+    return {shard.run_id: shard for shard in (ShardRecord(*row) for row in s.execute(_MERGES))}
+
+
 @dataclass(frozen=True)
 class Clocks:
     """The earliest moments a run's live attempts may need a signal."""
@@ -92,8 +104,11 @@ class Clocks:
 
     def due(self, spec: RunSpec, now: datetime, grace_seconds: float) -> bool:
         """Whether a timeout or a grace period of the run may have run out by ``now``."""
+        timeout = spec.timeout_seconds
+        if spec.merge is not None and spec.merge.timeout_seconds:  # the merge step's own
+            timeout = min(timeout, spec.merge.timeout_seconds)
         if self.first_started is not None and now >= self.first_started + timedelta(
-            seconds=spec.timeout_seconds
+            seconds=timeout
         ):
             return True
         return self.first_stop is not None and now >= self.first_stop + timedelta(
@@ -143,6 +158,7 @@ def preemptible(s: Session, now: datetime) -> tuple[list[Victim], Resources]:
             RunRow.state.in_(ACTIVE),
             RunRow.gang.is_(False),
             ShardRow.state.in_(LIVE),
+            ShardRow.index >= 0,  # a merge step is not an opportunistic shard
             AttemptRow.ended_at.is_(None),
         )
         .order_by(AttemptRow.id)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sylphx._core.errors import IllegalTransition
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.states import (
     ATTEMPT_TRANSITIONS,
+    MERGE_REOPEN,
     RUN_REOPEN,
     RUN_TRANSITIONS,
     SHARD_REOPEN,
@@ -91,7 +93,7 @@ def reopen(row: RunRow | ShardRow, now: datetime) -> None:
         row.reopened_at = now
         return
     current = ShardState(row.state)
-    target = SHARD_REOPEN.get(current)
+    target = (MERGE_REOPEN if row.index == MERGE_INDEX else SHARD_REOPEN).get(current)
     if target is None:
         raise IllegalTransition("shard", f"{row.run_id}/{row.index}", current, ShardState.PENDING)
     row.state = target.value

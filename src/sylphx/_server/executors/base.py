@@ -15,10 +15,12 @@ Signal = Literal["term", "kill"]
 
 @dataclass(frozen=True)
 class Mount:
-    """A host directory bind-mounted read-write at ``target`` inside the shard."""
+    """A host directory bind-mounted read-write at ``target`` inside the shard (or, with
+    ``read_only``, a file the platform gives it: the merge step's manifest)."""
 
     source: Path
     target: str
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class LaunchRequest:
     # granted secrets, as env vars; their values are masked in the attempt's logs
     secrets: dict[str, str] = field(default_factory=dict)
     network: bool = True
+    # the merge step's manifest (JSON), placed read-only where the envelope is built
+    # (see envelope.shard.place_manifest); ``manifest_at``: its path as the shard sees it
+    manifest: str | None = None
+    manifest_at: str | None = None
 
     def shard_env(self) -> dict[str, str]:
         """The platform's variables for this shard (the run's env is added on top)."""
@@ -52,6 +58,8 @@ class LaunchRequest:
         }
         if self.indexed:
             env["SYLPHX_SHARD_INDEX"] = str(self.index)
+        if self.manifest_at is not None:
+            env["SYLPHX_MANIFEST"] = self.manifest_at
         return env
 
 

@@ -12,7 +12,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sylphx._core import limits
+from sylphx._core.errors import ValidationError
 from sylphx._core.limits import Text
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import MAX_PARALLELISM, RunSpec
 from sylphx._core.states import RunState
@@ -138,14 +140,24 @@ async def get_logs(
     run_id: RunId,
     org_id: Org,
     runs: Runs,
-    shard: Annotated[int, Query(ge=0, lt=MAX_PARALLELISM)],
+    shard: Annotated[int | None, Query(ge=0, lt=MAX_PARALLELISM)] = None,
     stream: Literal["stdout", "stderr"] = "stdout",
     follow: bool = False,
     attempt: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPTS)] = None,
+    merge: bool = False,
 ) -> StreamingResponse:
-    """One shard's log as stored (secret values were masked as it was written); with
-    ``follow``, until the shard ends."""
-    body = runs.logs(run_id, org_id, shard, stream, attempt=attempt, follow=follow)
+    """One shard's log (or, with ``merge=true``, the merge step's) as stored (secret values
+    were masked as it was written); with ``follow``, until the shard ends."""
+    if (shard is None) == (not merge):
+        fix = "give shard=INDEX for a shard's log, or merge=true for the merge step's"
+        said = "is required" if shard is None else "cannot be given with merge=true"
+        raise ValidationError(
+            f"shard: {said}. Fix: {fix}.",
+            details=[{"field": "shard", "rule": said, "fix": fix}],
+        )
+    index = MERGE_INDEX if merge else shard
+    assert index is not None
+    body = runs.logs(run_id, org_id, index, stream, attempt=attempt, follow=follow)
     first = await anext(body, b"")  # surface NotFound as a 404 before streaming starts
 
     async def chained() -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ refuses the image with its output. A refused image is a 422 at submit.
 
 from __future__ import annotations
 
+import functools
 import shlex
 import subprocess
 from typing import Any
@@ -32,29 +33,36 @@ class ImagePolicy(BaseModel):
     deny_digests: list[str] = Field(default_factory=list)
 
 
-def refuse(rule: str, fix: str) -> ValidationError:
-    """A 422 naming ``image``, the rule it breaks and the fix."""
+def refuse(rule: str, fix: str, field: str = "image") -> ValidationError:
+    """A 422 naming ``field`` (``image``, ``merge.image``), the rule it breaks and the fix."""
     return ValidationError(
-        f"image: {rule}. Fix: {fix}.", details=[{"field": "image", "rule": rule, "fix": fix}]
+        f"{field}: {rule}. Fix: {fix}.", details=[{"field": field, "rule": rule, "fix": fix}]
     )
 
 
-def admit(ref: str, policy: dict[str, Any] | None, store: ImageStore, scanner: str | None) -> None:
+def admit(
+    ref: str,
+    policy: dict[str, Any] | None,
+    store: ImageStore,
+    scanner: str | None,
+    field: str = "image",
+) -> None:
     """Resolve ``ref`` (so it exists and is cached) and apply the policy and the scanner."""
+    no = functools.partial(refuse, field=field)
     rules = ImagePolicy.model_validate(policy or {})
     if rules.allowed_sources and not any(ref.startswith(p) for p in rules.allowed_sources):
-        raise refuse(
+        raise no(
             f"{ref} is not from a source this org allows ({', '.join(rules.allowed_sources)})",
             "use an image from an allowed source, or ask an operator to allow it",
         )
     if rules.require_digest and "@sha256:" not in ref:
-        raise refuse(
+        raise no(
             f"{ref} is not pinned by digest, and this org requires digest pinning",
             "refer to the image as NAME@sha256:<digest>",
         )
     image = store.resolve(ref)
     if image.digest in rules.deny_digests:
-        raise refuse(f"{ref} ({image.digest}) is on this org's deny list", "use another image")
+        raise no(f"{ref} ({image.digest}) is on this org's deny list", "use another image")
     if scanner:
         argv = [*shlex.split(scanner), ref, image.digest, str(image.rootfs)]
         try:
@@ -62,13 +70,13 @@ def admit(ref: str, policy: dict[str, Any] | None, store: ImageStore, scanner: s
                 argv, capture_output=True, text=True, timeout=SCANNER_TIMEOUT_SECONDS
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise refuse(
+            raise no(
                 f"the image scanner could not run ({exc})",
                 "check SYLPHX_IMAGE_SCANNER on the server",
             ) from None
         if done.returncode != 0:
             said = (done.stdout + done.stderr).strip()[-2000:] or f"exit {done.returncode}"
-            raise refuse(
+            raise no(
                 f"refused by the image scanner: {said}",
                 "fix what the scanner reports, or use another image",
             )

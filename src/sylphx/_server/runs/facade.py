@@ -18,6 +18,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.types import Receive
 
 from sylphx._core.errors import ServerUnavailable
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import RunState, ShardState
@@ -76,7 +77,8 @@ class RunService:
             assert org is not None
             run = service.replay(s, org.id, idempotency_key, spec)
             if run is not None:  # a repeated submit: the run it made, as it is now
-                out = service.view(run, service.state_counts(s, [run.id])[run.id])
+                merge = service.merge_views(s, [run]).get(run.id)
+                out = service.view(run, service.state_counts(s, [run.id])[run.id], merge=merge)
             else:
                 run = service.submit(
                     s,
@@ -86,7 +88,9 @@ class RunService:
                     now=self.now(),
                     idempotency_key=idempotency_key,
                 )
-                out = service.view(run, Counter({ShardState.PENDING: spec.parallelism}))
+                waiting = ShardView(index=MERGE_INDEX, status=ShardState.PENDING)
+                counts = Counter({ShardState.PENDING: spec.parallelism})
+                out = service.view(run, counts, merge=waiting if spec.merge else None)
             # rendered before the commit: a run whose answer cannot be sent is not stored
             body = out.model_dump_json(by_alias=True).encode()
         self.wake()
@@ -104,12 +108,17 @@ class RunService:
         # nothing of the control plane visible, whatever the spec says (422, nothing stored)
         local = self.executor.name == "local"  # Ray shards run on nodes: no existence check
         check_host_paths(spec, self.settings, local=local)
-        if spec.image is not None:  # resolve + policy + scanner, outside the write lock
+        images: dict[str, str] = {"image": spec.image} if spec.image else {}
+        if spec.merge and spec.merge.image and spec.merge.image != spec.image:
+            images["merge.image"] = spec.merge.image  # each image checked once
+        if images:  # resolve + policy + scanner, outside the write lock
             self.executor.check_images()  # the executor can run images at all (422 if not)
             with self.reads() as s:
                 org_row = s.get(OrgRow, org_id)
                 policy = org_row.image_policy if org_row else None
-            image_policy.admit(spec.image, policy, self.images, self.settings.image_scanner)
+            for field, ref in images.items():
+                scanner = self.settings.image_scanner
+                image_policy.admit(ref, policy, self.images, scanner, field)
 
     def cancel(self, run_id: str, org_id: str) -> RunView:
         """Ask for the run to stop; a queued run is settled at once (and its long-polls

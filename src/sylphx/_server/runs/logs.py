@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sylphx._core.errors import NotFound, ValidationError
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.states import ShardState
 from sylphx._server.executors.local.shardlog import Redactor
 from sylphx._server.store import AttemptRow, RunRow, ShardRow
@@ -43,6 +44,12 @@ def locate(
     shard = s.scalars(
         select(ShardRow).where(ShardRow.run_id == run_id, ShardRow.index == index)
     ).first()
+    if shard is None and index == MERGE_INDEX:
+        fix = "give a merge step in the run's spec (merge.command) to have one"
+        raise ValidationError(
+            f"merge: run {run_id} has no merge step. Fix: {fix}.",
+            details=[{"field": "merge", "rule": "the run has no merge step", "fix": fix}],
+        )
     if shard is None:  # the index is past the run's parallelism
         fix = f"pick a shard from 0 to {run.parallelism - 1}"
         raise ValidationError(
@@ -56,7 +63,7 @@ def locate(
     if attempt is not None and row is None:
         fix = f"pick an attempt from 1 to {shard.attempts}" if shard.attempts else "omit attempt"
         raise ValidationError(
-            f"attempt: shard {index} of run {run_id} has no attempt {attempt}"
+            f"attempt: {_named(index)} of run {run_id} has no attempt {attempt}"
             f" (it has {shard.attempts}). Fix: {fix}.",
             details=[{"field": "attempt", "rule": f"must be {shard.attempts} or less", "fix": fix}],
         )
@@ -65,6 +72,10 @@ def locate(
         return Where(done, None, None, True)
     path = row.stdout_path if stream == "stdout" else row.stderr_path
     return Where(done, row.number, path, row.ended_at is not None, bool(row.legacy_log))
+
+
+def _named(index: int) -> str:
+    return "the merge step" if index == MERGE_INDEX else f"shard {index}"
 
 
 async def stream_log(

@@ -1,7 +1,8 @@
 """Retrying the unsuccessful indices of an ended run, in the same run (``POST
 /v1/runs/{id}/retry``): the run is reopened through the one transition function, the
 chosen indices go back to pending with a fresh retry budget, and the queue, the quotas and
-admission treat them as a submit of that many shards would be treated."""
+admission treat them as a submit of that many shards would be treated. A merge step runs
+again once they have ended (a run whose merge alone failed is retried for its merge)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,24 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from sylphx._core.errors import ConflictError, NotFound, ValidationError
+from sylphx._core.errors import ConflictError, ValidationError
 from sylphx._core.indexes import OutOfRange, compress, expand
 from sylphx._core.machines import Resources
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import SHARD_REOPEN, RunState, ShardState
 from sylphx._server.controller.policy import admission
 from sylphx._server.controller.transitions import reopen
-from sylphx._server.store import OrgRow, RunRow, ShardRow, VolumeRow
-from sylphx._server.tenancy import quota, secrets
+from sylphx._server.store import OrgRow, RunRow, ShardRow
+from sylphx._server.tenancy import quota
 from sylphx._server.tenancy.orgs import limits
 
-from .service import load, shards_in_use
+from .service import check_references, load, shards_in_use
 
 __all__ = ["retry"]
+
+_MERGE_FAILED = (ShardState.FAILED, ShardState.TIMED_OUT, ShardState.CANCELLED)
 
 
 def retry(
@@ -49,9 +53,13 @@ def retry(
             f"run {run_id} is {run.state}: only an ended run can be retried. Fix: {fix}.",
             details=[{"field": "status", "rule": "must be terminal", "fix": fix}],
         )
-    shards = {shard.index: shard for shard in run.shards}
-    chosen = _chosen(run, request, shards)
+    shards = {shard.index: shard for shard in run.shards if shard.index >= 0}
+    step = next((shard for shard in run.shards if shard.index == MERGE_INDEX), None)
+    merge_failed = step is not None and ShardState(step.state) in _MERGE_FAILED
+    chosen = _chosen(run, request, shards, merge_failed=merge_failed)
     stopping = [i for i in chosen if any(a.ended_at is None for a in shards[i].history)]
+    if step is not None and any(a.ended_at is None for a in step.history):
+        stopping.append(MERGE_INDEX)
     if stopping:  # a new attempt beside the old process: never
         raise ConflictError(
             f"run {run_id} has ended but index {compress(stopping)} is still being stopped."
@@ -59,33 +67,32 @@ def retry(
             details=[{"field": "indices", "rule": "still stopping", "fix": "retry shortly"}],
         )
     spec = RunSpec.from_store(run.spec)
-    quota.check(limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=len(chosen))
-    admission.check_schedulable(
-        machine=run.machine, parallelism=len(chosen), gang=run.gang, total=capacity
-    )
-    secrets.check_exist(s, org.id, spec.secrets)
-    for mount in spec.volume_mounts:
-        volume = s.get(VolumeRow, mount.volume_id)
-        if volume is None or volume.org_id != org.id:
-            raise NotFound(
-                f"volumeMounts: volume {mount.volume_id!r} of run {run_id} no longer exists,"
-                " so its shards cannot run again. Fix: submit a new run with a volume that"
-                " exists (sylphx volumes list)."
-            )
+    in_use = shards_in_use(s, org.id)
+    quota.check(limits(org), org=org.name, in_use=in_use, requested=len(chosen) or 1)
+    if chosen:
+        admission.check_schedulable(
+            machine=run.machine, parallelism=len(chosen), gang=run.gang, total=capacity
+        )
+    check_references(s, org.id, spec, run_id)
     for index in chosen:
         reopen(shards[index], now)
+    if step is not None:  # the merge step runs again, fed the new outcome
+        reopen(step, now)
     reopen(run, now)
     run.reopen_key = key
     run.queue_position = None
     return run
 
 
-def _chosen(run: RunRow, request: RetryRequest, shards: dict[int, ShardRow]) -> list[int]:
-    """The indices to run again, or the 409/422 that names the one that cannot be."""
+def _chosen(
+    run: RunRow, request: RetryRequest, shards: dict[int, ShardRow], *, merge_failed: bool
+) -> list[int]:
+    """The indices to run again (none: only the merge step, which failed), or the 409/422
+    that names the one that cannot be."""
     states = {index: ShardState(shard.state) for index, shard in shards.items()}
     if request.indices is None:
         chosen = sorted(i for i, state in states.items() if state in SHARD_REOPEN)
-        if not chosen:
+        if not chosen and not merge_failed:
             raise ConflictError(
                 f"run {run.id} has no failed, timed_out or cancelled index to retry. Fix:"
                 " submit a new run to run it all again.",

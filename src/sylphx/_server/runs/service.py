@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select
+from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from sylphx._core.errors import ConflictError, NotFound, Unschedulable, ValidationError
 from sylphx._core.ids import new_id
 from sylphx._core.machines import CPU_MACHINES, MACHINES, Resources
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import AttemptState, RunState, ShardState
 from sylphx._core.views import AttemptView, RunList, RunView, ShardView
 from sylphx._server.controller.policy import admission, success
 from sylphx._server.controller.transitions import transition
-from sylphx._server.store import OrgRow, RunRow, ShardRow, VolumeRow
+from sylphx._server.store import AttemptRow, OrgRow, RunRow, ShardRow, VolumeRow
 from sylphx._server.store.batch import Batch
 from sylphx._server.store.records import SHARDS
 from sylphx._server.tenancy import billing, quota, secrets
@@ -59,27 +61,26 @@ def submit(
     """Store a new queued run and its pending shards, refusing what could never run and
     what the org's plan does not allow. Call inside a transaction that serialized writers
     and locked ``org`` (so the quota check and the reservation are one step)."""
-    if MACHINES[spec.machine].gpu:
-        fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
-        raise Unschedulable(
-            f"machine: {spec.machine} is reserved in the API, but GPU node pools are not yet"
-            f" available, so it cannot be admitted. Fix: {fix}.",
-            details=[{"field": "machine", "rule": "GPU tiers are not admitted yet", "fix": fix}],
-        )
+    merge_machine = spec.merge.machine if spec.merge else None
+    for field, machine in (("machine", spec.machine), ("merge.machine", merge_machine)):
+        if machine and MACHINES[machine].gpu:
+            fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
+            raise Unschedulable(
+                f"{field}: {machine} is reserved in the API, but GPU node pools are not yet"
+                f" available, so it cannot be admitted. Fix: {fix}.",
+                details=[{"field": field, "rule": "GPU tiers are not admitted yet", "fix": fix}],
+            )
     quota.check(
         limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
     )
     admission.check_schedulable(
         machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
     )
-    secrets.check_exist(s, org.id, spec.secrets)
-    for mount in spec.volume_mounts:
-        volume = s.get(VolumeRow, mount.volume_id)
-        if volume is None or volume.org_id != org.id:
-            raise NotFound(
-                f"volumeMounts: volume {mount.volume_id!r} does not exist. Fix: create it with"
-                " `sylphx volumes create` (POST /v1/volumes) and use its id."
-            )
+    if merge_machine:
+        admission.check_schedulable(
+            machine=merge_machine, parallelism=1, gang=False, total=capacity, field="merge.machine"
+        )
+    check_references(s, org.id, spec)
     run = RunRow(
         id=new_id("wrk"),
         org_id=org.id,
@@ -106,10 +107,30 @@ def submit(
                 "preemptions": 0,
                 "ignored": 0,
             }
-            for i in range(spec.parallelism)
+            for i in [*range(spec.parallelism), *([MERGE_INDEX] if spec.merge else [])]
         ],
     )
     return run
+
+
+def check_references(s: Session, org_id: str, spec: RunSpec, run_id: str | None = None) -> None:
+    """The secrets and volumes ``spec`` names exist and are the org's, or NotFound naming
+    the one that is not (``run_id``: the ended run a retry would run again)."""
+    secrets.check_exist(s, org_id, spec.secrets)
+    for mount in spec.volume_mounts:
+        volume = s.get(VolumeRow, mount.volume_id)
+        if volume is not None and volume.org_id == org_id:
+            continue
+        if run_id is None:
+            raise NotFound(
+                f"volumeMounts: volume {mount.volume_id!r} does not exist. Fix: create it with"
+                " `sylphx volumes create` (POST /v1/volumes) and use its id."
+            )
+        raise NotFound(
+            f"volumeMounts: volume {mount.volume_id!r} of run {run_id} no longer exists,"
+            " so its shards cannot run again. Fix: submit a new run with a volume that"
+            " exists (sylphx volumes list)."
+        )
 
 
 _IN_USE = (  # built once: every submit runs it
@@ -119,6 +140,8 @@ _IN_USE = (  # built once: every submit runs it
     .where(
         RunRow.org_id == bindparam("org_id"),
         ShardRow.state.in_([st.value for st in ShardState if not st.terminal]),
+        # a merge step holds a unit only while it runs (its run's shards have all ended)
+        or_(ShardRow.index >= 0, ShardRow.state.in_([st.value for st in ShardState if st.live])),
     )
 )
 
@@ -181,13 +204,19 @@ def delete(s: Session, run_id: str, org_id: str) -> list[str]:
 
 
 def view(
-    run: RunRow | Row[Any], counts: Counter[ShardState] | None = None, compute_seconds: float = 0.0
+    run: RunRow | Row[Any],
+    counts: Counter[ShardState] | None = None,
+    compute_seconds: float = 0.0,
+    merge: ShardView | None = None,
 ) -> RunView:
     """The wire view of a run: a RunRow (its shards loaded unless ``counts`` is given) or a
-    row of the runs table with ``counts``."""
+    row of the runs table with ``counts`` (of its shards, the merge step's not among them)
+    and its ``merge`` step's view."""
     if counts is None:
         assert isinstance(run, RunRow)
-        counts = success.count_states(shard.state for shard in run.shards)
+        counts = success.count_states(shard.state for shard in run.shards if shard.index >= 0)
+        step = next((shard for shard in run.shards if shard.index == MERGE_INDEX), None)
+        merge = shard_view(step, step.history) if step is not None else None
     state = RunState(run.state)
     return RunView(
         id=run.id,
@@ -202,23 +231,49 @@ def view(
         compute_seconds=compute_seconds,
         queue_position=run.queue_position if state is RunState.QUEUED else None,
         reopened=run.reopened or 0,
+        merge=merge,
     )
 
 
 def full_view(s: Session, run: RunRow, now: datetime) -> RunView:
     """The view with the compute-seconds metered so far."""
-    return view(run, compute_seconds=billing.run_compute_seconds(s, run, now))
+    out = view(run)
+    tier = metered_tier(run, out.merge)
+    return out.model_copy(update={"compute_seconds": billing.run_usage(s, run.id, tier, now)[0]})
 
 
-_RUNS, _SHARDS = RunRow.__table__, ShardRow.__table__
+_RUNS, _SHARDS, _ATTEMPTS = RunRow.__table__, ShardRow.__table__, AttemptRow.__table__
 # Prebuilt Core statements for the polling path: no ORM objects, and no statement to build
 # and hash per request (SQLAlchemy's compiled cache is keyed on the statement's structure).
 _RUN = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.org_id == bindparam("org_id"))
 _STATE_COUNTS = (
     select(_SHARDS.c.run_id, _SHARDS.c.state, func.count())
-    .where(_SHARDS.c.run_id.in_(bindparam("run_ids", expanding=True)))
+    .where(_SHARDS.c.run_id.in_(bindparam("run_ids", expanding=True)), _SHARDS.c.index >= 0)
     .group_by(_SHARDS.c.run_id, _SHARDS.c.state)
 )
+_MERGES = select(_SHARDS).where(
+    _SHARDS.c.run_id.in_(bindparam("run_ids", expanding=True)), _SHARDS.c.index == MERGE_INDEX
+)
+_MERGE_ATTEMPTS = (
+    select(_ATTEMPTS)
+    .where(_ATTEMPTS.c.shard_id.in_(bindparam("shard_ids", expanding=True)))
+    .order_by(_ATTEMPTS.c.number)
+)
+
+
+def merge_views(
+    db: Session | Connection, runs: list[RunRow] | list[Row[Any]]
+) -> dict[str, ShardView]:
+    """The merge steps of those of ``runs`` that have one, by run id (two small queries,
+    none for runs without a merge)."""
+    ids = [run.id for run in runs if (run.spec or {}).get("merge")]
+    if not ids:
+        return {}
+    steps = db.execute(_MERGES, {"run_ids": ids}).all()
+    history: dict[int, list[Row[Any]]] = {step.id: [] for step in steps}
+    for attempt in db.execute(_MERGE_ATTEMPTS, {"shard_ids": list(history)}):
+        history[attempt.shard_id].append(attempt)
+    return {step.run_id: shard_view(step, history[step.id]) for step in steps}
 
 
 def read(db: Session | Connection, run_id: str, org_id: str, now: datetime) -> tuple[RunView, bool]:
@@ -229,9 +284,18 @@ def read(db: Session | Connection, run_id: str, org_id: str, now: datetime) -> t
     if run is None:
         raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
     counts = state_counts(db, [run_id])[run_id]
-    compute, unended = billing.run_usage(db, run_id, run.machine, now)
+    merge = merge_views(db, [run]).get(run_id)
+    compute, unended = billing.run_usage(db, run_id, metered_tier(run, merge), now)
     final = RunState(run.state).terminal and unended == 0
-    return view(run, counts, compute), final
+    return view(run, counts, compute, merge), final
+
+
+def metered_tier(run: RunRow | Row[Any], merge: ShardView | None) -> str:
+    """The tier the run's live attempts are metered at: its merge step's while that runs
+    (every shard has ended by then), else its own."""
+    if merge is not None and merge.status.live:
+        return str((run.spec.get("merge") or {}).get("machine") or run.machine)
+    return str(run.machine)
 
 
 def state_counts(db: Session | Connection, run_ids: list[str]) -> dict[str, Counter[ShardState]]:
@@ -244,41 +308,42 @@ def state_counts(db: Session | Connection, run_ids: list[str]) -> dict[str, Coun
 
 
 def shard_views(run: RunRow) -> list[ShardView]:
-    out = []
-    for shard in run.shards:
-        duration = None
-        if shard.started_at is not None and shard.ended_at is not None:
-            duration = round((shard.ended_at - shard.started_at).total_seconds(), 3)
-        history = [
-            AttemptView(
-                attempt=a.number,
-                status=AttemptState(a.state),
-                exit_code=a.exit_code,
-                reason=a.reason,
-                started_at=a.started_at,
-                ended_at=a.ended_at,
-                log_truncated=a.log_truncated.split(",") if a.log_truncated else [],
-            )
-            for a in shard.history
-        ]
-        latest = max(history, key=lambda a: a.attempt, default=None)
-        out.append(
-            ShardView(
-                index=shard.index,
-                status=ShardState(shard.state),
-                attempts=shard.attempts,
-                preemptions=shard.preemptions,
-                exit_code=shard.exit_code,
-                reason=shard.reason,
-                started_at=shard.started_at,
-                ended_at=shard.ended_at,
-                duration_seconds=duration,
-                retry_at=shard.not_before if shard.state == ShardState.PENDING else None,
-                log_truncated=latest.log_truncated if latest is not None else [],
-                history=history,
-            )
+    """The run's shards (the merge step is not one) with their attempts."""
+    return [shard_view(shard, shard.history) for shard in run.shards if shard.index >= 0]
+
+
+def shard_view(shard: ShardRow | Row[Any], attempts: Sequence[AttemptRow | Row[Any]]) -> ShardView:
+    """One shard (or the merge step) with its ``attempts``, as the API shows it."""
+    duration = None
+    if shard.started_at is not None and shard.ended_at is not None:
+        duration = round((shard.ended_at - shard.started_at).total_seconds(), 3)
+    history = [
+        AttemptView(
+            attempt=a.number,
+            status=AttemptState(a.state),
+            exit_code=a.exit_code,
+            reason=a.reason,
+            started_at=a.started_at,
+            ended_at=a.ended_at,
+            log_truncated=a.log_truncated.split(",") if a.log_truncated else [],
         )
-    return out
+        for a in attempts
+    ]
+    latest = max(history, key=lambda a: a.attempt, default=None)
+    return ShardView(
+        index=shard.index,
+        status=ShardState(shard.state),
+        attempts=shard.attempts,
+        preemptions=shard.preemptions,
+        exit_code=shard.exit_code,
+        reason=shard.reason,
+        started_at=shard.started_at,
+        ended_at=shard.ended_at,
+        duration_seconds=duration,
+        retry_at=shard.not_before if shard.state == ShardState.PENDING else None,
+        log_truncated=latest.log_truncated if latest is not None else [],
+        history=history,
+    )
 
 
 def list_runs(
@@ -302,5 +367,6 @@ def list_runs(
     more = len(runs) > limit
     runs = runs[:limit]
     counts = state_counts(s, [run.id for run in runs])
-    items = [view(run, counts[run.id]) for run in runs]
+    merges = merge_views(s, runs)
+    items = [view(run, counts[run.id], merge=merges.get(run.id)) for run in runs]
     return RunList(items=items, next_cursor=runs[-1].id if more and runs else None)

@@ -51,24 +51,29 @@ def meter(machine: str, started_at: datetime, ended_at: datetime) -> tuple[float
 
 
 def usage(
-    attempt: AttemptRow | AttemptRecord, run: RunRow, *, ran: bool = True
+    attempt: AttemptRow | AttemptRecord,
+    run: RunRow,
+    *,
+    ran: bool = True,
+    machine: str | None = None,
 ) -> dict[str, object]:
-    """The usage row of an ended attempt (see :func:`record`); ``ran=False`` (the launch
-    failed) bills zero, and so does an attempt that never started (it ended while it
-    waited for a Ray node)."""
+    """The usage row of an ended attempt (see :func:`record`), at ``machine`` (default:
+    the run's tier; the merge step's own); ``ran=False`` (the launch failed) bills zero,
+    and so does an attempt that never started (it ended while it waited for a Ray node)."""
     assert attempt.ended_at is not None
+    tier = machine or run.machine
     started = attempt.started_at or attempt.ended_at
     ended = attempt.ended_at if ran else started
-    wall, compute = meter(run.machine, started, ended)
+    wall, compute = meter(tier, started, ended)
     return {
         "attempt_id": attempt.id,
         "org_id": run.org_id,
         "run_id": run.id,
-        "machine": run.machine,
+        "machine": tier,
         "started_at": started,
         "ended_at": attempt.ended_at,
         "wall_seconds": wall,
-        "units": MACHINES[run.machine].units,
+        "units": MACHINES[tier].units,
         "compute_seconds": compute,
     }
 
@@ -99,11 +104,6 @@ def record(s: Session, rows: list[dict[str, object]]) -> None:
                 for (org, run, machine, day), (wall, compute) in days.items()
             ],
         )  # fmt: skip
-
-
-def run_compute_seconds(s: Session, run: RunRow, now: datetime) -> float:
-    """Metered so far: ended attempts plus the open window of live ones."""
-    return run_usage(s, run.id, run.machine, now)[0]
 
 
 _USAGE: Table = UsageRow.__table__  # type: ignore[assignment]

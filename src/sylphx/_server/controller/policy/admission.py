@@ -10,18 +10,20 @@ from sylphx._core.machines import ZERO, Resources
 __all__ = ["ZERO", "Resources", "check_schedulable"]
 
 
-def check_schedulable(*, machine: str, parallelism: int, gang: bool, total: Resources) -> None:
-    """Refuse at submit a run that could never start on an executor of size ``total``."""
+def check_schedulable(
+    *, machine: str, parallelism: int, gang: bool, total: Resources, field: str = "machine"
+) -> None:
+    """Refuse at submit a run that could never start on an executor of size ``total``
+    (``field``: where the tier was given, ``machine`` or ``merge.machine``)."""
     unit = Resources.of_tier(machine)
     tier_fix = "pick a smaller machine tier"
     if not unit.fits_in(total):
         raise Unschedulable(
-            f"one {machine} shard needs {unit.text()}, but this executor has {total.text()} in"
+            f"{field}: one {machine} shard needs {unit.text()}, but this executor has"
+            f" {total.text()} in"
             f" total, so it can never start. Fix: {tier_fix}, or add capacity"
             " (SYLPHX_LOCAL_CPUS / SYLPHX_LOCAL_MEMORY, or a larger cluster).",
-            details=[
-                {"field": "machine", "rule": "shard larger than the executor", "fix": tier_fix}
-            ],
+            details=[{"field": field, "rule": "shard larger than the executor", "fix": tier_fix}],
         )
     if not gang:
         return

@@ -6,6 +6,9 @@ The rule, in order:
 2b. its failure policy failed it     -> failed (FailRun, more than maxFailedIndexes)
 3. no index succeeded               -> timed_out if every unsuccessful shard timed out, else failed
 4. otherwise                        -> partial
+5. with a merge step (spec ``merge``): the run waits for it; a merge that failed or timed
+   out makes the run failed, one cancelled makes it cancelled; one that succeeded or was
+   skipped leaves the status above.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ def final_status(
         timed_out = counts[ShardState.TIMED_OUT]
         return RunState.TIMED_OUT if timed_out == total else RunState.FAILED
     return RunState.PARTIAL
+
+
+def with_merge(final: RunState | None, merge: ShardState | None) -> RunState | None:
+    """The run's status (rule 5) once its merge step (``merge``: its state, None when
+    the run has none) is counted: None while the step has not ended."""
+    if final is None or merge is None:
+        return final
+    if not merge.terminal:
+        return None
+    if merge in (ShardState.SUCCEEDED, ShardState.SKIPPED) or final is RunState.CANCELLED:
+        return final
+    if merge is ShardState.CANCELLED:  # stopped with its run (a cancel, a failure policy)
+        return final if final is not RunState.SUCCEEDED else RunState.CANCELLED
+    return RunState.FAILED
 
 
 def aggregate(status: RunState, counts: Counter[ShardState]) -> Aggregate:

@@ -122,7 +122,12 @@ class Sandbox:
             args += [*_parents(path, private), "--ro-bind", str(path), str(path)]
         for mount in self.mounts:
             _check_mount_point(self.base, mount.target)
-            args += ["--bind", str(mount.source), f"{root}{mount.target}"]
+            if mount.read_only:  # the platform's file, in a folder the shard may search
+                parent = os.path.dirname(mount.target)
+                args += ["--perms", "0755", "--dir", f"{root}{parent}"]
+                args += ["--ro-bind", str(mount.source), f"{root}{mount.target}"]
+            else:
+                args += ["--bind", str(mount.source), f"{root}{mount.target}"]
         if host:  # last, so that nothing bound above can show them again
             args += _hides(self.policy.hide, extra)
             if os.path.isdir("/sys/fs/cgroup"):

@@ -5,12 +5,14 @@ this host, a Ray task on its node."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
+from sylphx._core.merge import MANIFEST_PATH
 from sylphx._server.executors.base import LaunchRequest, Mount
 from sylphx._server.executors.local.processes import check_program, visible_host_paths
 from sylphx._server.images.store import UnpackedImage
@@ -43,8 +45,27 @@ def bwrap_prefix(mounts: list[Mount]) -> list[str]:
         elif os.path.isdir(host):
             args += ["--bind", host, host]
     for mount in mounts:
-        args += ["--bind", str(mount.source), mount.target]
+        args += ["--ro-bind" if mount.read_only else "--bind", str(mount.source), mount.target]
     return [*args, "--"]
+
+
+def place_manifest(request: LaunchRequest, directory: Path, *, sandbox: bool) -> LaunchRequest:
+    """The merge step's request with its manifest written under ``directory`` (on the
+    host that runs it), read-only: bound at MANIFEST_PATH in the sandbox, or, without
+    one, named by its host path. Any other request is returned as it is."""
+    if request.manifest is None:
+        return request
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"manifest.attempt-{request.attempt}.json"
+    partial = path.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    partial.write_text(request.manifest)
+    partial.chmod(0o444)
+    os.replace(partial, path)  # a relaunch of the attempt writes the same file again
+    if not sandbox:
+        return dataclasses.replace(request, manifest_at=str(path))
+    mount = Mount(path, MANIFEST_PATH, read_only=True)
+    return dataclasses.replace(request, mounts=[*request.mounts, mount], manifest_at=MANIFEST_PATH)
 
 
 def shard_env(
@@ -69,6 +90,8 @@ def own_volumes(mounts: Sequence[Mount], policy: Policy) -> None:
     if os.geteuid() != 0:
         return
     for mount in mounts:
+        if mount.read_only:  # the platform's file (the manifest): readable, never theirs
+            continue
         st = os.stat(mount.source)
         if (st.st_uid, st.st_gid) != (policy.uid, policy.gid):
             os.chown(mount.source, policy.uid, policy.gid)

@@ -12,7 +12,12 @@ from pathlib import Path
 from sylphx._core.errors import ExecutorError
 from sylphx._server.executors.base import LaunchRequest
 from sylphx._server.executors.envelope.sandbox import Policy
-from sylphx._server.executors.envelope.shard import host_envelope, image_envelope, shard_env
+from sylphx._server.executors.envelope.shard import (
+    host_envelope,
+    image_envelope,
+    place_manifest,
+    shard_env,
+)
 from sylphx._server.images.store import ImageStore
 
 Envelope = tuple[list[str], dict[str, str], Path]
@@ -35,6 +40,17 @@ class Envelopes:
         self._cache: dict[tuple[object, ...], tuple[list[str], Path]] = {}  # per run
 
     def __call__(self, request: LaunchRequest) -> Envelope:
+        if request.manifest is not None:  # a merge step: once per run, never cached
+            directory = self._scratch(request.run_id)
+            request = place_manifest(request, directory, sandbox=self._sandbox)
+            if request.image is None:
+                return host_envelope(
+                    request,
+                    sandbox=self._sandbox,
+                    policy=self._policy,
+                    host_path=self._host_path,
+                    scratch=lambda: directory,
+                )
         if request.image is not None:
             return self._image(request)
         key = (

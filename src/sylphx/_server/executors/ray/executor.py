@@ -199,7 +199,8 @@ class RayExecutor:
         with self._lock:
             if handle in self._queued or self._ledger.handed_over(handle):  # idempotent
                 return handle
-            bundle = self._gangs.bundle(handle, request.run_id)
+            # a merge step (index -1) runs after its gang, never in one of its bundles
+            bundle = self._gangs.bundle(handle, request.run_id) if request.index >= 0 else None
             self._queued[handle] = (handle, request, bundle)  # submitted at flush
         return handle
 

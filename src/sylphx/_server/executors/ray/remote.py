@@ -38,7 +38,11 @@ from sylphx._core.errors import ExecutorError, SylphxError
 from sylphx._server.executors.base import LaunchRequest, Signal
 from sylphx._server.executors.envelope.node import NodeFds
 from sylphx._server.executors.envelope.sandbox import Policy
-from sylphx._server.executors.envelope.shard import host_envelope, image_envelope
+from sylphx._server.executors.envelope.shard import (
+    host_envelope,
+    image_envelope,
+    place_manifest,
+)
 from sylphx._server.executors.local.cgroups import Cgroups, ShardCgroup
 from sylphx._server.executors.local.netstack import CHAIN_ENV
 from sylphx._server.executors.local.processes import check_program, shard_processes
@@ -175,6 +179,8 @@ def run_streaming(
     group = None
     fds = None  # a sandboxed shard's filter and network pipes
     try:
+        if request.manifest is not None:  # a merge step: its manifest, on this node
+            request = place_manifest(request, make_scratch(), sandbox=envelope.sandbox)
         if request.image is not None:  # unpacked on this node, by the same image store code
             image = _node_images(envelope.image_cache).resolve(request.image)
             policy = envelope.policy
