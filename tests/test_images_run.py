@@ -4,11 +4,13 @@ unpacked daemonlessly and run under the sandbox; the per-org image policy."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 from conftest import Server
-from oci import BusyboxImages
+from oci import BusyboxImages, open_to_shards
 from sylphx._server.tenancy import orgs
 
 
@@ -99,3 +101,36 @@ def test_image_policy_refusals(
     assert submit(image)[0] == 201
     assert server.http.get("/v1/runs").json()["items"][0]["spec"]["image"] == image
     assert os.path.isdir(server.settings.home / "images")
+
+
+def test_an_image_symlink_never_places_a_mount_point_on_the_host(
+    server: Server, busybox_images: BusyboxImages, tmp_path: Path
+) -> None:
+    """An attack through the API: an image whose /data is a link to a host folder (as the
+    first, root, sandbox stage sees the host: /oldroot), and a volume mounted below it. The
+    mount point must not be created on the host: the launch is refused, naming the link."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    layout = tmp_path / "evil"
+    shutil.copytree(busybox_images.layout, layout)
+    bundle = tmp_path / "evil-bundle"
+    umoci = ["umoci", "unpack", "--image", f"{layout}:latest", str(bundle)]
+    subprocess.run(umoci, check=True, capture_output=True)
+    (bundle / "rootfs" / "data").symlink_to(f"/oldroot{victim}")
+    (bundle / "rootfs" / "data2").symlink_to(f"/.sylphx-root/../oldroot{victim}")
+    repack = ["umoci", "repack", "--image", f"{layout}:latest", str(bundle)]
+    subprocess.run(repack, check=True, capture_output=True)
+    shutil.rmtree(bundle)
+    open_to_shards(tmp_path)
+    vol, _ = server.volume()
+    for target in ("/data/pwned", "/data2/pwned"):
+        run = server.submit(
+            image=f"oci:{layout}:latest",
+            command=["/bin/sh", "-c", "true"],
+            volumeMounts=[{"volumeId": vol, "mountPath": target}],
+        )
+        done = server.wait(run["id"])
+        assert done["status"] == "failed", done
+        (shard,) = server.shards(run["id"])
+        assert "is a symbolic link in the shard's root" in shard["reason"], shard
+    assert list(victim.iterdir()) == []  # nothing was created on the host

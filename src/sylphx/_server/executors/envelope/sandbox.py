@@ -209,13 +209,27 @@ def _hides(hide: Sequence[Path], extra: Sequence[Path]) -> list[str]:
 
 
 def _check_mount_point(base: Path, target: str) -> None:
-    """A mount path inside an existing read-only directory of the base cannot be created."""
+    """A mount path inside an existing read-only directory of the base cannot be created;
+    one through a symbolic link of the base (an image's ``/x -> /oldroot/etc``) would be
+    created wherever the link points, by the first stage, as root: refused."""
     rel = Path(target).relative_to("/")
+    if rel.parts[0] in _SKIP:
+        return  # the sandbox's own tmpfs (or /proc, /dev), whatever the base holds there
     parent = base
-    for part in rel.parts[:-1]:
-        parent = parent / part
-        if not parent.exists():
+    for i, part in enumerate(rel.parts):
+        here = parent / part
+        if here.is_symlink():
+            shown = "/" + str(here.relative_to(base))
+            raise ExecutorError(
+                f"mountPath {target}: {shown} is a symbolic link in the shard's root, and a"
+                " mount point is never made through one. Fix: mount at a path without"
+                " symbolic links (e.g. /cache or /data)."
+            )
+        if i == len(rel.parts) - 1:
+            break
+        if not here.exists():
             return  # created inside the sandbox's tmpfs root or a tmpfs below it
+        parent = here
     if parent != base and not (parent / rel.parts[-1]).exists():
         raise ExecutorError(
             f"volume mountPath {target}: {parent.relative_to(base) if parent != base else '/'}"

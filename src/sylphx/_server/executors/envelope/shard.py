@@ -59,8 +59,12 @@ def place_manifest(request: LaunchRequest, directory: Path, *, sandbox: bool) ->
     path = directory / f"manifest.attempt-{request.attempt}.json"
     partial = path.with_suffix(".partial")
     partial.unlink(missing_ok=True)
-    partial.write_text(request.manifest)
-    partial.chmod(0o444)
+    # a new file or nothing: never through a link someone put there (an unsandboxed
+    # shard's working directory is this folder); rename replaces a link, not its target
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(partial, flags, 0o444)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(request.manifest)
     os.replace(partial, path)  # a relaunch of the attempt writes the same file again
     if not sandbox:
         return dataclasses.replace(request, manifest_at=str(path))
