@@ -146,8 +146,8 @@ lint: venv
 check: lint
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q -x -m "not slow" -p no:schemathesis --durations=5
 
-# The sync SDK (_client/runs.py, resources.py) is generated from the async one: edit
-# _client/async_runs.py / async_resources.py, then run this.
+# The sync SDK (_client/calls.py, runs.py, resources.py) is generated from the async one: edit
+# _client/async_calls.py / async_runs.py / async_resources.py, then run this.
 sdk: venv
 	$(BIN)/python tools/unasync_sdk.py
 

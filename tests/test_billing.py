@@ -37,7 +37,10 @@ def test_real_run_meters_its_attempt_windows(server: Server) -> None:
     assert all(w >= 0.5 for w in windows)
     assert done["computeSeconds"] == pytest.approx(sum(windows) * 0.5, abs=0.01)
     report = server.http.get("/v1/usage").json()
-    assert report["byRun"] == [{"runId": run["id"], "computeSeconds": done["computeSeconds"]}]
+    by_run = [
+        {"runId": run["id"], "computeSeconds": done["computeSeconds"], "unbilledSeconds": 0.0}
+    ]
+    assert report["byRun"] == by_run
     assert report["byMachine"][0]["machine"] == "small"
     assert report["creditsApplied"] == report["computeSeconds"]  # well within the credit
     assert report["billableSeconds"] == 0

@@ -82,21 +82,25 @@ def logs(server: Server, run_id: str, shard: int = 0, **params: Any) -> str:
 
 
 def billed(server: Server, run_id: str) -> dict[tuple[int, int], float]:
-    """Each started attempt's billed window in seconds by (index, attempt), after checking
+    """Each started attempt's metered window in seconds by (index, attempt), after checking
     that the run's ``computeSeconds`` and the org's usage report are those windows times the
-    tier's units."""
+    tier's units -- the preempted ones (the platform's doing) recorded apart, not billed."""
     run = server.get(run_id)
     units = MACHINES[run["spec"]["machine"]].units
-    walls = {
-        (shard["index"], a["attempt"]): (at(a["endedAt"]) - at(a["startedAt"])).total_seconds()
-        for shard in server.shards(run_id)
-        for a in shard["history"]
-        if a["startedAt"] and a["endedAt"]
-    }
-    assert run["computeSeconds"] == pytest.approx(sum(walls.values()) * units, abs=0.01), walls
+    walls, unpaid = {}, 0.0
+    for shard in server.shards(run_id):
+        for a in shard["history"]:
+            if a["startedAt"] and a["endedAt"]:
+                wall = (at(a["endedAt"]) - at(a["startedAt"])).total_seconds()
+                walls[shard["index"], a["attempt"]] = wall
+                unpaid += wall if a["status"] == "preempted" else 0.0
+    paid = sum(walls.values()) - unpaid
+    assert run["computeSeconds"] == pytest.approx(paid * units, abs=0.01), walls
     usage = server.http.get("/v1/usage").json()
-    by_run = {row["runId"]: row["computeSeconds"] for row in usage["byRun"]}
-    assert by_run.get(run_id, 0.0) == pytest.approx(run["computeSeconds"], abs=0.01)
+    by_run = {row["runId"]: row for row in usage["byRun"]}
+    row = by_run.get(run_id, {"computeSeconds": 0.0, "unbilledSeconds": 0.0})
+    assert row["computeSeconds"] == pytest.approx(run["computeSeconds"], abs=0.01)
+    assert row["unbilledSeconds"] == pytest.approx(unpaid * units, abs=0.01)
     return walls
 
 

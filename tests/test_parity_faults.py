@@ -62,7 +62,7 @@ def test_a_gang_preempts_opportunistic_shards_which_retry_without_budget(
         int(i in preempted) for i in range(slots)
     ]
     walls = billed(server, opp["id"])
-    assert all(walls[i, 1] > 0 for i in preempted)  # the preempted windows are billed too
+    assert all(walls[i, 1] > 0 for i in preempted)  # recorded (and not billed: see billed())
 
 
 def logs_of(server: Server, run_id: str, shard: int, **params: Any) -> str:

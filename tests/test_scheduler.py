@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from conftest import Server
 def sched(make_server) -> Server:  # type: ignore[no-untyped-def]
     """2 vCPU of capacity, a 1 s preemption grace."""
     return make_server(preemption_grace_seconds=1.0)  # type: ignore[no-any-return]
+
+
+def at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def test_gang_preempts_opportunistic_shards_that_finish_later_with_budget_untouched(
@@ -54,7 +59,19 @@ def test_gang_preempts_opportunistic_shards_that_finish_later_with_budget_untouc
         "checkpoint 0",
         "checkpoint 1",
     ]  # SIGTERM first: shards could checkpoint
-    assert done["computeSeconds"] > 0  # the preempted windows are billed
+    # the preempted windows are recorded, not billed (#21): the run bills its second attempts
+    windows = {
+        (s["index"], a["status"]): (at(a["endedAt"]) - at(a["startedAt"])).total_seconds()
+        for s in shards
+        for a in s["history"]
+    }
+    billed = sum(w for (_, status), w in windows.items() if status == "succeeded")
+    unbilled = sum(w for (_, status), w in windows.items() if status == "preempted")
+    assert done["computeSeconds"] == pytest.approx(billed, abs=0.01), (done, windows)
+    usage = sched.http.get("/v1/usage").json()
+    row = next(r for r in usage["byRun"] if r["runId"] == opp["id"])
+    assert row["unbilledSeconds"] == pytest.approx(unbilled, abs=0.01) and unbilled > 0
+    assert usage["unbilledSeconds"] == pytest.approx(unbilled, abs=0.01)
     get = subprocess.run(
         [sys.executable, "-m", "sylphx", "runs", "get", opp["id"]],
         env={**os.environ, "SYLPHX_URL": sched.url, "SYLPHX_TOKEN": sched.token},

@@ -258,7 +258,8 @@ def test_migration_fills_the_day_sums(tmp_path: Path) -> None:
         command.upgrade(cfg, "0009")
         conn.execute(insert(OrgRow), [_org_row(o) for o in ("org_a", "org_b")])
         rows = [_usage_row(n, u) for n, u in enumerate(uses)]
-        conn.execute(insert(UsageRow), rows)
+        old = [{k: v for k, v in row.items() if k != "billed"} for row in rows]  # before 0014
+        conn.execute(insert(UsageRow), old)
     migrate(engine)
     with session_factory(engine)() as s:
         for org_id in ("org_a", "org_b"):
@@ -281,4 +282,4 @@ def _usage_row(n: int, u: Use) -> dict[str, Any]:
     return {"attempt_id": n, "org_id": u.org_id, "run_id": u.run_id, "machine": u.machine,
             "started_at": u.ended - timedelta(seconds=u.wall), "ended_at": u.ended,
             "wall_seconds": u.wall, "units": MACHINES[u.machine].units,
-            "compute_seconds": u.compute}  # fmt: skip
+            "compute_seconds": u.compute, "billed": True}  # fmt: skip

@@ -1,6 +1,6 @@
 """Generate the synchronous SDK from the async one (as httpcore does), or check it is current.
 
-    python tools/unasync_sdk.py          # write src/sylphx/_client/runs.py and resources.py
+    python tools/unasync_sdk.py          # write src/sylphx/_client/calls.py, runs.py, resources.py
     python tools/unasync_sdk.py --check  # exit 1 if they differ from what would be written
 
 The async files are the source; ``unasync`` drops ``async``/``await`` and renames the
@@ -20,8 +20,13 @@ from pathlib import Path
 import unasync
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sylphx" / "_client"
-FILES = {"async_runs.py": "runs.py", "async_resources.py": "resources.py"}
+FILES = {
+    "async_calls.py": "calls.py",
+    "async_runs.py": "runs.py",
+    "async_resources.py": "resources.py",
+}
 RENAMES = {
+    "async_calls": "calls",
     "async_runs": "runs",
     "async_resources": "resources",
     "io_async": "io_sync",

@@ -134,6 +134,7 @@ class Settings:
     max_preemptions_per_index: int = 10  # beyond it a shard is no longer chosen as a victim
     sandbox: bool = True  # bubblewrap per shard (SYLPHX_SANDBOX=off to opt out)
     unenforced_tiers: bool = False  # run without cgroups (SYLPHX_UNENFORCED_TIERS=1)
+    bill_preemptions: bool = False  # bill windows the platform preempted (SYLPHX_BILL_PREEMPTIONS)
     secrets_key: str | None = None  # Fernet key (SYLPHX_SECRETS_KEY); else a generated file
     image_scanner: str | None = None  # SYLPHX_IMAGE_SCANNER: CMD REF DIGEST ROOTFS, 0 = admit
     ray_address: str | None = None  # None: "auto" (the cluster this host belongs to)
@@ -250,6 +251,7 @@ class Settings:
             image_scanner=env.get("SYLPHX_IMAGE_SCANNER") or None,
             sandbox=sandbox_text in ("on", "1", "true"),
             unenforced_tiers=env.get("SYLPHX_UNENFORCED_TIERS", "") in ("1", "true", "on"),
+            bill_preemptions=env.get("SYLPHX_BILL_PREEMPTIONS", "") in ("1", "true", "on"),
             preemption_grace_seconds=preempt_grace,
             max_preemptions_per_index=int(ceiling_text),
             home=home,

@@ -46,6 +46,10 @@ def usage(from_: datetime | None, to: datetime | None, as_json: bool) -> None:
         f"   (monthly credit {rep.monthly_credit_seconds:,.0f})"
     )
     click.echo(f"billable seconds  {rep.billable_seconds:,.1f}")
+    if rep.unbilled_seconds:
+        click.echo(f"preempted, unbilled {rep.unbilled_seconds:,.1f}")
+    if rep.monthly_limit_seconds is not None:
+        click.echo(f"monthly limit     {rep.monthly_limit_seconds:,.0f} billable compute-seconds")
     if rep.by_machine:
         click.echo("\nMACHINE      WALL-SECONDS  COMPUTE-SECONDS")
         for m in rep.by_machine:

@@ -84,8 +84,17 @@ def org_create(
 @click.option("--plan", type=PLANS)
 @click.option("--concurrent-shards", type=click.IntRange(0), help="0 resets to the plan's.")
 @click.option("--monthly-credit", type=float, help="A negative value resets to the plan's.")
+@click.option(
+    "--monthly-limit",
+    type=float,
+    help="Refuse new runs (402) once billable compute-seconds this month reach it; -1: none.",
+)
 def org_set(
-    ref: str, plan: str | None, concurrent_shards: int | None, monthly_credit: float | None
+    ref: str,
+    plan: str | None,
+    concurrent_shards: int | None,
+    monthly_credit: float | None,
+    monthly_limit: float | None,
 ) -> None:
     """Change an org's plan or budgets (REF is its id or name)."""
     from sylphx._server.tenancy import orgs
@@ -97,12 +106,15 @@ def org_set(
             plan=plan,
             concurrent_shards=concurrent_shards,
             monthly_credit_seconds=monthly_credit,
+            monthly_limit_seconds=monthly_limit,
         )
         lim = orgs.limits(row)
+        cap = row.monthly_limit_seconds
         click.echo(
             f"{row.name}: plan {row.plan}, {lim.max_parallelism} shard(s) per job,"
             f" {lim.concurrent_shards} concurrent, {lim.monthly_credit_seconds:,.0f}"
-            " credit-seconds a month"
+            " credit-seconds a month, "
+            + (f"a limit of {cap:,.0f} billable a month" if cap is not None else "no spend limit")
         )
 
 

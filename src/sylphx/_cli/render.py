@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sylphx._core.views import RunView, ShardView, VolumeView
+from sylphx._core.views import Quote, RunView, ShardView, VolumeView
 
 
 def _utc(value: datetime) -> datetime:
@@ -141,6 +141,49 @@ def merge_line(view: RunView) -> str | None:
     if step.reason and step.status.terminal and step.status.value != "succeeded":
         line += f": {step.reason}"
     return f"{line}  {shlex.join(spec.command)}"
+
+
+def failure_groups(view: RunView) -> list[str]:
+    """``FAILED 38 (0-37): Error, exit 1: ValueError: bad row <n> in <path>`` per group."""
+    lines = []
+    for g in view.failure_groups:
+        code = f", exit {g.exit_code}" if g.exit_code is not None else ""
+        lines.append(f"failed {g.count} ({g.indices}): {g.reason}{code}: {g.sample or '-'}")
+    return lines
+
+
+def quote_lines(quote: Quote) -> list[str]:
+    """``sylphx run --dry-run``: the verdict, the ceiling, the expected cost, the credit."""
+    verdict = {"startsNow": "starts now", "wouldQueue": "would queue", "refused": "refused"}
+    spec = quote.spec
+    lines = [
+        f"{verdict[quote.verdict]}: {quote.reason}",
+        f"ceiling   {quote.ceiling_compute_seconds:,.1f} compute-s"
+        f"  ({spec.parallelism} x {spec.machine} x {spec.timeout_seconds}s timeout)"
+        + (
+            f"; {quote.retries_ceiling_compute_seconds:,.1f} if every retry runs"
+            if quote.retries_ceiling_compute_seconds > quote.ceiling_compute_seconds
+            else ""
+        ),
+    ]
+    if quote.expected_compute_seconds is not None:
+        lines.append(
+            f"expected  {quote.expected_compute_seconds:,.1f} compute-s  (median shard"
+            f" {fmt_duration(quote.median_shard_seconds)} over {quote.based_on_runs} recent"
+            " run(s) of this command and tier)"
+        )
+    else:
+        lines.append("expected  -  (no recent run of this command and tier)")
+    lines.append(
+        f"credit    {quote.credit_remaining_seconds:,.1f} of {quote.monthly_credit_seconds:,.0f}"
+        f" left this month; billable: at most {quote.billable_ceiling_seconds:,.1f}"
+        + (
+            f", expected {quote.billable_expected_seconds:,.1f}"
+            if quote.billable_expected_seconds is not None
+            else ""
+        )
+    )
+    return lines
 
 
 def shard_change(shard: ShardView) -> str:

@@ -226,6 +226,12 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
 @click.option("--merge-image", help="The merge's image (default: the shards').")
 @click.option("--merge-timeout", type=int, help="The merge's deadline in seconds.")
 @click.option("--merge-backoff-limit", type=int, help="Retries of a failed merge (default 0).")
+@click.option(
+    "--max-compute-seconds", type=float, help="Stop the run once it used this many compute-s."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Quote it: would it start, what could it cost. Stores nothing."
+)
 @click.option("--follow", "-f", "follow_run", is_flag=True, help="Show shard status until done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
@@ -253,6 +259,8 @@ def run(
     merge_image: str | None,
     merge_timeout: int | None,
     merge_backoff_limit: int | None,
+    max_compute_seconds: float | None,
+    dry_run: bool,
     follow_run: bool,
     as_json: bool,
     command: tuple[str, ...],
@@ -277,6 +285,7 @@ def run(
         "max_failed_indexes": max_failed_indexes,
         "failure_policy": failure_policy,
         "retry_backoff": retry_backoff,
+        "max_compute_seconds": max_compute_seconds,
     }
     merge = {
         "when": merge_when,
@@ -292,6 +301,13 @@ def run(
     elif any(v is not None for v in merge.values()):
         raise click.UsageError("--merge-* options need --merge-command 'CMD ARGS'")
     spec = build_spec(fields)  # ValidationError -> exit 2 before touching the server
+    if dry_run:
+        quote = RunsClient.quote(state().config(), **fields)
+        if as_json:
+            echo_json(quote.to_wire())
+        else:
+            click.echo("\n".join(render.quote_lines(quote)))
+        raise SystemExit(EXIT_FAILED if quote.verdict == "refused" else EXIT_OK)
     handle = RunsClient.submit(state().config(), spec)
     if not follow_run:
         if as_json:

@@ -45,6 +45,9 @@ def get(run_id: str, as_json: bool) -> None:
         f"  ended {render.fmt_time(run.view.ended_at)}"
     )
     click.echo()
+    groups = render.failure_groups(run.view)
+    if groups:
+        click.echo("\n".join([*groups, ""]))
     click.echo("\n".join(render.shard_table(shards, reason=True)))
 
 

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from sylphx._core.views import OrgView, SecretView, UsageReport, VolumeView
 
-from .async_runs import _request
+from .async_calls import _request
 from .transport import ClientConfig, check, json_body, parse_list, parse_model
 
 __all__ = ["AsyncSecretsClient", "AsyncUsageClient", "AsyncVolumesClient"]

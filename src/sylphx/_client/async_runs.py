@@ -6,20 +6,14 @@ These two files are the one implementation. They are written async (``AsyncRunsC
 (``make sdk``; ``make lint`` checks it is current), as httpcore does. Edit these, never
 the generated ones.
 
-Requests go through :func:`_request`, which repeats them as :class:`RetryPolicy` says
-(a restart of the control plane is ridden through by reads, long-polls, cancels and
-keyed submits) and restarts the embedded control plane when it is gone.
+Requests go through ``async_calls``.
 """
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import quote
-
-import httpx
 
 from sylphx._core.errors import ValidationError
 from sylphx._core.failure import FailureRule, RetryBackoff
@@ -32,111 +26,31 @@ from sylphx._core.states import RunState
 from sylphx._core.views import (
     Aggregate,
     Logs,
+    Quote,
     RunList,
     RunView,
     ShardView,
 )
 
-from .io_async import run_blocking, sleep
+from .async_calls import _request, _run_path, _stream
+from .io_async import sleep
 from .transport import (
     ClientConfig,
     LogStream,
     VolumeMountLike,
-    as_sylphx,
     build_spec,
     check,
     create_client,
-    is_retryable_connect,
     json_body,
     list_params,
     log_params,
     parse_list,
     parse_model,
     spec_fields,
-    stream_timeout,
 )
 from .waiting import WaitLoop, refuses_wait, wait_params, wait_timeout
 
 __all__ = ["AsyncRun", "AsyncRunsClient", "ClientConfig", "create_client"]
-
-_RETRIED_STATUSES = (429, 503)  # raised inside the retry loop; every other status returns
-
-
-async def _recover(config: ClientConfig, exc: Exception) -> None:
-    """After a refused connection to the embedded control plane, start it again."""
-    if config.embedded_home is not None and is_retryable_connect(exc):
-        from .embedded import ensure_local_server
-
-        await run_blocking(functools.partial(ensure_local_server, config.embedded_home))
-
-
-async def _request(
-    config: ClientConfig,
-    method: str,
-    path: str,
-    *,
-    json: Any = None,
-    params: Mapping[str, str | int] | None = None,
-    timeout: httpx.Timeout | None = None,
-    headers: Mapping[str, str] | None = None,
-    idempotent: bool | None = None,
-) -> httpx.Response:
-    """Send one request, repeated as ``config.retry`` says (GET: idempotent)."""
-    safe = method == "GET" if idempotent is None else idempotent
-    async for attempt in config.retry.context(idempotent=safe):
-        with attempt:
-            try:
-                response = await config.async_http().request(
-                    method,
-                    path,
-                    json=json,
-                    params=params,
-                    headers=headers,
-                    timeout=timeout or config.timeout,
-                )
-            except httpx.HTTPError as exc:
-                await _recover(config, exc)
-                raise as_sylphx(config, exc) from exc
-            if response.status_code in _RETRIED_STATUSES:
-                check(response)  # the retry policy decides on the typed error
-            return response
-    raise AssertionError("unreachable")  # the retry context raises when it gives up
-
-
-async def _stream(
-    config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool, lines: bool
-) -> AsyncIterator[Any]:
-    """A log's chunks as they come. Opening the stream is repeated as a read is; a stream
-    cut once it has started is not (its chunks would repeat): that raises."""
-    path = f"/v1/runs/{quote(run_id, safe='')}/logs"
-    client = config.async_http()
-    request = client.build_request(
-        "GET", path, params=params, timeout=stream_timeout(config, follow)
-    )
-    response: httpx.Response | None = None
-    async for attempt in config.retry.context(idempotent=True):
-        with attempt:
-            try:
-                response = await client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                await _recover(config, exc)
-                raise as_sylphx(config, exc) from exc
-            if not response.is_success:
-                await response.aread()
-                await response.aclose()
-                check(response)
-    assert response is not None
-    try:
-        async for chunk in response.aiter_lines() if lines else response.aiter_bytes():
-            yield chunk
-    except httpx.HTTPError as exc:
-        raise as_sylphx(config, exc) from exc
-    finally:
-        await response.aclose()
-
-
-def _run_path(run_id: str, suffix: str = "") -> str:
-    return f"/v1/runs/{quote(run_id, safe='')}{suffix}"
 
 
 class AsyncRun:
@@ -298,6 +212,7 @@ class AsyncRunsClient:
         failure_policy: Sequence[Mapping[str, Any] | FailureRule] | None = None,
         retry_backoff: Mapping[str, Any] | RetryBackoff | None = None,
         merge: Mapping[str, Any] | MergeSpec | None = None,
+        max_compute_seconds: float | None = None,
     ) -> AsyncRun:
         """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
 
@@ -318,8 +233,22 @@ class AsyncRunsClient:
             admission_timeout_seconds=admission_timeout_seconds,
             admission_fallback=admission_fallback, max_failed_indexes=max_failed_indexes,
             failure_policy=failure_policy, retry_backoff=retry_backoff, merge=merge,
+            max_compute_seconds=max_compute_seconds,
         )  # fmt: skip
         return await AsyncRunsClient.submit(config, build_spec(fields))
+
+    @staticmethod
+    async def quote(config: ClientConfig, **fields: Any) -> Quote:
+        """What a run of ``fields`` (``run_distributed``'s keywords) would cost and whether
+        it would start now, from every check a submit makes; nothing is stored or
+        reserved (``POST /v1/runs?dryRun=true``). A run that would be refused answers
+        ``verdict == "refused"`` with the error a submit would raise (``quote.error``)."""
+        spec = build_spec(spec_fields(**({"image": None} | fields)))
+        response = await _request(
+            config, "POST", "/v1/runs", json=spec.to_wire(), params={"dryRun": "true"},
+            idempotent=True,
+        )  # fmt: skip
+        return parse_model(Quote, json_body(response), "quote")
 
     @staticmethod
     async def run(

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from sylphx._core.views import OrgView, SecretView, UsageReport, VolumeView
 
-from .runs import _request
+from .calls import _request
 from .transport import ClientConfig, check, json_body, parse_list, parse_model
 
 __all__ = ["SecretsClient", "UsageClient", "VolumesClient"]

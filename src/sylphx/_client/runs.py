@@ -7,20 +7,14 @@ These two files are the one implementation. They are written async (``AsyncRunsC
 (``make sdk``; ``make lint`` checks it is current), as httpcore does. Edit these, never
 the generated ones.
 
-Requests go through :func:`_request`, which repeats them as :class:`RetryPolicy` says
-(a restart of the control plane is ridden through by reads, long-polls, cancels and
-keyed submits) and restarts the embedded control plane when it is gone.
+Requests go through ``async_calls``.
 """
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import quote
-
-import httpx
 
 from sylphx._core.errors import ValidationError
 from sylphx._core.failure import FailureRule, RetryBackoff
@@ -33,110 +27,31 @@ from sylphx._core.states import RunState
 from sylphx._core.views import (
     Aggregate,
     Logs,
+    Quote,
     RunList,
     RunView,
     ShardView,
 )
 
-from .io_sync import run_blocking, sleep
+from .calls import _request, _run_path, _stream
+from .io_sync import sleep
 from .transport import (
     ClientConfig,
     LogStream,
     VolumeMountLike,
-    as_sylphx,
     build_spec,
     check,
     create_client,
-    is_retryable_connect,
     json_body,
     list_params,
     log_params,
     parse_list,
     parse_model,
     spec_fields,
-    stream_timeout,
 )
 from .waiting import WaitLoop, refuses_wait, wait_params, wait_timeout
 
 __all__ = ["ClientConfig", "Run", "RunsClient", "create_client"]
-
-_RETRIED_STATUSES = (429, 503)  # raised inside the retry loop; every other status returns
-
-
-def _recover(config: ClientConfig, exc: Exception) -> None:
-    """After a refused connection to the embedded control plane, start it again."""
-    if config.embedded_home is not None and is_retryable_connect(exc):
-        from .embedded import ensure_local_server
-
-        run_blocking(functools.partial(ensure_local_server, config.embedded_home))
-
-
-def _request(
-    config: ClientConfig,
-    method: str,
-    path: str,
-    *,
-    json: Any = None,
-    params: Mapping[str, str | int] | None = None,
-    timeout: httpx.Timeout | None = None,
-    headers: Mapping[str, str] | None = None,
-    idempotent: bool | None = None,
-) -> httpx.Response:
-    """Send one request, repeated as ``config.retry`` says (GET: idempotent)."""
-    safe = method == "GET" if idempotent is None else idempotent
-    for attempt in config.retry.context(idempotent=safe):
-        with attempt:
-            try:
-                response = config.http().request(
-                    method,
-                    path,
-                    json=json,
-                    params=params,
-                    headers=headers,
-                    timeout=timeout or config.timeout,
-                )
-            except httpx.HTTPError as exc:
-                _recover(config, exc)
-                raise as_sylphx(config, exc) from exc
-            if response.status_code in _RETRIED_STATUSES:
-                check(response)  # the retry policy decides on the typed error
-            return response
-    raise AssertionError("unreachable")  # the retry context raises when it gives up
-
-
-def _stream(
-    config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool, lines: bool
-) -> Iterator[Any]:
-    """A log's chunks as they come. Opening the stream is repeated as a read is; a stream
-    cut once it has started is not (its chunks would repeat): that raises."""
-    path = f"/v1/runs/{quote(run_id, safe='')}/logs"
-    client = config.http()
-    request = client.build_request(
-        "GET", path, params=params, timeout=stream_timeout(config, follow)
-    )
-    response: httpx.Response | None = None
-    for attempt in config.retry.context(idempotent=True):
-        with attempt:
-            try:
-                response = client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                _recover(config, exc)
-                raise as_sylphx(config, exc) from exc
-            if not response.is_success:
-                response.read()
-                response.close()
-                check(response)
-    assert response is not None
-    try:
-        yield from response.iter_lines() if lines else response.iter_bytes()
-    except httpx.HTTPError as exc:
-        raise as_sylphx(config, exc) from exc
-    finally:
-        response.close()
-
-
-def _run_path(run_id: str, suffix: str = "") -> str:
-    return f"/v1/runs/{quote(run_id, safe='')}{suffix}"
 
 
 class Run:
@@ -294,6 +209,7 @@ class RunsClient:
         failure_policy: Sequence[Mapping[str, Any] | FailureRule] | None = None,
         retry_backoff: Mapping[str, Any] | RetryBackoff | None = None,
         merge: Mapping[str, Any] | MergeSpec | None = None,
+        max_compute_seconds: float | None = None,
     ) -> Run:
         """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
 
@@ -314,8 +230,22 @@ class RunsClient:
             admission_timeout_seconds=admission_timeout_seconds,
             admission_fallback=admission_fallback, max_failed_indexes=max_failed_indexes,
             failure_policy=failure_policy, retry_backoff=retry_backoff, merge=merge,
+            max_compute_seconds=max_compute_seconds,
         )  # fmt: skip
         return RunsClient.submit(config, build_spec(fields))
+
+    @staticmethod
+    def quote(config: ClientConfig, **fields: Any) -> Quote:
+        """What a run of ``fields`` (``run_distributed``'s keywords) would cost and whether
+        it would start now, from every check a submit makes; nothing is stored or
+        reserved (``POST /v1/runs?dryRun=true``). A run that would be refused answers
+        ``verdict == "refused"`` with the error a submit would raise (``quote.error``)."""
+        spec = build_spec(spec_fields(**({"image": None} | fields)))
+        response = _request(
+            config, "POST", "/v1/runs", json=spec.to_wire(), params={"dryRun": "true"},
+            idempotent=True,
+        )  # fmt: skip
+        return parse_model(Quote, json_body(response), "quote")
 
     @staticmethod
     def run(

@@ -337,6 +337,7 @@ def spec_fields(
     failure_policy: Sequence[Mapping[str, Any] | FailureRule] | None = None,
     retry_backoff: Mapping[str, Any] | RetryBackoff | None = None,
     merge: Mapping[str, Any] | MergeSpec | None = None,
+    max_compute_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``run``/``run_distributed`` as a spec dict (iterables
     made lists, mappings dicts; None: the spec's default)."""

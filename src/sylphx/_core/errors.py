@@ -17,6 +17,7 @@ __all__ = [
     "PayloadTooLarge",
     "QuotaExceeded",
     "ServerUnavailable",
+    "SpendLimitReached",
     "StorageFull",
     "StoreUnavailable",
     "SylphxError",
@@ -125,6 +126,15 @@ class QuotaExceeded(SylphxError):
     ) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
+
+
+class SpendLimitReached(SylphxError):
+    """The org's billable compute-seconds this month reached its monthly spend limit
+    (HTTP 402): new runs are refused until the month ends or an operator raises it;
+    running runs finish. ``details`` name the limit, the usage and the ways out."""
+
+    status_code = 402
+    code = "spend_limit_reached"
 
 
 class NotFound(SylphxError):

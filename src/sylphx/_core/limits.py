@@ -157,6 +157,25 @@ def check_env_names(env: dict[str, str], field: str = "env") -> None:
             )
 
 
+def check_secret_names(names: list[str]) -> None:
+    """Raise the rule the run's ``secrets`` break: too many, a bad or repeated name."""
+    if len(names) > MAX_SECRETS:
+        raise rule(
+            "secrets",
+            f"names {len(names)} secrets; a run may name {MAX_SECRETS}",
+            "put related values in one secret (e.g. a JSON document)",
+        )
+    for name in names:
+        if not ENV_NAME.match(name) or name.startswith("SYLPHX_") or len(name) > MAX_NAME_BYTES:
+            raise rule(
+                "secrets",
+                f"{shown(name)} is not a valid secret name",
+                "use an env-var style name such as DB_URL (not SYLPHX_*)",
+            )
+    if len(set(names)) != len(names):
+        raise rule("secrets", "names a secret twice", "list each secret once")
+
+
 def check_env(env: dict[str, str]) -> None:
     """Raise the rule ``env`` breaks: too many variables, a name or value too large."""
     if len(env) > MAX_ENV_VARS:

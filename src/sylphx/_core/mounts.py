@@ -11,7 +11,7 @@ from .limits import Text, rule
 from .model import WireModel as _Model
 from .paths import SYSTEM_PATHS, PathRuleError, is_within, normalise
 
-__all__ = ["VolumeMount"]
+__all__ = ["VolumeMount", "check_mounts"]
 
 
 class VolumeMount(_Model):
@@ -42,3 +42,22 @@ class VolumeMount(_Model):
             raise rule("mountPath", f"must not be mounted over a system path (got {got})", fix)
         limits.check_path(norm, "mountPath", fix)
         return norm
+
+
+def check_mounts(mounts: list[VolumeMount]) -> None:
+    """Raise the rule a run's ``volumeMounts`` break: too many, a path used twice."""
+    if len(mounts) > limits.MAX_VOLUME_MOUNTS:
+        raise rule(
+            "volumeMounts",
+            f"has {len(mounts)} mounts; a run may have {limits.MAX_VOLUME_MOUNTS}",
+            "mount one volume and use folders inside it",
+        )
+    seen: set[str] = set()
+    for mount in mounts:
+        if mount.mount_path in seen:
+            raise rule(
+                "volumeMounts",
+                f"mountPath {mount.mount_path} is used twice",
+                "give every mount its own path",
+            )
+        seen.add(mount.mount_path)

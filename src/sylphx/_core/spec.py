@@ -12,6 +12,7 @@ import pydantic
 from pydantic import (
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     field_validator,
     model_validator,
@@ -23,7 +24,7 @@ from .limits import Text, rule
 from .machines import DEFAULT_MACHINE, MachineName
 from .merge import MERGE_INDEX, MergeSpec, should_run
 from .model import WireModel as _Model
-from .mounts import VolumeMount
+from .mounts import VolumeMount, check_mounts
 from .paths import PathRuleError, normalise
 from .validation import validation_error
 
@@ -37,8 +38,7 @@ MAX_TIMEOUT_SECONDS = merge.MAX_TIMEOUT_SECONDS
 DEFAULT_TIMEOUT_SECONDS = 3600
 MAX_BACKOFF_LIMIT = 50
 DEFAULT_BACKOFF_LIMIT = 3
-
-_ENV_NAME = limits.ENV_NAME
+MAX_COMPUTE_SECONDS = 10**9  # a spend cap: about 32 compute-years
 
 
 class RunSpec(_Model):
@@ -67,6 +67,8 @@ class RunSpec(_Model):
     failure_policy: list[FailureRule] = Field(default_factory=list)
     retry_backoff: RetryBackoff = Field(default_factory=RetryBackoff)
     merge: MergeSpec | None = None  # run once every shard ended (see merge.py)
+    # a spend cap: once the run's compute-seconds (ended and live) reach it, it is stopped
+    max_compute_seconds: StrictInt | StrictFloat | None = None
 
     @field_validator("image")
     @classmethod
@@ -91,25 +93,7 @@ class RunSpec(_Model):
     @field_validator("secrets")
     @classmethod
     def _secrets(cls, v: list[str]) -> list[str]:
-        if len(v) > limits.MAX_SECRETS:
-            raise rule(
-                "secrets",
-                f"names {len(v)} secrets; a run may name {limits.MAX_SECRETS}",
-                "put related values in one secret (e.g. a JSON document)",
-            )
-        for name in v:
-            if (
-                not _ENV_NAME.match(name)
-                or name.startswith("SYLPHX_")
-                or len(name) > limits.MAX_NAME_BYTES
-            ):
-                raise rule(
-                    "secrets",
-                    f"{limits.shown(name)} is not a valid secret name",
-                    "use an env-var style name such as DB_URL (not SYLPHX_*)",
-                )
-        if len(set(v)) != len(v):
-            raise rule("secrets", "names a secret twice", "list each secret once")
+        limits.check_secret_names(v)
         return v
 
     @field_validator("command")
@@ -166,21 +150,18 @@ class RunSpec(_Model):
     @field_validator("volume_mounts")
     @classmethod
     def _mounts(cls, v: list[VolumeMount]) -> list[VolumeMount]:
-        if len(v) > limits.MAX_VOLUME_MOUNTS:
+        check_mounts(v)
+        return v
+
+    @field_validator("max_compute_seconds")
+    @classmethod
+    def _spend_cap(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= MAX_COMPUTE_SECONDS:
             raise rule(
-                "volumeMounts",
-                f"has {len(v)} mounts; a run may have {limits.MAX_VOLUME_MOUNTS}",
-                "mount one volume and use folders inside it",
+                "maxComputeSeconds",
+                f"must be above 0 and at most {MAX_COMPUTE_SECONDS:,} (got {v})",
+                "give the most standard compute-seconds the run may use, or omit it",
             )
-        seen: set[str] = set()
-        for mount in v:
-            if mount.mount_path in seen:
-                raise rule(
-                    "volumeMounts",
-                    f"mountPath {mount.mount_path} is used twice",
-                    "give every mount its own path",
-                )
-            seen.add(mount.mount_path)
         return v
 
     @field_validator("failure_policy")

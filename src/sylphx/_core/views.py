@@ -16,9 +16,11 @@ __all__ = [
     "AttemptView",
     "ErrorBody",
     "ErrorDetail",
+    "FailureGroup",
     "Health",
     "Logs",
     "OrgView",
+    "Quote",
     "Readiness",
     "RunList",
     "RunView",
@@ -84,6 +86,18 @@ class ShardView(_View):
     history: list[AttemptView] = Field(default_factory=list)
 
 
+class FailureGroup(_View):
+    """Failed indices of a run that failed the same way: the same reason, exit code and
+    last stderr line once numbers, hex, paths and ids are normalised."""
+
+    reason: str  # the kind of failure: Error, OOMKilled, DeadlineExceeded, LaunchError, ...
+    exit_code: int | None = None
+    line: str = ""  # the normalised last non-empty stderr line ("" when there was none)
+    count: int
+    indices: str  # a compressed set, e.g. "0-3,7"
+    sample: str = ""  # that line as one of them printed it
+
+
 class RunView(_View):
     """A run: its id, effective spec and aggregate status."""
 
@@ -102,6 +116,33 @@ class RunView(_View):
     # the merge step (spec ``merge``), as a shard with index -1: ``pending`` until every
     # shard ended and ``when`` held (``skipped`` when it did not); not in the aggregate
     merge: ShardView | None = None
+    # the failed indices grouped by how they failed (GET /v1/runs/{id} only; empty in lists)
+    failure_groups: list[FailureGroup] = Field(default_factory=list)
+
+
+class Quote(_View):
+    """What a run would cost and whether it would start (``POST /v1/runs?dryRun=true``):
+    every admission check run, nothing stored or reserved. Compute-seconds are standard
+    (wall x shards x machine units)."""
+
+    verdict: Literal["startsNow", "wouldQueue", "refused"]
+    reason: str  # why it would queue, or why it is refused; what starts when it starts
+    error: ErrorBody | None = None  # the refusal a submit would get (its code and details)
+    spec: RunSpec
+    # parallelism x timeoutSeconds x units (and the merge step's): every shard for its
+    # whole timeout, once; at most the spend cap and the cap's overshoot
+    ceiling_compute_seconds: float
+    # the same for every attempt an index may make (retry budget, Ignore rules): the most
+    # it can bill (preempted windows are not billed)
+    retries_ceiling_compute_seconds: float
+    # the org's median shard duration over its recent runs of the same command and tier
+    expected_compute_seconds: float | None = None
+    median_shard_seconds: float | None = None
+    based_on_runs: int = 0
+    monthly_credit_seconds: float
+    credit_remaining_seconds: float  # of this month's credit
+    billable_ceiling_seconds: float  # the ceiling's part past the remaining credit
+    billable_expected_seconds: float | None = None
 
 
 class RunList(_View):
@@ -128,7 +169,8 @@ class Logs(_View):
 
 class UsageByRun(_View):
     run_id: str
-    compute_seconds: float
+    compute_seconds: float  # billed
+    unbilled_seconds: float = 0.0  # windows the platform preempted: recorded, not billed
 
 
 class UsageByMachine(_View):
@@ -149,6 +191,9 @@ class UsageReport(_View):
     credits_applied: float
     billable_seconds: float
     monthly_credit_seconds: float
+    # windows the platform preempted (or whose node it lost): recorded, not billed
+    unbilled_seconds: float = 0.0
+    monthly_limit_seconds: float | None = None  # new runs refused (402) once billable reach it
     by_run: list[UsageByRun] = Field(default_factory=list)
     by_machine: list[UsageByMachine] = Field(default_factory=list)
 
@@ -163,6 +208,8 @@ class OrgView(_View):
     concurrent_shards: int
     shards_in_use: int
     monthly_credit_seconds: float
+    monthly_limit_seconds: float | None = None  # new runs refused (402) once billable reach it
+    billable_seconds_this_month: float = 0.0
 
 
 class SecretView(_View):
@@ -214,3 +261,6 @@ class Readiness(_View):
     )
     lease_holder: str = Field(description="which process holds the reconciler lease")
     log_disk_free_bytes: int
+
+
+Quote.model_rebuild()  # ErrorBody is defined after it

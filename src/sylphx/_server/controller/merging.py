@@ -22,7 +22,38 @@ from sylphx._server.store import RunRow
 from sylphx._server.store.records import ShardRecord, update_shards
 
 from . import survey
+from .bulkhead import Bulkhead
 from .transitions import transition
+
+MERGING = "deciding whether its merge step starts"
+
+
+def for_queue(
+    s: Session,
+    bh: Bulkhead,
+    runs: list[RunRow],
+    counts: dict[str, Counter[ShardState]],
+    specs: dict[str, RunSpec],
+    now: datetime,
+) -> dict[str, tuple[bool, str]] | None:
+    """The active runs' merge steps for the queue policy: live (True) or ready to start
+    (False), with their tiers; a step whose ``when`` does not hold is skipped (see
+    :func:`decide`, one bulkhead per run). None: no active run has a merge step."""
+    steps = survey.merges(s)
+    if not steps:
+        return None
+    ready = bh.each(
+        s,
+        [run for run in bh.live(runs) if run.id in steps],
+        MERGING,
+        lambda run: decide(s, run, specs[run.id], counts[run.id], steps[run.id], now),
+    )
+    out = {run_id: (False, tier) for run_id, tier in ready.items() if tier}
+    for run_id, step in steps.items():
+        merge = specs[run_id].merge if run_id in specs else None
+        if ShardState(step.state).live and merge is not None:
+            out[run_id] = (True, merge.machine or specs[run_id].machine)
+    return out
 
 
 def decide(

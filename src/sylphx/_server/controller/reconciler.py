@@ -28,7 +28,17 @@ from sylphx._server.infra.lease import Lease
 from sylphx._server.store import RunRow
 from sylphx._settings import Settings
 
-from . import bulkhead, deadlines, launching, merging, rollup, scheduling, settle, survey
+from . import (
+    bulkhead,
+    deadlines,
+    launching,
+    merging,
+    rollup,
+    scheduling,
+    settle,
+    spending,
+    survey,
+)
 from .bulkhead import PASS_LEVEL
 from .loop import PassLoop
 from .policy import failures, queue
@@ -42,7 +52,7 @@ FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this
 READING, SETTLING = "reading its spec", "settling its shards' exits"
 QUEUEING, STARTING = "deciding whether it starts", "starting its shards"
 RESTARTING = "stopping its gang to admit it again whole"
-MERGING = "deciding whether its merge step starts"
+SPENDING = "metering it against its spend cap"
 
 
 # in the order they joined the queue: a run reopened by a retry joins it again at the back
@@ -120,6 +130,8 @@ class Reconciler(PassLoop):
             if starts:
                 launching.mark_started(s, starts)
             now = self.clock()
+            capped = [run for run in bh.live(runs) if specs[run.id].max_compute_seconds]
+            bh.each(s, capped, SPENDING, lambda run: spending.check(s, run, specs[run.id], now))
             focus = self._focus(s, bh.live(runs), specs, now)
             shards = survey.load_shards(s, focus)
             grace = self.settings.kill_grace_seconds, self.settings.preemption_grace_seconds
@@ -152,7 +164,7 @@ class Reconciler(PassLoop):
                 "checking its failure limit",
                 lambda run: failures.fail_run_past_limit(run, specs[run.id], counts[run.id]),
             )
-            merges = self._merge_steps(s, runs, counts, specs, now)
+            merges = merging.for_queue(s, bh, runs, counts, specs, now)
             if self._admit(s, runs, counts, specs, now, merges):
                 counts = survey.shard_counts(s)  # failed launches were settled
             bh.resolve(s, now)  # park or end the runs that failed a step
@@ -250,7 +262,12 @@ class Reconciler(PassLoop):
         ceiling = self.settings.max_preemptions_per_index
         restarts: set[str] = set()
         unsettled = settle.settle(
-            s, exits, specs.__getitem__, preemption_ceiling=ceiling, restarts=restarts
+            s,
+            exits,
+            specs.__getitem__,
+            preemption_ceiling=ceiling,
+            restarts=restarts,
+            bill_preemptions=self.settings.bill_preemptions,
         )
         for run_id, (exc, left) in unsettled.items():
             self._bulkhead.fault(run_id, SETTLING, exc, final=True, exits=left)
@@ -259,33 +276,6 @@ class Reconciler(PassLoop):
         restart = functools.partial(deadlines.restart_gang, s, now=now)
         stops = self._bulkhead.each(s, [run for run in gangs if run], RESTARTING, restart)
         self._signals += [signal for signals in stops.values() for signal in signals]
-
-    def _merge_steps(
-        self,
-        s: Session,
-        runs: list[RunRow],
-        counts: dict[str, Counter[ShardState]],
-        specs: dict[str, RunSpec],
-        now: datetime,
-    ) -> dict[str, tuple[bool, str]] | None:
-        """The active runs' merge steps for the queue policy: live (True) or ready to start
-        (False), with their tiers; a step whose ``when`` does not hold is skipped. None:
-        no active run has a merge step."""
-        steps = survey.merges(s)
-        if not steps:
-            return None
-        ready = self._bulkhead.each(
-            s,
-            [run for run in self._bulkhead.live(runs) if run.id in steps],
-            MERGING,
-            lambda run: merging.decide(s, run, specs[run.id], counts[run.id], steps[run.id], now),
-        )
-        out = {run_id: (False, tier) for run_id, tier in ready.items() if tier}
-        for run_id, step in steps.items():
-            merge = specs[run_id].merge if run_id in specs else None
-            if ShardState(step.state).live and merge is not None:
-                out[run_id] = (True, merge.machine or specs[run_id].machine)
-        return out
 
     def _admit(
         self,

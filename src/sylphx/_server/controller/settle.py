@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from sylphx._core.spec import RunSpec
-from sylphx._core.states import ShardState
+from sylphx._core.states import AttemptState, ShardState
 from sylphx._server.executors.base import Exit
 from sylphx._server.store import RunRow
 from sylphx._server.store.records import (
@@ -61,13 +61,15 @@ def settle(
     *,
     preemption_ceiling: int,
     restarts: set[str] | None = None,
+    bill_preemptions: bool = False,
 ) -> Unsettled:
     """Record how the attempts in ``exits`` ended (those still open; an exit already
     recorded is ignored), move their shards on and meter them. A run whose exits raise
     (in a policy, or in writing them) is left out, the others are settled: returns, by
     run id, the error and that run's exits (the caller ends the run with them).
     ``restarts`` gets the gang runs that lost a member which is to be retried: the
-    caller stops its siblings, and the gang is admitted again as one."""
+    caller stops its siblings, and the gang is admitted again as one. A window the
+    platform preempted is recorded but not billed, unless ``bill_preemptions``."""
     by_handle = {e.handle: e for e in exits}
     handles = list(by_handle)
     attempts: list[AttemptRecord] = []
@@ -96,7 +98,11 @@ def settle(
             outcome = finish(attempt, shard, exit, spec, preemption_ceiling)
             if outcome.fail_run is not None and run.fail_reason is None:
                 run.fail_reason = outcome.fail_run  # the pass stops the rest of the run
-            usage.append(billing.usage(attempt, run, ran=exit.launched, machine=spec.machine))
+            billed = bill_preemptions or outcome.attempt_state is not AttemptState.PREEMPTED
+            tier = spec.machine
+            usage.append(
+                billing.usage(attempt, run, ran=exit.launched, machine=tier, billed=billed)
+            )
             retried = shard.state == ShardState.PENDING
             if spec.gang and exit.lost and retried and restarts is not None:
                 restarts.add(run.id)

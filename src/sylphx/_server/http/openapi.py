@@ -22,6 +22,8 @@ __all__ = ["ERRORS", "ROUTES", "document", "install"]
 # What each error status means, once; the body is always an ErrorBody.
 ERRORS: dict[int, str] = {
     401: "No API key, or an unknown or revoked one (`unauthorized`).",
+    402: "The org reached its monthly spend limit (`spend_limit_reached`): new runs wait"
+    " for the month to end or a higher limit; running runs finish.",
     404: "No such object, or another org's (`not_found`).",
     409: "The object's state forbids it (`conflict`, `illegal_transition`): e.g. a run that"
     " has not ended, a volume in use, or a concurrent change.",
@@ -40,14 +42,14 @@ ROUTES: dict[tuple[str, str], tuple[bool, tuple[int, ...]]] = {
     ("get", "/readyz"): (False, (503,)),
     ("get", "/v1/org"): (True, ()),
     # 404: a volume or secret it names; 409: an Idempotency-Key reused with another spec
-    ("post", "/v1/runs"): (True, (404, 409, 413, 429)),
+    ("post", "/v1/runs"): (True, (402, 404, 409, 413, 429)),
     ("get", "/v1/runs"): (True, ()),
     ("get", "/v1/runs/{run_id}"): (True, (404,)),
     ("delete", "/v1/runs/{run_id}"): (True, (404, 409)),
     ("get", "/v1/runs/{run_id}/shards"): (True, (404,)),
     ("post", "/v1/runs/{run_id}/cancel"): (True, (404, 409)),
     # 404: a volume the run mounts was deleted; 409: not ended, an index succeeded
-    ("post", "/v1/runs/{run_id}/retry"): (True, (404, 409, 413, 429)),
+    ("post", "/v1/runs/{run_id}/retry"): (True, (402, 404, 409, 413, 429)),
     ("get", "/v1/runs/{run_id}/logs"): (True, (404,)),
     ("post", "/v1/volumes"): (True, (413,)),
     ("get", "/v1/volumes"): (True, ()),

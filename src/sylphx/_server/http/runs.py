@@ -18,7 +18,7 @@ from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import MAX_PARALLELISM, RunSpec
 from sylphx._core.states import RunState
-from sylphx._core.views import RunList, RunView, ShardView
+from sylphx._core.views import Quote, RunList, RunView, ShardView
 from sylphx._server.runs import longpoll
 
 from .deps import Org, RunId, Runs, plane_of
@@ -37,11 +37,27 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/v1/runs", status_code=201, response_model=RunView)
+@router.post(
+    "/v1/runs",
+    status_code=201,
+    response_model=RunView,
+    responses={200: {"model": Quote, "description": "dryRun=true: the quote, nothing stored"}},
+)
 def submit_run(
-    spec: RunSpec, org_id: Org, runs: Runs, idempotency_key: IdempotencyKey = None
+    spec: RunSpec,
+    org_id: Org,
+    runs: Runs,
+    idempotency_key: IdempotencyKey = None,
+    dry_run: Annotated[
+        bool, Query(alias="dryRun", description="quote it: every check, nothing stored")
+    ] = False,
 ) -> Response:
-    """Store a run and wake the reconciler; a repeated key answers with the run it made."""
+    """Store a run and wake the reconciler; a repeated key answers with the run it made.
+    With ``dryRun=true``, a quote instead: the admission verdict, the cost ceiling, an
+    expected cost from the org's history and the credit it would use (200)."""
+    if dry_run:
+        quote = runs.quote(spec, org_id)
+        return Response(quote.model_dump_json(by_alias=True), media_type="application/json")
     body = runs.submit(spec, org_id, idempotency_key)
     return Response(body, status_code=201, media_type="application/json")
 

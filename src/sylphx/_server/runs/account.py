@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sylphx._core.views import OrgView, SecretView, UsageReport
 from sylphx._server.store import OrgRow
-from sylphx._server.tenancy import billing, orgs, secrets
+from sylphx._server.tenancy import billing, orgs, secrets, spend
 
 from . import service
 from .readcache import KeyCache
@@ -61,6 +61,8 @@ class AccountService:
                 concurrent_shards=plan.concurrent_shards,
                 shards_in_use=service.shards_in_use(s, org.id),
                 monthly_credit_seconds=plan.monthly_credit_seconds,
+                monthly_limit_seconds=org.monthly_limit_seconds,
+                billable_seconds_this_month=spend.billable_this_month(s, org, self.now()),
             )
 
     def usage(self, org_id: str, start: datetime | None, end: datetime | None) -> UsageReport:

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.types import Receive
 
-from sylphx._core.errors import ServerUnavailable
+from sylphx._core.errors import ServerUnavailable, SylphxError
 from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import RunState, ShardState
-from sylphx._core.views import RunList, RunView, ShardView
+from sylphx._core.views import Quote, RunList, RunView, ShardView
 from sylphx._server.executors import Executor
 from sylphx._server.images import policy as image_policy
 from sylphx._server.images.store import ImageStore
@@ -32,6 +32,7 @@ from sylphx._server.tenancy import secrets
 from sylphx._settings import Settings
 
 from . import logs, retry, service
+from . import quote as quotes
 from .hostpaths import check_host_paths
 from .logs import Stream
 from .longpoll import RunWaiters
@@ -108,6 +109,11 @@ class RunService:
         # nothing of the control plane visible, whatever the spec says (422, nothing stored)
         local = self.executor.name == "local"  # Ray shards run on nodes: no existence check
         check_host_paths(spec, self.settings, local=local)
+        self._images(spec, org_id)
+
+    def _images(self, spec: RunSpec, org_id: str) -> None:
+        """Refuse an image the org's policy (or the scanner) refuses, or that this
+        executor cannot run."""
         images: dict[str, str] = {"image": spec.image} if spec.image else {}
         if spec.merge and spec.merge.image and spec.merge.image != spec.image:
             images["merge.image"] = spec.merge.image  # each image checked once
@@ -119,6 +125,26 @@ class RunService:
             for field, ref in images.items():
                 scanner = self.settings.image_scanner
                 image_policy.admit(ref, policy, self.images, scanner, field)
+
+    def quote(self, spec: RunSpec, org_id: str) -> Quote:
+        """The quote of ``spec`` (``POST /v1/runs?dryRun=true``): every check a submit
+        makes, nothing stored or reserved. A spec that breaks a rule is still a 422."""
+        check_host_paths(spec, self.settings, local=self.executor.name == "local")
+        refused: SylphxError | None = None
+        try:
+            if self.draining():
+                raise ServerUnavailable("the control plane is shutting down; retry shortly")
+            self._images(spec, org_id)
+        except SylphxError as exc:
+            refused = exc
+        with self.reads() as s:
+            org = s.get(OrgRow, org_id)
+            assert org is not None
+            capacity = self.executor.capacity()
+            now, settings = self.now(), self.settings
+            return quotes.quote(
+                s, spec, org, capacity=capacity, now=now, settings=settings, refused=refused
+            )
 
     def cancel(self, run_id: str, org_id: str) -> RunView:
         """Ask for the run to stop; a queued run is settled at once (and its long-polls

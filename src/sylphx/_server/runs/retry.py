@@ -20,7 +20,7 @@ from sylphx._core.states import SHARD_REOPEN, RunState, ShardState
 from sylphx._server.controller.policy import admission
 from sylphx._server.controller.transitions import reopen
 from sylphx._server.store import OrgRow, RunRow, ShardRow
-from sylphx._server.tenancy import quota
+from sylphx._server.tenancy import billing, quota, spend
 from sylphx._server.tenancy.orgs import limits
 
 from .service import check_references, load, shards_in_use
@@ -67,6 +67,8 @@ def retry(
             details=[{"field": "indices", "rule": "still stopping", "fix": "retry shortly"}],
         )
     spec = RunSpec.from_store(run.spec)
+    _check_spend_cap(s, run, spec, now)
+    spend.check(s, org, now)  # 402 at the org's monthly limit
     in_use = shards_in_use(s, org.id)
     quota.check(limits(org), org=org.name, in_use=in_use, requested=len(chosen) or 1)
     if chosen:
@@ -82,6 +84,22 @@ def retry(
     run.reopen_key = key
     run.queue_position = None
     return run
+
+
+def _check_spend_cap(s: Session, run: RunRow, spec: RunSpec, now: datetime) -> None:
+    """A run that reached its spend cap would be stopped again at once: a 409."""
+    cap = spec.max_compute_seconds
+    if cap is None:
+        return
+    used = billing.run_usage(s, run.id, run.machine, now)[0]
+    if used < cap:
+        return
+    fix = "submit a new run (with a higher maxComputeSeconds if it needs more)"
+    raise ConflictError(
+        f"run {run.id} used {used:,.1f} compute-s, reaching its maxComputeSeconds of {cap:,g}:"
+        f" a retry would be stopped at once. Fix: {fix}.",
+        details=[{"field": "maxComputeSeconds", "rule": "reached by the run", "fix": fix}],
+    )
 
 
 def _chosen(

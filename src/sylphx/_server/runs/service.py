@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select
+from sqlalchemy import Connection, Row, bindparam, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from sylphx._core.errors import ConflictError, NotFound, Unschedulable, ValidationError
@@ -23,8 +23,10 @@ from sylphx._server.controller.transitions import transition
 from sylphx._server.store import AttemptRow, OrgRow, RunRow, ShardRow, VolumeRow
 from sylphx._server.store.batch import Batch
 from sylphx._server.store.records import SHARDS
-from sylphx._server.tenancy import billing, quota, secrets
+from sylphx._server.tenancy import billing, quota, secrets, spend
 from sylphx._server.tenancy.orgs import limits
+
+from . import triage
 
 _RUN_ID = re.compile(r"wrk_[0-9a-z]{16}")  # see _ids.new_id
 _INSERT_SHARDS = Batch(
@@ -61,26 +63,7 @@ def submit(
     """Store a new queued run and its pending shards, refusing what could never run and
     what the org's plan does not allow. Call inside a transaction that serialized writers
     and locked ``org`` (so the quota check and the reservation are one step)."""
-    merge_machine = spec.merge.machine if spec.merge else None
-    for field, machine in (("machine", spec.machine), ("merge.machine", merge_machine)):
-        if machine and MACHINES[machine].gpu:
-            fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
-            raise Unschedulable(
-                f"{field}: {machine} is reserved in the API, but GPU node pools are not yet"
-                f" available, so it cannot be admitted. Fix: {fix}.",
-                details=[{"field": field, "rule": "GPU tiers are not admitted yet", "fix": fix}],
-            )
-    quota.check(
-        limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
-    )
-    admission.check_schedulable(
-        machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
-    )
-    if merge_machine:
-        admission.check_schedulable(
-            machine=merge_machine, parallelism=1, gang=False, total=capacity, field="merge.machine"
-        )
-    check_references(s, org.id, spec)
+    admit(s, spec, org, capacity=capacity, now=now)
     run = RunRow(
         id=new_id("wrk"),
         org_id=org.id,
@@ -113,6 +96,33 @@ def submit(
     return run
 
 
+def admit(s: Session, spec: RunSpec, org: OrgRow, *, capacity: Resources, now: datetime) -> None:
+    """Every check a submit of ``spec`` makes before it stores anything (a quote makes
+    them too): GPU tiers, the org's spend limit (402), the plan's ceiling and concurrent
+    budget (429), whether it could ever fit (422), its secrets and volumes (404)."""
+    merge_machine = spec.merge.machine if spec.merge else None
+    for field, machine in (("machine", spec.machine), ("merge.machine", merge_machine)):
+        if machine and MACHINES[machine].gpu:
+            fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
+            raise Unschedulable(
+                f"{field}: {machine} is reserved in the API, but GPU node pools are not yet"
+                f" available, so it cannot be admitted. Fix: {fix}.",
+                details=[{"field": field, "rule": "GPU tiers are not admitted yet", "fix": fix}],
+            )
+    spend.check(s, org, now)  # 402 at the org's monthly limit
+    quota.check(
+        limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
+    )
+    admission.check_schedulable(
+        machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
+    )
+    if merge_machine:
+        admission.check_schedulable(
+            machine=merge_machine, parallelism=1, gang=False, total=capacity, field="merge.machine"
+        )
+    check_references(s, org.id, spec)
+
+
 def check_references(s: Session, org_id: str, spec: RunSpec, run_id: str | None = None) -> None:
     """The secrets and volumes ``spec`` names exist and are the org's, or NotFound naming
     the one that is not (``run_id``: the ended run a retry would run again)."""
@@ -139,9 +149,9 @@ _IN_USE = (  # built once: every submit runs it
     .join(RunRow, RunRow.id == ShardRow.run_id)
     .where(
         RunRow.org_id == bindparam("org_id"),
+        # a merge step holds its unit from the submit until it ends: merges waiting for
+        # their shards can never start past the budget
         ShardRow.state.in_([st.value for st in ShardState if not st.terminal]),
-        # a merge step holds a unit only while it runs (its run's shards have all ended)
-        or_(ShardRow.index >= 0, ShardRow.state.in_([st.value for st in ShardState if st.live])),
     )
 )
 
@@ -238,8 +248,8 @@ def view(
 def full_view(s: Session, run: RunRow, now: datetime) -> RunView:
     """The view with the compute-seconds metered so far."""
     out = view(run)
-    tier = metered_tier(run, out.merge)
-    return out.model_copy(update={"compute_seconds": billing.run_usage(s, run.id, tier, now)[0]})
+    out.compute_seconds = billing.run_usage(s, run.id, metered_tier(run, out.merge), now)[0]
+    return with_failure_groups(s, out)
 
 
 _RUNS, _SHARDS, _ATTEMPTS = RunRow.__table__, ShardRow.__table__, AttemptRow.__table__
@@ -287,7 +297,14 @@ def read(db: Session | Connection, run_id: str, org_id: str, now: datetime) -> t
     merge = merge_views(db, [run]).get(run_id)
     compute, unended = billing.run_usage(db, run_id, metered_tier(run, merge), now)
     final = RunState(run.state).terminal and unended == 0
-    return view(run, counts, compute, merge), final
+    return with_failure_groups(db, view(run, counts, compute, merge)), final
+
+
+def with_failure_groups(db: Session | Connection, out: RunView) -> RunView:
+    """``out`` with its failure groups (reading the failed shards' stderr tails)."""
+    if out.aggregate.failed or out.aggregate.timed_out:
+        out.failure_groups = triage.failure_groups(db, out.id)
+    return out
 
 
 def metered_tier(run: RunRow | Row[Any], merge: ShardView | None) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -64,6 +65,8 @@ class OrgRow(Base):
     concurrent_shards: Mapped[int | None] = mapped_column(Integer)  # overrides the plan's
     monthly_credit_seconds: Mapped[float | None] = mapped_column(Float)  # overrides the plan's
     image_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # see image_policy.py
+    # new runs are refused (402) once its billable compute-seconds this month reach it (0014)
+    monthly_limit_seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -204,6 +207,8 @@ class UsageRow(Base):
     wall_seconds: Mapped[float] = mapped_column(Float)
     units: Mapped[float] = mapped_column(Float)
     compute_seconds: Mapped[float] = mapped_column(Float)
+    # False: a window the platform preempted (or whose node it lost): kept, not billed (0014)
+    billed: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
 
 class UsageDayRow(Base):
@@ -218,7 +223,8 @@ class UsageDayRow(Base):
     run_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     machine: Mapped[str] = mapped_column(String(16), primary_key=True)
     wall_seconds: Mapped[float] = mapped_column(Float)
-    compute_seconds: Mapped[float] = mapped_column(Float)
+    compute_seconds: Mapped[float] = mapped_column(Float)  # billed
+    unbilled_seconds: Mapped[float] = mapped_column(Float, server_default="0")  # 0014
 
 
 class SecretRow(Base):

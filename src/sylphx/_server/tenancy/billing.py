@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, String, Table, bindparam, func, insert, select
+from sqlalchemy import Connection, String, Table, bindparam, case, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -41,6 +41,7 @@ USAGE_KEYS = (  # the columns of a usage row, all given
     "wall_seconds",
     "units",
     "compute_seconds",
+    "billed",
 )
 
 
@@ -56,10 +57,12 @@ def usage(
     *,
     ran: bool = True,
     machine: str | None = None,
+    billed: bool = True,
 ) -> dict[str, object]:
     """The usage row of an ended attempt (see :func:`record`), at ``machine`` (default:
     the run's tier; the merge step's own); ``ran=False`` (the launch failed) bills zero,
-    and so does an attempt that never started (it ended while it waited for a Ray node)."""
+    and so does an attempt that never started (it ended while it waited for a Ray node);
+    ``billed=False``: a window the platform preempted, recorded but not billed."""
     assert attempt.ended_at is not None
     tier = machine or run.machine
     started = attempt.started_at or attempt.ended_at
@@ -75,6 +78,7 @@ def usage(
         "wall_seconds": wall,
         "units": MACHINES[tier].units,
         "compute_seconds": compute,
+        "billed": billed,
     }
 
 
@@ -89,19 +93,16 @@ def record(s: Session, rows: list[dict[str, object]]) -> None:
         ended = row["ended_at"]
         assert isinstance(ended, datetime)
         key = (row["org_id"], row["run_id"], row["machine"], ended.astimezone(UTC).date())
-        sums = days.get(key)
-        if sums is None:
-            days[key] = [row["wall_seconds"], row["compute_seconds"]]
-        else:
-            sums[0] += row["wall_seconds"]
-            sums[1] += row["compute_seconds"]
+        sums = days.setdefault(key, [0.0, 0.0, 0.0])  # wall, billed, unbilled
+        sums[0] += row["wall_seconds"]
+        sums[1 if row.get("billed", True) else 2] += row["compute_seconds"]
     if days:
         conn.execute(
             _ADD_DAYS[conn.dialect.name],
             [
                 {"org_id": org, "run_id": run, "machine": machine, "day": day.isoformat(),
-                 "wall_seconds": wall, "compute_seconds": compute}
-                for (org, run, machine, day), (wall, compute) in days.items()
+                 "wall_seconds": wall, "compute_seconds": billed, "unbilled_seconds": unbilled}
+                for (org, run, machine, day), (wall, billed, unbilled) in days.items()
             ],
         )  # fmt: skip
 
@@ -121,12 +122,15 @@ def _add_days(insert_: Callable[[Table], Any]) -> Any:
         set_={
             "wall_seconds": _DAYS.c.wall_seconds + stmt.excluded.wall_seconds,
             "compute_seconds": _DAYS.c.compute_seconds + stmt.excluded.compute_seconds,
+            "unbilled_seconds": _DAYS.c.unbilled_seconds + stmt.excluded.unbilled_seconds,
         },
     )
 
 
 _ADD_DAYS = {"sqlite": _add_days(sqlite.insert), "postgresql": _add_days(postgresql.insert)}
-_METERED = select(func.sum(_USAGE.c.compute_seconds)).where(_USAGE.c.run_id == bindparam("run_id"))
+_METERED = select(func.sum(_USAGE.c.compute_seconds)).where(
+    _USAGE.c.run_id == bindparam("run_id"), _USAGE.c.billed.is_(True)
+)
 _UNENDED = (  # one reconcile pass starts many shards with the same timestamp: few groups
     select(_ATTEMPTS.c.started_at, func.count())
     .where(_ATTEMPTS.c.run_id == bindparam("run_id"), _ATTEMPTS.c.ended_at.is_(None))
@@ -226,7 +230,8 @@ _GROUPS = (  # the usage rows of [lo, hi), by month, run and machine: a window's
         _USAGE.c.run_id,
         _USAGE.c.machine,
         func.sum(_USAGE.c.wall_seconds),
-        func.sum(_USAGE.c.compute_seconds),
+        func.sum(case((_USAGE.c.billed, _USAGE.c.compute_seconds), else_=0.0)),
+        func.sum(case((_USAGE.c.billed, 0.0), else_=_USAGE.c.compute_seconds)),
     )
     .where(_FROM_ORG, _USAGE.c.ended_at >= bindparam("lo"), _USAGE.c.ended_at < bindparam("hi"))
     .group_by(_Month(_USAGE.c.ended_at), _USAGE.c.run_id, _USAGE.c.machine)
@@ -237,6 +242,7 @@ _DAY_SUMS = select(  # the day sums of whole days [first, last), in key order, n
     _DAYS.c.machine,
     _DAYS.c.wall_seconds,
     _DAYS.c.compute_seconds,
+    _DAYS.c.unbilled_seconds,
 ).where(
     _DAYS.c.org_id == bindparam("org_id"),
     _DAYS.c.day >= bindparam("first"),
@@ -280,9 +286,11 @@ def report(s: Session, org: OrgRow, start: datetime, end: datetime) -> UsageRepo
     by_month: dict[str, float] = defaultdict(float)
     by_run: dict[str, float] = defaultdict(float)
     by_machine: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for month, run_id, machine, wall, compute in _groups(s, org.id, start, end):
+    unbilled: dict[str, float] = defaultdict(float)  # preempted windows, by run
+    for month, run_id, machine, wall, compute, lost in _groups(s, org.id, start, end):
         by_month[month] += compute
         by_run[run_id] += compute
+        unbilled[run_id] += lost
         by_machine[machine][0] += wall
         by_machine[machine][1] += compute
     month_start = _month_start(start)
@@ -303,8 +311,13 @@ def report(s: Session, org: OrgRow, start: datetime, end: datetime) -> UsageRepo
         credits_applied=round(applied, 3),
         billable_seconds=round(total - applied, 3),
         monthly_credit_seconds=credit,
+        unbilled_seconds=round(sum(unbilled.values()), 3),
+        monthly_limit_seconds=org.monthly_limit_seconds,
         by_run=[
-            UsageByRun(run_id=r, compute_seconds=round(c, 3)) for r, c in sorted(by_run.items())
+            UsageByRun(
+                run_id=r, compute_seconds=round(c, 3), unbilled_seconds=round(unbilled[r], 3)
+            )
+            for r, c in sorted(by_run.items())
         ],
         by_machine=[
             UsageByMachine(machine=m, wall_seconds=round(w, 3), compute_seconds=round(c, 3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -105,8 +106,10 @@ def update_org(
     plan: str | None = None,
     concurrent_shards: int | None = None,
     monthly_credit_seconds: float | None = None,
+    monthly_limit_seconds: float | None = None,
 ) -> OrgRow:
-    """Change an org's plan or its operator overrides (0 resets an override)."""
+    """Change an org's plan or its operator overrides (0 resets an override; a negative
+    ``monthly_limit_seconds`` removes the spend limit)."""
     org = find_org(s, ref)
     if plan is not None:
         _check_plan(plan)
@@ -115,6 +118,14 @@ def update_org(
         org.concurrent_shards = concurrent_shards or None
     if monthly_credit_seconds is not None:
         org.monthly_credit_seconds = monthly_credit_seconds if monthly_credit_seconds >= 0 else None
+    if monthly_limit_seconds is not None:
+        if not math.isfinite(monthly_limit_seconds):
+            fix = "give the limit in standard compute-seconds, e.g. 2000000, or -1 for none"
+            raise ValidationError(
+                f"monthly limit: {monthly_limit_seconds} is not a number of seconds. Fix: {fix}.",
+                details=[{"field": "monthlyLimitSeconds", "rule": "must be finite", "fix": fix}],
+            )
+        org.monthly_limit_seconds = monthly_limit_seconds if monthly_limit_seconds >= 0 else None
     return org
 
 

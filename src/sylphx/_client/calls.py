@@ -1,0 +1,96 @@
+# Generated from async_calls.py by tools/unasync_sdk.py (make sdk): edit that file, not this.
+"""How the SDK sends a request (``async_runs``, ``async_resources``): :func:`_request`
+repeats it as :class:`RetryPolicy` says (a restart of the control plane is ridden through
+by reads, long-polls, cancels and keyed submits) and restarts the embedded control plane
+when it is gone; :func:`_stream` opens a log stream the same way. ``calls.py`` is
+generated from this file (``make sdk``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .io_sync import run_blocking
+from .transport import ClientConfig, as_sylphx, check, is_retryable_connect, stream_timeout
+
+_RETRIED_STATUSES = (429, 503)  # raised inside the retry loop; every other status returns
+
+
+def _recover(config: ClientConfig, exc: Exception) -> None:
+    """After a refused connection to the embedded control plane, start it again."""
+    if config.embedded_home is not None and is_retryable_connect(exc):
+        from .embedded import ensure_local_server
+
+        run_blocking(functools.partial(ensure_local_server, config.embedded_home))
+
+
+def _request(
+    config: ClientConfig,
+    method: str,
+    path: str,
+    *,
+    json: Any = None,
+    params: Mapping[str, str | int] | None = None,
+    timeout: httpx.Timeout | None = None,
+    headers: Mapping[str, str] | None = None,
+    idempotent: bool | None = None,
+) -> httpx.Response:
+    """Send one request, repeated as ``config.retry`` says (GET: idempotent)."""
+    safe = method == "GET" if idempotent is None else idempotent
+    for attempt in config.retry.context(idempotent=safe):
+        with attempt:
+            try:
+                response = config.http().request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=timeout or config.timeout,
+                )
+            except httpx.HTTPError as exc:
+                _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if response.status_code in _RETRIED_STATUSES:
+                check(response)  # the retry policy decides on the typed error
+            return response
+    raise AssertionError("unreachable")  # the retry context raises when it gives up
+
+
+def _stream(
+    config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool, lines: bool
+) -> Iterator[Any]:
+    """A log's chunks as they come. Opening the stream is repeated as a read is; a stream
+    cut once it has started is not (its chunks would repeat): that raises."""
+    path = f"/v1/runs/{quote(run_id, safe='')}/logs"
+    client = config.http()
+    request = client.build_request(
+        "GET", path, params=params, timeout=stream_timeout(config, follow)
+    )
+    response: httpx.Response | None = None
+    for attempt in config.retry.context(idempotent=True):
+        with attempt:
+            try:
+                response = client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                _recover(config, exc)
+                raise as_sylphx(config, exc) from exc
+            if not response.is_success:
+                response.read()
+                response.close()
+                check(response)
+    assert response is not None
+    try:
+        yield from response.iter_lines() if lines else response.iter_bytes()
+    except httpx.HTTPError as exc:
+        raise as_sylphx(config, exc) from exc
+    finally:
+        response.close()
+
+
+def _run_path(run_id: str, suffix: str = "") -> str:
+    return f"/v1/runs/{quote(run_id, safe='')}{suffix}"
