@@ -7,7 +7,10 @@ per shard, log shipping, store writes, aggregate; the client long-polls for the 
 The baseline submits N Ray tasks that each run ``true`` with the same resources and waits;
 a second baseline does the same from a driver that keeps at most as many tasks in flight
 as the cluster runs at once (as an orchestrator that owns admission must), which tells the
-cost of not queueing in Ray from the cost of sylphx.
+cost of not queueing in Ray from the cost of sylphx; a third runs, in each raw Ray task,
+``true`` in the very envelope a sylphx shard gets on that node (built by the same node
+code: bubblewrap, seccomp, slirp4netns, the tier's cgroup), which tells the envelope's
+cost from the control plane's.
 Each envelope (``plain``: the goal row, the same process on both sides; ``sandboxed``:
 bubblewrap per shard, the production default) gets its own server, its own warm-up and
 its own baseline rounds, interleaved with sylphx's.
@@ -26,6 +29,7 @@ import argparse
 import os
 import subprocess
 import time
+from collections import Counter
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 
@@ -33,6 +37,10 @@ import ray
 from harness import BENCH_HOMES, ENVELOPES, Server, machine, summary, table
 
 from sylphx._core.machines import MACHINES
+from sylphx._server.executors.base import LaunchRequest
+from sylphx._server.executors.ray.remote import NodeEnvelope
+from sylphx._server.plane import shard_policy
+from sylphx._settings import Settings
 
 TIER = MACHINES["nano"]
 NODE = dict(num_cpus=2, memory=4 << 30, object_store_memory=80 << 20, num_gpus=0)
@@ -71,14 +79,45 @@ def run_true(_: int) -> int:
     return subprocess.run(["true"], check=False).returncode
 
 
-def raw_ray(n: int) -> float:
+def run_enveloped(request: LaunchRequest, envelope: NodeEnvelope) -> int | str:
+    """A Ray task body: the shard's own process in the very envelope a sylphx shard gets on
+    this node (the same node code builds it: bubblewrap's two stages, the uid drop, the
+    seccomp filter, slirp4netns, the tier's cgroup), its output read and dropped: what is
+    left between this and sylphx is the control plane and the log shipping."""
+    from sylphx._server.executors.ray.remote import run_streaming
+
+    handle = f"bench:{request.run_id}:{request.index}"
+    code, reason, _ = run_streaming(request, handle, envelope, lambda out, err: None)
+    return code if code == 0 else f"{code}: {reason}"
+
+
+def node_envelope(server_env: dict[str, str]) -> NodeEnvelope:
+    """What the server hands its Ray nodes, from the same settings."""
+    settings = Settings.from_env(server_env)
+    return NodeEnvelope(settings.sandbox, not settings.unenforced_tiers, shard_policy(settings))
+
+
+def request(index: int, n: int) -> LaunchRequest:
+    """What sylphx asks of shard ``index`` of the benchmark's run (log paths unused)."""
+    return LaunchRequest(
+        run_id="bench", index=index, attempt=1, count=n, indexed=True, command=["true"],
+        env={}, machine=TIER.name, stdout_path="", stderr_path="", working_dir=None,
+    )  # fmt: skip
+
+
+def raw_ray(n: int, envelope: NodeEnvelope | None = None) -> float:
     """All ``n`` tasks handed to Ray at once: Ray queues what does not fit, and a worker
-    that finishes one task is handed the next one queued (its lease is reused)."""
-    task = ray.remote(run_true).options(num_cpus=TIER.vcpu, memory=TIER.memory_bytes, max_retries=0)
+    that finishes one task is handed the next one queued (its lease is reused).
+    With ``envelope``, each task runs ``true`` in that envelope (``run_enveloped``)."""
+    options = dict(num_cpus=TIER.vcpu, memory=TIER.memory_bytes, max_retries=0)
     start = time.perf_counter()
-    codes = ray.get([task.remote(i) for i in range(n)])
+    if envelope is None:
+        codes = ray.get([ray.remote(run_true).options(**options).remote(i) for i in range(n)])
+    else:
+        task = ray.remote(run_enveloped).options(**options)
+        codes = ray.get([task.remote(request(i, n), envelope) for i in range(n)])
     took = time.perf_counter() - start
-    assert codes == [0] * n
+    assert codes == [0] * n, Counter(codes)
     return took
 
 
@@ -114,30 +153,33 @@ def raw_ray_windowed(n: int, window: int) -> float:
 
 
 def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> list[str]:
-    """Warm both sides up, then ``rounds`` interleaved rounds; one table row."""
+    """Warm every side up, then ``rounds`` interleaved rounds; one table row."""
     with Server(SYLPHX_EXECUTOR="ray", SYLPHX_RAY_ADDRESS=address, **ENVELOPES[envelope]) as srv:
-        for _ in range(WARM_ROUNDS):  # both pools grown, imports done, the store warm
-            raw_ray(n), raw_ray_windowed(n, window), srv.fan_out(n)
-        raw_t, win_t, syl_t = [], [], []
+        same = node_envelope(srv.env)
+        for _ in range(WARM_ROUNDS):  # the pools grown, imports done, the store warm
+            raw_ray(n), raw_ray_windowed(n, window), raw_ray(n, same), srv.fan_out(n)
+        raw_t, win_t, env_t, syl_t = [], [], [], []
         for _ in range(rounds):  # interleaved, so drift hits every column alike
             raw_t.append(raw_ray(n))
             win_t.append(raw_ray_windowed(n, window))
+            env_t.append(raw_ray(n, same))
             syl_t.append(srv.fan_out(n))
-    raw, win, syl = summary(raw_t), summary(win_t), summary(syl_t)
+    raw, win, env, syl = summary(raw_t), summary(win_t), summary(env_t), summary(syl_t)
+    cell = "{0[median]:.3f} ({0[min]:.3f}-{0[max]:.3f})".format
     return [
         envelope,
-        f"{raw['median']:.3f} ({raw['min']:.3f}-{raw['max']:.3f})",
-        f"{win['median']:.3f} ({win['min']:.3f}-{win['max']:.3f})",
-        f"{syl['median']:.3f} ({syl['min']:.3f}-{syl['max']:.3f})",
+        cell(raw),
+        cell(win),
+        cell(env),
+        cell(syl),
         f"{syl['median'] / raw['median']:.2f}x",
-        f"{win['median'] / raw['median']:.2f}x",
-        f"{syl['median'] / win['median']:.2f}x",
+        f"{syl['median'] / env['median']:.2f}x",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=int, default=200)
+    parser.add_argument("--shards", default="200,256", help="comma-separated run sizes")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side")
     parser.add_argument("--envelopes", default="plain,sandboxed", help="comma-separated")
     parser.add_argument("--address", help="an existing Ray cluster (default: start 3 nodes)")
@@ -167,24 +209,24 @@ def main() -> None:
             f"cluster: {len(ray.nodes())} nodes, {res['CPU']:g} CPU, {res['memory'] / 2**30:g} GiB"
         )
         window = slots()
-        rows = [
-            compare(address, e, args.shards, args.rounds, window) for e in args.envelopes.split(",")
-        ]
-        table(
-            f"P6: {args.shards} trivial shards (`true`, nano) on a {len(ray.nodes())}-node"
-            f" loopback Ray cluster; seconds, median (min-max) of {args.rounds} rounds after"
-            f" {WARM_ROUNDS} warm-up rounds; goal <= 1.3x (plain)",
-            [
-                "envelope",
-                "raw Ray tasks",
-                f"raw, {window} in flight",
-                "sylphx (Ray executor)",
-                "sylphx / raw",
-                "windowed / raw",
-                "sylphx / windowed",
-            ],
-            rows,
-        )
+        for n in (int(size) for size in args.shards.split(",")):
+            rows = [compare(address, e, n, args.rounds, window) for e in args.envelopes.split(",")]
+            table(
+                f"P6: {n} trivial shards (`true`, nano) on a {len(ray.nodes())}-node loopback"
+                f" Ray cluster; seconds, median (min-max) of {args.rounds} rounds after"
+                f" {WARM_ROUNDS} warm-up rounds; goal <= 1.3x against raw Ray (plain) and"
+                " against raw Ray in the same envelope (sandboxed)",
+                [
+                    "envelope",
+                    "raw Ray tasks (`true`)",
+                    f"raw, {window} in flight",
+                    "raw Ray, same envelope",
+                    "sylphx (Ray executor)",
+                    "sylphx / raw",
+                    "sylphx / same envelope",
+                ],
+                rows,
+            )
     finally:
         ray.shutdown()
         if cluster is not None:
