@@ -227,3 +227,33 @@ def test_the_cli_and_both_sdks_give_a_merge_and_read_its_log(server: Server) -> 
         return (await run.logs("merge")).stdout
 
     assert asyncio.run(via_async()) == "sdk-merged\n"
+
+
+ATTACK = (
+    "m=$SYLPHX_MANIFEST; d=$(dirname $m);"
+    " (echo pwned > $m) 2>/dev/null && echo wrote-manifest;"
+    " (mount -o remount,rw $m) 2>/dev/null && echo remounted;"
+    " (umount $m) 2>/dev/null && echo unmounted;"
+    " (rm -f $m) 2>/dev/null; [ -e $m ] || echo removed;"
+    " (touch $d/planted) 2>/dev/null && echo planted;"
+    " (ln -s /etc/passwd $d/link) 2>/dev/null && echo linked;"
+    " ls / | grep -q state && echo sees-state; cat $m > /dev/null && echo read-ok"
+)
+
+
+def test_a_merge_step_cannot_touch_its_manifest_or_the_host(server: Server) -> None:
+    """An attack through the API from inside a merge step: write, remount, unmount, remove
+    the manifest, plant files beside it; asserted on the host afterwards."""
+    run = server.submit(
+        command=["true"], parallelism=2, machine="nano", merge={"command": ["sh", "-c", ATTACK]}
+    )
+    done = server.wait(run["id"])
+    assert done["status"] == "succeeded", done
+    log = server.http.get(f"/v1/runs/{run['id']}/logs", params={"merge": "true"}).text
+    assert log == "read-ok\n", log  # every attempt on the manifest failed; it could read it
+    host = server.settings.home / "work" / run["id"]
+    files = sorted(p.name for p in host.iterdir())
+    assert files == ["manifest.attempt-1.json"], files  # nothing planted on the host
+    manifest = json.loads((host / "manifest.attempt-1.json").read_text())
+    assert manifest["runId"] == run["id"] and manifest["succeededIndices"] == [0, 1]
+    assert oct((host / "manifest.attempt-1.json").stat().st_mode & 0o777) == "0o444"
