@@ -11,6 +11,7 @@
 #   make bench        the P1-P7 benchmarks (BENCHMARKS.md), each against a baseline in the same run
 #   make bench-deps   install the wrk load generator (P3) via apt when missing (root)
 #   make sdk          regenerate the sync SDK from the async one (make lint checks it)
+#   make screenshots  the README's terminal pictures (docs/img/*.png); installs librsvg2-bin (root)
 #   make lint | fmt | clean | distclean
 
 SHELL := /bin/bash
@@ -32,10 +33,11 @@ DEMO_HOME    := $(if $(SYLPHX_HOME),$(SYLPHX_HOME),$(CURDIR)/.sylphx-demo)
 DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
-.PHONY: help venv system-deps demo ray-demo test check bench bench-deps lint fmt sdk clean distclean
+.PHONY: help venv system-deps demo ray-demo test check bench bench-deps lint fmt sdk screenshots \
+  clean distclean
 
 help:
-	@sed -n '3,14p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -50,7 +52,7 @@ $(STAMP): pyproject.toml
 
 # command:package pairs; busybox-static is checked by package (tests copy its static binary).
 SYSTEM_DEPS := bwrap:bubblewrap slirp4netns:slirp4netns setpriv:util-linux umoci:umoci skopeo:skopeo \
-  busybox-static:busybox-static libseccomp2:libseccomp2
+  busybox-static:busybox-static libseccomp2:libseccomp2 tmux:tmux
 
 system-deps:
 	@missing=""; \
@@ -66,7 +68,7 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
 	  || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then \
-	  echo ">> system packages present: bubblewrap slirp4netns libseccomp2 umoci skopeo busybox-static postgresql"; \
+	  echo ">> system packages present: bubblewrap slirp4netns libseccomp2 umoci skopeo busybox-static tmux postgresql"; \
 	elif [ "$$(id -u)" -ne 0 ]; then \
 	  echo ">> missing:$$missing and not root; skipping (install these Debian packages yourself)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
@@ -145,6 +147,25 @@ lint: venv
 # cost a second per run. --durations shows what the loop spends its time on.
 check: lint
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q -x -m "not slow" -p no:schemathesis --durations=5
+
+# The README's terminal pictures: rich's SVG export rasterised by rsvg-convert (librsvg2-bin,
+# installed via apt when missing, as root). docs/img/timeline.png is `sylphx runs timeline`
+# of a real 24-shard run (retries, a preemption, a merge step) on a throwaway local control
+# plane; tools/screenshots.py also turns an ANSI capture into a PNG (its `ansi` command).
+screenshots: venv system-deps
+	@if command -v rsvg-convert >/dev/null 2>&1; then \
+	  echo ">> rsvg-convert present"; \
+	elif [ "$$(id -u)" -ne 0 ]; then \
+	  echo ">> rsvg-convert missing and not root: apt-get install librsvg2-bin" >&2; exit 1; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo ">> rsvg-convert missing and no apt-get on this system (install librsvg)" >&2; exit 1; \
+	else \
+	  echo ">> installing librsvg2-bin"; \
+	  apt-get update; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends librsvg2-bin; \
+	fi
+	$(BIN)/python tools/screenshots.py demo -o docs/img/timeline.png
+	$(BIN)/python tools/screenshots.py live -o docs/img/live.png --final docs/img/live-final.png
 
 # The sync SDK (_client/calls.py, runs.py, resources.py) is generated from the async one: edit
 # _client/async_calls.py / async_runs.py / async_resources.py, then run this.

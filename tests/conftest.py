@@ -428,8 +428,9 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """A clean SYLPHX_HOME and no SYLPHX_URL, for embedded-default tests; the embedded
-    control plane started under it is stopped afterwards."""
+    """A clean SYLPHX_HOME, no SYLPHX_URL and no contexts (SYLPHX_CONFIG_DIR), for
+    embedded-default tests; the embedded control plane started under it is stopped
+    afterwards."""
     from sylphx._client.embedded import stop_local_server
 
     home = tmp_path / "embedded-home"
@@ -437,6 +438,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
         if key.startswith("SYLPHX_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("SYLPHX_HOME", str(home))
+    monkeypatch.setenv("SYLPHX_CONFIG_DIR", str(tmp_path / "config"))  # no current context
     if TEST_STORE == "postgresql":
         monkeypatch.setenv("SYLPHX_DATABASE_URL", database_url_for(home))
     yield home

@@ -47,8 +47,13 @@ def test_admin_creates_orgs_and_keys_that_work(server: Server, tmp_path: Path) -
     assert changed.returncode == 0 and "plan team" in changed.stdout
 
     # the new key works against the API, and `login` remembers it
-    user = {**base, "SYLPHX_URL": server.url, "SYLPHX_HOME": str(tmp_path / "user-home")}
-    assert sylphx("runs", "list", env=user).returncode == 1  # no key yet: 401
+    user = {
+        **base,
+        "SYLPHX_URL": server.url,
+        "SYLPHX_HOME": str(tmp_path / "user-home"),
+        "SYLPHX_CONFIG_DIR": str(tmp_path / "user-config"),  # no context of this machine's
+    }
+    assert sylphx("runs", "list", env=user).returncode == 4  # no key yet: 401
     login = sylphx("login", "--token", token, env=user)
     assert login.returncode == 0 and "as org acme (team)" in login.stdout
     creds = tmp_path / "user-home" / "credentials.json"
@@ -59,4 +64,4 @@ def test_admin_creates_orgs_and_keys_that_work(server: Server, tmp_path: Path) -
     assert sylphx("admin", "key", "revoke", key_id, env=admin).returncode == 0
     time.sleep(server.settings.auth_cache_seconds)  # API processes refuse it within this
     denied = sylphx("runs", "list", env=user)
-    assert denied.returncode == 1 and "revoked" in denied.stderr
+    assert denied.returncode == 4 and "revoked" in denied.stderr

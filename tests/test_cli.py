@@ -49,10 +49,12 @@ INVALID = [
         ["-n", "9", "--opportunistic", "--backoff-limit-per-index", "51"],
         "backoffLimitPerIndex: must be between 0 and 50",
     ),
-    (["--machine", "huge"], "machine: must be one of"),
+    (["--machine", "huge"], "'huge' is not one of nano, micro, small"),
+    (["--machine", "gpu-small"], "the GPU tiers (gpu-small, gpu-large) are not admitted yet"),
+    (["--merge-command", "true", "--merge-machine", "huge"], "'huge' is not one of nano"),
     (["--timeout", "0"], "timeoutSeconds: must be between 1 and 86400"),
     (["--timeout", "86401"], "timeoutSeconds: must be between 1 and 86400"),
-    (["--completion-mode", "Sometimes"], "completionMode: must be one of"),
+    (["--completion-mode", "Sometimes"], "'Sometimes' is not one of Indexed, NonIndexed"),
     (["--env", "SYLPHX_SHARD_INDEX=1"], "reserved"),
     (["--env", "NOEQUALS"], "--env"),
     (["--volume", "vol_x:relative"], "mountPath: must be an absolute path"),
@@ -152,7 +154,7 @@ def test_logs_follow_and_cancel(server: Server) -> None:
 
 def test_cli_not_found(server: Server) -> None:
     r = cli("runs", "get", "wrk_nope", url=server.url, token=server.token)
-    assert r.returncode == 1 and "run 'wrk_nope' not found" in r.stderr
+    assert r.returncode == 2 and "run 'wrk_nope' not found" in r.stderr  # an unknown id: usage
 
 
 def test_seed_cli_example_on_the_embedded_default(clean_env: Path, tmp_path: Path) -> None:

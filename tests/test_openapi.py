@@ -65,7 +65,10 @@ def test_the_statuses_the_issue_names(shared_server: Server) -> None:
     assert codes("get", "/healthz") == {"200"}
     assert codes("get", "/readyz") == {"200", "503"}
     logs = ops[("get", "/v1/runs/{run_id}/logs")]["responses"]["200"]["content"]
-    assert logs == {"text/plain": {"schema": {"type": "string"}}}
+    assert logs == {
+        "text/plain": {"schema": {"type": "string"}},
+        "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/LogChunk"}},  # all=true
+    }
     too_many = ops[("post", "/v1/runs")]["responses"]["429"]
     assert "Retry-After" in too_many["headers"]
 

@@ -34,6 +34,7 @@ EXPECTED = {
     "Quote",
     "MergeSpec",
     "IllegalTransition",
+    "LogLine",
     "Logs",
     "NotFound",
     "PayloadTooLarge",

@@ -5,7 +5,7 @@ one aggregate::
 
     from sylphx import RunsClient, create_client
 
-    config = create_client()  # $SYLPHX_URL, else the embedded local control plane
+    config = create_client()  # $SYLPHX_URL, the current context, else the embedded one
     run = RunsClient.run_distributed(config, command=["python", "train.py"], parallelism=9)
     status = run.wait()
     print(status.status, status.succeeded)
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         Aggregate,
         AttemptView,
         FailureGroup,
+        LogLine,
         Logs,
         OrgView,
         Quote,
@@ -107,6 +108,7 @@ _LAZY = {
     "Aggregate": "sylphx._core.views",
     "AttemptView": "sylphx._core.views",
     "FailureGroup": "sylphx._core.views",
+    "LogLine": "sylphx._core.views",
     "Logs": "sylphx._core.views",
     "Quote": "sylphx._core.views",
     "OrgView": "sylphx._core.views",
@@ -132,6 +134,7 @@ __all__ = [
     "FailureGroup",
     "FailureRule",
     "IllegalTransition",
+    "LogLine",
     "Logs",
     "MergeSpec",
     "NotFound",

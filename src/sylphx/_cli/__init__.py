@@ -1,12 +1,15 @@
-"""The ``sylphx`` command line: run, runs, volumes, usage, login, secrets, server, local, admin."""
+"""The ``sylphx`` command line: run, runs, volumes, usage, login, contexts, secrets, server,
+local, admin, completion."""
 
 from __future__ import annotations
 
 import click
 
-from .account import login, usage
+from .account import login, logout, usage, whoami
 from .admin import local, server, volumes
-from .common import Group, State
+from .common import EXIT_CODES_HELP, Group, State
+from .completion import COMPLETE_VAR, PROG_NAME, completion
+from .contexts import context
 from .orgs import admin
 from .run_cmd import run
 from .runs import runs
@@ -15,11 +18,14 @@ from .secrets_cmd import secrets
 __all__ = ["cli", "main"]
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP
+)
 @click.option(
     "--url",
-    envvar="SYLPHX_URL",
-    help="Control plane URL (http(s):// or unix://); default: the embedded local one.",
+    metavar="URL",
+    help="Control plane URL (http(s):// or unix://) [default: $SYLPHX_URL, else the current"
+    " context's, else the embedded local one].",
 )
 @click.version_option(package_name="sylphx", prog_name="sylphx")
 @click.pass_context
@@ -30,17 +36,13 @@ def cli(ctx: click.Context, url: str | None) -> None:
     ctx.call_on_close(st.close)
 
 
-cli.add_command(run)
-cli.add_command(runs)
-cli.add_command(volumes)
-cli.add_command(server)
-cli.add_command(local)
-cli.add_command(login)
-cli.add_command(usage)
-cli.add_command(admin)
-cli.add_command(secrets)
+for command in (
+    run, runs, volumes, server, local, login, logout, whoami, context, usage, admin, secrets,
+    completion,
+):  # fmt: skip
+    cli.add_command(command)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point (``python -m sylphx`` too: same name, same completion)."""
+    cli(prog_name=PROG_NAME, complete_var=COMPLETE_VAR)

@@ -99,14 +99,28 @@ def local_stop() -> None:
 
 @click.group(cls=Group)
 def volumes() -> None:
-    """ReadWriteMany volumes that runs mount with --volume ID:/path."""
+    """ReadWriteMany volumes that runs mount with --volume ID:/path.
+
+    \b
+    Examples:
+      VOL=$(sylphx volumes create --name cache)
+      sylphx run -n 9 --opportunistic --volume "$VOL:/cache" -- python fill.py
+      sylphx volumes list --json
+      sylphx volumes delete "$VOL"
+    """
 
 
 @volumes.command("create")
 @click.option("--name", help="A label for the volume.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the volume as JSON.")
 def volume_create(name: str | None, as_json: bool) -> None:
-    """Create a volume and print its id."""
+    """Create a volume and print its id.
+
+    \b
+    Examples:
+      VOL=$(sylphx volumes create --name cache)
+      sylphx volumes create --name data --json
+    """
     vol = VolumesClient.create(state().config(), name)
     if as_json:
         echo_json(vol.to_wire())
@@ -115,7 +129,7 @@ def volume_create(name: str | None, as_json: bool) -> None:
 
 
 @volumes.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the volumes as JSON.")
 def volume_list(as_json: bool) -> None:
     """List volumes."""
     vols = VolumesClient.list(state().config())
@@ -129,7 +143,11 @@ def volume_list(as_json: bool) -> None:
 
 @volumes.command("delete")
 @click.argument("volume_id")
-def volume_delete(volume_id: str) -> None:
-    """Delete a volume (refused while a live run mounts it)."""
+@click.option("--json", "as_json", is_flag=True, help='Print {"deleted": VOLUME_ID}.')
+def volume_delete(volume_id: str, as_json: bool) -> None:
+    """Delete a volume (refused while a live run mounts it: exit 1)."""
     VolumesClient.delete(state().config(), volume_id)
-    click.echo(f"deleted {volume_id}")
+    if as_json:
+        echo_json({"deleted": volume_id})
+    else:
+        click.echo(f"deleted {volume_id}")

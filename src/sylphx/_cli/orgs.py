@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,8 @@ from .common import Group, echo_json
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from sylphx._server.store import ApiKeyRow, OrgRow
 
 PLANS = click.Choice(["free", "pro", "team", "enterprise"])
 
@@ -42,6 +44,35 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _org_wire(row: OrgRow) -> dict[str, Any]:
+    """An org with its effective limits, as ``--json`` prints it."""
+    from sylphx._server.tenancy import orgs
+
+    lim = orgs.limits(row)
+    return {
+        "id": row.id,
+        "name": row.name,
+        "plan": row.plan,
+        "maxParallelism": lim.max_parallelism,
+        "concurrentShards": lim.concurrent_shards,
+        "monthlyCreditSeconds": lim.monthly_credit_seconds,
+        "monthlyLimitSeconds": row.monthly_limit_seconds,
+    }
+
+
+def _key_wire(row: ApiKeyRow) -> dict[str, Any]:
+    """A key's record (never the key), as ``--json`` prints it."""
+    return {
+        "id": row.id,
+        "orgId": row.org_id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "state": "revoked" if row.revoked_at else "active",
+        "createdAt": row.created_at.isoformat(),
+        "revokedAt": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
 @click.group(cls=Group)
 def admin() -> None:
     """Operator commands on the store (SYLPHX_DATABASE_URL / SYLPHX_HOME): orgs, API keys,
@@ -61,10 +92,17 @@ def org() -> None:
 @click.option("--plan", type=PLANS, default="free", show_default=True)
 @click.option("--concurrent-shards", type=click.IntRange(1), help="Override the plan's budget.")
 @click.option("--monthly-credit", type=click.FloatRange(0), help="Standard compute-seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the org and its limits as JSON.")
 def org_create(
-    name: str, plan: str, concurrent_shards: int | None, monthly_credit: float | None
+    name: str, plan: str, concurrent_shards: int | None, monthly_credit: float | None, as_json: bool
 ) -> None:
-    """Create an org NAME on a plan."""
+    """Create an org NAME on a plan and print its id.
+
+    \b
+    Examples:
+      sylphx admin org create acme --plan pro
+      sylphx admin org create lab --plan team --concurrent-shards 64 --json
+    """
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
@@ -76,7 +114,11 @@ def org_create(
             concurrent_shards=concurrent_shards,
             monthly_credit_seconds=monthly_credit,
         )
-        click.echo(row.id)
+        if as_json:
+            s.flush()
+            echo_json(_org_wire(row))
+        else:
+            click.echo(row.id)
 
 
 @org.command("set")
@@ -89,14 +131,22 @@ def org_create(
     type=float,
     help="Refuse new runs (402) once billable compute-seconds this month reach it; -1: none.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the org and its limits as JSON.")
 def org_set(
     ref: str,
     plan: str | None,
     concurrent_shards: int | None,
     monthly_credit: float | None,
     monthly_limit: float | None,
+    as_json: bool,
 ) -> None:
-    """Change an org's plan or budgets (REF is its id or name)."""
+    """Change an org's plan or budgets (REF is its id or name).
+
+    \b
+    Examples:
+      sylphx admin org set acme --plan team
+      sylphx admin org set acme --monthly-limit 720000 --json
+    """
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
@@ -108,6 +158,9 @@ def org_set(
             monthly_credit_seconds=monthly_credit,
             monthly_limit_seconds=monthly_limit,
         )
+        if as_json:
+            echo_json(_org_wire(row))
+            return
         lim = orgs.limits(row)
         cap = row.monthly_limit_seconds
         click.echo(
@@ -194,8 +247,15 @@ def key() -> None:
 @key.command("create")
 @click.option("--org", "org_ref", required=True, help="Org id or name.")
 @click.option("--name", help="A label for the key.")
-def key_create(org_ref: str, name: str | None) -> None:
-    """Create a key; it is printed once and cannot be shown again."""
+@click.option("--json", "as_json", is_flag=True, help="Print the key and its id as JSON.")
+def key_create(org_ref: str, name: str | None, as_json: bool) -> None:
+    """Create a key; it is printed once and cannot be shown again.
+
+    \b
+    Examples:
+      sylphx admin key create --org acme --name ci
+      KEY=$(sylphx admin key create --org acme --json | jq -r .key)
+    """
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
@@ -203,16 +263,23 @@ def key_create(org_ref: str, name: str | None) -> None:
         click.echo(
             f"created {row.id} for org {org_ref}; store it now, it is not shown again:", err=True
         )
-        click.echo(token)
+        if as_json:
+            echo_json({**_key_wire(row), "key": token})
+        else:
+            click.echo(token)
 
 
 @key.command("list")
 @click.option("--org", "org_ref", help="Only this org (id or name).")
-def key_list(org_ref: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON.")
+def key_list(org_ref: str | None, as_json: bool) -> None:
     """Keys by id, prefix and state (never the key itself)."""
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
+        if as_json:
+            echo_json([_key_wire(k) for k in orgs.list_keys(s, org_ref)])
+            return
         click.echo(f"{'ID':<22}{'ORG':<22}{'PREFIX':<12}{'NAME':<16}STATE")
         for k in orgs.list_keys(s, org_ref):
             status = "revoked" if k.revoked_at else "active"

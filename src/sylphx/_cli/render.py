@@ -55,8 +55,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def _exit(code: int | None) -> str:
-    return "-" if code is None else str(code)
+def _exit(shard: ShardView) -> str:
+    """The exit code of the shard's current attempt: ``-`` until it ended (a retried
+    shard's view keeps its previous attempt's code while the next one is pending/running)."""
+    return "-" if shard.exit_code is None or not shard.status.terminal else str(shard.exit_code)
 
 
 def shard_table(
@@ -68,7 +70,7 @@ def shard_table(
     rows = []
     for s in sorted(shards, key=lambda s: s.index):
         row = [str(s.index), s.status.value, str(s.attempts), str(s.preemptions)]
-        row.append(_exit(s.exit_code))
+        row.append(_exit(s))
         row.append(fmt_duration(shard_duration(s, now)))
         if reason:
             retry = f"retry at {fmt_time(s.retry_at)}" if s.retry_at else ""
@@ -108,7 +110,8 @@ def spec_line(view: RunView) -> str:
     """What the run executes and how it fans out."""
     spec = view.spec
     where = spec.image or f"host:{spec.working_dir or '-'}"
-    mode = "gang" if spec.gang else f"opportunistic, {spec.retry_budget} retries/index"
+    retries = "retry" if spec.retry_budget == 1 else "retries"
+    mode = "gang" if spec.gang else f"opportunistic, {spec.retry_budget} {retries}/index"
     if spec.retry_budget:
         b = spec.retry_backoff
         mode += f" (backoff {b.initial_seconds:g}s x{b.factor:g} to {b.max_seconds:g}s)"

@@ -2,161 +2,104 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shlex
-import shutil
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 from sylphx._client.runs import Run, RunsClient
 from sylphx._client.transport import build_spec
 from sylphx._core.states import RunState
-from sylphx._core.views import RunView, ShardView
+from sylphx._core.views import RunView
 
 from . import render
-from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, echo_json, state
+from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, echo_json, quote_exit_code, state
+from .live import LiveView, LogLines, hints
+from .run_options import (
+    COMPLETION_MODE,
+    MACHINE,
+    parse_backoff,
+    parse_env,
+    parse_policy,
+    parse_volumes,
+    parse_when,
+)
 
 POLL_INTERVAL = 0.5
 
 
-def _parse_env(
-    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(
-                f"{item!r} is not KEY=VALUE. Fix: e.g. --env SEED=42 (repeat for more)"
-            )
-        env[name] = value
-    return env
+def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False, color: bool = True) -> RunView:
+    """Look at ``run`` until it ends, showing it as it goes (see :mod:`.live`).
 
-
-def _parse_policy(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
-    """``--failure-policy``: a JSON list of rules, inline or ``@file``."""
-    if value is None:
-        return None
-    text = value
-    if value.startswith("@"):
-        try:
-            text = Path(value[1:]).read_text()
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise click.BadParameter(
-            "is not JSON. Fix: e.g. --failure-policy"
-            ' \'[{"onExitCodes": {"operator": "In", "values": [42]}, "action": "FailIndex"}]\''
-            " or @policy.json"
-        ) from None
-
-
-def _parse_backoff(
-    _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> dict[str, float] | None:
-    """``--retry-backoff INITIAL[,FACTOR[,MAX]]`` in seconds."""
-    if value is None:
-        return None
-    names = ("initial_seconds", "factor", "max_seconds")
-    try:
-        numbers = [float(part) for part in value.split(",")]
-    except ValueError:
-        numbers = []
-    if not 1 <= len(numbers) <= 3:
-        raise click.BadParameter(
-            f"{value!r} is not INITIAL[,FACTOR[,MAX]]. Fix: e.g. --retry-backoff 10,2,360"
-        )
-    return dict(zip(names, numbers, strict=False))
-
-
-def _parse_when(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
-    """``--merge-when allSucceeded|always|K`` (K: at least K indices succeeded)."""
-    if value is None or value in ("allSucceeded", "always"):
-        return value
-    if value.isdigit():
-        return {"min_succeeded": int(value)}
-    raise click.BadParameter(f"{value!r}: give allSucceeded, always or a number of indices K")
-
-
-def _parse_volumes(
-    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
-) -> list[dict[str, str]]:
-    mounts = []
-    for item in values:
-        volume_id, sep, path = item.partition(":")
-        if not sep or not volume_id or not path:
-            raise click.BadParameter(
-                f"{item!r} is not ID:/path. Fix: e.g. --volume vol_abc123:/cache"
-                " (ids from `sylphx volumes list`)"
-            )
-        mounts.append({"volume_id": volume_id, "mount_path": path})
-    return mounts
-
-
-def _redraw(out: TextIO, lines: list[str], previous: int) -> int:
-    height = shutil.get_terminal_size((100, 40)).lines - 1
-    if len(lines) > height:
-        hidden = len(lines) - height + 1
-        lines = [*lines[: height - 1], f"… {hidden} more shards"]
-    if previous:
-        out.write(f"\x1b[{previous}F\x1b[J")  # back to the table's first line, clear below
-    out.write("\n".join(lines) + "\n")
-    out.flush()
-    return len(lines)
-
-
-def _merge(view: RunView) -> list[str]:
-    line = render.merge_line(view)
-    return [line] if line else []
-
-
-def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
-    """Poll ``run`` until terminal, showing the aggregate and the per-shard table.
-
-    On a TTY the table is redrawn in place; otherwise one line is printed per shard
-    status change and the final table at the end. ``quiet`` prints nothing. Between two
-    looks the run is long-polled, so its end is shown at once rather than at the next look.
+    On a terminal the live view is redrawn in place and the full final view and the next
+    steps stay when it ends; otherwise one timestamped line per batch of changes, then
+    the final table (or grid) and the run's line. ``quiet`` prints nothing;
+    ``color=False`` (``--no-color``; NO_COLOR too) draws without colour. Between two looks
+    the run is long-polled, so its end shows at once rather than at the next look.
     """
-    seen: dict[int, tuple[str, int]] = {}
-    drawn = 0
-    shards: list[ShardView] = []
     view = run.refresh()
-    while True:
-        shards = run.shards()  # fetched after the view, so terminal view => terminal shards
-        if quiet:
-            pass
-        elif tty:
-            head = [render.aggregate_line(view), *_merge(view)]
-            drawn = _redraw(out, [*head, *render.shard_table(shards)], drawn)
-        else:
-            for shard in sorted(shards, key=lambda s: s.index):
-                key = (shard.status.value, shard.attempts)
-                if seen.get(shard.index) != key:
-                    seen[shard.index] = key
-                    out.write(render.shard_change(shard) + "\n")
-            step = view.merge
-            if step is not None and seen.get(-1) != (step.status.value, step.attempts):
-                seen[-1] = (step.status.value, step.attempts)
-                out.write("".join(f"{line}\n" for line in _merge(view)))
-            out.flush()
-        if view.status.terminal:
-            break
-        started = time.monotonic()
-        view = run.refresh(wait=POLL_INTERVAL)  # answered at once if the run ends meanwhile
-        if not view.status.terminal:  # a server without long-polls answers at once
-            time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
-    if not quiet and not tty:
-        final = [*render.shard_table(shards), *_merge(view), render.aggregate_line(view)]
-        out.write("\n".join(final) + "\n")
-        out.flush()
+    console = Console(file=out, no_color=True if not color else None, highlight=False)
+    screen = LiveView(console)
+    lines = LogLines(out)
+    with contextlib.ExitStack() as stack:
+        live = None
+        if tty and not quiet:
+            live = stack.enter_context(
+                Live(screen, console=console, refresh_per_second=4, transient=True,
+                     vertical_overflow="crop", redirect_stdout=False, redirect_stderr=False)
+            )  # fmt: skip
+        while True:
+            shards = run.shards()  # fetched after the view: terminal view => terminal shards
+            if live is not None:
+                screen.update(view, shards)
+                live.refresh()
+            elif not quiet:
+                lines.update(view, shards)
+            if view.status.terminal:
+                break
+            started = time.monotonic()
+            view = run.refresh(wait=POLL_INTERVAL)  # answered at once if the run ends meanwhile
+            if not view.status.terminal:  # a server without long-polls answers at once
+                time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
+    if quiet:
+        return view
+    if tty:
+        console.print(screen.draw(view, shards, datetime.now(UTC), final=True))
+        for hint in hints(view, shards):
+            console.print(Text(hint, style="dim"), no_wrap=True, overflow="ellipsis")
+    else:
+        lines.final(view, shards)
     return view
+
+
+def _next_steps(run_id: str) -> str:
+    """How to follow a run started without --follow (printed to stderr)."""
+    return (
+        f"  status:  sylphx runs get {run_id}\n"
+        f"  logs:    sylphx runs logs {run_id} --all --follow\n"
+        "  (or start it with `sylphx run ... --follow` to watch it to the end)"
+    )
+
+
+@contextlib.contextmanager
+def _waiting(image: str | None) -> Iterator[None]:
+    """A spinner on a terminal's stderr while the submit waits on the control plane
+    pulling and unpacking an image it does not have yet (the submit checks it)."""
+    if image is None or not sys.stderr.isatty():
+        yield
+        return
+    what = f"pulling and unpacking {image} (when not cached)"
+    with Console(stderr=True).status(f"submitting: the control plane is {what}…"):
+        yield
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -165,15 +108,15 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
 @click.option(
     "--opportunistic", is_flag=True, help="Admit shards as capacity frees (gangScheduling false)."
 )
-@click.option("--completion-mode", help="Indexed (default) or NonIndexed.")
+@click.option("--completion-mode", type=COMPLETION_MODE, help="Indexed (default) or NonIndexed.")
 @click.option(
     "--backoff-limit-per-index", type=int, help="Retries per shard, 0..50 (opportunistic)."
 )
-@click.option("--machine", help="Per-shard tier: nano micro small standard large xlarge ...")
+@click.option("--machine", type=MACHINE, help="Per-shard tier (default standard).")
 @click.option("--timeout", "timeout_seconds", type=int, help="Per-shard deadline in seconds.")
-@click.option("--env", "env", multiple=True, callback=_parse_env, metavar="K=V", help="Repeatable.")
+@click.option("--env", "env", multiple=True, callback=parse_env, metavar="K=V", help="Repeatable.")
 @click.option(
-    "--volume", "volumes", multiple=True, callback=_parse_volumes, metavar="ID:/PATH",
+    "--volume", "volumes", multiple=True, callback=parse_volumes, metavar="ID:/PATH",
     help="Mount a volume into every shard. Repeatable.",
 )  # fmt: skip
 @click.option("--workdir", help="Directory the command starts in (default: current, no --image).")
@@ -201,13 +144,13 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
 )
 @click.option(
     "--failure-policy",
-    callback=_parse_policy,
+    callback=parse_policy,
     metavar="JSON|@FILE",
     help="Rules on exit codes and reasons (FailIndex, FailRun, Ignore, Count).",
 )
 @click.option(
     "--retry-backoff",
-    callback=_parse_backoff,
+    callback=parse_backoff,
     metavar="INITIAL[,FACTOR[,MAX]]",
     help="Seconds before a failed index runs again (default 1,2,60).",
 )
@@ -218,11 +161,11 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
 )
 @click.option(
     "--merge-when",
-    callback=_parse_when,
+    callback=parse_when,
     metavar="allSucceeded|always|K",
     help="When the merge runs: all succeeded (default), always, or at least K succeeded.",
 )
-@click.option("--merge-machine", help="The merge's tier (default: the shards').")
+@click.option("--merge-machine", type=MACHINE, help="The merge's tier (default: the shards').")
 @click.option("--merge-image", help="The merge's image (default: the shards').")
 @click.option("--merge-timeout", type=int, help="The merge's deadline in seconds.")
 @click.option("--merge-backoff-limit", type=int, help="Retries of a failed merge (default 0).")
@@ -233,8 +176,9 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False) -> RunView:
     "--dry-run", is_flag=True, help="Quote it: would it start, what could it cost. Stores nothing."
 )
 @click.option("--follow", "-f", "follow_run", is_flag=True, help="Show shard status until done.")
+@click.option("--no-color", is_flag=True, help="Draw --follow without colour (NO_COLOR too).")
 @click.option("--json", "as_json", is_flag=True, help="Print the RunView as JSON.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD...]")
 def run(
     image: str | None,
     parallelism: int | None,
@@ -262,13 +206,32 @@ def run(
     max_compute_seconds: float | None,
     dry_run: bool,
     follow_run: bool,
+    no_color: bool,
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Run CMD as a run of N indexed shards (N = --parallelism, default 1)."""
+    """Run CMD as a run of N indexed shards (N = --parallelism, default 1).
+
+    Each shard gets SYLPHX_SHARD_INDEX and SYLPHX_SHARD_COUNT. With --image, CMD replaces
+    the image's CMD and may be omitted to run it. Prints the run id (stdout) and how to
+    follow it (stderr); with --follow, exits 0 only if the run succeeded.
+
+    \b
+    Examples:
+      sylphx run -n 9 --opportunistic --machine large --follow -- python train.py
+      ID=$(sylphx run -n 4 -- python part.py) && sylphx runs logs "$ID" --all --follow
+      sylphx run --image python:3.12-slim -n 3 -- python -c 'print("hi")'
+      sylphx run --image ghcr.io/acme/job@sha256:...      # the image's own CMD
+      sylphx run --dry-run -n 64 --machine xlarge -- python big.py
+    """
+    if not command and image is None:
+        raise click.UsageError(
+            "no command to run. Fix: give it after --, e.g. `sylphx run -n 4 -- python"
+            " train.py`, or give --image IMAGE to run the image's CMD"
+        )
     fields: dict[str, Any] = {
         "image": image,
-        "command": list(command),
+        "command": list(command) or None,
         "parallelism": parallelism,
         "gang_scheduling": False if opportunistic else None,
         "completion_mode": completion_mode,
@@ -307,18 +270,21 @@ def run(
             echo_json(quote.to_wire())
         else:
             click.echo("\n".join(render.quote_lines(quote)))
-        raise SystemExit(EXIT_FAILED if quote.verdict == "refused" else EXIT_OK)
-    handle = RunsClient.submit(state().config(), spec)
+        raise SystemExit(quote_exit_code(quote))
+    with _waiting(spec.image or (spec.merge.image if spec.merge else None)):
+        handle = RunsClient.submit(state().config(), spec)
     if not follow_run:
         if as_json:
             echo_json(handle.view.to_wire())
         else:
-            click.echo(handle.id)
+            click.echo(handle.id)  # stdout: just the id, for ID=$(sylphx run ...)
+            click.echo(_next_steps(handle.id), err=True)
         return
-    if not as_json:
+    tty = sys.stdout.isatty()
+    if not as_json and not tty:  # on a terminal the live view's header says it
         click.echo(f"{handle.id}  {render.spec_line(handle.view)}")
     try:
-        final = follow(handle, sys.stdout, tty=sys.stdout.isatty(), quiet=as_json)
+        final = follow(handle, sys.stdout, tty=tty, quiet=as_json, color=not no_color)
     except KeyboardInterrupt:
         click.echo(
             f"\nstopped following; run {handle.id} continues."

@@ -25,6 +25,8 @@ from sylphx._core.spec import AdmissionFallback, CompletionMode, RunSpec
 from sylphx._core.states import RunState
 from sylphx._core.views import (
     Aggregate,
+    LogChunk,
+    LogLine,
     Logs,
     Quote,
     RunList,
@@ -154,6 +156,31 @@ class AsyncRun:
         params = log_params(shard, stream, follow, attempt)
         return _stream(self._config, self.id, params, follow, lines=False)
 
+    async def stream_all_logs(
+        self,
+        stream: LogStream = "stdout",
+        follow: bool = True,
+        indices: str | Iterable[int] | None = None,
+        failed: bool = False,
+    ) -> AsyncIterator[LogLine]:
+        """Every shard's output line by line, interleaved as the lines come, in one
+        response: each a :class:`LogLine` (shard index, attempt, line, when the server
+        read it). With ``follow``, until every shard has ended (moving on to retries).
+        ``indices`` (``"0-3,7"`` or a list): those shards only. ``failed``: only shards
+        that ended failed or timed_out, each whole once it ended (following, also the
+        ones that end so later)."""
+        params = log_params(0, stream, follow, None)  # checks the stream
+        del params["shard"]
+        params["all"] = "true"
+        if indices is not None:
+            params["indices"] = indices if isinstance(indices, str) else compress(indices)
+        if failed:
+            params["failed"] = "true"
+        async for record in _stream(self._config, self.id, params, follow, lines=True):
+            if record:
+                for line in LogChunk.model_validate_json(record).lines():
+                    yield line
+
     async def cancel(self) -> RunView:
         """Ask the control plane to cancel the run (it ends within seconds; see
         :meth:`wait`)."""
@@ -193,7 +220,7 @@ class AsyncRunsClient:
     async def run_distributed(
         config: ClientConfig,
         *,
-        command: Sequence[str],
+        command: Sequence[str] | None = None,
         image: str | None = None,
         parallelism: int | None = None,
         machine: MachineName | None = None,
@@ -217,7 +244,8 @@ class AsyncRunsClient:
         """Fan ``command`` out to ``parallelism`` indexed shards and return the handle.
 
         The spec is validated locally first (same errors as the server). With no
-        ``image``, the command runs on the host in ``working_dir`` (default: cwd).
+        ``image``, the command runs on the host in ``working_dir`` (default: cwd); with
+        one, ``command`` replaces its CMD, or may be omitted to run that CMD.
         ``failure_policy`` rules and ``retry_backoff`` take the wire's camelCase keys
         (``{"onExitCodes": {"operator": "In", "values": [42]}, "action": "FailIndex"}``)
         or snake_case ones, and so does ``merge``, the step run once every shard ended
@@ -254,7 +282,7 @@ class AsyncRunsClient:
     async def run(
         config: ClientConfig,
         *,
-        command: Sequence[str],
+        command: Sequence[str] | None = None,
         image: str | None = None,
         machine: MachineName | None = None,
         volume_mounts: Iterable[VolumeMountLike] | None = None,
@@ -262,7 +290,8 @@ class AsyncRunsClient:
         env: Mapping[str, str] | None = None,
         working_dir: str | None = None,
     ) -> AsyncRun:
-        """Start a single-shard run (the N=1 case of :meth:`run_distributed`)."""
+        """Start a single-shard run (the N=1 case of :meth:`run_distributed`; ``command``
+        may be omitted with an ``image``, to run its CMD)."""
         fields = spec_fields(
             image=image, command=command, machine=machine, volume_mounts=volume_mounts,
             timeout_seconds=timeout_seconds, env=env, working_dir=working_dir,

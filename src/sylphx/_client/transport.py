@@ -51,6 +51,7 @@ class ClientConfig:
     __slots__ = (
         "_async",
         "_embedded_home",
+        "_fix",
         "_http",
         "_lock",
         "_timeout",
@@ -69,8 +70,10 @@ class ClientConfig:
         embedded_home: Path | None = None,
         token: str | None = None,
         retry: RetryPolicy | None = None,
+        unreachable_fix: str | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self._fix = unreachable_fix
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
         self._async = weakref.WeakKeyDictionary()
         self._token = token
@@ -100,6 +103,11 @@ class ClientConfig:
     def embedded_home(self) -> Path | None:
         """SYLPHX_HOME of the embedded control plane this config uses, if any."""
         return self._embedded_home
+
+    @property
+    def unreachable_fix(self) -> str | None:
+        """What to do when nothing answers (names where the URL came from), if known."""
+        return self._fix
 
     @property
     def headers(self) -> dict[str, str]:
@@ -175,46 +183,18 @@ def create_client(
 ) -> ClientConfig:
     """Connect to a control plane.
 
-    ``url`` defaults to ``$SYLPHX_URL``; ``unix:///path/to.sock`` selects a Unix
-    socket. With neither, the embedded local control plane for ``$SYLPHX_HOME`` is
-    used, started on demand and shared between terminals. ``token`` (the API key)
-    defaults to ``$SYLPHX_TOKEN``, then the key ``sylphx login`` stored for the URL;
-    the embedded control plane's own key is used automatically. ``retry``: when requests
-    are repeated (default: reads and long-polls ride through a restart of the control
-    plane for up to 60 s; ``RetryPolicy(wait_for_quota=600)`` makes submits wait out 429s).
+    ``url`` (``unix:///path/to.sock`` selects a Unix socket) defaults to ``$SYLPHX_URL``,
+    then the current context's URL (``sylphx context use NAME``). With none of them, the
+    embedded local control plane for ``$SYLPHX_HOME`` is used, started on demand and shared
+    between terminals. ``token`` (the API key) defaults to ``$SYLPHX_TOKEN``, then the key
+    stored for the URL (by ``sylphx login`` or in a context); the embedded control plane's
+    own key is used automatically. ``retry``: when requests are repeated (default: reads
+    and long-polls ride through a restart of the control plane for up to 60 s;
+    ``RetryPolicy(wait_for_quota=600)`` makes submits wait out 429s).
     """
-    from .credentials import load_token
+    from .contexts import connect, resolve
 
-    url = url or os.environ.get("SYLPHX_URL") or None
-    token = token or os.environ.get("SYLPHX_TOKEN") or None
-    if url is None:
-        from sylphx._settings import home_dir
-
-        from .embedded import ensure_local_server
-
-        home = home_dir()
-        sock = ensure_local_server(home)
-        token = token or load_token(None)
-        return ClientConfig(
-            UDS_BASE_URL, uds=str(sock), timeout=timeout, embedded_home=home, token=token,
-            retry=retry,
-        )  # fmt: skip
-    token = token or load_token(url)
-    if url.startswith("unix://"):
-        uds = url[len("unix://") :]
-        return ClientConfig(UDS_BASE_URL, uds=uds, timeout=timeout, token=token, retry=retry)
-    if not url.startswith(("http://", "https://")):
-        raise ValidationError(
-            f"url {url!r} is not an http(s) or unix:// URL. Fix: e.g. http://127.0.0.1:8080",
-            details=[
-                {
-                    "field": "url",
-                    "rule": "must be http(s):// or unix://",
-                    "fix": "e.g. http://127.0.0.1:8080",
-                }
-            ],
-        )
-    return ClientConfig(url, timeout=timeout, token=token, retry=retry)
+    return connect(resolve(url), token=token, timeout=timeout, retry=retry)
 
 
 # -- errors ------------------------------------------------------------------
@@ -224,13 +204,12 @@ def unavailable(config: ClientConfig, exc: Exception) -> ServerUnavailable:
     """A ServerUnavailable naming the endpoint, the cause and what to do."""
     if config.embedded_home is not None:
         fix = f"check {config.embedded_home / 'server.log'}, or run `sylphx local stop` and retry"
+    elif config.unreachable_fix is not None:
+        fix = config.unreachable_fix
     elif config.uds:
-        fix = "start it with `sylphx server --uds PATH`, or fix SYLPHX_URL"
+        fix = "start it with `sylphx server --uds PATH`, or correct the URL"
     else:
-        fix = (
-            "start `sylphx server` there or correct SYLPHX_URL; unset SYLPHX_URL to use"
-            " the embedded local control plane"
-        )
+        fix = "start `sylphx server` there, or correct the URL"
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         what = f"no response within {config.timeout:g}s"
     else:
@@ -319,7 +298,7 @@ def build_spec(fields: Mapping[str, Any]) -> RunSpec:
 def spec_fields(
     *,
     image: str | None,
-    command: Sequence[str],
+    command: Sequence[str] | None,
     parallelism: int | None = None,
     machine: str | None = None,
     gang_scheduling: bool | None = None,

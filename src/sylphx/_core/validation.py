@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from .errors import ValidationError
 from .limits import shown
+from .machines import CPU_MACHINES, MACHINES
 
 __all__ = ["validation_error"]
 
@@ -28,6 +29,12 @@ _TYPE_RULES: dict[str, tuple[str, str]] = {
     "model_type": ("must be an object", "give a JSON object"),
     "model_attributes_type": ("must be an object", "give a JSON object"),
 }
+# A tier the schema accepts but admission refuses (GPU) is not offered in the message.
+_ADMISSIBLE = ", ".join(repr(m) for m in CPU_MACHINES[:-1]) + f" or {CPU_MACHINES[-1]!r}"
+_GPU_NOTE = (
+    f"the GPU tiers ({', '.join(m for m in MACHINES if m not in CPU_MACHINES)}) are reserved"
+    " and not admitted yet"
+)
 _FIXES_FOR_MISSING = {"command": 'give the argv to run, e.g. ["python", "train.py"]'}
 
 
@@ -124,6 +131,8 @@ def _rule(err: Any, field: str) -> tuple[str, str, str]:
         named = str(ctx["field"])  # the rule's own field: more precise within ``loc``
         field = named if named and (not field or named.startswith(field)) else field
         return field, str(ctx["rule"]), str(ctx["fix"])
+    if kind in ("literal_error", "enum") and field in ("machine", "merge.machine"):
+        return field, f"must be one of {_ADMISSIBLE} (got {got})", f"pick one; {_GPU_NOTE}"
     if kind in ("literal_error", "enum"):
         allowed = str(ctx.get("expected", ""))
         return field, f"must be one of {allowed} (got {got})", "pick one of the allowed values"

@@ -18,6 +18,8 @@ __all__ = [
     "ErrorDetail",
     "FailureGroup",
     "Health",
+    "LogChunk",
+    "LogLine",
     "Logs",
     "OrgView",
     "Quote",
@@ -165,6 +167,38 @@ class Logs(_View):
 
     stdout: str
     stderr: str
+
+
+class LogLine(_View):
+    """One line of a shard's log (without its newline), as ``Run.stream_all_logs`` yields
+    it: the shard's index, the attempt that wrote it, and when the control plane read it
+    (UTC, to the millisecond)."""
+
+    shard: int
+    attempt: int
+    line: str
+    ts: datetime
+
+
+class LogChunk(_View):
+    """One record of the all-shard log stream (``GET /v1/runs/{id}/logs?all=true``: one
+    JSON object per line): whole lines of one attempt of one shard, read at ``ts``. Only
+    the last record of an attempt may end without a newline (its log did), or a piece of
+    a line longer than 256 KiB."""
+
+    shard: int
+    attempt: int
+    data: str
+    ts: datetime
+
+    def lines(self) -> list[LogLine]:
+        """``data`` cut at its newlines (a last line without one is a line too)."""
+        parts = self.data.split("\n")
+        if parts[-1] == "":
+            parts.pop()
+        return [
+            LogLine(shard=self.shard, attempt=self.attempt, line=part, ts=self.ts) for part in parts
+        ]
 
 
 class UsageByRun(_View):

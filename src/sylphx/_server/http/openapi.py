@@ -3,9 +3,10 @@
 FastAPI documents each route's success and a 422 in its own (unused) shape. Everything
 else is added here from one table, :data:`ROUTES`: every error status each endpoint can
 answer, all in the one error body (:class:`~sylphx._core.views.ErrorBody`), the bearer key as a
-security scheme (not a header parameter), the logs as ``text/plain`` and a secret's
-``200 replaced``. A route missing from the table, or a table row without a route, fails
-the document's build, so the two cannot drift apart.
+security scheme (not a header parameter), the logs as ``text/plain`` (every shard's as
+NDJSON, each line a ``LogChunk``) and a secret's ``200 replaced``. A route missing from
+the table, or a table row without a route, fails the document's build, so the two cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from sylphx._core.views import ErrorBody, SecretView
+from sylphx._core.views import ErrorBody, LogChunk, SecretView
 
 __all__ = ["ERRORS", "ROUTES", "document", "install"]
 
@@ -60,6 +61,8 @@ ROUTES: dict[tuple[str, str], tuple[bool, tuple[int, ...]]] = {
     ("get", "/v1/usage"): (True, ()),
 }
 TEXT_PLAIN = {("get", "/v1/runs/{run_id}/logs")}  # 200 is the log itself, not JSON
+# ... and with all=true (or indices) every shard's log: one LogChunk per line (NDJSON)
+NDJSON = {("get", "/v1/runs/{run_id}/logs"): "LogChunk"}
 REF = "#/components/schemas/{model}"
 
 
@@ -83,8 +86,9 @@ def document(app: FastAPI) -> dict[str, Any]:
     body = ErrorBody.model_json_schema(ref_template=REF)
     schemas.update(body.pop("$defs", {}))
     schemas["ErrorBody"] = body
-    if "SecretView" not in schemas:
-        schemas["SecretView"] = SecretView.model_json_schema(ref_template=REF)
+    for model in (SecretView, LogChunk):
+        if model.__name__ not in schemas:
+            schemas[model.__name__] = model.model_json_schema(ref_template=REF)
     doc["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "an API key"}
     }
@@ -122,6 +126,9 @@ def _complete(method: str, path: str, op: dict[str, Any]) -> None:
         responses[str(code)] = _error(code)
     if (method, path) in TEXT_PLAIN:
         responses["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    if (method, path) in NDJSON:  # the schema of each line
+        each = {"schema": {"$ref": REF.format(model=NDJSON[(method, path)])}}
+        responses["200"]["content"]["application/x-ndjson"] = each
     if (method, path) == ("post", "/v1/secrets"):
         view = {"application/json": {"schema": {"$ref": REF.format(model="SecretView")}}}
         responses["200"] = {"description": "Replaced an existing secret", "content": view}

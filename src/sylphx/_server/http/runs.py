@@ -6,7 +6,7 @@ HTTP only: parameters, status codes, streaming. What each route does is a method
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -161,25 +161,79 @@ async def get_logs(
     follow: bool = False,
     attempt: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPTS)] = None,
     merge: bool = False,
+    all_shards: Annotated[
+        bool, Query(alias="all", description="every shard's log in one NDJSON stream")
+    ] = False,
+    indices: Annotated[
+        Text | None,
+        Query(max_length=4096, description='like all=true, for these shards only ("0-3,7")'),
+    ] = None,
+    failed: Annotated[
+        bool, Query(description="with all or indices: only shards that ended failed or timed_out")
+    ] = False,
 ) -> StreamingResponse:
     """One shard's log (or, with ``merge=true``, the merge step's) as stored (secret values
-    were masked as it was written); with ``follow``, until the shard ends."""
-    if (shard is None) == (not merge):
-        fix = "give shard=INDEX for a shard's log, or merge=true for the merge step's"
-        said = "is required" if shard is None else "cannot be given with merge=true"
-        raise ValidationError(
-            f"shard: {said}. Fix: {fix}.",
-            details=[{"field": "shard", "rule": said, "fix": fix}],
+    were masked as it was written); with ``follow``, until the shard ends.
+
+    With ``all=true`` (or ``indices``), every shard's log in this one response, as
+    ``application/x-ndjson``: one ``{"shard", "attempt", "data", "ts"}`` record per line,
+    ``data`` whole lines of that shard (lines of two shards never mix), ``ts`` when the
+    server read them. With ``follow``, records come as lines do, until every shard
+    ended and its log is read. ``failed=true``: only shards that ended failed or
+    timed_out, each sent whole once ended (following, also those that end so later)."""
+    if all_shards or indices is not None:
+        many = "all=true" if all_shards else "indices"
+        _refuse_with(many, shard=shard is not None, merge=merge, attempt=attempt is not None)
+        body = await runs.all_logs(
+            run_id, org_id, stream, indices=indices, failed=failed, follow=follow
         )
+        return StreamingResponse(body, media_type="application/x-ndjson")
+    if failed:
+        _refuse("failed", "needs all=true or indices", "add all=true, or drop failed")
+    if (shard is None) == (not merge):
+        fix = (
+            "give shard=INDEX for a shard's log, merge=true for the merge step's,"
+            " or all=true for every shard's"
+        )
+        said = "is required" if shard is None else "cannot be given with merge=true"
+        _refuse("shard", said, fix)
     index = MERGE_INDEX if merge else shard
     assert index is not None
-    body = runs.logs(run_id, org_id, index, stream, attempt=attempt, follow=follow)
-    first = await anext(body, b"")  # surface NotFound as a 404 before streaming starts
+    one = runs.logs(run_id, org_id, index, stream, attempt=attempt, follow=follow)
+    first = await anext(one, b"")  # surface NotFound as a 404 before streaming starts
 
     async def chained() -> AsyncIterator[bytes]:
         if first:
             yield first
-        async for chunk in body:
+        async for chunk in one:
             yield chunk
 
     return StreamingResponse(chained(), media_type="text/plain; charset=utf-8")
+
+
+def _refuse_with(many: str, *, shard: bool, merge: bool, attempt: bool) -> None:
+    """422 for a parameter that names one log beside ``many`` (all=true or indices)."""
+    if shard:
+        _refuse(
+            "shard",
+            f"cannot be given with {many}",
+            f"drop shard for every shard's log, or drop {many} for one shard's",
+        )
+    if merge:
+        _refuse(
+            "merge",
+            f"cannot be given with {many}",
+            f"drop merge=true, or drop {many} for the merge step's log",
+        )
+    if attempt:
+        _refuse(
+            "attempt",
+            f"cannot be given with {many}",
+            "drop attempt (each shard's newest is read), or give shard=INDEX",
+        )
+
+
+def _refuse(field: str, said: str, fix: str) -> NoReturn:
+    raise ValidationError(
+        f"{field}: {said}. Fix: {fix}.", details=[{"field": field, "rule": said, "fix": fix}]
+    )

@@ -31,7 +31,7 @@ from sylphx._server.store import OrgRow, RunRow
 from sylphx._server.tenancy import secrets
 from sylphx._settings import Settings
 
-from . import logs, retry, service
+from . import all_logs, logs, retry, service
 from . import quote as quotes
 from .hostpaths import check_host_paths
 from .logs import Stream
@@ -270,6 +270,30 @@ class RunService:
             shard,
             stream,
             attempt=attempt,
+            follow=follow,
+            legacy_secrets=functools.partial(self._secret_values, run_id, org_id),
+        )
+
+    async def all_logs(
+        self,
+        run_id: str,
+        org_id: str,
+        stream: Stream,
+        *,
+        indices: str | None,
+        failed: bool,
+        follow: bool,
+    ) -> AsyncIterator[bytes]:
+        """Every shard's log (or those of ``indices``, or only the failed ones) as NDJSON
+        records of whole lines (see :mod:`.all_logs`); NotFound and ValidationError are
+        raised before the body is returned."""
+        return await all_logs.open_all(
+            self.reads,
+            run_id,
+            org_id,
+            stream,
+            indices=indices,
+            failed=failed,
             follow=follow,
             legacy_secrets=functools.partial(self._secret_values, run_id, org_id),
         )

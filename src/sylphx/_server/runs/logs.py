@@ -38,9 +38,7 @@ class Where:
 def locate(
     s: Session, run_id: str, org_id: str, index: int, stream: Stream, attempt: int | None
 ) -> Where:
-    run = s.get(RunRow, run_id)
-    if run is None or run.org_id != org_id:
-        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    run = owned_run(s, run_id, org_id)
     shard = s.scalars(
         select(ShardRow).where(ShardRow.run_id == run_id, ShardRow.index == index)
     ).first()
@@ -67,11 +65,31 @@ def locate(
             f" (it has {shard.attempts}). Fix: {fix}.",
             details=[{"field": "attempt", "rule": f"must be {shard.attempts} or less", "fix": fix}],
         )
-    done = ShardState(shard.state).terminal
     if row is None:
-        return Where(done, None, None, True)
+        return where_of(shard.state, None, None, ended=True, legacy=False)
     path = row.stdout_path if stream == "stdout" else row.stderr_path
-    return Where(done, row.number, path, row.ended_at is not None, bool(row.legacy_log))
+    return where_of(
+        shard.state, row.number, path, ended=row.ended_at is not None, legacy=bool(row.legacy_log)
+    )
+
+
+def owned_run(s: Session, run_id: str, org_id: str) -> RunRow:
+    """The org's run; NotFound for an unknown id and for another org's run alike."""
+    run = s.get(RunRow, run_id)
+    if run is None or run.org_id != org_id:
+        raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
+    return run
+
+
+def where_of(
+    shard_state: str, attempt: int | None, path: str | None, *, ended: bool, legacy: bool
+) -> Where:
+    """The :class:`Where` of a shard in ``shard_state`` whose newest attempt (None: none
+    yet) writes ``path``."""
+    done = ShardState(shard_state).terminal
+    if attempt is None:
+        return Where(done, None, None, True)
+    return Where(done, attempt, path, ended, legacy)
 
 
 def _named(index: int) -> str:
@@ -118,41 +136,80 @@ async def _stream_log(
         with sessions() as s:
             return locate(s, run_id, org_id, index, stream, attempt)
 
+    tail = Tail(pinned=attempt)
     current = await anyio.to_thread.run_sync(where)
-    offset = 0
-    reading = current.attempt
     while True:
-        if current.path is not None and current.attempt == reading:
-            async for chunk, end in _read_from(current.path, offset):
-                offset = end
-                yield current.legacy, chunk
-        if not follow:
-            return
-        if current.attempt is not None and current.attempt != reading:
-            reading, offset = current.attempt, 0  # a retry started: follow it from the top
-            continue
-        if current.attempt_done and (current.shard_done or attempt is not None):
-            if current.path is not None:  # drain what was written just before the end
-                async for chunk, _ in _read_from(current.path, offset):
-                    yield current.legacy, chunk
+        async for _, legacy, chunk in tail.advance(current, follow=follow):
+            yield legacy, chunk
+        if tail.done:
             return
         await anyio.sleep(FOLLOW_POLL_SECONDS)
         try:
             current = await anyio.to_thread.run_sync(where)
         except NotFound:  # the run was deleted while followed: its log ends here
             return
-        if reading is None:
-            reading = current.attempt
 
 
-async def _read_from(path: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
+@dataclass
+class Tail:
+    """A reader's place in one shard's log, followed across its attempts: fed what a look
+    at the store found (a :class:`Where`) each time, it reads what is new. Both the
+    one-shard stream and the all-shard one (:mod:`.all_logs`) follow a shard with it."""
+
+    pinned: int | None = None  # the attempt asked for; None: the newest, moving on to retries
+    reading: int | None = None  # the attempt whose log is read
+    path: str | None = None
+    legacy: bool = False
+    offset: int = 0
+    done: bool = False  # everything there will be was read
+    behind: bool = False  # the budget stopped the last read before the log's end
+
+    async def advance(
+        self, current: Where, *, follow: bool, budget: int | None = None
+    ) -> AsyncIterator[tuple[int, bool, bytes]]:
+        """The bytes written since the last look, as (attempt, legacy, chunk); at most
+        ``budget`` bytes of the current attempt's (None: to its end). A retry that
+        started is followed from its top, once the attempt before it is drained. Sets
+        :attr:`done` when nothing more will come: at once without ``follow``, else once
+        the attempt ended with its shard (or is the one pinned) and was read to its end."""
+        if self.reading is None:
+            self.reading = current.attempt
+        if current.attempt is not None and current.attempt != self.reading:
+            if self.path is not None and self.reading is not None:  # its last bytes
+                async for chunk, _ in _read_from(self.path, self.offset):
+                    yield self.reading, self.legacy, chunk
+            self.reading, self.offset, self.path = current.attempt, 0, None
+        drained = True
+        if current.attempt is not None and current.attempt == self.reading:
+            self.path, self.legacy = current.path, current.legacy
+            if self.path is not None:
+                got = 0
+                async for chunk, end in _read_from(self.path, self.offset, budget):
+                    self.offset, got = end, got + len(chunk)
+                    yield current.attempt, self.legacy, chunk
+                drained = budget is None or got < budget
+        ended = current.attempt_done and (current.shard_done or self.pinned is not None)
+        self.done = drained and (not follow or ended)
+        self.behind = not drained
+
+
+async def _read_from(
+    path: str, offset: int, limit: int | None = None
+) -> AsyncIterator[tuple[bytes, int]]:
+    """The file's bytes from ``offset`` (at most ``limit`` of them), each chunk with the
+    offset after it; nothing for a file not written yet."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below; kept open across awaits
     except FileNotFoundError:
         return
     try:
         fh.seek(offset)
-        while chunk := fh.read(CHUNK):
+        while limit is None or limit > 0:
+            chunk = fh.read(CHUNK if limit is None else min(CHUNK, limit))
+            if not chunk:
+                break
+            if limit is not None:
+                limit -= len(chunk)
             offset += len(chunk)
             yield chunk, offset
             await anyio.sleep(0)
