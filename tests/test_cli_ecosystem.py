@@ -9,16 +9,19 @@ import inspect
 import json
 import os
 import socket
+import socketserver
 import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import stamina
 from click.testing import CliRunner, Result
@@ -28,13 +31,17 @@ from oci import BusyboxImages
 from sylphx import RunsClient, UsageClient, create_client
 from sylphx._cli import cli
 from sylphx._cli import common as exits
+from sylphx._cli.completion import TIMEOUT_SECONDS, complete_run_id
 from sylphx._cli.render import shard_table, spec_line
-from sylphx._client.contexts import LOCAL, Contexts, config_file, resolve
+from sylphx._client import embedded
+from sylphx._client.contexts import LOCAL, Contexts, config_file, resolve, stored_token
+from sylphx._client.credentials import credentials_file
 from sylphx._client.transport import build_spec, spec_fields
 from sylphx._core import errors
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import RunState, ShardState
-from sylphx._core.views import Aggregate, RunView, ShardView
+from sylphx._core.views import Aggregate, RunList, RunView, ShardView
+from sylphx._settings import socket_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -242,6 +249,31 @@ def test_every_creating_listing_or_showing_command_speaks_json(server: Server, h
     assert key["key"].startswith("sx_") and key["state"] == "active" and key["name"] == "ci"
     keys = js(sx("admin", "key", "list", "--org", "jsonco", "--json", **admin))
     assert [k["id"] for k in keys] == [key["id"]] and "key" not in keys[0]
+    orgs = js(sx("admin", "org", "list", "--json", **admin))
+    assert [o for o in orgs if o["name"] == "jsonco"] == [changed]
+    policy = js(sx("admin", "org", "policy", "jsonco", "--allow-source", "ghcr.io/jsonco/",
+                   "--require-digest", "--json", **admin))  # fmt: skip
+    assert policy == {
+        "id": org["id"],
+        "name": "jsonco",
+        "imagePolicy": {
+            "allowedSources": ["ghcr.io/jsonco/"], "requireDigest": True, "denyDigests": []
+        },
+    }  # fmt: skip
+    shown = sx("admin", "org", "policy", "jsonco", "--deny-digest", "sha256:bad", **admin)
+    assert shown.stdout == (
+        "jsonco: images from ghcr.io/jsonco/ only; pinned by digest; 1 digest(s) denied\n"
+    ), shown.output
+    cleared = js(sx("admin", "org", "policy", "jsonco", "--clear", "--json", **admin))
+    assert cleared["imagePolicy"] is None
+    assert sx("admin", "org", "policy", "jsonco", **admin).stdout == (
+        "jsonco: no image policy (any image is admitted)\n"
+    )
+    spare = js(sx("admin", "key", "create", "--org", "jsonco", "--json", **admin))
+    revoked = js(sx("admin", "key", "revoke", spare["id"], "--json", **admin))
+    assert (revoked["id"], revoked["state"]) == (spare["id"], "revoked") and revoked["revokedAt"]
+    assert "key" not in revoked
+    assert sx("admin", "key", "revoke", spare["id"], **admin).stdout == f"revoked {spare['id']}\n"
     as_org = {"url": server.url, "token": key["key"]}
 
     who = js(sx("whoami", "--json", **as_org))
@@ -360,9 +392,100 @@ def test_run_ids_and_tiers_complete(server: Server, home: Path, tmp_path: Path) 
 
     dead = complete("sylphx runs get ", base | {"SYLPHX_URL": dead_url()})
     assert (dead.returncode, dead.stdout.strip(), dead.stderr) == (0, "", "")
+    began = time.monotonic()
     embedded = complete("sylphx runs get ", base)  # never starts the embedded control plane
-    assert (embedded.returncode, embedded.stdout.strip()) == (0, "")
-    assert not (tmp_path / "home" / "control.sock").exists()
+    assert (embedded.returncode, embedded.stdout.strip(), embedded.stderr) == (0, "", "")
+    assert time.monotonic() - began < 30  # the interpreter's start; no server's
+    home_dir = tmp_path / "home"
+    assert not home_dir.exists() or sorted(p.name for p in home_dir.iterdir()) == []
+
+
+def _complete_in_process() -> tuple[list[str], float]:
+    """The run ids completed for ``sylphx runs get <TAB>`` (no --url), and how long it took."""
+    ctx = click.Context(cli)
+    ctx.params = {"url": None}
+    began = time.monotonic()
+    items = complete_run_id(ctx, click.Argument(["run_id"]), "")
+    return [i.value for i in items], time.monotonic() - began
+
+
+@pytest.fixture
+def starts(monkeypatch: pytest.MonkeyPatch) -> list[Path | None]:
+    """Every start of the embedded control plane asked for (none happens)."""
+    asked: list[Path | None] = []
+
+    def ensure(home: Path | None = None) -> Path:
+        asked.append(home)
+        raise AssertionError("completion started the embedded control plane")
+
+    monkeypatch.setattr(embedded, "ensure_local_server", ensure)
+    return asked
+
+
+def test_completion_answers_within_2s_overall_and_never_starts_the_embedded_one(
+    home: Path, tmp_path: Path, starts: list[Path | None]
+) -> None:
+    sylphx_home = tmp_path / "home"
+    sylphx_home.mkdir()
+    sock = socket_path(sylphx_home.resolve())
+    assert _complete_in_process()[0] == [] and not sock.exists()  # nothing there: nothing
+
+    stale = socket.socket(socket.AF_UNIX)  # a control plane that died: its socket stays
+    stale.bind(str(sock))
+    stale.close()
+    ids, took = _complete_in_process()
+    assert ids == [] and took < TIMEOUT_SECONDS, took  # refused at once, and not restarted
+
+    sock.unlink()
+    hung = socket.socket(socket.AF_UNIX)  # one that accepts and never answers
+    hung.bind(str(sock))
+    hung.listen(8)
+    try:
+        ids, took = _complete_in_process()
+    finally:
+        hung.close()
+    assert ids == [] and TIMEOUT_SECONDS - 0.1 < took < TIMEOUT_SECONDS + 1.0, took
+    assert starts == [] and [p for p in sylphx_home.iterdir() if p != sock] == []
+
+
+class _Canned(BaseHTTPRequestHandler):
+    """The embedded control plane, as far as completion asks it: one run, and who asked."""
+
+    body = b""
+    asked: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:
+        self.asked.append((self.path, self.headers.get("Authorization")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_completion_asks_the_running_embedded_one_on_its_socket_with_its_key(
+    home: Path, tmp_path: Path, starts: list[Path | None]
+) -> None:
+    sylphx_home = (tmp_path / "home").resolve()
+    sylphx_home.mkdir()
+    (sylphx_home / "local-token").write_text("sx_local-key\n")
+    _Canned.body = json.dumps(RunList(items=[_view()]).to_wire()).encode()
+    _Canned.asked = []
+    httpd = socketserver.ThreadingUnixStreamServer(str(socket_path(sylphx_home)), _Canned)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        ids, took = _complete_in_process()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert ids == ["wrk_0000000000000000"] and took < TIMEOUT_SECONDS
+    assert [(p.split("?")[0], a) for p, a in _Canned.asked] == [
+        ("/v1/runs", "Bearer sx_local-key")
+    ]  # one request, with the embedded control plane's own key
+    assert starts == []
 
 
 # -- 5. contexts, whoami, logout --------------------------------------------------------------
@@ -441,6 +564,8 @@ def test_login_into_a_context_then_logout(server: Server, home: Path, tmp_path: 
     assert sx("login", "--context", "other", "--token", token).exit_code == 2  # no URL for it
     assert sx("context", "use", LOCAL).exit_code == 0
     assert sx("login", "--token", token).exit_code == 2  # the embedded one needs no login
+    empty = sx("login", "--token", "  ", token=token, url=server.url)  # no fallback to either
+    assert empty.exit_code == 2 and "--token is empty" in empty.stderr, empty.output
 
 
 def test_whoami_on_the_embedded_default(clean_env: Path) -> None:
@@ -456,11 +581,182 @@ def test_whoami_on_the_embedded_default(clean_env: Path) -> None:
     assert shown["url"].startswith("unix://") and shown["org"]["name"] == "local"
 
 
+def plant(directory: Path, data: Any, *, dir_mode: int = 0o700, file_mode: int = 0o600) -> Path:
+    """``directory/config.json`` holding ``data`` (JSON), with these modes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    path.chmod(file_mode)
+    directory.chmod(dir_mode)
+    return path
+
+
 def test_a_broken_config_file_is_named(home: Path) -> None:
-    home.mkdir(parents=True)
-    (home / "config.json").write_text("{not json")
+    plant(home, "{not json")
     got = sx("context", "list")
     assert got.exit_code == 2 and str(home / "config.json") in got.stderr, got.output
+
+
+def test_a_broken_context_is_named_and_only_skipped_when_a_key_is_looked_up(
+    home: Path, no_retries: None
+) -> None:
+    contexts = {"bad": {"url": "ftp://x"}, "good": {"url": "http://good", "token": "sx_good"}}
+    path = plant(home, {"current": None, "contexts": contexts})
+    assert stored_token("http://good") == "sx_good"  # the other contexts still count
+    assert Contexts.load(strict=False).items.keys() == {"good"}
+    listed = sx("context", "list")
+    assert listed.exit_code == 2, listed.output
+    assert f"{path}: context 'bad': its url 'ftp://x' is not an http(s)" in listed.stderr
+    assert f"Fix: correct or delete context 'bad' in {path}" in listed.stderr
+    flagged = sx("--url", dead_url(), "runs", "list")  # --url commands are not broken by it
+    assert flagged.exit_code == 5 and "cannot reach" in flagged.stderr, flagged.output
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A URL another user planted: it records every Authorization header it gets."""
+
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chowning to another uid needs root")
+def test_a_config_another_user_could_plant_is_refused(home: Path, tmp_path: Path) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _Recorder.seen = []
+    trap = f"http://127.0.0.1:{httpd.server_address[1]}"
+    path = plant(home, {"current": "x", "contexts": {"x": {"url": trap}}})
+    os.chown(home, 65534, -1)  # the attacker's directory, as on a shared SYLPHX_CONFIG_DIR
+    try:
+        for args in (["runs", "list"], ["whoami"], ["login", "--token", "sx_typed"]):
+            got = sx(*args, token="sx_secret")
+            assert got.exit_code == 2, got.output
+            assert f"refusing to use {home}: it is owned by uid 65534, not by you (uid 0)" in (
+                got.stderr
+            )
+            assert f"Fix: `chown 0 {home}` (as root) if it is yours" in got.stderr
+            assert "SYLPHX_CONFIG_DIR" in got.stderr
+        with pytest.raises(errors.ValidationError, match="owned by uid 65534"):
+            create_client()
+        with pytest.raises(errors.ValidationError, match="owned by uid 65534"):
+            stored_token("http://elsewhere")
+        path.unlink()  # no file yet: nothing is written into it either
+        made = sx("context", "set", "prod", "--url", "http://127.0.0.1:1")
+        assert made.exit_code == 2 and "owned by uid 65534" in made.stderr, made.output
+        assert not path.exists()
+
+        os.chown(home, 0, -1)
+        plant(home, {"current": "x", "contexts": {"x": {"url": trap}}})
+        os.chown(path, 65534, -1)  # the file planted in a directory of ours
+        got = sx("runs", "list", token="sx_secret")
+        assert got.exit_code == 2 and f"refusing to use {path}: it is owned by uid 65534" in (
+            got.stderr
+        ), got.output
+        assert f"delete it (`rm {path}`)" in got.stderr
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert _Recorder.seen == []  # no key went there
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o1777])
+def test_a_config_dir_others_can_write_is_refused(home: Path, mode: int) -> None:
+    plant(home, {"current": None, "contexts": {}}, dir_mode=mode)
+    got = sx("context", "list")
+    assert got.exit_code == 2, got.output
+    assert f"refusing to use {home}: it is writable by group or others (mode {mode:04o})" in (
+        got.stderr
+    )
+    assert f"Fix: `chmod 700 {home}`" in got.stderr
+    home.chmod(0o700)
+    assert sx("context", "list").exit_code == 0
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o606])
+def test_a_config_file_others_can_read_or_write_is_refused(home: Path, mode: int) -> None:
+    path = plant(home, {"current": None, "contexts": {"p": {"url": "http://p", "token": "k"}}},
+                 file_mode=mode)  # fmt: skip
+    got = sx("context", "list")
+    assert got.exit_code == 2, got.output
+    assert f"refusing to use {path}: group or others can read or change it (mode {mode:04o})" in (
+        got.stderr
+    )
+    assert f"Fix: `chmod 600 {path}`" in got.stderr
+    with pytest.raises(errors.ValidationError, match="chmod 600"):
+        stored_token("http://p")  # a key lookup does not read it silently either
+    path.chmod(0o600)
+    assert js(sx("context", "list", "--json"))["contexts"][1]["hasToken"] is True
+
+
+def test_symlinked_config_files_and_dirs_are_refused(home: Path, tmp_path: Path) -> None:
+    real = plant(tmp_path / "real", {"current": None, "contexts": {}})
+    home.mkdir()
+    (home / "config.json").symlink_to(real)
+    got = sx("context", "list")
+    assert got.exit_code == 2, got.output
+    assert f"refusing to use {home / 'config.json'}: it is a symbolic link" in got.stderr
+    assert "Fix: replace it with the file itself" in got.stderr
+
+    (home / "config.json").unlink()
+    home.rmdir()
+    home.symlink_to(real.parent)
+    for args in (["context", "list"], ["context", "set", "p", "--url", "http://p"]):
+        got = sx(*args)
+        assert got.exit_code == 2, got.output
+        assert f"refusing to use {home}: it is a symbolic link" in got.stderr
+
+
+def test_a_relative_config_dir_is_refused(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYLPHX_CONFIG_DIR", "rel/config")
+    for args in (["context", "set", "p", "--url", "http://p"], ["runs", "list"]):
+        got = sx(*args)
+        assert got.exit_code == 2, got.output
+        assert "SYLPHX_CONFIG_DIR='rel/config' is not an absolute path" in got.stderr
+        assert "Fix: give an absolute path" in got.stderr
+    with pytest.raises(errors.ValidationError, match="SYLPHX_CONFIG_DIR"):
+        create_client()
+    assert not (tmp_path / "rel").exists()
+
+
+def test_credentials_others_could_touch_are_refused(home: Path, tmp_path: Path) -> None:
+    url = dead_url()
+    creds = credentials_file()
+    creds.parent.mkdir(mode=0o700)
+    creds.write_text(json.dumps({url: "sx_stored"}))
+    creds.chmod(0o600)
+    assert stored_token(url) == "sx_stored"  # the normal case
+    creds.chmod(0o644)
+    got = sx("--url", url, "runs", "list")
+    assert got.exit_code == 2, got.output
+    assert f"refusing to use {creds}: group or others can read or change it" in got.stderr
+    assert f"`chmod 600 {creds}`" in got.stderr
+    creds.chmod(0o600)
+    creds.parent.chmod(0o777)
+    got = sx("--url", url, "logout")
+    assert got.exit_code == 2, got.output
+    assert f"refusing to use {creds.parent}: it is writable" in got.stderr
+    assert "point SYLPHX_HOME at a directory of your own" not in got.stderr  # chmod fixes it
+    creds.parent.chmod(0o700)
+    if os.geteuid() == 0:
+        os.chown(creds, 65534, -1)
+        got = sx("--url", url, "logout")
+        assert got.exit_code == 2 and "it is owned by uid 65534" in got.stderr, got.output
+        os.chown(creds, 0, -1)
+    real = tmp_path / "elsewhere.json"
+    creds.rename(real)
+    creds.symlink_to(real)
+    with pytest.raises(errors.ValidationError, match="symbolic link"):
+        stored_token(url)
 
 
 # -- 6. wording -------------------------------------------------------------------------------

@@ -11,22 +11,40 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from select import select as wait_readable
 from typing import IO, Any
 
+import anyio
+import httpx
 import pytest
 from sqlalchemy import select
 
 from conftest import Server
 from sylphx import AsyncRunsClient, LogLine, RunsClient, create_client
 from sylphx._cli.shard_logs import PALETTE, colour_wanted, format_line
+from sylphx._core.errors import TransportError
+from sylphx._core.errors import ValidationError as SylphxValidationError
+from sylphx._core.indexes import of_run
+from sylphx._core.states import ShardState
+from sylphx._server.runs import logs as log_files
+from sylphx._server.runs import shard_lines
+from sylphx._server.runs.all_logs import _rounds
+from sylphx._server.runs.logs import Secrets, Where
+from sylphx._server.runs.shard_lines import HELD_BYTES, LONGEST_PARTIAL, Look, Reader, Shard
+from sylphx._server.runs.streams import RETRY_AFTER_SECONDS, LogStreams
 from sylphx._server.store import AttemptRow
+from sylphx._settings import Settings
 
 SYLPHX = [sys.executable, "-m", "sylphx"]
+Following = tuple[AbstractContextManager[httpx.Response], httpx.Response]
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 LINES = 6  # per shard of the 16-shard run
 # each shard prints its first line, waits for the test's go (the follower is reading by
@@ -340,3 +358,288 @@ def test_a_legacy_log_is_masked_in_the_all_shard_stream_too(server: Server) -> N
     assert all(value not in r["data"] for r in got)
     text = "".join(r["data"] for r in got if r["shard"] == 1)
     assert text == "old *** line\nno newline ***"
+
+
+# -- framing: a record is one line, whatever its data holds ---------------------------------
+
+SEPARATORS = "a\u2028b\u0085c"  # line breaks to str.splitlines (and to httpx's aiter_lines)
+
+
+def test_unicode_line_separators_in_a_line_come_through_intact(server: Server) -> None:
+    run = server.submit(command=["sh", "-c", r"printf 'a\342\200\250b\302\205c\n'"])
+    server.wait(run["id"])
+    with server.http.stream("GET", f"/v1/runs/{run['id']}/logs", params={"all": "true"}) as r:
+        body = r.read()
+    assert body.isascii() and body.count(b"\n") == 1  # one record, every non-ASCII escaped
+    assert json.loads(body)["data"] == SEPARATORS + "\n"
+    got = subprocess.run(
+        [*SYLPHX, "runs", "logs", run["id"], "--all"],
+        capture_output=True,
+        env=_env(server, PYTHONIOENCODING="utf-8"),
+        timeout=120,
+    )
+    assert got.returncode == 0, got.stderr.decode()
+    assert got.stdout.decode() == f"[0] {SEPARATORS}\n"
+    with create_client(server.url, token=server.token) as config:
+        handle = RunsClient.get(config, run["id"])
+        assert [x.line for x in handle.stream_all_logs()] == [SEPARATORS]
+
+
+def test_the_sdk_cuts_records_at_newlines_only_and_refuses_one_that_does_not_parse(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = server.submit(command=["sh", "-c", "echo x"], parallelism=2, machine="nano")
+    server.wait(run["id"])
+    raw = '{"shard": 0, "attempt": 1, "data": "%s\\n", "ts": "2026-01-02T03:04:05.678Z"}\n'
+    # a server that wrote the separators raw (as one before this fix did)
+    old = (raw % SEPARATORS).encode()
+    monkeypatch.setattr(shard_lines.Shard, "_record", lambda self, data: [old] if data else [])
+    config = create_client(server.url, token=server.token)
+    try:
+        handle = RunsClient.get(config, run["id"])
+        assert [x.line for x in handle.stream_all_logs(follow=False)] == [SEPARATORS] * 2
+        cut = [b'{"shard": 0, "attempt": 1, "da\n']
+        monkeypatch.setattr(shard_lines.Shard, "_record", lambda self, data: cut if data else [])
+        with pytest.raises(TransportError, match="unexpected log record"):
+            list(handle.stream_all_logs(follow=False))
+    finally:
+        config.close()
+
+
+# -- followed log streams: capped, and freed however they end ------------------------------
+
+
+def _following(client: httpx.Client, run_id: str, **params: str) -> Following:
+    """An open followed log stream (its headers came: the server holds its slot)."""
+    query = {"follow": "true", **params}
+    stream = client.stream("GET", f"/v1/runs/{run_id}/logs", params=query)
+    response = stream.__enter__()
+    assert response.status_code == 200, response.read()
+    return stream, response
+
+
+def _refused(client: httpx.Client, run_id: str, limit: str, **params: str) -> None:
+    r = client.get(f"/v1/runs/{run_id}/logs", params={"follow": "true", **params})
+    assert r.status_code == 429, r.text
+    body = r.json()
+    assert body["error"] == "quota_exceeded" and "Fix:" in body["message"], body
+    assert r.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    (detail,) = body["details"]
+    assert detail["limit"] == limit and detail["field"] == "follow", detail
+
+
+def test_followed_log_streams_are_capped_per_org_and_per_process(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(max_log_streams_per_org=2, max_log_streams=3)
+    streams = server.plane.runs.log_streams
+    mine = server.submit(command=["sleep", "60"], machine="nano")["id"]
+    other_token = server.new_org("other")
+    other = server.client(other_token)
+    theirs = replace(server, http=other, token=other_token).submit(
+        command=["sleep", "60"], machine="nano"
+    )["id"]
+    opened = [_following(server.http, mine, all="true"), _following(server.http, mine, shard="0")]
+    try:
+        assert (len(streams), streams.open_for("org_test")) == (2, 2)
+        _refused(server.http, mine, "orgLogStreams", shard="0")  # the org's cap: 2
+        _refused(server.http, mine, "orgLogStreams", all="true")
+        assert server.http.get(f"/v1/runs/{mine}/logs", params={"shard": 0}).status_code == 200
+        # a refused or failed request holds nothing
+        r = other.get(f"/v1/runs/{mine}/logs", params={"follow": "true", "all": "true"})
+        assert r.status_code == 404 and len(streams) == 2
+        opened.append(_following(other, theirs, all="true"))  # the third of the process
+        _refused(other, theirs, "logStreams", shard="0")  # the process's cap: 3
+        opened.pop(0)[0].__exit__(None, None, None)  # one of mine ends: a slot is free again
+        server.wait_for(lambda: len(streams) == 2, timeout=10)
+        opened.append(_following(other, theirs, shard="0"))
+        assert (streams.open_for("org_test"), len(streams)) == (1, 3)
+    finally:
+        for stream, _ in opened:
+            stream.__exit__(None, None, None)
+        server.http.post(f"/v1/runs/{mine}/cancel")
+        other.post(f"/v1/runs/{theirs}/cancel")
+        other.close()
+    server.wait_for(lambda: len(streams) == 0, timeout=10)
+
+
+def test_a_stream_frees_its_slot_when_its_client_goes_away_or_it_ends(server: Server) -> None:
+    streams = server.plane.runs.log_streams
+    vol_id, vol_dir = server.volume()
+    script = "echo first; while [ ! -e /v/go ]; do sleep 0.05; done; echo last"
+    run = server.submit(
+        command=["sh", "-c", script],
+        parallelism=2,
+        machine="nano",
+        volumeMounts=[{"volumeId": vol_id, "mountPath": "/v"}],
+    )
+    for params in ({"all": "true"}, {"shard": "0"}):
+        client = server.client(server.token)
+        _, response = _following(client, run["id"], **params)
+        lines = response.iter_lines()  # (kept: dropping it would close the response)
+        assert "first" in next(lines)  # the stream is under way
+        server.wait_for(lambda: len(streams) == 1, timeout=10)
+        client.close()  # gone in the middle of the stream
+        server.wait_for(lambda: len(streams) == 0, timeout=10)
+    silent = server.submit(command=["sleep", "60"], machine="nano")
+    for params in ({"all": "true"}, {"shard": "0"}):
+        client = server.client(server.token)
+        held = _following(client, silent["id"], **params)  # nothing sent but the headers
+        server.wait_for(lambda: len(streams) == 1, timeout=10)
+        client.close()
+        server.wait_for(lambda: len(streams) == 0, timeout=10)
+        held[0].__exit__(None, None, None)
+    server.http.post(f"/v1/runs/{silent['id']}/cancel")
+    # one that ends with its run frees its slot too
+    ended = threading.Thread(target=records, args=(server, run["id"]), kwargs={"follow": "true"})
+    ended.start()
+    server.wait_for(lambda: len(streams) == 1, timeout=10)
+    (vol_dir / "go").touch()
+    ended.join(timeout=60)
+    assert not ended.is_alive() and len(streams) == 0
+
+
+def test_the_stream_caps_are_settings() -> None:
+    settings = Settings.from_env({"SYLPHX_HOME": "/tmp/sylphx-settings-test"})
+    assert (settings.max_log_streams_per_org, settings.max_log_streams) == (32, 512)
+    env = {"SYLPHX_MAX_LOG_STREAMS_PER_ORG": "4", "SYLPHX_MAX_LOG_STREAMS": "9"}
+    settings = Settings.from_env(env)
+    assert (settings.max_log_streams_per_org, settings.max_log_streams) == (4, 9)
+    for var in env:
+        for bad in ("0", "-1", "x"):
+            with pytest.raises(SylphxValidationError, match=var):
+                Settings.from_env({var: bad})
+
+
+def test_an_out_of_range_index_is_one_422_for_logs_and_retry() -> None:
+    with pytest.raises(SylphxValidationError) as caught:
+        of_run("1,5", 3, "run wrk_x")
+    assert caught.value.details[0]["field"] == "indices"
+    assert "index 5 does not exist: run wrk_x has 3 shards (0-2)" in caught.value.message
+    for text in ("0-x", "", ","):
+        with pytest.raises(SylphxValidationError, match="is not an index set"):
+            of_run(text, 3, "run wrk_x")
+    assert of_run("0,2", 3, "run wrk_x") == [0, 2]
+
+
+# -- the reader: partial lines as bytes, a budget per response, threads, backoff -----------
+
+
+def _running(path: Path) -> Look:
+    return Look(ShardState.RUNNING, Where(False, 1, str(path), False))
+
+
+def _reader(paths: list[Path], *, follow: bool = True) -> Reader:
+    shards = [Shard(index) for index in range(len(paths))]
+    return Reader(shards, Secrets(list), failed=False, follow=follow)
+
+
+def _datas(out: bytes) -> list[tuple[int, str]]:
+    assert out.isascii()
+    return [(r["shard"], r["data"]) for r in map(json.loads, out.splitlines())]
+
+
+def _drain(reader: Reader, found: dict[int, Look]) -> Iterator[tuple[int, str]]:
+    """Rounds until one reads nothing: each record's (shard, data)."""
+    while True:
+        yield from _datas(reader.round(found))
+        assert reader.held == sum(len(shard.partial) for shard in reader.shards)
+        assert reader.held <= HELD_BYTES
+        if not reader.moved and not reader.behind:
+            return
+
+
+def test_one_response_holds_a_bounded_amount_of_partial_lines(tmp_path: Path) -> None:
+    line = "é" * 100_000  # 200,000 bytes without a newline yet: under the piece size
+    paths = [tmp_path / f"{i}.log" for i in range(40)]  # 8 MB of partial lines in all
+    for path in paths:
+        path.write_bytes(line.encode())
+    reader = _reader(paths)
+    found = {i: _running(path) for i, path in enumerate(paths)}
+    got: dict[int, str] = dict.fromkeys(range(40), "")
+    for shard, data in _drain(reader, found):
+        got[shard] += data
+    sent = [i for i, data in got.items() if data]
+    assert sent and len(sent) < 40  # the longest partials went out as pieces, not all
+    assert all(set(got[i]) == {"é"} for i in sent)  # each piece cut between characters
+    for path in paths:
+        with path.open("ab") as fh:
+            fh.write(b"\n")
+    for shard, data in _drain(reader, found):
+        got[shard] += data
+    assert got == dict.fromkeys(range(40), line + "\n")  # every byte once, in order
+    assert reader.held == 0
+
+
+def test_a_character_split_across_reads_or_a_long_line_is_never_garbled(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    path.write_bytes(b"x\xc3")  # half of "é"
+    reader, found = _reader([path]), {0: _running(path)}
+    assert reader.round(found) == b"" and reader.held == 2  # waits for its newline
+    with path.open("ab") as fh:
+        fh.write(b"\xa9\n")
+    assert list(_drain(reader, found)) == [(0, "xé\n")]
+    long = "y" + "\U0001f600" * (3 * LONGEST_PARTIAL // 4)  # 4-byte characters, offset by one
+    with path.open("ab") as fh:
+        fh.write(long.encode() + b"\n")
+    pieces = [data for _, data in _drain(reader, found)]
+    assert len(pieces) > 1 and "".join(pieces) == long + "\n"  # in pieces, whole characters
+    assert all(len(piece.encode()) <= 2 * LONGEST_PARTIAL for piece in pieces)
+
+
+@pytest.mark.parametrize("which", ["all", "one"])
+def test_a_followed_log_polls_on_its_own_threads_opens_only_grown_files_and_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    path = tmp_path / "0.log"
+    path.write_bytes(b"hello\n")
+    streams = LogStreams(1, 1, threads=2)
+    threads: set[int] = set()
+    looked: list[float] = []
+    opened: list[str] = []
+    real_open = open
+
+    def counting_open(file: str, *args: Any, **kwargs: Any) -> Any:
+        opened.append(file)
+        threads.add(threading.get_ident())
+        return real_open(file, *args, **kwargs)
+
+    def look() -> Any:
+        looked.append(time.monotonic())
+        threads.add(threading.get_ident())
+        assert streams.limiter.borrowed_tokens == 1  # on the log streams' own threads
+        return (1, {0: _running(path)}) if which == "all" else _running(path).where
+
+    monkeypatch.setattr(log_files, "open", counting_open, raising=False)
+
+    async def follow() -> tuple[list[tuple[float, bytes]], float]:
+        if which == "all":
+            body = _rounds(_reader([path]), {0: _running(path)}, look, streams.run)
+        else:
+            one = log_files._OneShard(None, Secrets(list))
+            body = log_files._one(_running(path).where, look, one, True, streams.run)
+        started, got = time.monotonic(), []
+        with anyio.move_on_after(3.6):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_append_later, path, 2.0)
+                async for chunk in body:
+                    got.append((time.monotonic() - started, chunk))
+        return got, started
+
+    loop_thread = threading.get_ident()
+    got, started = anyio.run(follow)
+    assert loop_thread not in threads  # no store read nor file read on the event loop
+    assert [b"hello" in chunk for _, chunk in got] == [True, False]
+    late = got[1][0]
+    assert 2.0 <= late < 3.3  # the line written at 2 s came within a (backed-off) poll
+    idle = [t - started for t in looked if t - started < 2.0]
+    assert 2 <= len(idle) <= 5, idle  # not 10-20 looks: the pauses grew while idle
+    after = [t - started for t in looked if t - started > late]
+    assert after and after[0] - late < 0.5, (late, after)  # back to quick polls on a change
+    assert len(opened) == 2, opened  # the file was opened only when it had grown
+
+
+async def _append_later(path: Path, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    with path.open("ab") as fh:
+        fh.write(b"late\n")

@@ -280,3 +280,18 @@ async def test_async_wait_against_a_server_that_refuses_wait(
     assert (await run.wait(timeout=60, poll_interval=0.2)).status is RunState.SUCCEEDED
     with_wait = [r for r in seen if "wait" in r.url.params]
     assert len(with_wait) == 1 and len(seen) > 2
+
+
+def test_stream_logs_cuts_lines_at_newline_only(server: Server) -> None:
+    """A line holding U+2028, U+0085 or a lone carriage return (a progress bar) is one
+    line, as the shard wrote it; a CRLF ending is dropped like a LF."""
+    config = create_client(server.url, token=server.token)
+    run = RunsClient.run(
+        config,
+        command=["printf", "a\u2028b\u0085c\rd\r\nlast"],
+        machine="nano",
+        timeout_seconds=60,
+    )
+    run.wait(timeout=60)
+    assert list(run.stream_logs(shard=0, follow=False)) == ["a\u2028b\u0085c\rd", "last"]
+    config.close()

@@ -98,6 +98,14 @@ def _log_cap(text: str) -> int:
     return value
 
 
+def _count(env: dict[str, str], var: str, default: int) -> int:
+    """A whole number >= 1 from ``env[var]``, or a ValidationError naming it."""
+    text = env.get(var) or str(default)
+    if not text.isdigit() or int(text) < 1:
+        raise _bad(var, text, f"give a whole number of at least 1, e.g. {default}")
+    return int(text)
+
+
 def _shard_id(env: dict[str, str], var: str) -> int:
     text = env.get(var, "64000")
     if not text.isdigit() or not 0 < int(text) < 2**32 - 1:
@@ -147,6 +155,9 @@ class Settings:
     shard_uid: int = 64000  # SYLPHX_SHARD_UID/GID: the host ids a shard runs as (when root)
     shard_gid: int = 64000
     shard_hide: tuple[Path, ...] = ()  # SYLPHX_SHARD_HIDE: more host paths shards never see
+    # followed log streams (GET .../logs?follow=true) open at once in one API process
+    max_log_streams_per_org: int = 32  # SYLPHX_MAX_LOG_STREAMS_PER_ORG: per org
+    max_log_streams: int = 512  # SYLPHX_MAX_LOG_STREAMS: all orgs together
 
     @property
     def logs_dir(self) -> Path:
@@ -243,6 +254,8 @@ class Settings:
             raise _bad("SYLPHX_SHARD_HIDE", hide_text, "give absolute paths joined by ':'")
         return cls(
             max_log_bytes=max_log_bytes,
+            max_log_streams_per_org=_count(env, "SYLPHX_MAX_LOG_STREAMS_PER_ORG", 32),
+            max_log_streams=_count(env, "SYLPHX_MAX_LOG_STREAMS", 512),
             shard_network=network,
             shard_uid=ids["SYLPHX_SHARD_UID"],
             shard_gid=ids["SYLPHX_SHARD_GID"],

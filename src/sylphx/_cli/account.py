@@ -67,9 +67,14 @@ def login(context_name: str | None, token: str, as_json: bool) -> None:
       sylphx --url https://sylphx.example login --context prod
       sylphx context use prod && sylphx login
     """
+    token = token.strip()
+    if not token:  # never fall back to SYLPHX_TOKEN or a stored key: check the one given
+        raise click.UsageError(
+            "--token is empty. Fix: give the API key (--token KEY), or leave --token out"
+            " to be prompted for it"
+        )
     endpoint = _login_endpoint(context_name)
     assert endpoint.url is not None
-    token = token.strip()
     config = connect(endpoint, token=token)
     try:
         org = UsageClient.org(config)

@@ -27,20 +27,10 @@ from sylphx._core.states import ShardState
 from sylphx._core.views import RunView, ShardView
 
 from . import render
+from .palette import SHARD_GLYPHS as GLYPHS
 from .palette import STATE_STYLES as STYLES
 
 GRID_GROUP = 10  # cells between two blanks in a grid row
-# a shard's cell: the glyph alone tells the states apart without colour (NO_COLOR)
-GLYPHS: dict[str, str] = {
-    "pending": "·",
-    "starting": "▹",
-    "running": "▸",
-    "succeeded": "■",
-    "failed": "✗",
-    "timed_out": "◷",
-    "cancelled": "⊘",
-    "skipped": "-",
-}
 LEGEND = ("succeeded", "running", "pending", "failed", "timed_out", "cancelled")
 ATTENTION_MIN_ROWS = 3
 
@@ -65,10 +55,12 @@ def elapsed(view: RunView, now: datetime) -> float:
     return max(0.0, (end - start).total_seconds())
 
 
-def eta(shards: Sequence[ShardView], now: datetime) -> float | None:
+def eta(view: RunView, shards: Sequence[ShardView], now: datetime, slots: int = 0) -> float | None:
     """Seconds until every shard ends, judged by the finished shards' median duration:
-    what the running ones still need, plus the waves the pending ones make at the
-    current concurrency. None until a shard has finished."""
+    what the running ones still need, plus the waves the pending ones make at ``slots``
+    at once (the most seen running; at least the ones running now). None until a shard
+    has finished, while nothing runs and nothing ever did, and while a merge step waits or
+    runs (its own duration is not known)."""
     done = [s.duration_seconds for s in shards if s.status.terminal and s.duration_seconds]
     if not done:
         return None
@@ -76,18 +68,14 @@ def eta(shards: Sequence[ShardView], now: datetime) -> float | None:
     running = [s for s in shards if s.status in (ShardState.RUNNING, ShardState.STARTING)]
     pending = sum(1 for s in shards if s.status is ShardState.PENDING)
     if not running and not pending:
-        return 0.0
-    left = [max(0.0, typical - (running_for(s, now) or 0.0)) for s in running]
-    waves = -(-pending // max(1, len(running))) if pending else 0
+        merging = view.merge is not None and not view.merge.status.terminal
+        return None if merging else 0.0
+    slots = max(slots, len(running))
+    if not slots:
+        return None
+    left = [max(0.0, typical - (render.shard_duration(s, now) or 0.0)) for s in running]
+    waves = -(-pending // slots) if pending else 0
     return max(left, default=0.0) + waves * typical
-
-
-def running_for(shard: ShardView, now: datetime) -> float | None:
-    """How long the shard's current attempt has run (its earlier attempts left out)."""
-    current = shard.history[-1] if shard.history else None
-    if current is None or current.started_at is None:
-        return render.shard_duration(shard, now)
-    return max(0.0, (now - _utc(current.started_at)).total_seconds())
 
 
 def counts_text(view: RunView) -> Text:
@@ -119,7 +107,9 @@ def _line(text: Text | str, width: int) -> Text:
     return line
 
 
-def header(view: RunView, shards: Sequence[ShardView], now: datetime, width: int) -> list[Text]:
+def header(
+    view: RunView, shards: Sequence[ShardView], now: datetime, width: int, slots: int = 0
+) -> list[Text]:
     """The lines that stay on screen whatever the run's size."""
     spec, agg = view.spec, view.aggregate
     command = shlex.join(spec.command or ["(image CMD)"])
@@ -131,7 +121,7 @@ def header(view: RunView, shards: Sequence[ShardView], now: datetime, width: int
     took = render.fmt_duration(elapsed(view, now))
     about = f"{spec.parallelism} x {spec.machine} · {mode} · timeout {spec.timeout_seconds}s"
     about += f" · elapsed {took}"
-    left = eta(shards, now) if not view.status.terminal else None
+    left = eta(view, shards, now, slots) if not view.status.terminal else None
     if left is not None:
         about += f" · ETA ~{render.fmt_duration(left)}"
     if view.compute_seconds:
@@ -168,27 +158,16 @@ def bar(ended: int, total: int, width: int) -> Text:
 
 
 def shard_table(shards: Sequence[ShardView], now: datetime, width: int) -> Table:
-    """The per-shard table for a run that fits the screen."""
+    """The shard table (``render.shard_rows``, the same as off a terminal), its status
+    column coloured."""
     table = Table(box=None, pad_edge=False, width=width, show_edge=False, header_style="bold")
-    for name in ("INDEX", "STATUS", "ATTEMPTS", "EXIT", "DURATION"):
+    for name in render.SHARD_COLUMNS:
         table.add_column(name, no_wrap=True)
     table.add_column("REASON", no_wrap=True, overflow="ellipsis", ratio=1)
-    for s in sorted(shards, key=lambda s: s.index):
-        state = s.status.value
-        exit_code = str(s.exit_code) if s.exit_code is not None and s.status.terminal else "-"
-        reason = (s.reason or "") if s.status.terminal and state != "succeeded" else ""
-        if s.retry_at and not s.status.terminal:
-            reason = f"retry at {render.fmt_time(s.retry_at)}"
-        table.add_row(
-            str(s.index),
-            Text(f"{GLYPHS[state]} {state}", style=STYLES[state]),
-            str(s.attempts),
-            exit_code,
-            render.fmt_duration(
-                render.shard_duration(s, now) if s.status.terminal else running_for(s, now)
-            ),
-            reason,
-        )
+    for row in render.shard_rows(shards, reason=True, now=now):
+        state = row[1]
+        status = Text(f"{GLYPHS[state]} {state}", style=STYLES[state])
+        table.add_row(*(Text(cell) for cell in row[:1]), status, *(Text(c) for c in row[2:]))
     return table
 
 
@@ -216,7 +195,7 @@ def attention(shards: Sequence[ShardView], now: datetime, width: int, room: int)
     then the ones running longest."""
     bad = [s for s in shards if s.status.value in ("failed", "timed_out")]
     running = [s for s in shards if s.status is ShardState.RUNNING]
-    running.sort(key=lambda s: -(running_for(s, now) or 0.0))
+    running.sort(key=lambda s: -(render.shard_duration(s, now) or 0.0))
     lines: list[Text] = []
     for s in sorted(bad, key=lambda s: s.index):
         code = f" exit {s.exit_code}" if s.exit_code is not None else ""
@@ -230,7 +209,7 @@ def attention(shards: Sequence[ShardView], now: datetime, width: int, room: int)
             )
         )
     for s in running[:3]:
-        took = render.fmt_duration(running_for(s, now))
+        took = render.fmt_duration(render.shard_duration(s, now))
         lines.append(
             Text(
                 f"{GLYPHS['running']} shard {s.index} running for {took} (attempt {s.attempts})",
@@ -263,17 +242,20 @@ class LiveView:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.view: RunView | None = None
-        self.shards: list[ShardView] = []
+        self.look: tuple[RunView, list[ShardView]] | None = None
+        self.slots = 0  # the most shards seen running at once (for the ETA)
 
     def update(self, view: RunView, shards: list[ShardView]) -> None:
-        """A new look at the run (swapped in at once: the refresh thread reads it)."""
-        self.view, self.shards = view, shards
+        """A new look at the run, swapped in as one tuple (the refresh thread reads it)."""
+        running = sum(1 for s in shards if s.status in (ShardState.RUNNING, ShardState.STARTING))
+        self.slots = max(self.slots, running)
+        self.look = (view, shards)
 
     def __rich__(self) -> RenderableType:
-        if self.view is None:
+        look = self.look
+        if look is None:
             return Text("")
-        return self.draw(self.view, self.shards, datetime.now(UTC), final=False)
+        return self.draw(*look, datetime.now(UTC), final=False)
 
     def draw(
         self, view: RunView, shards: list[ShardView], now: datetime, *, final: bool
@@ -281,7 +263,7 @@ class LiveView:
         """The whole view at the console's size; ``final`` drops the height limit."""
         width, height = self.console.size
         width = max(20, width - 1)
-        lines: list[RenderableType] = list(header(view, shards, now, width))
+        lines: list[RenderableType] = list(header(view, shards, now, width, self.slots))
         room = 10_000 if final else height - len(lines) - 2
         if len(shards) + 1 <= room and len(shards) <= 64:
             lines.append(shard_table(shards, now, width))

@@ -172,23 +172,19 @@ def org_set(
 
 
 @org.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the orgs and their limits as JSON.")
 def org_list(as_json: bool) -> None:
-    """Every org with its effective limits."""
+    """Every org with its effective limits.
+
+    \b
+    Examples:
+      sylphx admin org list
+      sylphx admin org list --json | jq -r '.[].name'
+    """
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
-        data = [
-            {
-                "id": o.id,
-                "name": o.name,
-                "plan": o.plan,
-                "maxParallelism": lim.max_parallelism,
-                "concurrentShards": lim.concurrent_shards,
-                "monthlyCreditSeconds": lim.monthly_credit_seconds,
-            }
-            for o, lim in orgs.list_orgs(s)
-        ]
+        data = [_org_wire(o) for o, _ in orgs.list_orgs(s)]
     if as_json:
         echo_json(data)
         return
@@ -198,6 +194,21 @@ def org_list(as_json: bool) -> None:
             f"{d['id']:<22}{d['name']:<20}{d['plan']:<12}{d['maxParallelism']:>8}"
             f"{d['concurrentShards']:>12}"
         )
+
+
+def _policy_line(name: str, policy: dict[str, Any] | None) -> str:
+    """An org's image policy in words."""
+    if not policy:
+        return f"{name}: no image policy (any image is admitted)"
+    parts = [
+        "images from " + ", ".join(policy["allowedSources"]) + " only"
+        if policy.get("allowedSources")
+        else "images from any source",
+        "pinned by digest" if policy.get("requireDigest") else "tags allowed",
+    ]
+    if policy.get("denyDigests"):
+        parts.append(f"{len(policy['denyDigests'])} digest(s) denied")
+    return f"{name}: " + "; ".join(parts)
 
 
 @org.command("policy")
@@ -215,14 +226,23 @@ def org_list(as_json: bool) -> None:
 )
 @click.option("--deny-digest", "deny", multiple=True, help="A manifest digest to refuse.")
 @click.option("--clear", is_flag=True, help="Remove the policy (any image is admitted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the org's policy as JSON.")
 def org_policy(
     ref: str,
     sources: tuple[str, ...],
     require_digest: bool | None,
     deny: tuple[str, ...],
     clear: bool,
+    as_json: bool,
 ) -> None:
-    """Set an org's image admission policy (what is not given is kept)."""
+    """Set an org's image admission policy (what is not given is kept), then show it.
+
+    \b
+    Examples:
+      sylphx admin org policy acme --allow-source ghcr.io/acme/ --require-digest
+      sylphx admin org policy acme --json            # show it, unchanged
+      sylphx admin org policy acme --clear
+    """
     from sylphx._server.images.policy import ImagePolicy
     from sylphx._server.tenancy import orgs
 
@@ -235,8 +255,12 @@ def org_policy(
             current.require_digest = require_digest
         if deny:
             current.deny_digests = sorted({*current.deny_digests, *deny})
-        row.image_policy = None if clear else current.model_dump(by_alias=True)
-        echo_json(row.image_policy or {})
+        empty = clear or current == ImagePolicy()  # stored as none: any image is admitted
+        row.image_policy = None if empty else current.model_dump(by_alias=True)
+        if as_json:
+            echo_json({"id": row.id, "name": row.name, "imagePolicy": row.image_policy})
+        else:
+            click.echo(_policy_line(row.name, row.image_policy))
 
 
 @admin.group(cls=Group)
@@ -288,10 +312,20 @@ def key_list(org_ref: str | None, as_json: bool) -> None:
 
 @key.command("revoke")
 @click.argument("key_id")
-def key_revoke(key_id: str) -> None:
-    """Revoke a key; API servers refuse it within SYLPHX_AUTH_CACHE_SECONDS (default 1 s)."""
+@click.option("--json", "as_json", is_flag=True, help="Print the key's record as JSON.")
+def key_revoke(key_id: str, as_json: bool) -> None:
+    """Revoke a key; API servers refuse it within SYLPHX_AUTH_CACHE_SECONDS (default 1 s).
+
+    \b
+    Examples:
+      sylphx admin key revoke key_01m87…
+      sylphx admin key revoke key_01m87… --json | jq .revokedAt
+    """
     from sylphx._server.tenancy import orgs
 
     with _store() as s:
-        orgs.revoke_key(s, key_id, _now())
-        click.echo(f"revoked {key_id}")
+        row = orgs.revoke_key(s, key_id, _now())
+        if as_json:
+            echo_json(_key_wire(row))
+        else:
+            click.echo(f"revoked {key_id}")

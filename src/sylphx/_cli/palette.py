@@ -15,6 +15,8 @@ __all__ = [
     "GAP",
     "PLAIN_GLYPHS",
     "SEVERITY",
+    "SHARD_COLOURS",
+    "SHARD_GLYPHS",
     "STATE_GLYPHS",
     "STATE_LABELS",
     "STATE_STYLES",
@@ -65,6 +67,26 @@ PLAIN_GLYPHS: dict[str, str] = {
     "starting": ">",
     GAP: ".",
 }
+
+# a shard's cell in the live view's grid (one state, not a span of time): a glyph per state,
+# so the grid reads without colour too
+SHARD_GLYPHS: dict[str, str] = {
+    "pending": "·",
+    "starting": "▹",
+    "running": "▸",
+    "succeeded": "■",
+    "failed": "✗",
+    "timed_out": "◷",
+    "cancelled": "⊘",
+    "skipped": "-",
+}
+
+# one colour per shard index (modulo its length) for ``runs logs --all``'s ``[7]`` prefix:
+# the same shard always looks the same
+SHARD_COLOURS = (
+    "cyan", "green", "yellow", "blue", "magenta", "red",
+    "bright_cyan", "bright_green", "bright_yellow", "bright_blue", "bright_magenta", "bright_red",
+)  # fmt: skip
 
 STATE_LABELS: dict[str, str] = {
     "succeeded": "succeeded",

@@ -35,13 +35,17 @@ def fmt_time(value: datetime | None) -> str:
 
 
 def shard_duration(shard: ShardView, now: datetime | None = None) -> float | None:
-    """The shard's duration, or how long it has been running so far."""
+    """The shard's duration once it ended; before, how long its current attempt has run
+    (a retried shard's earlier attempts left out; None while the next one waits)."""
     if shard.duration_seconds is not None:
         return shard.duration_seconds
-    if shard.started_at is None:
+    started = shard.started_at
+    if shard.history and not shard.status.terminal:
+        started = shard.history[-1].started_at
+    if started is None:
         return None
     end = shard.ended_at or now or datetime.now(UTC)
-    return (_utc(end) - _utc(shard.started_at)).total_seconds()
+    return max(0.0, (_utc(end) - _utc(started)).total_seconds())
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -61,12 +65,14 @@ def _exit(shard: ShardView) -> str:
     return "-" if shard.exit_code is None or not shard.status.terminal else str(shard.exit_code)
 
 
-def shard_table(
+SHARD_COLUMNS = ("INDEX", "STATUS", "ATTEMPTS", "PREEMPTED", "EXIT", "DURATION")
+
+
+def shard_rows(
     shards: Sequence[ShardView], *, reason: bool = False, now: datetime | None = None
-) -> list[str]:
-    """INDEX, STATUS, ATTEMPTS, PREEMPTED, EXIT, DURATION (and REASON) per shard."""
-    headers = ["INDEX", "STATUS", "ATTEMPTS", "PREEMPTED", "EXIT", "DURATION"]
-    headers += ["REASON"] if reason else []
+) -> list[list[str]]:
+    """The cells of ``SHARD_COLUMNS`` (and REASON) per shard, by index: the one source of
+    the shard table, plain here and coloured by the live view."""
     rows = []
     for s in sorted(shards, key=lambda s: s.index):
         row = [str(s.index), s.status.value, str(s.attempts), str(s.preemptions)]
@@ -76,7 +82,15 @@ def shard_table(
             retry = f"retry at {fmt_time(s.retry_at)}" if s.retry_at else ""
             row.append(" · ".join(part for part in (s.reason, retry) if part))
         rows.append(row)
-    return table(headers, rows)
+    return rows
+
+
+def shard_table(
+    shards: Sequence[ShardView], *, reason: bool = False, now: datetime | None = None
+) -> list[str]:
+    """INDEX, STATUS, ATTEMPTS, PREEMPTED, EXIT, DURATION (and REASON) per shard."""
+    headers = [*SHARD_COLUMNS, *(["REASON"] if reason else [])]
+    return table(headers, shard_rows(shards, reason=reason, now=now))
 
 
 def aggregate_line(view: RunView) -> str:

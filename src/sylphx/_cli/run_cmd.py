@@ -47,7 +47,8 @@ def follow(run: Run, out: TextIO, *, tty: bool, quiet: bool = False, color: bool
     the run is long-polled, so its end shows at once rather than at the next look.
     """
     view = run.refresh()
-    console = Console(file=out, no_color=True if not color else None, highlight=False)
+    # markup off: a reason or a command is the tenant's text, never rich markup
+    console = Console(file=out, no_color=None if color else True, highlight=False, markup=False)
     screen = LiveView(console)
     lines = LogLines(out)
     with contextlib.ExitStack() as stack:
@@ -98,7 +99,7 @@ def _waiting(image: str | None) -> Iterator[None]:
         yield
         return
     what = f"pulling and unpacking {image} (when not cached)"
-    with Console(stderr=True).status(f"submitting: the control plane is {what}…"):
+    with Console(stderr=True).status(Text(f"submitting: the control plane is {what}…")):
         yield
 
 

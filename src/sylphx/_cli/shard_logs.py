@@ -13,6 +13,8 @@ import click
 
 from sylphx._core.views import LogLine, RunView
 
+from .palette import SHARD_COLOURS
+
 __all__ = [
     "PALETTE",
     "colour_wanted",
@@ -22,21 +24,7 @@ __all__ = [
     "write_lines",
 ]
 
-# one colour per shard index, modulo its length: the same shard always looks the same
-PALETTE = (
-    "cyan",
-    "green",
-    "yellow",
-    "blue",
-    "magenta",
-    "red",
-    "bright_cyan",
-    "bright_green",
-    "bright_yellow",
-    "bright_blue",
-    "bright_magenta",
-    "bright_red",
-)
+PALETTE = SHARD_COLOURS  # one colour per shard index (see palette)
 
 
 def usage_problem(

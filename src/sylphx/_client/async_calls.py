@@ -1,8 +1,8 @@
 """How the SDK sends a request (``async_runs``, ``async_resources``): :func:`_request`
 repeats it as :class:`RetryPolicy` says (a restart of the control plane is ridden through
 by reads, long-polls, cancels and keyed submits) and restarts the embedded control plane
-when it is gone; :func:`_stream` opens a log stream the same way. ``calls.py`` is
-generated from this file (``make sdk``)."""
+when it is gone; :func:`_stream` opens a log stream the same way (:func:`_records`: an
+NDJSON one, record by record). ``calls.py`` is generated from this file (``make sdk``)."""
 
 from __future__ import annotations
 
@@ -84,12 +84,44 @@ async def _stream(
                 check(response)
     assert response is not None
     try:
-        async for chunk in response.aiter_lines() if lines else response.aiter_bytes():
-            yield chunk
+        if lines:  # text lines, cut at "\n" only (a "\r\n" ending dropped too)
+            async for line in _cut(response.aiter_bytes()):
+                yield line.removesuffix(b"\r").decode(errors="replace")
+        else:
+            async for chunk in response.aiter_bytes():
+                yield chunk
     except httpx.HTTPError as exc:
         raise as_sylphx(config, exc) from exc
     finally:
         await response.aclose()
+
+
+async def _cut(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a byte stream without their ``\n``, cut there only -- never at the
+    other separators ``str.splitlines`` (and httpx's ``aiter_lines``) knows: U+2028,
+    U+0085, a lone ``\r``... which a shard's output or a JSON string may hold. A last
+    line without ``\n`` comes at the end."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            continue
+        for line in bytes(buffer[:end]).split(b"\n"):
+            yield line
+        del buffer[: end + 1]
+    if buffer:
+        yield bytes(buffer)
+
+
+async def _records(
+    config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool
+) -> AsyncIterator[bytes]:
+    """An NDJSON log stream's records as they come (see :func:`_stream`), cut at ``\n``
+    only: a record is never cut at another line separator (U+2028, U+0085, ``\r``...)."""
+    async for record in _cut(_stream(config, run_id, params, follow, lines=False)):
+        if record:
+            yield record
 
 
 def _run_path(run_id: str, suffix: str = "") -> str:

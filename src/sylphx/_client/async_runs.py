@@ -34,7 +34,7 @@ from sylphx._core.views import (
     ShardView,
 )
 
-from .async_calls import _request, _run_path, _stream
+from .async_calls import _records, _request, _run_path, _stream
 from .io_async import sleep
 from .transport import (
     ClientConfig,
@@ -46,6 +46,7 @@ from .transport import (
     json_body,
     list_params,
     log_params,
+    parse_json,
     parse_list,
     parse_model,
     spec_fields,
@@ -176,10 +177,9 @@ class AsyncRun:
             params["indices"] = indices if isinstance(indices, str) else compress(indices)
         if failed:
             params["failed"] = "true"
-        async for record in _stream(self._config, self.id, params, follow, lines=True):
-            if record:
-                for line in LogChunk.model_validate_json(record).lines():
-                    yield line
+        async for record in _records(self._config, self.id, params, follow):
+            for line in parse_json(LogChunk, record, "log record").lines():
+                yield line
 
     async def cancel(self) -> RunView:
         """Ask the control plane to cancel the run (it ends within seconds; see

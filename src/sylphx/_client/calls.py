@@ -2,8 +2,8 @@
 """How the SDK sends a request (``async_runs``, ``async_resources``): :func:`_request`
 repeats it as :class:`RetryPolicy` says (a restart of the control plane is ridden through
 by reads, long-polls, cancels and keyed submits) and restarts the embedded control plane
-when it is gone; :func:`_stream` opens a log stream the same way. ``calls.py`` is
-generated from this file (``make sdk``)."""
+when it is gone; :func:`_stream` opens a log stream the same way (:func:`_records`: an
+NDJSON one, record by record). ``calls.py`` is generated from this file (``make sdk``)."""
 
 from __future__ import annotations
 
@@ -85,11 +85,42 @@ def _stream(
                 check(response)
     assert response is not None
     try:
-        yield from response.iter_lines() if lines else response.iter_bytes()
+        if lines:  # text lines, cut at "\n" only (a "\r\n" ending dropped too)
+            for line in _cut(response.iter_bytes()):
+                yield line.removesuffix(b"\r").decode(errors="replace")
+        else:
+            yield from response.iter_bytes()
     except httpx.HTTPError as exc:
         raise as_sylphx(config, exc) from exc
     finally:
         response.close()
+
+
+def _cut(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The lines of a byte stream without their ``\n``, cut there only -- never at the
+    other separators ``str.splitlines`` (and httpx's ``aiter_lines``) knows: U+2028,
+    U+0085, a lone ``\r``... which a shard's output or a JSON string may hold. A last
+    line without ``\n`` comes at the end."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            continue
+        yield from bytes(buffer[:end]).split(b"\n")
+        del buffer[: end + 1]
+    if buffer:
+        yield bytes(buffer)
+
+
+def _records(
+    config: ClientConfig, run_id: str, params: dict[str, str | int], follow: bool
+) -> Iterator[bytes]:
+    """An NDJSON log stream's records as they come (see :func:`_stream`), cut at ``\n``
+    only: a record is never cut at another line separator (U+2028, U+0085, ``\r``...)."""
+    for record in _cut(_stream(config, run_id, params, follow, lines=False)):
+        if record:
+            yield record
 
 
 def _run_path(run_id: str, suffix: str = "") -> str:

@@ -2,7 +2,9 @@
 
 A context is a control plane URL with, optionally, its API key, kept under a name in
 ``config.json`` in the user's config directory (``platformdirs.user_config_dir("sylphx")``,
-or ``$SYLPHX_CONFIG_DIR``), written atomically with mode 0600. One of them may be current.
+or ``$SYLPHX_CONFIG_DIR``, an absolute path), written atomically with mode 0600 and read
+only when it and its directory are this user's alone (see ``credentials.read_private``).
+One of them may be current.
 :func:`resolve` picks the URL: the one given (``--url``, ``create_client(url)``), else
 ``$SYLPHX_URL``, else the current context's, else the embedded control plane
 (``local``: always there, never stored).
@@ -10,15 +12,16 @@ or ``$SYLPHX_CONFIG_DIR``), written atomically with mode 0600. One of them may b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sylphx._core.errors import ValidationError
+from sylphx._core.errors import SylphxError, ValidationError
 
-from .credentials import load_token, read_json, write_private
+from .credentials import load_token, read_private, write_private
 from .retrying import RetryPolicy
 from .transport import UDS_BASE_URL, ClientConfig
 
@@ -39,10 +42,21 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def config_dir() -> Path:
-    """``$SYLPHX_CONFIG_DIR``, else the user's config directory for sylphx."""
+    """``$SYLPHX_CONFIG_DIR`` (an absolute path, else ValidationError), else the user's
+    config directory for sylphx."""
     override = os.environ.get(CONFIG_DIR_ENV)
     if override:
-        return Path(override).expanduser()
+        path = Path(override).expanduser()
+        if not path.is_absolute():
+            fix = f"give an absolute path, e.g. {CONFIG_DIR_ENV}=$HOME/.config/sylphx"
+            raise _invalid(
+                CONFIG_DIR_ENV,
+                "must be an absolute path",
+                fix,
+                f"{CONFIG_DIR_ENV}={override!r} is not an absolute path (the API keys kept"
+                f" there would follow the working directory). Fix: {fix}",
+            )
+        return path
     import platformdirs
 
     return Path(platformdirs.user_config_dir("sylphx"))
@@ -79,6 +93,28 @@ def check_name(name: str) -> str:
     raise _invalid("name", "not a valid context name", fix, f"{name!r}: {fix}")
 
 
+def _parse(name: str, stored: Any) -> Context:
+    """A context as ``config.json`` keeps it, or ValueError saying what is wrong with it."""
+    url = stored.get("url") if isinstance(stored, dict) else None
+    if not isinstance(url, str):
+        raise ValueError("it has no url")
+    token = stored.get("token") or None
+    if token is not None and not isinstance(token, str):
+        raise ValueError("its token is not a string")
+    try:
+        return Context(name, check_url(url), token)
+    except SylphxError:
+        raise ValueError(f"its url {url!r} is not an http(s) or unix:// URL") from None
+
+
+def _broken(path: Path, name: str, why: str) -> ValidationError:
+    """The error of a context in ``path`` that cannot be used."""
+    fix = f"correct or delete context {name!r} in {path} (`sylphx context set` writes valid ones)"
+    return _invalid(
+        "config", "a broken context", fix, f"{path}: context {name!r}: {why}. Fix: {fix}"
+    )
+
+
 @dataclass(frozen=True)
 class Context:
     """A named control plane: its URL and the API key stored for it, if any."""
@@ -98,18 +134,18 @@ class Contexts:
     @classmethod
     def load(cls, *, strict: bool = True) -> Contexts:
         """The stored contexts (none when the file does not exist). A file that cannot be
-        read as contexts raises ValidationError naming it, or with ``strict=False`` counts
-        as empty."""
+        read as contexts, or a context in it that is broken (say, an ``ftp://`` URL), raises
+        ValidationError naming the file (and the context); with ``strict=False`` such a file
+        counts as empty and such a context as absent. A file or directory that others could
+        have written or read is refused either way."""
         path = config_file()
-        if not path.exists():
+        text = read_private(path, CONFIG_DIR_ENV)
+        if text is None:
             return cls()
-        data = read_json(path)
         try:
-            current = data.get("current") if isinstance(data, dict) else None
-            items = {
-                name: Context(name, check_url(str(c["url"])), c.get("token") or None)
-                for name, c in dict(data["contexts"]).items()
-            }
+            data = json.loads(text)
+            current = data.get("current")
+            stored = dict(data["contexts"])
         except (KeyError, TypeError, ValueError, AttributeError):
             if not strict:
                 return cls()
@@ -117,6 +153,13 @@ class Contexts:
             raise _invalid(
                 "config", "not a sylphx config file", fix, f"cannot read {path}. Fix: {fix}"
             ) from None
+        items: dict[str, Context] = {}
+        for name, c in stored.items():
+            try:
+                items[str(name)] = _parse(str(name), c)
+            except ValueError as exc:
+                if strict:
+                    raise _broken(path, str(name), str(exc)) from None
         return cls(current if isinstance(current, str) else None, items)
 
     def save(self) -> Path:
@@ -128,7 +171,7 @@ class Contexts:
                 for c in self.items.values()
             },
         }
-        return write_private(config_file(), data)
+        return write_private(config_file(), data, CONFIG_DIR_ENV)
 
     def get(self, name: str) -> Context:
         """The context ``name``, or ValidationError listing the known ones."""
@@ -212,9 +255,13 @@ def connect(
     token: str | None = None,
     timeout: float = 30.0,
     retry: RetryPolicy | None = None,
+    socket: Path | None = None,
 ) -> ClientConfig:
     """``create_client`` for an endpoint already resolved (the CLI's: its errors name
-    ``--url``): the key is ``token``, else ``$SYLPHX_TOKEN``, else the one stored for it."""
+    ``--url``): the key is ``token``, else ``$SYLPHX_TOKEN``, else the one stored for it.
+    For the embedded control plane, ``socket`` is its socket when known: the config then
+    goes there and never starts it, not even after a refused connection (without
+    ``socket``, it is started when needed)."""
     token = token or os.environ.get("SYLPHX_TOKEN") or endpoint.token
     if endpoint.url is None:
         from sylphx._settings import home_dir
@@ -222,6 +269,11 @@ def connect(
         from .embedded import ensure_local_server
 
         home = home_dir()
+        if socket is not None:
+            return ClientConfig(
+                UDS_BASE_URL, uds=str(socket), timeout=timeout, token=token or stored_token(None),
+                retry=retry, unreachable_fix="start it: any `sylphx` command does",
+            )  # fmt: skip
         sock = ensure_local_server(home)
         token = token or stored_token(None)  # its key exists once it has started
         return ClientConfig(

@@ -35,7 +35,7 @@ from sylphx._core.views import (
     ShardView,
 )
 
-from .calls import _request, _run_path, _stream
+from .calls import _records, _request, _run_path, _stream
 from .io_sync import sleep
 from .transport import (
     ClientConfig,
@@ -47,6 +47,7 @@ from .transport import (
     json_body,
     list_params,
     log_params,
+    parse_json,
     parse_list,
     parse_model,
     spec_fields,
@@ -173,9 +174,8 @@ class Run:
             params["indices"] = indices if isinstance(indices, str) else compress(indices)
         if failed:
             params["failed"] = "true"
-        for record in _stream(self._config, self.id, params, follow, lines=True):
-            if record:
-                yield from LogChunk.model_validate_json(record).lines()
+        for record in _records(self._config, self.id, params, follow):
+            yield from parse_json(LogChunk, record, "log record").lines()
 
     def cancel(self) -> RunView:
         """Ask the control plane to cancel the run (it ends within seconds; see

@@ -253,6 +253,15 @@ def parse_model(model: type[M], data: Any, what: str) -> M:
         raise TransportError(f"unexpected {what} from the server: {exc}") from None
 
 
+def parse_json(model: type[M], data: bytes, what: str) -> M:
+    """Validate JSON text (e.g. a record of an NDJSON stream) into a view model: text that
+    is not JSON or not the model is a TransportError."""
+    try:
+        return model.model_validate_json(data)
+    except pydantic.ValidationError as exc:  # cut, garbled, or server/SDK version skew
+        raise TransportError(f"unexpected {what} from the server: {exc}") from None
+
+
 def parse_list(model: type[M], data: Any, what: str) -> list[M]:
     """Validate a JSON list response item by item."""
     if not isinstance(data, list):

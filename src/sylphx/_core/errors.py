@@ -109,7 +109,8 @@ class Unauthorized(SylphxError):
 
 class QuotaExceeded(SylphxError):
     """A plan budget would be exceeded (HTTP 429): per-job parallelism or org concurrent
-    shards. ``details`` name the limit, the usage, the request and the ways out;
+    shards; or a followed log stream past the ones open at once (per org, per API
+    process). ``details`` name the limit, the usage, the request and the ways out;
     ``retry_after`` is set when waiting helps."""
 
     status_code = 429

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .errors import ValidationError
+
+_FIX = 'give a compressed index set such as "0-3,7"'
+
 
 def compress(indexes: Iterable[int]) -> str:
     """``[0, 1, 2, 3, 7]`` -> ``"0-3,7"``."""
@@ -40,3 +44,26 @@ def expand(text: str, below: int | None = None) -> list[int]:
             raise OutOfRange(end)
         out.update(range(start, end + 1))
     return sorted(out)
+
+
+def of_run(text: str, parallelism: int, run: str) -> list[int]:
+    """The indices ``text`` names of a run of ``parallelism`` shards (``run`` names it in
+    the message, e.g. ``"run wrk_..."``), or the 422 (field ``indices``) for an index it
+    does not have, for text that is not an index set, and for one that names none."""
+    try:
+        out = expand(text, below=parallelism)
+    except OutOfRange as exc:
+        fix = f"name indices from 0 to {parallelism - 1}"
+        raise ValidationError(
+            f"indices: index {exc.index} does not exist: {run} has {parallelism} shards"
+            f" (0-{parallelism - 1}). Fix: {fix}.",
+            details=[{"field": "indices", "rule": f"index {exc.index} does not exist", "fix": fix}],
+        ) from None
+    except ValueError:
+        out = []
+    if not out:
+        raise ValidationError(
+            f"indices: {text[:60]!r} is not an index set. Fix: {_FIX}.",
+            details=[{"field": "indices", "rule": "not an index set", "fix": _FIX}],
+        )
+    return out

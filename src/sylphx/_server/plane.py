@@ -20,6 +20,7 @@ from sylphx._server.runs.account import AccountService, SecretService
 from sylphx._server.runs.facade import RunService
 from sylphx._server.runs.longpoll import RunWaiters, ended_among
 from sylphx._server.runs.readcache import KeyCache, SharedReads, TerminalViews
+from sylphx._server.runs.streams import LogStreams
 from sylphx._server.runs.volumes import VolumeService
 from sylphx._server.tenancy.secrets import load_cipher
 from sylphx._settings import Settings
@@ -107,6 +108,8 @@ class ControlPlane:
             terminal_views=self.terminal_views,
             shared_reads=self.run_reads,
             waiters=self.run_waiters,
+            # followed log streams: at most so many per org and in this process
+            log_streams=LogStreams(settings.max_log_streams_per_org, settings.max_log_streams),
         )
         self.volumes = VolumeService(
             sessions=self.sessions, reads=self.reads, root=settings.volumes_dir, now=self.now

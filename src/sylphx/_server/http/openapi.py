@@ -31,7 +31,8 @@ ERRORS: dict[int, str] = {
     413: "The body is over 4 MiB (`payload_too_large`).",
     422: "A broken rule (`validation_error`; a run that could never be scheduled:"
     " `unschedulable`); `details` names each field, rule and fix.",
-    429: "Over a plan budget (`quota_exceeded`); `Retry-After` when waiting helps.",
+    429: "Over a plan budget, or (a followed log) the open log streams' cap"
+    " (`quota_exceeded`); `Retry-After` when waiting helps.",
     503: "The store, a disk or the executor is unavailable, or the control plane is shutting"
     " down (`store_unavailable`, `storage_full`, `executor_error`, `server_unavailable`).",
 }
@@ -51,7 +52,8 @@ ROUTES: dict[tuple[str, str], tuple[bool, tuple[int, ...]]] = {
     ("post", "/v1/runs/{run_id}/cancel"): (True, (404, 409)),
     # 404: a volume the run mounts was deleted; 409: not ended, an index succeeded
     ("post", "/v1/runs/{run_id}/retry"): (True, (402, 404, 409, 413, 429)),
-    ("get", "/v1/runs/{run_id}/logs"): (True, (404,)),
+    # 429: follow=true with the org's (or this process's) followed log streams all open
+    ("get", "/v1/runs/{run_id}/logs"): (True, (404, 429)),
     ("post", "/v1/volumes"): (True, (413,)),
     ("get", "/v1/volumes"): (True, ()),
     ("delete", "/v1/volumes/{volume_id}"): (True, (404, 409)),
@@ -148,7 +150,7 @@ def _error(code: int) -> dict[str, Any]:
         out["headers"] = {
             "Retry-After": {
                 "required": False,
-                "description": "seconds after which the run would likely fit",
+                "description": "seconds after which the request would likely fit",
                 "schema": {"type": "string", "pattern": "^[0-9]+$"},
             }
         }

@@ -5,11 +5,11 @@ HTTP only: parameters, status codes, streaming. What each route does is a method
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal, NoReturn
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from sylphx._core import limits
 from sylphx._core.errors import ValidationError
@@ -180,14 +180,21 @@ async def get_logs(
     ``data`` whole lines of that shard (lines of two shards never mix), ``ts`` when the
     server read them. With ``follow``, records come as lines do, until every shard
     ended and its log is read. ``failed=true``: only shards that ended failed or
-    timed_out, each sent whole once ended (following, also those that end so later)."""
+    timed_out, each sent whole once ended (following, also those that end so later).
+    A line over 256 KiB is sent in pieces.
+
+    ``follow=true`` takes one of the followed log streams an org may have open at once in
+    this API process (``SYLPHX_MAX_LOG_STREAMS_PER_ORG``, 32) and one of the process's
+    (``SYLPHX_MAX_LOG_STREAMS``, 512): with none free, a 429 (``quota_exceeded``, with
+    ``Retry-After``) before any byte. The slot is freed when the stream ends or its
+    client goes away."""
     if all_shards or indices is not None:
         many = "all=true" if all_shards else "indices"
         _refuse_with(many, shard=shard is not None, merge=merge, attempt=attempt is not None)
         body = await runs.all_logs(
             run_id, org_id, stream, indices=indices, failed=failed, follow=follow
         )
-        return StreamingResponse(body, media_type="application/x-ndjson")
+        return _Closing(body, media_type="application/x-ndjson")
     if failed:
         _refuse("failed", "needs all=true or indices", "add all=true, or drop failed")
     if (shard is None) == (not merge):
@@ -199,16 +206,22 @@ async def get_logs(
         _refuse("shard", said, fix)
     index = MERGE_INDEX if merge else shard
     assert index is not None
-    one = runs.logs(run_id, org_id, index, stream, attempt=attempt, follow=follow)
-    first = await anext(one, b"")  # surface NotFound as a 404 before streaming starts
+    one = await runs.logs(run_id, org_id, index, stream, attempt=attempt, follow=follow)
+    return _Closing(one, media_type="text/plain; charset=utf-8")
 
-    async def chained() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in one:
-            yield chunk
 
-    return StreamingResponse(chained(), media_type="text/plain; charset=utf-8")
+class _Closing(StreamingResponse):
+    """A streamed log whose body is closed as soon as the response ends, however it ends
+    (its client gone included): a followed log frees its stream slot then, not whenever
+    the body would be collected."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _refuse_with(many: str, *, shard: bool, merge: bool, attempt: bool) -> None:

@@ -3,45 +3,30 @@ lines of one shard (``{"shard": 7, "attempt": 1, "data": "...", "ts": "...Z"}``)
 
 One coroutine serves a response, however many shards it follows: each round it looks up
 every selected shard in one query (its state and newest attempt), then reads what each
-shard's log gained since the last round, with the one-shard stream's :class:`~.logs.Tail`.
+shard's log gained since the last round (:class:`~.shard_lines.Reader`, with the one-shard
+stream's :class:`~.logs.Tail`), both in one blocking call each on the log streams' threads.
 A shard's partial line waits for its newline (or the attempt's end), so a record holds
-whole lines and two shards' lines never mix."""
+whole lines and two shards' lines never mix; a line over 256 KiB is sent in pieces. While
+nothing changes, the looks come less often: every 0.2 s at first, up to every second."""
 
 from __future__ import annotations
 
-import codecs
-import json
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import anyio
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from sylphx._core.errors import NotFound, ValidationError
-from sylphx._core.indexes import OutOfRange, expand
+from sylphx._core.errors import NotFound
+from sylphx._core.indexes import of_run
 from sylphx._core.states import ShardState
-from sylphx._server.executors.local.shardlog import Redactor
 from sylphx._server.store import AttemptRow, ShardRow
 
-from .logs import CHUNK, Stream, Tail, Where, owned_run, where_of
+from .logs import Run, Secrets, Stream, in_thread, owned_run, slower, where_of
+from .shard_lines import POLL_SECONDS, Look, Reader, Shard
 
-__all__ = ["FAILED", "open_all"]
-
-POLL_SECONDS = 0.2  # one look at the store per round, for every shard followed
-ROUND_BYTES = 4 * CHUNK  # read per shard and round while following: no shard starves the rest
-LONGEST_PARTIAL = CHUNK  # a line longer than this is sent in pieces
-FAILED = (ShardState.FAILED, ShardState.TIMED_OUT)
-_INDICES_FIX = 'give a compressed index set such as "0-3,7"'
-
-
-@dataclass(frozen=True)
-class Look:
-    """A shard as one round found it."""
-
-    state: ShardState
-    where: Where
+__all__ = ["open_all"]
 
 
 def looks(s: Session, run_id: str, org_id: str, stream: Stream) -> tuple[int, dict[int, Look]]:
@@ -82,29 +67,6 @@ def looks(s: Session, run_id: str, org_id: str, stream: Stream) -> tuple[int, di
     return run.parallelism, found
 
 
-def chosen(indices: str | None, parallelism: int) -> list[int]:
-    """The indices ``indices`` names (None: every shard), each below ``parallelism``."""
-    if indices is None:
-        return list(range(parallelism))
-    try:
-        out = expand(indices, below=parallelism)
-    except OutOfRange as exc:
-        fix = f"name indices from 0 to {parallelism - 1}"
-        raise ValidationError(
-            f"indices: index {exc.index} does not exist: the run has {parallelism} shards"
-            f" (0-{parallelism - 1}). Fix: {fix}.",
-            details=[{"field": "indices", "rule": f"index {exc.index} does not exist", "fix": fix}],
-        ) from None
-    except ValueError:
-        out = []
-    if not out:
-        raise ValidationError(
-            f"indices: {indices[:60]!r} is not an index set. Fix: {_INDICES_FIX}.",
-            details=[{"field": "indices", "rule": "not an index set", "fix": _INDICES_FIX}],
-        )
-    return out
-
-
 async def open_all(
     sessions: sessionmaker[Session],
     run_id: str,
@@ -115,6 +77,7 @@ async def open_all(
     failed: bool,
     follow: bool,
     legacy_secrets: Callable[[], list[str]] = list,
+    run: Run = in_thread,
 ) -> AsyncIterator[bytes]:
     """Check the request (NotFound, ValidationError: raised here, before any byte) and
     return the body: the selected shards' logs as NDJSON records.
@@ -123,130 +86,48 @@ async def open_all(
     records come as the lines do, and the body ends when every selected shard has ended
     and its log is drained, moving on to retries as the one-shard stream does.
     ``failed``: only shards that ended failed or timed_out, each read whole once ended
-    (with ``follow``, also those that end so later; the others are dropped as they end)."""
+    (with ``follow``, also those that end so later; the others are dropped as they end).
+    Every blocking step (the store, the files, masking, encoding) is ``run`` on a thread."""
 
     def look() -> tuple[int, dict[int, Look]]:
         with sessions() as s:
             return looks(s, run_id, org_id, stream)
 
-    parallelism, first = await anyio.to_thread.run_sync(look)
-    shards = {index: _Shard(index) for index in chosen(indices, parallelism)}
-    return _rounds(shards, first, look, failed=failed, follow=follow, secrets=legacy_secrets)
+    parallelism, first = await run(look)
+    picked = range(parallelism) if indices is None else of_run(indices, parallelism, "the run")
+    shards = [Shard(index) for index in picked]
+    reader = Reader(shards, Secrets(legacy_secrets), failed=failed, follow=follow)
+    return _rounds(reader, first, look, run)
 
 
 async def _rounds(
-    shards: dict[int, _Shard],
+    reader: Reader,
     found: dict[int, Look],
     look: Callable[[], tuple[int, dict[int, Look]]],
-    *,
-    failed: bool,
-    follow: bool,
-    secrets: Callable[[], list[str]],
+    run: Run,
 ) -> AsyncIterator[bytes]:
-    """The body: one round per look at the store, until every shard is done."""
-    values = _Secrets(secrets)
-    budget = ROUND_BYTES if follow else None
+    """The body: a round of reads per look at the store, until every shard is done.
+    Following, the pause between looks grows while nothing changes; a round the read
+    budget stopped is followed by the next at once (with a look at most every
+    :data:`POLL_SECONDS`)."""
+    pause, changed, looked = POLL_SECONDS, True, time.monotonic()
     while True:
-        for shard in shards.values():
-            current = found.get(shard.index)
-            async for out in shard.round(current, failed, follow, budget, values):
-                yield out
-        if all(shard.tail.done for shard in shards.values()):
-            return
-        if not any(shard.tail.behind for shard in shards.values()):
-            await anyio.sleep(POLL_SECONDS)
-        try:
-            found = (await anyio.to_thread.run_sync(look))[1]
-        except NotFound:  # the run was deleted while followed: its logs end here
-            for shard in shards.values():
-                if out := shard.end():
-                    yield out
-            return
-
-
-class _Secrets:
-    """The values of the run's secrets, read once and only if a legacy log needs them."""
-
-    def __init__(self, read: Callable[[], list[str]]) -> None:
-        self._read = read
-        self._values: list[str] | None = None
-
-    async def values(self) -> list[str]:
-        if self._values is None:
-            self._values = await anyio.to_thread.run_sync(self._read)
-        return self._values
-
-
-@dataclass
-class _Shard:
-    """One shard of the response: where its log is read, its partial line, and (for a
-    log written before masking at capture) its redactor."""
-
-    index: int
-    tail: Tail = field(default_factory=Tail)
-    attempt: int | None = None  # the attempt the partial line belongs to
-    partial: str = ""
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
-    )
-    redactor: Redactor | None = None
-
-    async def round(
-        self,
-        current: Look | None,
-        failed: bool,
-        follow: bool,
-        budget: int | None,
-        secrets: _Secrets,
-    ) -> AsyncIterator[bytes]:
-        """This round's records of the shard, as ``current`` found it."""
-        if current is None:  # no such shard row
-            self.tail.done = True
-        if self.tail.done or current is None or (failed and not self._failed(current, follow)):
-            return
-        async for attempt, legacy, chunk in self.tail.advance(
-            current.where, follow=follow, budget=budget
-        ):
-            if out := self.feed(attempt, chunk, await secrets.values() if legacy else None):
-                yield out
-        if self.tail.done and (out := self.end()):
+        out: bytes = await run(reader.round, found)
+        if out:
             yield out
-
-    def _failed(self, current: Look, follow: bool) -> bool:
-        """Whether the shard ended failed: to be read now; one that ended otherwise (or,
-        not following, has not ended) is done."""
-        if not current.where.shard_done:
-            self.tail.done = not follow  # following: wait for its end
-            return False
-        self.tail.done = current.state not in FAILED
-        return not self.tail.done
-
-    def feed(self, attempt: int, chunk: bytes, secrets: list[str] | None) -> bytes:
-        """The records of the whole lines ``chunk`` completes (a new attempt's chunk
-        first ends the attempt before it)."""
-        out = self.end() if self.attempt is not None and attempt != self.attempt else b""
-        self.attempt = attempt
-        if secrets is not None:
-            self.redactor = self.redactor or Redactor(secrets)
-            chunk = self.redactor.feed(chunk)
-        text = self.partial + self.decoder.decode(chunk)
-        cut = text.rfind("\n") + 1
-        if len(text) - cut > LONGEST_PARTIAL:
-            cut = len(text)
-        self.partial = text[cut:]
-        return out + self._record(text[:cut])
-
-    def end(self) -> bytes:
-        """The record of what is left of the attempt read (a last line without newline)."""
-        tail = self.redactor.flush() if self.redactor is not None else b""
-        text = self.partial + self.decoder.decode(tail, final=True)
-        self.partial, self.redactor = "", None
-        self.decoder.reset()
-        return self._record(text)
-
-    def _record(self, data: str) -> bytes:
-        if not data or self.attempt is None:
-            return b""
-        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        line = {"shard": self.index, "attempt": self.attempt, "data": data, "ts": ts}
-        return json.dumps(line, ensure_ascii=False).encode() + b"\n"
+        if reader.done:
+            return
+        if not reader.follow:  # only the read budget stopped the round: read on
+            continue
+        if reader.behind and time.monotonic() - looked < POLL_SECONDS:
+            continue
+        if not reader.behind:
+            pause = slower(pause, changed or reader.moved, POLL_SECONDS)
+            await anyio.sleep(pause)
+        try:
+            now: dict[int, Look] = (await run(look))[1]
+        except NotFound:  # the run was deleted while followed: its logs end here
+            if out := await run(reader.end):
+                yield out
+            return
+        changed, found, looked = now != found, now, time.monotonic()

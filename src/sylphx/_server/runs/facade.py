@@ -37,6 +37,7 @@ from .hostpaths import check_host_paths
 from .logs import Stream
 from .longpoll import RunWaiters
 from .readcache import SharedReads, TerminalViews
+from .streams import LogStreams
 
 __all__ = ["CAS_RETRIES", "RunService"]
 
@@ -50,7 +51,8 @@ class RunService:
     ``sessions`` write (BEGIN IMMEDIATE on SQLite), ``reads`` only read and ``engine``
     serves the polling path's Core reads. ``settings`` is read at each call (the logs
     folder, the image scanner, the host paths shards may not see). ``wake`` nudges the
-    reconciler after a change; ``draining`` says the process accepts no new runs."""
+    reconciler after a change; ``draining`` says the process accepts no new runs.
+    ``log_streams`` counts the followed log streams open and runs their blocking work."""
 
     sessions: sessionmaker[Session]
     reads: sessionmaker[Session]
@@ -65,6 +67,7 @@ class RunService:
     terminal_views: TerminalViews
     shared_reads: SharedReads
     waiters: RunWaiters
+    log_streams: LogStreams
 
     # -- writes --------------------------------------------------------------------------
     def submit(self, spec: RunSpec, org_id: str, idempotency_key: str | None = None) -> bytes:
@@ -250,7 +253,7 @@ class RunService:
         with self.reads() as s:
             return service.shard_views(service.load(s, run_id, org_id, with_attempts=True))
 
-    def logs(
+    async def logs(
         self,
         run_id: str,
         org_id: str,
@@ -261,9 +264,11 @@ class RunService:
         follow: bool,
     ) -> AsyncIterator[bytes]:
         """One shard's log as stored (secret values masked as it was written); with
-        ``follow``, until the shard ends. NotFound and ValidationError come with the first
-        chunk, before any byte."""
-        return logs.stream_log(
+        ``follow``, until the shard ends. NotFound and ValidationError are raised before
+        the body is returned, and (following) QuotaExceeded when the org or this process
+        has its most followed log streams open (see :mod:`.streams`)."""
+        opened = functools.partial(
+            logs.open_log,
             self.reads,
             run_id,
             org_id,
@@ -272,7 +277,9 @@ class RunService:
             attempt=attempt,
             follow=follow,
             legacy_secrets=functools.partial(self._secret_values, run_id, org_id),
+            run=self.log_streams.run,
         )
+        return await (self.log_streams.hold(org_id, opened) if follow else opened())
 
     async def all_logs(
         self,
@@ -285,9 +292,10 @@ class RunService:
         follow: bool,
     ) -> AsyncIterator[bytes]:
         """Every shard's log (or those of ``indices``, or only the failed ones) as NDJSON
-        records of whole lines (see :mod:`.all_logs`); NotFound and ValidationError are
-        raised before the body is returned."""
-        return await all_logs.open_all(
+        records of whole lines (see :mod:`.all_logs`); NotFound, ValidationError and
+        (following) QuotaExceeded are raised before the body is returned."""
+        opened = functools.partial(
+            all_logs.open_all,
             self.reads,
             run_id,
             org_id,
@@ -296,7 +304,9 @@ class RunService:
             failed=failed,
             follow=follow,
             legacy_secrets=functools.partial(self._secret_values, run_id, org_id),
+            run=self.log_streams.run,
         )
+        return await (self.log_streams.hold(org_id, opened) if follow else opened())
 
     def _secret_values(self, run_id: str, org_id: str) -> list[str]:
         """The current values of the secrets a run names: only for logs written before

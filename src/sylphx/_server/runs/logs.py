@@ -1,13 +1,19 @@
-"""Shard logs: read whole or followed live, straight from the attempt's log files."""
+"""Shard logs: read whole or followed live, straight from the attempt's log files.
+
+Every blocking step of a stream (a look at the store, a stat and read of a log file, the
+masking of a legacy log) runs on a thread, the log streams' own (see :mod:`.streams`): the
+event loop only passes the bytes on. A followed log is looked at every 0.1 s while it
+changes, less often (up to every second) while it does not; a file is opened only when it
+grew."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 from sqlalchemy import select
@@ -20,8 +26,11 @@ from sylphx._server.executors.local.shardlog import Redactor
 from sylphx._server.store import AttemptRow, RunRow, ShardRow
 
 Stream = Literal["stdout", "stderr"]
-CHUNK = 256 * 1024
-FOLLOW_POLL_SECONDS = 0.1
+T = TypeVar("T")
+CHUNK = 256 * 1024  # one read of a log file at most
+ONE_READ = 4 * CHUNK  # the one-shard stream reads this much per thread call at most
+FOLLOW_POLL_SECONDS = 0.1  # the one-shard stream's pause while its log changes ...
+IDLE_POLL_SECONDS = 1.0  # ... doubling up to this while it does not (any followed stream)
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,35 @@ def _named(index: int) -> str:
     return "the merge step" if index == MERGE_INDEX else f"shard {index}"
 
 
-async def stream_log(
+Run = Callable[..., Awaitable[Any]]  # runs a blocking call on the log streams' threads
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in anyio's default thread pool (when no limiter of its own is given)."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def slower(pause: float, changed: bool, first: float) -> float:
+    """The pause before the next look at the store: ``first`` after a look or a read that
+    found something new, else twice the last one, up to :data:`IDLE_POLL_SECONDS`."""
+    return first if changed else min(pause * 2, IDLE_POLL_SECONDS)
+
+
+class Secrets:
+    """The values of the run's secrets, read once and only if a legacy log needs them
+    (blocking: a store read, made on the thread that asks)."""
+
+    def __init__(self, read: Callable[[], list[str]]) -> None:
+        self._read = read
+        self._values: list[str] | None = None
+
+    def values(self) -> list[str]:
+        if self._values is None:
+            self._values = self._read()
+        return self._values
+
+
+async def open_log(
     sessions: sessionmaker[Session],
     run_id: str,
     org_id: str,
@@ -106,48 +143,76 @@ async def stream_log(
     attempt: int | None,
     follow: bool,
     legacy_secrets: Callable[[], list[str]] = list,
+    run: Run = in_thread,
 ) -> AsyncIterator[bytes]:
-    """Yield the log's bytes as stored; with ``follow``, keep yielding until the shard
-    ends (moving on to the next attempt when a failed one is retried). A log written
-    before secrets were masked at capture is masked now, with ``legacy_secrets()``."""
-    inner = _stream_log(sessions, run_id, org_id, index, stream, attempt=attempt, follow=follow)
-    redactor: Redactor | None = None
-    async for legacy, chunk in inner:
-        if legacy and redactor is None:
-            redactor = Redactor(await anyio.to_thread.run_sync(legacy_secrets))
-        yield chunk if redactor is None else redactor.feed(chunk)
-    if redactor is not None:
-        yield redactor.flush()
-
-
-async def _stream_log(
-    sessions: sessionmaker[Session],
-    run_id: str,
-    org_id: str,
-    index: int,
-    stream: Stream,
-    *,
-    attempt: int | None,
-    follow: bool,
-) -> AsyncIterator[tuple[bool, bytes]]:
-    """:func:`stream_log`'s chunks, each with whether its attempt's log is a legacy one."""
+    """Check the request (NotFound, ValidationError: raised here, before any byte) and
+    return the body: the log's bytes as stored; with ``follow``, until the shard ends
+    (moving on to the next attempt when a failed one is retried). A log written before
+    secrets were masked at capture is masked now, with ``legacy_secrets()``. Every
+    blocking step (the store, the file, masking) is ``run`` on a thread."""
 
     def where() -> Where:
         with sessions() as s:
             return locate(s, run_id, org_id, index, stream, attempt)
 
-    tail = Tail(pinned=attempt)
-    current = await anyio.to_thread.run_sync(where)
+    return _one(await run(where), where, _OneShard(attempt, Secrets(legacy_secrets)), follow, run)
+
+
+async def _one(
+    current: Where, where: Callable[[], Where], shard: _OneShard, follow: bool, run: Run
+) -> AsyncIterator[bytes]:
+    """:func:`open_log`'s body: a read of what is new per look at the store, pausing
+    longer while nothing changes."""
+    pause, changed = FOLLOW_POLL_SECONDS, True
     while True:
-        async for _, legacy, chunk in tail.advance(current, follow=follow):
-            yield legacy, chunk
-        if tail.done:
+        chunks: list[bytes] = await run(shard.step, current, follow)
+        for chunk in chunks:
+            yield chunk
+        if shard.tail.done:
             return
-        await anyio.sleep(FOLLOW_POLL_SECONDS)
+        if shard.tail.behind:  # the budget stopped the read: read on at once
+            continue
+        pause = slower(pause, changed or bool(chunks), FOLLOW_POLL_SECONDS)
+        await anyio.sleep(pause)
         try:
-            current = await anyio.to_thread.run_sync(where)
+            looked: Where = await run(where)
         except NotFound:  # the run was deleted while followed: its log ends here
+            if rest := shard.mask.flush():
+                yield rest
             return
+        changed, current = looked != current, looked
+
+
+class _Mask:
+    """Masks the secrets in a legacy log's bytes (from the first legacy chunk on)."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self.secrets = secrets
+        self.redactor: Redactor | None = None
+
+    def feed(self, legacy: bool, chunk: bytes) -> bytes:
+        if legacy and self.redactor is None:
+            self.redactor = Redactor(self.secrets.values())
+        return chunk if self.redactor is None else self.redactor.feed(chunk)
+
+    def flush(self) -> bytes:
+        return self.redactor.flush() if self.redactor is not None else b""
+
+
+class _OneShard:
+    """The one-shard stream's reader: its place in the log and its masking."""
+
+    def __init__(self, pinned: int | None, secrets: Secrets) -> None:
+        self.tail = Tail(pinned=pinned)
+        self.mask = _Mask(secrets)
+
+    def step(self, current: Where, follow: bool) -> list[bytes]:
+        """Blocking: the chunks to send of what the log gained (at most ``ONE_READ``)."""
+        read = self.tail.advance(current, follow=follow, budget=ONE_READ)
+        out = [self.mask.feed(legacy, chunk) for _, legacy, chunk in read]
+        if self.tail.done:
+            out.append(self.mask.flush())
+        return [chunk for chunk in out if chunk]
 
 
 @dataclass
@@ -164,57 +229,61 @@ class Tail:
     done: bool = False  # everything there will be was read
     behind: bool = False  # the budget stopped the last read before the log's end
 
-    async def advance(
-        self, current: Where, *, follow: bool, budget: int | None = None
-    ) -> AsyncIterator[tuple[int, bool, bytes]]:
-        """The bytes written since the last look, as (attempt, legacy, chunk); at most
-        ``budget`` bytes of the current attempt's (None: to its end). A retry that
+    def advance(
+        self, current: Where, *, follow: bool, budget: int
+    ) -> list[tuple[int, bool, bytes]]:
+        """Blocking (file reads: call it on a thread). The bytes written since the last
+        look, as (attempt, legacy, chunk), at most ``budget`` of them. A retry that
         started is followed from its top, once the attempt before it is drained. Sets
-        :attr:`done` when nothing more will come: at once without ``follow``, else once
-        the attempt ended with its shard (or is the one pinned) and was read to its end."""
+        :attr:`done` when nothing more will come: once read to the end without
+        ``follow``, else once the attempt ended with its shard (or is the one pinned) and
+        was read to its end; :attr:`behind` when the budget stopped the read."""
+        out: list[tuple[int, bool, bytes]] = []
         if self.reading is None:
             self.reading = current.attempt
         if current.attempt is not None and current.attempt != self.reading:
             if self.path is not None and self.reading is not None:  # its last bytes
-                async for chunk, _ in _read_from(self.path, self.offset):
-                    yield self.reading, self.legacy, chunk
+                chunks, self.offset = read_from(self.path, self.offset, budget)
+                out += [(self.reading, self.legacy, chunk) for chunk in chunks]
+                budget -= sum(map(len, chunks))
+                if budget <= 0:  # more of it may be left: read on from there
+                    self.done, self.behind = False, True
+                    return out
             self.reading, self.offset, self.path = current.attempt, 0, None
         drained = True
         if current.attempt is not None and current.attempt == self.reading:
             self.path, self.legacy = current.path, current.legacy
             if self.path is not None:
-                got = 0
-                async for chunk, end in _read_from(self.path, self.offset, budget):
-                    self.offset, got = end, got + len(chunk)
-                    yield current.attempt, self.legacy, chunk
-                drained = budget is None or got < budget
+                chunks, self.offset = read_from(self.path, self.offset, budget)
+                out += [(current.attempt, self.legacy, chunk) for chunk in chunks]
+                drained = sum(map(len, chunks)) < budget
         ended = current.attempt_done and (current.shard_done or self.pinned is not None)
         self.done = drained and (not follow or ended)
         self.behind = not drained
+        return out
 
 
-async def _read_from(
-    path: str, offset: int, limit: int | None = None
-) -> AsyncIterator[tuple[bytes, int]]:
-    """The file's bytes from ``offset`` (at most ``limit`` of them), each chunk with the
-    offset after it; nothing for a file not written yet."""
+def read_from(path: str, offset: int, limit: int) -> tuple[list[bytes], int]:
+    """Blocking: the file's bytes from ``offset`` (at most ``limit`` of them, in chunks of
+    at most :data:`CHUNK`) and the offset after them. The file is opened only when its
+    size grew past ``offset``; nothing for a file not written yet."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below; kept open across awaits
+        if os.stat(path).st_size <= offset:
+            return [], offset
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        return
-    try:
+        return [], offset
+    out: list[bytes] = []
+    with fh:
         fh.seek(offset)
-        while limit is None or limit > 0:
-            chunk = fh.read(CHUNK if limit is None else min(CHUNK, limit))
+        while limit > 0:
+            chunk = fh.read(min(CHUNK, limit))
             if not chunk:
                 break
-            if limit is not None:
-                limit -= len(chunk)
+            out.append(chunk)
+            limit -= len(chunk)
             offset += len(chunk)
-            yield chunk, offset
-            await anyio.sleep(0)
-    finally:
-        fh.close()
+    return out, offset
 
 
 def remove(paths: list[str], logs_dir: Path) -> None:

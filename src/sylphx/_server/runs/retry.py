@@ -10,8 +10,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from sylphx._core.errors import ConflictError, ValidationError
-from sylphx._core.indexes import OutOfRange, compress, expand
+from sylphx._core.errors import ConflictError
+from sylphx._core.indexes import compress, of_run
 from sylphx._core.machines import Resources
 from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.retry import RetryRequest
@@ -117,15 +117,7 @@ def _chosen(
                 details=[{"field": "indices", "rule": "nothing to retry", "fix": "submit anew"}],
             )
         return chosen
-    try:
-        chosen = expand(request.indices, below=run.parallelism)
-    except OutOfRange as exc:
-        fix = f"name indices from 0 to {run.parallelism - 1}"
-        raise ValidationError(
-            f"indices: index {exc.index} does not exist: run {run.id} has {run.parallelism}"
-            f" shards (0-{run.parallelism - 1}). Fix: {fix}.",
-            details=[{"field": "indices", "rule": f"index {exc.index} does not exist", "fix": fix}],
-        ) from None
+    chosen = of_run(request.indices, run.parallelism, f"run {run.id}")
     done = [i for i in chosen if states[i] is ShardState.SUCCEEDED]
     if done:
         fix = f"drop {compress(done)} from indices; a succeeded index is never run again"
