@@ -113,6 +113,15 @@ def _shard_id(env: dict[str, str], var: str) -> int:
     return int(text)
 
 
+def _token(env: dict[str, str], var: str) -> str | None:
+    """A bearer token: at least 16 printable ASCII characters, no spaces (never echoed)."""
+    text = env.get(var) or None
+    if text is not None and not (len(text) >= 16 and all("!" <= c <= "~" for c in text)):
+        fix = "give at least 16 printable ASCII characters, no spaces (e.g. openssl rand -hex 32)"
+        raise _bad(var, "<hidden>", fix)
+    return text
+
+
 def home_dir() -> Path:
     """``SYLPHX_HOME``, default ``~/.sylphx``."""
     return Path(os.environ.get("SYLPHX_HOME") or Path.home() / ".sylphx").expanduser().resolve()
@@ -158,6 +167,8 @@ class Settings:
     # followed log streams (GET .../logs?follow=true) open at once in one API process
     max_log_streams_per_org: int = 32  # SYLPHX_MAX_LOG_STREAMS_PER_ORG: per org
     max_log_streams: int = 512  # SYLPHX_MAX_LOG_STREAMS: all orgs together
+    # SYLPHX_METRICS_TOKEN: the bearer token /metrics asks for; unset: loopback clients only
+    metrics_token: str | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -253,6 +264,7 @@ class Settings:
         if not all(path.is_absolute() for path in hide):
             raise _bad("SYLPHX_SHARD_HIDE", hide_text, "give absolute paths joined by ':'")
         return cls(
+            metrics_token=_token(env, "SYLPHX_METRICS_TOKEN"),
             max_log_bytes=max_log_bytes,
             max_log_streams_per_org=_count(env, "SYLPHX_MAX_LOG_STREAMS_PER_ORG", 32),
             max_log_streams=_count(env, "SYLPHX_MAX_LOG_STREAMS", 512),

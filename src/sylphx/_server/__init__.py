@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ if TYPE_CHECKING:
     from .http import create_app
     from .plane import ControlPlane
 
-__all__ = ["ControlPlane", "create_app", "serve", "shared_app"]
+__all__ = ["ControlPlane", "create_app", "metrics_dir", "serve", "shared_app"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 GRACEFUL_SECONDS = 5  # open requests (e.g. log follows) get this long after SIGTERM
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's: see http/metrics.py
 
 
 def __getattr__(name: str) -> Any:
@@ -59,6 +61,38 @@ def shared_app() -> FastAPI:
     return app
 
 
+def metrics_dir(home: Path, workers: int) -> Path | None:
+    """Where the API processes keep their metrics: with ``workers`` > 1 a fresh directory
+    of this server's (``home/metrics/PID``; those of servers no longer running removed),
+    exported as PROMETHEUS_MULTIPROC_DIR for the workers to inherit, so that a scrape of
+    any of them sums them all. One process keeps its metrics in memory (None; a
+    PROMETHEUS_MULTIPROC_DIR from the environment is dropped). Call it before
+    prometheus-client is imported: it picks its mode once, on import."""
+    if workers <= 1:
+        os.environ.pop(MULTIPROC_ENV, None)
+        return None
+    root = home / "metrics"
+    if root.is_dir():
+        for old in root.iterdir():
+            if not (old.name.isdigit() and _alive(int(old.name))):
+                shutil.rmtree(old, ignore_errors=True)
+    path = root / str(os.getpid())
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
 def serve(
     host: str | None = None, port: int | None = None, uds: str | None = None, workers: int = 1
 ) -> None:
@@ -74,15 +108,13 @@ def serve(
 
     from sylphx._settings import Settings
 
-    from .http import create_app
-    from .plane import ControlPlane
-
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
     where: dict[str, Any] = (
         {"uds": uds} if uds is not None else {"host": host or "127.0.0.1", "port": port or 8080}
     )
     settings.home.mkdir(parents=True, exist_ok=True)
+    metrics_dir(settings.home, workers)  # before prometheus-client is imported (by .http)
     settings.pid_file.write_text(str(os.getpid()))
     if uds is not None:
         Path(uds).unlink(missing_ok=True)
@@ -95,6 +127,9 @@ def serve(
                 log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS, **where,
             )  # fmt: skip
             return
+        from .http import create_app  # (the workers import their own: see shared_app)
+        from .plane import ControlPlane
+
         plane = ControlPlane(settings)
 
         class DrainingServer(uvicorn.Server):
@@ -117,3 +152,5 @@ def serve(
     finally:
         if settings.pid_file.read_text().strip() == str(os.getpid()):
             settings.pid_file.unlink(missing_ok=True)
+        if workers > 1:  # the workers have exited: their metrics go with them
+            shutil.rmtree(settings.home / "metrics" / str(os.getpid()), ignore_errors=True)

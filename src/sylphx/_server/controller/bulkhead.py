@@ -48,6 +48,7 @@ from sylphx._server.store.records import (
 )
 from sylphx._server.tenancy import billing
 
+from . import telemetry
 from .transitions import transition
 
 log = logging.getLogger("sylphx.reconciler")
@@ -271,6 +272,7 @@ def stop_run(
         transition(shard, ShardState.FAILED, now)
         shard.reason = why
     update_attempts(s, attempts, ("state", "reason", "exit_code", "ended_at", "killed_at"))
+    telemetry.exits(s, [str(AttemptState.FAILED)] * len(attempts))
     update_shards(s, ended, ("state", "reason", "exit_code", "ended_at"))
     if not RunState(run.state).terminal:
         transition(run, RunState.FAILED, now)

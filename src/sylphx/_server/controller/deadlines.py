@@ -23,6 +23,7 @@ from sylphx._server.store.records import (
     update_shards,
 )
 
+from . import telemetry
 from .transitions import transition
 
 if TYPE_CHECKING:
@@ -182,4 +183,5 @@ def preempt(s: Session, attempt_ids: list[int], now: datetime) -> list[tuple[str
     for attempt in live:
         attempt.stop_reason, attempt.stop_requested_at = StopCause.PREEMPT.value, now
     update_attempts(s, live, STOP_KEYS)
+    telemetry.preempted(s, len(live))
     return [(attempt.handle, "term") for attempt in live if attempt.handle]

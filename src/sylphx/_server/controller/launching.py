@@ -38,7 +38,7 @@ from sylphx._server.store.records import (
 )
 from sylphx._server.tenancy import secrets
 
-from . import merging
+from . import merging, telemetry
 from .bulkhead import PASS_LEVEL
 from .transitions import transition
 
@@ -182,6 +182,8 @@ class RunLaunch:
                 self.launched.append(handle)
                 if not executor.reports_starts:  # else running once the executor says so
                     transition(shard, ShardState.RUNNING, now)
+                    if not merge:
+                        telemetry.started(self._s, self._run.id, now)
             running = shard.state == ShardState.RUNNING
             attempts.append(
                 {
@@ -224,6 +226,8 @@ def mark_started(s: Session, starts: Sequence[tuple[str, datetime]]) -> None:
         attempt.started_at = when[attempt.handle or ""]
         transition(attempt, AttemptState.RUNNING, attempt.started_at)
         transition(shard, ShardState.RUNNING, attempt.started_at)
+        if shard.index >= 0:
+            telemetry.started(s, shard.run_id, attempt.started_at)
         attempts.append(attempt)
         shards.append(shard)
     update_attempts(s, attempts, ("state", "started_at"))

@@ -23,6 +23,8 @@ from sylphx._server.infra import faults
 from sylphx._server.infra.lease import Lease
 from sylphx._settings import Settings
 
+from . import telemetry
+
 log = logging.getLogger("sylphx.reconciler")
 # A pass woken by process exits starts at least this long after the previous pass began,
 # so exits that trickle in (256 shards ending over a few seconds) are settled a batch per
@@ -107,7 +109,8 @@ class PassLoop(ABC):
                 if readopt:  # exits polled by a failed pass were lost with its transaction
                     self.recover()
                     readopt = False
-                self.tick()
+                with telemetry.timed_pass():  # its duration; a failure is counted too
+                    self.tick()
             except (OperationalError, InterfaceError) as exc:  # the store is away: say so
                 bind = self.sessions.kw["bind"]
                 assert isinstance(bind, Engine)

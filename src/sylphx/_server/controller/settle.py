@@ -30,6 +30,7 @@ from sylphx._server.store.records import (
 )
 from sylphx._server.tenancy import billing
 
+from . import telemetry
 from .bulkhead import NOT_A_RUNS, PASS_LEVEL, breaker
 from .policy import backoff
 from .transitions import transition
@@ -148,6 +149,7 @@ def _write(
             for rec, version in seen:
                 rec.version = version
             raise
+        telemetry.exits(s, [str(a.state) for a in attempts])  # counted once the pass commits
 
     try:
         write(attempts, shards, usage)

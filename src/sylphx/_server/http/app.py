@@ -3,7 +3,8 @@ routers per resource and the completed OpenAPI document.
 
 This is where the HTTP edge meets the control plane, once: the routers reach the
 services the plane built through :mod:`.deps`; the edge and the health checks are given
-the parts they watch (the store's engine, the executor, the lease, the disks)."""
+the parts they watch (the store's engine, the executor, the lease, the disks), and the
+metrics the store they read."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 
 from sylphx._server.plane import ControlPlane
 
-from . import account, edge, health, openapi, runs, secrets, volumes
+from . import account, edge, health, metrics, openapi, runs, secrets, volumes
 
 __all__ = ["create_app"]
 
@@ -33,11 +34,14 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
             yield
         finally:
             plane.stop()
+            metrics.process_exit()
 
     app = FastAPI(title="sylphx", version=version("sylphx"), lifespan=lifespan)
     app.state.plane = plane
     # errors mapped to HTTP once; the body limit
     edge.install(app, engine=plane.engine, home=plane.settings.home)
+    # every request timed (the outermost middleware: a 413 counts too); GET /metrics
+    metrics.install(app, reads=plane.reads, now=plane.now, token=plane.settings.metrics_token)
     health.install(  # /healthz, /readyz
         app,
         engine=plane.engine,

@@ -107,7 +107,7 @@ def install(app: FastAPI, *, engine: Engine, home: Path) -> None:
     async def _starlette_error(request: Request, exc: HTTPException) -> ErrorResponse:
         if exc.status_code != 405:
             return error_response(_http_error(exc))
-        allow = _allowed(request.url.path)
+        allow = _allowed(request.url.path) or (exc.headers or {}).get("Allow", "")
         out = error_response(_http_error(exc, allow))
         out.headers["Allow"] = allow  # every method the path takes (RFC 9110)
         return out
