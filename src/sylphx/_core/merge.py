@@ -22,9 +22,6 @@ __all__ = ["MERGE_INDEX", "MergeSpec", "MinSucceeded", "should_run", "when_text"
 MERGE_INDEX = -1  # the merge's row among the run's shards (never a shard index)
 MAX_MERGE_BACKOFF = 10
 MAX_TIMEOUT_SECONDS = 86400  # as the run's timeoutSeconds
-# where a sandboxed merge finds its manifest: in its own /tmp, a tmpfs the sandbox makes,
-# so no entry of an image's root decides where the mount point is created
-MANIFEST_PATH = "/tmp/.sylphx/manifest.json"
 _WHEN_FIX = 'use "allSucceeded" (the default), "always" or {"minSucceeded": K}'
 
 

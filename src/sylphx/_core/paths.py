@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from .limits import shown
 
-__all__ = ["SYSTEM_PATHS", "PathRuleError", "is_within", "normalise"]
+__all__ = ["MANIFEST_PATH", "SYSTEM_PATHS", "PathRuleError", "is_within", "normalise"]
+
+# where a sandboxed merge step finds its manifest (SYLPHX_MANIFEST): in its own /tmp, a
+# tmpfs the sandbox makes, so no entry of an image's root decides where the mount point is
+MANIFEST_PATH = "/tmp/.sylphx/manifest.json"
 
 # Paths a volume may not be mounted over: the shard's own system directories.
 SYSTEM_PATHS = (

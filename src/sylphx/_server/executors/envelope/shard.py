@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
-from sylphx._core.merge import MANIFEST_PATH
+from sylphx._core.paths import MANIFEST_PATH
 from sylphx._server.executors.base import LaunchRequest, Mount
 from sylphx._server.executors.local.processes import check_program, visible_host_paths
 from sylphx._server.images.store import UnpackedImage
