@@ -153,6 +153,8 @@ class AttemptRow(Base):
         UniqueConstraint("shard_id", "number", name="uq_attempts_shard_number"),
         Index("ix_attempts_state", "state"),
         Index("ix_attempts_handle", "handle"),  # exits are settled by handle
+        # usage.attempt_id outlives a deleted run: an id is never handed out twice (0015)
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
