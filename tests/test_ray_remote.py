@@ -74,16 +74,13 @@ def test_shipping_never_blocks_the_tasks_main_thread_in_ray(
     started: list[float] = []
 
     class Hub:
-        class push:  # stands in for an actor method
+        class push:  # stands in for an actor method; the first chunk tells the start
             @staticmethod
-            def remote(handle: str, node: str, paths: Any, out: bytes, err: bytes) -> str:
+            def remote(
+                handle: str, node: str, paths: Any, out: bytes, err: bytes, start: float | None
+            ) -> str:
                 pushed.append(out)
-                return "ref"
-
-        class started:  # the shard tells the hub when its process started, and goes on
-            @staticmethod
-            def remote(handle: str, node: str, epoch: float) -> str:
-                started.append(epoch)
+                started.extend([start] if start is not None else [])
                 return "ref"
 
     def get(ref: str) -> None:
@@ -98,10 +95,38 @@ def test_shipping_never_blocks_the_tasks_main_thread_in_ray(
     before = time.time()
     code, reason, cut, began, ended = run_shard(req, "ray:run1:0:1", "hub-test", PLAIN)
     assert (code, reason, cut) == (0, None, [])
-    # the window the node measured: from the process's spawn (told to the hub) to the end
+    # the window the node measured: from the process's spawn (told to the hub once, with
+    # the first chunk, while it ran) to the end
     assert started == [began] and before <= began <= ended - 0.5 <= time.time()
     assert b"".join(pushed) == b"one\ntwo\n"
     assert on_main and not any(on_main)
+
+
+def test_a_shard_that_ends_before_its_first_chunk_costs_the_hub_no_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A short, silent shard tells its start with its result: no push, no call of its own
+    # (one hub call and one control-plane pass fewer per shard: P6).
+    calls: list[str] = []
+
+    class Hub:
+        class push:
+            @staticmethod
+            def remote(*args: Any) -> str:
+                calls.append("push")
+                return "ref"
+
+    context = type("Context", (), {"get_node_id": lambda self: "node-1"})()
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+    monkeypatch.setattr(ray, "get_actor", lambda name: Hub())
+    monkeypatch.setattr(ray_remote, "_hubs", {})
+    monkeypatch.setattr(ray, "get", lambda ref: None)
+    before = time.time()
+    code, reason, cut, began, ended = run_shard(
+        request(tmp_path, ["true"]), "ray:run1:0:1", "hub-test", PLAIN
+    )
+    assert (code, reason, cut, calls) == (0, None, [], [])
+    assert began is not None and before <= began <= ended <= time.time()
 
 
 def test_shipped_output_is_redacted_and_capped_as_on_the_local_executor(tmp_path: Path) -> None:

@@ -89,3 +89,31 @@ def test_an_exit_taken_by_a_control_plane_killed_before_its_pass_committed_is_no
     assert f"sylphx-hub-{(home / 'ray.id').read_text().strip()}" not in (
         ray.util.list_named_actors()
     )  # holding nothing, the hub went with the control plane
+
+
+def test_a_kill_asked_while_the_hub_takes_the_attempt_over_is_not_lost(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """The hand-off to the hub is not waited for (a pass goes on while the hub submits
+    the wave), and the hub answers calls on many threads: a kill asked at once, before
+    the hub has the attempt, must not overtake the hand-off and find nothing to stop. It
+    goes out once the hub has it, and the attempt ends killed, long before its 30 s."""
+    logs = tmp_path / "logs"
+    executor = RayExecutor(
+        ray_cluster.address, home=tmp_path / "home", sandbox=False, enforce_tiers=False
+    )
+    try:
+        request = LaunchRequest(
+            "run1", 0, 1, 1, True, ["sleep", "30"], {}, "nano",
+            f"{logs}/out", f"{logs}/err", None,
+        )  # fmt: skip
+        handle = executor.launch(request)
+        executor.flush()
+        executor.signal(handle, "kill")  # the hub's answer to the hand-off not yet in
+        deadline = time.monotonic() + 20
+        while not (exits := executor.poll()):
+            assert time.monotonic() < deadline, "the kill was lost: the shard ran on"
+            time.sleep(0.05)
+        assert [e.handle for e in exits] == [handle] and exits[0].returncode != 0
+    finally:
+        executor.close()

@@ -43,7 +43,7 @@ def _install(path: str) -> None:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
-    from sylphx._server.controller import deadlines, launching, reconciler, scheduling
+    from sylphx._server.controller import deadlines, launching, reconciler, rollup, scheduling
     from sylphx._server.executors.local.executor import LocalExecutor
 
     out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
@@ -57,7 +57,10 @@ def _install(path: str) -> None:
         return cur
 
     def timed(owner: Any, name: str, key: str, count: Callable[..., float] | None = None) -> None:
-        orig = getattr(owner, name)
+        orig = getattr(owner, name, None)
+        if orig is None:  # renamed since: trace the rest rather than nothing
+            print(f"sitecustomize: no {getattr(owner, '__name__', owner)}.{name} to time")
+            return
 
         @functools.wraps(orig)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -95,11 +98,16 @@ def _install(path: str) -> None:
     timed(deadlines, "stop_live", "stop_live")
     timed(reconciler.Reconciler, "_admit", "admit", admit_counts)
     timed(launching.RunLaunch, "start", "launch")
-    timed(reconciler.Reconciler, "_roll_up", "roll_up")
+    timed(rollup, "roll_up", "roll_up")
     timed(scheduling, "decide", "decide")
     timed(scheduling, "expire_admission", "expire")
     timed(LocalExecutor, "poll", "poll")
     timed(LocalExecutor, "flush", "flush")
+    if os.environ.get("SYLPHX_EXECUTOR") == "ray":
+        from sylphx._server.executors.ray.executor import RayExecutor
+
+        timed(RayExecutor, "poll", "poll")
+        timed(RayExecutor, "flush", "flush")
 
     tick = reconciler.Reconciler.tick
 

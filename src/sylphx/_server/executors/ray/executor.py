@@ -16,8 +16,11 @@
   (:meth:`reserve_gang`, through the hub) and their shards go into its bundles, so all
   start together or none do.
 * An attempt is ``running`` from the moment its process started on a node (the task
-  tells the hub; :meth:`RayExecutor.starts`), never while it waits in Ray's queue or
-  for a node; its billed window is the one the node measured.
+  tells the hub with its first log chunk, 0.1 s in, or with its result if it ended
+  sooner; :meth:`RayExecutor.starts`), never while it waits in Ray's queue or for a
+  node; its billed window is the one the node measured.
+* Attempts are handed to the hub after their pass committed, without waiting for its
+  answer (:meth:`flush`): the next pass settles what ended meanwhile.
 * An attempt whose node died ends with ``Exit.lost`` (reason ``NodeLost``), and so does a
   gang member not yet started whose bundle was on it (Ray would re-place it late); the node view
   (capacity) is read again at once, so nothing is relaunched into a node that is gone.
@@ -26,9 +29,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 from collections.abc import Collection
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,6 +119,8 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._ledger = Ledger()
         self._queued: dict[str, Launch] = {}  # launched, not yet flushed
+        self._handing: dict[str, None] = {}  # flushed, the hub's answer not yet come
+        self._deferred: dict[str, list[Signal]] = {}  # signals for those, sent after it
         self._gangs = Gangs(self._hub, gang_strategy)
         self._retained = False  # whether the hub dropped what nobody adopted (first poll)
         self._nodes = NodeView(on_leave=self._nodes_left)
@@ -207,9 +214,16 @@ class RayExecutor:
     def flush(self, *, discard: bool = False) -> None:
         """Hand the attempts launched since the last flush (their pass committed) to the
         hub, which submits them, or with ``discard`` drop them (it was rolled back). One
-        Ray refuses is reported by the next poll as never started (exit 127, LaunchError)."""
+        Ray refuses is reported by the next poll as never started (exit 127, LaunchError).
+
+        The hand-off is not waited for: the hub submits a wave of tasks in 0.1-0.5 s on a
+        busy 2-core host, and a pass that waited for it held back the settling of the
+        exits that came meanwhile, and so the next wave (P6). A signal for an attempt
+        still being handed over is sent once the hub has it (see :meth:`signal`)."""
         with self._lock:
             queued, self._queued = self._queued, {}
+            if not discard:
+                self._handing.update(dict.fromkeys(queued))
         if discard:
             self._gangs.unqueue(list(queued))
             return
@@ -217,10 +231,30 @@ class RayExecutor:
             return
         self._ledger.handing(queued)
         try:
-            launches = list(queued.values())
-            refused = ray.get(self._hub.submit.remote(launches, self._hub_name, self._envelope))
+            ref = self._hub.submit.remote(list(queued.values()), self._hub_name, self._envelope)
+            ref.future().add_done_callback(functools.partial(self._handed, list(queued)))
         except Exception as exc:  # the hub is gone or broken: none of them was submitted
-            refused = {handle: f"the Ray cluster refused it: {exc}" for handle in queued}
+            self._handed(list(queued), None, exc)
+
+    def _handed(
+        self, handles: list[str], submitted: Future[Any] | None, error: Exception | None = None
+    ) -> None:
+        """The hub answered a hand-off (in a Ray thread): the attempts Ray refused are
+        reported as never started; the signals asked meanwhile go out now."""
+        try:
+            refused: dict[str, str] = submitted.result() if submitted is not None else {}
+        except Exception as exc:
+            error = exc
+        if error is not None:
+            refused = {handle: f"the Ray cluster refused it: {error}" for handle in handles}
+        with self._lock:
+            for handle in handles:
+                self._handing.pop(handle, None)
+            deferred = [(h, self._deferred.pop(h)) for h in handles if h in self._deferred]
+        for handle, sigs in deferred:
+            if handle not in refused:
+                for sig in sigs:
+                    self._hub.signal.remote(handle, sig)
         if refused:
             now = _now()
             self._ledger.refused([Exit.unlaunched(h, now, why) for h, why in refused.items()])
@@ -316,7 +350,13 @@ class RayExecutor:
 
     def signal(self, handle: str, sig: Signal) -> None:
         """Delivered with the reply to the shard's next log chunk (within ~0.2 s); a kill
-        also cancels a task Ray has not started yet."""
+        also cancels a task Ray has not started yet. For an attempt whose hand-off the hub
+        has not answered yet, sent once it has (the hub's calls run on many threads: sent
+        now, it could overtake the hand-off and find nothing to stop)."""
+        with self._lock:
+            if handle in self._handing:
+                self._deferred.setdefault(handle, []).append(sig)
+                return
         self._hub.signal.remote(handle, sig)
 
     def alive(self, handle: str) -> bool:

@@ -248,8 +248,18 @@ class LogHub:
         cancel(ref)
 
     def push(
-        self, handle: str, node_id: str, paths: tuple[str, str], out: bytes, err: bytes
+        self,
+        handle: str,
+        node_id: str,
+        paths: tuple[str, str],
+        out: bytes,
+        err: bytes,
+        started: float | None = None,
     ) -> Signal | None:
+        """A chunk of an attempt's output (``started``: when its process started, with
+        its first chunk); the reply is the signal to deliver, if any."""
+        if started is not None:
+            self.started(handle, node_id, started)
         for path, data in zip(paths, (out, err), strict=True):
             if data:
                 with open(path, "ab") as fh:

@@ -45,7 +45,7 @@ from sylphx._server.executors.envelope.shard import (
 )
 from sylphx._server.executors.local.cgroups import Cgroups, ShardCgroup
 from sylphx._server.executors.local.netstack import CHAIN_ENV
-from sylphx._server.executors.local.processes import check_program, shard_processes
+from sylphx._server.executors.local.processes import check_program, signal_shard
 from sylphx._server.executors.local.shardlog import Shaper
 from sylphx._server.executors.local.statefiles import OOM_REASON
 from sylphx._server.images.store import ImageStore
@@ -126,21 +126,6 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _deliver(pid: int, sig: Signal, sandboxed: bool, group: ShardCgroup | None) -> None:
-    """As the local executor does: kill the whole tree (and cgroup); SIGTERM the shard's
-    own processes, not the sandbox, so its grace period works."""
-    if sig == "kill":
-        _kill_group(pid, signal.SIGKILL)
-        if group is not None:
-            group.kill_all()
-    elif not sandboxed:
-        _kill_group(pid, signal.SIGTERM)
-    else:
-        for child in shard_processes(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(child, signal.SIGTERM)
-
-
 def _leader_exited(pid: int) -> bool:
     """Whether the leader ended, without reaping it (its zombie keeps the pgid ours)."""
     info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -157,13 +142,15 @@ def run_streaming(
     ship: Ship,
     *,
     interval: float = 0.2,
+    first: float = 0.1,
     chunk: int = 1 << 20,
     drain_seconds: float = 2.0,
     on_start: Callable[[float], None] = lambda started: None,
     on_exit: Callable[[float], None] = lambda ended: None,
 ) -> tuple[int, str | None, list[str]]:
     """Run the attempt in its envelope with piped output; ``ship(stdout, stderr)`` is called
-    at least every ``interval`` seconds with the output so far (the attempt's secret values
+    ``first`` seconds after the start, then at least every ``interval`` seconds, with
+    the output so far (the attempt's secret values
     masked, each stream capped at ``envelope.max_log_bytes``) and returns the signal the
     control plane wants delivered; ``on_start(epoch)`` once the process was spawned and
     ``on_exit(epoch)`` once it exited (the window billed; the output may drain after).
@@ -207,7 +194,8 @@ def run_streaming(
             argv = group.join_prefix() + argv
         shapers = [Shaper(envelope.max_log_bytes, request.secrets.values()) for _ in STREAMS]
         code = _stream(argv, env, cwd, fds, group, ship, shapers, (on_start, on_exit),
-                       interval=interval, chunk=chunk, drain_seconds=drain_seconds)  # fmt: skip
+                       interval=interval, first=first, chunk=chunk,
+                       drain_seconds=drain_seconds)  # fmt: skip
         reason = None
         if group is not None and group.oom_killed():
             reason = OOM_REASON
@@ -272,6 +260,7 @@ def _stream(
     marks: tuple[Callable[[float], None], Callable[[float], None]],  # on_start, on_exit
     *,
     interval: float,
+    first: float,
     chunk: int,
     drain_seconds: float,
 ) -> int:
@@ -284,7 +273,7 @@ def _stream(
     shaper = dict(zip(bufs, shapers, strict=True))
     open_fds = set(bufs)
     exit_fd = _pidfd(proc.pid)  # readable once the leader exits; None: poll every 20 ms
-    last_ship = time.monotonic()
+    next_ship = time.monotonic() + first
     exited_at: float | None = None
     try:
         note = fds.started() if fds is not None else None  # its network, then it goes on
@@ -293,7 +282,8 @@ def _stream(
             readable: list[int] = []
             watch = [*open_fds, *([exit_fd] if exit_fd is not None and exited_at is None else [])]
             if watch:
-                readable = select.select(watch, [], [], interval)[0]
+                wait = min(max(next_ship - time.monotonic(), 0.0), interval)
+                readable = select.select(watch, [], [], wait)[0]
             else:  # the shard closed its output and no pidfd: just watch for the exit
                 time.sleep(0.02)
             _read([fd for fd in readable if fd != exit_fd], bufs, shaper, open_fds)
@@ -310,13 +300,12 @@ def _stream(
             size = len(bufs[out_fd]) + len(bufs[err_fd])
             if done and not size:  # nothing left to ship; a signal would come too late
                 break
-            if done or size >= chunk or time.monotonic() - last_ship >= interval:
+            if done or size >= chunk or time.monotonic() >= next_ship:
                 sig = ship(bytes(bufs[out_fd]), bytes(bufs[err_fd]))
-                bufs[out_fd].clear()
-                bufs[err_fd].clear()
-                last_ship = time.monotonic()
+                bufs = {fd: bytearray() for fd in bufs}  # shipped
+                next_ship = time.monotonic() + interval
                 if sig is not None and exited_at is None:
-                    _deliver(proc.pid, sig, sandboxed, group)
+                    signal_shard(proc.pid, sig, sandboxed=sandboxed, group=group)
             if done:
                 break
         return proc.wait()
@@ -357,7 +346,9 @@ def node_tools() -> dict[str, bool]:
 def run_shard(request: LaunchRequest, handle: str, hub_name: str, envelope: NodeEnvelope) -> Result:
     """Ray task body: run one attempt on this node, shipping logs to the named hub, and
     telling it the moment the process started (the attempt is ``running`` and billed from
-    then: never while the task waited in Ray's queue or for its node).
+    then: never while the task waited in Ray's queue or for its node). The start goes with
+    the first chunk, 0.1 s in; a shard ended by then tells it with its result: no call of
+    its own, and one pass fewer per short shard (P6).
 
     Returns (raw return code, reason, the streams that hit the log cap, when the process
     started and when the task ended, epoch seconds). A shard that cannot start is exit
@@ -372,27 +363,23 @@ def run_shard(request: LaunchRequest, handle: str, hub_name: str, envelope: Node
     paths = (request.stdout_path, request.stderr_path)
     started: list[float] = []
     ended: list[float] = []
+    told: list[bool] = []  # whether the hub was told of the start
 
     def ship(out: bytes, err: bytes) -> Signal | None:
         nonlocal hub
         try:
-            result: Signal | None = _get_off_main_thread(
-                hub.push.remote(handle, node, paths, out, err)
-            )
+            start = started[0] if started and not told else None
+            result = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err, start))
         except RayActorError:  # this worker knew an earlier hub of that name: ask again
             hub = _hubs[hub_name] = ray.get_actor(hub_name)
-            if started:
-                hub.started.remote(handle, node, started[0])
-            result = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err))
-        return result
-
-    def on_start(epoch: float) -> None:
-        started.append(epoch)
-        hub.started.remote(handle, node, epoch)  # no wait: the shard is already running
+            start = started[0] if started else None
+            result = _get_off_main_thread(hub.push.remote(handle, node, paths, out, err, start))
+        told.append(True)
+        return result  # type: ignore[no-any-return]
 
     try:
         code, reason, cut = run_streaming(
-            request, handle, envelope, ship, on_start=on_start, on_exit=ended.append
+            request, handle, envelope, ship, on_start=started.append, on_exit=ended.append
         )
         return code, reason, cut, started[0] if started else None, (ended or [time.time()])[0]
     except (OSError, SylphxError) as exc:  # e.g. command not found, no bwrap, bad image
