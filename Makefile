@@ -11,6 +11,8 @@
 #   make bench        the P1-P7 benchmarks (BENCHMARKS.md), each against a baseline in the same run
 #   make bench-deps   install the wrk load generator (P3) via apt when missing (root)
 #   make sdk          regenerate the sync SDK from the async one (make lint checks it)
+#   make ts-wire      regenerate sdk/typescript/src/wire.ts from the OpenAPI document (lint checks it)
+#   make node-deps    the TypeScript SDK's devDependencies: npm ci from its lockfile (when it changed)
 #   make screenshots  the README's terminal pictures (docs/img/*.png); installs librsvg2-bin (root)
 #   make lint | fmt | clean | distclean
 
@@ -34,10 +36,10 @@ DEMO_SHARDS  ?= 9
 DEMO_MACHINE ?= nano
 
 .PHONY: help venv system-deps demo ray-demo test check bench bench-deps lint fmt sdk screenshots \
-  clean distclean
+  clean distclean node-deps ts-wire
 
 help:
-	@sed -n '3,15p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,17p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP)
 
@@ -52,7 +54,7 @@ $(STAMP): pyproject.toml
 
 # command:package pairs; busybox-static is checked by package (tests copy its static binary).
 SYSTEM_DEPS := bwrap:bubblewrap slirp4netns:slirp4netns setpriv:util-linux umoci:umoci skopeo:skopeo \
-  busybox-static:busybox-static libseccomp2:libseccomp2 tmux:tmux
+  busybox-static:busybox-static libseccomp2:libseccomp2 tmux:tmux node:nodejs npm:npm
 
 system-deps:
 	@missing=""; \
@@ -68,7 +70,7 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
 	  || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then \
-	  echo ">> system packages present: bubblewrap slirp4netns libseccomp2 umoci skopeo busybox-static tmux postgresql"; \
+	  echo ">> system packages present: bubblewrap slirp4netns libseccomp2 umoci skopeo busybox-static tmux nodejs npm postgresql"; \
 	elif [ "$$(id -u)" -ne 0 ]; then \
 	  echo ">> missing:$$missing and not root; skipping (install these Debian packages yourself)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
@@ -106,7 +108,7 @@ demo: venv system-deps
 ray-demo: venv system-deps
 	@time "$(CURDIR)/examples/ray_demo.sh"
 
-test: venv system-deps lint
+test: venv system-deps node-deps lint
 	SYLPHX_TEST_STORE=sqlite $(BIN)/pytest -q
 	SYLPHX_TEST_STORE=postgresql $(BIN)/pytest -q
 
@@ -134,10 +136,12 @@ bench-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; \
 	fi
 
-lint: venv
+lint: venv node-deps
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/python tools/unasync_sdk.py --check
+	$(BIN)/python tools/openapi_ts.py --check
+	cd $(TS_SDK) && npx --no-install tsc -p tsconfig.json --noEmit
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
@@ -167,6 +171,23 @@ screenshots: venv system-deps
 	$(BIN)/python tools/screenshots.py demo -o docs/img/timeline.png
 	$(BIN)/python tools/screenshots.py live -o docs/img/live.png --final docs/img/live-final.png
 
+# The TypeScript SDK (sdk/typescript, @sylphx/sdk): its devDependencies (typescript,
+# openapi-typescript, @types/node) installed by `npm ci` from the checked-in lockfile, again
+# whenever package.json or the lockfile changes (the stamp is npm's own hidden lockfile).
+TS_SDK    := $(CURDIR)/sdk/typescript
+TS_STAMP  := $(TS_SDK)/node_modules/.package-lock.json
+
+node-deps: $(TS_STAMP)
+
+$(TS_STAMP): $(TS_SDK)/package.json $(TS_SDK)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo ">> npm missing: install Node.js >= 18 and npm (make system-deps)" >&2; exit 1; }
+	cd $(TS_SDK) && npm ci --no-audit --no-fund
+	@touch "$@"
+
+# wire.ts: the TypeScript SDK's wire types, from the app's OpenAPI document (tools/openapi_ts.py)
+ts-wire: venv node-deps
+	$(BIN)/python tools/openapi_ts.py
+
 # The sync SDK (_client/calls.py, runs.py, resources.py) is generated from the async one: edit
 # _client/async_calls.py / async_runs.py / async_resources.py, then run this.
 sdk: venv
@@ -182,8 +203,9 @@ clean:
 	  SYLPHX_HOME="$(CURDIR)/.sylphx-demo" "$(BIN)/sylphx" local stop >/dev/null 2>&1 || true; \
 	fi
 	rm -rf "$(CURDIR)/.sylphx-demo" "$(CURDIR)/out" build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf "$(CURDIR)/sdk/typescript/dist"
 	find src tests examples -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
 	find src -maxdepth 1 -name '*.egg-info' -type d -exec rm -rf {} + 2>/dev/null || true
 
 distclean: clean
-	rm -rf "$(VENV)"
+	rm -rf "$(VENV)" "$(CURDIR)/sdk/typescript/node_modules"
