@@ -1,5 +1,5 @@
 """The ``sylphx`` command line: run, runs, volumes, usage, login, contexts, secrets, server,
-local, admin, completion."""
+local, ui, admin, completion."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .orgs import admin
 from .run_cmd import run
 from .runs import runs
 from .secrets_cmd import secrets
+from .ui import ui
 
 __all__ = ["cli", "main"]
 
@@ -37,8 +38,8 @@ def cli(ctx: click.Context, url: str | None) -> None:
 
 
 for command in (
-    run, runs, volumes, server, local, login, logout, whoami, context, usage, admin, secrets,
-    completion,
+    run, runs, volumes, server, local, ui, login, logout, whoami, context, usage, admin,
+    secrets, completion,
 ):  # fmt: skip
     cli.add_command(command)
 

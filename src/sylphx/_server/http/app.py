@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from sylphx._server.plane import ControlPlane
 
-from . import account, edge, health, metrics, openapi, runs, secrets, volumes
+from . import account, edge, health, metrics, openapi, runs, secrets, ui, volumes
 
 __all__ = ["create_app"]
 
@@ -40,7 +40,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     app.state.plane = plane
     # errors mapped to HTTP once; the body limit
     edge.install(app, engine=plane.engine, home=plane.settings.home)
-    # every request timed (the outermost middleware: a 413 counts too); GET /metrics
+    # every request timed (outermost but for /ui's headers: a 413 counts too); GET /metrics
     metrics.install(app, reads=plane.reads, now=plane.now, token=plane.settings.metrics_token)
     health.install(  # /healthz, /readyz
         app,
@@ -55,5 +55,6 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     # router is a routing layer of its own in this FastAPI, ~40 us more per request (P3).
     for router in (runs.router, volumes.router, secrets.router, account.router):
         app.router.routes.extend(router.routes)
+    ui.install(app)  # the web dashboard under /ui (not in the OpenAPI document)
     openapi.install(app)  # the document, completed: every status, the one error body
     return app

@@ -1,7 +1,8 @@
 """The run service the HTTP edge calls: submit, read (and long-poll), list, shards, cancel,
-delete and logs. It knows neither HTTP nor the control plane: the plane builds it from the
-parts it needs (sessions, caches, the executor, a way to wake the reconciler, a clock),
-and the routes turn what it returns or raises into answers."""
+delete and logs; the dashboard's grid reads and its live long-poll. It knows neither HTTP
+nor the control plane: the plane builds it from the parts it needs (sessions, caches, the
+executor, a way to wake the reconciler, a clock), and the routes turn what it returns or
+raises into answers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from sylphx._core.errors import ServerUnavailable, SylphxError
@@ -32,8 +34,10 @@ from sylphx._server.tenancy import secrets
 from sylphx._settings import Settings
 
 from . import all_logs, logs, retry, service
+from . import grid as grids
 from . import quote as quotes
 from .hostpaths import check_host_paths
+from .live import LiveWaiters
 from .logs import Stream
 from .longpoll import RunWaiters
 from .readcache import SharedReads, TerminalViews
@@ -253,6 +257,36 @@ class RunService:
         with self.reads() as s:
             return service.shard_views(service.load(s, run_id, org_id, with_attempts=True))
 
+    # -- the dashboard -------------------------------------------------------------------
+    def grid(self, run_id: str, org_id: str, *, history: bool) -> list[ShardView]:
+        """The org's run's shards in index order (none for another org's run), as Core
+        reads: without attempts for the live grid, with them (``history``) for the
+        timeline (see :mod:`.grid`)."""
+        read = grids.shards_with_history if history else grids.shard_cells
+        return read(self.engine, run_id, org_id)
+
+    async def live(
+        self,
+        run_id: str,
+        org_id: str,
+        seen: str | None,
+        *,
+        wait: float,
+        receive: Receive | None = None,
+    ) -> str:
+        """The org's run's live version (NotFound for another org's): at once when it is
+        not ``seen``, else once it changes, or ``seen`` after ``wait`` seconds: the
+        dashboard's long-poll (see :mod:`.live`)."""
+        now = await run_in_threadpool(grids.version, self.engine, run_id, org_id)
+        if seen is None or now != seen or wait <= 0:
+            return now
+        return await self.live_waiters.wait(run_id, org_id, seen, wait, receive)
+
+    @functools.cached_property
+    def live_waiters(self) -> LiveWaiters:
+        """The dashboard's waiting live updates in this process (made at the first)."""
+        return LiveWaiters(functools.partial(grids.versions, self.engine), draining=self.draining)
+
     async def logs(
         self,
         run_id: str,
@@ -262,9 +296,11 @@ class RunService:
         *,
         attempt: int | None,
         follow: bool,
+        last: int | None = None,
     ) -> AsyncIterator[bytes]:
         """One shard's log as stored (secret values masked as it was written); with
-        ``follow``, until the shard ends. NotFound and ValidationError are raised before
+        ``follow``, until the shard ends; with ``last``, from that many bytes before its
+        end (the rest is not read). NotFound and ValidationError are raised before
         the body is returned, and (following) QuotaExceeded when the org or this process
         has its most followed log streams open (see :mod:`.streams`)."""
         opened = functools.partial(
@@ -276,6 +312,7 @@ class RunService:
             stream,
             attempt=attempt,
             follow=follow,
+            last=last,
             legacy_secrets=functools.partial(self._secret_values, run_id, org_id),
             run=self.log_streams.run,
         )

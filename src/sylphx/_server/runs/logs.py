@@ -142,20 +142,39 @@ async def open_log(
     *,
     attempt: int | None,
     follow: bool,
+    last: int | None = None,
     legacy_secrets: Callable[[], list[str]] = list,
     run: Run = in_thread,
 ) -> AsyncIterator[bytes]:
     """Check the request (NotFound, ValidationError: raised here, before any byte) and
     return the body: the log's bytes as stored; with ``follow``, until the shard ends
-    (moving on to the next attempt when a failed one is retried). A log written before
-    secrets were masked at capture is masked now, with ``legacy_secrets()``. Every
-    blocking step (the store, the file, masking) is ``run`` on a thread."""
+    (moving on to the next attempt when a failed one is retried); with ``last``, from
+    that many bytes before the end the log has now (the rest of the file is never read;
+    a legacy log, masked as it is read, is read whole).
+    A log written before secrets were masked at capture is masked now, with
+    ``legacy_secrets()``. Every blocking step (the store, the file, masking) is ``run``
+    on a thread."""
 
     def where() -> Where:
         with sessions() as s:
             return locate(s, run_id, org_id, index, stream, attempt)
 
-    return _one(await run(where), where, _OneShard(attempt, Secrets(legacy_secrets)), follow, run)
+    current: Where = await run(where)
+    shard = _OneShard(attempt, Secrets(legacy_secrets))
+    if last is not None and current.path is not None and not current.legacy:
+        # (a legacy log is masked as it is read: read whole, a secret cut in two by the
+        # start would not be recognised)
+        shard.tail.offset = await run(tail_offset, current.path, last)
+    return _one(current, where, shard, follow, run)
+
+
+def tail_offset(path: str, last: int) -> int:
+    """Blocking: where the file's last ``last`` bytes start (0 for a shorter or missing
+    file)."""
+    try:
+        return max(0, os.stat(path).st_size - max(0, last))
+    except FileNotFoundError:
+        return 0
 
 
 async def _one(

@@ -10,6 +10,9 @@ org (``SYLPHX_MAX_LOG_STREAMS_PER_ORG``) or ``total`` for every org together
 so an org may hold up to N times ``per_org`` across them. A stream frees its slot when its
 body ends, fails, or its client goes away.
 
+The dashboard's log reads without follow (a shard page's tail, a download) are bounded
+the same way, by slots of their own: at most :data:`READS_PER_ORG` of an org's at once.
+
 Their blocking work (the store's look at the shards, stat and read of the log files,
 masking, decoding and encoding the records) runs on :attr:`LogStreams.limiter`, a few
 threads of its own: however many streams poll, the thread pool every sync route shares
@@ -21,111 +24,171 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 
 from sylphx._core.errors import QuotaExceeded
 
-__all__ = ["RETRY_AFTER_SECONDS", "THREADS", "LogStreams"]
+__all__ = ["READS_PER_ORG", "RETRY_AFTER_SECONDS", "THREADS", "LogStreams"]
 
 THREADS = 8  # log streams' blocking work: threads of their own, this many at most
 RETRY_AFTER_SECONDS = 5  # a refused stream: when one of those open may have ended
+READS_PER_ORG = 4  # the dashboard's log reads without follow (tails, downloads): per org
+READS_TOTAL = 64  # ... and every org's together, in one API process
 T = TypeVar("T")
 
 
-class LogStreams:
-    """The followed log streams of one API process, by org, and their threads."""
+@dataclass(frozen=True)
+class _Kind:
+    """What one kind of slot is called in a refusal."""
 
-    def __init__(self, per_org: int, total: int, *, threads: int = THREADS) -> None:
+    what: str  # "followed log streams"
+    field: str
+    org_limit: str
+    total_limit: str
+    org_fix: str
+    total_fix: str
+
+
+FOLLOWED = _Kind(
+    "followed log streams",
+    "follow",
+    "orgLogStreams",
+    "logStreams",
+    "end one of them (a `sylphx runs logs --follow`), wait for one to end,"
+    " or read the logs without follow",
+    "retry in a few seconds, or read the logs without follow",
+)
+READS = _Kind(
+    "log reads",
+    "log",
+    "orgLogReads",
+    "logReads",
+    "wait for your other log pages or downloads to finish, then retry",
+    "retry in a few seconds",
+)
+
+
+class _Slots:
+    """Open bodies of one kind, by org: at most ``per_org`` for an org, ``total`` for all."""
+
+    def __init__(self, kind: _Kind, per_org: int, total: int) -> None:
+        self.kind = kind
+        self.per_org = per_org
+        self.total = total
+        self.open: Counter[str] = Counter()
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def take(self, org_id: str) -> None:
+        kind = self.kind
+        with self._lock:
+            if self.count >= self.total:
+                raise _refusal(
+                    kind, "this API process has", self.count, self.total, kind.total_limit
+                )
+            if self.open[org_id] >= self.per_org:
+                raise _refusal(
+                    kind, "your org has", self.open[org_id], self.per_org, kind.org_limit
+                )
+            self.open[org_id] += 1
+            self.count += 1
+
+    def free(self, org_id: str) -> None:
+        with self._lock:
+            self.count -= 1
+            self.open[org_id] -= 1
+            if self.open[org_id] <= 0:
+                del self.open[org_id]
+
+
+def _refusal(kind: _Kind, who: str, current: int, most: int, limit: str) -> QuotaExceeded:
+    fix = kind.org_fix if limit == kind.org_limit else kind.total_fix
+    rule = f"at most {most} {kind.what} at once"
+    return QuotaExceeded(
+        f"{who} {current} {kind.what} open, its most ({most}). Fix: {fix}.",
+        details=[
+            {
+                "field": kind.field,
+                "limit": limit,
+                "max": most,
+                "current": current,
+                "rule": rule,
+                "fix": fix,
+            }
+        ],
+        retry_after=RETRY_AFTER_SECONDS,
+    )
+
+
+class LogStreams:
+    """The followed log streams of one API process, by org, and their threads; and the
+    dashboard's log reads without follow (a page's tail, a download), bounded the same
+    way (``reads_per_org``, ``reads_total``)."""
+
+    def __init__(
+        self,
+        per_org: int,
+        total: int,
+        *,
+        threads: int = THREADS,
+        reads_per_org: int = READS_PER_ORG,
+        reads_total: int = READS_TOTAL,
+    ) -> None:
         self.per_org = per_org
         self.total = total
         self.limiter = anyio.CapacityLimiter(threads)
-        self._open: Counter[str] = Counter()
-        self._count = 0
-        self._lock = threading.Lock()
+        self._follows = _Slots(FOLLOWED, per_org, total)
+        self._reads = _Slots(READS, reads_per_org, reads_total)
 
     def __len__(self) -> int:
         """Followed log streams open now, every org's."""
-        return self._count
+        return self._follows.count
 
     def open_for(self, org_id: str) -> int:
         """The org's followed log streams open now."""
-        return self._open[org_id]
+        return self._follows.open[org_id]
+
+    def reading_for(self, org_id: str) -> int:
+        """The org's log reads without follow open now."""
+        return self._reads.open[org_id]
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on one of the log streams' threads."""
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def hold(
-        self, org_id: str, open_body: Callable[[], Awaitable[AsyncIterator[bytes]]]
+        self,
+        org_id: str,
+        open_body: Callable[[], Awaitable[AsyncIterator[bytes]]],
+        *,
+        follow: bool = True,
     ) -> AsyncIterator[bytes]:
-        """The body ``open_body()`` opens, holding one of the org's slots: QuotaExceeded
-        (429) at once when none is free, before anything else is done. The slot is freed
-        when the body ends, fails or is closed, and when ``open_body`` raises."""
-        self._take(org_id)
+        """The body ``open_body()`` opens, holding one of the org's slots (of followed
+        streams, or with ``follow=False`` of reads): QuotaExceeded (429) at once when none
+        is free, before anything else is done. The slot is freed when the body ends, fails
+        or is closed, and when ``open_body`` raises."""
+        slots = self._follows if follow else self._reads
+        slots.take(org_id)
         try:
             body = await open_body()
         except BaseException:
-            self._free(org_id)
+            slots.free(org_id)
             raise
-        out = self._held(org_id, body)
+        out = self._held(slots, org_id, body)
         await anext(out)  # started: from here on, closing it frees the slot
         return out
 
-    async def _held(self, org_id: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _held(
+        self, slots: _Slots, org_id: str, body: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
         try:
             yield b""  # the primer hold() takes
             async for chunk in body:
                 yield chunk
         finally:
-            self._free(org_id)
+            slots.free(org_id)
             if isinstance(body, AsyncGenerator):
                 await body.aclose()
-
-    def _take(self, org_id: str) -> None:
-        with self._lock:
-            if self._count >= self.total:
-                raise self._refusal(
-                    "this API process has",
-                    self._count,
-                    self.total,
-                    "logStreams",
-                    "retry in a few seconds, or read the logs without follow",
-                )
-            if self._open[org_id] >= self.per_org:
-                raise self._refusal(
-                    "your org has",
-                    self._open[org_id],
-                    self.per_org,
-                    "orgLogStreams",
-                    "end one of them (a `sylphx runs logs --follow`), wait for one to end,"
-                    " or read the logs without follow",
-                )
-            self._open[org_id] += 1
-            self._count += 1
-
-    def _free(self, org_id: str) -> None:
-        with self._lock:
-            self._count -= 1
-            self._open[org_id] -= 1
-            if self._open[org_id] <= 0:
-                del self._open[org_id]
-
-    @staticmethod
-    def _refusal(who: str, current: int, most: int, limit: str, fix: str) -> QuotaExceeded:
-        rule = f"at most {most} followed log streams at once"
-        return QuotaExceeded(
-            f"{who} {current} followed log streams open, its most ({most}). Fix: {fix}.",
-            details=[
-                {
-                    "field": "follow",
-                    "limit": limit,
-                    "max": most,
-                    "current": current,
-                    "rule": rule,
-                    "fix": fix,
-                }
-            ],
-            retry_after=RETRY_AFTER_SECONDS,
-        )

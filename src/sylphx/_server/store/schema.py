@@ -241,3 +241,14 @@ class SecretRow(Base):
     ciphertext: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SignOutRow(Base):
+    """A dashboard session signed out before its cookie expires (migration 0016): its
+    nonce, kept until then so that a copy of the cookie is no session in any worker."""
+
+    __tablename__ = "ui_sign_outs"
+    __table_args__ = (Index("ix_ui_sign_outs_expires_at", "expires_at"),)
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
