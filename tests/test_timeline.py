@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.text import Text
 
 from conftest import Server
-from sylphx._cli import gantt
 from sylphx._cli.common import exit_code
 from sylphx._cli.palette import PLAIN_GLYPHS
 from sylphx._cli.timeline import draw, lines
 from sylphx._cli.timeline_svg import render_svg
+from sylphx._core import gantt
 from sylphx._core.errors import NotFound
 from sylphx._core.views import AttemptView, ShardView
 

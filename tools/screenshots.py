@@ -109,10 +109,10 @@ def timeline_to_png(
 ) -> Path:
     """``sylphx runs timeline RUN_ID`` as a PNG (url: the control plane; None: the
     embedded one of SYLPHX_HOME)."""
-    from sylphx._cli.gantt import build
     from sylphx._cli.timeline import draw, heading, lines
     from sylphx._client.runs import RunsClient
     from sylphx._client.transport import create_client
+    from sylphx._core.gantt import build
 
     config = create_client(url)
     try:

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.text import Text
 
 from sylphx._client.runs import RunsClient
+from sylphx._core import gantt
 from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.views import RunView
 
-from . import gantt
 from .common import echo_json, state
 from .completion import complete_run_id
 from .palette import GAP, PLAIN_GLYPHS, STATE_GLYPHS, STATE_LABELS, STATE_STYLES

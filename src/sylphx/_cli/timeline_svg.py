@@ -9,10 +9,10 @@ from __future__ import annotations
 import itertools
 from xml.sax.saxutils import escape, quoteattr
 
+from sylphx._core import gantt
 from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.states import AttemptState
 
-from . import gantt
 from .palette import GAP, STATE_LABELS, SVG_COLORS
 
 __all__ = ["render_svg"]

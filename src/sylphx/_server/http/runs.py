@@ -9,7 +9,6 @@ from typing import Annotated, Literal, NoReturn
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from sylphx._core import limits
 from sylphx._core.errors import ValidationError
@@ -22,6 +21,7 @@ from sylphx._core.views import Quote, RunList, RunView, ShardView
 from sylphx._server.runs import longpoll
 
 from .deps import Org, RunId, Runs, plane_of
+from .streaming import ClosingStream
 
 __all__ = ["router"]
 
@@ -194,7 +194,7 @@ async def get_logs(
         body = await runs.all_logs(
             run_id, org_id, stream, indices=indices, failed=failed, follow=follow
         )
-        return _Closing(body, media_type="application/x-ndjson")
+        return ClosingStream(body, media_type="application/x-ndjson")
     if failed:
         _refuse("failed", "needs all=true or indices", "add all=true, or drop failed")
     if (shard is None) == (not merge):
@@ -207,21 +207,7 @@ async def get_logs(
     index = MERGE_INDEX if merge else shard
     assert index is not None
     one = await runs.logs(run_id, org_id, index, stream, attempt=attempt, follow=follow)
-    return _Closing(one, media_type="text/plain; charset=utf-8")
-
-
-class _Closing(StreamingResponse):
-    """A streamed log whose body is closed as soon as the response ends, however it ends
-    (its client gone included): a followed log frees its stream slot then, not whenever
-    the body would be collected."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                await close()
+    return ClosingStream(one, media_type="text/plain; charset=utf-8")
 
 
 def _refuse_with(many: str, *, shard: bool, merge: bool, attempt: bool) -> None:

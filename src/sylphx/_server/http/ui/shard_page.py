@@ -13,12 +13,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
 
 from sylphx._core.errors import NotFound
 from sylphx._core.spec import MAX_PARALLELISM
 from sylphx._core.views import RunView
 from sylphx._server.http.deps import RunId
+from sylphx._server.http.streaming import ClosingStream
 
 from .web import UIRoute, Viewer, page, plane_of
 
@@ -129,17 +129,4 @@ async def shard_log(
     if download:
         name = f"{run_id}-{index}-{stream}" + (f"-{attempt}" if attempt else "") + ".log"
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return _Closing(body, media_type="text/plain; charset=utf-8", headers=headers)
-
-
-class _Closing(StreamingResponse):
-    """A log whose body is closed as soon as the response ends (its reader gone too): a
-    followed log frees its stream slot then."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                await close()
+    return ClosingStream(body, media_type="text/plain; charset=utf-8", headers=headers)
