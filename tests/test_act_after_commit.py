@@ -101,11 +101,11 @@ def test_a_launch_that_fails_after_the_commit_is_recorded(
     real_hand = supervisors._hand
     calls: list[int] = []
 
-    def hand(batch: bytes, proc: Any) -> None:
+    def hand(batch: bytes, *args: Any) -> int:
         calls.append(1)
         if len(calls) == 1:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
-        real_hand(batch, proc)
+        return real_hand(batch, *args)
 
     monkeypatch.setattr(supervisors, "_hand", hand)
     marks = tmp_path / "marks"

@@ -26,7 +26,12 @@ from sylphx._server.executors.local.statefiles import (
     start_ticks,
 )
 from sylphx._server.executors.local.supervise import DRAIN_SECONDS
-from sylphx._server.executors.local.supervisors import BOOT, HERE, SPARE_DELAY_SECONDS
+from sylphx._server.executors.local.supervisors import (
+    BOOT,
+    HERE,
+    OPEN_SECONDS,
+    SPARE_DELAY_SECONDS,
+)
 
 
 def request(tmp_path: Path, script: str, attempt: int = 1) -> LaunchRequest:
@@ -167,13 +172,14 @@ def test_spare_supervisors_take_the_next_batch_and_exit_with_the_control_plane(
     tmp_path: Path,
 ) -> None:
     """After a batch, a spare supervisor per CPU waits (started once no batch is starting);
-    the next batch goes to a spare; closing the executor lets the unused spares go."""
+    the next batch, once the first one's supervisor stopped taking batches, goes to a
+    spare; closing the executor lets the unused spares go."""
     executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
     try:
         assert executor.poll() == [] and executor._supervisors._spares == []  # none yet
         first = executor.launch(request(tmp_path, "exit 0"))
         executor.flush()
-        time.sleep(SPARE_DELAY_SECONDS + 0.1)
+        time.sleep(max(SPARE_DELAY_SECONDS, OPEN_SECONDS) + 0.1)  # its supervisor closed
         ended = {e.handle: e.returncode for e in executor.poll()}  # spares start here
         spares = list(executor._supervisors._spares)
         assert len(spares) == (os.cpu_count() or 1)
@@ -286,7 +292,7 @@ def test_a_dead_spare_hands_its_batch_to_a_fresh_supervisor(tmp_path: Path) -> N
     try:
         executor.launch(request(tmp_path, "exit 0"))
         executor.flush()
-        time.sleep(SPARE_DELAY_SECONDS + 0.1)
+        time.sleep(max(SPARE_DELAY_SECONDS, OPEN_SECONDS) + 0.1)  # its supervisor closed
         wait_exit(executor)  # spares start here
         for spare in executor._supervisors._spares:
             spare.kill()

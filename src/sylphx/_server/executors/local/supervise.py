@@ -5,15 +5,18 @@ Run as ``python -I -S supervise.py NOTIFY_FIFO`` in its own session, so it outli
 control plane (a ``kill -9`` of the server does not reach it); the control plane starts it
 as ``python -I -S -c BOOT DIR NOTIFY_FIFO`` (see :mod:`.supervisors`), which imports it
 from DIR and calls :func:`run`: the same, but from its cached bytecode (compiling this
-file as a script took ~8 ms of each start). Its batch comes on stdin,
-one line of JSON: a spare (started ahead of need) is blocked reading it, a supervisor
-started for a batch finds it there at once. Stdin closing before a whole line came (the
-control plane let a spare go, or died mid-write) means no batch: it exits having claimed
-nothing, and the control plane records unclaimed attempts lost after LOST_AFTER_SECONDS.
-The batch never touches the disk: it holds every shard's environment, granted secrets
-included. It imports only the standard library (and :mod:`shardlog` and :mod:`statefiles`
-beside it) and never sylphx, so it starts in a few milliseconds; one supervisor serves a
-batch of the attempts the reconciler launched in one pass.
+file as a script took ~8 ms of each start). Its batches come on stdin,
+one line of JSON each: a spare (started ahead of need) is blocked reading the first, a
+supervisor started for a batch finds it there at once, and later batches may follow
+while it supervises the earlier ones (:mod:`.inbox`), until the control plane closes its
+stdin: then it exits once its shards have ended. Stdin closing before a whole line came
+(the control plane let a spare go, or died mid-write) means no batch: it exits having
+claimed nothing, and the control plane records unclaimed attempts lost after
+LOST_AFTER_SECONDS. A batch never touches the disk: it holds every shard's environment,
+granted secrets included. It imports only the standard library (and the modules beside
+it: :mod:`shardlog`, :mod:`statefiles`, :mod:`netstack`, :mod:`inbox`) and never sylphx,
+so it starts in a few milliseconds (~20 ms of CPU); a batch is the attempts the
+reconciler launched in one pass, and one supervisor may serve several passes' batches.
 
 The batch is a list of requests, each naming its attempt's state directory (``dir``),
 ``argv``, ``env``, ``cwd``, the ``stdout``/``stderr`` log files and optionally ``cgroup``
@@ -51,7 +54,6 @@ full disk never keeps an end off the record.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -60,11 +62,13 @@ import time
 
 if __package__:  # imported by the control plane
     from . import netstack, shardlog, statefiles
+    from .inbox import Inbox
 else:  # run as a script (python -I -S: its own folder is not on sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import netstack  # type: ignore[no-redef,import-not-found]
     import shardlog  # type: ignore[no-redef,import-not-found]
     import statefiles  # type: ignore[no-redef,import-not-found]
+    from inbox import Inbox  # type: ignore[no-redef,import-not-found]
 
 PipeLog = shardlog.PipeLog
 claim, clear_cgroup, make_dir = statefiles.claim, statefiles.clear_cgroup, statefiles.make_dir
@@ -210,8 +214,11 @@ class Loop:
     """The started shards of this supervisor, watched in one epoll set: each one's pidfd
     (its leader's end) and the read ends of its pipes (its output)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: Inbox | None = None) -> None:
         self.poller = select.epoll()
+        self.inbox = inbox  # watched too while it is open: more batches may come
+        if inbox is not None and inbox.open:
+            self.poller.register(inbox.fd, select.EPOLLIN)
         self.exits: dict[int, Child] = {}  # pidfd -> the running shard
         self.pipes: dict[int, PipeLog] = {}  # pipe -> its log, until the pipe's end
         self.draining: list[Child] = []  # ended shards whose output may still come
@@ -236,6 +243,10 @@ class Loop:
             timeout = max(0.0, soonest if timeout < 0 else min(timeout, soonest))
         ended: list[Child] = []
         for fd, _ in self.poller.poll(timeout):
+            if self.inbox is not None and fd == self.inbox.fd:
+                if not self.inbox.pump():
+                    self.poller.unregister(fd)
+                continue
             log = self.pipes.get(fd)
             if log is not None:
                 if not log.pump():
@@ -298,29 +309,13 @@ class Loop:
         return [state_dir for state_dir, _ in records]
 
 
-def read_batch() -> list[dict[str, object]]:
-    """The batch from stdin: one line of JSON; [] when stdin ends before a whole line."""
-    line = sys.stdin.buffer.readline()
-    if not line.endswith(b"\n"):
-        return []  # the control plane closed the pipe (or went away) without a batch
-    try:
-        batch = json.loads(line)
-    except ValueError:
-        return []
-    return batch if isinstance(batch, list) else []
-
-
-def main(argv: list[str]) -> int:
-    fifo = argv[0]
-    requests = read_batch()
-    if not requests:
-        return 0
-    me = f"{os.getpid()} {start_ticks(os.getpid())}"
-    make_room(len(requests))
-    loop = Loop()
+def start_batch(requests: list[dict[str, object]], me: str, loop: Loop) -> list[str]:
+    """Start a batch's attempts (those this supervisor claims); returns the state
+    directories of those already ended (or that could not start), to announce."""
+    make_room(len(loop.exits) + len(loop.draining) + len(requests))
     spawned = 0
     started: list[Child] = []
-    ended: list[str] = []  # announced once the whole batch has started (see below)
+    ended: list[str] = []  # announced once the whole batch has started (see main)
     for req in requests:
         state_dir = str(req["dir"])
         try:
@@ -358,14 +353,29 @@ def main(argv: list[str]) -> int:
             why = child.net.attach(slirps[child.state_dir])
             if why is not None:  # it runs without a route out; its stderr says why
                 child.logs[1].note(f"sylphx: the shard has no network: {why}\n")
-    # Exits during the start are recorded at once but announced now: settling them
-    # would only compete with the starting for the CPU.
-    notify(fifo, ended)
-    os.chdir("/")
+    os.chdir("/")  # pin no shard's folder (a volume may want unmounting)
     _cwd[0] = "/"
-    while loop.busy():
-        notify(fifo, loop.step(-1))
-    return 0
+    return ended
+
+
+def main(argv: list[str]) -> int:
+    fifo = argv[0]
+    inbox = Inbox(sys.stdin.fileno())
+    requests = inbox.first()
+    if not requests:
+        return 0
+    me = f"{os.getpid()} {start_ticks(os.getpid())}"
+    loop = Loop(inbox)
+    # Exits during a start are recorded at once but announced after it: settling them
+    # would only compete with the starting for the CPU.
+    ended = start_batch(requests, me, loop)
+    while True:
+        for batch in inbox.take():  # more batches may come until stdin ends
+            ended += start_batch(batch, me, loop)
+        notify(fifo, ended)
+        if not inbox.open and not loop.busy():
+            return 0
+        ended = loop.step(-1)
 
 
 def run(argv: list[str]) -> None:

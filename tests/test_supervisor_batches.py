@@ -1,0 +1,244 @@
+"""Open supervisors: one supervisor takes the batches of several passes (real processes).
+
+A stream of small runs launches a few attempts per pass; starting a Python interpreter
+per pass cost more than the shards (P7). A supervisor given a batch takes the next
+passes' batches for OPEN_SECONDS, up to OPEN_SHARDS shards in all, reading them while
+it supervises the earlier ones; then its stdin is closed and it exits once they ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sylphx._server.executors.base import Exit, LaunchRequest
+from sylphx._server.executors.local import supervisors
+from sylphx._server.executors.local.executor import LocalExecutor
+from sylphx._server.executors.local.inbox import Inbox
+from sylphx._server.executors.local.supervisors import OPEN_SECONDS
+
+
+def request(tmp_path: Path, script: str, index: int) -> LaunchRequest:
+    logs = tmp_path / "logs"
+    return LaunchRequest(
+        run_id="wrk_batches",
+        index=index,
+        attempt=1,
+        count=64,
+        indexed=True,
+        command=["sh", "-c", script],
+        env={},
+        machine="nano",
+        stdout_path=f"{logs}/{index}.out",
+        stderr_path=f"{logs}/{index}.err",
+        working_dir=tmp_path,
+    )
+
+
+def wait_exits(executor: LocalExecutor, n: int, timeout: float = 30) -> dict[str, Exit]:
+    exits: dict[str, Exit] = {}
+    deadline = time.monotonic() + timeout
+    while len(exits) < n and time.monotonic() < deadline:
+        for exit in executor.poll():
+            assert exit.handle not in exits, "an exit reported twice"
+            exits[exit.handle] = exit
+        time.sleep(0.02)
+    assert len(exits) == n, f"{len(exits)} of {n} exits reported"
+    return exits
+
+
+def claims(state: Path) -> dict[str, int]:
+    return {p.parent.name: int(p.read_text().split()[0]) for p in state.rglob("claim")}
+
+
+def launch(executor: LocalExecutor, tmp_path: Path, script: str, index: int) -> str:
+    handle = executor.launch(request(tmp_path, script, index))
+    executor.flush()
+    return handle
+
+
+def test_later_passes_batches_go_to_the_open_supervisor_while_its_shard_runs(
+    tmp_path: Path,
+) -> None:
+    """Three passes, one supervisor: the second and third batches are read and started
+    while the first one's shard still runs (their exits come first), and each exit is
+    reported once."""
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    try:
+        slow = launch(executor, tmp_path, "sleep 3; exit 7", 0)
+        claims_when(state, 1)  # it read its first batch
+        quick = []
+        for i in (1, 2):
+            quick.append(launch(executor, tmp_path, f"exit {i}", i))
+            claims_when(state, i + 1)
+        assert len(set(claims(state).values())) == 1  # one supervisor for all
+        early = wait_exits(executor, 2, timeout=2.5)  # before the slow one's end
+        assert {h: e.returncode for h, e in early.items()} == {quick[0]: 1, quick[1]: 2}
+        late = wait_exits(executor, 1)
+        assert late[slow].returncode == 7
+    finally:
+        executor.close()
+
+
+def claims_when(state: Path, n: int, timeout: float = 10) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = claims(state)
+        if len(found) >= n:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"fewer than {n} attempts claimed")
+
+
+def test_a_supervisor_stops_taking_batches_after_open_seconds_and_then_exits(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    try:
+        launch(executor, tmp_path, "exit 0", 0)
+        first = set(claims_when(state, 1).values())
+        wait_exits(executor, 1)
+        (proc,) = [p for p in executor._supervisors._running if p.pid in first]
+        time.sleep(OPEN_SECONDS + 0.1)
+        executor.poll()  # tends: closes its stdin
+        assert proc.wait(timeout=10) == 0  # its shard ended, its stdin closed: it exits
+        launch(executor, tmp_path, "exit 0", 1)
+        later = set(claims_when(state, 2).values()) - first
+        assert later and later.isdisjoint(first)  # another supervisor took it
+        wait_exits(executor, 1)
+    finally:
+        executor.close()
+
+
+def test_a_full_supervisor_takes_no_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisors, "OPEN_SHARDS", 2)
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    try:
+        for i in range(3):
+            launch(executor, tmp_path, "sleep 0.5", i)
+            claims_when(state, i + 1)  # read: it may take the next one, if it has room
+        owners = claims(state)
+        by_pid: dict[int, int] = {}
+        for pid in owners.values():
+            by_pid[pid] = by_pid.get(pid, 0) + 1
+        assert sorted(by_pid.values()) == [1, 2]  # two, then the full one took no more
+        wait_exits(executor, 3)
+    finally:
+        executor.close()
+
+
+def test_the_parts_of_one_batch_go_to_different_supervisors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big batch is split for the CPUs: its parts never share a supervisor, open or
+    not; the next pass's batch then goes to one of them."""
+    monkeypatch.setattr(supervisors, "SHARDS_PER_SUPERVISOR", 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    try:
+        for i in range(4):
+            executor.launch(request(tmp_path, "sleep 0.5", i))
+        executor.flush()
+        owners = claims_when(state, 4)
+        assert len(set(owners.values())) == 2
+        launch(executor, tmp_path, "exit 0", 4)
+        assert set(claims_when(state, 5).values()) == set(owners.values())
+        wait_exits(executor, 5)
+    finally:
+        executor.close()
+
+
+def test_a_supervisor_that_stopped_reading_never_holds_up_the_pass(tmp_path: Path) -> None:
+    """An open supervisor that does not read (stopped by a signal) is given nothing more:
+    the passes' writes never wait on its pipe, and their batches start elsewhere."""
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    try:
+        launch(executor, tmp_path, "sleep 5", 0)
+        (pid,) = set(claims_when(state, 1).values())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for i in range(1, 25):  # more than a pipe's pages could hold unread
+                start = time.monotonic()
+                executor.launch(request(tmp_path, "exit 0", i))
+                executor.flush()
+                assert time.monotonic() - start < 2, f"flush {i} waited"
+            owners = claims_when(state, 24)  # at most one batch waits in its pipe
+            assert sum(1 for p in owners.values() if p == pid) == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_exits(executor, 25)  # and starts once it reads again
+    finally:
+        executor.close()
+
+
+def test_an_open_supervisor_that_died_hands_the_batch_to_a_fresh_one(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    try:
+        launch(executor, tmp_path, "exit 0", 0)
+        (pid,) = set(claims_when(state, 1).values())
+        wait_exits(executor, 1)
+        os.kill(pid, signal.SIGKILL)
+        (proc,) = [p for p in executor._supervisors._running if p.pid == pid]
+        proc.wait(timeout=10)
+        handle = launch(executor, tmp_path, "exit 9", 1)
+        assert wait_exits(executor, 1)[handle].returncode == 9
+        assert set(claims(state).values()) - {pid}
+    finally:
+        executor.close()
+
+
+def test_the_control_plane_going_away_ends_open_supervisors_after_their_shards(
+    tmp_path: Path,
+) -> None:
+    """Closing the executor (as a control plane that exits) closes open supervisors'
+    stdin: the shard they run goes on to its end and is recorded, then they exit."""
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    launch(executor, tmp_path, "sleep 1; exit 3", 0)
+    (pid,) = set(claims_when(state, 1).values())
+    (proc,) = [p for p in executor._supervisors._running if p.pid == pid]
+    executor.close()
+    assert proc.poll() is None  # still supervising its shard
+    assert proc.wait(timeout=15) == 0
+    (exit_file,) = state.rglob("exit")
+    assert exit_file.read_text().split()[0] == "3"
+
+
+def test_inbox_reads_batches_as_they_come_and_ignores_a_bad_line() -> None:
+    read, write = os.pipe()
+    inbox = Inbox(read)
+    try:
+        os.write(write, b'[{"dir": "a"}]\n[{"dir": "b"}]\nnot json\n[{"di')
+        assert inbox.first() == [{"dir": "a"}]
+        assert inbox.pump() and inbox.take() == [[{"dir": "b"}]]  # the rest waits
+        os.write(write, b'r": "c"}]\n')
+        assert inbox.pump() and inbox.take() == [[{"dir": "c"}]]
+        os.close(write)
+        write = -1
+        assert not inbox.pump() and not inbox.open
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
+
+
+def test_a_supervisor_with_stdin_closed_before_a_line_starts_nothing() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", supervisors.BOOT, supervisors.HERE, "x"],
+        input=b'[{"dir": "/nonexistent/never"}]',  # no newline: cut short
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and not Path("/nonexistent/never").exists()
