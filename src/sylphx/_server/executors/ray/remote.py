@@ -19,13 +19,10 @@ task (its node lost, or the task cancelled), never with the control plane.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import select
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sylphx._core.errors import ExecutorError, SylphxError
+from sylphx._core.errors import SylphxError
 from sylphx._server.executors.base import LaunchRequest, Signal
 from sylphx._server.executors.envelope.node import NodeFds
 from sylphx._server.executors.envelope.sandbox import Policy
@@ -50,8 +47,9 @@ from sylphx._server.executors.local.shardlog import Shaper
 from sylphx._server.executors.local.statefiles import OOM_REASON
 from sylphx._server.images.store import ImageStore
 
+from . import shardcgroups, shardproc
+
 STREAMS = ("stdout", "stderr")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,6 @@ class NodeEnvelope:
 
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
 _images: dict[str, ImageStore] = {}  # per worker process: cache dir -> its image store
-_cgroups: list[Cgroups | None] = []  # per worker process: this node's cgroups, once checked
-_setpriv: list[list[str]] = []  # per worker process: the setpriv prefix ([] if unusable)
 _waiters: list[ThreadPoolExecutor] = []  # per worker process: one thread that waits on Ray
 
 
@@ -84,52 +80,6 @@ def _get_off_main_thread(ref: Any) -> Any:
     if not _waiters:
         _waiters.append(ThreadPoolExecutor(1, thread_name_prefix="sylphx-ship"))
     return _waiters[0].submit(ray.get, ref).result()
-
-
-def _node_cgroups() -> Cgroups | None:
-    """This node's cgroups if it has usable ones (checked once per worker), else None."""
-    if not _cgroups:
-        cg: Cgroups | None = Cgroups()
-        try:
-            assert cg is not None
-            cg.check()
-        except (ExecutorError, OSError):
-            cg = None
-        _cgroups.append(cg)
-    return _cgroups[0]
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL it when the Ray worker that started it dies (a lost node)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _death_prefix() -> list[str]:
-    """argv prefix that makes the shard die with this worker: util-linux ``setpriv`` sets
-    the parent-death signal and execs the command (checked once per worker). Without it,
-    a ``preexec_fn`` does the same, but that makes Popen fork() the whole Ray worker
-    instead of vfork(): under 20+ concurrent tasks per node that fork (page tables of a
-    ~100 MB worker, copy-on-write faults in its threads) cost more than the shards."""
-    if not _setpriv:
-        found = shutil.which("setpriv")
-        usage = ""
-        if found is not None:
-            usage = subprocess.run([found, "--help"], capture_output=True, text=True).stdout
-        ok = found is not None and "--pdeathsig" in usage
-        _setpriv.append([str(found), "--pdeathsig", "KILL", "--"] if ok else [])
-    return _setpriv[0]
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _leader_exited(pid: int) -> bool:
-    """Whether the leader ended, without reaping it (its zombie keeps the pgid ours)."""
-    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    return info is not None and info.si_pid == pid
 
 
 Ship = Callable[[bytes, bytes], "Signal | None"]
@@ -164,6 +114,7 @@ def run_streaming(
         return Path(scratch[0])
 
     group = None
+    cgroups: Cgroups | None = None
     fds = None  # a sandboxed shard's filter and network pipes
     try:
         if request.manifest is not None:  # a merge step: its manifest, on this node
@@ -187,10 +138,9 @@ def run_streaming(
             fds = NodeFds.for_shard(request.network, envelope.policy, env)
             argv = fds.prefix() + argv
             env = dict(CHAIN_ENV)  # the shard's own comes in at ENV_FD (see netstack)
-        cgroups = _node_cgroups() if envelope.enforce_tiers else None
+        cgroups = shardcgroups.node_cgroups() if envelope.enforce_tiers else None
         if cgroups is not None:
-            name = handle.removeprefix("ray:").replace(":", "-") + f"-{os.getpid()}"
-            group = cgroups.create(name, request.machine)
+            group = shardcgroups.create(cgroups, handle, request.machine)
             argv = group.join_prefix() + argv
         shapers = [Shaper(envelope.max_log_bytes, request.secrets.values()) for _ in STREAMS]
         code = _stream(argv, env, cwd, fds, group, ship, shapers, (on_start, on_exit),
@@ -203,33 +153,10 @@ def run_streaming(
     finally:
         if fds is not None:
             fds.close()
-        if group is not None:
-            group.kill_all()
-            group.remove()
+        if group is not None and cgroups is not None:
+            shardcgroups.release(cgroups, group)
         if scratch:
             shutil.rmtree(scratch[0], ignore_errors=True)
-
-
-def _popen(
-    argv: list[str], env: dict[str, str], cwd: Path, fds: NodeFds | None
-) -> subprocess.Popen[bytes]:
-    """The shard's process, its output piped here. A sandboxed shard dies with this worker
-    through bwrap's --die-with-parent; a plain one through setpriv (or, without it, a
-    preexec_fn)."""
-    sandboxed = fds is not None
-    prefix = [] if sandboxed else _death_prefix()
-    return subprocess.Popen(
-        prefix + argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
-        pass_fds=fds.pass_fds() if fds is not None else (),
-        preexec_fn=None if prefix or sandboxed else _die_with_parent,
-    )
 
 
 def _read(
@@ -265,19 +192,18 @@ def _stream(
     drain_seconds: float,
 ) -> int:
     sandboxed = fds is not None
-    proc = _popen(argv, env, cwd, fds)
+    proc, slot = shardproc.spawn(argv, env, cwd, fds)
     marks[0](time.time())  # started
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
     shaper = dict(zip(bufs, shapers, strict=True))
     open_fds = set(bufs)
-    exit_fd = _pidfd(proc.pid)  # readable once the leader exits; None: poll every 20 ms
+    exit_fd = shardproc.pidfd(proc.pid)  # readable once the leader exits; None: poll every 20 ms
     next_ship = time.monotonic() + first
     exited_at: float | None = None
     try:
-        note = fds.started() if fds is not None else None  # its network, then it goes on
-        bufs[err_fd] += note.encode() if note else b""  # shipped first: no network, why
+        bufs[err_fd] += shardproc.up(proc, fds, slot)  # shipped first: no network, why
         while True:
             readable: list[int] = []
             watch = [*open_fds, *([exit_fd] if exit_fd is not None and exited_at is None else [])]
@@ -287,10 +213,12 @@ def _stream(
             else:  # the shard closed its output and no pidfd: just watch for the exit
                 time.sleep(0.02)
             _read([fd for fd in readable if fd != exit_fd], bufs, shaper, open_fds)
-            if exited_at is None and _leader_exited(proc.pid):
+            if exited_at is None and shardproc.leader_exited(proc.pid):
                 exited_at = time.monotonic()
                 marks[1](time.time())  # exited
-                _kill_group(proc.pid, signal.SIGKILL)  # stragglers; also closes their pipes
+                shardproc.kill_group(
+                    proc.pid, signal.SIGKILL
+                )  # stragglers; also closes their pipes
             done = exited_at is not None and (
                 not open_fds or time.monotonic() - exited_at > drain_seconds
             )
@@ -310,21 +238,7 @@ def _stream(
                 break
         return proc.wait()
     finally:
-        if proc.returncode is None:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-        if exit_fd is not None:
-            os.close(exit_fd)
-
-
-def _pidfd(pid: int) -> int | None:
-    """A pidfd of ``pid`` (Linux 5.3+): select() sees its exit without polling."""
-    try:
-        return os.pidfd_open(pid)
-    except (OSError, AttributeError):
-        return None
+        shardproc.close(proc, exit_fd, slot)
 
 
 Result = tuple[int, str | None, list[str], float | None, float]
