@@ -118,3 +118,45 @@ def test_kill_9_during_submit_stores_whole_runs_or_nothing(tmp_path: Path) -> No
             assert server.wait(run["id"])["status"] == "succeeded"
     finally:
         server.close()
+
+
+def test_kill_9_during_concurrent_submits_keeps_every_acknowledged_run(tmp_path: Path) -> None:
+    """16 clients submit at once, so submits share transactions (runs.submits: group
+    commit): whatever the batch a 201 came from, its run survives a kill -9 whole."""
+    rng = random.Random(11)
+    server = ServerProcess(tmp_path / "home")
+    try:
+        server.start()
+        headers = dict(server.http.headers)
+        acknowledged: list[str] = []
+        for _ in range(3):
+            stop = threading.Event()
+
+            def client(stop: threading.Event = stop) -> None:
+                with httpx.Client(base_url=server.url, headers=headers, timeout=30) as c:
+                    while not stop.is_set():
+                        try:
+                            r = c.post("/v1/runs", json={"command": ["true"], "machine": "nano"})
+                        except httpx.TransportError:
+                            return
+                        if r.status_code == 201:
+                            acknowledged.append(r.json()["id"])
+
+            threads = [threading.Thread(target=client) for _ in range(16)]
+            for thread in threads:
+                thread.start()
+            time.sleep(rng.uniform(0.3, 0.8))
+            server.kill9()
+            stop.set()
+            for thread in threads:
+                thread.join()
+            server.start()
+        assert len(acknowledged) > 16  # the batches were exercised
+        for run_id in acknowledged:  # every acknowledged run was kept, whole
+            run = server.http.get(f"/v1/runs/{run_id}").json()
+            assert run["aggregate"]["total"] == 1, run
+        runs = server.http.get("/v1/runs", params={"limit": 200}).json()["items"]
+        for run in runs:
+            assert server.wait(run["id"])["status"] == "succeeded"
+    finally:
+        server.close()

@@ -156,16 +156,19 @@ class Bulkhead:
         *,
         isolated: bool = False,
         skip_faulted: bool = True,
+        undo: Callable[[], None] | None = None,
     ) -> dict[str, T]:
         """``fn(run)`` for each of ``runs`` (but those already faulted this pass) under a
         savepoint; the results by run id of those that went through. ``isolated``: one
         savepoint per run from the start (``fn`` has effects outside the store that a
-        second call would repeat, e.g. launches)."""
+        second call would repeat); ``undo``: what takes back the effects outside the store
+        of the calls under a savepoint that was rolled back (e.g. queued launches), before
+        each run is done again under its own."""
         todo = [(run.id, run) for run in (self.live(runs) if skip_faulted else runs)]
         if not todo:
             return {}
         s.flush()  # earlier steps' changes: not this step's to fail on
-        done = None if isolated else _all_at_once(s, todo, fn)
+        done = None if isolated else _all_at_once(s, todo, fn, undo)
         if done is None:  # isolated, or some run failed: one savepoint each
             done, failed = _one_by_one(s, todo, fn)
             breaker(step, len(todo), failed)
@@ -291,15 +294,21 @@ def stop_run(
 
 
 def _all_at_once(
-    s: Session, todo: list[tuple[str, RunRow]], fn: Callable[[RunRow], T]
+    s: Session,
+    todo: list[tuple[str, RunRow]],
+    fn: Callable[[RunRow], T],
+    undo: Callable[[], None] | None,
 ) -> dict[str, T] | None:
-    """``fn`` for every run under one savepoint; None when some run raised (rolled back)."""
+    """``fn`` for every run under one savepoint; None when some run raised (rolled back,
+    and what the calls did outside the store taken back by ``undo``)."""
     try:
         with s.begin_nested():
             return {run_id: fn(run) for run_id, run in todo}
     except PASS_LEVEL:
         raise
     except Exception:  # find the run(s): one savepoint each
+        if undo is not None:
+            undo()
         return None
 
 

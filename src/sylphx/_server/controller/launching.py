@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from sylphx._server.store.records import (
 from sylphx._server.tenancy import secrets
 
 from . import merging, telemetry
-from .bulkhead import PASS_LEVEL
+from .bulkhead import PASS_LEVEL, Bulkhead
 from .transitions import transition
 
 _PENDING = (  # a run's first pending shards whose retryBackoff is over (built once)
@@ -53,6 +54,17 @@ _PENDING = (  # a run's first pending shards whose retryBackoff is over (built o
     .order_by(SHARDS.c.index)
     .limit(bindparam("n"))
 )
+_ALL_PENDING = (  # every pending shard, backoff over, of some runs (built once)
+    select(*shard_columns())
+    .where(
+        SHARDS.c.run_id.in_(bindparam("run_ids", expanding=True)),
+        SHARDS.c.state == ShardState.PENDING.value,
+        or_(SHARDS.c.not_before.is_(None), SHARDS.c.not_before <= bindparam("now")),
+        SHARDS.c.index >= 0,
+    )
+    .order_by(SHARDS.c.run_id, SHARDS.c.index)
+)
+CHUNK = 500  # runs per query (bound parameters stay far below every backend's limit)
 _MERGE_STEP = select(*shard_columns()).where(
     SHARDS.c.run_id == bindparam("run_id"),
     SHARDS.c.state == ShardState.PENDING.value,
@@ -63,6 +75,17 @@ _INSERT_ATTEMPTS = Batch(
     insert(ATTEMPTS),
     ("shard_id", "run_id", "number", "state", "handle", "stdout_path", "stderr_path", "started_at"),
 )
+
+
+def all_pending(s: Session, run_ids: list[str], now: datetime) -> dict[str, list[ShardRecord]]:
+    """The pending shards (retryBackoff over) of runs that start all of them this pass, read
+    at once: a pass that starts 50 single-shard runs reads their shards in one query."""
+    out: dict[str, list[ShardRecord]] = {run_id: [] for run_id in run_ids}
+    for first in range(0, len(run_ids), CHUNK):
+        ids = run_ids[first : first + CHUNK]
+        for row in s.execute(_ALL_PENDING, {"run_ids": ids, "now": now}):
+            out[row.run_id].append(ShardRecord(*row))
+    return out
 
 
 def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> tuple[str, str]:
@@ -144,6 +167,7 @@ class RunLaunch:
         home: Path,
         *,
         merge: bool = False,
+        pending: list[ShardRecord] | None = None,
     ) -> list[Exit]:
         """Start the run's first ``n`` pending shards (each a new attempt), or with
         ``merge`` its merge step, through ``executor``: prepared now, stored with their
@@ -154,9 +178,12 @@ class RunLaunch:
         parks or ends the run, the pass goes on."""
         if merge:  # the run's merge step (its shards have all ended)
             rows = self._s.execute(_MERGE_STEP, {"run_id": self._run.id}).all()
+            shards = [ShardRecord(*row) for row in rows]
+        elif pending is not None:  # read already (see all_pending): its first n
+            shards = [replace(shard) for shard in pending[:n]]  # fresh: it may be redone
         else:
             rows = self._s.execute(_PENDING, {"run_id": self._run.id, "n": n, "now": now}).all()
-        shards = [ShardRecord(*row) for row in rows]
+            shards = [ShardRecord(*row) for row in rows]
         attempts: list[dict[str, object]] = []
         failed: list[Exit] = []
         for shard in shards:
@@ -309,3 +336,14 @@ def _note(logs_dir: Path, stderr: str, text: str) -> None:
         if faults.is_disk_full(exc):
             raise faults.disk_full(logs_dir, "log") from exc
         raise
+
+
+def undo_starts(
+    executor: Executor, bh: Bulkhead, prepared: dict[str, list[str]], starting: list[RunRow]
+) -> None:
+    """The starts made under one savepoint were rolled back: drop the launches they queued
+    and forget the faults they noted (each run is started again under its own savepoint)."""
+    executor.drop([handle for handles in prepared.values() for handle in handles])
+    prepared.clear()
+    for run in starting:  # none had a fault before this step (they were live)
+        bh.faults.pop(run.id, None)

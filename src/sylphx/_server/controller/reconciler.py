@@ -26,6 +26,7 @@ from sylphx._server.executors.base import Executor, Exit, Signal
 from sylphx._server.infra import faults
 from sylphx._server.infra.lease import Lease
 from sylphx._server.store import RunRow
+from sylphx._server.store.records import ShardRecord
 from sylphx._settings import Settings
 
 from . import (
@@ -49,6 +50,7 @@ Clock = Callable[[], datetime]
 ACTIVE = survey.ACTIVE
 FULL_PASS_SECONDS = 60.0  # a pass loads every active run's shards at least this often
 # What a pass was doing for a run when it failed (see bulkhead): "Internal error while ..."
+PENDING = ShardState.PENDING
 READING, SETTLING = "reading its spec", "settling its shards' exits"
 QUEUEING, STARTING = "deciding whether it starts", "starting its shards"
 RESTARTING = "stopping its gang to admit it again whole"
@@ -169,15 +171,7 @@ class Reconciler(PassLoop):
                 counts = survey.shard_counts(s)  # failed launches were settled
             bh.resolve(s, now)  # park or end the runs that failed a step
             steps = survey.merges(s) if merges is not None else {}  # as they are now
-            bh.each(
-                s,
-                [run for run in runs if not RunState(run.state).terminal],
-                "rolling it up",
-                lambda run: rollup.roll_up(
-                    s, run, counts[run.id], now, note=bh.notes.get(run.id), merge=steps.get(run.id)
-                ),
-                skip_faulted=False,
-            )
+            rollup.roll_up_all(s, bh, runs, counts, steps, now)
             bh.resolve(s, now)
             self._signals += bh.signals
             return [run.id for run in runs if RunState(run.state).terminal]
@@ -211,18 +205,9 @@ class Reconciler(PassLoop):
         attempts they settle; roll-up and admission read the survey's counts."""
         if time.monotonic() - self._last_full >= FULL_PASS_SECONDS:
             self._last_full = time.monotonic()
-            focus = runs
-        else:
-            clocks = survey.live_clocks(s)
-            grace = min(self.settings.kill_grace_seconds, self.settings.preemption_grace_seconds)
-            focus = [
-                run
-                for run in runs
-                if run.cancel_requested_at is not None
-                or run.fail_reason is not None
-                or (run.id in clocks and clocks[run.id].due(specs[run.id], now, grace))
-            ]
-        return focus
+            return runs
+        grace = min(self.settings.kill_grace_seconds, self.settings.preemption_grace_seconds)
+        return survey.needing_a_look(s, runs, specs, now, grace)
 
     def recover(self) -> None:
         """Re-adopt every attempt the store still shows as live. Attempts outlive the
@@ -315,14 +300,28 @@ class Reconciler(PassLoop):
             run.message = "; ".join(m for m in (note, waiting) if m) or None
             run.queue_position = decision.positions.get(run.id)
         starting = [run for run in bh.live(runs) if decision.starts.get(run.id)]
-        launched = bh.each(  # one savepoint per run: a launch must not be done twice
+        whole = [  # runs that start every shard they have pending: read at once
+            r.id
+            for r in starting
+            if r.id not in (merges or {}) and decision.starts[r.id] >= counts[r.id][PENDING]
+        ]
+        pending = launching.all_pending(s, whole, now)
+        prepared: dict[str, list[str]] = {}  # launches queued by each run, not yet flushed
+        launched = bh.each(  # all under one savepoint; when one fails, one savepoint each
             s,
             starting,
             STARTING,
             lambda run: self._start(
-                s, run, decision.starts[run.id], specs[run.id], now, merge=run.id in (merges or {})
+                s,
+                run,
+                decision.starts[run.id],
+                specs[run.id],
+                now,
+                merge=run.id in (merges or {}),
+                pending=pending.get(run.id),
+                prepared=prepared,
             ),
-            isolated=True,
+            undo=lambda: launching.undo_starts(self.executor, bh, prepared, starting),
         )
         faulted = {run.id: bh.faults[run.id].error for run in starting if run.id in bh.faults}
         bulkhead.breaker(STARTING, len(starting), faulted)
@@ -363,10 +362,20 @@ class Reconciler(PassLoop):
         )
 
     def _start(
-        self, s: Session, run: RunRow, n: int, spec: RunSpec, now: datetime, *, merge: bool
+        self,
+        s: Session,
+        run: RunRow,
+        n: int,
+        spec: RunSpec,
+        now: datetime,
+        *,
+        merge: bool,
+        pending: list[ShardRecord] | None,
+        prepared: dict[str, list[str]],
     ) -> list[Exit]:
-        """Start ``n`` of the run's pending shards (``merge``: its merge step); the
-        launches that failed."""
+        """Start ``n`` of the run's pending shards (``merge``: its merge step; ``pending``:
+        its pending shards if read already); the launches that failed. The launches it
+        queued go into ``prepared`` (to drop them if its savepoint is rolled back)."""
         # Ray: a placement group of n bundles. Until the reservation is ready the gang
         # run stays queued; it is asked again next pass.
         if run.gang and not merge and not self.executor.reserve_gang(run.id, n, run.machine):
@@ -377,11 +386,12 @@ class Reconciler(PassLoop):
         launch = launching.RunLaunch(s, run, spec, self.cipher)
         try:
             logs, home = self.settings.logs_dir, self.settings.home
-            failed = launch.start(self.executor, n, now, logs, home, merge=merge)
+            prepared[run.id] = launch.launched
+            failed = launch.start(self.executor, n, now, logs, home, merge=merge, pending=pending)
         except PASS_LEVEL:
             raise
         except Exception:  # its savepoint is rolled back: so are its prepared launches
-            self.executor.drop(launch.launched)
+            self.executor.drop(prepared.pop(run.id))
             raise
         if launch.fault is not None:  # its shards' launches failed (and are settled)
             self._bulkhead.fault(run.id, STARTING, launch.fault)

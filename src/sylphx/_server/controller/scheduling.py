@@ -98,7 +98,11 @@ def decide(
             candidates.append(queue.Candidate(run.id, run.org_id, False, merge_tier, 1, queued))
     if not candidates:
         return queue.Decision(waiting=waiting)
-    victims, coming = preemptible() if any(c.gang for c in candidates) else ([], ZERO)
+    # gangs go first: when they all fit in what is free, none waits and nothing is
+    # preempted, so the running attempts need not be read (single-shard runs are gangs)
+    gangs = sum((Resources.of_tier(c.machine, c.pending) for c in candidates if c.gang), ZERO)
+    fit = gangs.fits_in(capacity - used)
+    victims, coming = ([], ZERO) if fit else preemptible()
     decision = queue.admit(
         candidates,
         free=capacity - used,

@@ -122,6 +122,20 @@ def live_clocks(s: Session) -> dict[str, Clocks]:
     return {run_id: Clocks(started, stop) for run_id, started, stop in rows}
 
 
+def needing_a_look(
+    s: Session, runs: list[RunRow], specs: dict[str, RunSpec], now: datetime, grace: float
+) -> list[RunRow]:
+    """The ``runs`` with a cancel, a failure limit reached, or a clock that may be due."""
+    clocks = live_clocks(s)
+    return [
+        run
+        for run in runs
+        if run.cancel_requested_at is not None
+        or run.fail_reason is not None
+        or (run.id in clocks and clocks[run.id].due(specs[run.id], now, grace))
+    ]
+
+
 _RESTARTING = (
     select(AttemptRow.run_id)
     .join(RunRow, RunRow.id == AttemptRow.run_id)

@@ -7,9 +7,8 @@ raises into answers."""
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography.fernet import Fernet
@@ -20,10 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from sylphx._core.errors import ServerUnavailable, SylphxError
-from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import RunSpec
-from sylphx._core.states import RunState, ShardState
+from sylphx._core.states import RunState
 from sylphx._core.views import Quote, RunList, RunView, ShardView
 from sylphx._server.executors import Executor
 from sylphx._server.images import policy as image_policy
@@ -33,7 +31,7 @@ from sylphx._server.store import OrgRow, RunRow
 from sylphx._server.tenancy import secrets
 from sylphx._settings import Settings
 
-from . import all_logs, logs, retry, service
+from . import all_logs, logs, retry, service, storing
 from . import grid as grids
 from . import quote as quotes
 from .hostpaths import check_host_paths
@@ -42,6 +40,7 @@ from .logs import Stream
 from .longpoll import RunWaiters
 from .readcache import SharedReads, TerminalViews
 from .streams import LogStreams
+from .submits import GroupCommit, Submit
 
 __all__ = ["CAS_RETRIES", "RunService"]
 
@@ -72,37 +71,17 @@ class RunService:
     shared_reads: SharedReads
     waiters: RunWaiters
     log_streams: LogStreams
+    group_commit: GroupCommit = field(default_factory=GroupCommit)
 
     # -- writes --------------------------------------------------------------------------
     def submit(self, spec: RunSpec, org_id: str, idempotency_key: str | None = None) -> bytes:
-        """Store a run, wake the reconciler and return the RunView's JSON; a repeated
-        ``idempotency_key`` answers with the run it made, as it is now."""
+        """Store a run, wake the reconciler and return the RunView's JSON once it is
+        committed; a repeated ``idempotency_key`` answers with the run it made, as it is
+        now. Submits that arrive together share one transaction (see :mod:`.submits`)."""
         self._admit(spec, org_id)
-        with self.sessions.begin() as s:
-            # quota check + reservation in one step: the write session holds SQLite's write
-            # lock from BEGIN; on PostgreSQL, FOR UPDATE locks the org row
-            org = s.get(OrgRow, org_id, with_for_update=True)
-            assert org is not None
-            run = service.replay(s, org.id, idempotency_key, spec)
-            if run is not None:  # a repeated submit: the run it made, as it is now
-                merge = service.merge_views(s, [run]).get(run.id)
-                out = service.view(run, service.state_counts(s, [run.id])[run.id], merge=merge)
-            else:
-                run = service.submit(
-                    s,
-                    spec,
-                    org,
-                    capacity=self.executor.capacity(),
-                    now=self.now(),
-                    idempotency_key=idempotency_key,
-                )
-                waiting = ShardView(index=MERGE_INDEX, status=ShardState.PENDING)
-                counts = Counter({ShardState.PENDING: spec.parallelism})
-                out = service.view(run, counts, merge=waiting if spec.merge else None)
-            # rendered before the commit: a run whose answer cannot be sent is not stored
-            body = out.model_dump_json(by_alias=True).encode()
-        self.wake()
-        return body
+        ask = Submit(spec, org_id, idempotency_key)
+        store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
+        return self.group_commit.submit(ask, store.batch, store.alone)
 
     def _admit(self, spec: RunSpec, org_id: str) -> None:
         """What is refused before the write lock: a draining process, a full log disk, host

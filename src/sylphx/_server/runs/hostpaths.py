@@ -47,12 +47,14 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
     if spec.image is not None:
         _check_image_path(spec.image, settings)
         return
-    roots = [str(p) for p in settings.hidden_paths()]  # resolved: a few syscalls each
+    roots: list[str] = []  # resolved (a few syscalls each) when a path needs them
     details: list[dict[str, Any]] = []
 
     def refuse(field: str, spelled: str, fix: str) -> str | None:
         """Add the detail ``spelled`` earns, if any; else return it resolved."""
         real, via_proc = resolve(spelled)
+        if not roots:
+            roots.extend(str(p) for p in settings.hidden_paths())
         if via_proc:
             details.append(_detail(field, f"{spelled!r} {_VIA_PROC}", fix))
         elif _is_hidden(spelled, real, roots):

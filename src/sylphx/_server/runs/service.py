@@ -6,10 +6,10 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select
+from sqlalchemy.orm import Session, make_transient_to_detached, selectinload
 
 from sylphx._core.errors import ConflictError, NotFound, Unschedulable, ValidationError
 from sylphx._core.ids import new_id
@@ -29,6 +29,8 @@ from sylphx._server.tenancy.orgs import limits
 from . import triage
 
 _RUN_ID = re.compile(r"wrk_[0-9a-z]{16}")  # see _ids.new_id
+_INSERT_RUN = insert(cast(Table, RunRow.__table__))
+_NO_VALUES: dict[str, Any] = {column.key: None for column in RunRow.__table__.columns}
 _INSERT_SHARDS = Batch(
     insert(SHARDS), ("run_id", "index", "state", "attempts", "failures", "preemptions", "ignored")
 )
@@ -59,24 +61,24 @@ def submit(
     capacity: Resources,
     now: datetime,
     idempotency_key: str | None = None,
+    in_use: int | None = None,
+    run_id: str | None = None,
 ) -> RunRow:
-    """Store a new queued run and its pending shards, refusing what could never run and
-    what the org's plan does not allow. Call inside a transaction that serialized writers
-    and locked ``org`` (so the quota check and the reservation are one step)."""
-    admit(s, spec, org, capacity=capacity, now=now)
-    run = RunRow(
-        id=new_id("wrk"),
-        org_id=org.id,
-        state=RunState.QUEUED.value,
-        spec=spec.to_wire(),
-        parallelism=spec.parallelism,
-        machine=spec.machine,
-        gang=spec.gang,
-        created_at=now,
-        idempotency_key=idempotency_key,
-    )
+    """Store a new queued run (``run_id``, or a new id) and its pending shards, refusing
+    what could never run and what the org's plan does not allow, in a transaction that
+    locked ``org`` (quota check and reservation in one step); ``in_use``: see admit."""
+    admit(s, spec, org, capacity=capacity, now=now, in_use=in_use)
+    values = _NO_VALUES | dict(
+        id=run_id or new_id("wrk"), org_id=org.id, state=RunState.QUEUED.value, spec=spec.to_wire(),
+        parallelism=spec.parallelism, machine=spec.machine, gang=spec.gang, created_at=now,
+        idempotency_key=idempotency_key, reopened=0, version=1,
+    )  # fmt: skip
+    # a Core INSERT, and the row put in the session as if read back (every column set, no
+    # SQL): no ORM flush per submit (submits that arrive together share a transaction)
+    s.connection().execute(_INSERT_RUN, values)
+    run = RunRow(**values)
+    make_transient_to_detached(run)
     s.add(run)
-    s.flush()
     pending = ShardState.PENDING.value
     _INSERT_SHARDS.execute(  # one executemany: no ORM object, nor ORM bulk-insert pass, per shard
         s.connection(),
@@ -96,10 +98,19 @@ def submit(
     return run
 
 
-def admit(s: Session, spec: RunSpec, org: OrgRow, *, capacity: Resources, now: datetime) -> None:
+def admit(
+    s: Session,
+    spec: RunSpec,
+    org: OrgRow,
+    *,
+    capacity: Resources,
+    now: datetime,
+    in_use: int | None = None,
+) -> None:
     """Every check a submit of ``spec`` makes before it stores anything (a quote makes
     them too): GPU tiers, the org's spend limit (402), the plan's ceiling and concurrent
-    budget (429), whether it could ever fit (422), its secrets and volumes (404)."""
+    budget (429), whether it could ever fit (422), its secrets and volumes (404).
+    ``in_use``: the org's shards in use, counted (and spend checked) already."""
     merge_machine = spec.merge.machine if spec.merge else None
     for field, machine in (("machine", spec.machine), ("merge.machine", merge_machine)):
         if machine and MACHINES[machine].gpu:
@@ -109,10 +120,10 @@ def admit(s: Session, spec: RunSpec, org: OrgRow, *, capacity: Resources, now: d
                 f" available, so it cannot be admitted. Fix: {fix}.",
                 details=[{"field": field, "rule": "GPU tiers are not admitted yet", "fix": fix}],
             )
-    spend.check(s, org, now)  # 402 at the org's monthly limit
-    quota.check(
-        limits(org), org=org.name, in_use=shards_in_use(s, org.id), requested=spec.parallelism
-    )
+    if in_use is None:
+        spend.check(s, org, now)  # 402 at the org's monthly limit
+        in_use = shards_in_use(s, org.id)
+    quota.check(limits(org), org=org.name, in_use=in_use, requested=spec.parallelism)
     admission.check_schedulable(
         machine=spec.machine, parallelism=spec.parallelism, gang=spec.gang, total=capacity
     )

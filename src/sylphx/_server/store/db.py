@@ -13,6 +13,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import writelock
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Kept-open SQLite connections: enough for every thread of the API's thread pool (anyio's
 # default is 40), so a burst of reads reuses connections instead of opening new ones (each
@@ -39,12 +41,24 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        lock = writelock.install(engine)
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # Writers that check-then-insert (quota reservations) ask for IMMEDIATE, which
             # takes the write lock up front; everything else stays DEFERRED and concurrent.
+            # This process's writers queue for it in Python first (see writelock).
             mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            if mode != "IMMEDIATE":
+                conn.exec_driver_sql(f"BEGIN {mode}")
+                return
+            dbapi_conn = conn.connection
+            lock.acquire(dbapi_conn)
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                lock.release(dbapi_conn)
+                raise
 
         return engine
     return create_engine(url, pool_pre_ping=True)

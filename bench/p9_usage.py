@@ -1,4 +1,4 @@
-"""P7: ``GET /v1/usage`` over a year of usage rows, against the month walk it replaced.
+"""P9: ``GET /v1/usage`` over a year of usage rows, against the month walk it replaced.
 
 A real ``sylphx server`` subprocess (SQLite, `harness.Server`) gets a year (2025) of usage
 rows for its org: by default 200 runs a day of 32 shards, one attempt each, i.e. 6,400
@@ -21,7 +21,7 @@ Each window is timed four ways, interleaved round by round, on the same store:
 - **GET /v1/usage**: the endpoint on the server, with its key, JSON (one entry per run:
   73,000 for the year) and loopback HTTP.
 
-    python bench/p7_usage.py [--runs-per-day 200] [--shards 32] [--rounds 3]
+    python bench/p9_usage.py [--runs-per-day 200] [--shards 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"P7 on {machine()}", flush=True)
+    print(f"P9 on {machine()}", flush=True)
     with Server() as server:
         path = server.env["SYLPHX_DATABASE_URL"].removeprefix("sqlite:///")
         took, rows = timed(seed, path, args.runs_per_day, args.shards)
@@ -198,7 +198,7 @@ def main() -> None:
              f"{get / old:.2f}x"]
         )  # fmt: skip
     table(
-        f"P7: usage report over {rows:,} usage rows (a year, {args.runs_per_day} runs/day x"
+        f"P9: usage report over {rows:,} usage rows (a year, {args.runs_per_day} runs/day x"
         f" {args.shards} shards); seconds, median (min-max) of {args.rounds} rounds;"
         " ratio = GET / old month walk",
         ["window", "from..to", "rows", "runs", "old month walk", "one SUM of the rows",
