@@ -130,3 +130,31 @@ def test_a_long_sandboxed_shard_holds_its_slot_for_its_start_only(
         for thread in threads:
             thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_a_sandboxed_shard_sees_no_start_slot_to_hold(tmp_path: Path) -> None:
+    """Attacked as a tenant would: the host's slots (and its cgroups) are out of reach of
+    a sandboxed shard, so it cannot hold every slot and stall other tenants' starts."""
+    taken = startslots.take()  # the host's folder exists, with a slot file in it
+    if taken is None:
+        pytest.skip("no private /dev/shm folder here")
+    taken.release()
+    probe = (
+        f"ls {startslots.FOLDER} 2>&1; ls /dev/shm; ls /sys/fs/cgroup; "
+        f"exec 9>{startslots.FOLDER}/0 && echo HELD"
+    )
+    req = LaunchRequest(
+        "wrk_probe", 0, 1, 1, True, ["sh", "-c", probe], {}, "nano",
+        f"{tmp_path}/out", f"{tmp_path}/err", None, network=False,
+    )  # fmt: skip
+    out: list[bytes] = []
+
+    def ship(o: bytes, e: bytes) -> Signal | None:
+        out.append(o + e)
+        return None
+
+    envelope = NodeEnvelope(sandbox=True, enforce_tiers=True)
+    run_streaming(req, "ray:wrk_probe:0:1", envelope, ship)
+    text = b"".join(out).decode()
+    assert "No such file or directory" in text and "HELD" not in text, text
+    assert "sylphx" not in text.replace(str(startslots.FOLDER), ""), text
