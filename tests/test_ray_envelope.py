@@ -255,3 +255,28 @@ def test_rays_session_folder_is_not_a_working_dir(ray_server: Server) -> None:
         r = ray_server.http.post("/v1/runs", json={"command": ["true"], **spec})
         assert r.status_code == 422, r.text
         assert r.json()["details"][0]["field"] in ("workingDir", "env.PATH")
+
+
+def test_a_tenant_cannot_hold_the_hosts_sandbox_start_slots(ray_server: Server) -> None:
+    """Attacked through the API: a shard that tries to open and lock every start slot
+    (which would stall every other tenant's sandbox starts on its host) reaches none;
+    seen from the host while it runs, each slot is free."""
+    from sylphx._server.executors.ray import startslots
+
+    count = startslots.SLOTS_PER_CPU * (os.cpu_count() or 1)
+    grab = " ".join(  # `command`: a failed redirection does not end the shell
+        f"command exec {3 + i}>>{startslots.FOLDER}/{i} 2>/dev/null && flock -n {3 + i};"
+        for i in range(count)
+    )
+    run = ray_server.submit(command=["sh", "-c", f"{grab} sleep 300"], machine="nano")
+    try:
+        ray_server.wait_for(lambda: len(pids_of_run(run["id"])) >= 1, timeout=60)
+        time.sleep(1.0)
+        held = [startslots.take(slots=count, patience=0) for _ in range(count)]
+        assert all(slot is not None for slot in held), "a tenant holds a start slot"
+        for slot in held:
+            assert slot is not None
+            slot.release()
+    finally:
+        ray_server.http.post(f"/v1/runs/{run['id']}/cancel")
+    ray_server.wait(run["id"], timeout=60)
