@@ -116,3 +116,28 @@ def _wait_in(group: ShardCgroup) -> None:
     while not procs.read_text().split():
         assert time.monotonic() < deadline, "the orphan never joined its cgroup"
         time.sleep(0.01)
+
+
+def test_a_warm_worker_sweeps_again_every_sweep_seconds(
+    cgroups: Cgroups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool that starts no new worker still clears what a dead one left: a task that
+    makes its shard's cgroup removes dead workers' cgroups once SWEEP_SECONDS have passed
+    since its worker last looked, and not before."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_id = f"wrk_pe{os.getpid()}"
+    monkeypatch.setattr(shardcgroups, "_swept", [time.monotonic()])  # it has just looked
+    made: list[ShardCgroup] = []
+    try:
+        made.append(cgroups.create(f"ray-{run_id}-0-1-{dead.pid}", "nano"))
+        made.append(shardcgroups.create(cgroups, f"ray:{run_id}:1:1", "nano"))
+        assert f"ray-{run_id}-0-1-{dead.pid}" in ours(cgroups, run_id)  # not yet
+        monkeypatch.setattr(shardcgroups, "_swept", [time.monotonic() - 31])
+        made.append(shardcgroups.create(cgroups, f"ray:{run_id}:2:1", "nano"))
+        assert sorted(ours(cgroups, run_id)) == [
+            f"ray-{run_id}-1-1-{os.getpid()}", f"ray-{run_id}-2-1-{os.getpid()}"
+        ]  # fmt: skip
+    finally:
+        for group in made:
+            cgroups.release(group)

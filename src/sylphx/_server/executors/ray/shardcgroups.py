@@ -8,7 +8,9 @@ left in it is killed and the cgroup removed, tried again for up to ``GONE_SECOND
 the kernel still holds it (a killed process not torn down yet), then at each of the
 worker's next tasks. A worker that dies mid-shard -- killed with its node's raylet, or
 force-cancelled -- removes nothing: so a worker's first task removes the cgroups of
-workers on its node that are gone (and kills what is still in them). Before, each such
+workers on its node that are gone (and kills what is still in them), and so does a task
+every ``SWEEP_SECONDS`` after that: a warm pool that starts no new worker still clears
+what a dead one left. Before, each such
 death left its cgroups for good: the development VM had ~1,450 of them under
 ``sylphx/`` after a day of Ray work (P6 rounds stopped mid-way, node-loss tests), and
 thousands make every cgroup operation on the host slower.
@@ -22,11 +24,13 @@ import time
 from sylphx._core.errors import ExecutorError
 from sylphx._server.executors.local.cgroups import Cgroups, ShardCgroup
 
-__all__ = ["GONE_SECONDS", "PREFIX", "create", "node_cgroups", "release"]
+__all__ = ["GONE_SECONDS", "PREFIX", "SWEEP_SECONDS", "create", "node_cgroups", "release"]
 
 GONE_SECONDS = 1.0  # how long an ended shard's cgroup removal is retried at once
+SWEEP_SECONDS = 30.0  # how often a worker's tasks look for dead workers' cgroups
 PREFIX = "ray-"
 _cgroups: list[Cgroups | None] = []  # per worker process: this node's cgroups, once checked
+_swept = [0.0]  # per worker process: when it last looked for dead workers' cgroups
 
 
 def node_cgroups() -> Cgroups | None:
@@ -46,8 +50,11 @@ def node_cgroups() -> Cgroups | None:
 
 
 def create(cgroups: Cgroups, handle: str, machine: str) -> ShardCgroup:
-    """The attempt's cgroup with its tier's limits (this worker's leftovers retried first)."""
+    """The attempt's cgroup with its tier's limits (this worker's leftovers retried first,
+    and dead workers' removed if SWEEP_SECONDS have passed since this worker last looked)."""
     cgroups.sweep()
+    if time.monotonic() - _swept[0] >= SWEEP_SECONDS:
+        _sweep_dead_workers(cgroups)
     name = PREFIX + handle.removeprefix("ray:").replace(":", "-") + f"-{os.getpid()}"
     return cgroups.create(name, machine)
 
@@ -69,6 +76,7 @@ def release(cgroups: Cgroups, group: ShardCgroup) -> None:
 
 def _sweep_dead_workers(cgroups: Cgroups) -> None:
     """Remove the shard cgroups of Ray workers on this node that are gone."""
+    _swept[0] = time.monotonic()
     for name in cgroups.names():
         worker = name.rpartition("-")[2]
         if not name.startswith(PREFIX) or not worker.isdigit() or _alive(int(worker)):
