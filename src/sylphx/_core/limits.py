@@ -18,6 +18,8 @@ from typing import Annotated
 from pydantic import AfterValidator, Strict
 from pydantic_core import PydanticCustomError
 
+from .errors import shown
+
 __all__ = [
     "LIMITS",
     "Text",
@@ -74,12 +76,6 @@ LIMITS: list[tuple[str, str, str]] = [  # (field, limit, why): the README's tabl
 ]  # fmt: skip
 
 SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def shown(value: object, width: int = 60) -> str:
-    """``value`` as an error message quotes it: escaped, and cut short when long."""
-    text = repr(value)
-    return text if len(text) <= width else f"{text[: width - 5]}...{text[-1]}"
 
 
 def utf8_len(text: str) -> int:

@@ -8,7 +8,7 @@ server at submit (``_server/runs/hostpaths.py``).
 
 from __future__ import annotations
 
-from .limits import shown
+from .errors import shown
 
 __all__ = ["MANIFEST_PATH", "SYSTEM_PATHS", "PathRuleError", "is_within", "normalise"]
 

@@ -10,8 +10,7 @@ from typing import Any, get_args
 import pydantic
 from pydantic import BaseModel
 
-from .errors import ValidationError
-from .limits import shown
+from .errors import ValidationError, shown
 from .machines import CPU_MACHINES, MACHINES
 
 __all__ = ["validation_error"]
