@@ -297,8 +297,10 @@ class Reconciler(PassLoop):
                 waiting = f"waiting: {left} shard(s) not started yet"
                 if run.id in backing_off:
                     waiting = f"{waiting} ({backing_off[run.id]} in retryBackoff)"
-            run.message = "; ".join(m for m in (note, waiting) if m) or None
-            run.queue_position = decision.positions.get(run.id)
+            message = "; ".join(m for m in (note, waiting) if m) or None
+            position = decision.positions.get(run.id)
+            if run.message != message or run.queue_position != position:  # else no flush
+                run.message, run.queue_position = message, position
         starting = [run for run in bh.live(runs) if decision.starts.get(run.id)]
         whole = [  # runs that start every shard they have pending: read at once
             r.id

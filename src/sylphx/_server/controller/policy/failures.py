@@ -27,5 +27,5 @@ def past_limit(spec: RunSpec, counts: Counter[ShardState]) -> str | None:
 
 def fail_run_past_limit(run: Failable, spec: RunSpec, counts: Counter[ShardState]) -> None:
     """Mark ``run`` failed when it is :func:`past_limit` (the reconciler stops the rest)."""
-    if run.fail_reason is None:
-        run.fail_reason = past_limit(spec, counts)
+    if run.fail_reason is None and (reason := past_limit(spec, counts)) is not None:
+        run.fail_reason = reason  # (only a change is set: a set marks the row for flush)
