@@ -9,6 +9,7 @@ from typing import Annotated, Literal, NoReturn
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from sylphx._core import limits
 from sylphx._core.errors import ValidationError
@@ -43,7 +44,7 @@ IdempotencyKey = Annotated[
     response_model=RunView,
     responses={200: {"model": Quote, "description": "dryRun=true: the quote, nothing stored"}},
 )
-def submit_run(
+async def submit_run(
     spec: RunSpec,
     org_id: Org,
     runs: Runs,
@@ -56,9 +57,9 @@ def submit_run(
     With ``dryRun=true``, a quote instead: the admission verdict, the cost ceiling, an
     expected cost from the org's history and the credit it would use (200)."""
     if dry_run:
-        quote = runs.quote(spec, org_id)
+        quote = await run_in_threadpool(runs.quote, spec, org_id)
         return Response(quote.model_dump_json(by_alias=True), media_type="application/json")
-    body = runs.submit(spec, org_id, idempotency_key)
+    body = await runs.submit(spec, org_id, idempotency_key)  # awaited: no thread waits
     return Response(body, status_code=201, media_type="application/json")
 
 

@@ -74,14 +74,22 @@ class RunService:
     group_commit: GroupCommit = field(default_factory=GroupCommit)
 
     # -- writes --------------------------------------------------------------------------
-    def submit(self, spec: RunSpec, org_id: str, idempotency_key: str | None = None) -> bytes:
+    async def submit(self, spec: RunSpec, org_id: str, idempotency_key: str | None = None) -> bytes:
         """Store a run, wake the reconciler and return the RunView's JSON once it is
         committed; a repeated ``idempotency_key`` answers with the run it made, as it is
-        now. Submits that arrive together share one transaction (see :mod:`.submits`)."""
-        self._admit(spec, org_id)
+        now. Submits that arrive together share one transaction (see :mod:`.submits`),
+        awaited without a thread. The checks before it run in the thread pool when the
+        spec names an image (policy, scanner) or host paths to resolve; else here (the
+        log disk's room: one statfs)."""
+        merge_image = spec.merge.image if spec.merge else None
+        paths = spec.working_dir or spec.volume_mounts or "PATH" in spec.env
+        if spec.image or merge_image or paths:
+            await run_in_threadpool(self._admit, spec, org_id)
+        else:
+            self._admit(spec, org_id)
         ask = Submit(spec, org_id, idempotency_key)
         store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
-        return self.group_commit.submit(ask, store.batch, store.alone)
+        return await self.group_commit.wait(ask, store.batch, store.alone)
 
     def _admit(self, spec: RunSpec, org_id: str) -> None:
         """What is refused before the write lock: a draining process, a full log disk, host
