@@ -36,23 +36,6 @@ _INSERT_SHARDS = Batch(
 )
 
 
-def replay(s: Session, org_id: str, key: str | None, spec: RunSpec) -> RunRow | None:
-    """The run an earlier submit with idempotency ``key`` stored (None: a new submit);
-    ConflictError when that key came with another spec."""
-    if key is None:
-        return None
-    run = s.scalars(
-        select(RunRow).where(RunRow.org_id == org_id, RunRow.idempotency_key == key)
-    ).first()
-    if run is not None and run.spec != spec.to_wire():
-        fix = "use a new key for a new run (the SDK makes one per submit)"
-        raise ConflictError(
-            f"Idempotency-Key {key!r} was used for run {run.id} with another spec. Fix: {fix}.",
-            details=[{"field": "Idempotency-Key", "rule": "one key, one spec", "fix": fix}],
-        )
-    return run
-
-
 def submit(
     s: Session,
     spec: RunSpec,
@@ -67,35 +50,52 @@ def submit(
     """Store a new queued run (``run_id``, or a new id) and its pending shards, refusing
     what could never run and what the org's plan does not allow, in a transaction that
     locked ``org`` (quota check and reservation in one step); ``in_use``: see admit."""
+    values = new_run(
+        s, spec, org, capacity=capacity, now=now, idempotency_key=idempotency_key,
+        in_use=in_use, run_id=run_id,
+    )  # fmt: skip
+    insert_runs(s.connection(), [(values, spec)])
+    # the row put in the session as if read back (every column set, no SQL): no ORM flush
+    run = RunRow(**values)
+    make_transient_to_detached(run)
+    s.add(run)
+    return run
+
+
+def new_run(
+    s: Session,
+    spec: RunSpec,
+    org: OrgRow,
+    *,
+    capacity: Resources,
+    now: datetime,
+    idempotency_key: str | None = None,
+    in_use: int | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The row of a new queued run of ``spec``, past every check :func:`admit` makes;
+    nothing written yet (see :func:`insert_runs`)."""
     admit(s, spec, org, capacity=capacity, now=now, in_use=in_use)
-    values = _NO_VALUES | dict(
+    return _NO_VALUES | dict(
         id=run_id or new_id("wrk"), org_id=org.id, state=RunState.QUEUED.value, spec=spec.to_wire(),
         parallelism=spec.parallelism, machine=spec.machine, gang=spec.gang, created_at=now,
         idempotency_key=idempotency_key, reopened=0, version=1,
     )  # fmt: skip
-    # a Core INSERT, and the row put in the session as if read back (every column set, no
-    # SQL): no ORM flush per submit (submits that arrive together share a transaction)
-    s.connection().execute(_INSERT_RUN, values)
-    run = RunRow(**values)
-    make_transient_to_detached(run)
-    s.add(run)
-    pending = ShardState.PENDING.value
-    _INSERT_SHARDS.execute(  # one executemany: no ORM object, nor ORM bulk-insert pass, per shard
-        s.connection(),
+
+
+def insert_runs(conn: Connection, runs: list[tuple[dict[str, Any], RunSpec]]) -> None:
+    """Insert new runs (each its :func:`new_run` row and spec) and their pending shards:
+    Core statements, one executemany per table (no ORM object or flush per run)."""
+    conn.execute(_INSERT_RUN, [values for values, _ in runs])
+    shard = {"state": str(ShardState.PENDING), "attempts": 0, "failures": 0, "preemptions": 0}
+    _INSERT_SHARDS.execute(
+        conn,
         [
-            {
-                "run_id": run.id,
-                "index": i,
-                "state": pending,
-                "attempts": 0,
-                "failures": 0,
-                "preemptions": 0,
-                "ignored": 0,
-            }
+            {"run_id": values["id"], "index": i, "ignored": 0, **shard}
+            for values, spec in runs
             for i in [*range(spec.parallelism), *([MERGE_INDEX] if spec.merge else [])]
         ],
     )
-    return run
 
 
 def admit(

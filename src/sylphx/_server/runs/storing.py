@@ -10,12 +10,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from sylphx._core.errors import SylphxError
+from sylphx._core.errors import ConflictError, SylphxError
 from sylphx._core.machines import Resources
 from sylphx._core.merge import MERGE_INDEX
+from sylphx._core.spec import RunSpec
 from sylphx._core.states import ShardState
 from sylphx._core.views import ShardView
 from sylphx._server.executors import Executor
@@ -38,8 +41,10 @@ class Storing:
     wake: Callable[[], None]
 
     def batch(self, asks: list[Submit]) -> None:
-        """Store ``asks`` in one transaction (see :mod:`.submits`); wake the reconciler."""
-        stored = False
+        """Store ``asks`` in one transaction (see :mod:`.submits`); wake the reconciler.
+        Each is checked in turn; the new runs and their shards are inserted together
+        (one executemany per table) before the commit."""
+        new: list[tuple[dict[str, Any], RunSpec]] = []
         with self.sessions.begin() as s:
             orgs: dict[str, tuple[OrgRow, list[int]] | SylphxError] = {}
             capacity, now = self.executor.capacity(), self.now()
@@ -48,17 +53,27 @@ class Storing:
                     orgs[org_id] = _lock_org(s, org_id, now)
                 except SylphxError as exc:  # 402: every submit of that org
                     orgs[org_id] = exc
+            keys: set[tuple[str, str]] = set()  # the idempotency keys of the runs in new
             for ask in asks:
                 try:
                     locked = orgs[ask.org_id]
                     if isinstance(locked, SylphxError):
                         raise locked
                     row, in_use = locked
-                    ask.body, reserved = _store(s, ask, row, capacity, now, in_use[0])
-                    in_use[0] += reserved
-                    stored = stored or reserved > 0
+                    if ask.key is not None and (ask.org_id, ask.key) in keys:
+                        service.insert_runs(s.connection(), new)  # its replay must see it
+                        new, keys = [], set()
+                    ask.body, values = _store(s, ask, row, capacity, now, in_use[0])
+                    if values is not None:
+                        new.append((values, ask.spec))
+                        in_use[0] += ask.spec.parallelism + bool(ask.spec.merge)
+                        if ask.key is not None:
+                            keys.add((ask.org_id, ask.key))
                 except SylphxError as exc:  # refused before it wrote anything
                     ask.error = exc
+            stored = bool(new)
+            if new:
+                service.insert_runs(s.connection(), new)
         if stored:
             self.wake()
 
@@ -70,7 +85,9 @@ class Storing:
             stored = s.get(RunRow, ask.run_id)  # its batch's COMMIT went through after all
             if stored is not None:
                 return _as_it_is(s, stored)
-            body, _ = _store(s, ask, org, self.executor.capacity(), now, in_use[0])
+            body, values = _store(s, ask, org, self.executor.capacity(), now, in_use[0])
+            if values is not None:
+                service.insert_runs(s.connection(), [(values, ask.spec)])
         self.wake()
         return body
 
@@ -87,22 +104,40 @@ def _lock_org(s: Session, org_id: str, now: datetime) -> tuple[OrgRow, list[int]
 
 def _store(
     s: Session, ask: Submit, org: OrgRow, capacity: Resources, now: datetime, in_use: int
-) -> tuple[bytes, int]:
-    """Store one submit in ``s``: its RunView's JSON and the budget units it reserved
-    (0 for a repeated key). Its refusals raise before it writes anything."""
+) -> tuple[bytes, dict[str, Any] | None]:
+    """One submit checked in ``s``: its RunView's JSON and its new run's row, to insert
+    (None for a repeated key: the run it made, as it is now). Its refusals raise before
+    it writes anything."""
     spec, key = ask.spec, ask.key
-    run = service.replay(s, org.id, key, spec)
+    run = replay(s, org.id, key, spec)
     if run is not None:  # a repeated submit: the run it made, as it is now
-        return _as_it_is(s, run), 0
-    run = service.submit(
+        return _as_it_is(s, run), None
+    values = service.new_run(
         s, spec, org, capacity=capacity, now=now, idempotency_key=key, in_use=in_use,
         run_id=ask.run_id,
     )  # fmt: skip
     waiting = ShardView(index=MERGE_INDEX, status=ShardState.PENDING)
     counts = Counter({ShardState.PENDING: spec.parallelism})
-    out = service.view(run, counts, merge=waiting if spec.merge else None)
+    out = service.view(RunRow(**values), counts, merge=waiting if spec.merge else None)
     # rendered before the commit: a run whose answer cannot be sent is not stored
-    return out.model_dump_json(by_alias=True).encode(), spec.parallelism + bool(spec.merge)
+    return out.model_dump_json(by_alias=True).encode(), values
+
+
+def replay(s: Session, org_id: str, key: str | None, spec: RunSpec) -> RunRow | None:
+    """The run an earlier submit with idempotency ``key`` stored (None: a new submit);
+    ConflictError when that key came with another spec."""
+    if key is None:
+        return None
+    run = s.scalars(
+        select(RunRow).where(RunRow.org_id == org_id, RunRow.idempotency_key == key)
+    ).first()
+    if run is not None and run.spec != spec.to_wire():
+        fix = "use a new key for a new run (the SDK makes one per submit)"
+        raise ConflictError(
+            f"Idempotency-Key {key!r} was used for run {run.id} with another spec. Fix: {fix}.",
+            details=[{"field": "Idempotency-Key", "rule": "one key, one spec", "fix": fix}],
+        )
+    return run
 
 
 def _as_it_is(s: Session, run: RunRow) -> bytes:
