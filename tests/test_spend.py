@@ -82,6 +82,10 @@ def test_an_org_at_its_monthly_limit_is_refused_with_402_while_its_run_finishes(
     assert body["error"] == "spend_limit_reached" and "monthly limit of 1" in body["message"]
     assert body["details"][0]["limit"] == "monthlyLimitSeconds"
     assert body["details"][0]["current"] >= 1.5
+    # a spec that could never run is a 422 naming its field, whatever the org's spend
+    gpu = http.post("/v1/runs", json={"command": ["true"], "machine": "gpu-small"})
+    assert gpu.status_code == 422, gpu.text
+    assert gpu.json()["details"][0]["field"] == "machine", gpu.text
     assert http.get(f"/v1/runs/{long_run['id']}").json()["status"] == "running"
     with pytest.raises(SpendLimitReached, match="monthly limit"):
         RunsClient.run(create_client(server.url, token=token), command=["true"])

@@ -23,6 +23,7 @@ from sylphx._core.retry import RetryRequest
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import RunState
 from sylphx._core.views import Quote, RunList, RunView, ShardView
+from sylphx._server.controller.policy import admission
 from sylphx._server.executors import Executor
 from sylphx._server.images import policy as image_policy
 from sylphx._server.images.store import ImageStore
@@ -100,6 +101,8 @@ class RunService:
                 " keep running. Fix: retry in a few seconds, once it has restarted."
             )
         faults.check_disk(self.settings.logs_dir, "log")
+        # the spec's own refusals before the org's state (a 402 once batched): GPU tiers
+        admission.check_cpu_tiers(spec.machine, spec.merge.machine if spec.merge else None)
         # nothing of the control plane visible, whatever the spec says (422, nothing stored)
         local = self.executor.name == "local"  # Ray shards run on nodes: no existence check
         check_host_paths(spec, self.settings, local=local)

@@ -11,9 +11,9 @@ from typing import Any, cast
 from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session, make_transient_to_detached, selectinload
 
-from sylphx._core.errors import ConflictError, NotFound, Unschedulable, ValidationError
+from sylphx._core.errors import ConflictError, NotFound, ValidationError
 from sylphx._core.ids import new_id
-from sylphx._core.machines import CPU_MACHINES, MACHINES, Resources
+from sylphx._core.machines import Resources
 from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.spec import RunSpec
 from sylphx._core.states import AttemptState, RunState, ShardState
@@ -112,14 +112,7 @@ def admit(
     budget (429), whether it could ever fit (422), its secrets and volumes (404).
     ``in_use``: the org's shards in use, counted (and spend checked) already."""
     merge_machine = spec.merge.machine if spec.merge else None
-    for field, machine in (("machine", spec.machine), ("merge.machine", merge_machine)):
-        if machine and MACHINES[machine].gpu:
-            fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
-            raise Unschedulable(
-                f"{field}: {machine} is reserved in the API, but GPU node pools are not yet"
-                f" available, so it cannot be admitted. Fix: {fix}.",
-                details=[{"field": field, "rule": "GPU tiers are not admitted yet", "fix": fix}],
-            )
+    admission.check_cpu_tiers(spec.machine, merge_machine)
     if in_use is None:
         spend.check(s, org, now)  # 402 at the org's monthly limit
         in_use = shards_in_use(s, org.id)

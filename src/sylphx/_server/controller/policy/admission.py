@@ -5,9 +5,23 @@ capacity in it too). Ordering and starts live in ``queue.py``."""
 from __future__ import annotations
 
 from sylphx._core.errors import Unschedulable
-from sylphx._core.machines import ZERO, Resources
+from sylphx._core.machines import CPU_MACHINES, MACHINES, ZERO, Resources
 
-__all__ = ["ZERO", "Resources", "check_schedulable"]
+__all__ = ["ZERO", "Resources", "check_cpu_tiers", "check_schedulable"]
+
+
+def check_cpu_tiers(machine: str, merge_machine: str | None) -> None:
+    """Refuse a GPU tier (``machine`` or ``merge.machine``): reserved in the API, not
+    admitted yet. Spec-only, so a submit makes it before anything the org's state decides
+    (its spend limit's 402 comes after this 422)."""
+    for field, tier in (("machine", machine), ("merge.machine", merge_machine)):
+        if tier and MACHINES[tier].gpu:
+            fix = f"use a CPU tier ({', '.join(CPU_MACHINES)})"
+            raise Unschedulable(
+                f"{field}: {tier} is reserved in the API, but GPU node pools are not yet"
+                f" available, so it cannot be admitted. Fix: {fix}.",
+                details=[{"field": field, "rule": "GPU tiers are not admitted yet", "fix": fix}],
+            )
 
 
 def check_schedulable(
