@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from conftest import Server
-from sylphx._core.errors import QuotaExceeded
+from sylphx._core.errors import QuotaExceeded, ServerUnavailable
 from sylphx._core.spec import RunSpec
 from sylphx._server.runs import storing, submits
 from sylphx._server.runs.submits import GroupCommit, Submit
@@ -94,7 +94,7 @@ def test_a_failed_batch_is_redone_one_by_one() -> None:
         assert "transaction failed" in str(exc)
     else:
         raise AssertionError("expected the batch's failure")
-    assert commit._leading is False and commit._queue == []
+    assert commit._queue == []
 
 
 def test_concurrent_submits_with_one_idempotency_key_make_one_run(server: Server) -> None:
@@ -178,3 +178,135 @@ def _runs_of(server: Server) -> int:
             select(func.count()).select_from(RunRow).where(RunRow.org_id == server.org_id)
         )
     return int(count or 0)
+
+
+def _runs_with_key(server: Server, key: str) -> int:
+    with server.plane.reads() as s:
+        query = select(func.count()).select_from(RunRow).where(RunRow.idempotency_key == key)
+        return int(s.scalar(query) or 0)
+
+
+def test_one_key_twice_in_a_batch_makes_one_run_and_wakes_the_reconciler(
+    server: Server,
+) -> None:
+    """A repeated key inside one batch: one run, both answered with it, and the reconciler
+    woken (the runs inserted before the repeat count as stored); another spec under that
+    key is a 409 of its own while the rest are stored."""
+    plane = server.plane
+    wakes: list[int] = []
+    store = storing.Storing(plane.sessions, plane.executor, plane.now, lambda: wakes.append(1))
+    other = RunSpec(command=["false"], machine="nano")
+    asks = [
+        Submit(SPEC, server.org_id, "twice"),
+        Submit(SPEC, server.org_id, "twice"),
+        Submit(other, server.org_id, "twice"),
+    ]
+    submits._store(asks, store.batch, store.alone)
+    first, again = (json.loads(ask.answer())["id"] for ask in asks[:2])
+    assert first == again and _runs_with_key(server, "twice") == 1
+    assert type(asks[2].error).__name__ == "ConflictError"
+    assert wakes, "a run was stored, but the reconciler was not woken"
+
+
+def test_a_committer_that_could_not_start_is_started_by_the_next_submit(
+    monkeypatch: Any,
+) -> None:
+    """No thread to be had (pids exhausted, say): that submit is refused, and the next
+    one starts the committer instead of waiting forever for one that never came."""
+    commit = GroupCommit()
+    real = threading.Thread.start
+    calls = [0]
+
+    def start_once_failing(thread: threading.Thread) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("can't start new thread")
+        real(thread)
+
+    def batch(asks: list[Submit]) -> None:
+        for ask in asks:
+            ask.body = b"ok"
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_failing)
+    try:
+        commit.submit(Submit(SPEC, "a", None), batch, lambda ask: b"ok")
+    except RuntimeError as exc:
+        assert "can't start" in str(exc)
+    else:
+        raise AssertionError("expected the failed start")
+    answers: list[bytes] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(commit.submit(Submit(SPEC, "b", None), batch, batch_one)),
+        daemon=True,
+    )
+    real(waiter)
+    waiter.join(10)
+    assert answers == [b"ok"], "the next submit waited for a committer that never came"
+
+
+def batch_one(ask: Submit) -> bytes:
+    return b"ok"
+
+
+def test_no_body_of_a_rolled_back_batch_is_an_answer() -> None:
+    """A batch of two set its bodies, then failed; redoing each alone failed with a
+    BaseException: both waiters get that failure, never the rolled-back batch's body."""
+    commit = GroupCommit()
+    release = threading.Event()
+
+    def batch(asks: list[Submit]) -> None:
+        if asks[0].org_id == "first":  # holds the committer until the two queued
+            release.wait(10)
+            asks[0].body = b"ok"
+            return
+        for ask in asks:
+            ask.body = b"from-the-rolled-back-batch"
+        raise RuntimeError("COMMIT failed")
+
+    def alone(ask: Submit) -> bytes:
+        raise SystemExit("stopped")  # not an Exception
+
+    answers: dict[str, object] = {}
+
+    def submit(org: str) -> None:
+        try:
+            answers[org] = commit.submit(Submit(SPEC, org, None), batch, alone)
+        except BaseException as exc:
+            answers[org] = exc
+
+    threads = [threading.Thread(target=submit, args=(org,)) for org in ("first", "a", "b")]
+    threads[0].start()
+    while commit._thread is None or commit._queue:  # the committer took the first
+        threading.Event().wait(0.01)
+    for thread in threads[1:]:
+        thread.start()
+    while len(commit._queue) < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers["first"] == b"ok"
+    assert isinstance(answers["a"], SystemExit) and isinstance(answers["b"], SystemExit), answers
+
+
+def test_close_answers_the_queued_submits_then_refuses_new_ones() -> None:
+    """The plane stops: what is queued is stored and answered, the committer ends, and
+    a later submit is refused (503) instead of waiting for nobody."""
+    commit = GroupCommit()
+    stored: list[str] = []
+
+    def batch(asks: list[Submit]) -> None:
+        for ask in asks:
+            stored.append(ask.org_id)
+            ask.body = b"ok"
+
+    assert commit.submit(Submit(SPEC, "a", None), batch, batch_one) == b"ok"
+    commit.close()
+    assert commit._thread is not None and not commit._thread.is_alive()
+    try:
+        commit.submit(Submit(SPEC, "b", None), batch, batch_one)
+    except ServerUnavailable:
+        pass
+    else:
+        raise AssertionError("a submit after close was queued")
+    assert stored == ["a"]

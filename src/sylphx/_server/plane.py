@@ -159,6 +159,7 @@ class ControlPlane:
         """Stop reconciling; running shards are left alone (a restart re-adopts them)."""
         self.draining = True
         self.run_waiters.close()
+        self.runs.group_commit.close()  # queued submits stored and answered first
         self.reconciler.stop()
         self.executor.close()
         self.engine.dispose()

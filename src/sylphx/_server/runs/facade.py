@@ -79,15 +79,10 @@ class RunService:
         """Store a run, wake the reconciler and return the RunView's JSON once it is
         committed; a repeated ``idempotency_key`` answers with the run it made, as it is
         now. Submits that arrive together share one transaction (see :mod:`.submits`),
-        awaited without a thread. The checks before it run in the thread pool when the
-        spec names an image (policy, scanner) or host paths to resolve; else here (the
-        log disk's room: one statfs)."""
-        merge_image = spec.merge.image if spec.merge else None
-        paths = spec.working_dir or spec.volume_mounts or "PATH" in spec.env
-        if spec.image or merge_image or paths:
-            await run_in_threadpool(self._admit, spec, org_id)
-        else:
-            self._admit(spec, org_id)
+        awaited without a thread. The checks before it run in the thread pool: they
+        touch disks (the log disk's room, host paths, an image), and a hung mount must
+        never stall the event loop."""
+        await run_in_threadpool(self._admit, spec, org_id)  # disks: never on the loop
         ask = Submit(spec, org_id, idempotency_key)
         store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
         return await self.group_commit.wait(ask, store.batch, store.alone)

@@ -1,5 +1,5 @@
 """How submits are stored: the submits of a batch in one transaction, or one alone (see
-:mod:`.submits` for who leads a batch, and why). A submit's refusals (402, 404, 409, 422,
+:mod:`.submits` for who stores a batch, and why). A submit's refusals (402, 404, 409, 422,
 429) are raised before it writes anything; its RunView's JSON is rendered before the
 commit, so a run whose answer cannot be sent is not stored.
 """
@@ -45,6 +45,7 @@ class Storing:
         Each is checked in turn; the new runs and their shards are inserted together
         (one executemany per table) before the commit."""
         new: list[tuple[dict[str, Any], RunSpec]] = []
+        stored = False  # some run inserted (the reconciler to wake)
         with self.sessions.begin() as s:
             orgs: dict[str, tuple[OrgRow, list[int]] | SylphxError] = {}
             capacity, now = self.executor.capacity(), self.now()
@@ -62,7 +63,7 @@ class Storing:
                     row, in_use = locked
                     if ask.key is not None and (ask.org_id, ask.key) in keys:
                         service.insert_runs(s.connection(), new)  # its replay must see it
-                        new, keys = [], set()
+                        stored, new, keys = True, [], set()
                     ask.body, values = _store(s, ask, row, capacity, now, in_use[0])
                     if values is not None:
                         new.append((values, ask.spec))
@@ -71,7 +72,7 @@ class Storing:
                             keys.add((ask.org_id, ask.key))
                 except SylphxError as exc:  # refused before it wrote anything
                     ask.error = exc
-            stored = bool(new)
+            stored = stored or bool(new)
             if new:
                 service.insert_runs(s.connection(), new)
         if stored:

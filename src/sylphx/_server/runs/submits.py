@@ -4,11 +4,14 @@ A submit is one short write transaction (the org's row locked, its budget checke
 and its shards inserted). On SQLite only one writer runs at a time, so under concurrent
 submits each waited for the write lock, and the commit, on its own. Here the submits that
 arrive while a transaction is under way queue; when it ends, the committer (one thread of
-its own, started with the first submit) stores every queued submit (up to ``MAX_BATCH``)
-in one transaction, commits, and only then answers each -- so every 201 still follows its
-run's durable commit. No wait for company: a lone submit is stored in a batch of one at
-once. The API's submits wait for their answer without a thread (:meth:`GroupCommit.wait`:
-the committer resolves their future), so a submit costs no hop to the thread pool.
+its own, started with the first submit, and again by any submit that finds it gone)
+stores every queued submit (up to ``MAX_BATCH``) in one transaction, commits, and only
+then answers each -- so every 201 still follows its run's durable commit; a batch that
+failed answers no submit with a body it rendered before its rollback. No wait for
+company: a lone submit is stored in a batch of one at once. The API's submits wait for
+their answer without a thread (:meth:`GroupCommit.wait`: the committer resolves their
+future). When the plane stops, :meth:`GroupCommit.close` answers what is queued and then
+refuses new submits (503) before the store goes.
 
 Inside a batch each submit is checked as if it were alone and after the ones before it:
 the org's row is locked once (FOR UPDATE on PostgreSQL; SQLite's write lock), its
@@ -27,6 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sylphx._core.errors import ServerUnavailable
 from sylphx._core.ids import new_id
 from sylphx._core.spec import RunSpec
 
@@ -48,6 +52,7 @@ class Submit:
     run_id: str = field(default_factory=lambda: new_id("wrk"))
     body: bytes | None = None
     error: BaseException | None = None
+    settled: bool = False  # its answer is final (its transaction, or refusal, is over)
     done: threading.Event = field(default_factory=threading.Event)
     # called (in the committer) once it is answered: wakes an asyncio waiter
     on_done: Callable[[], None] | None = None
@@ -78,8 +83,8 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._queue: list[tuple[Submit, StoreBatch, StoreOne]] = []
-        self._leading = False  # a batch is being stored (then the queue waits for it)
         self._thread: threading.Thread | None = None
+        self._closed = False  # the plane stops: no new submit is queued
 
     def submit(self, ask: Submit, batch: StoreBatch, alone: StoreOne) -> bytes:
         """Queue ``ask`` and wait for its answer (blocking this thread)."""
@@ -106,51 +111,73 @@ class GroupCommit:
         return ask.answer()
 
     def _put(self, ask: Submit, batch: StoreBatch, alone: StoreOne) -> None:
+        """Queue ``ask`` for the committer, started (again) if it is not running: a start
+        that fails (no thread to be had) refuses this submit and leaves no trace, so the
+        next one tries again instead of waiting for a committer that never came."""
         with self._lock:
-            self._queue.append((ask, batch, alone))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._commit, name="sylphx-submits", daemon=True
+            if self._closed:
+                raise ServerUnavailable(
+                    "the control plane is shutting down and accepts no new runs. Fix: retry"
+                    " in a few seconds, once it has restarted."
                 )
-                self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                thread = threading.Thread(target=self._commit, name="sylphx-submits", daemon=True)
+                thread.start()  # raises before anything is queued
+                self._thread = thread
+            self._queue.append((ask, batch, alone))
             self._ready.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new submits, let the committer store and answer the queued ones, and
+        wait (up to ``timeout`` seconds) for it to end: before the plane lets its store go."""
+        with self._lock:
+            self._closed = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def _commit(self) -> None:
         """The committer: the queued submits, a batch (one transaction) at a time."""
         while True:
             with self._lock:
-                while not self._queue:
+                while not self._queue and not self._closed:
                     self._ready.wait()
+                if not self._queue:  # closed, and every queued submit answered
+                    return
                 taken, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                self._leading = True
             asks = [ask for ask, _, _ in taken]
             try:  # (the batch's submits all store through the same parts: the first's)
                 _store(asks, taken[0][1], taken[0][2])
             except BaseException as exc:  # the committer goes on; every waiter is answered
                 for ask in asks:
-                    if ask.body is None and ask.error is None:
-                        ask.error = exc
-            finally:
-                with self._lock:  # decided before the answers: a caller sees it settled
-                    self._leading = bool(self._queue)
-                for ask in asks:
-                    ask.finish()
+                    if not ask.settled:  # a body of a rolled-back batch is no answer
+                        ask.body, ask.error = None, exc
+            for ask in asks:
+                ask.finish()
+            del taken, asks  # the last batch's parts (sessions, specs) not kept alive
 
 
 def _store(asks: list[Submit], batch: StoreBatch, alone: StoreOne) -> None:
     """Store ``asks`` in one transaction; when that fails, each in its own."""
     for ask in asks:
-        ask.body = ask.error = None
+        ask.body, ask.error, ask.settled = None, None, False
     try:
         batch(asks)
-        return
     except BaseException as exc:  # every waiter must get an answer
+        for ask in asks:  # the batch was rolled back: no body of it is an answer
+            ask.body, ask.error = None, exc
         if len(asks) == 1 or not isinstance(exc, Exception):
             for ask in asks:
-                ask.body, ask.error = None, exc
+                ask.settled = True
             return
-    for ask in asks:  # the batch was rolled back: nothing of it was stored
+    else:
+        for ask in asks:
+            ask.settled = True
+        return
+    for ask in asks:  # each in its own transaction now
         try:
             ask.body, ask.error = alone(ask), None
         except Exception as exc:  # its answer
             ask.body, ask.error = None, exc
+        ask.settled = True
