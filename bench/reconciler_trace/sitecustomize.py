@@ -196,14 +196,15 @@ def _install(path: str) -> None:
 def _install_marks(path: str) -> None:
     """SYLPHX_BENCH_MARKS=FILE: one line ``NAME UNIX_TIME`` per step of a launch's way
     through the control plane, for P2's phase breakdown (``bench/p2_gang.py --trace``):
-    ``submit_start``/``_end`` (:func:`runs.submit`, inside the API's write transaction),
+    ``submit_start``/``_end`` (``Storing.batch``: a batch of submits in its write
+    transaction, the committer's),
     ``commit:THREAD`` (every commit) and ``launch_start``/``_end`` (a run's launches:
     attempts, requests, rows). The hand-off's end is the first shard's pid file."""
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
     from sylphx._server.controller import launching
-    from sylphx._server.runs import service as runs
+    from sylphx._server.runs.storing import Storing
 
     out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
     lock = threading.Lock()
@@ -225,7 +226,7 @@ def _install_marks(path: str) -> None:
 
         setattr(owner, name, wrapper)
 
-    marked(runs, "submit", "submit")
+    marked(Storing, "batch", "submit")
     marked(launching.RunLaunch, "start", "launch")
 
     @event.listens_for(Session, "after_commit")
