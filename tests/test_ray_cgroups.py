@@ -141,3 +141,41 @@ def test_a_warm_worker_sweeps_again_every_sweep_seconds(
     finally:
         for group in made:
             cgroups.release(group)
+
+
+def test_a_sweep_waits_on_stuck_cgroups_for_gone_seconds_in_all(
+    cgroups: Cgroups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel holding three dead workers' cgroups: the sweep (before a shard starts)
+    retries them for GONE_SECONDS together, not each, and keeps them for later sweeps."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_id = f"wrk_st{os.getpid()}"
+    stuck = [cgroups.create(f"ray-{run_id}-{i}-1-{dead.pid}", "nano") for i in range(3)]
+    clock = [0.0]
+
+    def tick() -> float:  # a fake clock: 0.1 s a reading
+        clock[0] += 0.1
+        return clock[0]
+
+    tries: list[str] = []
+    real_remove = ShardCgroup.remove
+
+    def held(group: ShardCgroup) -> bool:
+        if f"/ray-{run_id}-" not in group.dirs[0]:
+            return real_remove(group)
+        tries.append(group.dirs[0])
+        return False
+
+    monkeypatch.setattr(ShardCgroup, "remove", held)
+    monkeypatch.setattr(shardcgroups.time, "monotonic", tick)
+    monkeypatch.setattr(shardcgroups.time, "sleep", lambda seconds: None)
+    try:
+        shardcgroups._sweep_dead_workers(cgroups)
+        # one deadline for all: ~10 tries, then one more each, and one each kept for later
+        assert len(tries) <= shardcgroups.GONE_SECONDS / 0.1 + 2 * 3, len(tries)
+        assert len(set(tries)) == 3  # each tried, none dropped
+    finally:
+        monkeypatch.undo()
+        for group in stuck:
+            cgroups.release(group)

@@ -59,11 +59,11 @@ def create(cgroups: Cgroups, handle: str, machine: str) -> ShardCgroup:
     return cgroups.create(name, machine)
 
 
-def release(cgroups: Cgroups, group: ShardCgroup) -> None:
-    """Kill what is left in an ended attempt's cgroup and remove it, trying again for up
-    to GONE_SECONDS while the kernel still holds it; past that, the worker's next tasks
-    try again (:meth:`Cgroups.sweep`)."""
-    deadline = time.monotonic() + GONE_SECONDS
+def release(cgroups: Cgroups, group: ShardCgroup, deadline: float | None = None) -> None:
+    """Kill what is left in an ended attempt's cgroup and remove it, trying again while
+    the kernel still holds it until ``deadline`` (monotonic; default GONE_SECONDS from
+    now); past that, the worker's next tasks try again (:meth:`Cgroups.sweep`)."""
+    deadline = time.monotonic() + GONE_SECONDS if deadline is None else deadline
     while True:
         group.kill_all()
         if group.remove():
@@ -77,13 +77,14 @@ def release(cgroups: Cgroups, group: ShardCgroup) -> None:
 def _sweep_dead_workers(cgroups: Cgroups) -> None:
     """Remove the shard cgroups of Ray workers on this node that are gone."""
     _swept[0] = time.monotonic()
+    deadline = _swept[0] + GONE_SECONDS
     for name in cgroups.names():
         worker = name.rpartition("-")[2]
         if not name.startswith(PREFIX) or not worker.isdigit() or _alive(int(worker)):
             continue
         group = cgroups.existing(name)
-        if group is not None:
-            release(cgroups, group)
+        if group is not None:  # GONE_SECONDS for them all: a start waits 1 s at most
+            release(cgroups, group, deadline)
 
 
 def _alive(pid: int) -> bool:
