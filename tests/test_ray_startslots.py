@@ -72,12 +72,19 @@ def test_wait_started_returns_when_the_command_runs_or_the_leader_ends(tmp_path:
     chain = tmp_path / "bwrap"  # a process of the launch chain, as comm shows it
     chain.write_bytes(Path("/bin/sleep").read_bytes())
     chain.chmod(0o755)
+    # the leader is of the chain too, as in a launch: a child it forked that has not
+    # exec'd yet shows the leader's comm (a leader named `sh` made the test racy)
+    shell = tmp_path / "setpriv"
+    shell.write_bytes(Path("/bin/sh").resolve().read_bytes())
+    shell.chmod(0o755)
     for argv, at_least, at_most in (
         ([str(chain), "30"], 0.9, 5.0),  # only the chain runs: held until `hold`
         (["sleep", "30"], 0.0, 0.9),  # the command runs: at once
         (["unshare", "--user", str(chain), "30"], 0.0, 0.9),  # a user namespace: up
     ):
-        leader = subprocess.Popen(["sh", "-c", '"$@"; true', "sh", *argv], start_new_session=True)
+        leader = subprocess.Popen(
+            [str(shell), "-c", '"$@"; true', "sh", *argv], start_new_session=True
+        )
         try:
             start = time.monotonic()
             startslots.wait_started(leader.pid, hold=1.0)
