@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm.exc import StaleDataError
 
 from conftest import TEST_STORE, Server, database_url_for, pid_alive, pids_of_run, start_server
@@ -79,6 +81,43 @@ def test_status_writes_are_compare_and_set(server: Server) -> None:
         row.message = "mine"
         with pytest.raises(StaleDataError):  # UPDATE ... WHERE version = <what we read>
             s.commit()
+
+
+def test_a_cancel_wins_against_a_writer_that_rewrites_the_run_all_the_time(
+    server: Server,
+) -> None:
+    """As the reconciler does with a run whose pass keeps faulting (its message counts the
+    strikes): each write holds the row until its commit, then the next one takes it. A
+    cancel that read first and compared later lost every try to it (503 on PostgreSQL);
+    it now locks the row as it reads."""
+    run = server.submit(command=["sleep", "60"], machine="nano")
+    server.wait_for(lambda: server.get(run["id"])["status"] == "running", timeout=60)
+    stop, writes = threading.Event(), [0]
+    bump = (
+        update(RunRow)
+        .where(RunRow.id == run["id"])
+        .values(message="rewritten", version=RunRow.version + 1)
+    )
+
+    def churn() -> None:  # two of them: one holds the row while the other waits for it
+        while not stop.is_set():
+            with server.plane.sessions.begin() as s:
+                s.execute(bump)  # the row is held from here...
+                time.sleep(0.05)  # ...to the commit
+            writes[0] += 1
+
+    writers = [threading.Thread(target=churn) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    try:
+        server.wait_for(lambda: writes[0] >= 4, timeout=10)
+        cancelled = server.http.post(f"/v1/runs/{run['id']}/cancel")
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert cancelled.status_code == 202, cancelled.text
+    assert server.wait(run["id"])["status"] == "cancelled"
 
 
 def test_two_api_workers_share_the_store_and_one_reconciles(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def retry(
     that ended failed, timed_out or cancelled). A repeated ``key`` (the Idempotency-Key of
     the retry that reopened it last) answers with the run as it is. Call inside a
     transaction that locked ``org`` (the quota check and the reservation are one step)."""
-    run = load(s, run_id, org.id, with_attempts=True)
+    run = load(s, run_id, org.id, with_attempts=True, lock=True)
     if key is not None and run.reopen_key == key:
         return run  # this very retry, sent again: it reopened the run once
     if not RunState(run.state).terminal:

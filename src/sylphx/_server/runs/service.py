@@ -165,14 +165,18 @@ def shards_in_use(s: Session, org_id: str) -> int:
     return int(s.scalar(_IN_USE, {"org_id": org_id}) or 0)
 
 
-def load(s: Session, run_id: str, org_id: str, *, with_attempts: bool = False) -> RunRow:
-    """The org's run with its shards, or NotFound (also for another org's run)."""
+def load(
+    s: Session, run_id: str, org_id: str, *, with_attempts: bool = False, lock: bool = False
+) -> RunRow:
+    """The org's run with its shards, or NotFound (also for another org's run). With
+    ``lock``, its row is locked until the transaction ends (PostgreSQL; SQLite's writers
+    are one at a time already): a writer that reads a run to change it must, or a
+    reconciler that rewrites the run every pass wins each compare-and-set against it."""
     opts = selectinload(RunRow.shards)
     if with_attempts:
         opts = opts.selectinload(ShardRow.history)
-    run = s.scalars(
-        select(RunRow).where(RunRow.id == run_id, RunRow.org_id == org_id).options(opts)
-    ).first()
+    query = select(RunRow).where(RunRow.id == run_id, RunRow.org_id == org_id).options(opts)
+    run = s.scalars(query.with_for_update(of=RunRow) if lock else query).first()
     if run is None:
         raise NotFound(f"run {run_id!r} not found. Fix: check the id with `sylphx runs list`.")
     return run
@@ -180,7 +184,7 @@ def load(s: Session, run_id: str, org_id: str, *, with_attempts: bool = False) -
 
 def cancel(s: Session, run_id: str, org_id: str, now: datetime) -> RunRow:
     """Ask for a run to be cancelled; the reconciler stops its shards within seconds."""
-    run = load(s, run_id, org_id)
+    run = load(s, run_id, org_id, lock=True)
     if RunState(run.state).terminal:
         return run
     if run.cancel_requested_at is None:
@@ -199,7 +203,7 @@ def delete(s: Session, run_id: str, org_id: str) -> list[str]:
     """Delete an ended run with its shards and attempts; its usage rows stay (billing is
     history). Returns the log files to remove once the deletion is committed. A run that
     has not ended, or whose shards are still being stopped, is a 409."""
-    run = load(s, run_id, org_id, with_attempts=True)
+    run = load(s, run_id, org_id, with_attempts=True, lock=True)
     fix = f"cancel it first (sylphx runs cancel {run_id}), then delete it once it has ended"
     if not RunState(run.state).terminal:
         raise ConflictError(
