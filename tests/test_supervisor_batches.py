@@ -54,7 +54,10 @@ def wait_exits(executor: LocalExecutor, n: int, timeout: float = 30) -> dict[str
 
 
 def claims(state: Path) -> dict[str, int]:
-    return {p.parent.name: int(p.read_text().split()[0]) for p in state.rglob("claim")}
+    """Each claimed attempt's supervisor pid (a claim caught before its owner's write, an
+    empty file, is not counted yet)."""
+    texts = {p.parent.name: p.read_text().split() for p in state.rglob("claim")}
+    return {name: int(text[0]) for name, text in texts.items() if text}
 
 
 def launch(executor: LocalExecutor, tmp_path: Path, script: str, index: int) -> str:
