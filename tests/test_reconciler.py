@@ -156,6 +156,25 @@ def test_timeout_then_kill_after_grace_is_billed_until_the_kill(h: Harness) -> N
     assert h.usage(run_id) == [(70.0, 70.0)]
 
 
+def test_the_timeout_counts_from_the_process_start_not_the_flush(h: Harness) -> None:
+    """The local executor runs an attempt from its flush; a busy host's supervisor may
+    spawn it later. Its true start, once reported, is what its deadline and its bill
+    count from: never cut short of ``timeoutSeconds`` of its own time."""
+    run_id = h.submit(timeoutSeconds=60)
+    h.tick()
+    h.executor.started_late(0, 5)  # spawned 5 s after the flush
+    h.tick(1)
+    assert h.run(run_id)["shards"][0]["history"][0]["startedAt"] == "2026-11-02T09:00:05Z"
+    h.tick(60)  # 61 s after the flush, 56 of its own
+    assert h.executor.signals == []
+    h.tick(4)  # 65 s after the flush: its 60 s are up
+    assert [s for _, s in h.executor.signals] == ["term"]
+    h.tick()
+    view = h.run(run_id)
+    assert view["status"] == "timed_out"
+    assert h.usage(run_id) == [(60.0, 60.0)]
+
+
 def test_retries_are_each_billed(h: Harness) -> None:
     run_id = h.submit(
         parallelism=2,

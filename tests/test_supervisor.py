@@ -96,6 +96,33 @@ def test_two_servers_launching_one_attempt_start_it_once(tmp_path: Path) -> None
         second.close()
 
 
+def test_the_true_start_of_a_flushed_attempt_is_reported_once(tmp_path: Path) -> None:
+    """The attempt runs from its flush in the store; the executor then reports when its
+    supervisor really spawned it (its timeout counts from that), once, to this control
+    plane and to one that adopts it after a restart; its exit carries the same time."""
+    state = tmp_path / "state"
+    executor = LocalExecutor(1, 1 << 30, state, sandbox=False)
+    later = LocalExecutor(1, 1 << 30, state, sandbox=False)
+    try:
+        handle = executor.launch(request(tmp_path, "sleep 30"))
+        flushed = datetime.now(UTC)
+        executor.flush()
+        deadline = time.monotonic() + 20
+        while not (starts := executor.starts()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        ((reported, at),) = starts
+        assert reported == handle and flushed <= at <= datetime.now(UTC)
+        assert executor.starts() == []  # once
+        assert later.adopt(handle) and later.starts() == [(handle, at)]
+        executor.signal(handle, "term")
+        (exit,) = wait_exit(executor)
+        assert exit.started_at == at
+    finally:
+        executor.close()
+        later.close()
+
+
 def test_missing_program_is_a_launch_error_recorded_by_the_supervisor(tmp_path: Path) -> None:
     executor = LocalExecutor(1, 1 << 30, tmp_path / "state", sandbox=False)
     try:

@@ -230,31 +230,39 @@ class RunLaunch:
         return failed
 
 
-_STARTING_OF = (  # attempts still starting among some handles, with their shards
+_UNENDED_OF = (  # attempts not ended among some handles, with their shards
     select(*attempt_columns(), *shard_columns())
     .join_from(ATTEMPTS, SHARDS, ATTEMPTS.c.shard_id == SHARDS.c.id)
     .where(
         ATTEMPTS.c.handle.in_(bindparam("handles", expanding=True)),
         ATTEMPTS.c.ended_at.is_(None),
-        ATTEMPTS.c.state == AttemptState.STARTING.value,
+        ATTEMPTS.c.state.in_([AttemptState.STARTING.value, AttemptState.RUNNING.value]),
     )
 )
 
 
 def mark_started(s: Session, starts: Sequence[tuple[str, datetime]]) -> None:
     """The attempts whose process started (as their executor reported): ``running`` from
-    then, with their shards; one that ended meanwhile, or is unknown, is left alone."""
+    then, with their shards. One running already (the local executor's, from its launch)
+    takes the true start, later than that: its timeout counts from it, as its bill does.
+    One that ended meanwhile, or is unknown, is left alone."""
     when = dict(starts)
     n = len(ATTEMPT_COLUMNS)
     attempts: list[AttemptRecord] = []
     shards: list[ShardRecord] = []
-    for row in s.execute(_STARTING_OF, {"handles": list(when)}):
+    for row in s.execute(_UNENDED_OF, {"handles": list(when)}):
         attempt, shard = AttemptRecord(*row[:n]), ShardRecord(*row[n:])
-        attempt.started_at = when[attempt.handle or ""]
-        transition(attempt, AttemptState.RUNNING, attempt.started_at)
-        transition(shard, ShardState.RUNNING, attempt.started_at)
+        at = when[attempt.handle or ""]
+        if attempt.state == AttemptState.RUNNING:
+            if attempt.started_at != at:
+                attempt.started_at = at
+                attempts.append(attempt)
+            continue
+        attempt.started_at = at
+        transition(attempt, AttemptState.RUNNING, at)
+        transition(shard, ShardState.RUNNING, at)
         if shard.index >= 0:
-            telemetry.started(s, shard.run_id, attempt.started_at)
+            telemetry.started(s, shard.run_id, at)
         attempts.append(attempt)
         shards.append(shard)
     update_attempts(s, attempts, ("state", "started_at"))

@@ -124,8 +124,8 @@ class Executor(Protocol):
 
     name: str
     # True: an attempt starts when the executor places it, reported by :meth:`starts`
-    # (Ray); until then it is ``starting``, not running and not billed. False: it starts
-    # at :meth:`flush` (local).
+    # (Ray); until then it is ``starting``, not running and not billed. False: it runs
+    # from :meth:`flush` (local), and :meth:`starts` may then report its true start.
     reports_starts: bool
 
     def capacity(self) -> Resources:
@@ -173,7 +173,8 @@ class Executor(Protocol):
 
     def starts(self) -> list[tuple[str, datetime]]:
         """Attempts whose process started since the last call, with when (each reported
-        once; always empty unless :attr:`reports_starts`)."""
+        once). Without :attr:`reports_starts`, the true start of attempts already running
+        from their flush: their timeout and their bill count from it."""
         ...
 
     def signal(self, handle: str, sig: Signal) -> None:

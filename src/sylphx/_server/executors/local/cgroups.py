@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,13 @@ class Cgroups:
             if group.remove():
                 with self._lock:
                     self._leftover.pop(group.dirs[0], None)
+
+    def release_where(self, ended: Callable[[str], bool]) -> None:
+        """:meth:`release` the attempt cgroups whose name ``ended`` says ended."""
+        for name in self.names():
+            group = self.existing(name) if ended(name) else None
+            if group is not None:
+                self.release(group)
 
     def names(self) -> list[str]:
         """The names of the attempt cgroups that exist now (e.g. left by a control plane

@@ -52,10 +52,6 @@ SCAN_SECONDS = 1.0  # every tracked attempt's exit file is read this often (miss
 DEEP_SCAN_SECONDS = 2.0  # ... and its claim and supervisor checked this often
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _cgroup_name(handle: str) -> str:
     """``att:RUN/I.N`` -> ``RUN-I.N`` (rebuilt from the handle after a restart, too)."""
     return handle.removeprefix("att:").replace("/", "-")
@@ -70,7 +66,9 @@ class LocalExecutor:
     (state folder ``STATE/RUN/I.N``; older ``att:RUN/I/N`` handles still resolve)."""
 
     name = "local"
-    reports_starts = False  # an attempt's process starts at flush (its supervisor's batch)
+    # An attempt runs from its flush (its supervisor's batch); starts() then reports when
+    # its process really started, which is later: its timeout counts from there.
+    reports_starts = False
 
     def __init__(
         self,
@@ -114,24 +112,19 @@ class LocalExecutor:
         self._ended: set[str] = set()  # handles announced on the FIFO since the last poll
         self._last_scan = self._last_deep = float("-inf")  # the first poll scans everything
         self._handed: set[str] = set()  # flushed to a supervisor by us, not yet ended
+        self._unseen: set[str] = set()  # handed or adopted; its process's start not reported
         self._supervisors = Supervisors(self._fifo)
         self._wake: Callable[[], None] = lambda: None
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="sylphx-exits", daemon=True)
         self._watcher.start()
-        self._release_ended_cgroups()
+        if cgroups is not None:  # those of ended attempts an earlier control plane left
+            cgroups.release_where(self._ended_attempt)
 
-    def _release_ended_cgroups(self) -> None:
-        """Remove the cgroups of attempts that ended (their exit is recorded) but that an
-        earlier control plane did not get to remove."""
-        if self._cgroups is None:
-            return
-        for name in self._cgroups.names():
-            run_id, _, attempt = name.rpartition("-")
-            if run_id and statefiles.exit_recorded(f"{self.state_dir}/{run_id}/{attempt}"):
-                group = self._cgroups.existing(name)
-                if group is not None:
-                    self._cgroups.release(group)
+    def _ended_attempt(self, cgroup: str) -> bool:
+        """Whether the attempt whose cgroup is named ``cgroup`` (``RUN-I.N``) ended."""
+        run_id, _, attempt = cgroup.rpartition("-")
+        return bool(run_id) and statefiles.exit_recorded(f"{self.state_dir}/{run_id}/{attempt}")
 
     def capacity(self) -> Resources:
         return self._capacity
@@ -204,6 +197,7 @@ class LocalExecutor:
             return
         with self._lock:
             self._handed.update(handle for handle, _ in batch)
+            self._unseen.update(handle for handle, _ in batch)
         failed = self._supervisors.start([body for _, body in batch])
         if failed:
             folders = {str(body["dir"]): (handle, body) for handle, body in batch}
@@ -255,6 +249,7 @@ class LocalExecutor:
         self._dir(handle).mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._tracked.setdefault(handle, time.monotonic())
+            self._unseen.add(handle)
         return True
 
     def _watch(self) -> None:
@@ -289,8 +284,16 @@ class LocalExecutor:
             )
 
     def starts(self) -> list[tuple[str, datetime]]:
-        """Nothing to report: processes start at flush; their true start comes with the exit."""
-        return []
+        """When the processes of attempts handed over (or adopted) since really started,
+        as their supervisors recorded it with their pid: the attempts run from their
+        launch, and this is later (a busy host's supervisor spawns them seconds after)."""
+        with self._lock:
+            unseen = list(self._unseen)
+        pids = ((h, statefiles.started_ns(read_state(f"{self._folder(h)}/pid"))) for h in unseen)
+        seen = [(handle, _from_ns(ns)) for handle, ns in pids if ns is not None]
+        with self._lock:
+            self._unseen.difference_update(handle for handle, _ in seen)
+        return seen
 
     def poll(self) -> list[Exit]:
         """Attempts whose exit was recorded (or that were lost) since the last call: the
@@ -320,6 +323,7 @@ class LocalExecutor:
             for exit in exits:
                 self._tracked.pop(exit.handle, None)
                 self._handed.discard(exit.handle)
+                self._unseen.discard(exit.handle)  # its exit carries its start
         if deep and self._cgroups is not None:
             self._cgroups.sweep()
         return exits

@@ -327,6 +327,12 @@ def parse_exit(text: str) -> ExitRecord:
     return int(code), int(started), int(ended), reason, truncated
 
 
+def started_ns(pid_text: str | None) -> int | None:
+    """When the process in ``"PID START STARTED_NS"`` started (ns, wall clock), if known."""
+    fields = (pid_text or "").split()
+    return int(fields[2]) if len(fields) >= 3 and fields[2].isdigit() else None
+
+
 def verified_pid(pid_text: str | None) -> int | None:
     """The pid in ``"PID START ..."`` if that process is still the one recorded."""
     if not pid_text or not pid_text.split()[0].isdigit():
