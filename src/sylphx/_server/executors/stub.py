@@ -267,12 +267,14 @@ class StubExecutor:
         """Without :attr:`reports_starts`: the running attempts of shard ``index`` really
         started ``seconds`` after their flush (as a busy host's supervisor spawns them),
         reported by :meth:`starts`; their handles."""
+        late = []
         with self._lock:
-            late = [a for a in self._matching(index, None) if a.started_at is not None]
-            for a in late:
-                a.started_at += timedelta(seconds=seconds)
-                self._unreported.append((a.handle, a.started_at))
-        return [a.handle for a in late]
+            for a in self._matching(index, None):
+                if a.started_at is not None:
+                    a.started_at += timedelta(seconds=seconds)
+                    self._unreported.append((a.handle, a.started_at))
+                    late.append(a.handle)
+        return late
 
     def finish(self, index: int, code: int = 0, *, run_id: str | None = None) -> list[str]:
         """End the running attempts of shard ``index`` (of ``run_id``, or of any run) with
