@@ -162,10 +162,11 @@ def test_the_timeout_counts_from_the_process_start_not_the_flush(h: Harness) -> 
     count from: never cut short of ``timeoutSeconds`` of its own time."""
     run_id = h.submit(timeoutSeconds=60)
     h.tick()
+    h.clock.advance(6)
     h.executor.started_late(0, 5)  # spawned 5 s after the flush
-    h.tick(1)
+    h.tick()
     assert h.run(run_id)["shards"][0]["history"][0]["startedAt"] == "2026-11-02T09:00:05Z"
-    h.tick(60)  # 61 s after the flush, 56 of its own
+    h.tick(55)  # 61 s after the flush, 56 of its own
     assert h.executor.signals == []
     h.tick(4)  # 65 s after the flush: its 60 s are up
     assert [s for _, s in h.executor.signals] == ["term"]
@@ -173,6 +174,21 @@ def test_the_timeout_counts_from_the_process_start_not_the_flush(h: Harness) -> 
     view = h.run(run_id)
     assert view["status"] == "timed_out"
     assert h.usage(run_id) == [(60.0, 60.0)]
+
+
+@pytest.mark.parametrize("seconds", [-30, 3600])
+def test_a_start_record_never_buys_a_shard_time(h: Harness, seconds: float) -> None:
+    """A start before the launch, or after the pass's clock (a record an unsandboxed
+    shard rewrote), moves its deadline no further than the clock: it times out on time."""
+    h.submit(timeoutSeconds=60)
+    h.tick()
+    h.executor.started_late(0, seconds)
+    h.tick(10)
+    h.tick(50)  # 60 s after the launch (or, from a future start, 50 s after the clock's)
+    expected = [] if seconds > 0 else ["term"]
+    assert [s for _, s in h.executor.signals] == expected
+    h.tick(10)
+    assert [s for _, s in h.executor.signals] == ["term"]
 
 
 def test_retries_are_each_billed(h: Harness) -> None:

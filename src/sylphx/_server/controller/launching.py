@@ -241,11 +241,14 @@ _UNENDED_OF = (  # attempts not ended among some handles, with their shards
 )
 
 
-def mark_started(s: Session, starts: Sequence[tuple[str, datetime]]) -> None:
+def mark_started(s: Session, starts: Sequence[tuple[str, datetime]], now: datetime) -> None:
     """The attempts whose process started (as their executor reported): ``running`` from
     then, with their shards. One running already (the local executor's, from its launch)
-    takes the true start, later than that: its timeout counts from it, as its bill does.
-    One that ended meanwhile, or is unknown, is left alone."""
+    takes the true start: its timeout counts from it, as its bill does. That only ever
+    moves its start later, and never past ``now`` (a record an unsandboxed shard could
+    reach buys it no time). One that ended meanwhile, or is unknown, is left alone."""
+    if not starts:
+        return
     when = dict(starts)
     n = len(ATTEMPT_COLUMNS)
     attempts: list[AttemptRecord] = []
@@ -254,7 +257,8 @@ def mark_started(s: Session, starts: Sequence[tuple[str, datetime]]) -> None:
         attempt, shard = AttemptRecord(*row[:n]), ShardRecord(*row[n:])
         at = when[attempt.handle or ""]
         if attempt.state == AttemptState.RUNNING:
-            if attempt.started_at != at:
+            at = min(at, now)
+            if attempt.started_at is not None and at > attempt.started_at:
                 attempt.started_at = at
                 attempts.append(attempt)
             continue

@@ -128,10 +128,8 @@ class Reconciler(PassLoop):
             exits = self.executor.poll()
             self._last_exits = len(exits)
             self._collect(s, exits, specs)
-            starts = self.executor.starts()  # processes the executor placed (Ray)
-            if starts:
-                launching.mark_started(s, starts)
-            now = self.clock()
+            now = self.clock()  # then processes placed (Ray), or their true start (local):
+            launching.mark_started(s, self.executor.starts(), now)
             capped = [run for run in bh.live(runs) if specs[run.id].max_compute_seconds]
             bh.each(s, capped, SPENDING, lambda run: spending.check(s, run, specs[run.id], now))
             focus = self._focus(s, bh.live(runs), specs, now)
