@@ -111,7 +111,7 @@ def test_a_disk_filled_by_something_else_keeps_the_true_exit(
             request(disk, f"while [ ! -e {go} ]; do sleep 0.01; done; echo result; exit 0")
         )
         executor.flush()
-        wait_file(executor._dir(handle) / "pid")
+        wait_file(Path(executor._folder(handle)) / "pid")
         time.sleep(0.1)
         filled = datetime.now(UTC)
         fill(disk)
@@ -121,7 +121,7 @@ def test_a_disk_filled_by_something_else_keeps_the_true_exit(
         assert exit.started_at is not None and exit.started_at < filled < exit.ended_at
         assert exit.ended_at <= datetime.now(UTC)
         assert exit.log_truncated == ("stdout:diskfull",)  # "result" found no room
-        assert (executor._dir(handle) / "exit").exists()  # renamed into place, full or not
+        assert (Path(executor._folder(handle)) / "exit").exists()  # renamed into place, full or not
     finally:
         executor.close()
     again = LocalExecutor(1, 1 << 30, disk / "state", sandbox=False)

@@ -176,18 +176,27 @@ def test_the_timeout_counts_from_the_process_start_not_the_flush(h: Harness) -> 
     assert h.usage(run_id) == [(60.0, 60.0)]
 
 
-@pytest.mark.parametrize("seconds", [-30, 3600])
-def test_a_start_record_never_buys_a_shard_time(h: Harness, seconds: float) -> None:
-    """A start before the launch, or after the pass's clock (a record an unsandboxed
-    shard rewrote), moves its deadline no further than the clock: it times out on time."""
-    h.submit(timeoutSeconds=60)
+@pytest.mark.parametrize(
+    ("late", "clock", "deadline"),
+    [
+        (-30, 10, 600),  # before its launch: ignored
+        (3600, 10, 610),  # ahead of the pass's clock: the clock's time
+        (200, 300, 660),  # more than SPAWN_SLACK after its launch: 60 s after it
+    ],
+)
+def test_a_start_record_buys_a_shard_no_more_than_its_bounds(
+    h: Harness, late: float, clock: float, deadline: float
+) -> None:
+    """A start before the launch, after the pass's clock, or later than SPAWN_SLACK after
+    the launch (a record an unsandboxed shard rewrote) moves its deadline no further."""
+    h.submit(timeoutSeconds=600)
     h.tick()
-    h.executor.started_late(0, seconds)
-    h.tick(10)
-    h.tick(50)  # 60 s after the launch (or, from a future start, 50 s after the clock's)
-    expected = [] if seconds > 0 else ["term"]
-    assert [s for _, s in h.executor.signals] == expected
-    h.tick(10)
+    h.clock.advance(clock)
+    h.executor.started_late(0, late)
+    h.tick()
+    h.tick(deadline - clock - 1)
+    assert h.executor.signals == []
+    h.tick(1)
     assert [s for _, s in h.executor.signals] == ["term"]
 
 

@@ -24,6 +24,7 @@ from sylphx._server.executors.local.statefiles import (
     reserve,
     spawn_ticks,
     start_ticks,
+    started_ns,
 )
 from sylphx._server.executors.local.supervise import DRAIN_SECONDS
 from sylphx._server.executors.local.supervisors import (
@@ -96,10 +97,13 @@ def test_two_servers_launching_one_attempt_start_it_once(tmp_path: Path) -> None
         second.close()
 
 
-def test_the_true_start_of_a_flushed_attempt_is_reported_once(tmp_path: Path) -> None:
+def test_the_true_start_of_a_flushed_attempt_is_reported_until_a_pass_commits(
+    tmp_path: Path,
+) -> None:
     """The attempt runs from its flush in the store; the executor then reports when its
-    supervisor really spawned it (its timeout counts from that), once, to this control
-    plane and to one that adopts it after a restart; its exit carries the same time."""
+    supervisor really spawned it (its timeout counts from that): again to the next pass
+    if the one told was rolled back, never again once one committed, and not to a control
+    plane that adopts it later. Its exit carries the same time."""
     state = tmp_path / "state"
     executor = LocalExecutor(1, 1 << 30, state, sandbox=False)
     later = LocalExecutor(1, 1 << 30, state, sandbox=False)
@@ -113,14 +117,42 @@ def test_the_true_start_of_a_flushed_attempt_is_reported_once(tmp_path: Path) ->
             time.sleep(0.02)
         ((reported, at),) = starts
         assert reported == handle and flushed <= at <= datetime.now(UTC)
-        assert executor.starts() == []  # once
-        assert later.adopt(handle) and later.starts() == [(handle, at)]
+        assert executor.starts() == []
+        executor.flush(discard=True)  # that pass was rolled back: the next one is told
+        assert executor.starts() == [(handle, at)]
+        executor.flush()  # that one committed
+        assert executor.starts() == []
+        executor.flush(discard=True)
+        assert executor.starts() == []
+        assert later.adopt(handle) and later.starts() == []
         executor.signal(handle, "term")
         (exit,) = wait_exit(executor)
         assert exit.started_at == at
     finally:
         executor.close()
         later.close()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [b"", b"123 456", b"123 456 \xc2\xb2", b"1 2 99999999999999999999999", b"\xff\xfe", b"1 2 -5"],
+)
+def test_a_start_record_that_is_not_one_is_no_start_and_no_error(
+    tmp_path: Path, record: bytes
+) -> None:
+    """An unsandboxed shard can write its attempt's records: whatever is there, reading
+    its start never raises (one bad file must not fail every tenant's pass)."""
+    (tmp_path / "pid").write_bytes(record)
+    assert started_ns(str(tmp_path)) is None
+
+
+def test_a_start_record_that_is_a_fifo_or_a_folder_never_blocks(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pid")
+    assert started_ns(str(tmp_path)) is None  # no writer: read at once, empty
+    (tmp_path / "pid").unlink()
+    (tmp_path / "pid").mkdir()
+    assert started_ns(str(tmp_path)) is None
+    assert started_ns(str(tmp_path / "absent")) is None
 
 
 def test_missing_program_is_a_launch_error_recorded_by_the_supervisor(tmp_path: Path) -> None:
@@ -235,7 +267,7 @@ def test_recorded_start_ticks_are_the_kernels_so_signals_reach_the_shard(tmp_pat
     executor.flush()
     try:
         for handle in handles:
-            pid_file = executor._dir(handle) / "pid"
+            pid_file = Path(executor._folder(handle)) / "pid"
             deadline = time.monotonic() + 20
             while not pid_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -367,7 +399,7 @@ def test_exit_records_old_and_new_both_parse(tmp_path: Path) -> None:
             ("att:r/1.1", "0 1000 2000 \nlogcap stdout stderr", ("stdout", "stderr")),
             ("att:r/2.1", "1 1000 2000 LaunchError: x y\nlogcap stderr", ("stderr",)),
         ]:
-            folder = executor._dir(handle)
+            folder = Path(executor._folder(handle))
             folder.mkdir(parents=True)
             (folder / "exit").write_text(text)
             exit = executor._check(handle, time.monotonic())
@@ -385,7 +417,7 @@ def test_an_exit_left_in_its_reserved_room_counts_once_it_is_whole(tmp_path: Pat
     executor = LocalExecutor(1, 1 << 30, tmp_path / "state", sandbox=False)
     try:
         handle = "att:r/0.1"
-        folder = executor._dir(handle)
+        folder = Path(executor._folder(handle))
         folder.mkdir(parents=True)
         (folder / "claim").write_text(f"{os.getpid()} {start_ticks(os.getpid())}")  # alive
         os.close(reserve(str(folder)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -71,6 +71,9 @@ _MERGE_STEP = select(*shard_columns()).where(
     SHARDS.c.index == MERGE_INDEX,
 )
 STARTING = AttemptState.STARTING
+# The most a local attempt's process may start after its launch (a supervisor claims its
+# attempts within 10 s or they are lost; a big batch's last spawn comes seconds later).
+SPAWN_SLACK = timedelta(seconds=60)
 _INSERT_ATTEMPTS = Batch(
     insert(ATTEMPTS),
     ("shard_id", "run_id", "number", "state", "handle", "stdout_path", "stderr_path", "started_at"),
@@ -245,8 +248,9 @@ def mark_started(s: Session, starts: Sequence[tuple[str, datetime]], now: dateti
     """The attempts whose process started (as their executor reported): ``running`` from
     then, with their shards. One running already (the local executor's, from its launch)
     takes the true start: its timeout counts from it, as its bill does. That only ever
-    moves its start later, and never past ``now`` (a record an unsandboxed shard could
-    reach buys it no time). One that ended meanwhile, or is unknown, is left alone."""
+    moves its start later, by SPAWN_SLACK at most and never past ``now`` (a record
+    an unsandboxed shard could reach buys it no more). One that ended meanwhile, or is
+    unknown, is left alone."""
     if not starts:
         return
     when = dict(starts)
@@ -257,10 +261,11 @@ def mark_started(s: Session, starts: Sequence[tuple[str, datetime]], now: dateti
         attempt, shard = AttemptRecord(*row[:n]), ShardRecord(*row[n:])
         at = when[attempt.handle or ""]
         if attempt.state == AttemptState.RUNNING:
-            at = min(at, now)
-            if attempt.started_at is not None and at > attempt.started_at:
-                attempt.started_at = at
-                attempts.append(attempt)
+            if attempt.started_at is not None:
+                at = min(at, now, attempt.started_at + SPAWN_SLACK)
+                if at > attempt.started_at:
+                    attempt.started_at = at
+                    attempts.append(attempt)
             continue
         attempt.started_at = at
         transition(attempt, AttemptState.RUNNING, at)

@@ -112,7 +112,8 @@ class LocalExecutor:
         self._ended: set[str] = set()  # handles announced on the FIFO since the last poll
         self._last_scan = self._last_deep = float("-inf")  # the first poll scans everything
         self._handed: set[str] = set()  # flushed to a supervisor by us, not yet ended
-        self._unseen: set[str] = set()  # handed or adopted; its process's start not reported
+        self._unseen: set[str] = set()  # handed over; its process's start not reported
+        self._reported: set[str] = set()  # ... reported to a pass not yet committed
         self._supervisors = Supervisors(self._fifo)
         self._wake: Callable[[], None] = lambda: None
         self._closed = threading.Event()
@@ -137,9 +138,6 @@ class LocalExecutor:
 
     def forget_run(self, run_id: str) -> None:
         shutil.rmtree(f"{self.state_dir}/{run_id}", ignore_errors=True)
-
-    def _dir(self, handle: str) -> Path:
-        return Path(self._folder(handle))
 
     def _folder(self, handle: str) -> str:
         """The attempt's state folder, as a string (the per-shard paths: no pathlib)."""
@@ -190,6 +188,9 @@ class LocalExecutor:
         reported by the next :meth:`poll`: never raised, the pass is already committed."""
         with self._lock:
             batch, self._pending = self._pending, []
+            if discard:  # the starts that pass was told of: told again to the next one
+                self._unseen |= self._reported
+            self._reported = set()
         if discard:
             self._forget([handle for handle, _ in batch])
             return
@@ -246,10 +247,9 @@ class LocalExecutor:
         it within LOST_AFTER_SECONDS, :meth:`poll` records that it never started."""
         if not handle.startswith("att:"):
             return False
-        self._dir(handle).mkdir(parents=True, exist_ok=True)
+        os.makedirs(self._folder(handle), exist_ok=True)
         with self._lock:
             self._tracked.setdefault(handle, time.monotonic())
-            self._unseen.add(handle)
         return True
 
     def _watch(self) -> None:
@@ -284,15 +284,17 @@ class LocalExecutor:
             )
 
     def starts(self) -> list[tuple[str, datetime]]:
-        """When the processes of attempts handed over (or adopted) since really started,
-        as their supervisors recorded it with their pid: the attempts run from their
-        launch, and this is later (a busy host's supervisor spawns them seconds after)."""
+        """When the processes of attempts handed over since really started, as their
+        supervisors recorded it with their pid: they run from their launch, and this is
+        later (a busy host's supervisor spawns them seconds after). Each is reported until
+        a pass that was told of it commits (the next :meth:`flush`), then never again."""
         with self._lock:
             unseen = list(self._unseen)
-        pids = ((h, statefiles.started_ns(read_state(f"{self._folder(h)}/pid"))) for h in unseen)
-        seen = [(handle, _from_ns(ns)) for handle, ns in pids if ns is not None]
+        at = ((handle, statefiles.started_ns(self._folder(handle))) for handle in unseen)
+        seen = [(handle, _from_ns(ns)) for handle, ns in at if ns is not None]
         with self._lock:
             self._unseen.difference_update(handle for handle, _ in seen)
+            self._reported.update(handle for handle, _ in seen)
         return seen
 
     def poll(self) -> list[Exit]:

@@ -281,7 +281,7 @@ def read_state(path: str) -> str | None:
     """A small state file's text, or None if it does not exist (plain ``os`` calls: a pass
     may read hundreds)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there never blocks us
     except FileNotFoundError:
         return None
     try:
@@ -327,10 +327,15 @@ def parse_exit(text: str) -> ExitRecord:
     return int(code), int(started), int(ended), reason, truncated
 
 
-def started_ns(pid_text: str | None) -> int | None:
-    """When the process in ``"PID START STARTED_NS"`` started (ns, wall clock), if known."""
-    fields = (pid_text or "").split()
-    return int(fields[2]) if len(fields) >= 3 and fields[2].isdigit() else None
+def started_ns(folder: str) -> int | None:
+    """When the attempt's process started (ns, wall clock) by its ``pid`` record, or None:
+    not recorded yet, or not a record (never raises: an unsandboxed shard can write it)."""
+    try:
+        fields = (read_state(f"{folder}/pid") or "").split()
+    except (OSError, ValueError):  # unreadable, or not text
+        return None
+    ok = len(fields) >= 3 and fields[2].isascii() and fields[2].isdigit()
+    return int(fields[2]) if ok and len(fields[2]) <= 19 else None
 
 
 def verified_pid(pid_text: str | None) -> int | None:
