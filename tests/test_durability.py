@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from conftest import TEST_STORE, Server, database_url_for, pid_alive, pids_of_run, start_server
 from serverproc import ServerProcess
 from sylphx._server.infra.faults import MIN_FREE_BYTES
 from sylphx._server.infra.lease import Lease
-from sylphx._server.store import RunRow, make_engine, migrate
+from sylphx._server.store import RunRow, lost_race, make_engine, migrate
 
 
 def test_sigterm_refuses_new_runs_leaves_shards_running_and_restart_resumes(
@@ -118,6 +118,44 @@ def test_a_cancel_wins_against_a_writer_that_rewrites_the_run_all_the_time(
             writer.join()
     assert cancelled.status_code == 202, cancelled.text
     assert server.wait(run["id"])["status"] == "cancelled"
+
+
+def test_a_transaction_postgresql_breaks_out_of_a_deadlock_is_a_lost_race(
+    tmp_path: Path,
+) -> None:
+    """Two writers taking two rows in opposite orders: PostgreSQL aborts one (40P01), and
+    a cancel, retry or delete caught in it is run again (lost_race), not a 503."""
+    if TEST_STORE != "postgresql":
+        pytest.skip("SQLite's writers are one at a time: they never deadlock")
+    engine = make_engine(database_url_for(tmp_path))
+    migrate(engine)
+    table = "CREATE TABLE IF NOT EXISTS race (id int PRIMARY KEY, n int)"
+    with engine.begin() as db:
+        db.execute(text(table))
+        db.execute(text("INSERT INTO race VALUES (1, 0), (2, 0) ON CONFLICT DO NOTHING"))
+    both = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def write(first: int, second: int) -> None:
+        try:
+            with engine.begin() as db:
+                db.execute(text("UPDATE race SET n = n + 1 WHERE id = :i"), {"i": first})
+                both.wait(timeout=10)
+                db.execute(text("UPDATE race SET n = n + 1 WHERE id = :i"), {"i": second})
+        except Exception as exc:  # the one PostgreSQL chose
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=order) for order in ((1, 2), (2, 1))]
+    try:
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(timeout=30)
+    finally:
+        engine.dispose()
+    (error,) = errors
+    assert lost_race(error), error
+    assert not lost_race(ValueError("no"))
 
 
 def test_two_api_workers_share_the_store_and_one_reconciles(tmp_path: Path) -> None:

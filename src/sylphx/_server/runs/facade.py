@@ -10,11 +10,11 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.orm.exc import StaleDataError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
@@ -28,7 +28,7 @@ from sylphx._server.executors import Executor
 from sylphx._server.images import policy as image_policy
 from sylphx._server.images.store import ImageStore
 from sylphx._server.infra import faults
-from sylphx._server.store import OrgRow, RunRow
+from sylphx._server.store import OrgRow, RunRow, lost_race
 from sylphx._server.tenancy import secrets
 from sylphx._settings import Settings
 
@@ -46,6 +46,7 @@ from .submits import GroupCommit, Submit
 __all__ = ["CAS_RETRIES", "RunService"]
 
 CAS_RETRIES = 3  # a cancel races the reconciler's writes to the run this often at most
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -138,17 +139,22 @@ class RunService:
                 s, spec, org, capacity=capacity, now=now, settings=settings, refused=refused
             )
 
+    def _racing(self, work: Callable[[Session], T]) -> T:
+        """``work`` in one transaction, run again (CAS_RETRIES in all) while it loses a
+        race with the reconciler (see store.lost_race)."""
+        for attempt in range(CAS_RETRIES):
+            try:
+                with self.sessions.begin() as s:
+                    return work(s)
+            except Exception as exc:
+                if attempt == CAS_RETRIES - 1 or not lost_race(exc):
+                    raise
+        raise AssertionError("unreachable")
+
     def cancel(self, run_id: str, org_id: str) -> RunView:
         """Ask for the run to stop; a queued run is settled at once (and its long-polls
         released)."""
-        for attempt in range(CAS_RETRIES):  # the reconciler may update the run meanwhile
-            try:
-                with self.sessions.begin() as s:
-                    out = service.view(service.cancel(s, run_id, org_id, self.now()))
-                break
-            except StaleDataError:
-                if attempt == CAS_RETRIES - 1:
-                    raise
+        out = self._racing(lambda s: service.view(service.cancel(s, run_id, org_id, self.now())))
         if out.status.terminal:
             self.waiters.ended([run_id])
         self.wake()
@@ -160,26 +166,15 @@ class RunService:
         """Reopen the ended run for the indices ``request`` names (see ``retry.retry``) and
         return its RunView JSON; a repeated ``key`` reopens it once."""
         faults.check_disk(self.settings.logs_dir, "log")
-        for attempt in range(CAS_RETRIES):  # the reconciler may still touch its attempts
-            try:
-                with self.sessions.begin() as s:
-                    org = s.get(OrgRow, org_id, with_for_update=True)  # quota + reservation
-                    assert org is not None
-                    run = retry.retry(
-                        s,
-                        run_id,
-                        org,
-                        request,
-                        capacity=self.executor.capacity(),
-                        now=self.now(),
-                        key=key,
-                    )
-                    out = service.view(run)
-                    body = out.model_dump_json(by_alias=True).encode()
-                break
-            except StaleDataError:
-                if attempt == CAS_RETRIES - 1:
-                    raise
+
+        def reopen(s: Session) -> bytes:
+            org = s.get(OrgRow, org_id, with_for_update=True)  # quota + reservation
+            assert org is not None
+            capacity, now = self.executor.capacity(), self.now()
+            run = retry.retry(s, run_id, org, request, capacity=capacity, now=now, key=key)
+            return service.view(run).model_dump_json(by_alias=True).encode()
+
+        body = self._racing(reopen)
         self.terminal_views.drop(run_id)
         self.wake()
         return body
@@ -187,8 +182,7 @@ class RunService:
     def delete(self, run_id: str, org_id: str) -> None:
         """Delete an ended run, its shards, attempts and logs (ConflictError while it has
         not ended). Its usage rows stay."""
-        with self.sessions.begin() as s:
-            paths = service.delete(s, run_id, org_id)
+        paths = self._racing(lambda s: service.delete(s, run_id, org_id))
         self.terminal_views.drop(run_id)
         logs.remove(paths, self.settings.logs_dir)
         self.executor.forget_run(run_id)

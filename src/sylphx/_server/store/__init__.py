@@ -1,6 +1,7 @@
 """Persistence: SQLAlchemy tables, engine set-up and Alembic migrations."""
 
 from .db import (
+    lost_race,
     make_engine,
     migrate,
     read_session_factory,
@@ -29,6 +30,7 @@ __all__ = [
     "ShardRow",
     "UsageRow",
     "VolumeRow",
+    "lost_race",
     "make_engine",
     "migrate",
     "read_session_factory",

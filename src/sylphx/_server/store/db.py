@@ -11,7 +11,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from . import writelock
 
@@ -20,6 +22,19 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # default is 40), so a burst of reads reuses connections instead of opening new ones (each
 # open runs the PRAGMAs below). An idle SQLite connection costs little memory.
 SQLITE_POOL_SIZE = 40
+
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction lost a race.
+_LOST_RACE = frozenset({"40P01", "40001"})
+
+
+def lost_race(exc: BaseException) -> bool:
+    """Whether ``exc`` says the transaction lost to a concurrent writer and may simply be
+    run again: a compare-and-set that matched no row, or PostgreSQL breaking a deadlock."""
+    if isinstance(exc, StaleDataError):
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(exc, DBAPIError) and state in _LOST_RACE
 
 
 def make_engine(url: str) -> Engine:
