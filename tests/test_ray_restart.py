@@ -53,6 +53,23 @@ def test_an_exit_is_kept_in_the_hub_until_the_pass_after_the_one_that_reported_i
     assert ledger.adopt("lost", hub_is_new=True) == (False, None)
 
 
+def test_a_start_taken_by_a_pass_that_was_rolled_back_is_taken_again() -> None:
+    """The ledger alone: a start reported to a pass that then failed is reported to the
+    next one (else the attempt stayed ``starting``: never timed out, never metered live);
+    once a pass that took it committed, never again."""
+    ledger = Ledger()
+    ledger.handing(["a"])
+    ledger.note([("a", None, 5.0, None)])
+    at = datetime.fromtimestamp(5.0, UTC)
+    assert ledger.take_starts() == [("a", at)]
+    ledger.starts_settled(committed=False)
+    assert ledger.take_starts() == [("a", at)]
+    ledger.starts_settled(committed=True)
+    assert ledger.take_starts() == []
+    ledger.starts_settled(committed=False)
+    assert ledger.take_starts() == []
+
+
 def test_an_exit_taken_by_a_control_plane_killed_before_its_pass_committed_is_not_lost(
     ray_cluster: Any, tmp_path: Path
 ) -> None:

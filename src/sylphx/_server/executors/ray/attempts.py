@@ -46,6 +46,7 @@ class Ledger:
         self.live: set[str] = set()  # handed to the hub (or adopted), exit not yet reported
         self.ended: dict[str, None] = {}  # live attempts whose outcome came: the next poll's
         self.starts: dict[str, datetime] = {}  # live attempts' starts not yet taken
+        self.told: dict[str, datetime] = {}  # ... taken by a pass not yet committed
         self.reported: dict[str, Exit] = {}  # by the last poll: the hub forgets them next
         self.again: list[Exit] = []  # reported before, adopted again: reported once more
         self.failed: list[Exit] = []  # launches Ray refused, for the next poll
@@ -118,9 +119,20 @@ class Ledger:
             return handle in self.live or any(e.handle == handle for e in self.again)
 
     def take_starts(self) -> list[tuple[str, datetime]]:
+        """The starts not taken yet; each is taken again after a pass rolled back (see
+        :meth:`starts_settled`): an attempt never stays ``starting`` for a lost report."""
         with self.lock:
             starts, self.starts = self.starts, {}
+            self.told |= starts
         return list(starts.items())
+
+    def starts_settled(self, committed: bool) -> None:
+        """The pass told of the starts taken since committed (they are stored), or was
+        rolled back (they are taken again by the next one)."""
+        with self.lock:
+            if not committed:
+                self.starts = self.told | self.starts
+            self.told = {}
 
     def take(self) -> tuple[list[str], list[tuple[str, Outcome]], list[Exit]]:
         """For a poll: the handles the hub may forget now (reported by the previous poll,

@@ -220,6 +220,7 @@ class RayExecutor:
         busy 2-core host, and a pass that waited for it held back the settling of the
         exits that came meanwhile, and so the next wave (P6). A signal for an attempt
         still being handed over is sent once the hub has it (see :meth:`signal`)."""
+        self._ledger.starts_settled(committed=not discard)
         with self._lock:
             queued, self._queued = self._queued, {}
             if not discard:
