@@ -13,7 +13,8 @@ code: bubblewrap, seccomp, slirp4netns, the tier's cgroup), which tells the enve
 cost from the control plane's.
 Each envelope (``plain``: the goal row, the same process on both sides; ``sandboxed``:
 bubblewrap per shard, the production default) gets its own server, its own warm-up and
-its own baseline rounds, interleaved with sylphx's.
+its own baseline rounds, interleaved with sylphx's: each column starts on a settled
+host (no Ray worker still booting for the one before), in an order rotated every round.
 
 The loopback cluster is configured once, for both sides alike (see ``cluster_env``): Ray
 keeps enough idle workers per node for the two drivers' fractional-CPU bursts, instead of
@@ -26,10 +27,12 @@ killing all but ~2 a second after every burst and starting them again in the nex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 
@@ -46,6 +49,8 @@ TIER = MACHINES["nano"]
 NODE = dict(num_cpus=2, memory=4 << 30, object_store_memory=80 << 20, num_gpus=0)
 DRIVERS = 2  # Ray keeps a worker pool per driver (job): this script's and the server's
 WARM_ROUNDS = 2  # full-size rounds per side before timing: the first starts the pools
+SETTLE_SECONDS = 1.0  # quiet before each timed column (see settle)
+SETTLE_MAX_SECONDS = 20.0  # the longest a column waits for Ray's worker starts to end
 
 
 def cluster_env() -> dict[str, str]:
@@ -152,19 +157,47 @@ def raw_ray_windowed(n: int, window: int) -> float:
     return took
 
 
+def booting_workers() -> int:
+    """Ray workers on this host still starting (not yet renamed ``ray::...``)."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            count += b"default_worker.py" in f.read()
+    return count
+
+
+def settle() -> None:
+    """Start a column only once the one before is done with the host: Ray prestarts
+    workers for a backlog and keeps booting them after the column ended (1-2 CPU-s each
+    on this 2-core VM). Measured: the column after the same-envelope one (which made ~6
+    each round) ran 2.5-3.6 s in one run, 1.5-1.9 s with a pause before it."""
+    deadline = time.monotonic() + SETTLE_MAX_SECONDS
+    while booting_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(SETTLE_SECONDS)
+
+
 def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> list[str]:
-    """Warm every side up, then ``rounds`` interleaved rounds; one table row."""
+    """Warm every side up, then ``rounds`` rounds, each column from a settled host, in an
+    order rotated every round (so no column always follows the same one); one row."""
     with Server(SYLPHX_EXECUTOR="ray", SYLPHX_RAY_ADDRESS=address, **ENVELOPES[envelope]) as srv:
         same = node_envelope(srv.env)
+        columns: dict[str, Callable[[], float]] = {
+            "raw": lambda: raw_ray(n),
+            "win": lambda: raw_ray_windowed(n, window),
+            "env": lambda: raw_ray(n, same),
+            "syl": lambda: srv.fan_out(n),
+        }
         for _ in range(WARM_ROUNDS):  # the pools grown, imports done, the store warm
-            raw_ray(n), raw_ray_windowed(n, window), raw_ray(n, same), srv.fan_out(n)
-        raw_t, win_t, env_t, syl_t = [], [], [], []
-        for _ in range(rounds):  # interleaved, so drift hits every column alike
-            raw_t.append(raw_ray(n))
-            win_t.append(raw_ray_windowed(n, window))
-            env_t.append(raw_ray(n, same))
-            syl_t.append(srv.fan_out(n))
-    raw, win, env, syl = summary(raw_t), summary(win_t), summary(env_t), summary(syl_t)
+            for column in columns.values():
+                column()
+        took: dict[str, list[float]] = {name: [] for name in columns}
+        names = list(columns)
+        for r in range(rounds):
+            for name in names[r % 4 :] + names[: r % 4]:
+                settle()
+                took[name].append(columns[name]())
+    raw, win, env, syl = (summary(took[name]) for name in names)
     cell = "{0[median]:.3f} ({0[min]:.3f}-{0[max]:.3f})".format
     return [
         envelope,
