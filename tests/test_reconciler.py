@@ -54,14 +54,11 @@ class Harness:
         with self.sessions.begin() as s:
             org = s.get(OrgRow, "org_acme")
             assert org is not None
-            run = runs.submit(
-                s,
-                RunSpec.parse({"command": ["x"], **spec}),
-                org,
-                capacity=self.executor.capacity(),
-                now=self.clock(),
-            )
-            return run.id
+            parsed = RunSpec.parse({"command": ["x"], **spec})
+            capacity, now = self.executor.capacity(), self.clock()
+            run = runs.new_run(s, parsed, org, capacity=capacity, now=now)
+            runs.insert_runs(s.connection(), [(run, parsed)])
+            return str(run["id"])
 
     def tick(self, seconds: float = 0) -> None:
         self.clock.advance(seconds)

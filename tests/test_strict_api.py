@@ -242,15 +242,11 @@ def test_a_run_stored_under_older_rules_stays_readable_and_deletable(server: Ser
     with server.plane.sessions.begin() as s:
         org = s.get(runs.OrgRow, server.org_id)
         assert org is not None
-        row = runs.submit(
-            s,
-            RunSpec.parse({"command": ["true"]}),
-            org,
-            capacity=server.plane.executor.capacity(),
-            now=server.plane.now(),
-        )
-        row.spec = odd
-        run_id = row.id
+        spec = RunSpec.parse({"command": ["true"]})
+        capacity, now = server.plane.executor.capacity(), server.plane.now()
+        values = runs.new_run(s, spec, org, capacity=capacity, now=now)
+        runs.insert_runs(s.connection(), [(values | {"spec": odd}, spec)])
+        run_id = values["id"]
     listed = server.http.get("/v1/runs")
     assert listed.status_code == 200 and listed.json()["items"][0]["id"] == run_id
     got = server.http.get(f"/v1/runs/{run_id}").json()

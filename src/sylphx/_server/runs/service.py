@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select
-from sqlalchemy.orm import Session, make_transient_to_detached, selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from sylphx._core.errors import ConflictError, NotFound, ValidationError
 from sylphx._core.ids import new_id
@@ -34,32 +34,6 @@ _NO_VALUES: dict[str, Any] = {column.key: None for column in RunRow.__table__.co
 _INSERT_SHARDS = Batch(
     insert(SHARDS), ("run_id", "index", "state", "attempts", "failures", "preemptions", "ignored")
 )
-
-
-def submit(
-    s: Session,
-    spec: RunSpec,
-    org: OrgRow,
-    *,
-    capacity: Resources,
-    now: datetime,
-    idempotency_key: str | None = None,
-    in_use: int | None = None,
-    run_id: str | None = None,
-) -> RunRow:
-    """Store a new queued run (``run_id``, or a new id) and its pending shards, refusing
-    what could never run and what the org's plan does not allow, in a transaction that
-    locked ``org`` (quota check and reservation in one step); ``in_use``: see admit."""
-    values = new_run(
-        s, spec, org, capacity=capacity, now=now, idempotency_key=idempotency_key,
-        in_use=in_use, run_id=run_id,
-    )  # fmt: skip
-    insert_runs(s.connection(), [(values, spec)])
-    # the row put in the session as if read back (every column set, no SQL): no ORM flush
-    run = RunRow(**values)
-    make_transient_to_detached(run)
-    s.add(run)
-    return run
 
 
 def new_run(
