@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,34 @@ def test_nothing_of_the_control_plane_is_visible_even_from_around_the_home(
     assert "SQLite format" not in out
     for name in ("secrets.key", "sylphx.db", "local-token", "state", "logs", "volumes"):
         assert name not in out, (name, out)
+
+
+def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(
+    server: Server,
+) -> None:
+    """Its timeout counts from the start its supervisor records beside its pid (host
+    side). The shard knows where that record lies, tries to push it an hour ahead, and
+    times out on time anyway: the record is out of its reach and unchanged."""
+    state = server.settings.home / "state"
+    script = (  # every attempt's record, were they reachable
+        'for f in "$0"/*/0.1/pid; do read p t s < "$f" &&'
+        ' echo "$p $t $(( s + 3600000000000 ))" > "$f"; done 2>/dev/null; exec sleep 60'
+    )
+    target = server.submit(
+        command=["sh", "-c", script, str(state)],
+        machine="nano",
+        timeoutSeconds=2,
+    )
+    folder = state / target["id"] / "0.1"
+    server.wait_for(lambda: (folder / "pid").exists(), timeout=30)
+    before = (folder / "pid").read_text()
+    done = server.wait(target["id"])
+    assert done["status"] == "timed_out", done
+    assert (folder / "pid").read_text() == before  # host side: untouched
+    (attempt,) = server.shards(target["id"])[0]["history"]
+    started = datetime.fromisoformat(attempt["startedAt"].replace("Z", "+00:00"))
+    ended = datetime.fromisoformat(attempt["endedAt"].replace("Z", "+00:00"))
+    assert 1.9 <= (ended - started).total_seconds() < 2 + 10 + 5  # deadline, then grace
 
 
 def test_a_shard_cannot_leave_its_cgroup_or_raise_its_limits(server: Server) -> None:
