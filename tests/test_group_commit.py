@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from conftest import Server
 from sylphx._core.errors import QuotaExceeded, ServerUnavailable
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.spec import RunSpec
-from sylphx._server.runs import storing, submits
+from sylphx._core.states import ShardState
+from sylphx._core.views import ShardView
+from sylphx._server.runs import service, storing, submits
 from sylphx._server.runs.submits import GroupCommit, Submit
 from sylphx._server.store import RunRow
 
@@ -310,3 +317,52 @@ def test_close_answers_the_queued_submits_then_refuses_new_ones() -> None:
     else:
         raise AssertionError("a submit after close was queued")
     assert stored == ["a"]
+
+
+WIRE_SPECS = [
+    {"command": ["true"]},
+    {
+        "command": ["python", "-c", "print(1)"],
+        "parallelism": 9,
+        "completionMode": "Indexed",
+        "gangScheduling": False,
+        "backoffLimitPerIndex": 12,
+        "machine": "large",
+        "env": {"A": "1", "B": "é"},
+        "volumeMounts": [{"volumeId": "vol_1", "mountPath": "/cache"}],
+        "timeoutSeconds": 7200,
+        "workingDir": "/srv/job",
+        "network": False,
+        "secrets": ["TOKEN"],
+        "maxFailedIndexes": 2,
+        "maxComputeSeconds": 12.5,
+        "retryBackoff": {"initialSeconds": 2, "maxSeconds": 30},
+        "failurePolicy": [{"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}}],
+        "merge": {"command": ["cat"]},
+    },
+    {
+        "image": "docker.io/library/alpine:3.20",
+        "parallelism": 4,
+        "admissionTimeoutSeconds": 30,
+        "admissionFallback": "opportunistic",
+    },
+]
+
+
+@pytest.mark.parametrize("wire", WIRE_SPECS, ids=["minimal", "every-field", "image-gang"])
+def test_a_submits_answer_is_the_stored_runs_view(wire: dict[str, Any]) -> None:
+    """The 201's view is built from the submit's own parsed spec and its new row's values
+    (no ORM object, no second parse): it must be byte for byte the view of the run as
+    stored, which is what every later GET renders."""
+    spec = RunSpec.model_validate(wire)
+    now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+    values = service._NO_VALUES | dict(
+        id="wrk_0123456789abcdef", org_id="org_x", state="queued", spec=spec.to_wire(),
+        parallelism=spec.parallelism, machine=spec.machine, gang=spec.gang, created_at=now,
+        reopened=0, version=1,
+    )  # fmt: skip
+    counts = Counter({ShardState.PENDING: spec.parallelism})
+    merge = ShardView(index=MERGE_INDEX, status=ShardState.PENDING) if spec.merge else None
+    answered = service.view(SimpleNamespace(**values), counts, merge=merge, spec=spec)
+    stored = service.view(RunRow(**values), counts, merge=merge)
+    assert answered.model_dump_json(by_alias=True) == stored.model_dump_json(by_alias=True)

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select
@@ -196,14 +197,17 @@ def delete(s: Session, run_id: str, org_id: str) -> list[str]:
 
 
 def view(
-    run: RunRow | Row[Any],
+    run: RunRow | Row[Any] | SimpleNamespace,
     counts: Counter[ShardState] | None = None,
     compute_seconds: float = 0.0,
     merge: ShardView | None = None,
+    spec: RunSpec | None = None,
 ) -> RunView:
-    """The wire view of a run: a RunRow (its shards loaded unless ``counts`` is given) or a
-    row of the runs table with ``counts`` (of its shards, the merge step's not among them)
-    and its ``merge`` step's view."""
+    """The wire view of a run: a RunRow (its shards loaded unless ``counts`` is given), or a
+    row of the runs table (or a new run's :func:`new_run` values, as attributes) with
+    ``counts`` (of its shards, the merge step's not among them) and its ``merge`` step's
+    view. ``spec``: the run's spec when the caller has it parsed (a submit's own), not
+    read again from the stored one."""
     if counts is None:
         assert isinstance(run, RunRow)
         counts = success.count_states(shard.state for shard in run.shards if shard.index >= 0)
@@ -213,7 +217,7 @@ def view(
     return RunView(
         id=run.id,
         status=state,
-        spec=RunSpec.from_store(run.spec),
+        spec=spec if spec is not None else RunSpec.from_store(run.spec),
         aggregate=success.aggregate(state, counts),
         created_at=run.created_at,
         started_at=run.started_at,

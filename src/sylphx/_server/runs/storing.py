@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import select
@@ -119,7 +120,8 @@ def _store(
     )  # fmt: skip
     waiting = ShardView(index=MERGE_INDEX, status=ShardState.PENDING)
     counts = Counter({ShardState.PENDING: spec.parallelism})
-    out = service.view(RunRow(**values), counts, merge=waiting if spec.merge else None)
+    merge = waiting if spec.merge else None  # no ORM object, no second parse of the spec
+    out = service.view(SimpleNamespace(**values), counts, merge=merge, spec=spec)
     # rendered before the commit: a run whose answer cannot be sent is not stored
     return out.model_dump_json(by_alias=True).encode(), values
 
