@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -80,3 +81,59 @@ def test_records_are_not_written_beside_orm_copies_of_the_same_rows(tmp_path: Pa
         update_shards(s, shards[:1], ("state",))
     with sessions.begin() as s:
         assert [r.state for r in _records(s)] == ["pending", "pending"]
+
+
+def _runs(sessions: sessionmaker[Session], n: int) -> None:
+    with sessions.begin() as s:
+        for i in range(1, n):
+            run = RunRow(
+                id=f"wrk_{i}", org_id="org_a", state="queued", spec={}, parallelism=1,
+                machine="nano", gang=False, created_at=NOW,
+            )  # fmt: skip
+            s.add(run)
+
+
+def test_changed_runs_are_written_in_one_statement_per_set_of_columns(tmp_path: Path) -> None:
+    """A writer session's changed runs (ORM objects) go out as one compare-and-set
+    executemany per set of changed columns at flush, not an UPDATE per row; a value set
+    back to what it was is not written."""
+    sessions = _store(tmp_path, 0)
+    _runs(sessions, 4)
+    engine = sessions.kw["bind"]
+    sent: list[tuple[str, int]] = []
+
+    def count(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if sql.lstrip().upper().startswith("UPDATE RUNS"):
+            sent.append((sql, len(params) if many else 1))
+
+    event.listen(engine, "before_cursor_execute", count)
+    with sessions.begin() as s:
+        runs = s.scalars(select(RunRow).order_by(RunRow.id)).all()
+        for run in runs[:3]:
+            run.state, run.started_at = "running", NOW
+        runs[3].message = "waiting"
+        runs[3].state = runs[3].state  # unchanged: nothing to write
+    assert sorted(rows for _, rows in sent) == [1, 3]
+    assert all("version" in sql.split("WHERE")[1] for sql, _ in sent)  # compare-and-set
+    with sessions.begin() as s:
+        got = {r.id: (r.state, r.message, r.version) for r in s.scalars(select(RunRow))}
+    assert got == {
+        "wrk_1": ("running", None, 2), "wrk_2": ("running", None, 2),
+        "wrk_3": ("running", None, 2), "wrk_a": ("running", "waiting", 2),
+    }  # fmt: skip
+
+
+def test_a_run_changed_since_it_was_read_fails_the_flush_as_stale(tmp_path: Path) -> None:
+    sessions = _store(tmp_path, 0)
+    _runs(sessions, 3)
+    with sessions.begin() as s:
+        runs = s.scalars(select(RunRow).order_by(RunRow.id)).all()
+    with sessions.begin() as s:  # someone else cancels wrk_2 meanwhile
+        s.get_one(RunRow, "wrk_2").state = "cancelled"
+    with pytest.raises(StaleDataError), sessions.begin() as s:
+        for run in runs:
+            s.add(run)
+            run.state = "running"
+    with sessions.begin() as s:  # rolled back whole: nobody's change is lost
+        got = {r.id: r.state for r in s.scalars(select(RunRow))}
+    assert got == {"wrk_1": "queued", "wrk_2": "cancelled", "wrk_a": "running"}

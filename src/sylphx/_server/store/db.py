@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from . import writelock
+from . import runwrites, writelock
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Kept-open SQLite connections: enough for every thread of the API's thread pool (anyio's
@@ -108,7 +108,10 @@ def revision(engine: Engine) -> str | None:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions for work that writes: on SQLite they take the write lock when they begin
     (``BEGIN IMMEDIATE``), so a read-then-write never fails on a stale snapshot."""
-    return sessionmaker(engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False)
+    writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+    sessions = sessionmaker(writer, expire_on_commit=False)
+    runwrites.install(sessions)  # changed runs written in batches (compare-and-set)
+    return sessions
 
 
 def read_session_factory(engine: Engine) -> sessionmaker[Session]:

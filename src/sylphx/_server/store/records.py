@@ -11,23 +11,24 @@ them back with one executemany per table: ``UPDATE ... SET ..., version = :seen 
 WHERE id = :id AND version = :seen``, the same compare-and-set the ORM's
 ``version_id_col`` does. A row changed by someone else since it was read makes the row
 count fall short, which raises ``StaleDataError`` exactly as the ORM would (the pass is
-rolled back and retried).
+rolled back and retried). Runs, which stay ORM objects, are written by the same
+:func:`compare_and_set` at flush (:mod:`.runwrites`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Table, and_, bindparam, update
+from sqlalchemy import Column, Connection, Table, and_, bindparam, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from .batch import Batch
-from .schema import AttemptRow, ShardRow
+from .schema import AttemptRow, RunRow, ShardRow
 
 
 @dataclass(slots=True)
@@ -78,6 +79,7 @@ SHARD_COLUMNS = tuple(f.name for f in fields(ShardRecord))  # a record is its ro
 ATTEMPT_COLUMNS = tuple(f.name for f in fields(AttemptRecord))
 SHARDS: Table = ShardRow.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = AttemptRow.__table__  # type: ignore[assignment]
+RUNS: Table = RunRow.__table__  # type: ignore[assignment]
 
 
 def shard_columns() -> list[Column[Any]]:
@@ -125,21 +127,35 @@ def _update(
         return
     _one_write_path(s, row_class)
     table = SHARDS if row_class is ShardRow else ATTEMPTS
-    seen = [rec.version for rec in records]
-    columns = {
-        "b_id": [rec.id for rec in records],
-        "b_seen": seen,
-        "b_next": [version + 1 for version in seen],
-        **{f"b_{key}": [getattr(rec, key) for rec in records] for key in keys},
-    }
-    matched = _compare_and_set(table, tuple(keys)).execute_columns(s.connection(), columns)
-    if matched != len(records):
-        raise StaleDataError(
-            f"UPDATE statement on table {table.name!r} expected to update {len(records)}"
-            f" row(s); {matched} were matched."
-        )
+    ids, seen = [rec.id for rec in records], [rec.version for rec in records]
+    values = {key: [getattr(rec, key) for rec in records] for key in keys}
+    compare_and_set(s.connection(), table, ids, seen, values)
     for rec in records:
         rec.version += 1
+
+
+def compare_and_set(
+    conn: Connection,
+    table: Table,
+    ids: Sequence[Any],
+    seen: Sequence[int],
+    values: Mapping[str, Sequence[Any]],
+) -> None:
+    """For every i, one executemany: ``UPDATE table SET key = values[key][i]...,
+    version = seen[i] + 1 WHERE id = ids[i] AND version = seen[i]``; ``StaleDataError``
+    (as the ORM raises) when a row was changed by someone else since it was read."""
+    columns = {
+        "b_id": list(ids),
+        "b_seen": list(seen),
+        "b_next": [version + 1 for version in seen],
+        **{f"b_{key}": list(column) for key, column in values.items()},
+    }
+    matched = _compare_and_set(table, tuple(values)).execute_columns(conn, columns)
+    if matched != len(ids):
+        raise StaleDataError(
+            f"UPDATE statement on table {table.name!r} expected to update {len(ids)}"
+            f" row(s); {matched} were matched."
+        )
 
 
 def _one_write_path(s: Session, row_class: type[ShardRow] | type[AttemptRow]) -> None:
