@@ -6,6 +6,9 @@ executor's) and appends one JSON line per pass to FILE:
 
 - ``total``: the whole ``tick`` (store load, policies, launches, commit, signals);
   ``cpu``: the reconciler thread's CPU time in it (less sensitive to other load);
+  ``oncpu`` / ``runq``: the kernel's count of the same thread's time on a CPU and time
+  runnable but waiting for one (``/proc/thread-self/schedstat``): ``total`` minus both
+  is time blocked (the GIL, I/O, a lock);
 - ``collect`` / ``stop_live`` / ``expire`` / ``admit`` (including ``decide``, the
   ``launch`` calls and the executor's ``flush``) / ``roll_up``: the steps of the pass;
 - ``poll``: the executor's ``poll`` (exit files read for every tracked attempt);
@@ -36,6 +39,16 @@ from collections.abc import Callable
 from typing import Any
 
 _PATH = os.environ.get("SYLPHX_BENCH_TRACE")
+
+
+def _schedstat() -> tuple[float, float] | None:
+    """This thread's seconds on a CPU and waiting in a runqueue (None without schedstats)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            ran, waited = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(ran) / 1e9, int(waited) / 1e9
 
 
 def _install(path: str) -> None:
@@ -115,12 +128,14 @@ def _install(path: str) -> None:
     def traced_tick(self: Any) -> None:
         cur: defaultdict[str, float] = defaultdict(float)
         state["cur"], state["tid"] = cur, threading.get_ident()
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu, sched = time.perf_counter(), time.thread_time(), _schedstat()
         try:
             tick(self)
         finally:
             cur["total"] = time.perf_counter() - start
             cur["cpu"] = time.thread_time() - cpu
+            if sched is not None and (after := _schedstat()) is not None:
+                cur["oncpu"], cur["runq"] = after[0] - sched[0], after[1] - sched[1]
             state["cur"] = None
             cur["t"] = time.time()
             with lock:
