@@ -137,3 +137,22 @@ def test_a_run_changed_since_it_was_read_fails_the_flush_as_stale(tmp_path: Path
     with sessions.begin() as s:  # rolled back whole: nobody's change is lost
         got = {r.id: r.state for r in s.scalars(select(RunRow))}
     assert got == {"wrk_1": "queued", "wrk_2": "cancelled", "wrk_a": "running"}
+
+
+def test_a_run_written_under_a_rolled_back_savepoint_is_read_again(tmp_path: Path) -> None:
+    """The bulkhead redoes a failed step's runs one by one after rolling its savepoint
+    back: a run written (in a batch) under that savepoint must come back as the store has
+    it, not keep the values that were rolled back -- as the ORM's own flush does."""
+    sessions = _store(tmp_path, 0)
+    _runs(sessions, 2)
+    with sessions.begin() as s:
+        run = s.get_one(RunRow, "wrk_1")
+        with s.begin_nested() as savepoint:
+            run.state, run.message = "running", "started"
+            s.flush()
+            savepoint.rollback()
+        assert (run.state, run.message, run.version) == ("queued", None, 1)
+        run.state = "cancelled"  # written again, from the store's version
+    with sessions.begin() as s:
+        again = s.get_one(RunRow, "wrk_1")
+        assert (again.state, again.message, again.version) == ("cancelled", None, 2)
