@@ -352,8 +352,8 @@ WIRE_SPECS = [
 @pytest.mark.parametrize("wire", WIRE_SPECS, ids=["minimal", "every-field", "image-gang"])
 def test_a_submits_answer_is_the_stored_runs_view(wire: dict[str, Any]) -> None:
     """The 201's view is built from the submit's own parsed spec and its new row's values
-    (no ORM object, no second parse): it must be byte for byte the view of the run as
-    stored, which is what every later GET renders."""
+    (no ORM object, no second parse): byte for byte the view the same row renders
+    through the stored spec (the API test below reads it back from the store)."""
     spec = RunSpec.model_validate(wire)
     now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
     values = service._NO_VALUES | dict(
@@ -366,3 +366,27 @@ def test_a_submits_answer_is_the_stored_runs_view(wire: dict[str, Any]) -> None:
     answered = service.view(SimpleNamespace(**values), counts, merge=merge, spec=spec)
     stored = service.view(RunRow(**values), counts, merge=merge)
     assert answered.model_dump_json(by_alias=True) == stored.model_dump_json(by_alias=True)
+
+
+def test_a_submits_answer_shows_the_spec_a_get_reads_back(tenant: Server) -> None:
+    """Through the API, on the session's store: the spec in the 201 (rendered from the
+    submit's own parse) is the one every later GET renders from the stored run."""
+    specs: list[dict[str, Any]] = [
+        {"command": ["true"], "machine": "nano"},
+        {
+            "command": ["sh", "-c", "exit 0"], "parallelism": 3, "machine": "nano",
+            "completionMode": "Indexed", "gangScheduling": False, "backoffLimitPerIndex": 0,
+            "env": {"A": "1", "B_2": "ü \u2028 🚀"}, "timeoutSeconds": 60, "network": False,
+            "maxFailedIndexes": 1, "maxComputeSeconds": 12.5,
+            "retryBackoff": {"initialSeconds": 1, "maxSeconds": 5},
+            "failurePolicy": [
+                {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}}
+            ],
+            "merge": {"command": ["true"]},
+        },
+    ]  # fmt: skip
+    for wire in specs:
+        answer = tenant.http.post("/v1/runs", json=wire)
+        assert answer.status_code == 201, answer.text
+        run = answer.json()
+        assert tenant.http.get(f"/v1/runs/{run['id']}").json()["spec"] == run["spec"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -156,3 +157,44 @@ def test_a_run_written_under_a_rolled_back_savepoint_is_read_again(tmp_path: Pat
     with sessions.begin() as s:
         again = s.get_one(RunRow, "wrk_1")
         assert (again.state, again.message, again.version) == ("cancelled", None, 2)
+
+
+def test_a_stale_run_leaves_the_session_needing_a_rollback_with_nothing_written(
+    tmp_path: Path,
+) -> None:
+    """As with the ORM's own flush: a caller that catches the StaleDataError cannot go on
+    and commit the runs of the batch that did match."""
+    sessions = _store(tmp_path, 0)
+    _runs(sessions, 4)
+    s = sessions()
+    runs = s.scalars(select(RunRow).order_by(RunRow.id)).all()
+    s.commit()
+    with sessions.begin() as other:  # someone else writes wrk_2 meanwhile
+        other.get_one(RunRow, "wrk_2").message = "theirs"
+    for run in runs:
+        run.state = "running"
+    with pytest.raises(StaleDataError):
+        s.flush()
+    with pytest.raises(PendingRollbackError):
+        s.commit()
+    s.rollback()
+    s.close()
+    with sessions.begin() as check:
+        got = {r.id: r.state for r in check.scalars(select(RunRow))}
+    assert got == {"wrk_1": "queued", "wrk_2": "queued", "wrk_3": "queued", "wrk_a": "running"}
+
+
+def test_runs_changed_in_any_order_share_their_statement(tmp_path: Path) -> None:
+    sessions = _store(tmp_path, 0)
+    _runs(sessions, 3)
+    sent: list[str] = []
+    event.listen(
+        sessions.kw["bind"],
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *rest: sent.append(sql) if sql.startswith("UPDATE") else None,
+    )
+    with sessions.begin() as s:
+        one, two = s.get_one(RunRow, "wrk_1"), s.get_one(RunRow, "wrk_2")
+        one.state, one.message = "running", "x"
+        two.message, two.state = "x", "running"
+    assert len(sent) == 1
