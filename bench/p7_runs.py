@@ -38,6 +38,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -211,12 +212,16 @@ def round_of(
     assert gen.stdin is not None and gen.stdout is not None
     if gen.stdout.readline().strip() != "ready":
         raise RuntimeError("load generator did not start")
+    spy = profiler(server.proc.pid)
     server_cpu0, host_cpu0 = cpu_seconds(server.proc.pid), host_cpu()
     gen.stdin.write("go\n")
     gen.stdin.flush()
     if gen.stdout.readline().strip() != "terminal":
         raise RuntimeError("load generator failed")
     server_cpu, total_cpu = cpu_seconds(server.proc.pid) - server_cpu0, host_cpu() - host_cpu0
+    if spy is not None:  # its samples: the timed window only, not the read-back
+        spy.send_signal(signal.SIGINT)
+        spy.wait()
     if on_terminal is not None:
         on_terminal()
     out = json.loads(gen.stdout.readline())
@@ -237,6 +242,20 @@ def round_of(
         "host_cpu": total_cpu / n * 1e3,
         "gen_cpu": out["cpu"],
     }
+
+
+def profiler(pid: int) -> subprocess.Popen[bytes] | None:
+    """With ``SYLPHX_BENCH_PYSPY=PREFIX``: py-spy (installed by hand: not a dependency)
+    sampling the server's threads that hold the GIL, one raw file a round
+    (``PREFIX.<time>.raw``), stopped when every run is terminal."""
+    prefix = os.environ.get("SYLPHX_BENCH_PYSPY")
+    if not prefix:
+        return None
+    out = f"{prefix}.{time.time():.0f}.raw"
+    argv = ["py-spy", "record", "-p", str(pid), "--gil", "--threads", "-r", "250"]
+    spy = subprocess.Popen([*argv, "--format", "raw", "-o", out], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the round starts
+    return spy
 
 
 def xargs(n: int, clients: int, argv: list[str]) -> float:
