@@ -198,3 +198,28 @@ def test_runs_changed_in_any_order_share_their_statement(tmp_path: Path) -> None
         one.state, one.message = "running", "x"
         two.message, two.state = "x", "running"
     assert len(sent) == 1
+
+
+def test_runs_written_in_batches_leave_the_orm_nothing_to_flush(tmp_path: Path) -> None:
+    """Runs whose changed columns the batch wrote are marked clean, so the ORM's flush
+    has no work (it would otherwise re-read each versioned run's every column); a run
+    with a relationship changed too is still the ORM's to flush (its new shard)."""
+    sessions = _store(tmp_path, 0)
+    _runs(sessions, 3)
+    orm_flushes: list[int] = []
+    event.listen(sessions, "after_flush", lambda s, ctx: orm_flushes.append(len(ctx.states)))
+    with sessions.begin() as s:
+        for run in s.scalars(select(RunRow)):
+            run.state = "running"
+        s.flush()
+        assert not s.dirty  # written, and clean
+    assert orm_flushes == []
+    with sessions.begin() as s:
+        run = s.get_one(RunRow, "wrk_1")
+        run.state = "succeeded"
+        run.shards.append(ShardRow(index=0, state="pending", attempts=0, failures=0))
+    assert len(orm_flushes) == 1
+    with sessions.begin() as s:
+        again = s.get_one(RunRow, "wrk_1")
+        assert (again.state, again.version, len(again.shards)) == ("succeeded", 3, 1)
+        assert {r.state for r in s.scalars(select(RunRow))} == {"running", "succeeded"}
