@@ -38,7 +38,10 @@ def for_queue(
 ) -> dict[str, tuple[bool, str]] | None:
     """The active runs' merge steps for the queue policy: live (True) or ready to start
     (False), with their tiers; a step whose ``when`` does not hold is skipped (see
-    :func:`decide`, one bulkhead per run). None: no active run has a merge step."""
+    :func:`decide`, one bulkhead per run). None: no active run has a merge step (not
+    asked of the store when no active run's spec has one: a step exists only for those)."""
+    if all(run.id in specs and specs[run.id].merge is None for run in runs):
+        return None
     steps = survey.merges(s)
     if not steps:
         return None
