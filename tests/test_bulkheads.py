@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from conftest import Server, database_url_for, pids_of_run
 from sylphx._core.errors import ExecutorError, StorageFull
-from sylphx._server.controller import bulkhead, reconciler, scheduling, settle
+from sylphx._server.controller import bulkhead, launching, reconciler, scheduling, settle
 from sylphx._server.controller.policy.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.base import LaunchRequest
@@ -314,6 +314,45 @@ def test_when_storing_a_runs_exits_fails_the_others_are_still_settled(
     assert view["status"] == "failed" and view["message"] == f"{why}; {STOPPED}"
     assert view["shards"][0]["exitCode"] == 3  # its exit is kept nonetheless
     monkeypatch.undo()
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
+def test_a_passs_launches_are_written_together_and_a_bad_write_is_one_runs(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempts and shards of every run a pass starts go out in one statement each;
+    when that write fails, each run is started again under its own savepoint and the one
+    whose rows cannot be written is parked, its launch dropped (no process without a row)."""
+    ids = [h.submit(machine="nano") for _ in range(4)]
+    sent: list[str] = []
+    event.listen(
+        h.sessions.kw["bind"],
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *rest: sent.append(sql.split(" (")[0].split(" SET")[0]),
+    )
+    h.tick()
+    assert sent.count("INSERT INTO attempts") == sent.count("UPDATE shards") == 1
+    assert len(h.executor.live) == 4
+    bad, *good = [h.submit(machine="nano") for _ in range(4)]
+    real = launching.update_shards
+
+    def update_shards(s: Any, shards: list[Any], keys: Any) -> None:
+        if any(shard.run_id == bad for shard in shards):
+            raise ValueError("injected write failure")
+        real(s, shards, keys)
+
+    monkeypatch.setattr(launching, "update_shards", update_shards)
+    h.tick()
+    assert {h.run(run_id)["status"] for run_id in [*ids, *good]} == {"running"}
+    assert sorted(r.run_id for r in h.executor.live.values()) == sorted([*ids, *good])
+    view = h.run(bad)
+    assert view["status"] == "queued" and view["shards"][0]["status"] == "pending"
+    assert view["message"].startswith(
+        "Internal error while starting its shards: ValueError: injected write failure; tried"
+    )
+    monkeypatch.undo()
+    h.tick()
+    assert h.run(bad)["status"] == "running" and len(h.executor.live) == 8
 
 
 @pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")

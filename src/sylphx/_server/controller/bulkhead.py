@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pydantic
 from sqlalchemy import bindparam, select
@@ -157,18 +157,21 @@ class Bulkhead:
         isolated: bool = False,
         skip_faulted: bool = True,
         undo: Callable[[], None] | None = None,
+        deferred: Deferred | None = None,
     ) -> dict[str, T]:
         """``fn(run)`` for each of ``runs`` (but those already faulted this pass) under a
         savepoint; the results by run id of those that went through. ``isolated``: one
         savepoint per run from the start (``fn`` has effects outside the store that a
         second call would repeat); ``undo``: what takes back the effects outside the store
         of the calls under a savepoint that was rolled back (e.g. queued launches), before
-        each run is done again under its own."""
+        each run is done again under its own; ``deferred``: the rows the calls queue
+        rather than write, written once after all of them under their savepoint (when it
+        is rolled back they are discarded, and each run, done again, writes its own)."""
         todo = [(run.id, run) for run in (self.live(runs) if skip_faulted else runs)]
         if not todo:
             return {}
         s.flush()  # earlier steps' changes: not this step's to fail on
-        done = None if isolated else _all_at_once(s, todo, fn, undo)
+        done = None if isolated else _all_at_once(s, todo, fn, undo, deferred)
         if done is None:  # isolated, or some run failed: one savepoint each
             done, failed = _one_by_one(s, todo, fn)
             breaker(step, len(todo), failed)
@@ -293,20 +296,37 @@ def stop_run(
     return kills
 
 
+class Deferred(Protocol):
+    """Rows a step's calls queue, written together after them (see :meth:`Bulkhead.each`)."""
+
+    def write(self, s: Session) -> None:
+        """Write the rows queued so far, and forget them."""
+
+    def discard(self) -> None:
+        """Forget the rows queued so far (their savepoint was rolled back), and queue no
+        more: from now on each call writes its own."""
+
+
 def _all_at_once(
     s: Session,
     todo: list[tuple[str, RunRow]],
     fn: Callable[[RunRow], T],
     undo: Callable[[], None] | None,
+    deferred: Deferred | None,
 ) -> dict[str, T] | None:
     """``fn`` for every run under one savepoint; None when some run raised (rolled back,
     and what the calls did outside the store taken back by ``undo``)."""
     try:
         with s.begin_nested():
-            return {run_id: fn(run) for run_id, run in todo}
+            done = {run_id: fn(run) for run_id, run in todo}
+            if deferred is not None:
+                deferred.write(s)
+        return done
     except PASS_LEVEL:
         raise
     except Exception:  # find the run(s): one savepoint each
+        if deferred is not None:
+            deferred.discard()
         if undo is not None:
             undo()
         return None
@@ -315,13 +335,15 @@ def _all_at_once(
 def _one_by_one(
     s: Session, todo: list[tuple[str, RunRow]], fn: Callable[[RunRow], T]
 ) -> tuple[dict[str, T], dict[str, Exception]]:
-    """``fn`` for each run under its own savepoint: the results and the errors by run."""
+    """``fn`` for each run under its own savepoint: the results and the errors by run (a
+    run whose savepoint failed to commit is among the errors only)."""
     done: dict[str, T] = {}
     failed: dict[str, Exception] = {}
     for run_id, run in todo:
         try:
             with s.begin_nested():
-                done[run_id] = fn(run)
+                result = fn(run)
+            done[run_id] = result
         except PASS_LEVEL:
             raise
         except Exception as exc:

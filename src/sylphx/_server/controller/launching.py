@@ -101,6 +101,37 @@ def attempt_log_paths(logs_dir: Path, run_id: str, index: int, attempt: int) -> 
     return f"{base}.stdout", f"{base}.stderr"
 
 
+class LaunchRows:
+    """The rows of the launches of a pass's runs (attempts to insert, shards to update),
+    written together (see :meth:`.Bulkhead.each`): two statements for all the runs the
+    pass starts, not two a run. Once discarded (their savepoint rolled back), it queues
+    no more: each run, started again under its own savepoint, writes its own rows, so a
+    failed write is that run's (its queued launches dropped with it)."""
+
+    def __init__(self, *, queueing: bool = True) -> None:
+        self.attempts: list[dict[str, object]] = []
+        self.shards: list[ShardRecord] = []
+        self.queueing = queueing
+
+    def add(self, s: Session, attempts: list[dict[str, object]], shards: list[ShardRecord]) -> None:
+        """Queue one run's rows (or write them now, once discarded)."""
+        self.attempts += attempts
+        self.shards += shards
+        if not self.queueing:
+            self.write(s)
+
+    def write(self, s: Session) -> None:
+        """Insert the attempts and update their shards (compare-and-set), then forget them."""
+        attempts, shards, self.attempts, self.shards = self.attempts, self.shards, [], []
+        if attempts:  # (forgotten even if this fails: their savepoint is rolled back)
+            _INSERT_ATTEMPTS.execute(s.connection(), attempts)
+            update_shards(s, shards, ("state", "attempts", "started_at"))
+
+    def discard(self) -> None:
+        """Forget the rows queued so far; queue no more."""
+        self.attempts, self.shards, self.queueing = [], [], False
+
+
 class RunLaunch:
     """Builds the :class:`LaunchRequest` of each shard of one run."""
 
@@ -171,10 +202,12 @@ class RunLaunch:
         *,
         merge: bool = False,
         pending: list[ShardRecord] | None = None,
+        into: LaunchRows | None = None,
     ) -> list[Exit]:
         """Start the run's first ``n`` pending shards (each a new attempt), or with
         ``merge`` its merge step, through ``executor``: prepared now, stored with their
-        handles, started by the executor's flush once the pass committed (docs/adr/0004).
+        handles (now, or queued in ``into``), started by the executor's flush once the
+        pass committed (docs/adr/0004).
         Returns the launches that failed (exit 127, LaunchError) for the caller to settle.
         A full disk raises StorageFull: not the shards' fault. Any other error (a bug, a
         bad value) fails that shard's launch too, and is kept in :attr:`fault`: the caller
@@ -227,9 +260,7 @@ class RunLaunch:
                     "started_at": now if running else None,  # else when it starts, if ever
                 }
             )
-        if attempts:
-            _INSERT_ATTEMPTS.execute(self._s.connection(), attempts)
-            update_shards(self._s, shards, ("state", "attempts", "started_at"))
+        (into if into is not None else LaunchRows(queueing=False)).add(self._s, attempts, shards)
         return failed
 
 

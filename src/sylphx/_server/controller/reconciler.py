@@ -135,19 +135,12 @@ class Reconciler(PassLoop):
             focus = self._focus(s, bh.live(runs), specs, now)
             shards = survey.load_shards(s, focus)
             grace = self.settings.kill_grace_seconds, self.settings.preemption_grace_seconds
+            stop = functools.partial(deadlines.stop, kill_grace=grace[0], preemption_grace=grace[1])
             stops = bh.each(
                 s,
                 focus,
                 "stopping its shards",
-                lambda run: deadlines.stop(
-                    s,
-                    run,
-                    shards[run.id],
-                    specs[run.id],
-                    now,
-                    kill_grace=grace[0],
-                    preemption_grace=grace[1],
-                ),
+                lambda run: stop(s, run, shards[run.id], specs[run.id], now),
             )
             for signals in stops.values():  # they go out once their reasons are stored
                 self._signals += signals
@@ -307,6 +300,7 @@ class Reconciler(PassLoop):
         ]
         pending = launching.all_pending(s, whole, now)
         prepared: dict[str, list[str]] = {}  # launches queued by each run, not yet flushed
+        rows = launching.LaunchRows()  # their attempts and shards: written together
         launched = bh.each(  # all under one savepoint; when one fails, one savepoint each
             s,
             starting,
@@ -320,8 +314,10 @@ class Reconciler(PassLoop):
                 merge=run.id in (merges or {}),
                 pending=pending.get(run.id),
                 prepared=prepared,
+                rows=rows,
             ),
             undo=lambda: launching.undo_starts(self.executor, bh, prepared, starting),
+            deferred=rows,
         )
         faulted = {run.id: bh.faults[run.id].error for run in starting if run.id in bh.faults}
         bulkhead.breaker(STARTING, len(starting), faulted)
@@ -372,10 +368,12 @@ class Reconciler(PassLoop):
         merge: bool,
         pending: list[ShardRecord] | None,
         prepared: dict[str, list[str]],
+        rows: launching.LaunchRows,
     ) -> list[Exit]:
         """Start ``n`` of the run's pending shards (``merge``: its merge step; ``pending``:
         its pending shards if read already); the launches that failed. The launches it
-        queued go into ``prepared`` (to drop them if its savepoint is rolled back)."""
+        queued go into ``prepared`` (to drop them if its savepoint is rolled back), their
+        rows into ``rows``."""
         # Ray: a placement group of n bundles. Until the reservation is ready the gang
         # run stays queued; it is asked again next pass.
         if run.gang and not merge and not self.executor.reserve_gang(run.id, n, run.machine):
@@ -387,7 +385,9 @@ class Reconciler(PassLoop):
         try:
             logs, home = self.settings.logs_dir, self.settings.home
             prepared[run.id] = launch.launched
-            failed = launch.start(self.executor, n, now, logs, home, merge=merge, pending=pending)
+            failed = launch.start(
+                self.executor, n, now, logs, home, merge=merge, pending=pending, into=rows
+            )
         except PASS_LEVEL:
             raise
         except Exception:  # its savepoint is rolled back: so are its prepared launches
