@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from sylphx._server.plane import ControlPlane
 
-from . import account, edge, health, metrics, openapi, runs, secrets, ui, volumes
+from . import account, edge, fast_submit, health, metrics, openapi, runs, secrets, ui, volumes
 
 __all__ = ["create_app"]
 
@@ -55,6 +55,7 @@ def create_app(plane: ControlPlane, *, embedded: bool = False) -> FastAPI:
     # router is a routing layer of its own in this FastAPI, ~40 us more per request (P3).
     for router in (runs.router, volumes.router, secrets.router, account.router):
         app.router.routes.extend(router.routes)
+    fast_submit.install(app)  # a plain submit without FastAPI's per-request work (ADR 0010)
     ui.install(app)  # the web dashboard under /ui (not in the OpenAPI document)
     openapi.install(app)  # the document, completed: every status, the one error body
     return app

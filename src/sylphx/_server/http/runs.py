@@ -38,6 +38,8 @@ IdempotencyKey = Annotated[
 ]
 
 
+# A plain submit is served by fast_submit.py in front of this route (ADR 0010): a new
+# header or body rule here must be checked there too (a new query parameter need not).
 @router.post(
     "/v1/runs",
     status_code=201,
