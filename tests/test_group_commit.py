@@ -356,11 +356,7 @@ def test_a_submits_answer_is_the_stored_runs_view(wire: dict[str, Any]) -> None:
     through the stored spec (the API test below reads it back from the store)."""
     spec = RunSpec.model_validate(wire)
     now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
-    values = service._NO_VALUES | dict(
-        id="wrk_0123456789abcdef", org_id="org_x", state="queued", spec=spec.to_wire(),
-        parallelism=spec.parallelism, machine=spec.machine, gang=spec.gang, created_at=now,
-        reopened=0, version=1,
-    )  # fmt: skip
+    values = service.new_row(spec, "org_x", now, run_id="wrk_0123456789abcdef")
     counts = Counter({ShardState.PENDING: spec.parallelism})
     merge = ShardView(index=MERGE_INDEX, status=ShardState.PENDING) if spec.merge else None
     answered = service.view(SimpleNamespace(**values), counts, merge=merge, spec=spec)

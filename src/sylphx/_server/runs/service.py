@@ -51,8 +51,20 @@ def new_run(
     """The row of a new queued run of ``spec``, past every check :func:`admit` makes;
     nothing written yet (see :func:`insert_runs`)."""
     admit(s, spec, org, capacity=capacity, now=now, in_use=in_use)
+    return new_row(spec, org.id, now, idempotency_key=idempotency_key, run_id=run_id)
+
+
+def new_row(
+    spec: RunSpec,
+    org_id: str,
+    now: datetime,
+    *,
+    idempotency_key: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The row values of a new queued run of ``spec`` (no check: see :func:`new_run`)."""
     return _NO_VALUES | dict(
-        id=run_id or new_id("wrk"), org_id=org.id, state=RunState.QUEUED.value, spec=spec.to_wire(),
+        id=run_id or new_id("wrk"), org_id=org_id, state=RunState.QUEUED.value, spec=spec.to_wire(),
         parallelism=spec.parallelism, machine=spec.machine, gang=spec.gang, created_at=now,
         idempotency_key=idempotency_key, reopened=0, version=1,
     )  # fmt: skip
