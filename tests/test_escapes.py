@@ -19,7 +19,9 @@ import pytest
 
 from attacks import Listener, connect_probe, run_shard
 from conftest import Server, pids_of_run
+from sylphx._server.executors.envelope.sandbox import Sandbox
 from sylphx._server.executors.local.cgroups import Cgroups, pids_max
+from sylphx._server.plane import shard_policy
 
 # Runs inside the shard: every attempt, each reported as "ok" (it worked: an escape) or
 # the error that stopped it.
@@ -120,6 +122,54 @@ def test_nothing_of_the_control_plane_is_visible_even_from_around_the_home(
     assert "SQLite format" not in out
     for name in ("secrets.key", "sylphx.db", "local-token", "state", "logs", "volumes"):
         assert name not in out, (name, out)
+
+
+def test_links_planted_in_a_volume_bring_back_no_other_tenants_volume_or_log(
+    server: Server,
+) -> None:
+    """A tenant's shard plants links in its own volume (into the volume root, the logs,
+    the state folder), then runs a program from that volume's host path: the folders a
+    sandbox binds back for a program's links must never be the home's (found by a
+    helper's attack: every tenant's volumes and logs were readable)."""
+    home = server.settings.home
+    victim = server.client(server.new_org("victim"))
+    vol = victim.post("/v1/volumes", json={"name": "private"}).json()["id"]
+    secret = f"VICTIM-{uuid.uuid4().hex}"
+    (server.settings.volumes_dir / vol / "secret.txt").write_text(secret)
+    mine, mine_dir = server.volume()
+    links = " && ".join(
+        f"ln -s {target}/x /w/bin/{name}"
+        for name, target in (
+            ("volumes", server.settings.volumes_dir),
+            ("logs", server.settings.logs_dir),
+            ("state", home / "state"),
+        )
+    )
+    plant = f"mkdir -p /w/bin && cp /bin/sh /w/bin/sh && {links}"
+    done, _, err = run_shard(
+        server, ["sh", "-c", plant], volumeMounts=[{"volumeId": mine, "mountPath": "/w"}]
+    )
+    assert done["status"] == "succeeded", err
+    assert (mine_dir / "bin" / "volumes").is_symlink()  # planted, on the host
+    probe = (
+        f"cat {server.settings.volumes_dir}/{vol}/secret.txt; ls -A {server.settings.logs_dir}"
+        f" {home}/state {server.settings.volumes_dir}; grep -rs VICTIM {server.settings.logs_dir}"
+    )
+    for spec in (
+        {"command": [str(mine_dir / "bin" / "sh"), "-c", probe]},
+        {"command": ["true"], "merge": {"command": [str(mine_dir / "bin" / "sh"), "-c", probe]}},
+    ):
+        r = server.http.post("/v1/runs", json={**spec, "machine": "nano"})
+        assert r.status_code == 422, r.text
+        assert r.json()["details"][0]["field"].endswith("command[0]")
+    # and the sandbox itself: what such a program's links lead to is never bound back
+    policy = shard_policy(server.settings)
+    planted = [Path(os.path.realpath(mine_dir / "bin" / n)).parent for n in ("volumes", "logs")]
+    extra = [*planted, mine_dir / "bin", server.settings.volumes_dir]
+    argv = Sandbox(policy=policy, extra_ro=extra).argv()
+    bound = {argv[i + 1] for i, arg in enumerate(argv) if arg == "--ro-bind"}
+    assert not bound & {str(p) for p in extra}, bound
+    assert str(server.settings.volumes_dir / vol / "secret.txt") not in " ".join(argv)
 
 
 def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(

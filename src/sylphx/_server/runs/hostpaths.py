@@ -74,23 +74,39 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
         )
         if real is not None and local:
             details.extend(_workdir_on_host(workdir, real, settings))
-    for entry in spec.env.get("PATH", "").split(":"):
-        if entry:  # (an empty one is the start directory, checked above)
-            refuse(
-                "env.PATH",
-                os.path.join(workdir or _SHARD_CWD, entry),
-                "remove that entry from PATH; keep the tools a run uses outside the control"
-                " plane's data directory (SYLPHX_HOME)",
-            )
-    for i, mount in enumerate(spec.volume_mounts):
-        refuse(
-            f"volumeMounts[{i}].mountPath",
-            mount.mount_path,  # normalised by the spec model
-            "mount the volume at a path of your own, e.g. /cache or /data/out",
-        )
+    named = [  # (an empty PATH entry is the start directory, checked above)
+        ("env.PATH", os.path.join(workdir or _SHARD_CWD, entry), _PATH_FIX)
+        for entry in spec.env.get("PATH", "").split(":")
+        if entry
+    ]
+    named += [(field, program, _PROGRAM_FIX) for field, program in _programs(spec)]
+    named += [  # (mount paths normalised by the spec model)
+        (f"volumeMounts[{i}].mountPath", mount.mount_path, _MOUNT_FIX)
+        for i, mount in enumerate(spec.volume_mounts)
+    ]
+    for field, path, fix in named:
+        refuse(field, path, fix)
     if details:
         lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix']}" for d in details]
         raise ValidationError("; ".join(lines), details=details)
+
+
+_PATH_FIX = (
+    "remove that entry from PATH; keep the tools a run uses outside the control"
+    " plane's data directory (SYLPHX_HOME)"
+)
+_PROGRAM_FIX = (  # the sandbox binds back the folders its program's folder links to
+    "run a program from a path of your own, or from a volume's mountPath inside the"
+    " shard (e.g. /data/bin/tool), never the control plane's data directory"
+)
+_MOUNT_FIX = "mount the volume at a path of your own, e.g. /cache or /data/out"
+
+
+def _programs(spec: RunSpec) -> list[tuple[str, str]]:
+    """The run's programs given as absolute host paths (its merge step's too), by field."""
+    merge = spec.merge.command if spec.merge else []
+    commands = (("command[0]", spec.command or []), ("merge.command[0]", merge))
+    return [(field, cmd[0]) for field, cmd in commands if cmd and cmd[0].startswith("/")]
 
 
 def resolve(path: str) -> tuple[str, bool]:

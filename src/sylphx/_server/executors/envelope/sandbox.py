@@ -117,7 +117,7 @@ class Sandbox:
         args += _top_level(self.base, root, private)
         args += ["--proc", f"{root}/proc", "--dev", f"{root}/dev"]
         args += ["--perms", "1777", "--tmpfs", f"{root}/tmp"]
-        extra = [path for path in self.extra_ro if host and path.exists()]
+        extra = [path for path in self.extra_ro if host and _shows(path, self.policy.hide)]
         for path in extra:  # e.g. the run's working directory, even under /tmp
             args += [*_parents(path, private), "--ro-bind", str(path), str(path)]
         for mount in self.mounts:
@@ -188,6 +188,18 @@ def _parents(path: Path, private: Sequence[Path]) -> list[str]:
     if root != PRIVATE:
         args = ["--perms", "0755", "--dir", str(root), *args]
     return args
+
+
+def _shows(path: Path, hide: Sequence[Path]) -> bool:
+    """Whether ``path`` may be bound back into a shard: it exists, and neither it nor what
+    it leads to (bwrap binds a link's target) is or lies under a hidden path. A folder
+    that holds a hidden path may: that path is covered again (:func:`_hides`). Whatever
+    named it -- a working directory, a PATH entry, a link a tenant planted in its own
+    volume -- nothing of the home (other tenants' volumes and logs) comes back this way."""
+    if not path.exists():
+        return False
+    real = Path(os.path.realpath(path))
+    return not any(p.is_relative_to(h) for p in (path, real) for h in hide)
 
 
 def _hides(hide: Sequence[Path], extra: Sequence[Path]) -> list[str]:
