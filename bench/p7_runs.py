@@ -29,6 +29,9 @@ durable cluster, fsync on, under the bench homes' directory: ``tests/pgserver.py
 
     python bench/p7_runs.py [--runs 1000] [--clients 16] [--rounds 3]
         [--envelopes plain,sandboxed] [--stores sqlite,postgres]
+
+``SYLPHX_BENCH_PYSPY=PREFIX`` (with py-spy installed by hand) samples the server's
+GIL-holding thread over each round's timed window: one ``PREFIX.<time>.raw`` a round.
 """
 
 from __future__ import annotations
