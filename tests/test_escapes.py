@@ -19,7 +19,7 @@ import pytest
 
 from attacks import Listener, connect_probe, run_shard
 from conftest import Server, pids_of_run
-from sylphx._server.executors.envelope.sandbox import Sandbox
+from sylphx._server.executors.envelope.sandbox import Policy, Sandbox
 from sylphx._server.executors.local.cgroups import Cgroups, pids_max
 from sylphx._server.plane import shard_policy
 
@@ -170,6 +170,20 @@ def test_links_planted_in_a_volume_bring_back_no_other_tenants_volume_or_log(
     bound = {argv[i + 1] for i, arg in enumerate(argv) if arg == "--ro-bind"}
     assert not bound & {str(p) for p in extra}, bound
     assert str(server.settings.volumes_dir / vol / "secret.txt") not in " ".join(argv)
+
+
+def test_a_link_to_a_folder_around_a_hidden_path_is_not_bound(tmp_path: Path) -> None:
+    """bwrap binds a link's target at the link's name, where the hidden path inside the
+    target would not be covered again: such a link (a PATH entry, a toolchain's folder)
+    is not bound back at all; the folder itself, bound as it is, has the path covered."""
+    data, home = tmp_path / "data", tmp_path / "data" / "home"
+    home.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    policy = Policy(hide=(home,))
+    argv = Sandbox(policy=policy, extra_ro=[tmp_path / "link"]).argv()
+    assert str(tmp_path / "link") not in argv
+    argv = Sandbox(policy=policy, extra_ro=[data]).argv()
+    assert str(data) in argv and argv[argv.index(str(home)) - 1] == "--tmpfs"
 
 
 def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(

@@ -193,13 +193,18 @@ def _parents(path: Path, private: Sequence[Path]) -> list[str]:
 def _shows(path: Path, hide: Sequence[Path]) -> bool:
     """Whether ``path`` may be bound back into a shard: it exists, and neither it nor what
     it leads to (bwrap binds a link's target) is or lies under a hidden path. A folder
-    that holds a hidden path may: that path is covered again (:func:`_hides`). Whatever
+    that holds a hidden path may (that path is covered again, :func:`_hides`), unless it
+    is reached through a link. Whatever
     named it -- a working directory, a PATH entry, a link a tenant planted in its own
     volume -- nothing of the home (other tenants' volumes and logs) comes back this way."""
     if not path.exists():
         return False
     real = Path(os.path.realpath(path))
-    return not any(p.is_relative_to(h) for p in (path, real) for h in hide)
+    if any(p.is_relative_to(h) for p in (path, real) for h in hide):
+        return False
+    # bwrap binds a link's target at the link's name, where _hides would not cover what
+    # the target holds: a link to a folder around a hidden path is not bound at all
+    return real == path or not any(h.is_relative_to(real) for h in hide)
 
 
 def _hides(hide: Sequence[Path], extra: Sequence[Path]) -> list[str]:
