@@ -22,7 +22,7 @@ from sylphx._server.controller import bulkhead, launching, reconciler, schedulin
 from sylphx._server.controller.policy.admission import Resources
 from sylphx._server.controller.reconciler import Reconciler
 from sylphx._server.executors.base import LaunchRequest
-from sylphx._server.store import AttemptRow, RunRow
+from sylphx._server.store import AttemptRow, RunRow, runwrites
 from sylphx._server.tenancy import billing
 from test_reconciler import Harness
 
@@ -353,6 +353,30 @@ def test_a_passs_launches_are_written_together_and_a_bad_write_is_one_runs(
     monkeypatch.undo()
     h.tick()
     assert h.run(bad)["status"] == "running" and len(h.executor.live) == 8
+
+
+def test_a_run_whose_savepoint_fails_to_commit_has_its_launch_dropped(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's call went through but its savepoint failed to commit (its row could not be
+    written): the launch it queued is dropped with it, never started without its rows. (A
+    stale row fails the whole pass instead, which drops every launch it queued.)"""
+    bad, *good = [h.submit(machine="nano") for _ in range(3)]
+    real = runwrites.compare_and_set
+
+    def compare_and_set(conn: Any, table: Any, ids: list[str], seen: Any, values: Any) -> None:
+        if bad in ids and values.get("state", [None])[ids.index(bad)] == "running":
+            raise ValueError("injected: the run's row cannot be written")  # its start only
+        real(conn, table, ids, seen, values)
+
+    monkeypatch.setattr(runwrites, "compare_and_set", compare_and_set)
+    h.tick()
+    assert sorted(r.run_id for r in h.executor.live.values()) == sorted(good)
+    assert h.run(bad)["status"] == "queued"
+    assert "ValueError: injected" in h.run(bad)["message"]
+    monkeypatch.undo()
+    h.tick()
+    assert h.run(bad)["status"] == "running" and len(h.executor.live) == 3
 
 
 @pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")

@@ -20,7 +20,7 @@ the host (:data:`PASS_LEVEL`); the pass is rolled back and tried again, no run e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
@@ -156,15 +156,16 @@ class Bulkhead:
         *,
         isolated: bool = False,
         skip_faulted: bool = True,
-        undo: Callable[[], None] | None = None,
+        undo: Callable[[Sequence[str]], None] | None = None,
         deferred: Deferred | None = None,
     ) -> dict[str, T]:
         """``fn(run)`` for each of ``runs`` (but those already faulted this pass) under a
         savepoint; the results by run id of those that went through. ``isolated``: one
         savepoint per run from the start (``fn`` has effects outside the store that a
         second call would repeat); ``undo``: what takes back the effects outside the store
-        of the calls under a savepoint that was rolled back (e.g. queued launches), before
-        each run is done again under its own; ``deferred``: the rows the calls queue
+        of the calls of some runs (by id) under a savepoint that was rolled back (e.g.
+        queued launches): all of them before each is done again under its own, or one
+        whose own savepoint failed; ``deferred``: the rows the calls queue
         rather than write, written once after all of them under their savepoint (when it
         is rolled back they are discarded, and each run, done again, writes its own)."""
         todo = [(run.id, run) for run in (self.live(runs) if skip_faulted else runs)]
@@ -173,7 +174,7 @@ class Bulkhead:
         s.flush()  # earlier steps' changes: not this step's to fail on
         done = None if isolated else _all_at_once(s, todo, fn, undo, deferred)
         if done is None:  # isolated, or some run failed: one savepoint each
-            done, failed = _one_by_one(s, todo, fn)
+            done, failed = _one_by_one(s, todo, fn, undo)
             breaker(step, len(todo), failed)
             for run_id, error in failed.items():
                 self.fault(run_id, step, error)
@@ -311,7 +312,7 @@ def _all_at_once(
     s: Session,
     todo: list[tuple[str, RunRow]],
     fn: Callable[[RunRow], T],
-    undo: Callable[[], None] | None,
+    undo: Callable[[Sequence[str]], None] | None,
     deferred: Deferred | None,
 ) -> dict[str, T] | None:
     """``fn`` for every run under one savepoint; None when some run raised (rolled back,
@@ -320,6 +321,7 @@ def _all_at_once(
         with s.begin_nested():
             done = {run_id: fn(run) for run_id, run in todo}
             if deferred is not None:
+                s.flush()  # the runs' rows first: runs are locked before their shards
                 deferred.write(s)
         return done
     except PASS_LEVEL:
@@ -328,15 +330,19 @@ def _all_at_once(
         if deferred is not None:
             deferred.discard()
         if undo is not None:
-            undo()
+            undo([run_id for run_id, _ in todo])
         return None
 
 
 def _one_by_one(
-    s: Session, todo: list[tuple[str, RunRow]], fn: Callable[[RunRow], T]
+    s: Session,
+    todo: list[tuple[str, RunRow]],
+    fn: Callable[[RunRow], T],
+    undo: Callable[[Sequence[str]], None] | None,
 ) -> tuple[dict[str, T], dict[str, Exception]]:
     """``fn`` for each run under its own savepoint: the results and the errors by run (a
-    run whose savepoint failed to commit is among the errors only)."""
+    run whose savepoint failed, if only to commit, is among the errors only, what its
+    call did outside the store taken back by ``undo``)."""
     done: dict[str, T] = {}
     failed: dict[str, Exception] = {}
     for run_id, run in todo:
@@ -347,5 +353,7 @@ def _one_by_one(
         except PASS_LEVEL:
             raise
         except Exception as exc:
+            if undo is not None:
+                undo([run_id])
             failed[run_id] = exc
     return done, failed

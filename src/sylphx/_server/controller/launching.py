@@ -387,11 +387,11 @@ def _note(logs_dir: Path, stderr: str, text: str) -> None:
 
 
 def undo_starts(
-    executor: Executor, bh: Bulkhead, prepared: dict[str, list[str]], starting: list[RunRow]
+    executor: Executor, bh: Bulkhead, prepared: dict[str, list[str]], run_ids: Sequence[str]
 ) -> None:
-    """The starts made under one savepoint were rolled back: drop the launches they queued
-    and forget the faults they noted (each run is started again under its own savepoint)."""
-    executor.drop([handle for handles in prepared.values() for handle in handles])
-    prepared.clear()
-    for run in starting:  # none had a fault before this step (they were live)
-        bh.faults.pop(run.id, None)
+    """The starts of ``run_ids`` were rolled back with their savepoint: drop the launches
+    they queued (never a process without its row) and forget the faults they noted (a run
+    is started again under its own savepoint, or fails the step with that error)."""
+    executor.drop([handle for run_id in run_ids for handle in prepared.pop(run_id, [])])
+    for run_id in run_ids:  # none had a fault before this step (they were live)
+        bh.faults.pop(run_id, None)

@@ -316,7 +316,7 @@ class Reconciler(PassLoop):
                 prepared=prepared,
                 rows=rows,
             ),
-            undo=lambda: launching.undo_starts(self.executor, bh, prepared, starting),
+            undo=lambda ids: launching.undo_starts(self.executor, bh, prepared, ids),
             deferred=rows,
         )
         faulted = {run.id: bh.faults[run.id].error for run in starting if run.id in bh.faults}
