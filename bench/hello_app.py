@@ -30,13 +30,12 @@ def hello_sync() -> dict[str, str]:
 if __name__ == "__main__":
     import uvicorn
 
-    from sylphx._server import GRACEFUL_SECONDS
+    from sylphx._server import UVICORN_OPTIONS
 
     uvicorn.run(
         "hello_app:app",
         host="127.0.0.1",
         port=int(sys.argv[1]),
         workers=int(sys.argv[2]) if len(sys.argv) > 2 else 1,
-        log_level="warning",
-        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        **UVICORN_OPTIONS,
     )

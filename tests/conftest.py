@@ -40,7 +40,7 @@ from sqlalchemy import make_url, select
 # of the host's external interface (set before anything imports ray).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from sylphx._server import ControlPlane, create_app
+from sylphx._server import UVICORN_OPTIONS, ControlPlane, create_app
 from sylphx._server.store import ApiKeyRow
 from sylphx._server.tenancy import orgs
 from sylphx._settings import Settings
@@ -322,7 +322,7 @@ def _serve(home: Path, **overrides: Any) -> tuple[Server, _Running]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(plane), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(plane), **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -4,6 +4,7 @@ its fix, on the session's store, made unavailable for real."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -222,3 +223,38 @@ def test_each_worker_of_a_shared_home_is_ready_as_holder_or_standby(tmp_path: Pa
         assert all("another process" in h for h in seen["standby"])
     finally:
         server.close()
+
+
+def test_an_idle_connection_outlasts_the_clients_pools(server: Server) -> None:
+    """The server keeps an idle keep-alive connection longer than the SDKs' pools keep it
+    (httpx drops one after 5 s, Node's fetch after 4 s). At uvicorn's default of 5 s, the
+    same as the client's, a request sent on a pooled connection just as the server closed
+    it failed with "Server disconnected without sending a response" (seen in CI, a Ray
+    test idle ~5 s while a node was removed)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(6)  # idle past both pools' times
+        sock.sendall(request)
+        assert _response(sock).startswith(b"HTTP/1.1 200 "), "the idle connection was closed"
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response read off ``sock`` (its head and Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head

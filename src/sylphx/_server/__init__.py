@@ -17,9 +17,20 @@ if TYPE_CHECKING:
     from .http import create_app
     from .plane import ControlPlane
 
-__all__ = ["ControlPlane", "create_app", "metrics_dir", "serve", "shared_app"]
+__all__ = ["UVICORN_OPTIONS", "ControlPlane", "create_app", "metrics_dir", "serve", "shared_app"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 GRACEFUL_SECONDS = 5  # open requests (e.g. log follows) get this long after SIGTERM
+# An idle keep-alive connection is closed after this long. It must outlast the clients'
+# own pools (the SDKs drop an idle connection after 5 s, Node's fetch after 4 s): at
+# equal times a client can send on the connection the moment the server closes it, and
+# the request fails with "Server disconnected without sending a response" (uvicorn's
+# default is 5 s, as httpx's).
+KEEP_ALIVE_SECONDS = 30
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_level": "warning",
+    "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+    "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+}
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's: see http/metrics.py
 
 
@@ -124,7 +135,7 @@ def serve(
         if workers > 1:
             uvicorn.run(
                 "sylphx._server:shared_app", factory=True, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS, **where,
+                **UVICORN_OPTIONS, **where,
             )  # fmt: skip
             return
         from .http import create_app  # (the workers import their own: see shared_app)
@@ -141,10 +152,7 @@ def serve(
                 super().handle_exit(sig, frame)
 
         config = uvicorn.Config(
-            create_app(plane, embedded=uds is not None),
-            log_level="warning",
-            timeout_graceful_shutdown=GRACEFUL_SECONDS,
-            **where,
+            create_app(plane, embedded=uds is not None), **UVICORN_OPTIONS, **where
         )
         config.load()  # imports the protocol modules now, so the freeze covers them too
         freeze_startup_heap()
