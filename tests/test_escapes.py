@@ -186,6 +186,28 @@ def test_a_link_to_a_folder_around_a_hidden_path_is_not_bound(tmp_path: Path) ->
     assert str(data) in argv and argv[argv.index(str(home)) - 1] == "--tmpfs"
 
 
+def test_a_relative_path_entry_is_never_the_control_planes_own_folder(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative PATH entry names a folder under the shard's start directory, not under
+    the control plane's: the links in the control plane's ``./bin`` are not followed, so
+    the folder they lead to (a private one, here under /tmp) is not bound back."""
+    cwd, tool = tmp_path / "plane-cwd", tmp_path / "private-tool"
+    (cwd / "bin").mkdir(parents=True)
+    (tool / "bin").mkdir(parents=True)
+    shutil.copy("/bin/sh", tool / "bin" / "sh")
+    (tool / "marker").write_text("the control plane's")
+    (cwd / "bin" / "sh").symlink_to(tool / "bin" / "sh")
+    monkeypatch.chdir(cwd)  # the in-process control plane's current directory
+    done, out, err = run_shard(
+        server,
+        ["sh", "-c", f"cat {tool}/marker || echo unseen"],
+        env={"PATH": "bin:/usr/bin:/bin"},
+    )
+    assert done["status"] == "succeeded", err
+    assert "unseen" in out and "the control plane's" not in out
+
+
 def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(
     server: Server,
 ) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from sylphx._core.errors import ValidationError
 from sylphx._core.paths import is_within
 from sylphx._core.spec import RunSpec
-from sylphx._server.executors.local.processes import closed_to
+from sylphx._server.executors.local.processes import PRIVATE, closed_to
 from sylphx._settings import Settings
 
 __all__ = ["check_host_paths"]
@@ -35,7 +35,6 @@ __all__ = ["check_host_paths"]
 _HIDDEN = "is, or lies under, a path of the control plane that shards never see"
 _RESOLVED = " (symlinks, '..' and '//' resolved)"
 _VIA_PROC = "goes through /proc, whose links lead where the process following them is"
-_SHARD_CWD = "/tmp"  # a sandboxed host shard's start directory when the spec names none
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
 
 
@@ -75,7 +74,7 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
         if real is not None and local:
             details.extend(_workdir_on_host(workdir, real, settings))
     named = [  # (an empty PATH entry is the start directory, checked above)
-        ("env.PATH", os.path.join(workdir or _SHARD_CWD, entry), _PATH_FIX)
+        ("env.PATH", os.path.join(workdir or PRIVATE, entry), _PATH_FIX)
         for entry in spec.env.get("PATH", "").split(":")
         if entry
     ]

@@ -24,11 +24,13 @@ def check_program(
         dirs = [""] if "/" in program else path.split(":")
         rel = program.lstrip("/")
         found = any(os.path.lexists(root / d.lstrip("/") / rel) for d in dirs)
-    elif "/" in program:
-        target = Path(program) if program.startswith("/") else (workdir or Path("/")) / program
-        found = os.access(target, os.X_OK) and target.is_file()
+    elif "/" in program:  # a relative one lies under the start directory (see searched)
+        target = Path(program) if program.startswith("/") else (workdir or PRIVATE) / program
+        seen = workdir is not None or program.startswith("/")  # (not the host's /tmp)
+        found = seen and os.access(target, os.X_OK) and target.is_file()
     else:
-        found = shutil.which(program, path=path) is not None
+        folders = os.pathsep.join(map(str, searched(path, workdir)))
+        found = bool(folders) and shutil.which(program, path=folders) is not None
     if not found:
         raise FileNotFoundError(2, "No such file or directory (or not executable)", program)
 
@@ -70,7 +72,21 @@ def shard_processes(pid: int) -> list[int]:
     return own
 
 
-PRIVATE = Path("/tmp")  # each shard gets its own empty /tmp
+PRIVATE = Path("/tmp")  # each shard gets its own empty /tmp, its start directory by default
+
+
+def searched(path: str, workdir: Path | None) -> list[Path]:
+    """The host folders a sandboxed host shard's ``PATH`` has it search: an absolute entry
+    as it is; a relative one (an empty one is the start directory) under its working
+    directory, which it sees; none without one (it starts in its own empty /tmp). Never
+    under this process's current directory, which is the control plane's, not the shard's."""
+    folders = []
+    for entry in path.split(os.pathsep):
+        if entry.startswith("/"):
+            folders.append(Path(entry))
+        elif workdir is not None:
+            folders.append(workdir / entry)
+    return folders
 
 
 def private_roots() -> tuple[Path, ...]:
@@ -123,7 +139,7 @@ def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[P
     link into an interpreter under ``/root``)."""
     roots = private_roots()
     wanted: list[Path] = [workdir] if workdir else []
-    bins = [Path(p) for p in path.split(":") if p]
+    bins = [folder for folder in searched(path, workdir) if folder != workdir]
     if program.startswith("/"):
         bins.append(Path(program).parent)
     targets = [target for directory in bins for target in _link_targets(directory)]
