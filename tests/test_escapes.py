@@ -208,6 +208,14 @@ def test_a_relative_path_entry_is_never_the_control_planes_own_folder(
     assert "unseen" in out and "the control plane's" not in out
 
 
+def test_path_cannot_come_from_a_secret(server: Server) -> None:
+    """A secret replaces the run's env at launch, after the submit's checks of PATH: so
+    a secret named PATH is refused at submit (its value is not known until launch)."""
+    r = server.http.post("/v1/runs", json={"command": ["true"], "secrets": ["PATH"]})
+    assert r.status_code == 422, r.text
+    assert r.json()["details"][0]["field"] == "secrets" and "env" in r.json()["details"][0]["fix"]
+
+
 def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(
     server: Server,
 ) -> None:

@@ -168,6 +168,13 @@ def check_secret_names(names: list[str]) -> None:
                 f"{shown(name)} is not a valid secret name",
                 "use an env-var style name such as DB_URL (not SYLPHX_*)",
             )
+    if "PATH" in names:  # it would replace the env.PATH checked at submit, unchecked
+        raise rule(
+            "secrets",
+            "names 'PATH': the folders a run searches are checked at submit, and a"
+            " secret's value is only read at launch",
+            "set PATH in the run's env, and give the secret another name",
+        )
     if len(set(names)) != len(names):
         raise rule("secrets", "names a secret twice", "list each secret once")
 
