@@ -71,3 +71,21 @@ def test_a_link_repointed_elsewhere_is_seen_within_the_ttl(
 
 def test_a_missing_folder_has_no_links(tmp_path: Path) -> None:
     assert processes._link_targets(tmp_path / "nowhere") == ()
+
+
+def test_respelling_a_folder_reads_it_no_more_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answers are kept by the folder itself, not by how a PATH spells it: a tenant's
+    runs naming /usr/bin as ``/usr/lib/../bin``, ``/usr/lib/../lib/../bin``... reuse one
+    answer, and cannot push the others out."""
+    bin_dir, one = tmp_path / "bin", tmp_path / "one"
+    for d in (bin_dir, one):
+        d.mkdir()
+    (bin_dir / "a").symlink_to(one / "a")
+    scans = _scans(monkeypatch)
+    spellings = [f"{tmp_path}{'/one/..' * i}/bin" for i in range(300)]
+    assert len({str(Path(spelled)) for spelled in spellings}) == 300
+    for spelled in spellings:
+        assert processes._link_targets(Path(spelled)) == (one,)
+    assert len(scans) == 1 and len(processes._links) == 1

@@ -151,7 +151,8 @@ def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[P
 
 
 LINKS_TTL = 5.0  # seconds a folder's symlink targets are reused (see _link_targets)
-_links: dict[str, tuple[int, float, tuple[Path, ...]]] = {}  # folder -> mtime, when, targets
+# a folder, by (device, inode) -> its mtime, when it was read, and its links' targets
+_links: dict[tuple[int, int], tuple[int, float, tuple[Path, ...]]] = {}
 
 
 def _link_targets(directory: Path) -> tuple[Path, ...]:
@@ -159,12 +160,14 @@ def _link_targets(directory: Path) -> tuple[Path, ...]:
     distribution's /usr/bin costs ~40 ms, which each sandboxed launch paid (P7
     sandboxed: 43 ms of the server's CPU a run). So a folder's answer is reused while its
     mtime is unchanged (a link added, removed or replaced in it changes it) and for at
-    most LINKS_TTL seconds (a link elsewhere on the way, repointed, is seen within that)."""
+    most LINKS_TTL seconds (a link elsewhere on the way, repointed, is seen within that).
+    It is kept by the folder's identity, not its spelling: ``/usr//bin``, ``/usr/./bin``
+    and ``/usr/bin`` are one entry, so a tenant cannot flush it by respelling a folder."""
     try:
-        mtime = os.stat(directory).st_mtime_ns
+        st = os.stat(directory)
     except OSError:
         return ()
-    now, key = time.monotonic(), str(directory)
+    now, key, mtime = time.monotonic(), (st.st_dev, st.st_ino), st.st_mtime_ns
     known = _links.get(key)
     if known is not None and known[0] == mtime and now - known[1] < LINKS_TTL:
         return known[2]
