@@ -300,6 +300,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--envelopes", default="plain,sandboxed")
     parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--workers", type=int, default=1, help="the server's API processes")
     parser.add_argument("--loadgen", nargs=4, metavar=("URL", "TOKEN", "N", "CLIENTS"))
     args = parser.parse_args()
     if args.loadgen:
@@ -319,7 +320,9 @@ def main() -> None:
                 ours: list[dict[str, Any]] = []
                 base: list[float] = []
                 argv = ["true"] if envelope == "plain" else sandbox_argv(["true"])
-                with Server(database_url=url, **CAPACITY, **ENVELOPES[envelope]) as server:
+                with Server(
+                    workers=args.workers, database_url=url, **CAPACITY, **ENVELOPES[envelope]
+                ) as server:
                     round_of(server, 50, clients)  # warm-up: imports, caches, supervisors
                     for _ in range(args.rounds):
                         server.quiesce()
