@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sylphx._core.errors import StorageFull
@@ -43,6 +43,7 @@ from . import (
 from .bulkhead import PASS_LEVEL
 from .loop import PassLoop
 from .policy import failures, queue
+from .specs import ACTIVE_RUNS, Specs
 from .transitions import transition
 
 log = logging.getLogger("sylphx.reconciler")
@@ -55,14 +56,6 @@ READING, SETTLING = "reading its spec", "settling its shards' exits"
 QUEUEING, STARTING = "deciding whether it starts", "starting its shards"
 RESTARTING = "stopping its gang to admit it again whole"
 SPENDING = "metering it against its spend cap"
-
-
-# in the order they joined the queue: a run reopened by a retry joins it again at the back
-_ACTIVE_RUNS = (
-    select(RunRow)
-    .where(RunRow.state.in_(ACTIVE))
-    .order_by(func.coalesce(RunRow.reopened_at, RunRow.created_at), RunRow.id)
-)
 
 
 def utcnow() -> datetime:
@@ -92,7 +85,7 @@ class Reconciler(PassLoop):
         self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
         self._disk_full: str | None = None  # the last "log disk full" message logged
         self._last_full = float("-inf")  # monotonic time of the last pass that loaded all
-        self._specs: dict[tuple[str, int], RunSpec] = {}  # parsed specs by (run, version)
+        self._specs = Specs()  # parsed once per version of a run's row
         self._bulkhead = bulkhead.Bulkhead()  # runs that failed a step: parked or ended
         self.on_pass: Callable[[list[str]], None] = lambda ended: None  # hook, see tick()
         executor.set_waker(self._wake_batched)
@@ -106,6 +99,7 @@ class Reconciler(PassLoop):
         except BaseException:  # drop what it prepared: nothing of it started yet
             self.executor.flush(discard=True)
             raise
+        self._specs.committed()
         self._bulkhead.commit(ended)  # the strikes of the runs that failed a step count
         # Only now that the pass committed its decisions does it act on them (ADR 0004):
         # a pass rolled back must leave no process the store does not know, and no shard
@@ -122,9 +116,8 @@ class Reconciler(PassLoop):
         bh = self._bulkhead
         bh.begin()
         with self.sessions.begin() as s:
-            runs = list(s.scalars(_ACTIVE_RUNS))
-            specs = self._parse(runs)
-            self._specs = {(run.id, run.version): specs[run.id] for run in bh.live(runs)}
+            runs = list(s.scalars(ACTIVE_RUNS))  # (their specs are read apart: see .specs)
+            specs = self._parse(s, runs)
             exits = self.executor.poll()
             self._last_exits = len(exits)
             self._collect(s, exits, specs)
@@ -165,24 +158,18 @@ class Reconciler(PassLoop):
             rollup.roll_up_all(s, bh, runs, counts, steps, now)
             bh.resolve(s, now)
             self._signals += bh.signals
+            s.flush()  # (as the commit would) so each spec is kept under its row's version
+            self._specs.keep([r for r in bh.live(runs) if not RunState(r.state).terminal], specs)
             return [run.id for run in runs if RunState(run.state).terminal]
 
-    def _parse(self, runs: list[RunRow]) -> dict[str, RunSpec]:
+    def _parse(self, s: Session, runs: list[RunRow]) -> dict[str, RunSpec]:
         """Each run's spec, parsed once per version of its row. A run whose spec does
         not parse (any more) is ended: nothing can be done for it."""
-        specs, failed = {}, {}
-        for run in runs:
-            try:
-                spec = self._specs.get((run.id, run.version))
-                specs[run.id] = spec or RunSpec.model_validate(run.spec)
-            except PASS_LEVEL:
-                raise
-            except Exception as exc:
-                failed[run.id] = exc
+        parsed, failed = self._specs.parse(s, runs)
         bulkhead.breaker(READING, len(runs), failed)
         for run_id, error in failed.items():
             self._bulkhead.fault(run_id, READING, error, final=True)
-        return specs
+        return parsed
 
     def _focus(
         self,
@@ -215,7 +202,8 @@ class Reconciler(PassLoop):
             with self.sessions.begin() as s:
                 unended = launching.open_attempts(s)
                 run_ids = {attempt.run_id for attempt, _ in unended}
-                specs = self._parse(list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids)))))
+                rows = list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids))))
+                specs = self._parse(s, rows)
                 now = self.clock()
                 lost = launching.readopt(s, self.executor, unended, specs, self.cipher, now)
                 self._collect(s, lost, specs)
