@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -216,6 +218,29 @@ def test_path_cannot_come_from_a_secret(server: Server) -> None:
     assert r.json()["details"][0]["field"] == "secrets" and "env" in r.json()["details"][0]["fix"]
 
 
+def test_an_image_reference_cannot_make_the_control_plane_probe_the_host(
+    server: Server,
+) -> None:
+    """An ``image`` naming a registry at a private or loopback address is refused before
+    the control plane connects to it: its answers (refused, EOF, not TLS) told a tenant
+    what listens on the host's ports (found by an attack review)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    with listener:
+        for image in (f"127.0.0.1:{port}/probe:1", f"localhost:{port}/probe:1"):
+            r = server.http.post("/v1/runs", json={"command": ["true"], "image": image})
+            assert r.status_code == 422, r.text
+            assert r.json()["details"][0]["rule"] == "private_registry", r.text
+            r = server.http.post("/v1/runs?dryRun=true", json={"command": ["true"], "image": image})
+            assert "private or special address" in r.text, r.text  # the quote's refusal
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody came
+    merge = {"command": ["true"], "image": f"127.0.0.1:{port}/probe:1"}
+    r = server.http.post("/v1/runs", json={"command": ["true"], "merge": merge})
+    assert r.status_code == 422 and "private" in r.text, r.text
+
+
 def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(
     server: Server,
 ) -> None:
@@ -255,7 +280,6 @@ def test_a_shard_cannot_leave_its_cgroup_or_raise_its_limits(server: Server) -> 
     run = server.submit(command=["sh", "-c", escape], machine="nano")
     server.wait_for(lambda: server.get(run["id"])["status"] == "running")
     server.wait_for(lambda: len(pids_of_run(run["id"])) > 0, timeout=10)
-    import time
 
     time.sleep(1.5)  # the escape attempts are done; the sleep is running
     for pid in pids_of_run(run["id"]):  # host side: every process still in its cgroups

@@ -20,6 +20,7 @@ import pytest
 
 from oci import BusyboxImages, busybox_images  # noqa: F401 - the fixture
 from sylphx._core.errors import ExecutorError, ValidationError
+from sylphx._server.images.reach import check_reachable, host_of
 from sylphx._server.images.refs import parse_ref
 from sylphx._server.images.store import ImageConfig, ImageStore, UnpackedImage
 
@@ -327,3 +328,19 @@ def test_registry_names() -> None:
     assert parse_ref("acme/trainer").registry == "docker.io"
     with pytest.raises(ValidationError):
         parse_ref("  ")
+
+
+def test_private_registries_are_refused_unless_allowed() -> None:
+    assert [host_of(r) for r in ("reg.io", "reg.io:5000", "[::1]:5000", "::1")] == [
+        "reg.io",
+        "reg.io",
+        "::1",
+        "::1",
+    ]
+    for registry in ("localhost:5000", "127.0.0.1", "10.1.2.3:443", "169.254.169.254", "[::1]"):
+        with pytest.raises(ValidationError, match="private or special address"):
+            check_reachable(registry, ())
+    check_reachable("localhost:5000", ("localhost:5000",))  # the operator's own
+    check_reachable("10.1.2.3", ("10.1.2.3",))
+    check_reachable("registry.invalid", ())  # no such name: skopeo will say unreachable
+    check_reachable("8.8.8.8", ())  # a public address

@@ -154,6 +154,8 @@ class Settings:
     bill_preemptions: bool = False  # bill windows the platform preempted (SYLPHX_BILL_PREEMPTIONS)
     secrets_key: str | None = None  # Fernet key (SYLPHX_SECRETS_KEY); else a generated file
     image_scanner: str | None = None  # SYLPHX_IMAGE_SCANNER: CMD REF DIGEST ROOTFS, 0 = admit
+    # SYLPHX_PRIVATE_REGISTRIES: registries at private addresses runs may name (comma-separated)
+    private_registries: tuple[str, ...] = ()
     ray_address: str | None = None  # None: "auto" (the cluster this host belongs to)
     ray_gang_strategy: str = "SPREAD"
     ray_volume_root: Path | None = None  # a filesystem every Ray node mounts at this path
@@ -274,6 +276,11 @@ class Settings:
             shard_hide=hide,
             secrets_key=env.get("SYLPHX_SECRETS_KEY") or None,
             image_scanner=env.get("SYLPHX_IMAGE_SCANNER") or None,
+            private_registries=tuple(
+                name.strip()
+                for name in env.get("SYLPHX_PRIVATE_REGISTRIES", "").split(",")
+                if name.strip()
+            ),
             sandbox=sandbox_text in ("on", "1", "true"),
             unenforced_tiers=env.get("SYLPHX_UNENFORCED_TIERS", "") in ("1", "true", "on"),
             bill_preemptions=env.get("SYLPHX_BILL_PREEMPTIONS", "") in ("1", "true", "on"),

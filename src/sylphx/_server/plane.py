@@ -51,6 +51,7 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
             max_log_bytes=settings.max_log_bytes,
             policy=shard_policy(settings),
             image_cache=str(settings.ray_image_cache),
+            private_registries=settings.private_registries,
         )
     return _local_executor(settings, images)
 
@@ -72,7 +73,9 @@ class ControlPlane:
         self.engine = make_engine(settings.database_url)
         self.sessions = session_factory(self.engine)  # writers (BEGIN IMMEDIATE on SQLite)
         self.reads = read_session_factory(self.engine)  # readers
-        self.images = ImageStore(settings.home / "images")
+        self.images = ImageStore(
+            settings.home / "images", private_registries=settings.private_registries
+        )
         self.executor: Executor = executor or make_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
         self.keys = KeyCache(settings.auth_cache_seconds)  # API key hash -> org id

@@ -22,13 +22,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sylphx._core.errors import ExecutorError, ValidationError
 
+from .reach import check_reachable
 from .refs import INDEX_TYPES, REF_NAME, Layout, Source, image_error, parse_ref
 
 __all__ = ["ImageConfig", "ImageStore", "UnpackedImage"]
@@ -120,11 +121,17 @@ class ImageStore:
     """Resolves image references to unpacked rootfs directories in a shared cache."""
 
     def __init__(
-        self, cache_dir: Path, *, registry_timeout: float = 60.0, pull_timeout: float = 1800.0
+        self,
+        cache_dir: Path,
+        *,
+        registry_timeout: float = 60.0,
+        pull_timeout: float = 1800.0,
+        private_registries: Collection[str] = (),
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.registry_timeout = registry_timeout  # metadata look-ups (a dead network)
         self.pull_timeout = pull_timeout  # copying a whole image (big layers)
+        self.private_registries = private_registries  # contacted although private (.reach)
 
     # -- public --------------------------------------------------------------------------
 
@@ -162,6 +169,7 @@ class ImageStore:
         if source.kind == "docker-archive":
             raw = self._skopeo(["inspect", "--raw", source.skopeo()], self.pull_timeout, ref)
             return _sha256(raw)
+        check_reachable(source.registry, self.private_registries)  # before any pull too
         pinned = source.location.rpartition("@")[2] if "@" in source.location else None
         if pinned is not None:
             if not _DIGEST.match(pinned):

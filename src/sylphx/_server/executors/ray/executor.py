@@ -98,6 +98,7 @@ class RayExecutor:
         max_log_bytes: int = 1 << 30,
         policy: Policy | None = None,
         image_cache: str = "/var/cache/sylphx/images",
+        private_registries: tuple[str, ...] = (),
     ) -> None:
         if gang_strategy not in GANG_STRATEGIES:
             raise ExecutorError(
@@ -112,6 +113,7 @@ class RayExecutor:
             policy or Policy(),
             max_log_bytes=max_log_bytes,
             image_cache=image_cache,
+            private_registries=private_registries,
         )
         self._hub_name = hub_name(home_id(home))  # shards look it up by name
         self._hub, self._hub_is_new = self._connect_hub()

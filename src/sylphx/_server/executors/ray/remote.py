@@ -63,10 +63,11 @@ class NodeEnvelope:
     policy: Policy = field(default_factory=Policy)
     max_log_bytes: int = 1 << 30  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
     image_cache: str = "/var/cache/sylphx/images"  # where a node unpacks images (its own)
+    private_registries: tuple[str, ...] = ()  # SYLPHX_PRIVATE_REGISTRIES (images/reach.py)
 
 
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
-_images: dict[str, ImageStore] = {}  # per worker process: cache dir -> its image store
+_images: dict[tuple[str, tuple[str, ...]], ImageStore] = {}  # per worker: cache, registries
 _waiters: list[ThreadPoolExecutor] = []  # per worker process: one thread that waits on Ray
 
 
@@ -120,7 +121,8 @@ def run_streaming(
         if request.manifest is not None:  # a merge step: its manifest, on this node
             request = place_manifest(request, make_scratch(), sandbox=envelope.sandbox)
         if request.image is not None:  # unpacked on this node, by the same image store code
-            image = _node_images(envelope.image_cache).resolve(request.image)
+            images = _node_images(envelope.image_cache, envelope.private_registries)
+            image = images.resolve(request.image)
             policy = envelope.policy
             argv, env, cwd = image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
         else:
@@ -244,10 +246,12 @@ def _stream(
 Result = tuple[int, str | None, list[str], float | None, float]
 
 
-def _node_images(cache_dir: str) -> ImageStore:
-    store = _images.get(cache_dir)
+def _node_images(cache_dir: str, private_registries: tuple[str, ...]) -> ImageStore:
+    key = (cache_dir, private_registries)
+    store = _images.get(key)
     if store is None:
-        store = _images[cache_dir] = ImageStore(Path(cache_dir))
+        store = ImageStore(Path(cache_dir), private_registries=private_registries)
+        _images[key] = store
     return store
 
 
