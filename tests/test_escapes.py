@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -241,6 +242,44 @@ def test_an_image_reference_cannot_make_the_control_plane_probe_the_host(
     assert r.status_code == 422 and "private" in r.text, r.text
 
 
+def test_a_registry_that_never_answers_holds_few_threads(server: Server) -> None:
+    """A submit naming an image resolves it on a thread of the pool every sync route
+    shares, for as long as the registry takes: an org may have 2 such look-ups at once
+    (8 for every org), past which a submit is a 429 at once; other tenants' requests go
+    on (found by an attack review: 45 submits to a registry that never answered made
+    another tenant's GET /v1/runs take 17.6 s)."""
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    registry = f"127.0.0.1:{listener.getsockname()[1]}"
+    images = server.plane.images
+    images.private_registries, images.registry_timeout = (registry,), 4.0
+    answers: list[int] = []
+
+    def submit(i: int) -> None:
+        spec = {"command": ["true"], "image": f"{registry}/slow{i}:1"}
+        answers.append(server.http.post("/v1/runs", json=spec).status_code)
+
+    try:
+        slow = [threading.Thread(target=submit, args=(i,)) for i in range(2)]
+        for t in slow:
+            t.start()
+        time.sleep(0.5)  # both looking up
+        r = server.http.post("/v1/runs", json={"command": ["true"], "image": f"{registry}/x:1"})
+        assert r.status_code == 429 and r.json()["details"][0]["field"] == "image", r.text
+        assert r.headers["Retry-After"]
+        other = server.client(server.new_org("other"))
+        started = time.monotonic()
+        assert other.get("/v1/runs").status_code == 200
+        assert time.monotonic() - started < 2
+        for t in slow:
+            t.join()
+        assert answers == [422, 422]  # the registry's time out, each answered
+        r = server.http.post("/v1/runs", json={"command": ["true"], "image": f"{registry}/x:1"})
+        assert r.status_code == 422  # the slots are free again
+    finally:
+        images.private_registries, images.registry_timeout = (), 60.0
+        listener.close()
+
+
 def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(
     server: Server,
 ) -> None:
@@ -280,6 +319,7 @@ def test_a_shard_cannot_leave_its_cgroup_or_raise_its_limits(server: Server) -> 
     run = server.submit(command=["sh", "-c", escape], machine="nano")
     server.wait_for(lambda: server.get(run["id"])["status"] == "running")
     server.wait_for(lambda: len(pids_of_run(run["id"])) > 0, timeout=10)
+    import time
 
     time.sleep(1.5)  # the escape attempts are done; the sleep is running
     for pid in pids_of_run(run["id"]):  # host side: every process still in its cgroups

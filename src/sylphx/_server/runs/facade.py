@@ -40,12 +40,25 @@ from .live import LiveWaiters
 from .logs import Stream
 from .longpoll import RunWaiters
 from .readcache import SharedReads, TerminalViews
+from .slots import Kind, Slots
 from .streams import LogStreams
 from .submits import GroupCommit, Submit
 
 __all__ = ["CAS_RETRIES", "RunService"]
 
 CAS_RETRIES = 3  # a cancel races the reconciler's writes to the run this often at most
+# Submits that name an image resolve it first (a registry look-up, maybe a pull), each on
+# a thread of the pool every sync route shares: at most this many an org, and in all
+# (a registry that never answers held a thread a submit, and 45 of them every route).
+IMAGE_LOOKUPS = (2, 8)  # (per org, in all), in one API process
+IMAGES = Kind(
+    "image look-ups",
+    "image",
+    "orgImageLookups",
+    "imageLookups",
+    "wait for your other submits naming images to be answered, then retry",
+    "retry in a few seconds",
+)
 T = TypeVar("T")
 
 
@@ -74,6 +87,7 @@ class RunService:
     waiters: RunWaiters
     log_streams: LogStreams
     group_commit: GroupCommit = field(default_factory=GroupCommit)
+    image_lookups: Slots = field(default_factory=lambda: Slots(IMAGES, *IMAGE_LOOKUPS))
 
     # -- writes --------------------------------------------------------------------------
     async def submit(self, spec: RunSpec, org_id: str, idempotency_key: str | None = None) -> bytes:
@@ -110,14 +124,19 @@ class RunService:
         images: dict[str, str] = {"image": spec.image} if spec.image else {}
         if spec.merge and spec.merge.image and spec.merge.image != spec.image:
             images["merge.image"] = spec.merge.image  # each image checked once
-        if images:  # resolve + policy + scanner, outside the write lock
-            self.executor.check_images()  # the executor can run images at all (422 if not)
-            with self.reads() as s:
-                org_row = s.get(OrgRow, org_id)
-                policy = org_row.image_policy if org_row else None
+        if not images:
+            return
+        self.executor.check_images()  # the executor can run images at all (422 if not)
+        with self.reads() as s:
+            org_row = s.get(OrgRow, org_id)
+            policy = org_row.image_policy if org_row else None
+        self.image_lookups.take(org_id)  # a registry may take minutes: a thread each
+        try:  # resolve (pull, unpack) + policy + scanner, outside the write lock
             for field, ref in images.items():
                 scanner = self.settings.image_scanner
                 image_policy.admit(ref, policy, self.images, scanner, field)
+        finally:
+            self.image_lookups.free(org_id)
 
     def quote(self, spec: RunSpec, org_id: str) -> Quote:
         """The quote of ``spec`` (``POST /v1/runs?dryRun=true``): every check a submit

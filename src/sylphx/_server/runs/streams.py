@@ -21,38 +21,22 @@ threads of its own: however many streams poll, the thread pool every sync route 
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 
-from sylphx._core.errors import QuotaExceeded
+from .slots import RETRY_AFTER_SECONDS, Kind, Slots
 
 __all__ = ["READS_PER_ORG", "RETRY_AFTER_SECONDS", "THREADS", "LogStreams"]
 
 THREADS = 8  # log streams' blocking work: threads of their own, this many at most
-RETRY_AFTER_SECONDS = 5  # a refused stream: when one of those open may have ended
 READS_PER_ORG = 4  # the dashboard's log reads without follow (tails, downloads): per org
 READS_TOTAL = 64  # ... and every org's together, in one API process
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class _Kind:
-    """What one kind of slot is called in a refusal."""
-
-    what: str  # "followed log streams"
-    field: str
-    org_limit: str
-    total_limit: str
-    org_fix: str
-    total_fix: str
-
-
-FOLLOWED = _Kind(
+FOLLOWED = Kind(
     "followed log streams",
     "follow",
     "orgLogStreams",
@@ -61,7 +45,7 @@ FOLLOWED = _Kind(
     " or read the logs without follow",
     "retry in a few seconds, or read the logs without follow",
 )
-READS = _Kind(
+READS = Kind(
     "log reads",
     "log",
     "orgLogReads",
@@ -69,58 +53,6 @@ READS = _Kind(
     "wait for your other log pages or downloads to finish, then retry",
     "retry in a few seconds",
 )
-
-
-class _Slots:
-    """Open bodies of one kind, by org: at most ``per_org`` for an org, ``total`` for all."""
-
-    def __init__(self, kind: _Kind, per_org: int, total: int) -> None:
-        self.kind = kind
-        self.per_org = per_org
-        self.total = total
-        self.open: Counter[str] = Counter()
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def take(self, org_id: str) -> None:
-        kind = self.kind
-        with self._lock:
-            if self.count >= self.total:
-                raise _refusal(
-                    kind, "this API process has", self.count, self.total, kind.total_limit
-                )
-            if self.open[org_id] >= self.per_org:
-                raise _refusal(
-                    kind, "your org has", self.open[org_id], self.per_org, kind.org_limit
-                )
-            self.open[org_id] += 1
-            self.count += 1
-
-    def free(self, org_id: str) -> None:
-        with self._lock:
-            self.count -= 1
-            self.open[org_id] -= 1
-            if self.open[org_id] <= 0:
-                del self.open[org_id]
-
-
-def _refusal(kind: _Kind, who: str, current: int, most: int, limit: str) -> QuotaExceeded:
-    fix = kind.org_fix if limit == kind.org_limit else kind.total_fix
-    rule = f"at most {most} {kind.what} at once"
-    return QuotaExceeded(
-        f"{who} {current} {kind.what} open, its most ({most}). Fix: {fix}.",
-        details=[
-            {
-                "field": kind.field,
-                "limit": limit,
-                "max": most,
-                "current": current,
-                "rule": rule,
-                "fix": fix,
-            }
-        ],
-        retry_after=RETRY_AFTER_SECONDS,
-    )
 
 
 class LogStreams:
@@ -140,8 +72,8 @@ class LogStreams:
         self.per_org = per_org
         self.total = total
         self.limiter = anyio.CapacityLimiter(threads)
-        self._follows = _Slots(FOLLOWED, per_org, total)
-        self._reads = _Slots(READS, reads_per_org, reads_total)
+        self._follows = Slots(FOLLOWED, per_org, total)
+        self._reads = Slots(READS, reads_per_org, reads_total)
 
     def __len__(self) -> int:
         """Followed log streams open now, every org's."""
@@ -182,7 +114,7 @@ class LogStreams:
         return out
 
     async def _held(
-        self, slots: _Slots, org_id: str, body: AsyncIterator[bytes]
+        self, slots: Slots, org_id: str, body: AsyncIterator[bytes]
     ) -> AsyncIterator[bytes]:
         try:
             yield b""  # the primer hold() takes
