@@ -219,6 +219,30 @@ def test_path_cannot_come_from_a_secret(server: Server) -> None:
     assert r.json()["details"][0]["field"] == "secrets" and "env" in r.json()["details"][0]["fix"]
 
 
+def test_the_merge_step_is_checked_as_what_it_runs(server: Server) -> None:
+    """The merge step runs with its own env over the run's, and maybe an image of its own:
+    its PATH, program and image are checked as the run's are (found by an attack review:
+    ``merge.env.PATH`` through /proc brought back the folders the control plane's own
+    links led to)."""
+    volumes = server.settings.volumes_dir
+    cases = [
+        ({"merge": {"command": ["true"], "env": {"PATH": "/proc/self/cwd/bin"}}}, "merge.env.PATH"),
+        (
+            {"merge": {"command": ["true"], "env": {"PATH": f"/usr/bin:{volumes}"}}},
+            "merge.env.PATH",
+        ),
+        ({"merge": {"command": [f"{volumes}/v/sh"]}}, "merge.command[0]"),
+        ({"merge": {"command": ["true"], "image": f"oci:{volumes}/v/layout"}}, "merge.image"),
+        ({"env": {"PATH": ":".join(["/usr/bin"] * 65)}}, "env.PATH"),
+        ({"merge": {"command": ["true"], "env": {"PATH": "/bin:" * 64}}}, "merge.env.PATH"),
+    ]
+    for spec, field in cases:
+        r = server.http.post("/v1/runs", json={"command": ["true"], "machine": "nano", **spec})
+        assert r.status_code == 422, (spec, r.text)
+        assert r.json()["details"][0]["field"] == field, r.text
+    assert server.http.get("/v1/runs").json()["items"] == []  # nothing stored
+
+
 def test_an_image_reference_cannot_make_the_control_plane_probe_the_host(
     server: Server,
 ) -> None:

@@ -38,6 +38,7 @@ MAX_ARG_BYTES = 64 * KIB  # one argument, one env value (the kernel's limit: 128
 MAX_COMMAND_BYTES = 256 * KIB  # all arguments together
 MAX_ENV_VARS = 1024
 MAX_ENV_BYTES = 256 * KIB  # names and values together
+MAX_PATH_ENTRIES = 64  # folders on env.PATH: a sandboxed host launch looks into each
 MAX_NAME_BYTES = 200  # an env variable or secret name (the store keeps 200)
 MAX_SECRETS = 16  # secrets one run may name
 MAX_SECRET_BYTES = 64 * KIB  # one secret's value
@@ -57,6 +58,8 @@ LIMITS: list[tuple[str, str, str]] = [  # (field, limit, why): the README's tabl
      "the kernel refuses one argument or variable over 128 KiB"),
     ("`env`", f"{MAX_ENV_VARS:,} variables, {MAX_ENV_BYTES // KIB} KiB in all (names and values)",
      "ARG_MAX, as for `command`"),
+    ("`env.PATH`", f"{MAX_PATH_ENTRIES} folders",
+     "a sandboxed host shard's launch looks into each for the toolchains it binds"),
     ("`env` names, `secrets` names", f"{MAX_NAME_BYTES} bytes each; letters, digits, _",
      "an environment variable name"),
     ("`secrets`", f"{MAX_SECRETS} per run; a value {MAX_SECRET_BYTES // KIB} KiB at most",
@@ -179,11 +182,11 @@ def check_secret_names(names: list[str]) -> None:
         raise rule("secrets", "names a secret twice", "list each secret once")
 
 
-def check_env(env: dict[str, str]) -> None:
+def check_env(env: dict[str, str], field: str = "env") -> None:
     """Raise the rule ``env`` breaks: too many variables, a name or value too large."""
     if len(env) > MAX_ENV_VARS:
         raise rule(
-            "env",
+            field,
             f"has {len(env):,} variables; at most {MAX_ENV_VARS:,} are allowed",
             "pass configuration in a file and its path",
         )
@@ -191,21 +194,28 @@ def check_env(env: dict[str, str]) -> None:
     for name, value in env.items():
         if utf8_len(name) > MAX_NAME_BYTES:
             raise rule(
-                "env",
+                field,
                 f"a variable name is over {MAX_NAME_BYTES} bytes",
                 "use a shorter name",
             )
         size = utf8_len(value)
         if size > MAX_ARG_BYTES:
             raise rule(
-                f"env.{name}",
+                f"{field}.{name}",
                 f"is {size:,} bytes; one value may have {_kib(MAX_ARG_BYTES)}",
                 "pass large values in a file and its path",
             )
         total += utf8_len(name) + size + 2
+    folders = env.get("PATH", "").count(":") + 1
+    if folders > MAX_PATH_ENTRIES:
+        raise rule(
+            f"{field}.PATH",
+            f"names {folders:,} folders; at most {MAX_PATH_ENTRIES} are allowed",
+            "keep the folders the run's programs are in, and name others by their path",
+        )
     if total > MAX_ENV_BYTES:
         raise rule(
-            "env",
+            field,
             f"is {total:,} bytes in all; at most {_kib(MAX_ENV_BYTES)} are allowed",
             "pass large values in a file and its path",
         )

@@ -69,7 +69,7 @@ class MergeSpec(WireModel):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         limits.check_env_names(v, "merge.env")
-        limits.check_env(v)
+        limits.check_env(v, "merge.env")
         return v
 
     @field_validator("timeout_seconds")

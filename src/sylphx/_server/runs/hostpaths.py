@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sylphx._core.errors import ValidationError
+from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.paths import is_within
 from sylphx._core.spec import RunSpec
 from sylphx._server.executors.local.processes import PRIVATE, closed_to
@@ -42,9 +43,15 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
     """Raise :class:`ValidationError` (nothing is stored) when a host run names a path
     hidden from shards (``settings.hidden_paths()``) or one through ``/proc``, or, with
     ``local`` (the shards run on this host), a ``workingDir`` that is not an existing
-    directory here. Image runs pass untouched (and cost nothing here)."""
-    if spec.image is not None:
-        _check_image_path(spec.image, settings)
+    directory here. The run's shards and its merge step are checked each as what it is:
+    a step with an image names paths of the image, and costs nothing here; one without
+    runs on the host (a host run's merge step may have an image of its own)."""
+    steps = _steps(spec)
+    for prefix, step in steps:
+        if step.image is not None:
+            _check_image_path(step.image, settings, f"{prefix}image")
+    hosted = [(prefix, step) for prefix, step in steps if step.image is None]
+    if not hosted:
         return
     roots: list[str] = []  # resolved (a few syscalls each) when a path needs them
     details: list[dict[str, Any]] = []
@@ -74,11 +81,16 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
         if real is not None and local:
             details.extend(_workdir_on_host(workdir, real, settings))
     named = [  # (an empty PATH entry is the start directory, checked above)
-        ("env.PATH", os.path.join(workdir or PRIVATE, entry), _PATH_FIX)
-        for entry in spec.env.get("PATH", "").split(":")
+        (f"{prefix}env.PATH", os.path.join(workdir or PRIVATE, entry), _PATH_FIX)
+        for prefix, path in _paths(spec, hosted)
+        for entry in path.split(":")
         if entry
     ]
-    named += [(field, program, _PROGRAM_FIX) for field, program in _programs(spec)]
+    named += [  # a program named by its host path (the sandbox binds its folder's links)
+        (f"{prefix}command[0]", step.command[0], _PROGRAM_FIX)
+        for prefix, step in hosted
+        if step.command and step.command[0].startswith("/")
+    ]
     named += [  # (mount paths normalised by the spec model)
         (f"volumeMounts[{i}].mountPath", mount.mount_path, _MOUNT_FIX)
         for i, mount in enumerate(spec.volume_mounts)
@@ -101,11 +113,21 @@ _PROGRAM_FIX = (  # the sandbox binds back the folders its program's folder link
 _MOUNT_FIX = "mount the volume at a path of your own, e.g. /cache or /data/out"
 
 
-def _programs(spec: RunSpec) -> list[tuple[str, str]]:
-    """The run's programs given as absolute host paths (its merge step's too), by field."""
-    merge = spec.merge.command if spec.merge else []
-    commands = (("command[0]", spec.command or []), ("merge.command[0]", merge))
-    return [(field, cmd[0]) for field, cmd in commands if cmd and cmd[0].startswith("/")]
+def _steps(spec: RunSpec) -> list[tuple[str, RunSpec]]:
+    """What runs: the shards (``spec``) and the merge step (as it runs: the run's spec
+    with the merge's command, image, env over the run's...), by their fields' prefix."""
+    return [("", spec), *([("merge.", spec.for_index(MERGE_INDEX))] if spec.merge else [])]
+
+
+def _paths(spec: RunSpec, hosted: list[tuple[str, RunSpec]]) -> list[tuple[str, str]]:
+    """The PATH each host step searches, by the prefix of the field that sets it: the
+    merge step's own env, or the run's (checked once, if both steps run on the host)."""
+    found: dict[str, str] = {}
+    for prefix, step in hosted:
+        if "PATH" in step.env:
+            own = not prefix or (spec.merge is not None and "PATH" in spec.merge.env)
+            found.setdefault(prefix if own else "", step.env["PATH"])
+    return list(found.items())
 
 
 def resolve(path: str) -> tuple[str, bool]:
@@ -182,7 +204,7 @@ _IMAGE_FIX = (
 )
 
 
-def _check_image_path(image: str, settings: Settings) -> None:
+def _check_image_path(image: str, settings: Settings, field: str) -> None:
     """A local image path (an OCI layout or archive on this host) is read by the control
     plane, which may be root: refuse one hidden from shards, or one the shards' user could
     not read itself (one message for that and for a path that is not there, so the answer
@@ -201,8 +223,8 @@ def _check_image_path(image: str, settings: Settings) -> None:
         )
     else:
         return
-    details = [_detail("image", rule, _IMAGE_FIX)]
-    raise ValidationError(f"image: {rule}. Fix: {_IMAGE_FIX}", details=details)
+    details = [_detail(field, rule, _IMAGE_FIX)]
+    raise ValidationError(f"{field}: {rule}. Fix: {_IMAGE_FIX}", details=details)
 
 
 def _local_image_path(image: str) -> str | None:
