@@ -344,3 +344,26 @@ def test_private_registries_are_refused_unless_allowed() -> None:
     check_reachable("10.1.2.3", ("10.1.2.3",))
     check_reachable("registry.invalid", ())  # no such name: skopeo will say unreachable
     check_reachable("8.8.8.8", ())  # a public address
+
+
+def test_a_layout_naming_a_digest_that_is_a_path_is_refused(tmp_path: Path) -> None:
+    """A digest read from a tenant's own layout becomes paths of the store (its lock, its
+    unpack folder, removed when stale, as root): "../../victim/" there reached out of the
+    cache (found by a review). Every digest a layout names must be sha256:<hex>."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    for digest in ("../../victim/", "sha256:../../../victim", "sha256:" + "A" * 64):
+        entry = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest}
+        index = {"schemaVersion": 2, "manifests": [{**entry, "size": 1}]}
+        (layout / "index.json").write_text(json.dumps(index))
+        store = ImageStore(tmp_path / "cache" / "images")
+        with pytest.raises(ValidationError, match="not sha256"):
+            store.resolve(f"oci:{layout}")
+        with pytest.raises(ValidationError, match="not sha256"):
+            store.digest(f"oci:{layout}")
+    assert (victim / "keep").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layout", "victim"]  # nothing made

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ INDEX_TYPES = {
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
 REF_NAME = "org.opencontainers.image.ref.name"
+# A digest, as every path the store and a layout make of one needs it: one read from a
+# tenant's own layout (index.json, a manifest) could be "../../..", a path out of the
+# cache (the store then locked, listed and removed beside it, as root).
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
 
 
@@ -200,11 +205,25 @@ class Layout:
         return data
 
     def blob(self, digest: str) -> dict[str, Any]:
-        return self.json("blobs/" + digest.replace(":", "/", 1))
+        return self.json("blobs/" + self.digest(digest).replace(":", "/", 1))
 
     def entry(self) -> dict[str, Any]:
-        """The index entry the source's tag names (a manifest or a nested index)."""
-        return _select(self.json("index.json"), self.source.tag, self.source.location)
+        """The index entry the source's tag names (a manifest or a nested index), its
+        digest checked (see :data:`DIGEST`)."""
+        entry = _select(self.json("index.json"), self.source.tag, self.source.location)
+        self.digest(entry.get("digest"))
+        return entry
+
+    def digest(self, value: object) -> str:
+        """``value`` if it is a sha256 digest; else the layout is refused."""
+        if not isinstance(value, str) or not DIGEST.match(value):
+            raise image_error(
+                f"the OCI layout at {self.source.location} names a digest that is not"
+                f" sha256:<64 hex digits> ({str(value)[:80]!r})",
+                "layout_broken",
+                "give a valid OCI layout (skopeo copy or umoci write one)",
+            )
+        return value
 
     def manifest(self) -> dict[str, Any]:
         """The image manifest for this machine, following a multi-platform index."""

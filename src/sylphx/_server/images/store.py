@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -30,11 +29,10 @@ from typing import Any
 from sylphx._core.errors import ExecutorError, ValidationError
 
 from .reach import check_reachable
-from .refs import INDEX_TYPES, REF_NAME, Layout, Source, image_error, parse_ref
+from .refs import DIGEST, INDEX_TYPES, REF_NAME, Layout, Source, image_error, parse_ref
 
 __all__ = ["ImageConfig", "ImageStore", "UnpackedImage"]
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Mount points a sandbox binds over a read-only rootfs; created when the image lacks them.
 _MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
 _PACKAGES = {"skopeo": "skopeo", "umoci": "umoci"}
@@ -172,7 +170,7 @@ class ImageStore:
         check_reachable(source.registry, self.private_registries)  # before any pull too
         pinned = source.location.rpartition("@")[2] if "@" in source.location else None
         if pinned is not None:
-            if not _DIGEST.match(pinned):
+            if not DIGEST.match(pinned):
                 raise image_error(
                     f"{ref!r} has a malformed digest",
                     "format",
