@@ -20,6 +20,7 @@ import pytest
 
 from oci import BusyboxImages, busybox_images  # noqa: F401 - the fixture
 from sylphx._core.errors import ExecutorError, ValidationError
+from sylphx._server.executors.local.processes import check_program
 from sylphx._server.images.reach import check_reachable, host_of
 from sylphx._server.images.refs import parse_ref
 from sylphx._server.images.store import ImageConfig, ImageStore, UnpackedImage
@@ -367,3 +368,27 @@ def test_a_layout_naming_a_digest_that_is_a_path_is_refused(tmp_path: Path) -> N
             store.digest(f"oci:{layout}")
     assert (victim / "keep").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layout", "victim"]  # nothing made
+
+
+def test_a_program_is_looked_up_inside_the_image_never_on_the_host(tmp_path: Path) -> None:
+    """Whether an image run's program exists is looked up with the rootfs as / (its
+    ``..`` and links, absolute ones too, stay inside it): looked up on the host as
+    spelled, a PATH of /../../.. or an image's link to /etc told a tenant whether a
+    host file exists (exit 127 or not; found by a review)."""
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "tool").write_text("#!/bin/sh\n")
+    (root / "usr").mkdir()
+    (root / "usr" / "bin").symlink_to("/bin")  # absolute: the image's /bin
+    (root / "hostetc").symlink_to("/etc")  # the image's /etc: there is none
+    check_program("tool", "/usr/bin", None, root=root)
+    check_program("/usr/bin/../bin/tool", "", None, root=root)
+    assert os.path.exists("/etc/passwd")  # on the host, it is
+    for program, path in (
+        ("passwd", "/../../../../../../etc"),
+        ("passwd", "/hostetc"),
+        ("/hostetc/passwd", ""),
+        (f"/../../../../../..{root}/bin/tool", ""),
+    ):
+        with pytest.raises(FileNotFoundError):
+            check_program(program, path, None, root=root)

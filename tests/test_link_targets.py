@@ -89,3 +89,22 @@ def test_respelling_a_folder_reads_it_no_more_often(
     for spelled in spellings:
         assert processes._link_targets(Path(spelled)) == (one,)
     assert len(scans) == 1 and len(processes._links) == 1
+
+
+def test_many_folders_push_out_the_least_recently_used_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant naming many distinct folders (64 a run) pushes out the answers used least
+    recently, one at a time: a folder every launch uses is not read again for them."""
+    monkeypatch.setattr(processes, "LINKS_KEPT", 8)
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    cold = [tmp_path / f"cold{i}" for i in range(40)]
+    for folder in cold:
+        folder.mkdir()
+    scans = _scans(monkeypatch)
+    processes._link_targets(hot)
+    for folder in cold:
+        processes._link_targets(folder)
+        processes._link_targets(hot)  # every launch's /usr/bin
+    assert scans.count(str(hot)) == 1 and len(processes._links) == 8

@@ -22,8 +22,7 @@ def check_program(
     (its symlinks may point anywhere inside it, so existence is all that is checked)."""
     if root is not None:
         dirs = [""] if "/" in program else path.split(":")
-        rel = program.lstrip("/")
-        found = any(os.path.lexists(root / d.lstrip("/") / rel) for d in dirs)
+        found = any(in_rootfs(root, f"{d}/{program}") for d in dirs)
     elif "/" in program:  # a relative one lies under the start directory (see searched)
         target = Path(program) if program.startswith("/") else (workdir or PRIVATE) / program
         seen = workdir is not None or program.startswith("/")  # (not the host's /tmp)
@@ -33,6 +32,34 @@ def check_program(
         found = bool(folders) and shutil.which(program, path=folders) is not None
     if not found:
         raise FileNotFoundError(2, "No such file or directory (or not executable)", program)
+
+
+def in_rootfs(root: Path, path: str) -> bool:
+    """Whether ``path`` is there in the image rootfs ``root``, looked up as the sandbox
+    will (with ``root`` as /): its ``..`` and links, absolute ones too, never leave it.
+    (Looked up on the host as spelled, an image's link to /root, or a PATH of
+    /../../root, told a tenant whether a file of the host exists: exit 127 or not.)"""
+    todo = [part for part in path.split("/") if part not in ("", ".")]
+    at: list[str] = []
+    for _ in range(4096):  # components and links, each looked at once (ELOOP past it)
+        if not todo:
+            return True
+        part = todo.pop(0)
+        if part == "..":
+            at = at[:-1]
+            continue
+        try:
+            target = os.readlink(root.joinpath(*at, part))
+        except FileNotFoundError:
+            return False
+        except OSError:  # not a link: a file or folder of the rootfs
+            if not os.path.lexists(root.joinpath(*at, part)):
+                return False
+            at.append(part)
+            continue
+        at = [] if target.startswith("/") else at
+        todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+    return False
 
 
 def descendants(pid: int) -> list[int]:
@@ -151,6 +178,7 @@ def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[P
 
 
 LINKS_TTL = 5.0  # seconds a folder's symlink targets are reused (see _link_targets)
+LINKS_KEPT = 256  # folders whose answers are kept
 # a folder, by (device, inode) -> its mtime, when it was read, and its links' targets
 _links: dict[tuple[int, int], tuple[int, float, tuple[Path, ...]]] = {}
 
@@ -168,16 +196,17 @@ def _link_targets(directory: Path) -> tuple[Path, ...]:
     except OSError:
         return ()
     now, key, mtime = time.monotonic(), (st.st_dev, st.st_ino), st.st_mtime_ns
-    known = _links.get(key)
+    known = _links.pop(key, None)  # (put back last: the least recently used go first)
     if known is not None and known[0] == mtime and now - known[1] < LINKS_TTL:
+        _links[key] = known
         return known[2]
     targets: list[Path] = []
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
             if entry.is_symlink():
                 targets.append(Path(os.path.realpath(entry.path)).parent)
-    if len(_links) >= 256:  # PATH folders are few; a tenant's many are forgotten at once
-        _links.clear()
+    if len(_links) >= LINKS_KEPT:  # PATH folders are few: a tenant's many push out only
+        del _links[next(iter(_links))]  # the least recently used, not /usr/bin
     found = _links[key] = (mtime, now, tuple(dict.fromkeys(targets)))
     return found[2]
 
