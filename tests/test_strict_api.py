@@ -184,6 +184,21 @@ def test_a_body_is_not_read_before_the_key_is_known(server: Server) -> None:
         assert b"www-authenticate: bearer" in answer.lower()
 
 
+def test_a_write_when_the_store_is_away_is_a_503_before_its_body(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key check before the body meets a store that is away as the route would: a
+    503 naming the store, not a read and parse of the body anyway."""
+    from sqlalchemy.exc import OperationalError
+
+    async def away(_self: object, _authorization: str | None) -> str:
+        raise OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+
+    monkeypatch.setattr(type(server.plane.account), "authenticate", away)
+    r = _post_raw(server, b"{not even json")
+    assert r.status_code == 503 and r.json()["error"] == "store_unavailable", r.text
+
+
 def test_bodies_too_large_or_too_deep_get_the_error_shape(server: Server) -> None:
     deep = '{"command": ["true"], "env": ' + "[" * 100_000 + "]" * 100_000 + "}"
     r = _post_raw(server, deep)

@@ -203,13 +203,14 @@ async def _refused(scope: Scope) -> SylphxError | None:
                 size = -1
             if size > MAX_BODY_BYTES or size < 0:
                 return _too_large()
-        elif name == b"authorization":
+        elif name == b"authorization" and authorization is None:  # the first, as the route
             authorization = bytes(value).decode("latin-1")
     if scope["method"] in _WRITES and scope["path"].startswith("/v1/"):
+        plane = scope["app"].state.plane
         try:
-            await scope["app"].state.plane.account.authenticate(authorization)
+            await plane.account.authenticate(authorization)
         except Unauthorized as exc:
             return exc
-        except Exception:  # e.g. the store is away: the route meets it again and answers it
-            return None
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:  # (a 503, unread)
+            return faults.store_unavailable(exc, plane.engine)
     return None
