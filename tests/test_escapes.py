@@ -22,7 +22,7 @@ import pytest
 
 from attacks import Listener, connect_probe, run_shard
 from conftest import Server, pids_of_run
-from sylphx._server.executors.envelope.sandbox import Policy, Sandbox
+from sylphx._server.executors.envelope.sandbox import Policy, Sandbox, clean_env
 from sylphx._server.executors.local.cgroups import Cgroups, pids_max
 from sylphx._server.plane import shard_policy
 
@@ -217,6 +217,12 @@ def test_path_cannot_come_from_a_secret(server: Server) -> None:
     r = server.http.post("/v1/runs", json={"command": ["true"], "secrets": ["PATH"]})
     assert r.status_code == 422, r.text
     assert r.json()["details"][0]["field"] == "secrets" and "env" in r.json()["details"][0]["fix"]
+    # a run stored before that rule (its spec is not checked again) still gets the env's
+    env = clean_env(
+        platform={}, run_env={"PATH": "/usr/bin"}, secrets={"PATH": "/x", "K": "v"},
+        image_env=None, host_path=None,
+    )  # fmt: skip
+    assert env["PATH"] == "/usr/bin" and env["K"] == "v"
 
 
 def test_the_merge_step_is_checked_as_what_it_runs(server: Server) -> None:

@@ -265,11 +265,13 @@ def clean_env(
     host_path: str | None,
 ) -> dict[str, str]:
     """The shard's whole environment: image (or minimal host) basics, the run's env, its
-    granted secrets and the platform's SYLPHX_* variables; nothing from the server."""
+    granted secrets (never PATH: the one checked at submit is the env's) and the
+    platform's SYLPHX_* variables; nothing from the server."""
     base = dict(image_env) if image_env is not None else {}
     base.setdefault(
         "PATH", host_path or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     )
     base.setdefault("HOME", "/tmp")
     base.setdefault("LANG", "C.UTF-8")
-    return {**base, **run_env, **secrets, **platform}
+    mine = {name: value for name, value in secrets.items() if name != "PATH"}  # (see limits)
+    return {**base, **run_env, **mine, **platform}
