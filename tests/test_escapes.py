@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -308,6 +309,38 @@ def test_a_registry_that_never_answers_holds_few_threads(server: Server) -> None
     finally:
         images.private_registries, images.registry_timeout = (), 60.0
         listener.close()
+
+
+def test_a_layout_whose_digest_is_a_path_touches_nothing_outside_the_cache(
+    server: Server, tmp_path: Path
+) -> None:
+    """A tenant's own OCI layout (readable by the shards' user, as required) names a
+    digest that is a path out of the image cache: refused at submit, a dry run too, and
+    the folder that path names is left as it was (the control plane, as root, created a
+    lock file there and removed what matched beside it)."""
+    base = Path(tempfile.mkdtemp(prefix="sylphx-layout-"))
+    try:
+        os.chmod(base, 0o755)
+        victim, layout = base / "victim", base / "layout"
+        victim.mkdir()
+        (victim / "keep").write_text("mine")
+        layout.mkdir(mode=0o755)
+        (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        escape = os.path.relpath(victim, server.settings.home / "images" / "tmp") + "/"
+        manifest = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1}
+        index = {"schemaVersion": 2, "manifests": [{**manifest, "digest": escape}]}
+        (layout / "index.json").write_text(json.dumps(index))
+        for path in (layout, layout / "oci-layout", layout / "index.json"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        for query in ("", "?dryRun=true"):
+            r = server.http.post(
+                f"/v1/runs{query}", json={"command": ["true"], "image": f"oci:{layout}"}
+            )
+            assert sorted(os.listdir(victim)) == ["keep"]  # host side: nothing made, removed
+            assert (victim / "keep").read_text() == "mine"
+            assert "layout_broken" in r.text and r.status_code in (200, 422), r.text
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_shard_cannot_rewrite_its_start_record_to_outrun_its_timeout(
