@@ -46,8 +46,9 @@ def admit(
     store: ImageStore,
     scanner: str | None,
     field: str = "image",
-) -> None:
-    """Resolve ``ref`` (so it exists and is cached) and apply the policy and the scanner."""
+) -> str:
+    """Resolve ``ref`` (so it exists and is cached) and apply the policy and the scanner;
+    returns the digest admitted (the one the run's shards are to run)."""
     no = functools.partial(refuse, field=field)
     rules = ImagePolicy.model_validate(policy or {})
     if rules.allowed_sources and not any(ref.startswith(p) for p in rules.allowed_sources):
@@ -80,3 +81,4 @@ def admit(
                 f"refused by the image scanner: {said}",
                 "fix what the scanner reports, or use another image",
             )
+    return image.digest

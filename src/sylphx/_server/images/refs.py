@@ -5,13 +5,16 @@ Pure parsing; no subprocesses. :mod:`sylphx._server.images.store` runs the tools
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
 import re
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from sylphx._core.errors import ValidationError
 
@@ -27,6 +30,23 @@ REF_NAME = "org.opencontainers.image.ref.name"
 # cache (the store then locked, listed and removed beside it, as root).
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
+
+
+MAX_JSON = 4 << 20  # an index, a manifest or a config: far less in practice
+
+
+def open_regular(path: str | Path) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file (a FIFO is not waited on);
+    OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def image_error(message: str, rule: str, fix: str) -> ValidationError:
@@ -172,24 +192,38 @@ class Layout:
     def __init__(self, source: Source) -> None:
         self.source = source
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = MAX_JSON) -> bytes:
+        """The file ``name`` of the layout: a regular file (or an archive's member) of
+        at most ``limit`` bytes (a FIFO or /dev/zero there would hang or fill the
+        control plane, which reads it as root)."""
         base = Path(self.source.location)
+        data: bytes | None = None
         try:
             if self.source.kind == "oci":
-                return (base / name).read_bytes()
-            with tarfile.open(base) as tar:
-                for member in tar:
-                    if member.name.removeprefix("./") == name:
-                        fh = tar.extractfile(member)
-                        if fh is not None:
-                            return fh.read()
+                with open_regular(base / name) as fh:
+                    data = fh.read(limit + 1)
+            else:
+                with open_regular(base) as fh, tarfile.open(fileobj=fh) as tar:
+                    for member in tar:
+                        if member.name.removeprefix("./") == name and member.isfile():
+                            found = tar.extractfile(member)
+                            data = found.read(limit + 1) if found is not None else None
+                            break
         except (OSError, tarfile.TarError):
             pass
-        raise image_error(
-            f"{name} is missing from the OCI layout at {base}",
-            "layout_broken",
-            "give a complete OCI layout (index.json and blobs/)",
-        )
+        if data is None:
+            raise image_error(
+                f"{name} is missing from the OCI layout at {base}",
+                "layout_broken",
+                "give a complete OCI layout (index.json and blobs/)",
+            )
+        if len(data) > limit:
+            raise image_error(
+                f"{name} in the OCI layout at {base} is over {limit} bytes",
+                "layout_broken",
+                "give a valid OCI layout",
+            )
+        return data
 
     def json(self, name: str) -> dict[str, Any]:
         try:
@@ -206,6 +240,21 @@ class Layout:
 
     def blob(self, digest: str) -> dict[str, Any]:
         return self.json("blobs/" + self.digest(digest).replace(":", "/", 1))
+
+    def check_blob(self, digest: str) -> None:
+        """Refuse the layout unless it holds the blob ``digest`` names, byte for byte.
+
+        What a layout's index.json says is the tenant's word: a layout naming the
+        digest of an image it does not hold (another tenant's, already in the cache)
+        would be served that image from the cache, past its org's allowed sources."""
+        raw = self.read("blobs/" + self.digest(digest).replace(":", "/", 1))
+        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+            raise image_error(
+                f"the OCI layout at {self.source.location} names {digest}, and its blob"
+                " by that name has other contents",
+                "layout_broken",
+                "give an intact OCI layout (skopeo copy or umoci write one)",
+            )
 
     def entry(self) -> dict[str, Any]:
         """The index entry the source's tag names (a manifest or a nested index), its

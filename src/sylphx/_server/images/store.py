@@ -9,6 +9,17 @@ Cache: ``cache_dir/sha256/<hex>/`` holds ``rootfs/`` and ``image.json``, keyed b
 manifest digest. A digest is unpacked under ``flock`` on ``cache_dir/locks/<hex>.lock``
 into ``cache_dir/tmp/`` and renamed into place at the end, so the final directory exists
 only when complete; leftovers of a crashed unpack are removed by the next holder of the lock.
+
+The cache is shared by every tenant, so a digest is served from it only when the source the
+reference names vouches for it: a local layout must hold the manifest blob its index names
+(hashed), and a registry reference pinned by digest (``repo@sha256:D``) is checked once with
+that registry (``cache_dir/sources/<hex>`` lists the repositories that did; a pull from one
+counts). Without that, knowing the digest of an image another tenant pulled was enough to
+run it, past an org's allowed sources (Kubernetes' AlwaysPullImages closes the same hole).
+
+A run's images are pinned at admission: ``resolve(ref, digest=D)`` with the digest found
+then serves that image, and never what the reference names by launch time (a moved tag, a
+rewritten layout: an image the policy and the scanner never saw).
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ from typing import Any
 from sylphx._core.errors import ExecutorError, ValidationError
 
 from .reach import check_reachable
-from .refs import DIGEST, INDEX_TYPES, REF_NAME, Layout, Source, image_error, parse_ref
+from .refs import DIGEST, Layout, Source, image_error, open_regular, parse_ref
+from .snapshot import copy_image
 
 __all__ = ["ImageConfig", "ImageStore", "UnpackedImage"]
 
@@ -137,19 +149,37 @@ class ImageStore:
         """The manifest digest of ``ref`` without unpacking anything."""
         return self._digest(parse_ref(ref), ref)
 
-    def resolve(self, ref: str) -> UnpackedImage:
-        """Unpack ``ref`` once (idempotent, process-safe, atomic) and return it."""
+    def resolve(self, ref: str, digest: str | None = None) -> UnpackedImage:
+        """Unpack ``ref`` once (idempotent, process-safe, atomic) and return it.
+
+        ``digest``: the one admission found for a run's image (see the module): that
+        image is served, from the cache, or pulled from the registry by that digest, or
+        copied from the layout's blobs of that digest, never what its tag names by now."""
         source = parse_ref(ref)
-        digest = self._digest(source, ref)
+        if digest is None:
+            digest = self._digest(source, ref)
+            vouched = source.kind != "docker" or "@" not in source.location
+        else:
+            if not DIGEST.match(digest):
+                raise ExecutorError(f"the admitted digest {digest[:80]!r} is malformed")
+            vouched = True  # found at admission, by this code, from this reference
+            if source.kind == "docker":  # pulled by the admitted digest, whatever the tag is now
+                source = Source("docker", f"{_repository(source.location)}@{digest}")
         final = self.path_for(digest)
         cached = self._load(final, ref, digest)
         if cached is not None:
+            if not vouched:
+                self._confirm(source, ref, digest)
             return cached
+        if source.kind == "docker":
+            check_reachable(source.registry, self.private_registries)  # before a pull
         with self._locked(digest):
-            cached = self._load(final, ref, digest)
-            if cached is not None:
-                return cached
-            self._unpack(source, ref, digest, final)
+            if self._load(final, ref, digest) is None:
+                self._unpack(source, ref, digest, final)
+                if source.kind == "docker":  # skopeo checked what it pulled by digest
+                    self._record(_repository(source.location), digest)
+            elif not vouched:  # another process unpacked it meanwhile, from elsewhere
+                self._confirm(source, ref, digest)
         loaded = self._load(final, ref, digest)
         assert loaded is not None
         return loaded
@@ -163,7 +193,10 @@ class ImageStore:
 
     def _digest(self, source: Source, ref: str) -> str:
         if source.kind in ("oci", "oci-archive"):
-            return str(Layout(source).entry()["digest"])
+            layout = Layout(source)
+            digest = str(layout.entry()["digest"])
+            layout.check_blob(digest)  # the layout's word is not enough (see the module)
+            return digest
         if source.kind == "docker-archive":
             raw = self._skopeo(["inspect", "--raw", source.skopeo()], self.pull_timeout, ref)
             return _sha256(raw)
@@ -219,6 +252,44 @@ class ImageStore:
             " instead (oci:/path:tag, oci-archive:/path.tar, docker-archive:/path.tar)",
         )
 
+    # -- vouching for a cached digest ----------------------------------------------------
+
+    def _confirm(self, source: Source, ref: str, digest: str) -> None:
+        """Check that the registry ``source`` names holds ``digest`` (asked once per
+        repository, then recorded): a ValidationError on ``image`` when it does not."""
+        repository = _repository(source.location)
+        if self._vouched(repository, digest):
+            return
+        timeout = f"{int(self.registry_timeout)}s"
+        pinned = f"docker://{repository}@{digest}"
+        args = ["--command-timeout", timeout, "inspect", "--raw", pinned]
+        raw = self._skopeo(args, self.registry_timeout + 5, ref, registry=source.registry)
+        if _sha256(raw) != digest:
+            raise image_error(
+                f"registry {source.registry} answered {ref!r} with another manifest",
+                "digest_mismatch",
+                "check the digest, or refer to the image by its tag",
+            )
+        self._record(repository, digest)
+
+    def _sources(self, digest: str) -> Path:
+        return self.cache_dir / "sources" / digest.partition(":")[2]
+
+    def _vouched(self, repository: str, digest: str) -> bool:
+        try:
+            return repository in self._sources(digest).read_text().splitlines()
+        except OSError:
+            return False
+
+    def _record(self, repository: str, digest: str) -> None:
+        """Note that ``repository`` holds ``digest`` (one short O_APPEND write: whole)."""
+        if self._vouched(repository, digest):
+            return
+        path = self._sources(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(repository + "\n")
+
     # -- unpacking -----------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -257,32 +328,31 @@ class ImageStore:
             shutil.rmtree(work, ignore_errors=True)
 
     def _as_layout(self, source: Source, ref: str, digest: str, work: Path) -> tuple[Path, str]:
-        """An OCI layout and a tag naming one image manifest, copying with skopeo if needed."""
-        if source.kind == "oci":
-            entry = Layout(source).entry()
-            tag = (entry.get("annotations") or {}).get(REF_NAME)
-            if tag and entry.get("mediaType") not in INDEX_TYPES:
-                return Path(source.location), str(tag)  # umoci reads the user's layout as is
-        if source.kind == "docker":
+        """A layout of our own in ``work`` holding the image ``digest`` names, and its tag:
+        never the tenant's files themselves (see :mod:`.snapshot`)."""
+        dest = work / "layout"
+        if source.kind in ("oci", "oci-archive"):
+            return dest, copy_image(Layout(source), digest, dest)
+        if source.kind == "docker":  # skopeo checks what it pulls against the digest
             src = f"docker://{_repository(source.location)}@{digest}"
             registry: str | None = source.registry
-        else:
-            src = source.skopeo(self._tag_of(source))
+        else:  # a docker-archive: our own copy, whose (generated) manifest must be digest's
+            mine = work / "archive.tar"
+            with open_regular(source.location) as fh, open(mine, "wb") as out:
+                shutil.copyfileobj(fh, out, 1 << 20)
+            src = Source("docker-archive", str(mine), source.tag).skopeo()
+            if self._digest(Source("docker-archive", str(mine), source.tag), ref) != digest:
+                raise image_error(
+                    f"{ref} is not the image {digest} any more (it was changed since it was"
+                    " looked up)",
+                    "changed",
+                    "submit the run again, so that the image it names now is checked",
+                )
             registry = None
-        dest = work / "layout"
         self._skopeo(
             ["copy", "--quiet", src, f"oci:{dest}:image"], self.pull_timeout, ref, registry
         )
         return dest, "image"
-
-    @staticmethod
-    def _tag_of(source: Source) -> str | None:
-        """The tag skopeo needs: the one the user wrote, or the one we selected."""
-        if source.kind == "docker-archive" or source.tag:
-            return source.tag
-        entry = Layout(source).entry()
-        name = (entry.get("annotations") or {}).get(REF_NAME)
-        return str(name) if name else None
 
     def _umoci(self, layout: Path, tag: str, bundle: Path) -> None:
         argv = [_tool("umoci"), "unpack"]
