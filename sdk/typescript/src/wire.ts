@@ -794,6 +794,10 @@ export interface components {
              * @default 0
              */
             reopened: number;
+            /** Imagedigests */
+            imageDigests?: {
+                [key: string]: string;
+            };
             merge?: components["schemas"]["ShardView"] | null;
             /** Failuregroups */
             failureGroups?: components["schemas"]["FailureGroup"][];

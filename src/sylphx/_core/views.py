@@ -115,6 +115,9 @@ class RunView(_View):
     compute_seconds: float = 0.0  # metered so far: sum over attempts of wall x machine units
     queue_position: int | None = None  # 1 = next to be admitted; None unless waiting
     reopened: int = 0  # times a retry reopened it (POST /v1/runs/{id}/retry)
+    # each image reference of the spec and the digest admitted for it: what its shards run
+    # (a tag moved since, or a layout rewritten, does not change it)
+    image_digests: dict[str, str] = Field(default_factory=dict)
     # the merge step (spec ``merge``), as a shard with index -1: ``pending`` until every
     # shard ended and ``when`` held (``skipped`` when it did not); not in the aggregate
     merge: ShardView | None = None

@@ -186,6 +186,7 @@ class RunLaunch:
             stderr_path=stderr,
             working_dir=Path(spec.working_dir) if spec.working_dir else None,
             image=spec.image,
+            image_digest=(self._run.image_digests or {}).get(spec.image or ""),
             mounts=mounts,
             network=spec.network,
             secrets=granted,

@@ -39,6 +39,9 @@ class LaunchRequest:
     stderr_path: str
     working_dir: Path | None  # None: the executor's default (the sandbox's private /tmp)
     image: str | None = None
+    # the image's digest found at admission (None: a run stored before images were
+    # pinned): the image run, whatever ``image`` names by now (see images.store)
+    image_digest: str | None = None
     mounts: list[Mount] = field(default_factory=list)
     # granted secrets, as env vars; their values are masked in the attempt's logs
     secrets: dict[str, str] = field(default_factory=dict)

@@ -97,14 +97,16 @@ class RunService:
         awaited without a thread. The checks before it run in the thread pool: they
         touch disks (the log disk's room, host paths, an image), and a hung mount must
         never stall the event loop."""
-        await run_in_threadpool(self._admit, spec, org_id)  # disks: never on the loop
-        ask = Submit(spec, org_id, idempotency_key)
+        digests = await run_in_threadpool(self._admit, spec, org_id)  # disks: off the loop
+        ask = Submit(spec, org_id, idempotency_key, digests=digests)
         store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
         return await self.group_commit.wait(ask, store.batch, store.alone)
 
-    def _admit(self, spec: RunSpec, org_id: str) -> None:
+    def _admit(self, spec: RunSpec, org_id: str) -> dict[str, str] | None:
         """What is refused before the write lock: a draining process, a full log disk, host
-        paths of the control plane, an image the org's policy (or the scanner) refuses."""
+        paths of the control plane, an image the org's policy (or the scanner) refuses.
+        Returns the digest of each image the run names (None: it names none): its shards
+        run those images, checked here, whatever the references name by then."""
         if self.draining():
             raise ServerUnavailable(
                 "the control plane is shutting down and accepts no new runs; running shards"
@@ -116,25 +118,27 @@ class RunService:
         # nothing of the control plane visible, whatever the spec says (422, nothing stored)
         local = self.executor.name == "local"  # Ray shards run on nodes: no existence check
         check_host_paths(spec, self.settings, local=local)
-        self._images(spec, org_id)
+        return self._images(spec, org_id)
 
-    def _images(self, spec: RunSpec, org_id: str) -> None:
+    def _images(self, spec: RunSpec, org_id: str) -> dict[str, str] | None:
         """Refuse an image the org's policy (or the scanner) refuses, or that this
-        executor cannot run."""
+        executor cannot run; the digest of each image reference, admitted."""
         images: dict[str, str] = {"image": spec.image} if spec.image else {}
         if spec.merge and spec.merge.image and spec.merge.image != spec.image:
             images["merge.image"] = spec.merge.image  # each image checked once
         if not images:
-            return
+            return None
         self.executor.check_images()  # the executor can run images at all (422 if not)
         with self.reads() as s:
             org_row = s.get(OrgRow, org_id)
             policy = org_row.image_policy if org_row else None
         self.image_lookups.take(org_id)  # a registry may take minutes: a thread each
         try:  # resolve (pull, unpack) + policy + scanner, outside the write lock
-            for field, ref in images.items():
-                scanner = self.settings.image_scanner
-                image_policy.admit(ref, policy, self.images, scanner, field)
+            scanner = self.settings.image_scanner
+            return {
+                ref: image_policy.admit(ref, policy, self.images, scanner, field)
+                for field, ref in images.items()
+            }
         finally:
             self.image_lookups.free(org_id)
 

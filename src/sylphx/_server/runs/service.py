@@ -47,11 +47,13 @@ def new_run(
     idempotency_key: str | None = None,
     in_use: int | None = None,
     run_id: str | None = None,
+    image_digests: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The row of a new queued run of ``spec``, past every check :func:`admit` makes;
     nothing written yet (see :func:`insert_runs`)."""
     admit(s, spec, org, capacity=capacity, now=now, in_use=in_use)
-    return new_row(spec, org.id, now, idempotency_key=idempotency_key, run_id=run_id)
+    row = new_row(spec, org.id, now, idempotency_key=idempotency_key, run_id=run_id)
+    return row | {"image_digests": image_digests}
 
 
 def new_row(
@@ -239,6 +241,7 @@ def view(
         compute_seconds=compute_seconds,
         queue_position=run.queue_position if state is RunState.QUEUED else None,
         reopened=run.reopened or 0,
+        image_digests=getattr(run, "image_digests", None) or {},
         merge=merge,
     )
 

@@ -116,7 +116,7 @@ def _store(
         return _as_it_is(s, run), None
     values = service.new_run(
         s, spec, org, capacity=capacity, now=now, idempotency_key=key, in_use=in_use,
-        run_id=ask.run_id,
+        run_id=ask.run_id, image_digests=ask.digests,
     )  # fmt: skip
     waiting = ShardView(index=MERGE_INDEX, status=ShardState.PENDING)
     counts = Counter({ShardState.PENDING: spec.parallelism})

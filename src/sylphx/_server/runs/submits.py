@@ -46,6 +46,7 @@ class Submit:
     spec: RunSpec
     org_id: str
     key: str | None
+    digests: dict[str, str] | None = None  # each image reference's admitted digest
     # its run's id, chosen before any transaction: a batch whose COMMIT went through but
     # raised (the acknowledgement lost) is stored again one by one, and each then finds
     # its run instead of storing a second one

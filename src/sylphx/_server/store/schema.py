@@ -112,6 +112,8 @@ class RunRow(Base):
     reopen_key: Mapped[str | None] = mapped_column(String(255))
     # why it is being stopped as failed (failurePolicy FailRun, maxFailedIndexes): 0013
     fail_reason: Mapped[str | None] = mapped_column(Text)
+    # each image reference's digest, found at admission: what the shards run (0017)
+    image_digests: Mapped[dict[str, str] | None] = mapped_column(JSON)
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     __mapper_args__ = {"version_id_col": version}
 

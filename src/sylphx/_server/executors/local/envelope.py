@@ -81,7 +81,7 @@ class Envelopes:
             raise ExecutorError(
                 "container images need the sandbox (SYLPHX_SANDBOX=on) and an image store"
             )
-        image = self._images.resolve(request.image or "")
+        image = self._images.resolve(request.image or "", request.image_digest)
         return image_envelope(request, image, sandbox=self._sandbox, policy=self._policy)
 
     def _scratch(self, run_id: str) -> Path:

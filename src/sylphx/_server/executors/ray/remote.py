@@ -122,7 +122,7 @@ def run_streaming(
             request = place_manifest(request, make_scratch(), sandbox=envelope.sandbox)
         if request.image is not None:  # unpacked on this node, by the same image store code
             images = _node_images(envelope.image_cache, envelope.private_registries)
-            image = images.resolve(request.image)
+            image = images.resolve(request.image, request.image_digest)
             policy = envelope.policy
             argv, env, cwd = image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
         else:

@@ -1,0 +1,195 @@
+"""The shared image cache serves a digest only to a source that vouches for it, holds
+under a digest only that digest's image, and a run's shards run the image admitted.
+
+Found by a review, each a way for one tenant to reach another's shards or get past its
+own org's image policy:
+
+- a layout's index.json naming a digest it does not hold (one already in the cache) was
+  served the cached image;
+- ``name@sha256:D`` was served from the cache without asking ``name``'s registry, so a
+  known digest ran past the org's allowed sources;
+- an image was unpacked from the tenant's own layout by tag, so an index.json swapped
+  between the digest's look-up and umoci's read put another image under that digest,
+  which other tenants then ran pinned;
+- the image was looked up again by reference at launch, so a tag moved (a layout
+  rewritten) after admission ran an image the policy and the scanner never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Server
+from oci import BusyboxImages, busybox_images, open_to_shards  # noqa: F401 - the fixture
+from sylphx._core.errors import ValidationError
+from sylphx._server.images.store import ImageStore
+
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def _index(layout: Path) -> dict[str, dict[str, object]]:
+    index = json.loads((layout / "index.json").read_text())
+    return {str(m["annotations"][REF_NAME]): m for m in index["manifests"]}
+
+
+def _point(layout: Path, tag: str, at: str) -> None:
+    """Make ``tag`` of ``layout`` name the manifest tag ``at`` names (a tenant's rewrite)."""
+    entries = _index(layout)
+    moved = {**entries[at], "annotations": {REF_NAME: tag}}
+    manifests = [moved if name == tag else entry for name, entry in entries.items()]
+    tmp = layout / "index.json.new"
+    tmp.write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
+    os.replace(tmp, layout / "index.json")
+
+
+@pytest.fixture
+def layout(tmp_path: Path, busybox_images: BusyboxImages) -> Path:  # noqa: F811
+    """The tenant's own copy of the busybox layout (tags latest and ep)."""
+    mine = tmp_path / "tenant" / "layout"
+    shutil.copytree(busybox_images.layout, mine)
+    open_to_shards(mine)
+    return mine
+
+
+def test_a_layout_naming_a_cached_digest_it_does_not_hold_is_refused(
+    tmp_path: Path, layout: Path
+) -> None:
+    store = ImageStore(tmp_path / "cache")
+    victim = store.resolve(f"oci:{layout}:latest")  # another tenant's, now cached
+    forged = tmp_path / "forged"
+    shutil.copytree(layout, forged)
+    ep = _index(forged)["ep"]
+    (forged / "blobs" / "sha256" / victim.digest.partition(":")[2]).unlink()
+    shutil.copy(  # the name of the victim's manifest, its own manifest's bytes
+        forged / "blobs" / "sha256" / str(ep["digest"]).partition(":")[2],
+        forged / "blobs" / "sha256" / victim.digest.partition(":")[2],
+    )
+    entry = {**ep, "digest": victim.digest, "annotations": {REF_NAME: "latest"}}
+    (forged / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    with pytest.raises(ValidationError, match="its blob by that name has other contents"):
+        store.resolve(f"oci:{forged}:latest")
+    (forged / "blobs" / "sha256" / victim.digest.partition(":")[2]).unlink()
+    with pytest.raises(ValidationError, match="is missing"):
+        store.resolve(f"oci:{forged}:latest")
+
+
+def test_a_pinned_reference_to_a_cached_digest_is_checked_with_its_registry(
+    tmp_path: Path, layout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ImageStore(tmp_path / "cache", registry_timeout=10)
+    cached = store.resolve(f"oci:{layout}:latest")
+    pinned = f"registry.invalid/acme/trainer@{cached.digest}"
+    with pytest.raises(ValidationError, match="unreachable"):
+        store.resolve(pinned)  # served from the cache before: never asked
+    asked: list[list[str]] = []
+    manifest = (layout / "blobs" / "sha256" / cached.digest.partition(":")[2]).read_bytes()
+
+    def registry(args: list[str], *_: object, **__: object) -> bytes:
+        asked.append(args)
+        return answer
+
+    monkeypatch.setattr(store, "_skopeo", registry)
+    answer = b'{"another": "manifest"}'
+    with pytest.raises(ValidationError, match=r"answered .* with another manifest"):
+        store.resolve(pinned)
+    answer = manifest  # the registry holds it: asked once, then recorded
+    assert store.resolve(pinned).rootfs == cached.rootfs
+    assert store.resolve(pinned).rootfs == cached.rootfs
+    assert ImageStore(tmp_path / "cache").resolve(pinned).rootfs == cached.rootfs
+    assert [a[-1] for a in asked] == [f"docker://registry.invalid/acme/trainer@{cached.digest}"] * 2
+    other = f"registry.invalid/other/repo@{cached.digest}"  # another repository: asked again
+    store.resolve(other)
+    assert asked[-1][-1] == f"docker://registry.invalid/other/repo@{cached.digest}"
+
+
+def test_an_image_is_unpacked_by_its_digest_never_by_its_tag_again(
+    tmp_path: Path, layout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenant moves the tag at the worst moment: just after its digest was looked up.
+    What is cached under that digest is still that digest's image."""
+    store = ImageStore(tmp_path / "cache")
+    looked_up = ImageStore._digest
+
+    def then_moved(self: ImageStore, *args: object) -> str:
+        digest = looked_up(self, *args)  # type: ignore[arg-type]
+        _point(layout, "latest", "ep")
+        return digest
+
+    monkeypatch.setattr(ImageStore, "_digest", then_moved)
+    latest = str(_index(layout)["latest"]["digest"])
+    image = store.resolve(f"oci:{layout}:latest")
+    assert image.digest == latest
+    assert image.config.entrypoint == [] and image.config.cmd[0] == "/bin/sh"  # not ep's
+    monkeypatch.undo()
+    assert store.resolve(f"oci:{layout}:latest").config.entrypoint == ["/bin/echo"]
+
+
+def test_an_admitted_digest_is_what_is_unpacked_after_the_tag_moved(
+    tmp_path: Path, layout: Path
+) -> None:
+    """A node (or a cache) that has not seen the image yet copies the admitted digest's
+    blobs from the layout, whatever its tag names now; blobs gone is a clear error."""
+    latest = str(_index(layout)["latest"]["digest"])
+    _point(layout, "latest", "ep")
+    image = ImageStore(tmp_path / "node").resolve(f"oci:{layout}:latest", latest)
+    assert image.digest == latest and image.config.entrypoint == []
+    assert (image.rootfs / "bin" / "busybox").is_file()
+    (layout / "blobs" / "sha256" / latest.partition(":")[2]).unlink()
+    with pytest.raises(ValidationError, match=f"{latest.replace(':', '/')} is missing"):
+        ImageStore(tmp_path / "other").resolve(f"oci:{layout}:latest", latest)
+
+
+def test_a_fifo_or_an_endless_file_in_a_layout_is_refused_at_once(
+    tmp_path: Path, layout: Path
+) -> None:
+    """The control plane reads the layout as root: a FIFO would hang it, /dev/zero fill it."""
+    blob = layout / "blobs" / "sha256" / str(_index(layout)["latest"]["digest"]).split(":")[1]
+    blob.unlink()
+    blob.symlink_to("/dev/zero")
+    start = time.monotonic()
+    with pytest.raises(ValidationError, match="missing"):
+        ImageStore(tmp_path / "cache").resolve(f"oci:{layout}:latest")
+    (layout / "index.json").unlink()
+    os.mkfifo(layout / "index.json")
+    with pytest.raises(ValidationError, match=r"index\.json is missing"):
+        ImageStore(tmp_path / "cache").resolve(f"oci:{layout}:latest")
+    assert time.monotonic() - start < 10
+
+
+def test_a_run_runs_the_image_admitted_not_what_its_tag_names_at_launch(
+    server: Server, layout: Path
+) -> None:
+    """Through the API: attempt 1 fails, the tenant points the tag at another image, and
+    attempt 2 (a retry, launched after the rewrite) still runs the admitted one."""
+    vol, out = server.volume()
+    tried = "/v/tried-$SYLPHX_SHARD_INDEX"
+    run = server.submit(
+        image=f"oci:{layout}:latest",
+        command=[
+            "/bin/sh",
+            "-c",
+            f"test -e {tried} || {{ touch {tried}; exit 1; }}; echo $GREETING",
+        ],
+        volumeMounts=[{"volumeId": vol, "mountPath": "/v"}],
+        parallelism=2,
+        gangScheduling=False,
+        backoffLimitPerIndex=1,
+        retryBackoff={"initialSeconds": 3},
+    )
+    latest = str(_index(layout)["latest"]["digest"])
+    assert run["imageDigests"] == {f"oci:{layout}:latest": latest}
+    server.wait_for(lambda: len(list(out.glob("tried-*"))) == 2)
+    _point(layout, "latest", "ep")  # ep: ENTRYPOINT /bin/echo, so the command would be echoed
+    done = server.wait(run["id"])
+    assert done["status"] == "succeeded", server.shards(run["id"])
+    assert done["imageDigests"] == {f"oci:{layout}:latest": latest}
+    for shard in server.shards(run["id"]):
+        assert shard["attempts"] == 2
+        logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": shard["index"]})
+        assert logs.text.splitlines()[-1] == "hello"
