@@ -1,7 +1,8 @@
 """A pass reads a run's spec from the store once per version of its row, not every pass: a
 tenant's queued runs with specs at the spec model's limits (~1 MB each) made every pass
 cost ~4 ms a run, holding the store's write lock, every tenant's submits behind it
-(found by an attack review). Table-driven on a real store, with the stub executor."""
+(found by an attack review). Table-driven on the session's store (SQLite or PostgreSQL),
+with the stub executor."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from conftest import database_url_for
 from sylphx._server.controller.policy.admission import Resources
 from test_reconciler import Harness
 
@@ -40,7 +42,7 @@ def _spec_reads(h: Harness) -> list[str]:
 def test_queued_runs_specs_are_read_once_then_only_when_their_row_changes(
     tmp_path: Path,
 ) -> None:
-    h = Harness(tmp_path)
+    h = Harness(tmp_path, database_url_for(tmp_path))  # the session's store
     h.executor.resources = Resources.of_host(1.1, 64 << 30)
     h.submit(machine="standard")  # holds the only vCPU: the runs below queue behind it
     queued = [h.submit(machine="standard", env=BIG) for _ in range(3)]

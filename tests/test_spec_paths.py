@@ -266,3 +266,28 @@ def test_a_working_dir_the_shards_user_cannot_enter_is_refused(
     assert "chmod o+rx" in body["details"][0]["fix"]
     private.chmod(0o755)
     assert server.submit(command=["true"], workingDir=str(private))["id"]
+
+
+PATH_CASES = [  # (the run's env, its merge step, the PATH each host step searches, by field)
+    ({"PATH": "/p"}, None, [("", "/p")]),
+    ({"PATH": "/p"}, {}, [("", "/p")]),  # the merge inherits the run's: checked once
+    ({"PATH": "/p"}, {"env": {"PATH": "/m"}}, [("", "/p"), ("merge.", "/m")]),
+    ({}, {"env": {"PATH": "/m"}}, [("merge.", "/m")]),
+    ({"PATH": "/p"}, {"image": "busybox:1"}, [("", "/p")]),  # the merge runs in its image
+    ({}, {"image": "busybox:1", "env": {"PATH": "/m"}}, []),
+    ({}, {}, []),
+]
+
+
+@pytest.mark.parametrize(("env", "merge", "searched"), PATH_CASES)
+def test_each_host_step_s_path_is_checked_once_under_the_field_that_sets_it(
+    env: dict[str, str], merge: dict[str, Any] | None, searched: list[tuple[str, str]]
+) -> None:
+    from sylphx._server.runs import hostpaths
+
+    wire: dict[str, Any] = {"command": ["x"], "env": env}
+    if merge is not None:
+        wire["merge"] = {"command": ["m"], **merge}
+    spec = RunSpec.parse(wire)
+    hosted = [(prefix, step) for prefix, step in hostpaths._steps(spec) if step.image is None]
+    assert hostpaths._paths(spec, hosted) == searched
