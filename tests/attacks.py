@@ -12,10 +12,10 @@ from conftest import Server
 
 
 class Listener:
-    """A TCP service on the host's loopback that records whoever connects."""
+    """A TCP service on the host (its loopback by default) that records who connects."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0))
         self.port = self.sock.getsockname()[1]
         self.sock.settimeout(0.2)
         self.accepted = 0

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,68 @@ def test_the_hosts_loopback_and_the_control_plane_are_unreachable(server: Server
     assert "tap0" in with_net["ifaces"]  # network: true still has a way out
     assert without["ifaces"] == ["lo"]
     assert off["status"] == "succeeded"
+
+
+METADATA = "169.254.169.254"
+
+
+@pytest.fixture
+def metadata_service() -> Iterator[Listener]:
+    """A stand-in for a cloud's metadata service: a listener at 169.254.169.254 on this
+    host (as the real one answers the host's own requests)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to give the host the metadata address")
+    subprocess.run(["ip", "addr", "add", f"{METADATA}/32", "dev", "lo"], check=True)
+    try:
+        listener = Listener(METADATA)
+        yield listener
+        listener.close()
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{METADATA}/32", "dev", "lo"], check=False)
+
+
+def _host_address() -> str | None:
+    """An address of this host other than loopback, if it has one."""
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True
+    ).stdout
+    for line in out.splitlines():
+        address = line.split()[3].partition("/")[0]
+        if address != METADATA:
+            return address
+    return None
+
+
+def test_the_cloud_metadata_service_is_unreachable_from_a_shard(
+    server: Server, metadata_service: Listener
+) -> None:
+    """slirp4netns connects from the host, and the metadata service gives the host
+    machine's own credentials to whoever asks from it: a prohibit route in each shard's
+    network closes it, while the host's other addresses stay reachable as documented."""
+    address = _host_address()
+    control = Listener(address) if address else None
+    probe = (
+        "import socket, json\nres = {}\n"
+        f"for host, port in [({METADATA!r}, {metadata_service.port}), ({METADATA!r}, 80),"
+        f" ({address!r}, {control.port if control else 0})]:\n"
+        "    if not host: continue\n"
+        "    s = socket.socket(); s.settimeout(5)\n"
+        "    try:\n        s.connect((host, port)); res[f'{host}:{port}'] = 'CONNECTED'\n"
+        "    except OSError as e:\n        res[f'{host}:{port}'] = type(e).__name__\n"
+        "print(json.dumps(res))\n"
+    )
+    try:
+        done, out, err = run_shard(server, [sys.executable, "-c", probe])
+    finally:
+        if control is not None:
+            control.close()
+    assert done["status"] == "succeeded", err
+    seen = json.loads(out)
+    assert metadata_service.accepted == 0  # host side: nobody reached it
+    assert seen[f"{METADATA}:{metadata_service.port}"] == "PermissionError"  # at once
+    assert seen[f"{METADATA}:80"] == "PermissionError"
+    if control is not None:
+        assert seen[f"{address}:{control.port}"] == "CONNECTED" and control.accepted == 1
 
 
 def test_a_shard_cannot_signal_another_tenants_shard(server: Server) -> None:

@@ -15,6 +15,14 @@ beside itself, and so does a Ray task. The hand-shake per shard, all through pip
 
 A shard whose network could not be set up still starts, without a route out (as with
 ``network: false``), and its stderr says why.
+
+Between 2 and 3, :func:`close_networks` adds a ``prohibit`` route in the shard's namespace
+for each of :data:`BLOCKED_NETWORKS` -- the cloud metadata services, which hand the host
+machine's own credentials to whoever asks from it (slirp4netns connects from the host).
+A connect there fails at once (EACCES); the shard has no capability to remove the route.
+If the routes cannot be added, slirp4netns is stopped: the shard starts unrouted. (A
+control plane that is not root -- a development set-up, whose shards run as its own user
+-- cannot enter the sandbox's namespaces and adds none.)
 """
 
 from __future__ import annotations
@@ -65,6 +73,58 @@ SLIRP_ARGS = (
     "--enable-sandbox",
     "--enable-seccomp",
 )
+
+
+# What no shard reaches, whatever the host can: link-local (169.254.169.254 is the
+# metadata service of AWS, GCP, Azure, Oracle and DigitalOcean) and Alibaba Cloud's.
+BLOCKED_NETWORKS = (("169.254.0.0", 16), ("100.100.100.200", 32))
+_CLONE_NEWNET = 0x40000000
+_RTM_NEWROUTE, _NLMSG_ERROR = 24, 2
+_NLM_F_REQUEST_ACK_CREATE_EXCL = 0x1 | 0x4 | 0x400 | 0x200
+_RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_PROHIBIT, _RTA_DST = 254, 4, 8, 1
+
+
+def close_networks(pid: int) -> None:
+    """Add a ``prohibit`` route for each of :data:`BLOCKED_NETWORKS` in the network
+    namespace of ``pid`` (see the module), over rtnetlink; OSError when one is not added."""
+    import ctypes  # not at the top: most supervisors never need it
+    import socket
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.setns(target, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "cannot enter the shard's network")
+            try:  # a netlink socket speaks for the namespace it was made in
+                kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+                sock = socket.socket(socket.AF_NETLINK, kind, socket.NETLINK_ROUTE)
+            finally:
+                if libc.setns(own, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "cannot leave the shard's network")
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
+    with sock:
+        for seq, (address, prefix) in enumerate(BLOCKED_NETWORKS, 1):
+            route = struct.pack(
+                "=BBBBBBBBI", socket.AF_INET, prefix, 0, 0, _RT_TABLE_MAIN, _RTPROT_STATIC,
+                0, _RTN_PROHIBIT, 0,
+            ) + struct.pack("=HH4s", 8, _RTA_DST, socket.inet_aton(address))  # fmt: skip
+            head = struct.pack(
+                "=IHHII", 16 + len(route), _RTM_NEWROUTE, _NLM_F_REQUEST_ACK_CREATE_EXCL, seq, 0
+            )
+            sock.send(head + route)
+            reply = sock.recv(4096)
+            kind_, error = (
+                struct.unpack_from("=H", reply, 4)[0],
+                struct.unpack_from("=i", reply, 16)[0],
+            )
+            if kind_ != _NLMSG_ERROR or error != 0:
+                raise OSError(-error, f"cannot close {address}/{prefix}")
 
 
 def slirp4netns_path() -> str | None:
@@ -156,7 +216,16 @@ class Net:
                 os.close(ready_r)
             if ready is None:
                 return f"slirp4netns did not configure the interface within {READY_SECONDS:g} s"
-            return None if ready == b"1" else "slirp4netns did not configure the interface"
+            if ready != b"1":
+                return "slirp4netns did not configure the interface"
+            try:  # a control plane not root (development) runs shards as itself: no guard
+                if os.geteuid() == 0:
+                    close_networks(pid)
+            except OSError as exc:  # never a way out to the metadata services: none at all
+                os.close(self.exit_w)
+                self.exit_w = -1
+                return f"could not close the metadata networks ({exc})"
+            return None
         except OSError as exc:
             return f"could not start slirp4netns: {exc}"
         finally:
