@@ -13,6 +13,12 @@ own org's image policy:
   which other tenants then ran pinned;
 - the image was looked up again by reference at launch, so a tag moved (a layout
   rewritten) after admission ran an image the policy and the scanner never saw.
+
+And by a second review of the fixes: the control plane (root) followed a layout's
+symlinks into another tenant's root-only folder; a launch read the tenant's file again
+(a decompression bomb there held the store); a layout holding only an image's manifest
+was served the cached image; JSON of another shape was a 500; /proc files and copies
+without bounds could hang it or fill its disk.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ def test_a_layout_naming_a_cached_digest_it_does_not_hold_is_refused(
     )
     entry = {**ep, "digest": victim.digest, "annotations": {REF_NAME: "latest"}}
     (forged / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
-    with pytest.raises(ValidationError, match="its blob by that name has other contents"):
+    with pytest.raises(ValidationError, match="does not match its digest"):
         store.resolve(f"oci:{forged}:latest")
     (forged / "blobs" / "sha256" / victim.digest.partition(":")[2]).unlink()
     with pytest.raises(ValidationError, match="is missing"):
@@ -193,3 +199,139 @@ def test_a_run_runs_the_image_admitted_not_what_its_tag_names_at_launch(
         assert shard["attempts"] == 2
         logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": shard["index"]})
         assert logs.text.splitlines()[-1] == "hello"
+
+
+SHARDS = (64000, 64000)  # the shards' user, as the control plane's settings say
+
+
+def _tenant_layout_linking_into(tmp_path: Path, victim: Path) -> Path:
+    """A layout of the attacker's own whose index.json and blobs are links into
+    ``victim`` (a layout in a folder only root may read)."""
+    mine = tmp_path / "attacker" / "layout"
+    mine.mkdir(parents=True)
+    (mine / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (mine / "index.json").symlink_to(victim / "index.json")
+    (mine / "blobs").symlink_to(victim / "blobs")
+    open_to_shards(mine)
+    return mine
+
+
+def test_a_tenants_files_are_read_as_the_shards_user_never_as_root(
+    tmp_path: Path,
+    busybox_images: BusyboxImages,  # noqa: F811
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the control plane reads as root only when it is root")
+    private = tmp_path / "victim"
+    private.mkdir(mode=0o700)
+    victim = private / "layout"
+    shutil.copytree(busybox_images.layout, victim)
+    theirs = ImageStore(tmp_path / "theirs")  # read as root: an operator's own image
+    attacker = _tenant_layout_linking_into(tmp_path, victim)
+    for cache in (tmp_path / "cold", tmp_path / "theirs"):  # not cached; cached already
+        if cache.name == "theirs":
+            theirs.resolve(f"oci:{victim}:latest")  # root's own read (no tenant's ids)
+        store = ImageStore(cache, reader=SHARDS)
+        with pytest.raises(ValidationError, match=r"index\.json is missing"):
+            store.resolve(f"oci:{attacker}:latest")
+        with pytest.raises(ValidationError, match="that the shards' user can read"):
+            store.resolve(f"oci:{victim}:latest")  # the victim's own, named: no oracle
+    assert not (tmp_path / "cold" / "sha256").exists()  # nothing unpacked
+
+
+def test_a_launch_never_reads_the_tenants_file_for_a_cached_admitted_image(
+    tmp_path: Path, layout: Path
+) -> None:
+    store = ImageStore(tmp_path / "cache", reader=SHARDS)
+    admitted = store.resolve(f"oci:{layout}:latest")
+    shutil.rmtree(layout)
+    os.mkfifo(layout)  # anything there now would hang, or hold the reconciler
+    start = time.monotonic()
+    again = store.resolve(f"oci:{layout}:latest", admitted.digest)
+    assert again.rootfs == admitted.rootfs and time.monotonic() - start < 1
+
+
+def _forge(layout: Path, blob: str, doc: object) -> str:
+    """Write ``doc`` as a blob of ``layout``; returns its digest."""
+    import hashlib
+
+    raw = json.dumps(doc).encode()
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    (layout / "blobs" / "sha256" / digest.partition(":")[2]).write_bytes(raw)
+    del blob
+    return digest
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["manifests not a list", "layers not a list", "a layer not an object", "config a list"],
+)
+def test_json_of_another_shape_is_a_422_naming_the_image(
+    tmp_path: Path, layout: Path, shape: str
+) -> None:
+    entry = _index(layout)["latest"]
+    manifest = json.loads(
+        (layout / "blobs" / "sha256" / str(entry["digest"]).partition(":")[2]).read_text()
+    )
+    if shape == "manifests not a list":
+        index: dict[str, object] = {"schemaVersion": 2, "manifests": 5}
+    else:
+        if shape == "layers not a list":
+            manifest["layers"] = 5
+        elif shape == "a layer not an object":
+            manifest["layers"] = [5]
+        else:
+            manifest["config"] = [1, 2]
+        digest = _forge(layout, "manifest", manifest)
+        moved = {**entry, "digest": digest, "size": len(json.dumps(manifest))}
+        index = {"schemaVersion": 2, "manifests": [moved]}
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValidationError) as err:
+        ImageStore(tmp_path / "cache").resolve(f"oci:{layout}:latest")
+    assert err.value.details[0]["field"] == "image"
+
+
+def test_a_layout_must_hold_every_blob_of_the_image_it_names(tmp_path: Path, layout: Path) -> None:
+    """Its manifest alone (public bytes, for a public image) is not enough to be served
+    the cached image; nor is a blob of another size than its descriptor says."""
+    store = ImageStore(tmp_path / "cache")
+    cached = store.resolve(f"oci:{layout}:latest")
+    manifest = json.loads(
+        (layout / "blobs" / "sha256" / cached.digest.partition(":")[2]).read_text()
+    )
+    layer = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"].partition(":")[2]
+    kept = layer.read_bytes()
+    layer.write_bytes(kept + b"more")
+    with pytest.raises(ValidationError, match="bytes, not"):
+        store.resolve(f"oci:{layout}:latest")
+    layer.unlink()
+    with pytest.raises(ValidationError, match="is missing"):
+        store.resolve(f"oci:{layout}:latest")
+
+
+def test_an_image_over_the_bound_is_refused_before_any_copy(
+    tmp_path: Path, layout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sylphx._server.images import snapshot
+
+    monkeypatch.setattr(snapshot, "MAX_IMAGE_BYTES", 1000)
+    with pytest.raises(ValidationError, match="over the 0 GiB an image may have"):
+        ImageStore(tmp_path / "cache").resolve(f"oci:{layout}:latest")
+    assert not list((tmp_path / "cache").rglob("*.tar*"))
+
+
+def test_a_compressed_archive_or_a_proc_file_is_refused_at_once(
+    tmp_path: Path,
+    layout: Path,
+    busybox_images: BusyboxImages,  # noqa: F811
+) -> None:
+    import bz2
+
+    packed = tmp_path / "image.tar"
+    packed.write_bytes(bz2.compress(busybox_images.oci_archive.read_bytes()))
+    with pytest.raises(ValidationError, match="uncompressed"):
+        ImageStore(tmp_path / "cache").resolve(str(packed))
+    (layout / "index.json").unlink()
+    (layout / "index.json").symlink_to("/proc/self/status")  # its size says 0
+    with pytest.raises(ValidationError, match="not a JSON object"):
+        ImageStore(tmp_path / "cache", reader=SHARDS).resolve(f"oci:{layout}:latest")

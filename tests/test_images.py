@@ -306,7 +306,7 @@ def test_bad_tag_lists_tags(tmp_path: Path, busybox_images: BusyboxImages) -> No
 def test_not_an_archive(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tar")
-    with pytest.raises(ValidationError, match="not a readable tar"):
+    with pytest.raises(ValidationError, match="not a readable, uncompressed tar"):
         ImageStore(tmp_path).resolve(str(junk))
 
 

@@ -74,7 +74,9 @@ class ControlPlane:
         self.sessions = session_factory(self.engine)  # writers (BEGIN IMMEDIATE on SQLite)
         self.reads = read_session_factory(self.engine)  # readers
         self.images = ImageStore(
-            settings.home / "images", private_registries=settings.private_registries
+            settings.home / "images",
+            private_registries=settings.private_registries,
+            reader=(settings.shard_uid, settings.shard_gid),  # a tenant's files: theirs
         )
         self.executor: Executor = executor or make_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)

@@ -5,18 +5,17 @@ Pure parsing; no subprocesses. :mod:`sylphx._server.images.store` runs the tools
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import re
-import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from sylphx._core.errors import ValidationError
+
+from .reader import as_reader, open_regular
 
 Kind = Literal["oci", "oci-archive", "docker-archive", "docker"]
 
@@ -33,20 +32,6 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc
 
 
 MAX_JSON = 4 << 20  # an index, a manifest or a config: far less in practice
-
-
-def open_regular(path: str | Path) -> IO[bytes]:
-    """``path`` opened for reading if it is a regular file (a FIFO is not waited on);
-    OSError otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def image_error(message: str, rule: str, fix: str) -> ValidationError:
@@ -85,16 +70,16 @@ def _tar_kind(path: Path) -> Kind:
     """oci-archive if the tarball holds index.json (preferred), docker-archive for manifest.json."""
     names: set[str] = set()
     try:
-        with tarfile.open(path) as tar:
+        with open_regular(path)[0] as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             for member in tar:
                 names.add(member.name.removeprefix("./"))
                 if "index.json" in names and "oci-layout" in names:
                     return "oci-archive"
     except (OSError, tarfile.TarError) as exc:
         raise image_error(
-            f"{path} is not a readable tar archive ({exc})",
+            f"{path} is not a readable, uncompressed tar archive ({exc})",
             "archive_unreadable",
-            "give an OCI archive or a `docker save` tarball",
+            "give an OCI archive or a `docker save` tarball, not compressed",
         ) from None
     if "index.json" in names:
         return "oci-archive"
@@ -125,8 +110,21 @@ def _plain_path(ref: str) -> Source:
 
 
 def parse_ref(ref: str) -> Source:
-    """Parse an image reference; ValidationError on ``image`` when it cannot be used."""
-    ref = ref.strip()
+    """Parse an image reference; ValidationError on ``image`` when it cannot be used. A
+    path is looked at as the reader (see :mod:`.reader`)."""
+    with as_reader():
+        try:
+            return _parse(ref.strip())
+        except OSError:  # a folder on the way the reader may not enter
+            raise image_error(
+                f"no image at {ref} that the shards' user can read",
+                "path_missing",
+                "give an image the shards' user can read (chmod o+r, and o+x on its"
+                " folders), or a registry reference",
+            ) from None
+
+
+def _parse(ref: str) -> Source:
     if not ref:
         raise image_error("is empty", "required", "give an image reference or path")
     for kind in ("oci-archive", "docker-archive", "oci"):
@@ -200,10 +198,11 @@ class Layout:
         data: bytes | None = None
         try:
             if self.source.kind == "oci":
-                with open_regular(base / name) as fh:
-                    data = fh.read(limit + 1)
+                fh, size = open_regular(base / name)
+                with fh:  # no more than it says: a file of /proc says 0
+                    data = fh.read(min(size, limit + 1))
             else:
-                with open_regular(base) as fh, tarfile.open(fileobj=fh) as tar:
+                with open_regular(base)[0] as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
                     for member in tar:
                         if member.name.removeprefix("./") == name and member.isfile():
                             found = tar.extractfile(member)
@@ -240,21 +239,6 @@ class Layout:
 
     def blob(self, digest: str) -> dict[str, Any]:
         return self.json("blobs/" + self.digest(digest).replace(":", "/", 1))
-
-    def check_blob(self, digest: str) -> None:
-        """Refuse the layout unless it holds the blob ``digest`` names, byte for byte.
-
-        What a layout's index.json says is the tenant's word: a layout naming the
-        digest of an image it does not hold (another tenant's, already in the cache)
-        would be served that image from the cache, past its org's allowed sources."""
-        raw = self.read("blobs/" + self.digest(digest).replace(":", "/", 1))
-        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
-            raise image_error(
-                f"the OCI layout at {self.source.location} names {digest}, and its blob"
-                " by that name has other contents",
-                "layout_broken",
-                "give an intact OCI layout (skopeo copy or umoci write one)",
-            )
 
     def entry(self) -> dict[str, Any]:
         """The index entry the source's tag names (a manifest or a nested index), its

@@ -10,31 +10,32 @@ So an image is never unpacked from the tenant's files. :func:`copy_image` copies
 that one digest reaches (the platform's manifest of an index, its config, its layers) into
 a layout of our own, each read once and checked against its digest as it is copied, and
 tags that manifest ``image``. A blob changed meanwhile fails the check; it is never
-unpacked. Blobs are read as regular files only, and no bigger than their descriptor says
-(a FIFO or ``/dev/zero`` named as a blob would hang or fill the control plane).
+unpacked. Blobs are read as regular files only (opened as the shards' user, see
+:mod:`.reader`), of exactly their descriptor's size, an image's together within
+:data:`MAX_IMAGE_BYTES`, and only with room for them in the cache.
+
+:func:`vouch` is the check without the copy: a layout must hold every blob of the image
+it names for the cache to serve it that image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 from pathlib import Path
 from typing import IO, Any
 
-from .refs import (
-    DIGEST,
-    INDEX_TYPES,
-    REF_NAME,
-    Layout,
-    host_platform,
-    image_error,
-    open_regular,
-)
+from sylphx._core.errors import ExecutorError
 
-__all__ = ["copy_image"]
+from .reader import open_regular
+from .refs import DIGEST, INDEX_TYPES, MAX_JSON, REF_NAME, Layout, host_platform, image_error
+
+__all__ = ["MAX_IMAGE_BYTES", "copy_image", "vouch"]
 
 TAG = "image"
+MAX_IMAGE_BYTES = 32 << 30  # an image's config and layers together (a copy is made of them)
 _CHUNK = 1 << 20
 _MAX_DEPTH = 4  # nested indexes
 
@@ -80,41 +81,49 @@ class _Blobs:
         self.layout = layout
         self.archive = layout.source.kind == "oci-archive"
 
-    def small(self, digest: str, limit: int = 4 << 20) -> bytes:
+    def small(self, digest: str, limit: int = MAX_JSON) -> bytes:
         """A JSON blob's bytes (at most ``limit``), checked against ``digest``."""
         raw = self.layout.read("blobs/" + digest.replace(":", "/", 1), limit=limit)
         if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
             raise _broken(self.layout, f"the blob {digest} does not match its digest")
         return raw
 
-    def copy(self, wanted: dict[str, int], into: Path) -> None:
-        """Each of ``wanted`` (digest: size) into ``into``, verified as it streams."""
+    def walk(self, wanted: dict[str, int], into: Path | None) -> None:
+        """Each of ``wanted`` (digest: size) is there with its size; with ``into``,
+        copied there too, checked against its digest as it streams."""
         base = Path(self.layout.source.location)
-        if not self.archive:
-            for digest, size in wanted.items():
-                try:
-                    src = open_regular(base / "blobs" / digest.replace(":", "/", 1))
-                except OSError:
-                    raise _broken(self.layout, f"the blob {digest} is missing") from None
-                with src:
-                    _stream(self.layout, src, digest, size, into / digest.partition(":")[2])
-            return
         left = dict(wanted)
         try:
-            with open_regular(base) as fh, tarfile.open(fileobj=fh) as tar:
-                for member in tar:
-                    name = member.name.removeprefix("./")
-                    digest = name.removeprefix("blobs/").replace("/", ":", 1)
-                    if digest not in left or not member.isfile():
-                        continue
-                    member_file = tar.extractfile(member)
-                    assert member_file is not None
-                    size = left.pop(digest)
-                    _stream(self.layout, member_file, digest, size, into / name[13:])
+            if not self.archive:
+                for digest in wanted:
+                    blob, have = open_regular(base / "blobs" / digest.replace(":", "/", 1))
+                    with blob:
+                        self._take(blob, have, digest, left.pop(digest), into)
+            else:
+                with open_regular(base)[0] as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+                    for member in tar:
+                        name = member.name.removeprefix("./")
+                        digest = name.removeprefix("blobs/").replace("/", ":", 1)
+                        if digest not in left or name != _member(digest) or not member.isfile():
+                            continue
+                        src = tar.extractfile(member)
+                        assert src is not None
+                        self._take(src, member.size, digest, left.pop(digest), into)
         except (OSError, tarfile.TarError) as exc:
-            raise _broken(self.layout, f"the archive cannot be read ({exc})") from None
+            what = next(iter(left), "")
+            raise _broken(self.layout, f"the blob {what} is missing ({exc})") from None
         if left:
             raise _broken(self.layout, f"the blob {next(iter(left))} is missing")
+
+    def _take(self, src: IO[bytes], have: int, digest: str, size: int, into: Path | None) -> None:
+        if have != size:
+            raise _broken(self.layout, f"the blob {digest} is {have} bytes, not {size}")
+        if into is not None:
+            _stream(self.layout, src, digest, size, into / digest.partition(":")[2])
+
+
+def _member(digest: str) -> str:
+    return "blobs/" + digest.replace(":", "/", 1)
 
 
 def _manifest(blobs: _Blobs, digest: str, media_type: object) -> tuple[str, bytes, str]:
@@ -128,7 +137,10 @@ def _manifest(blobs: _Blobs, digest: str, media_type: object) -> tuple[str, byte
         kind = doc.get("mediaType") or media_type
         if kind not in INDEX_TYPES:
             return digest, raw, str(kind or "application/vnd.oci.image.manifest.v1+json")
-        entry = host_platform(list(doc.get("manifests") or []))
+        entries = doc.get("manifests")
+        entry = host_platform([e for e in entries if isinstance(e, dict)]) if isinstance(
+            entries, list
+        ) else None  # fmt: skip
         if entry is None:
             raise image_error(
                 f"{blobs.layout.source.location} has no image for this machine's platform",
@@ -139,23 +151,56 @@ def _manifest(blobs: _Blobs, digest: str, media_type: object) -> tuple[str, byte
     raise _broken(blobs.layout, "its indexes are nested too deep")
 
 
-def copy_image(layout: Layout, digest: str, dest: Path) -> str:
-    """Make ``dest`` an OCI layout holding only the image ``digest`` names in ``layout``
-    (see the module), its manifest tagged :data:`TAG`; returns the tag."""
+def _image(layout: Layout, digest: str) -> tuple[_Blobs, str, bytes, str, dict[str, int]]:
+    """The image ``digest`` names: its manifest's digest, bytes and media type, and the
+    blobs it needs (digest: size), within :data:`MAX_IMAGE_BYTES`."""
     if not DIGEST.match(digest):
         raise _broken(layout, f"{digest[:80]!r} is not a sha256 digest")
     blobs = _Blobs(layout)
     try:
         found, raw, media_type = _manifest(blobs, digest, None)
         manifest = json.loads(raw)
-        parts = [_descriptor(layout, manifest.get("config"))]
-        parts += [_descriptor(layout, d) for d in manifest.get("layers") or []]
+        layers = manifest.get("layers") or []
+        if not isinstance(layers, list):
+            raise _broken(layout, f"the manifest {found} has no list of layers")
+        parts = dict([_descriptor(layout, manifest.get("config"))])
+        parts |= dict(_descriptor(layout, d) for d in layers)
     except ValueError:
         raise _broken(layout, f"the blobs of {digest} are not valid JSON") from None
+    total = sum(parts.values())
+    if total > MAX_IMAGE_BYTES:
+        raise image_error(
+            f"{layout.source.location}: the image is {total} bytes, over the"
+            f" {MAX_IMAGE_BYTES >> 30} GiB an image may have",
+            "too_large",
+            "make the image smaller",
+        )
+    return blobs, found, raw, media_type, parts
+
+
+def vouch(layout: Layout, digest: str) -> None:
+    """Refuse ``layout`` unless it holds the whole image ``digest`` names: its manifest,
+    byte for byte, and its config and layers, each of its size. (What its index.json says
+    is the tenant's word: a layout naming the digest of an image it does not hold, one
+    already in the cache, would be served that image, past its org's allowed sources.)"""
+    blobs, *_, parts = _image(layout, digest)
+    blobs.walk(parts, None)
+
+
+def copy_image(layout: Layout, digest: str, dest: Path) -> str:
+    """Make ``dest`` an OCI layout holding only the image ``digest`` names in ``layout``
+    (see the module), its manifest tagged :data:`TAG`; returns the tag."""
+    blobs, found, raw, media_type, parts = _image(layout, digest)
     store = dest / "blobs" / "sha256"
     store.mkdir(parents=True)
+    room = shutil.disk_usage(store).free
+    if room < sum(parts.values()) * 3:  # the copy, then its unpacked files (roughly)
+        raise ExecutorError(
+            f"no room in the image cache for the image at {layout.source.location}"
+            f" ({room >> 20} MiB free). Fix: free disk space where SYLPHX_HOME/images is"
+        )
     (store / found.partition(":")[2]).write_bytes(raw)
-    blobs.copy(dict(parts), store)
+    blobs.walk(parts, store)
     (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     entry = {"mediaType": media_type, "digest": found, "size": len(raw)}
     index = {"schemaVersion": 2, "manifests": [{**entry, "annotations": {REF_NAME: TAG}}]}

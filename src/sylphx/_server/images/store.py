@@ -37,57 +37,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sylphx._core.errors import ExecutorError, ValidationError
+from sylphx._core.errors import ExecutorError
 
+from .config import ImageConfig
 from .reach import check_reachable
-from .refs import DIGEST, Layout, Source, image_error, open_regular, parse_ref
-from .snapshot import copy_image
+from .reader import open_regular, reading_as
+from .refs import DIGEST, Layout, Source, image_error, parse_ref
+from .snapshot import MAX_IMAGE_BYTES, copy_image, vouch
 
 __all__ = ["ImageConfig", "ImageStore", "UnpackedImage"]
 
 # Mount points a sandbox binds over a read-only rootfs; created when the image lacks them.
 _MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
 _PACKAGES = {"skopeo": "skopeo", "umoci": "umoci"}
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    """The parts of an image's OCI config that decide how a shard runs."""
-
-    env: dict[str, str]
-    working_dir: str | None
-    entrypoint: list[str]
-    cmd: list[str]
-
-    @classmethod
-    def from_oci(cls, blob: dict[str, Any]) -> ImageConfig:
-        """From an OCI (or Docker) image config blob: its ``config`` section."""
-        section = blob.get("config") or {}
-        env: dict[str, str] = {}
-        for item in section.get("Env") or []:
-            key, _, value = str(item).partition("=")
-            env[key] = value
-        return cls(
-            env=env,
-            working_dir=section.get("WorkingDir") or None,
-            entrypoint=[str(a) for a in section.get("Entrypoint") or []],
-            cmd=[str(a) for a in section.get("Cmd") or []],
-        )
-
-    def argv(self, command: list[str] | None) -> list[str]:
-        """Docker semantics: ENTRYPOINT + (command if given else CMD).
-
-        An empty ``command`` counts as not given. ValidationError naming ``command``
-        when the result is empty.
-        """
-        argv = [*self.entrypoint, *(command if command else self.cmd)]
-        if not argv:
-            fix = "give a command, or use an image with an ENTRYPOINT or CMD"
-            raise ValidationError(
-                f"command: the image has no ENTRYPOINT or CMD and no command was given. Fix: {fix}",
-                details=[{"field": "command", "rule": "required_without_image_cmd", "fix": fix}],
-            )
-        return argv
 
 
 @dataclass(frozen=True)
@@ -137,24 +99,37 @@ class ImageStore:
         registry_timeout: float = 60.0,
         pull_timeout: float = 1800.0,
         private_registries: Collection[str] = (),
+        reader: tuple[int, int] | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.registry_timeout = registry_timeout  # metadata look-ups (a dead network)
         self.pull_timeout = pull_timeout  # copying a whole image (big layers)
         self.private_registries = private_registries  # contacted although private (.reach)
+        self.reader = reader  # (uid, gid) a tenant's files are opened as (see .reader)
 
     # -- public --------------------------------------------------------------------------
 
     def digest(self, ref: str) -> str:
         """The manifest digest of ``ref`` without unpacking anything."""
-        return self._digest(parse_ref(ref), ref)
+        with reading_as(self.reader):
+            return self._digest(parse_ref(ref), ref)
 
     def resolve(self, ref: str, digest: str | None = None) -> UnpackedImage:
         """Unpack ``ref`` once (idempotent, process-safe, atomic) and return it.
 
         ``digest``: the one admission found for a run's image (see the module): that
         image is served, from the cache, or pulled from the registry by that digest, or
-        copied from the layout's blobs of that digest, never what its tag names by now."""
+        copied from the layout's blobs of that digest, never what its tag names by now.
+        An admitted digest already cached is served without a look at ``ref``: a launch
+        never reads a tenant's file while the reconciler holds the store."""
+        if digest is not None and DIGEST.match(digest):
+            cached = self._load(self.path_for(digest), ref, digest)
+            if cached is not None:
+                return cached
+        with reading_as(self.reader):
+            return self._resolve(ref, digest)
+
+    def _resolve(self, ref: str, digest: str | None) -> UnpackedImage:
         source = parse_ref(ref)
         if digest is None:
             digest = self._digest(source, ref)
@@ -194,12 +169,19 @@ class ImageStore:
     def _digest(self, source: Source, ref: str) -> str:
         if source.kind in ("oci", "oci-archive"):
             layout = Layout(source)
-            digest = str(layout.entry()["digest"])
-            layout.check_blob(digest)  # the layout's word is not enough (see the module)
+            try:
+                digest = str(layout.entry()["digest"])
+                vouch(layout, digest)  # the layout's word is not enough (see the module)
+            except (TypeError, AttributeError, KeyError):  # JSON of another shape
+                raise image_error(
+                    f"the OCI layout at {source.location} is not shaped as OCI says",
+                    "layout_broken",
+                    "give a valid OCI layout (skopeo copy or umoci write one)",
+                ) from None
             return digest
         if source.kind == "docker-archive":
-            raw = self._skopeo(["inspect", "--raw", source.skopeo()], self.pull_timeout, ref)
-            return _sha256(raw)
+            args = ["inspect", "--raw", source.skopeo()]
+            return _sha256(self._skopeo(args, self.pull_timeout, ref, as_reader=True))
         check_reachable(source.registry, self.private_registries)  # before any pull too
         pinned = source.location.rpartition("@")[2] if "@" in source.location else None
         if pinned is not None:
@@ -216,17 +198,29 @@ class ImageStore:
         return _sha256(raw)
 
     def _skopeo(
-        self, args: list[str], timeout: float, ref: str, registry: str | None = None
+        self,
+        args: list[str],
+        timeout: float,
+        ref: str,
+        registry: str | None = None,
+        *,
+        as_reader: bool = False,
     ) -> bytes:
-        """Run skopeo; failures become ValidationError on ``image`` naming the registry."""
+        """Run skopeo (``as_reader``: as the user a tenant's files are read as, on a file
+        of theirs); failures become ValidationError on ``image`` naming the registry."""
         argv = [_tool("skopeo"), *args]
+        who: dict[str, Any] = {}
+        if as_reader and self.reader is not None and os.geteuid() == 0:
+            uid, gid = self.reader
+            env = {"PATH": os.defpath, "TMPDIR": "/tmp", "HOME": "/tmp"}
+            who = {"user": uid, "group": gid, "extra_groups": [], "env": env}
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, **who)
         except subprocess.TimeoutExpired:
             why, detail = "timed out", f"no answer within {timeout:.0f}s"
         else:
             if done.returncode == 0:
-                return done.stdout
+                return bytes(done.stdout)
             detail = _last_line(done.stderr.decode(errors="replace"))
             why = "failed"
         if registry is None:
@@ -310,7 +304,9 @@ class ImageStore:
         work = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
         try:
             layout, tag = self._as_layout(source, ref, digest, work)
-            config = ImageConfig.from_oci(Layout(Source("oci", str(layout), tag)).config_blob())
+            with reading_as(None):  # our own copy, in the cache: root's to read
+                ours = Layout(Source("oci", str(layout), tag))
+                config = ImageConfig.from_oci(ours.config_blob())
             bundle = work / "bundle"
             self._umoci(layout, tag, bundle)
             rootfs = bundle / "rootfs"
@@ -338,8 +334,19 @@ class ImageStore:
             registry: str | None = source.registry
         else:  # a docker-archive: our own copy, whose (generated) manifest must be digest's
             mine = work / "archive.tar"
-            with open_regular(source.location) as fh, open(mine, "wb") as out:
-                shutil.copyfileobj(fh, out, 1 << 20)
+            fh, size = open_regular(source.location)
+            with fh, open(mine, "wb") as out:
+                if size > MAX_IMAGE_BYTES or shutil.disk_usage(work).free < size * 3:
+                    raise image_error(
+                        f"{ref} is {size} bytes: over {MAX_IMAGE_BYTES >> 30} GiB, or more"
+                        " than the image cache has room for",
+                        "too_large",
+                        "make the image smaller, or ask the operator for room",
+                    )
+                left = size  # what it was when opened, were it to grow
+                while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
+                    out.write(chunk)
+                    left -= len(chunk)
             src = Source("docker-archive", str(mine), source.tag).skopeo()
             if self._digest(Source("docker-archive", str(mine), source.tag), ref) != digest:
                 raise image_error(

@@ -67,7 +67,7 @@ class NodeEnvelope:
 
 
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
-_images: dict[tuple[str, tuple[str, ...]], ImageStore] = {}  # per worker: cache, registries
+_images: dict[tuple[Any, ...], ImageStore] = {}  # per worker: cache, registries, reader
 _waiters: list[ThreadPoolExecutor] = []  # per worker process: one thread that waits on Ray
 
 
@@ -121,7 +121,8 @@ def run_streaming(
         if request.manifest is not None:  # a merge step: its manifest, on this node
             request = place_manifest(request, make_scratch(), sandbox=envelope.sandbox)
         if request.image is not None:  # unpacked on this node, by the same image store code
-            images = _node_images(envelope.image_cache, envelope.private_registries)
+            reader = (envelope.policy.uid, envelope.policy.gid)  # a tenant's files: theirs
+            images = _node_images(envelope.image_cache, envelope.private_registries, reader)
             image = images.resolve(request.image, request.image_digest)
             policy = envelope.policy
             argv, env, cwd = image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
@@ -246,11 +247,13 @@ def _stream(
 Result = tuple[int, str | None, list[str], float | None, float]
 
 
-def _node_images(cache_dir: str, private_registries: tuple[str, ...]) -> ImageStore:
-    key = (cache_dir, private_registries)
+def _node_images(
+    cache_dir: str, private_registries: tuple[str, ...], reader: tuple[int, int]
+) -> ImageStore:
+    key = (cache_dir, private_registries, reader)
     store = _images.get(key)
     if store is None:
-        store = ImageStore(Path(cache_dir), private_registries=private_registries)
+        store = ImageStore(Path(cache_dir), private_registries=private_registries, reader=reader)
         _images[key] = store
     return store
 
