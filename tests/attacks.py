@@ -1,11 +1,16 @@
 """What the escape tests of both executors share: a service on the host's loopback that
-counts who connects, the shard-side probe that tries to reach it, and a one-shard run
-with its logs."""
+counts who connects (on the loopback, or at an address given to the host for the while),
+the shard-side probe that tries to reach it, and a one-shard run with its logs."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import socket
+import subprocess
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from conftest import Server
@@ -58,3 +63,23 @@ def run_shard(server: Server, command: list[str], **spec: Any) -> tuple[dict[str
         for s in ("stdout", "stderr")
     ]
     return done, logs[0], logs[1]
+
+
+@contextlib.contextmanager
+def listening_at(address: str) -> Iterator[Listener]:
+    """A Listener at ``address``, given to this host's loopback interface for the while
+    (a cloud's metadata service answers the host's own requests so). Needs root and
+    iproute2 (skips the test otherwise)."""
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip(f"needs root and iproute2 to give the host the address {address}")
+    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+    try:
+        listener = Listener(address)
+        try:
+            yield listener
+        finally:
+            listener.close()
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)

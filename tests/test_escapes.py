@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from attacks import Listener, connect_probe, run_shard
+from attacks import Listener, connect_probe, listening_at, run_shard
 from conftest import Server, pids_of_run
 from sylphx._server.executors.envelope.sandbox import Policy, Sandbox, clean_env
 from sylphx._server.executors.local.cgroups import Cgroups, pids_max
@@ -436,15 +436,8 @@ METADATA = "169.254.169.254"
 def metadata_service() -> Iterator[Listener]:
     """A stand-in for a cloud's metadata service: a listener at 169.254.169.254 on this
     host (as the real one answers the host's own requests)."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to give the host the metadata address")
-    subprocess.run(["ip", "addr", "add", f"{METADATA}/32", "dev", "lo"], check=True)
-    try:
-        listener = Listener(METADATA)
+    with listening_at(METADATA) as listener:
         yield listener
-        listener.close()
-    finally:
-        subprocess.run(["ip", "addr", "del", f"{METADATA}/32", "dev", "lo"], check=False)
 
 
 def _host_address() -> str | None:
@@ -593,3 +586,37 @@ def test_a_local_image_is_run_only_if_the_shards_user_could_read_it(
     done, out, err = run_shard(server, ["echo", "in the image"], image=str(busybox_images.layout))
     assert done["status"] == "succeeded", err
     assert out == "in the image\n"
+
+
+def test_another_local_user_reads_nothing_of_the_home(server: Server) -> None:
+    """On a shared machine the home was 0755 (the umask's): any local user read the store
+    (runs' specs and env), every tenant's logs, volumes and the image cache."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another local user")
+    vol, vol_dir = server.volume()
+    _, out, _ = run_shard(server, ["sh", "-c", "echo private-output"])
+    assert out == "private-output\n"
+    home = server.settings.home
+    for folder in home.parents:  # a local user may pass through the test's own folders
+        if folder != Path("/"):
+            folder.chmod(folder.stat().st_mode | 0o711)
+    targets = [
+        str(home / "sylphx.db") if (home / "sylphx.db").exists() else str(home),
+        str(server.settings.logs_dir),
+        str(home / "images"),
+        str(home / "state"),
+        str(server.settings.volumes_dir),
+    ]
+    probe = (
+        "import os, sys, json\nres = {}\nfor p in sys.argv[1:]:\n"
+        "    try:\n        res[p] = os.listdir(p) if os.path.isdir(p) else str(open(p).read(1))\n"
+        "    except OSError as e:\n        res[p] = type(e).__name__\nprint(json.dumps(res))\n"
+    )
+    seen = json.loads(
+        subprocess.run(
+            ["/usr/bin/python3", "-c", probe, *targets],  # not root's own Python (in /root)
+            user=64123, group=64123, extra_groups=[], capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert set(seen.values()) == {"PermissionError"}, seen
+    assert (vol_dir.stat().st_mode & 0o777, vol in seen) == (0o755, False)  # its name: secret

@@ -5,12 +5,16 @@ them (:class:`~.runs.facade.RunService`, :class:`~.runs.volumes.VolumeService`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
 from sylphx._server.controller.reconciler import Reconciler
+from sylphx._server.executors.envelope import egress
 from sylphx._server.executors.envelope.sandbox import Policy
 from sylphx._server.executors.local.cgroups import Cgroups
 from sylphx._server.images.store import ImageStore
@@ -56,6 +60,26 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
     return _local_executor(settings, images)
 
 
+def close_home(settings: Settings) -> None:
+    """Keep the home's private parts the control plane's alone: on a shared machine, every
+    local user could read the store (runs' specs and env), every tenant's logs and
+    volumes, and the image cache (a home made 0755 by the umask). The home may be passed
+    through (an unsandboxed shard's work folder is in it) but not listed; the logs, the
+    images and the state are 0700, the volumes' root 0711 (each volume's name is a random
+    id), a SQLite store 0600 (its WAL and shared memory take its mode)."""
+    os.chmod(settings.home, 0o711)
+    for private in (settings.logs_dir, settings.home / "images", settings.home / "state"):
+        private.mkdir(parents=True, exist_ok=True)
+        os.chmod(private, 0o700)
+    settings.volumes_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.volumes_dir, 0o711)
+    if settings.database_url.startswith("sqlite:///"):
+        db = Path(settings.database_url.removeprefix("sqlite:///"))
+        for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, 0o600)
+
+
 class ControlPlane:
     """Owns the engine, the executor and the reconciler thread for one SYLPHX_HOME, and
     builds the services over them: ``runs``, ``volumes``, ``secrets``, ``account``. The
@@ -68,6 +92,7 @@ class ControlPlane:
         skip the home lock and take turns at reconciling through the lease."""
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
+        close_home(settings)
         self.lock = HomeLock(settings.home) if not shared else None
         self.draining = False  # set on SIGTERM: no new runs, shards keep running
         self.engine = make_engine(settings.database_url)
@@ -77,6 +102,7 @@ class ControlPlane:
             settings.home / "images",
             private_registries=settings.private_registries,
             reader=(settings.shard_uid, settings.shard_gid),  # a tenant's files: theirs
+            confine=egress.run_confined if egress.confinable() else None,
         )
         self.executor: Executor = executor or make_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)
@@ -139,8 +165,7 @@ class ControlPlane:
             self.lock.acquire()
         try:
             migrate(self.engine)
-            self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-            self.settings.volumes_dir.mkdir(parents=True, exist_ok=True)
+            close_home(self.settings)  # the store exists by now
             self.reconciler.start()
         except BaseException:
             if self.lock is not None:

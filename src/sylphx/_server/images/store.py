@@ -32,7 +32,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,17 @@ from typing import Any
 from sylphx._core.errors import ExecutorError
 
 from .config import ImageConfig
-from .reach import check_reachable
+from .reach import check_reachable, host_of
 from .reader import open_regular, reading_as
 from .refs import DIGEST, Layout, Source, image_error, parse_ref
 from .snapshot import MAX_IMAGE_BYTES, copy_image, vouch
+from .sources import Sources
 
-__all__ = ["ImageConfig", "ImageStore", "UnpackedImage"]
+__all__ = ["Confine", "ImageConfig", "ImageStore", "UnpackedImage"]
+
+# runs argv with the folders it writes, within a timeout, where it reaches public addresses
+# only (executors.envelope.egress.run_confined; the store is below the executors)
+Confine = Callable[[Sequence[str], Sequence[Path], float], "subprocess.CompletedProcess[bytes]"]
 
 # Mount points a sandbox binds over a read-only rootfs; created when the image lacks them.
 _MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
@@ -100,12 +105,15 @@ class ImageStore:
         pull_timeout: float = 1800.0,
         private_registries: Collection[str] = (),
         reader: tuple[int, int] | None = None,
+        confine: Confine | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.registry_timeout = registry_timeout  # metadata look-ups (a dead network)
         self.pull_timeout = pull_timeout  # copying a whole image (big layers)
         self.private_registries = private_registries  # contacted although private (.reach)
         self.reader = reader  # (uid, gid) a tenant's files are opened as (see .reader)
+        self.confine = confine  # runs a registry's skopeo off the host's network
+        self.sources = Sources(self.cache_dir / "sources")  # who vouched for a digest
 
     # -- public --------------------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class ImageStore:
             if self._load(final, ref, digest) is None:
                 self._unpack(source, ref, digest, final)
                 if source.kind == "docker":  # skopeo checked what it pulled by digest
-                    self._record(_repository(source.location), digest)
+                    self.sources.record(_repository(source.location), digest)
             elif not vouched:  # another process unpacked it meanwhile, from elsewhere
                 self._confirm(source, ref, digest)
         loaded = self._load(final, ref, digest)
@@ -205,17 +213,25 @@ class ImageStore:
         registry: str | None = None,
         *,
         as_reader: bool = False,
+        writes: Path | None = None,
     ) -> bytes:
         """Run skopeo (``as_reader``: as the user a tenant's files are read as, on a file
-        of theirs); failures become ValidationError on ``image`` naming the registry."""
+        of theirs; for a ``registry``: confined, see ``confine``, ``writes`` the folder it
+        writes); failures become ValidationError on ``image`` naming the registry."""
         argv = [_tool("skopeo"), *args]
         who: dict[str, Any] = {}
         if as_reader and self.reader is not None and os.geteuid() == 0:
             uid, gid = self.reader
             env = {"PATH": os.defpath, "TMPDIR": "/tmp", "HOME": "/tmp"}
             who = {"user": uid, "group": gid, "extra_groups": [], "env": env}
+        trusted = registry in self.private_registries or (
+            registry is not None and host_of(registry) in self.private_registries
+        )
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, **who)
+            if registry is not None and self.confine is not None and not trusted:
+                done = self.confine(argv, [writes] if writes else [], timeout)
+            else:
+                done = subprocess.run(argv, capture_output=True, timeout=timeout, **who)
         except subprocess.TimeoutExpired:
             why, detail = "timed out", f"no answer within {timeout:.0f}s"
         else:
@@ -252,7 +268,7 @@ class ImageStore:
         """Check that the registry ``source`` names holds ``digest`` (asked once per
         repository, then recorded): a ValidationError on ``image`` when it does not."""
         repository = _repository(source.location)
-        if self._vouched(repository, digest):
+        if self.sources.vouched(repository, digest):
             return
         timeout = f"{int(self.registry_timeout)}s"
         pinned = f"docker://{repository}@{digest}"
@@ -264,25 +280,7 @@ class ImageStore:
                 "digest_mismatch",
                 "check the digest, or refer to the image by its tag",
             )
-        self._record(repository, digest)
-
-    def _sources(self, digest: str) -> Path:
-        return self.cache_dir / "sources" / digest.partition(":")[2]
-
-    def _vouched(self, repository: str, digest: str) -> bool:
-        try:
-            return repository in self._sources(digest).read_text().splitlines()
-        except OSError:
-            return False
-
-    def _record(self, repository: str, digest: str) -> None:
-        """Note that ``repository`` holds ``digest`` (one short O_APPEND write: whole)."""
-        if self._vouched(repository, digest):
-            return
-        path = self._sources(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(repository + "\n")
+        self.sources.record(repository, digest)
 
     # -- unpacking -----------------------------------------------------------------------
 
@@ -357,7 +355,11 @@ class ImageStore:
                 )
             registry = None
         self._skopeo(
-            ["copy", "--quiet", src, f"oci:{dest}:image"], self.pull_timeout, ref, registry
+            ["copy", "--quiet", src, f"oci:{dest}:image"],
+            self.pull_timeout,
+            ref,
+            registry,
+            writes=work,
         )
         return dest, "image"
 

@@ -84,9 +84,12 @@ _NLM_F_REQUEST_ACK_CREATE_EXCL = 0x1 | 0x4 | 0x400 | 0x200
 _RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_PROHIBIT, _RTA_DST = 254, 4, 8, 1
 
 
-def close_networks(pid: int) -> None:
-    """Add a ``prohibit`` route for each of :data:`BLOCKED_NETWORKS` in the network
-    namespace of ``pid`` (see the module), over rtnetlink; OSError when one is not added."""
+Networks = tuple[tuple[str, int], ...]  # (address, prefix length) pairs
+
+
+def close_networks(pid: int, networks: Networks = BLOCKED_NETWORKS) -> None:
+    """Add a ``prohibit`` route for each of ``networks`` in the network namespace of
+    ``pid`` (see the module), over rtnetlink; OSError when one is not added."""
     import ctypes  # not at the top: most supervisors never need it
     import socket
     import struct
@@ -109,7 +112,7 @@ def close_networks(pid: int) -> None:
     finally:
         os.close(own)
     with sock:
-        for seq, (address, prefix) in enumerate(BLOCKED_NETWORKS, 1):
+        for seq, (address, prefix) in enumerate(networks, 1):
             route = struct.pack(
                 "=BBBBBBBBI", socket.AF_INET, prefix, 0, 0, _RT_TABLE_MAIN, _RTPROT_STATIC,
                 0, _RTN_PROHIBIT, 0,
@@ -172,8 +175,9 @@ class Net:
             os.close(fd)
         self.info_w = self.block_r = -1
 
-    def attach(self, slirp: str) -> str | None:
-        """Give the sandbox its network and let it start; returns why not, or None."""
+    def attach(self, slirp: str, blocked: Networks = BLOCKED_NETWORKS) -> str | None:
+        """Give the sandbox its network, ``blocked`` closed, and let it start; returns
+        why not, or None."""
         try:
             pid = _read_pid(self.info_r)
             if pid is None:
@@ -220,7 +224,7 @@ class Net:
                 return "slirp4netns did not configure the interface"
             try:  # a control plane not root (development) runs shards as itself: no guard
                 if os.geteuid() == 0:
-                    close_networks(pid)
+                    close_networks(pid, blocked)
             except OSError as exc:  # never a way out to the metadata services: none at all
                 os.close(self.exit_w)
                 self.exit_w = -1

@@ -33,6 +33,7 @@ from typing import Any
 
 from sylphx._core.errors import SylphxError
 from sylphx._server.executors.base import LaunchRequest, Signal
+from sylphx._server.executors.envelope import egress
 from sylphx._server.executors.envelope.node import NodeFds
 from sylphx._server.executors.envelope.sandbox import Policy
 from sylphx._server.executors.envelope.shard import (
@@ -253,7 +254,10 @@ def _node_images(
     key = (cache_dir, private_registries, reader)
     store = _images.get(key)
     if store is None:
-        store = ImageStore(Path(cache_dir), private_registries=private_registries, reader=reader)
+        confine = egress.run_confined if egress.confinable() else None
+        store = ImageStore(
+            Path(cache_dir), private_registries=private_registries, reader=reader, confine=confine
+        )
         _images[key] = store
     return store
 
