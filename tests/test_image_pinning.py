@@ -304,6 +304,11 @@ def test_a_layout_must_hold_every_blob_of_the_image_it_names(tmp_path: Path, lay
     layer.write_bytes(kept + b"more")
     with pytest.raises(ValidationError, match="bytes, not"):
         store.resolve(f"oci:{layout}:latest")
+    layer.write_bytes(bytes(len(kept)))  # of its size, but zeros (a sparse file, say)
+    with pytest.raises(ValidationError, match="does not match its digest"):
+        store.resolve(f"oci:{layout}:latest")
+    layer.write_bytes(kept)
+    assert store.resolve(f"oci:{layout}:latest").rootfs == cached.rootfs
     layer.unlink()
     with pytest.raises(ValidationError, match="is missing"):
         store.resolve(f"oci:{layout}:latest")
@@ -332,6 +337,96 @@ def test_a_compressed_archive_or_a_proc_file_is_refused_at_once(
     with pytest.raises(ValidationError, match="uncompressed"):
         ImageStore(tmp_path / "cache").resolve(str(packed))
     (layout / "index.json").unlink()
-    (layout / "index.json").symlink_to("/proc/self/status")  # its size says 0
-    with pytest.raises(ValidationError, match="not a JSON object"):
+    (layout / "index.json").symlink_to("/proc/self/status")  # its size says 0, and out
+    with pytest.raises(ValidationError, match=r"index\.json is missing"):
         ImageStore(tmp_path / "cache", reader=SHARDS).resolve(f"oci:{layout}:latest")
+    with pytest.raises(ValidationError, match="not a JSON object"):
+        ImageStore(tmp_path / "cache").resolve(f"oci-archive:{_tar_of(layout, tmp_path)}")
+
+
+def _tar_of(layout: Path, tmp_path: Path) -> Path:
+    """An OCI archive of ``layout`` whose index.json is a /proc file's contents (empty)."""
+    import tarfile
+
+    out = tmp_path / "proc.tar"
+    with tarfile.open(out, "w") as tar:
+        tar.add(layout / "oci-layout", "oci-layout")
+        tar.add(Path("/proc/self/status"), "index.json")  # its size says 0
+    return out
+
+
+def test_no_magic_link_of_proc_is_followed_out_of_a_layout(tmp_path: Path, layout: Path) -> None:
+    """A layout of links through /proc/PID/root (of a process running as the shards'
+    user: another tenant's shard) entered that process's mount namespace, as the reader
+    (found by a review). Links out of a layout are not followed, magic links never."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a process as the shards' user")
+    sleeper = subprocess.Popen(["sleep", "30"], user=SHARDS[0], group=SHARDS[1], extra_groups=[])
+    try:
+        attacker = tmp_path / "attacker"
+        attacker.mkdir()
+        (attacker / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        via = f"/proc/{sleeper.pid}/root{layout}"
+        (attacker / "index.json").symlink_to(f"{via}/index.json")
+        (attacker / "blobs").symlink_to(f"{via}/blobs")
+        open_to_shards(attacker)
+        with pytest.raises(ValidationError, match=r"index\.json is missing"):
+            ImageStore(tmp_path / "cache", reader=SHARDS).resolve(f"oci:{attacker}:latest")
+        direct = f"oci:{via}:latest"  # named outright: through the magic link, refused too
+        with pytest.raises(ValidationError, match="missing"):
+            ImageStore(tmp_path / "cache", reader=SHARDS).resolve(direct)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_an_archives_extended_headers_are_read_only_so_far(tmp_path: Path) -> None:
+    """A pax header is read whole into memory: one claiming GiBs (in a sparse file of a
+    few KiB) took the control plane's memory with it (found by a review)."""
+    import io
+    import tarfile
+
+    packed = tmp_path / "long.tar"
+    with tarfile.open(packed, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("index.json")
+        info.pax_headers = {"comment": "x" * (100 << 10)}  # over the 64 KiB a header may have
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(ValidationError, match="extended header of"):
+        ImageStore(tmp_path / "cache").resolve(str(packed))
+
+
+def test_a_docker_archive_is_keyed_by_its_own_bytes_and_runs_under_a_root_plane(
+    server: Server,
+    tmp_path: Path,
+    busybox_images: BusyboxImages,  # noqa: F811
+) -> None:
+    """skopeo's digest of a docker archive is made of its config and layer sizes: one of
+    zero-filled layers was served the cached image. Keyed by the archive's own sha256, it
+    is not; and read as the shards' user, it still runs (a review found every docker
+    archive refused under a root control plane)."""
+    import gzip
+
+    mine = tmp_path / "tenant"
+    mine.mkdir()
+    archive = mine / "image.tar"
+    shutil.copy(busybox_images.docker_archive, archive)
+    open_to_shards(mine)
+    run = server.submit(image=f"docker-archive:{archive}", command=["/bin/echo", "from-archive"])
+    assert server.wait(run["id"])["status"] == "succeeded", server.shards(run["id"])
+    logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": 0}).text
+    assert logs == "from-archive\n"
+    import hashlib
+
+    whole = hashlib.sha256(archive.read_bytes()).hexdigest()
+    key = "sha256:" + hashlib.sha256(f"{whole}\0".encode()).hexdigest()
+    assert run["imageDigests"] == {f"docker-archive:{archive}": key}
+    packed = mine / "packed.tar"
+    packed.write_bytes(gzip.compress(archive.read_bytes()))
+    packed.chmod(0o644)
+    refused = server.http.post(
+        "/v1/runs", json={"image": f"docker-archive:{packed}", "command": ["true"]}
+    )
+    assert refused.status_code == 422 and "uncompressed" in refused.text

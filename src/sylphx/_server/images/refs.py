@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from sylphx._core.errors import ValidationError
 
-from .reader import as_reader, open_regular
+from .reader import as_reader, open_regular, open_tar
 
 Kind = Literal["oci", "oci-archive", "docker-archive", "docker"]
 
@@ -66,21 +66,39 @@ class Source:
         return "docker.io"
 
 
-def _tar_kind(path: Path) -> Kind:
-    """oci-archive if the tarball holds index.json (preferred), docker-archive for manifest.json."""
+def check_tar(path: Path) -> None:
+    """Refuse ``path`` unless it is an uncompressed tar archive holding ``manifest.json``
+    (a `docker save` tarball): skopeo inflates a compressed one wherever it likes."""
+    if "manifest.json" not in _tar_names(path, stop_at_oci=False):
+        raise image_error(
+            f"{path} holds no manifest.json (not a `docker save` tarball)",
+            "archive_format",
+            "give a `docker save` tarball, not compressed",
+        )
+
+
+def _tar_names(path: Path, *, stop_at_oci: bool) -> set[str]:
+    """The member names of the uncompressed tar at ``path`` (read as the reader); with
+    ``stop_at_oci``, only until both of an OCI archive's are seen."""
     names: set[str] = set()
     try:
-        with open_regular(path)[0] as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+        with open_regular(path)[0] as fh, open_tar(fh) as tar:
             for member in tar:
                 names.add(member.name.removeprefix("./"))
-                if "index.json" in names and "oci-layout" in names:
-                    return "oci-archive"
+                if stop_at_oci and "index.json" in names and "oci-layout" in names:
+                    break
     except (OSError, tarfile.TarError) as exc:
         raise image_error(
             f"{path} is not a readable, uncompressed tar archive ({exc})",
             "archive_unreadable",
             "give an OCI archive or a `docker save` tarball, not compressed",
         ) from None
+    return names
+
+
+def _tar_kind(path: Path) -> Kind:
+    """oci-archive if the tarball holds index.json (preferred), docker-archive for manifest.json."""
+    names = _tar_names(path, stop_at_oci=True)
     if "index.json" in names:
         return "oci-archive"
     if "manifest.json" in names:
@@ -198,11 +216,11 @@ class Layout:
         data: bytes | None = None
         try:
             if self.source.kind == "oci":
-                fh, size = open_regular(base / name)
+                fh, size = open_regular(name, under=base)
                 with fh:  # no more than it says: a file of /proc says 0
                     data = fh.read(min(size, limit + 1))
             else:
-                with open_regular(base)[0] as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+                with open_regular(base)[0] as fh, open_tar(fh) as tar:
                     for member in tar:
                         if member.name.removeprefix("./") == name and member.isfile():
                             found = tar.extractfile(member)

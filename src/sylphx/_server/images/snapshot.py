@@ -20,8 +20,10 @@ it names for the cache to serve it that image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -29,10 +31,10 @@ from typing import IO, Any
 
 from sylphx._core.errors import ExecutorError
 
-from .reader import open_regular
+from .reader import open_regular, open_tar
 from .refs import DIGEST, INDEX_TYPES, MAX_JSON, REF_NAME, Layout, host_platform, image_error
 
-__all__ = ["MAX_IMAGE_BYTES", "copy_image", "vouch"]
+__all__ = ["MAX_IMAGE_BYTES", "archive_digest", "copy_archive", "copy_image", "vouch"]
 
 TAG = "image"
 MAX_IMAGE_BYTES = 32 << 30  # an image's config and layers together (a copy is made of them)
@@ -58,20 +60,35 @@ def _descriptor(layout: Layout, value: Any) -> tuple[str, int]:
     return digest, size
 
 
-def _stream(layout: Layout, src: IO[bytes], digest: str, size: int, dest: Path) -> None:
-    """Copy ``size`` bytes of ``src`` to ``dest``; they must hash to ``digest``."""
+def _stream(layout: Layout, src: IO[bytes], digest: str, size: int, dest: Path | None) -> None:
+    """Copy ``size`` bytes of ``src`` to ``dest`` (None: only hash them); they must hash
+    to ``digest``."""
     hasher, left = hashlib.sha256(), size
-    with open(dest, "wb") as out:
+    with open(dest, "wb") if dest is not None else contextlib.nullcontext() as out:
         while left > 0:
             chunk = src.read(min(_CHUNK, left))
             if not chunk:
                 break
             hasher.update(chunk)
-            out.write(chunk)
+            if out is not None:
+                out.write(chunk)
             left -= len(chunk)
     if left or src.read(1) or "sha256:" + hasher.hexdigest() != digest:
-        dest.unlink()
+        if dest is not None:
+            dest.unlink()
         raise _broken(layout, f"the blob {digest} does not match its digest and size")
+
+
+# Blobs hashed already, by the file's identity: (device, inode, ctime, size[, offset in
+# an archive]). A file's ctime changes with its contents and cannot be set by its owner,
+# so a blob rewritten since is hashed again.
+_VERIFIED: dict[tuple[int, ...], str] = {}
+_VERIFIED_KEPT = 8192
+
+
+def _identity(fd: int, *more: int) -> tuple[int, ...]:
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size, *more)
 
 
 class _Blobs:
@@ -89,18 +106,19 @@ class _Blobs:
         return raw
 
     def walk(self, wanted: dict[str, int], into: Path | None) -> None:
-        """Each of ``wanted`` (digest: size) is there with its size; with ``into``,
-        copied there too, checked against its digest as it streams."""
+        """Each of ``wanted`` (digest: size) is there with its size and hashes to its
+        digest; with ``into``, copied there as it streams."""
         base = Path(self.layout.source.location)
         left = dict(wanted)
         try:
             if not self.archive:
                 for digest in wanted:
-                    blob, have = open_regular(base / "blobs" / digest.replace(":", "/", 1))
+                    blob, have = open_regular(_member(digest), under=base)
                     with blob:
-                        self._take(blob, have, digest, left.pop(digest), into)
+                        key = _identity(blob.fileno())
+                        self._take(blob, have, digest, left.pop(digest), into, key)
             else:
-                with open_regular(base)[0] as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+                with open_regular(base)[0] as fh, open_tar(fh) as tar:
                     for member in tar:
                         name = member.name.removeprefix("./")
                         digest = name.removeprefix("blobs/").replace("/", ":", 1)
@@ -108,18 +126,33 @@ class _Blobs:
                             continue
                         src = tar.extractfile(member)
                         assert src is not None
-                        self._take(src, member.size, digest, left.pop(digest), into)
+                        key = _identity(fh.fileno(), member.offset_data)
+                        self._take(src, member.size, digest, left.pop(digest), into, key)
         except (OSError, tarfile.TarError) as exc:
             what = next(iter(left), "")
             raise _broken(self.layout, f"the blob {what} is missing ({exc})") from None
         if left:
             raise _broken(self.layout, f"the blob {next(iter(left))} is missing")
 
-    def _take(self, src: IO[bytes], have: int, digest: str, size: int, into: Path | None) -> None:
+    def _take(
+        self,
+        src: IO[bytes],
+        have: int,
+        digest: str,
+        size: int,
+        into: Path | None,
+        key: tuple[int, ...],
+    ) -> None:
+        """A blob of ``have`` bytes: it must be ``size`` and hash to ``digest`` (copied
+        into ``into``; without, hashed unless this very file was already)."""
         if have != size:
             raise _broken(self.layout, f"the blob {digest} is {have} bytes, not {size}")
-        if into is not None:
-            _stream(self.layout, src, digest, size, into / digest.partition(":")[2])
+        if into is None and _VERIFIED.get(key) == digest:
+            return
+        _stream(self.layout, src, digest, size, into and into / digest.partition(":")[2])
+        if len(_VERIFIED) >= _VERIFIED_KEPT:
+            _VERIFIED.clear()
+        _VERIFIED[key] = digest
 
 
 def _member(digest: str) -> str:
@@ -180,7 +213,9 @@ def _image(layout: Layout, digest: str) -> tuple[_Blobs, str, bytes, str, dict[s
 
 def vouch(layout: Layout, digest: str) -> None:
     """Refuse ``layout`` unless it holds the whole image ``digest`` names: its manifest,
-    byte for byte, and its config and layers, each of its size. (What its index.json says
+    config and layers, each hashed (once per version of the file; sizes alone let a layout
+    of empty sparse files of the right sizes be served a cached image, found by a review).
+    (What its index.json says
     is the tenant's word: a layout naming the digest of an image it does not hold, one
     already in the cache, would be served that image, past its org's allowed sources.)"""
     blobs, *_, parts = _image(layout, digest)
@@ -197,7 +232,7 @@ def copy_image(layout: Layout, digest: str, dest: Path) -> str:
     if room < sum(parts.values()) * 3:  # the copy, then its unpacked files (roughly)
         raise ExecutorError(
             f"no room in the image cache for the image at {layout.source.location}"
-            f" ({room >> 20} MiB free). Fix: free disk space where SYLPHX_HOME/images is"
+            ". Fix: free disk space where SYLPHX_HOME/images is"  # how much: not a tenant's
         )
     (store / found.partition(":")[2]).write_bytes(raw)
     blobs.walk(parts, store)
@@ -206,3 +241,68 @@ def copy_image(layout: Layout, digest: str, dest: Path) -> str:
     index = {"schemaVersion": 2, "manifests": [{**entry, "annotations": {REF_NAME: TAG}}]}
     (dest / "index.json").write_text(json.dumps(index))
     return TAG
+
+
+# -- docker save archives ----------------------------------------------------------------
+# skopeo makes a docker archive's manifest up from its config and its layers' sizes (their
+# contents unhashed), so that digest is a forger's to match: an archive of the cached
+# image's config and zero-filled layers was served that image (found by a review). Its
+# key here is the archive's own sha256 with the image it selects (``path:name:tag``, @N).
+
+
+def _whole(path: str, into: Path | None) -> str:
+    """The sha256 of the regular file ``path`` (read as the reader, at most
+    MAX_IMAGE_BYTES), copied to ``into`` on the way."""
+    try:
+        fh, size = open_regular(path)
+    except OSError:
+        raise image_error(
+            f"no archive at {path} that the shards' user can read",
+            "path_missing",
+            "give a `docker save` tarball the shards' user can read",
+        ) from None
+    with fh:
+        if size > MAX_IMAGE_BYTES:
+            raise image_error(
+                f"{path} is {size} bytes, over the {MAX_IMAGE_BYTES >> 30} GiB an image may have",
+                "too_large",
+                "make the image smaller",
+            )
+        key = _identity(fh.fileno(), -1)
+        if into is None and key in _VERIFIED:
+            return _VERIFIED[key]
+        hasher, left = hashlib.sha256(), size  # what it was when opened, were it to grow
+        with open(into, "wb") if into is not None else contextlib.nullcontext() as out:
+            while left > 0 and (chunk := fh.read(min(_CHUNK, left))):
+                hasher.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+                left -= len(chunk)
+    found = hasher.hexdigest()
+    if len(_VERIFIED) >= _VERIFIED_KEPT:
+        _VERIFIED.clear()
+    _VERIFIED[key] = found
+    return found
+
+
+def archive_digest(path: str, selector: str | None) -> str:
+    """The cache key of the image ``selector`` picks in the docker archive at ``path``."""
+    whole = _whole(path, None)
+    return "sha256:" + hashlib.sha256(f"{whole}\0{selector or ''}".encode()).hexdigest()
+
+
+def copy_archive(path: str, selector: str | None, digest: str, dest: Path) -> None:
+    """Copy the archive at ``path`` to ``dest``; it must still be the one ``digest`` was
+    made of (else a ValidationError: it was changed since it was looked up)."""
+    if shutil.disk_usage(dest.parent).free < 3 * os.stat(path).st_size:
+        raise ExecutorError(
+            f"no room in the image cache for {path}. Fix: free disk space where"
+            " SYLPHX_HOME/images is"
+        )
+    whole = _whole(path, dest)
+    if "sha256:" + hashlib.sha256(f"{whole}\0{selector or ''}".encode()).hexdigest() != digest:
+        raise image_error(
+            f"{path} is not the image {digest} any more (it was changed since it was looked up)",
+            "changed",
+            "submit the run again, so that the image it names now is checked",
+        )

@@ -35,15 +35,14 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from sylphx._core.errors import ExecutorError
 
 from .config import ImageConfig
 from .reach import check_reachable, host_of
-from .reader import open_regular, reading_as
-from .refs import DIGEST, Layout, Source, image_error, parse_ref
-from .snapshot import MAX_IMAGE_BYTES, copy_image, vouch
+from .reader import reading_as
+from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref
+from .snapshot import archive_digest, copy_archive, copy_image, vouch
 from .sources import Sources
 
 __all__ = ["Confine", "ImageConfig", "ImageStore", "UnpackedImage"]
@@ -187,9 +186,9 @@ class ImageStore:
                     "give a valid OCI layout (skopeo copy or umoci write one)",
                 ) from None
             return digest
-        if source.kind == "docker-archive":
-            args = ["inspect", "--raw", source.skopeo()]
-            return _sha256(self._skopeo(args, self.pull_timeout, ref, as_reader=True))
+        if source.kind == "docker-archive":  # skopeo's digest of one is forgeable
+            check_tar(Path(source.location))  # uncompressed: skopeo would inflate it
+            return archive_digest(source.location, source.tag)
         check_reachable(source.registry, self.private_registries)  # before any pull too
         pinned = source.location.rpartition("@")[2] if "@" in source.location else None
         if pinned is not None:
@@ -212,18 +211,11 @@ class ImageStore:
         ref: str,
         registry: str | None = None,
         *,
-        as_reader: bool = False,
         writes: Path | None = None,
     ) -> bytes:
-        """Run skopeo (``as_reader``: as the user a tenant's files are read as, on a file
-        of theirs; for a ``registry``: confined, see ``confine``, ``writes`` the folder it
-        writes); failures become ValidationError on ``image`` naming the registry."""
+        """Run skopeo (for a ``registry``: confined, see ``confine``, ``writes`` the folder
+        it writes); failures become ValidationError on ``image`` naming the registry."""
         argv = [_tool("skopeo"), *args]
-        who: dict[str, Any] = {}
-        if as_reader and self.reader is not None and os.geteuid() == 0:
-            uid, gid = self.reader
-            env = {"PATH": os.defpath, "TMPDIR": "/tmp", "HOME": "/tmp"}
-            who = {"user": uid, "group": gid, "extra_groups": [], "env": env}
         trusted = registry in self.private_registries or (
             registry is not None and host_of(registry) in self.private_registries
         )
@@ -231,7 +223,7 @@ class ImageStore:
             if registry is not None and self.confine is not None and not trusted:
                 done = self.confine(argv, [writes] if writes else [], timeout)
             else:
-                done = subprocess.run(argv, capture_output=True, timeout=timeout, **who)
+                done = subprocess.run(argv, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             why, detail = "timed out", f"no answer within {timeout:.0f}s"
         else:
@@ -330,29 +322,10 @@ class ImageStore:
         if source.kind == "docker":  # skopeo checks what it pulls against the digest
             src = f"docker://{_repository(source.location)}@{digest}"
             registry: str | None = source.registry
-        else:  # a docker-archive: our own copy, whose (generated) manifest must be digest's
+        else:  # a docker-archive: our own copy of the very archive the digest was made of
             mine = work / "archive.tar"
-            fh, size = open_regular(source.location)
-            with fh, open(mine, "wb") as out:
-                if size > MAX_IMAGE_BYTES or shutil.disk_usage(work).free < size * 3:
-                    raise image_error(
-                        f"{ref} is {size} bytes: over {MAX_IMAGE_BYTES >> 30} GiB, or more"
-                        " than the image cache has room for",
-                        "too_large",
-                        "make the image smaller, or ask the operator for room",
-                    )
-                left = size  # what it was when opened, were it to grow
-                while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
-                    out.write(chunk)
-                    left -= len(chunk)
+            copy_archive(source.location, source.tag, digest, mine)  # its bytes: checked
             src = Source("docker-archive", str(mine), source.tag).skopeo()
-            if self._digest(Source("docker-archive", str(mine), source.tag), ref) != digest:
-                raise image_error(
-                    f"{ref} is not the image {digest} any more (it was changed since it was"
-                    " looked up)",
-                    "changed",
-                    "submit the run again, so that the image it names now is checked",
-                )
             registry = None
         self._skopeo(
             ["copy", "--quiet", src, f"oci:{dest}:image"],

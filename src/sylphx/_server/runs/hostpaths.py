@@ -29,6 +29,7 @@ from sylphx._core.merge import MERGE_INDEX
 from sylphx._core.paths import is_within
 from sylphx._core.spec import RunSpec
 from sylphx._server.executors.local.processes import PRIVATE, closed_to
+from sylphx._server.images.reader import as_reader, reading_as
 from sylphx._settings import Settings
 
 __all__ = ["check_host_paths"]
@@ -212,7 +213,8 @@ def _check_image_path(image: str, settings: Settings, field: str) -> None:
     path = _local_image_path(image)
     if path is None:
         return
-    real, via_proc = resolve(path)
+    with reading_as((settings.shard_uid, settings.shard_gid)), as_reader():
+        real, via_proc = resolve(path)  # links followed as a shard would: no oracle of root's
     roots = [str(p) for p in settings.hidden_paths()]
     if via_proc or _is_hidden(path, real, roots):
         rule = f"{path!r} {_VIA_PROC if via_proc else _HIDDEN + _RESOLVED}"
