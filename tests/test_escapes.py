@@ -620,3 +620,19 @@ def test_another_local_user_reads_nothing_of_the_home(server: Server) -> None:
     )  # fmt: skip
     assert set(seen.values()) == {"PermissionError"}, seen
     assert (vol_dir.stat().st_mode & 0o777, vol in seen) == (0o755, False)  # its name: secret
+
+
+def test_a_working_dir_of_tmp_shows_none_of_the_hosts_tmp(server: Server) -> None:
+    """workingDir /tmp bound all of the host's /tmp (read-only) into the shard: every
+    user's and tenant's files left there. The shard now starts in its own /tmp."""
+    marker = Path(tempfile.gettempdir()) / f"sylphx-other-user-{uuid.uuid4().hex}"
+    marker.write_text("someone else's")
+    marker.chmod(0o644)
+    try:
+        done, out, err = run_shard(
+            server, ["sh", "-c", f"pwd; cat {marker} 2>/dev/null || echo unseen"], workingDir="/tmp"
+        )
+    finally:
+        marker.unlink()
+    assert done["status"] == "succeeded", err
+    assert out == "/tmp\nunseen\n"

@@ -165,7 +165,10 @@ def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[P
     program's, and where the PATH's programs link to (a virtualenv's ``python`` is often a
     link into an interpreter under ``/root``)."""
     roots = private_roots()
-    wanted: list[Path] = [workdir] if workdir else []
+    # a private root itself (workingDir /tmp) is never bound whole: all of the host's /tmp
+    # showed, every user's files there; the shard starts in its own private /tmp instead
+    shown = workdir is not None and Path(os.path.realpath(workdir)) not in roots
+    wanted: list[Path] = [workdir] if workdir is not None and shown else []
     bins = [folder for folder in searched(path, workdir) if folder != workdir]
     if program.startswith("/"):
         bins.append(Path(program).parent)
