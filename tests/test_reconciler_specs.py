@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from conftest import database_url_for
 from sylphx._server.controller.policy.admission import Resources
+from sylphx._server.controller.specs import LeanSpec
 from test_reconciler import Harness
 
 BIG = {f"V{i}": "x" * 60_000 for i in range(4)}  # 240 KB of env: a large spec
@@ -57,13 +58,24 @@ def test_queued_runs_specs_are_read_once_then_only_when_their_row_changes(
     assert len(reads) == 1, reads  # nothing re-read: the parsed specs are kept
     for run_id in queued:
         assert h.run(run_id)["status"] == "queued"
+    kept = h.reconciler._specs._parsed
+    assert all(
+        isinstance(spec, LeanSpec) and not spec.env for spec in kept.values() if spec.env != {}
+    )
+    assert sum(isinstance(spec, LeanSpec) for spec in kept.values()) == 4  # BIG: kept lean
     h.tick(60)  # the admission fallback rewrites ``late``'s spec: a new version of its row
-    assert h.run(late)["spec"]["gangScheduling"] is False
+    stored = h.run(late)["spec"]
+    assert stored["gangScheduling"] is False and stored["env"] == BIG  # made of the whole
+    assert len(reads) == 2 and "runs.id = " in reads[1]  # read whole, once, to rewrite it
     h.tick(1)
     h.tick(1)
-    assert len(reads) == 1  # the pass kept what it wrote: the new spec is not read back
+    assert len(reads) == 2  # the pass kept what it wrote: the new spec is not read back
     h.executor.finish_all(0)
+    envs = []
     for _ in range(8):  # one standard run at a time
         h.tick(1)
+        envs += [request.env for request in h.executor.live.values()]
         h.executor.finish_all(0)
     assert [h.run(run_id)["status"] for run_id in [*queued, late]] == ["succeeded"] * 4
+    assert envs == [BIG] * 4  # each launched whole: read once more, by its id
+    assert len(reads) == 2 + 4

@@ -141,7 +141,9 @@ class Reconciler(PassLoop):
                 s,
                 runs,
                 "checking its admission deadline",
-                lambda run: scheduling.expire_admission(s, run, specs[run.id], now),
+                lambda run: scheduling.expire_admission(
+                    s, run, specs[run.id], now, lambda: Specs.full(s, run.id, specs[run.id])
+                ),
             )
             counts = survey.shard_counts(s)
             bh.each(  # more than maxFailedIndexes failed: stopped from the next pass on
@@ -205,7 +207,8 @@ class Reconciler(PassLoop):
                 rows = list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids))))
                 specs = self._parse(s, rows)
                 now = self.clock()
-                lost = launching.readopt(s, self.executor, unended, specs, self.cipher, now)
+                whole = {run_id: Specs.full(s, run_id, spec) for run_id, spec in specs.items()}
+                lost = launching.readopt(s, self.executor, unended, whole, self.cipher, now)
                 self._collect(s, lost, specs)
                 bh.resolve(s, now)
         except BaseException:
@@ -369,7 +372,7 @@ class Reconciler(PassLoop):
             return []
         if run.state == RunState.QUEUED:
             transition(run, RunState.RUNNING, now)
-        launch = launching.RunLaunch(s, run, spec, self.cipher)
+        launch = launching.RunLaunch(s, run, Specs.full(s, run.id, spec), self.cipher)
         try:
             logs, home = self.settings.logs_dir, self.settings.home
             prepared[run.id] = launch.launched

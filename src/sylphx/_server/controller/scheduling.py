@@ -120,17 +120,24 @@ def _live(count: Counter[ShardState]) -> int:
     return count[ShardState.STARTING] + count[ShardState.RUNNING]
 
 
-def expire_admission(s: Session, run: RunRow, spec: RunSpec, now: datetime) -> RunSpec:
+def expire_admission(
+    s: Session,
+    run: RunRow,
+    spec: RunSpec,
+    now: datetime,
+    full: Callable[[], RunSpec] | None = None,
+) -> RunSpec:
     """End (or turn opportunistic) a gang run still queued past its admission deadline.
 
-    Returns the spec the run continues with."""
+    Returns the spec the run continues with. ``full``: the whole spec, where ``spec`` may
+    be a lean one (see :mod:`.specs`): what is stored is made of it."""
     timeout = spec.admission_timeout_seconds
     if run.state != RunState.QUEUED or timeout is None or run.cancel_requested_at is not None:
         return spec
     if now < (run.reopened_at or run.created_at) + timedelta(seconds=timeout):
         return spec
     if spec.admission_fallback == "opportunistic":
-        spec = spec.as_opportunistic()
+        spec = (full() if full is not None else spec).as_opportunistic()
         run.spec, run.gang = spec.to_wire(), False
         run.course = run.message = (
             f"AdmissionTimeout: not admitted as a gang within {timeout}s; continuing as an"
