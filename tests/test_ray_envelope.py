@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from attacks import Listener, connect_probe, run_shard
+from attacks import Listener, connect_probe, listening_at, run_shard
 from conftest import Server, pid_alive, pids_of_run
 from sylphx._core.errors import ExecutorError
 from sylphx._server.executors.base import LaunchRequest, Signal
@@ -78,6 +78,20 @@ def test_a_ray_shard_reaches_nothing_on_the_hosts_loopback(
     assert "tap0" in json.loads(out_on)["ifaces"]  # network: true has its own way out
     assert "no network" not in err_on  # slirp4netns was attached
     assert json.loads(out_off)["ifaces"] == ["lo"]
+
+
+def test_a_ray_shard_reaches_no_cloud_metadata_service(ray_server: Server) -> None:
+    """As on the local executor (test_escapes): the prohibit routes are added by the same
+    code on the node, before the shard starts."""
+    with listening_at("169.254.169.254") as metadata:
+        probe = (
+            "import socket\ns = socket.socket(); s.settimeout(5)\n"
+            f"try:\n    s.connect(('169.254.169.254', {metadata.port})); print('CONNECTED')\n"
+            "except OSError as e:\n    print(type(e).__name__)\n"
+        )
+        done, out, err = run_shard(ray_server, [sys.executable, "-c", probe])
+    assert done["status"] == "succeeded", err
+    assert metadata.accepted == 0 and out == "PermissionError\n"
 
 
 def test_the_control_planes_home_is_not_listable_from_a_ray_shard(
