@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ def test_a_confined_command_reaches_no_private_address_of_the_host(tmp_path: Pat
             f"127.0.0.1:{loopback.port}",
             f"10.0.2.2:{loopback.port}",  # slirp4netns's gateway: the host's loopback
         ]
-        done = egress.run_confined([sys.executable, "-c", PROBE, *targets], [tmp_path], 60)
+        done = egress.run_confined(["/usr/bin/python3", "-c", PROBE, *targets], [tmp_path], 60)
         loopback.close()
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
@@ -55,7 +54,7 @@ def test_it_writes_only_where_it_is_told_and_times_out_whole(tmp_path: Path) -> 
     mine.mkdir()
     other.mkdir()
     script = f"open({str(mine / 'a')!r}, 'w').write('x'); open({str(other / 'b')!r}, 'w')"
-    done = egress.run_confined([sys.executable, "-c", script], [mine], 60)
+    done = egress.run_confined(["/usr/bin/python3", "-c", script], [mine], 60)
     assert (mine / "a").read_text() == "x" and not (other / "b").exists()
     assert done.returncode != 0 and b"Error" in done.stderr
     start = time.monotonic()
@@ -84,3 +83,22 @@ def test_the_store_pulls_from_a_registry_confined(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unreachable"):
         allowed.resolve("x.invalid/acme/trainer:1")  # the operator's own: the host's network
     assert calls == []
+
+
+def test_what_it_is_told_to_hide_and_the_password_hashes_it_never_reads(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "secrets.key").write_text("key")
+    work = home / "images" / "tmp" / "w"
+    work.mkdir(parents=True)
+    script = (
+        "import sys\nfor p in sys.argv[1:]:\n"
+        "    try:\n        open(p).read(); print('READ', p)\n"
+        "    except OSError as e:\n        print(type(e).__name__, p)\n"
+    )
+    paths = [str(home / "secrets.key"), "/etc/shadow", str(work)]
+    done = egress.run_confined(
+        ["/usr/bin/python3", "-c", script, *paths[:2]], [work], 60, hide=[home]
+    )
+    assert done.returncode == 0, done.stderr
+    assert "READ" not in done.stdout.decode(), done.stdout

@@ -430,3 +430,34 @@ def test_a_docker_archive_is_keyed_by_its_own_bytes_and_runs_under_a_root_plane(
         "/v1/runs", json={"image": f"docker-archive:{packed}", "command": ["true"]}
     )
     assert refused.status_code == 422 and "uncompressed" in refused.text
+
+
+def test_a_sparse_blob_or_an_archive_of_too_many_members_is_refused_unread(
+    tmp_path: Path, layout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sparse layer of the right size cost its maker nothing and the control plane a
+    read of all of it at every submit; a tar of a million empty members, 610 MiB of its
+    memory (both found by a review)."""
+    import tarfile
+
+    from sylphx._server.images import reader, snapshot
+
+    entry = _index(layout)["latest"]
+    manifest = json.loads(
+        (layout / "blobs" / "sha256" / str(entry["digest"]).partition(":")[2]).read_text()
+    )
+    layer = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"].partition(":")[2]
+    size = layer.stat().st_size
+    layer.unlink()
+    with open(layer, "wb") as fh:
+        fh.truncate(size)  # holes only
+    monkeypatch.setattr(snapshot, "_SPARSE_FROM", 0)
+    with pytest.raises(ValidationError, match="sparse"):
+        ImageStore(tmp_path / "cache").resolve(f"oci:{layout}:latest")
+    many = tmp_path / "many.tar"
+    with tarfile.open(many, "w") as tar:
+        for i in range(50):
+            tar.addfile(tarfile.TarInfo(f"empty-{i}"))
+    monkeypatch.setattr(reader, "MAX_TAR_MEMBERS", 20)
+    with pytest.raises(ValidationError, match="more than 20 members"):
+        ImageStore(tmp_path / "cache").resolve(str(many))

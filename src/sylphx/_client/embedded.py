@@ -127,10 +127,18 @@ def _log_tail(log: Path, offset: int) -> str:
     return "\n".join(lines) if lines else "(server.log is empty)"
 
 
+def _private(path: Path) -> int:
+    """``path`` opened to append (made if need be) 0600: the server's log and the start
+    lock are the user's alone (a lock another user could open, it could hold)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def _spawn(home: Path, sock: Path, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, SYLPHX_HOME=str(home))
     cmd = [sys.executable, "-m", "sylphx", "server", "--uds", str(sock)]
-    with log.open("ab") as out:
+    with os.fdopen(_private(log), "ab") as out:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -154,9 +162,9 @@ def ensure_local_server(home: Path | None = None) -> Path:
     sock = socket_path(home)
     if healthy(sock):
         return sock
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = home / "server.log"
-    with (home / "start.lock").open("a+") as lock:
+    with os.fdopen(_private(home / "start.lock"), "a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if healthy(sock):

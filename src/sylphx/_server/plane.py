@@ -65,14 +65,16 @@ def close_home(settings: Settings) -> None:
     local user could read the store (runs' specs and env), every tenant's logs and
     volumes, and the image cache (a home made 0755 by the umask). The home may be passed
     through (an unsandboxed shard's work folder is in it) but not listed; the logs, the
-    images and the state are 0700, the volumes' root 0711 (each volume's name is a random
-    id), a SQLite store 0600 (its WAL and shared memory take its mode)."""
+    images and the state are 0700, the volumes' root and the work folder 0711 (each volume
+    is 0700, its shards' alone: see envelope.shard.own_volumes), a SQLite store 0600 (its
+    WAL and shared memory take its mode), the lock files 0600 (infra.private)."""
     os.chmod(settings.home, 0o711)
     for private in (settings.logs_dir, settings.home / "images", settings.home / "state"):
         private.mkdir(parents=True, exist_ok=True)
         os.chmod(private, 0o700)
-    settings.volumes_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(settings.volumes_dir, 0o711)
+    for passable in (settings.volumes_dir, settings.home / "work"):
+        passable.mkdir(parents=True, exist_ok=True)
+        os.chmod(passable, 0o711)
     if settings.database_url.startswith("sqlite:///"):
         db = Path(settings.database_url.removeprefix("sqlite:///"))
         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
@@ -102,7 +104,11 @@ class ControlPlane:
             settings.home / "images",
             private_registries=settings.private_registries,
             reader=(settings.shard_uid, settings.shard_gid),  # a tenant's files: theirs
-            confine=egress.run_confined if egress.confinable() else None,
+            confine=(
+                functools.partial(egress.run_confined, hide=settings.hidden_paths())
+                if egress.confinable()
+                else None
+            ),
         )
         self.executor: Executor = executor or make_executor(settings, self.images)
         self.cipher = load_cipher(settings.secrets_key, settings.secrets_key_file)

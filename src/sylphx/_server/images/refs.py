@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from sylphx._core.errors import ValidationError
 
-from .reader import as_reader, open_regular, open_tar
+from .reader import as_reader, members, open_regular, open_tar
 
 Kind = Literal["oci", "oci-archive", "docker-archive", "docker"]
 
@@ -78,14 +78,19 @@ def check_tar(path: Path) -> None:
 
 
 def _tar_names(path: Path, *, stop_at_oci: bool) -> set[str]:
-    """The member names of the uncompressed tar at ``path`` (read as the reader); with
-    ``stop_at_oci``, only until both of an OCI archive's are seen."""
+    """The top-level member names of the uncompressed tar at ``path`` (read as the
+    reader); with ``stop_at_oci``, only until both of an OCI archive's are seen, else
+    until its manifest.json is."""
     names: set[str] = set()
     try:
         with open_regular(path)[0] as fh, open_tar(fh) as tar:
-            for member in tar:
-                names.add(member.name.removeprefix("./"))
+            for member in members(tar):
+                name = member.name.removeprefix("./")
+                if "/" not in name:
+                    names.add(name)
                 if stop_at_oci and "index.json" in names and "oci-layout" in names:
+                    break
+                if not stop_at_oci and "manifest.json" in names:
                     break
     except (OSError, tarfile.TarError) as exc:
         raise image_error(
@@ -221,7 +226,7 @@ class Layout:
                     data = fh.read(min(size, limit + 1))
             else:
                 with open_regular(base)[0] as fh, open_tar(fh) as tar:
-                    for member in tar:
+                    for member in members(tar):
                         if member.name.removeprefix("./") == name and member.isfile():
                             found = tar.extractfile(member)
                             data = found.read(limit + 1) if found is not None else None

@@ -29,9 +29,9 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any
 
-from sylphx._core.errors import ExecutorError
+from sylphx._core.errors import ExecutorError, ValidationError
 
-from .reader import open_regular, open_tar
+from .reader import members, open_regular, open_tar
 from .refs import DIGEST, INDEX_TYPES, MAX_JSON, REF_NAME, Layout, host_platform, image_error
 
 __all__ = ["MAX_IMAGE_BYTES", "archive_digest", "copy_archive", "copy_image", "vouch"]
@@ -84,10 +84,20 @@ def _stream(layout: Layout, src: IO[bytes], digest: str, size: int, dest: Path |
 # so a blob rewritten since is hashed again.
 _VERIFIED: dict[tuple[int, ...], str] = {}
 _VERIFIED_KEPT = 8192
+_SPARSE_FROM = 1 << 20
 
 
 def _identity(fd: int, *more: int) -> tuple[int, ...]:
+    """The key of the file open at ``fd`` in :data:`_VERIFIED`; a ValidationError if it
+    is sparse (most of it holes: it cost its maker nothing, and the control plane a read
+    of all of it, 31 GiB a submit, found by a review)."""
     st = os.fstat(fd)
+    if st.st_size > _SPARSE_FROM and st.st_blocks * 512 < st.st_size // 2:
+        raise image_error(
+            "a file of the image is sparse (mostly holes), as no image's blob or archive is",
+            "sparse",
+            "give the image as skopeo or docker write it",
+        )
     return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size, *more)
 
 
@@ -119,7 +129,7 @@ class _Blobs:
                         self._take(blob, have, digest, left.pop(digest), into, key)
             else:
                 with open_regular(base)[0] as fh, open_tar(fh) as tar:
-                    for member in tar:
+                    for member in members(tar):
                         name = member.name.removeprefix("./")
                         digest = name.removeprefix("blobs/").replace("/", ":", 1)
                         if digest not in left or name != _member(digest) or not member.isfile():
@@ -147,11 +157,18 @@ class _Blobs:
         into ``into``; without, hashed unless this very file was already)."""
         if have != size:
             raise _broken(self.layout, f"the blob {digest} is {have} bytes, not {size}")
-        if into is None and _VERIFIED.get(key) == digest:
+        known = _VERIFIED.get(key)
+        if into is None and known == digest:
             return
-        _stream(self.layout, src, digest, size, into and into / digest.partition(":")[2])
+        if known == "!" + digest:  # this very file failed before: not read again
+            raise _broken(self.layout, f"the blob {digest} does not match its digest and size")
         if len(_VERIFIED) >= _VERIFIED_KEPT:
             _VERIFIED.clear()
+        try:
+            _stream(self.layout, src, digest, size, into and into / digest.partition(":")[2])
+        except ValidationError:
+            _VERIFIED[key] = "!" + digest
+            raise
         _VERIFIED[key] = digest
 
 
@@ -268,6 +285,11 @@ def _whole(path: str, into: Path | None) -> str:
                 "too_large",
                 "make the image smaller",
             )
+        if into is not None and shutil.disk_usage(into.parent).free < 3 * size:
+            raise ExecutorError(
+                f"no room in the image cache for {path}. Fix: free disk space where"
+                " SYLPHX_HOME/images is"
+            )
         key = _identity(fh.fileno(), -1)
         if into is None and key in _VERIFIED:
             return _VERIFIED[key]
@@ -294,12 +316,7 @@ def archive_digest(path: str, selector: str | None) -> str:
 def copy_archive(path: str, selector: str | None, digest: str, dest: Path) -> None:
     """Copy the archive at ``path`` to ``dest``; it must still be the one ``digest`` was
     made of (else a ValidationError: it was changed since it was looked up)."""
-    if shutil.disk_usage(dest.parent).free < 3 * os.stat(path).st_size:
-        raise ExecutorError(
-            f"no room in the image cache for {path}. Fix: free disk space where"
-            " SYLPHX_HOME/images is"
-        )
-    whole = _whole(path, dest)
+    whole = _whole(path, dest)  # (its size and the room for it: as the reader saw it)
     if "sha256:" + hashlib.sha256(f"{whole}\0{selector or ''}".encode()).hexdigest() != digest:
         raise image_error(
             f"{path} is not the image {digest} any more (it was changed since it was looked up)",

@@ -278,6 +278,9 @@ class ImageStore:
 
     @contextlib.contextmanager
     def _locked(self, digest: str) -> Iterator[None]:
+        self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.cache_dir.stat().st_mode & 0o077:  # what it holds is root's alone: a
+            os.chmod(self.cache_dir, 0o700)  # node's cache listed every tenant's digests
         locks = self.cache_dir / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         with open(locks / f"{digest.replace(':', '-')}.lock", "a") as fh:

@@ -16,6 +16,8 @@ from typing import IO
 
 from sqlalchemy import Connection, Engine, text
 
+from .private import open_private
+
 log = logging.getLogger("sylphx.lease")
 ADVISORY_KEY = 0x5F1C0DE  # arbitrary, constant: "the sylphx reconciler"
 
@@ -45,7 +47,7 @@ class Lease:
             return self._ensure_pg()
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")  # noqa: SIM115 - held open while we hold the lease
+            fh = open_private(self.path)  # held open while we hold the lease
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -9,6 +9,8 @@ from typing import IO
 
 from sylphx._core.errors import ServerUnavailable
 
+from .private import open_private
+
 
 class HomeLock:
     """``flock`` on ``<home>/controller.lock``; released by the kernel if we die."""
@@ -19,7 +21,7 @@ class HomeLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held open for the server's lifetime
+        fh = open_private(self.path)  # held open for the server's lifetime
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -21,7 +21,8 @@ from sylphx._server.store import RunRow, VolumeRow
 def create(s: Session, org_id: str, *, name: str | None, root: Path, now: datetime) -> VolumeView:
     vid = new_id("vol")
     path = root / vid
-    path.mkdir(parents=True, exist_ok=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700)  # its shards' alone (its path shows in a launch's command line)
     row = VolumeRow(id=vid, org_id=org_id, name=name, path=str(path), created_at=now)
     s.add(row)
     return view(row)

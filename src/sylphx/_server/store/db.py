@@ -15,6 +15,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from sylphx._server.infra.private import open_private
+
 from . import runwrites, writelock
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -90,7 +92,7 @@ def migrate(engine: Engine) -> None:
     with contextlib.ExitStack() as stack:
         database = engine.url.database
         if engine.dialect.name == "sqlite" and database and database != ":memory:":
-            fh = stack.enter_context(open(f"{database}.migrate.lock", "a"))
+            fh = stack.enter_context(open_private(f"{database}.migrate.lock"))
             fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
         with engine.begin() as conn:
             if engine.dialect.name == "postgresql":

@@ -10,8 +10,9 @@ address (DNS rebinding) made root send requests into the host and its private ne
 (left noted by the previous reviews). So a registry's skopeo runs as a shard's network
 does (:mod:`..local.netstack`): in a network namespace of its own (bubblewrap), given a
 way out by slirp4netns without the host's loopback, with ``prohibit`` routes for every
-non-public range (:data:`PRIVATE_NETWORKS`); DNS goes to slirp4netns's forwarder. The
-rest of the host it sees read-only, but for the folders it writes (its work folder).
+non-public range (:data:`PRIVATE_NETWORKS`) and the host's own addresses; DNS goes to
+slirp4netns's forwarder. The rest of the host it sees read-only, but for the folders it
+writes (its work folder), and not at all what ``hide`` names (the home, its keys).
 
 A registry the operator lists in ``SYLPHX_PRIVATE_REGISTRIES`` (an in-house one) is
 contacted from the host's own network, as before; so is every registry when the control
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from sylphx._server.executors.local.netstack import Net, Networks, slirp4netns_path
 
-from .sandbox import bwrap_path
+from .sandbox import _hides, bwrap_path
 
 __all__ = ["PRIVATE_NETWORKS", "run_confined"]
 
@@ -39,6 +40,7 @@ PRIVATE_NETWORKS: Networks = (  # what is not the public internet (RFC 6890), an
     ("10.0.0.0", 8),  # slirp4netns's own 10.0.2.0/24 (gateway, DNS) is more specific
     ("100.64.0.0", 10),
     ("100.100.100.200", 32),
+    ("168.63.129.16", 32),  # Azure's WireServer (public, but the host's to ask)
     ("127.0.0.0", 8),
     ("169.254.0.0", 16),
     ("172.16.0.0", 12),
@@ -52,6 +54,7 @@ PRIVATE_NETWORKS: Networks = (  # what is not the public internet (RFC 6890), an
     ("240.0.0.0", 4),
 )
 _RESOLVER = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+_SECRETS = (Path("/etc/shadow"), Path("/etc/gshadow"), Path("/root"))
 
 
 def confinable() -> bool:
@@ -67,11 +70,15 @@ def _bwrap() -> str | None:
 
 
 def run_confined(
-    argv: Sequence[str], writable: Sequence[Path], timeout: float
+    argv: Sequence[str],
+    writable: Sequence[Path],
+    timeout: float,
+    *,
+    hide: Sequence[Path] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` (a skopeo) as :mod:`this module <.egress>` says, ``writable`` the
-    folders it may write; its output captured. TimeoutExpired after ``timeout`` s (the
-    whole sandbox is killed)."""
+    folders it may write, ``hide`` (and the host's password hashes) covered; its output
+    captured. TimeoutExpired after ``timeout`` s (the whole sandbox is killed)."""
     slirp, bwrap = slirp4netns_path(), _bwrap()
     if os.geteuid() != 0 or slirp is None or bwrap is None:
         return subprocess.run(list(argv), capture_output=True, timeout=timeout, check=False)
@@ -84,6 +91,7 @@ def run_confined(
         args += ["--info-fd", str(net.info_w)]
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
         args += ["--ro-bind", resolver.name, "/etc/resolv.conf"]
+        args += _hides([*map(Path, hide), *_SECRETS], [])  # (a skopeo exploited reads none)
         for folder in writable:
             args += ["--bind", str(folder), str(folder)]
         # a second stage that waits for the network: bubblewrap's first one has then set

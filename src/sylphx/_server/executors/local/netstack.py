@@ -76,8 +76,12 @@ SLIRP_ARGS = (
 
 
 # What no shard reaches, whatever the host can: link-local (169.254.169.254 is the
-# metadata service of AWS, GCP, Azure, Oracle and DigitalOcean) and Alibaba Cloud's.
-BLOCKED_NETWORKS = (("169.254.0.0", 16), ("100.100.100.200", 32))
+# metadata service of AWS, GCP, Azure, Oracle and DigitalOcean), Alibaba Cloud's, and
+# Azure's WireServer (it answers root's connections, and slirp4netns connects as root);
+# and the host's own addresses (see host_addresses), added when a sandbox is attached.
+BLOCKED_NETWORKS = (("169.254.0.0", 16), ("100.100.100.200", 32), ("168.63.129.16", 32))
+_HOST_ADDRESSES_TTL = 5.0
+_host_addresses: tuple[float, tuple[tuple[str, int], ...]] = (0.0, ())
 _CLONE_NEWNET = 0x40000000
 _RTM_NEWROUTE, _NLMSG_ERROR = 24, 2
 _NLM_F_REQUEST_ACK_CREATE_EXCL = 0x1 | 0x4 | 0x400 | 0x200
@@ -128,6 +132,32 @@ def close_networks(pid: int, networks: Networks = BLOCKED_NETWORKS) -> None:
             )
             if kind_ != _NLMSG_ERROR or error != 0:
                 raise OSError(-error, f"cannot close {address}/{prefix}")
+
+
+def host_addresses() -> tuple[tuple[str, int], ...]:
+    """This host's own IPv4 addresses (as /32 networks), but its loopback and slirp4netns's
+    own 10.0.2.0/24: a connection to one through slirp4netns comes from the host itself,
+    past its firewall's and its services' notion of "another machine" (found by a review).
+    Read from /proc/net/fib_trie, again at most every few seconds."""
+    global _host_addresses
+    read_at, found = _host_addresses
+    if read_at and time.monotonic() - read_at < _HOST_ADDRESSES_TTL:
+        return found
+    local: dict[str, None] = {}
+    try:
+        with open("/proc/net/fib_trie") as fh:
+            last = ""
+            for line in fh:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif text == "/32 host LOCAL" and not last.startswith(("127.", "10.0.2.")):
+                    local[last] = None
+    except OSError:
+        pass
+    found = tuple((address, 32) for address in local)
+    _host_addresses = (time.monotonic(), found)
+    return found
 
 
 def slirp4netns_path() -> str | None:
@@ -224,7 +254,7 @@ class Net:
                 return "slirp4netns did not configure the interface"
             try:  # a control plane not root (development) runs shards as itself: no guard
                 if os.geteuid() == 0:
-                    close_networks(pid, blocked)
+                    close_networks(pid, (*blocked, *host_addresses()))
             except OSError as exc:  # never a way out to the metadata services: none at all
                 os.close(self.exit_w)
                 self.exit_w = -1

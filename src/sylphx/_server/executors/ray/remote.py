@@ -19,6 +19,7 @@ task (its node lost, or the task cancelled), never with the control plane.
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import shutil
@@ -123,7 +124,8 @@ def run_streaming(
             request = place_manifest(request, make_scratch(), sandbox=envelope.sandbox)
         if request.image is not None:  # unpacked on this node, by the same image store code
             reader = (envelope.policy.uid, envelope.policy.gid)  # a tenant's files: theirs
-            images = _node_images(envelope.image_cache, envelope.private_registries, reader)
+            hide = tuple(envelope.policy.hide)
+            images = _node_images(envelope.image_cache, envelope.private_registries, reader, hide)
             image = images.resolve(request.image, request.image_digest)
             policy = envelope.policy
             argv, env, cwd = image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
@@ -249,12 +251,16 @@ Result = tuple[int, str | None, list[str], float | None, float]
 
 
 def _node_images(
-    cache_dir: str, private_registries: tuple[str, ...], reader: tuple[int, int]
+    cache_dir: str,
+    private_registries: tuple[str, ...],
+    reader: tuple[int, int],
+    hide: tuple[Path, ...],
 ) -> ImageStore:
-    key = (cache_dir, private_registries, reader)
+    key = (cache_dir, private_registries, reader, hide)
     store = _images.get(key)
     if store is None:
-        confine = egress.run_confined if egress.confinable() else None
+        hidden = functools.partial(egress.run_confined, hide=hide)
+        confine = hidden if egress.confinable() else None
         store = ImageStore(
             Path(cache_dir), private_registries=private_registries, reader=reader, confine=confine
         )
