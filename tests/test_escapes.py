@@ -26,6 +26,7 @@ from attacks import Listener, connect_probe, listening_at, run_shard
 from conftest import Server, pids_of_run
 from sylphx._server.executors.envelope.sandbox import Policy, Sandbox, clean_env
 from sylphx._server.executors.local.cgroups import Cgroups, pids_max
+from sylphx._server.executors.local.processes import visible_host_paths
 from sylphx._server.plane import shard_policy
 
 # Runs inside the shard: every attempt, each reported as "ok" (it worked: an escape) or
@@ -640,3 +641,5 @@ def test_a_working_dir_of_tmp_shows_none_of_the_hosts_tmp(server: Server) -> Non
         marker.unlink()
     assert done["status"] == "succeeded", err
     assert out == "/tmp\nunseen\n"
+    for spelled in ("/tmp/../tmp", "/tmp/./", "/tmp/../tmp/bin"):  # nor through PATH
+        assert visible_host_paths("/bin/sh", f"{spelled}:/usr/bin", None) == ()

@@ -461,3 +461,44 @@ def test_a_sparse_blob_or_an_archive_of_too_many_members_is_refused_unread(
     monkeypatch.setattr(reader, "MAX_TAR_MEMBERS", 20)
     with pytest.raises(ValidationError, match="more than 20 members"):
         ImageStore(tmp_path / "cache").resolve(str(many))
+
+
+def test_a_sparse_member_or_one_past_the_archives_end_is_refused(tmp_path: Path) -> None:
+    """tarfile reads a sparse member's holes as zeros: an OCI archive of 10 KiB made the
+    control plane hash 31 GiB and write 2 GiB (found by a review)."""
+    import subprocess
+    import tarfile
+
+    if shutil.which("tar") is None:
+        pytest.skip("needs GNU tar to write a sparse member")
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holes", "wb") as fh:
+        fh.truncate(64 << 20)
+    (src / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    (src / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    sparse = tmp_path / "sparse.tar"
+    subprocess.run(
+        [
+            "tar",
+            "--sparse",
+            "-cf",
+            str(sparse),
+            "-C",
+            str(src),
+            "holes",
+            "index.json",
+            "oci-layout",
+        ],
+        check=True,
+    )
+    assert sparse.stat().st_size < 1 << 20
+    with pytest.raises(ValidationError, match="holds more than the archive does"):
+        ImageStore(tmp_path / "cache").resolve(str(sparse))
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(cut, "w") as tar:
+        tar.add(src / "index.json", "index.json")
+    data = cut.read_bytes()
+    cut.write_bytes(data[:512] + data[512:530])  # its header says more than is there
+    with pytest.raises(ValidationError, match="not a readable"):
+        ImageStore(tmp_path / "cache").resolve(str(cut))

@@ -67,18 +67,25 @@ def close_home(settings: Settings) -> None:
     through (an unsandboxed shard's work folder is in it) but not listed; the logs, the
     images and the state are 0700, the volumes' root and the work folder 0711 (each volume
     is 0700, its shards' alone: see envelope.shard.own_volumes), a SQLite store 0600 (its
-    WAL and shared memory take its mode), the lock files 0600 (infra.private)."""
+    WAL and shared memory take its mode), the lock files 0600 (infra.private). A folder
+    set outside the home (SYLPHX_LOGS_DIR, SYLPHX_VOLUME_ROOT) is the operator's: a
+    warning if it is open, never a chmod (it may be shared, or on NFS)."""
     os.chmod(settings.home, 0o711)
-    for private in (settings.logs_dir, settings.home / "images", settings.home / "state"):
-        private.mkdir(parents=True, exist_ok=True)
-        os.chmod(private, 0o700)
-    for passable in (settings.volumes_dir, settings.home / "work"):
-        passable.mkdir(parents=True, exist_ok=True)
-        os.chmod(passable, 0o711)
+    modes = [(settings.logs_dir, 0o700), (settings.home / "images", 0o700)]
+    modes += [(settings.home / "state", 0o700), (settings.volumes_dir, 0o711)]
+    modes += [(settings.home / "work", 0o711)]
+    for folder, mode in modes:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.resolve().is_relative_to(settings.home.resolve()):
+            if folder.stat().st_mode & 0o077 & ~mode:  # the operator's: said, not changed
+                log.warning("%s is open to other users (mode %o): close it to %o", folder,
+                            folder.stat().st_mode & 0o777, mode)  # fmt: skip
+            continue
+        os.chmod(folder, mode)
     if settings.database_url.startswith("sqlite:///"):
         db = Path(settings.database_url.removeprefix("sqlite:///"))
         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.chmod(path, 0o600)
 
 

@@ -142,7 +142,7 @@ class Reconciler(PassLoop):
                 runs,
                 "checking its admission deadline",
                 lambda run: scheduling.expire_admission(
-                    s, run, specs[run.id], now, lambda: Specs.full(s, run.id, specs[run.id])
+                    s, run, specs[run.id], now, lambda: self._specs.full(s, run.id, specs[run.id])
                 ),
             )
             counts = survey.shard_counts(s)
@@ -207,7 +207,8 @@ class Reconciler(PassLoop):
                 rows = list(s.scalars(select(RunRow).where(RunRow.id.in_(run_ids))))
                 specs = self._parse(s, rows)
                 now = self.clock()
-                whole = {run_id: Specs.full(s, run_id, spec) for run_id, spec in specs.items()}
+                full = self._specs.full
+                whole = {run_id: full(s, run_id, spec) for run_id, spec in specs.items()}
                 lost = launching.readopt(s, self.executor, unended, whole, self.cipher, now)
                 self._collect(s, lost, specs)
                 bh.resolve(s, now)
@@ -372,7 +373,7 @@ class Reconciler(PassLoop):
             return []
         if run.state == RunState.QUEUED:
             transition(run, RunState.RUNNING, now)
-        launch = launching.RunLaunch(s, run, Specs.full(s, run.id, spec), self.cipher)
+        launch = launching.RunLaunch(s, run, self._specs.full(s, run.id, spec), self.cipher)
         try:
             logs, home = self.settings.logs_dir, self.settings.home
             prepared[run.id] = launch.launched

@@ -31,6 +31,7 @@ from .bulkhead import PASS_LEVEL
 __all__ = ["ACTIVE_RUNS", "LEAN_ABOVE", "LeanSpec", "Specs"]
 
 LEAN_ABOVE = 64 << 10  # bytes of commands and env kept in a parsed spec; past it, lean
+WHOLE_KEPT = 32  # whole specs of lean ones kept between passes (~1.2 MB each at most)
 
 # in the order they joined the queue: a run reopened by a retry joins it again at the back
 ACTIVE_RUNS = (
@@ -78,6 +79,8 @@ class Specs:
         self._parsed: dict[tuple[str, int], RunSpec] = {}
         self._drift: set[str] = set()  # runs whose spec was read at another version
         self._staged: dict[tuple[str, int], RunSpec] | None = None  # see keep()
+        # the whole specs read for lean ones lately, by run: (the lean one, the whole)
+        self._whole: dict[str, tuple[RunSpec, RunSpec]] = {}
 
     def parse(
         self, s: Session, runs: list[RunRow]
@@ -96,12 +99,21 @@ class Specs:
                 failed[run.id] = exc
         return specs, failed
 
-    @staticmethod
-    def full(s: Session, run_id: str, spec: RunSpec) -> RunSpec:
-        """The whole of ``spec`` (the one a pass has of the run): read again if lean."""
+    def full(self, s: Session, run_id: str, spec: RunSpec) -> RunSpec:
+        """The whole of ``spec`` (the one a pass has of the run): read again if lean, and
+        kept for the next passes while ``spec`` is the one kept (a run that starts its
+        shards in waves pays for one read, not ~15 ms every pass; at most WHOLE_KEPT)."""
         if not isinstance(spec, LeanSpec):
             return spec
-        return RunSpec.model_validate(s.scalar(select(RunRow.spec).where(RunRow.id == run_id)))
+        kept = self._whole.get(run_id)
+        if kept is not None and kept[0] is spec:
+            return kept[1]
+        whole = RunSpec.model_validate(s.scalar(select(RunRow.spec).where(RunRow.id == run_id)))
+        self._whole.pop(run_id, None)
+        if len(self._whole) >= WHOLE_KEPT:
+            del self._whole[next(iter(self._whole))]  # the oldest
+        self._whole[run_id] = (spec, whole)
+        return whole
 
     def keep(self, runs: list[RunRow], specs: dict[str, RunSpec]) -> None:
         """Keep ``specs`` of ``runs`` (the pass's live ones, its writes flushed: the spec of

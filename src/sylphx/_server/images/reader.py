@@ -27,7 +27,7 @@ import tarfile
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 __all__ = ["as_reader", "members", "open_regular", "open_tar", "reading_as"]
 
@@ -50,8 +50,9 @@ def _identity(uid: int, gid: int) -> Iterator[None]:
     _libc.syscall(setfsgid, gid)
     _libc.syscall(setfsuid, uid)
     try:
-        if _libc.syscall(setfsuid, -1) != uid:  # -1 changes nothing and says what it is
-            raise OSError(f"cannot take uid {uid} to read a tenant's files")
+        # -1 changes nothing and says what it is
+        if (_libc.syscall(setfsuid, -1), _libc.syscall(setfsgid, -1)) != (uid, gid):
+            raise OSError(f"cannot take uid {uid}, gid {gid} to read a tenant's files")
         yield
     finally:
         _libc.syscall(setfsuid, 0)
@@ -168,7 +169,8 @@ def open_tar(fh: IO[bytes]) -> tarfile.TarFile:
 def members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     """``tar``'s members one by one, none kept (tarfile keeps every member it has read:
     a docker archive of a million empty members took 610 MiB, found by a review), at
-    most :data:`MAX_TAR_MEMBERS`."""
+    most :data:`MAX_TAR_MEMBERS`, none sparse nor reaching past the archive's end."""
+    size = os.fstat(cast(IO[bytes], tar.fileobj).fileno()).st_size  # (open_tar's fh)
     for count in range(MAX_TAR_MEMBERS + 1):
         member = tar.next()
         vars(tar)["members"].clear()  # (where CPython keeps them; not in its stubs)
@@ -176,4 +178,7 @@ def members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             return
         if count == MAX_TAR_MEMBERS:
             raise tarfile.HeaderError(f"more than {MAX_TAR_MEMBERS} members")
+        if member.issparse() or member.offset_data + member.size > size:
+            # a sparse member's holes are read as zeros: 32 GiB from an archive of 10 KiB
+            raise tarfile.HeaderError(f"{member.name!r} holds more than the archive does")
         yield member

@@ -79,8 +79,8 @@ def check_tar(path: Path) -> None:
 
 def _tar_names(path: Path, *, stop_at_oci: bool) -> set[str]:
     """The top-level member names of the uncompressed tar at ``path`` (read as the
-    reader); with ``stop_at_oci``, only until both of an OCI archive's are seen, else
-    until its manifest.json is."""
+    reader); with ``stop_at_oci``, only until both of an OCI archive's are seen, else all
+    of them (skopeo reads a docker archive whole: none may be sparse, see .reader)."""
     names: set[str] = set()
     try:
         with open_regular(path)[0] as fh, open_tar(fh) as tar:
@@ -90,8 +90,7 @@ def _tar_names(path: Path, *, stop_at_oci: bool) -> set[str]:
                     names.add(name)
                 if stop_at_oci and "index.json" in names and "oci-layout" in names:
                     break
-                if not stop_at_oci and "manifest.json" in names:
-                    break
+
     except (OSError, tarfile.TarError) as exc:
         raise image_error(
             f"{path} is not a readable, uncompressed tar archive ({exc})",

@@ -155,7 +155,8 @@ def _toolchain_root(directory: Path, roots: tuple[Path, ...]) -> Path | None:
     if not any(directory.is_relative_to(r) for r in roots) or not directory.is_dir():
         return None
     root = directory.parent if directory.name == "bin" else directory
-    return None if root in roots else root
+    # a private root itself is never bound back, however spelled (/tmp/../tmp, a link)
+    return None if Path(os.path.realpath(root)) in roots else root
 
 
 def visible_host_paths(program: str, path: str, workdir: Path | None) -> tuple[Path, ...]:
