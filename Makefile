@@ -55,7 +55,7 @@ $(STAMP): pyproject.toml
 # command:package pairs; busybox-static is checked by package (tests copy its static binary).
 SYSTEM_DEPS := bwrap:bubblewrap slirp4netns:slirp4netns setpriv:util-linux umoci:umoci skopeo:skopeo \
   busybox-static:busybox-static libseccomp2:libseccomp2 tmux:tmux node:nodejs npm:npm \
-  chromium:chromium
+  chromium:chromium ip:iproute2
 
 system-deps:
 	@missing=""; \
@@ -71,7 +71,7 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
 	  || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then \
-	  echo ">> system packages present: bubblewrap slirp4netns libseccomp2 umoci skopeo busybox-static tmux nodejs npm chromium postgresql"; \
+	  echo ">> system packages present: bubblewrap slirp4netns libseccomp2 umoci skopeo busybox-static tmux nodejs npm chromium iproute2 postgresql"; \
 	elif [ "$$(id -u)" -ne 0 ]; then \
 	  echo ">> missing:$$missing and not root; skipping (install these Debian packages yourself)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
