@@ -307,17 +307,21 @@ def _whole(path: str, into: Path | None) -> str:
     return found
 
 
+def _archive_key(whole: str, selector: str | None) -> str:
+    """The cache key of the image ``selector`` picks in an archive of sha256 ``whole``."""
+    return "sha256:" + hashlib.sha256(f"{whole}\0{selector or ''}".encode()).hexdigest()
+
+
 def archive_digest(path: str, selector: str | None) -> str:
     """The cache key of the image ``selector`` picks in the docker archive at ``path``."""
-    whole = _whole(path, None)
-    return "sha256:" + hashlib.sha256(f"{whole}\0{selector or ''}".encode()).hexdigest()
+    return _archive_key(_whole(path, None), selector)
 
 
 def copy_archive(path: str, selector: str | None, digest: str, dest: Path) -> None:
     """Copy the archive at ``path`` to ``dest``; it must still be the one ``digest`` was
     made of (else a ValidationError: it was changed since it was looked up)."""
     whole = _whole(path, dest)  # (its size and the room for it: as the reader saw it)
-    if "sha256:" + hashlib.sha256(f"{whole}\0{selector or ''}".encode()).hexdigest() != digest:
+    if _archive_key(whole, selector) != digest:
         raise image_error(
             f"{path} is not the image {digest} any more (it was changed since it was looked up)",
             "changed",
