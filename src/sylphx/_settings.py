@@ -91,7 +91,7 @@ def _memory(text: str) -> int:
     return parse_bytes(text) if text else _host_memory()
 
 
-def _log_cap(text: str) -> int:
+def _size_from_4k(text: str) -> int:
     value = parse_bytes(text)
     if value < 4096:
         raise ValueError(text)
@@ -162,6 +162,8 @@ class Settings:
     ray_image_cache: Path = Path("/var/cache/sylphx/images")  # where each node unpacks images
     auth_cache_seconds: float = 1.0  # a revoked API key is refused within this; 0 = no cache
     max_log_bytes: int = 1 << 30  # SYLPHX_MAX_LOG_BYTES: per stream of one attempt
+    # SYLPHX_IMAGE_MAX_UNPACKED_BYTES: an image's files unpacked (images/layers.py)
+    image_max_unpacked_bytes: int = 64 << 30
     shard_network: str = "slirp4netns"  # SYLPHX_SHARD_NETWORK: or "host" (unsafe, shared)
     shard_uid: int = 64000  # SYLPHX_SHARD_UID/GID: the host ids a shard runs as (when root)
     shard_gid: int = 64000
@@ -250,7 +252,14 @@ class Settings:
             env, "SYLPHX_SANDBOX", "on", ("on", "off", "1", "0", "true", "false"), "use on or off"
         )
         max_log_bytes = _parsed(
-            env, "SYLPHX_MAX_LOG_BYTES", _log_cap, "give a size of at least 4KiB, e.g. 1GiB", "1GiB"
+            env, "SYLPHX_MAX_LOG_BYTES", _size_from_4k, "give a size of at least 4KiB, e.g. 1GiB", "1GiB"
+        )
+        max_unpacked = _parsed(
+            env,
+            "SYLPHX_IMAGE_MAX_UNPACKED_BYTES",
+            _size_from_4k,
+            "give a size of at least 4KiB, e.g. 64GiB",
+            "64GiB",
         )
         network = _choice(
             env,
@@ -268,6 +277,7 @@ class Settings:
         return cls(
             metrics_token=_token(env, "SYLPHX_METRICS_TOKEN"),
             max_log_bytes=max_log_bytes,
+            image_max_unpacked_bytes=max_unpacked,
             max_log_streams_per_org=_count(env, "SYLPHX_MAX_LOG_STREAMS_PER_ORG", 32),
             max_log_streams=_count(env, "SYLPHX_MAX_LOG_STREAMS", 512),
             shard_network=network,

@@ -56,6 +56,7 @@ def make_executor(settings: Settings, images: ImageStore) -> Executor:
             policy=shard_policy(settings),
             image_cache=str(settings.ray_image_cache),
             private_registries=settings.private_registries,
+            image_max_unpacked=settings.image_max_unpacked_bytes,
         )
     return _local_executor(settings, images)
 
@@ -110,6 +111,7 @@ class ControlPlane:
         self.images = ImageStore(
             settings.home / "images",
             private_registries=settings.private_registries,
+            max_unpacked=settings.image_max_unpacked_bytes,
             reader=(settings.shard_uid, settings.shard_gid),  # a tenant's files: theirs
             confine=(
                 functools.partial(egress.run_confined, hide=settings.hidden_paths())

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, cast
 
-__all__ = ["as_reader", "members", "open_regular", "open_tar", "reading_as"]
+__all__ = ["BoundedTarInfo", "as_reader", "members", "open_regular", "open_tar", "reading_as"]
 
 # setgroups, setfsuid, setfsgid: per-thread in the kernel, by number for each machine
 _CALLS = {"x86_64": (116, 122, 123), "aarch64": (159, 151, 152)}
@@ -150,7 +150,7 @@ MAX_TAR_HEADER = 64 << 10  # a pax or GNU long-name header's own data
 MAX_TAR_MEMBERS = 100_000  # an image archive has a few dozen
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
+class BoundedTarInfo(tarfile.TarInfo):
     """A member whose extended header (pax, GNU long name) is read into memory only up
     to :data:`MAX_TAR_HEADER`: an 8 KiB sparse tar whose pax header claimed 3 GiB made
     the control plane read 9 GiB into memory (found by a review)."""
@@ -163,7 +163,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 def open_tar(fh: IO[bytes]) -> tarfile.TarFile:
     """An uncompressed tar archive over ``fh``, its extended headers bounded."""
-    return tarfile.open(fileobj=fh, mode="r:", tarinfo=_BoundedTarInfo)
+    return tarfile.open(fileobj=fh, mode="r:", tarinfo=BoundedTarInfo)
 
 
 def members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

@@ -24,15 +24,15 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 from pathlib import Path
 from typing import IO, Any
 
-from sylphx._core.errors import ExecutorError, ValidationError
+from sylphx._core.errors import ValidationError
 
 from .reader import members, open_regular, open_tar
 from .refs import DIGEST, INDEX_TYPES, MAX_JSON, REF_NAME, Layout, host_platform, image_error
+from .room import check_room
 
 __all__ = ["MAX_IMAGE_BYTES", "archive_digest", "copy_archive", "copy_image", "vouch"]
 
@@ -245,12 +245,7 @@ def copy_image(layout: Layout, digest: str, dest: Path) -> str:
     blobs, found, raw, media_type, parts = _image(layout, digest)
     store = dest / "blobs" / "sha256"
     store.mkdir(parents=True)
-    room = shutil.disk_usage(store).free
-    if room < sum(parts.values()) * 3:  # the copy, then its unpacked files (roughly)
-        raise ExecutorError(
-            f"no room in the image cache for the image at {layout.source.location}"
-            ". Fix: free disk space where SYLPHX_HOME/images is"  # how much: not a tenant's
-        )
+    check_room(store, sum(parts.values()), repr(layout.source.location))  # (then .layers)
     (store / found.partition(":")[2]).write_bytes(raw)
     blobs.walk(parts, store)
     (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
@@ -285,11 +280,8 @@ def _whole(path: str, into: Path | None) -> str:
                 "too_large",
                 "make the image smaller",
             )
-        if into is not None and shutil.disk_usage(into.parent).free < 3 * size:
-            raise ExecutorError(
-                f"no room in the image cache for {path}. Fix: free disk space where"
-                " SYLPHX_HOME/images is"
-            )
+        if into is not None:  # the copy, then skopeo's layout of it (then .layers)
+            check_room(into.parent, 2 * size, repr(str(path)))
         key = _identity(fh.fileno(), -1)
         if into is None and key in _VERIFIED:
             return _VERIFIED[key]

@@ -32,24 +32,34 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sylphx._core.errors import ExecutorError
 
 from .config import ImageConfig
+from .layers import MAX_UNPACKED_BYTES, measure
 from .reach import check_reachable, host_of
 from .reader import reading_as
 from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref
+from .room import Watch, check_room, run_watched, watch
 from .snapshot import archive_digest, copy_archive, copy_image, vouch
 from .sources import Sources
 
 __all__ = ["Confine", "ImageConfig", "ImageStore", "UnpackedImage"]
 
-# runs argv with the folders it writes, within a timeout, where it reaches public addresses
-# only (executors.envelope.egress.run_confined; the store is below the executors)
-Confine = Callable[[Sequence[str], Sequence[Path], float], "subprocess.CompletedProcess[bytes]"]
+
+class Confine(Protocol):
+    """Runs argv with the folders it writes, within a timeout, killed once ``look`` finds
+    the disk short, where it reaches public addresses only
+    (executors.envelope.egress.run_confined; the store is below the executors)."""
+
+    def __call__(
+        self, argv: Sequence[str], writable: Sequence[Path], timeout: float, *, look: Watch
+    ) -> subprocess.CompletedProcess[bytes]: ...
+
 
 # Mount points a sandbox binds over a read-only rootfs; created when the image lacks them.
 _MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
@@ -105,6 +115,7 @@ class ImageStore:
         private_registries: Collection[str] = (),
         reader: tuple[int, int] | None = None,
         confine: Confine | None = None,
+        max_unpacked: int = MAX_UNPACKED_BYTES,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.registry_timeout = registry_timeout  # metadata look-ups (a dead network)
@@ -112,6 +123,7 @@ class ImageStore:
         self.private_registries = private_registries  # contacted although private (.reach)
         self.reader = reader  # (uid, gid) a tenant's files are opened as (see .reader)
         self.confine = confine  # runs a registry's skopeo off the host's network
+        self.max_unpacked = max_unpacked  # an image's files, unpacked (see .layers)
         self.sources = Sources(self.cache_dir / "sources")  # who vouched for a digest
 
     # -- public --------------------------------------------------------------------------
@@ -219,11 +231,12 @@ class ImageStore:
         trusted = registry in self.private_registries or (
             registry is not None and host_of(registry) in self.private_registries
         )
+        look: Watch = watch(self.cache_dir, repr(ref)) if writes else lambda: None
         try:
             if registry is not None and self.confine is not None and not trusted:
-                done = self.confine(argv, [writes] if writes else [], timeout)
+                done = self.confine(argv, [writes] if writes else [], timeout, look=look)
             else:
-                done = subprocess.run(argv, capture_output=True, timeout=timeout)
+                done = run_watched(argv, timeout, look)
         except subprocess.TimeoutExpired:
             why, detail = "timed out", f"no answer within {timeout:.0f}s"
         else:
@@ -299,7 +312,15 @@ class ImageStore:
             layout, tag = self._as_layout(source, ref, digest, work)
             with reading_as(None):  # our own copy, in the cache: root's to read
                 ours = Layout(Source("oci", str(layout), tag))
+                manifest = ours.manifest()
                 config = ImageConfig.from_oci(ours.config_blob())
+                blobs = layout / "blobs"
+                layers = [
+                    blobs / ours.digest(d.get("digest")).replace(":", "/", 1)
+                    for d in manifest.get("layers") or []
+                ]
+            unpacked = measure(layers, repr(ref), self.max_unpacked)  # a bomb stops here
+            check_room(self.cache_dir, unpacked.bytes, repr(ref))
             bundle = work / "bundle"
             self._umoci(layout, tag, bundle)
             rootfs = bundle / "rootfs"
@@ -344,7 +365,13 @@ class ImageStore:
         if os.geteuid() != 0:
             argv.append("--rootless")
         argv += ["--image", f"{layout}:{tag}", str(bundle)]
-        done = subprocess.run(argv, capture_output=True, timeout=self.pull_timeout, check=False)
+        try:  # (what .layers misjudged, the disk's watch stops)
+            done = run_watched(argv, self.pull_timeout, watch(self.cache_dir, f"{layout}:{tag}"))
+        except subprocess.TimeoutExpired:
+            raise ExecutorError(
+                f"umoci took over {self.pull_timeout:.0f}s to unpack {layout}:{tag}"
+                ". Fix: check the disk where SYLPHX_HOME/images is"
+            ) from None
         if done.returncode != 0:
             raise ExecutorError(
                 f"umoci could not unpack {layout}:{tag}:"

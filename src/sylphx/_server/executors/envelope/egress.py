@@ -29,7 +29,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sylphx._core.errors import StorageFull
 from sylphx._server.executors.local.netstack import Net, Networks, slirp4netns_path
+from sylphx._server.images.room import Watch, communicate, run_watched
 
 from .sandbox import _hides, bwrap_path
 
@@ -75,13 +77,15 @@ def run_confined(
     timeout: float,
     *,
     hide: Sequence[Path] = (),
+    look: Watch = lambda: None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` (a skopeo) as :mod:`this module <.egress>` says, ``writable`` the
     folders it may write, ``hide`` (and the host's password hashes) covered; its output
-    captured. TimeoutExpired after ``timeout`` s (the whole sandbox is killed)."""
+    captured. TimeoutExpired after ``timeout`` s, ``look``'s error once it finds the disk
+    short (:mod:`images.room <sylphx._server.images.room>`): the whole sandbox is killed."""
     slirp, bwrap = slirp4netns_path(), _bwrap()
     if os.geteuid() != 0 or slirp is None or bwrap is None:
-        return subprocess.run(list(argv), capture_output=True, timeout=timeout, check=False)
+        return run_watched(argv, timeout, look)
     with tempfile.NamedTemporaryFile(prefix="sylphx-resolv-") as resolver:
         resolver.write(_RESOLVER)
         resolver.flush()
@@ -114,8 +118,8 @@ def run_confined(
             net.spawned()
             why = net.attach(slirp, PRIVATE_NETWORKS)
             try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
+                out, err = communicate(proc, timeout, look)
+            except (subprocess.TimeoutExpired, StorageFull):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
                 raise

@@ -99,6 +99,7 @@ class RayExecutor:
         policy: Policy | None = None,
         image_cache: str = "/var/cache/sylphx/images",
         private_registries: tuple[str, ...] = (),
+        image_max_unpacked: int = 64 << 30,
     ) -> None:
         if gang_strategy not in GANG_STRATEGIES:
             raise ExecutorError(
@@ -114,6 +115,7 @@ class RayExecutor:
             max_log_bytes=max_log_bytes,
             image_cache=image_cache,
             private_registries=private_registries,
+            image_max_unpacked=image_max_unpacked,
         )
         self._hub_name = hub_name(home_id(home))  # shards look it up by name
         self._hub, self._hub_is_new = self._connect_hub()

@@ -66,6 +66,7 @@ class NodeEnvelope:
     max_log_bytes: int = 1 << 30  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
     image_cache: str = "/var/cache/sylphx/images"  # where a node unpacks images (its own)
     private_registries: tuple[str, ...] = ()  # SYLPHX_PRIVATE_REGISTRIES (images/reach.py)
+    image_max_unpacked: int = 64 << 30  # SYLPHX_IMAGE_MAX_UNPACKED_BYTES (images/layers.py)
 
 
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
@@ -125,7 +126,7 @@ def run_streaming(
         if request.image is not None:  # unpacked on this node, by the same image store code
             reader = (envelope.policy.uid, envelope.policy.gid)  # a tenant's files: theirs
             hide = tuple(envelope.policy.hide)
-            images = _node_images(envelope.image_cache, envelope.private_registries, reader, hide)
+            images = _node_images(envelope, reader, hide)
             image = images.resolve(request.image, request.image_digest)
             policy = envelope.policy
             argv, env, cwd = image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
@@ -251,18 +252,20 @@ Result = tuple[int, str | None, list[str], float | None, float]
 
 
 def _node_images(
-    cache_dir: str,
-    private_registries: tuple[str, ...],
-    reader: tuple[int, int],
-    hide: tuple[Path, ...],
+    envelope: NodeEnvelope, reader: tuple[int, int], hide: tuple[Path, ...]
 ) -> ImageStore:
-    key = (cache_dir, private_registries, reader, hide)
+    cache_dir, private_registries = envelope.image_cache, envelope.private_registries
+    key = (cache_dir, private_registries, envelope.image_max_unpacked, reader, hide)
     store = _images.get(key)
     if store is None:
         hidden = functools.partial(egress.run_confined, hide=hide)
         confine = hidden if egress.confinable() else None
         store = ImageStore(
-            Path(cache_dir), private_registries=private_registries, reader=reader, confine=confine
+            Path(cache_dir),
+            private_registries=private_registries,
+            reader=reader,
+            confine=confine,
+            max_unpacked=envelope.image_max_unpacked,
         )
         _images[key] = store
     return store

@@ -1,0 +1,230 @@
+"""An image never fills the host's disk: layer bombs are measured before they are unpacked,
+and every tool writing into the image cache runs under a watch of the free space.
+
+A gzip layer of a few hundred KiB can hold a file of gigabytes of zeros. Before this, any
+tenant's image was unpacked whatever it held, into the cache on the host's disk (the home:
+every tenant's logs, volumes and the store), and nothing bounded or watched it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import Server
+from oci import BusyboxImages, busybox_images, open_to_shards  # noqa: F401 - the fixture
+from sylphx._core.errors import StorageFull, ValidationError
+from sylphx._server.images import layers, room
+from sylphx._server.images import store as image_store
+from sylphx._server.images.store import ImageStore
+
+BOMB = 160 << 20  # the bomb's one file of zeros (its layer: ~0.4 MiB)
+MIB = 1 << 20
+
+
+def _bomb_layout(busybox: BusyboxImages, at: Path) -> Path:
+    """The busybox layout plus a tag ``bomb``: the image with a file of BOMB zeros."""
+    layout = at / "layout"
+    shutil.copytree(busybox.layout, layout)
+    bundle = at / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:latest", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    with open(bundle / "rootfs" / "zeros", "wb") as fh:
+        fh.truncate(BOMB)  # (umoci reads it as zeros and compresses them)
+    subprocess.run(
+        ["umoci", "repack", "--image", f"{layout}:bomb", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    shutil.rmtree(bundle)
+    open_to_shards(at)
+    return layout
+
+
+def _usage(folder: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if not p.is_symlink())
+
+
+def test_a_layer_bomb_is_refused_through_the_api_and_leaves_nothing(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    server = make_server(image_max_unpacked_bytes=32 * MIB)
+    bomb = _bomb_layout(busybox_images, tmp_path / "tenant")
+    assert _usage(bomb) < 4 * MIB  # small on the tenant's side
+    answer = server.http.post("/v1/runs", json={"image": f"oci:{bomb}:bomb", "command": ["true"]})
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["details"][0]["field"] == "image"
+    assert body["details"][0]["rule"] == "too_large"
+    assert "32 MiB" in body["message"] and "SYLPHX_IMAGE_MAX_UNPACKED_BYTES" in body["message"]
+    # host side: nothing of it unpacked, nothing left behind, no run stored
+    cache = server.settings.home / "images"
+    assert _usage(cache) < 2 * MIB
+    assert not list((cache / "tmp").iterdir())
+    assert not list(cache.rglob("zeros"))
+    assert server.http.get("/v1/runs").json()["items"] == []
+    # the tenant's (and everyone's) next image run is served as ever
+    run = server.submit(image=f"oci:{bomb}:latest", command=["/bin/sh", "-c", "echo ok"])
+    assert server.wait(run["id"])["status"] == "succeeded"
+
+
+def test_an_image_within_the_bound_is_unpacked_whole(
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    bomb = _bomb_layout(busybox_images, tmp_path / "tenant")
+    image = ImageStore(tmp_path / "cache", max_unpacked=BOMB + 16 * MIB).resolve(f"oci:{bomb}:bomb")
+    assert (image.rootfs / "zeros").stat().st_size == BOMB
+
+
+def _tar(members: list[tarfile.TarInfo], data: bytes = b"") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in members:
+            tar.addfile(member, io.BytesIO(data[: member.size]) if member.isreg() else None)
+    return out.getvalue()
+
+
+def _member(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    if kind == tarfile.SYMTYPE:
+        info.linkname = "a"
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "counted"),
+    [
+        ([], 0),
+        ([_member("empty")], 4096),  # a block for the member itself
+        ([_member("one", 1)], 2 * 4096),
+        ([_member("page", 4096)], 2 * 4096),
+        ([_member("more", 4097)], 3 * 4096),
+        ([_member("d", kind=tarfile.DIRTYPE), _member("l", kind=tarfile.SYMTYPE)], 2 * 4096),
+    ],
+)
+@pytest.mark.parametrize("compress", [False, True])
+def test_members_are_counted_in_blocks(
+    tmp_path: Path, members: list[tarfile.TarInfo], counted: int, compress: bool
+) -> None:
+    blob = _tar(members, b"x" * 5000)
+    path = tmp_path / "layer"
+    path.write_bytes(gzip.compress(blob) if compress else blob)
+    measured = layers.measure([path], "img")
+    assert (measured.bytes, measured.entries) == (counted, len(members))
+
+
+def test_a_header_claiming_a_terabyte_is_refused_before_its_data(tmp_path: Path) -> None:
+    header = _member("huge", 1 << 40).tobuf(tarfile.PAX_FORMAT)  # and no data at all
+    path = tmp_path / "layer"
+    path.write_bytes(gzip.compress(header))
+    with pytest.raises(ValidationError, match="unpacks to more than the 64 GiB") as refused:
+        layers.measure([path], "'img'")
+    assert refused.value.details[0]["rule"] == "too_large"
+
+
+def test_too_many_members_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layers, "MAX_ENTRIES", 3)
+    path = tmp_path / "layer"
+    path.write_bytes(_tar([_member(f"f{i}") for i in range(4)]))
+    with pytest.raises(ValidationError, match="more than 3 files") as refused:
+        layers.measure([path], "img")
+    assert refused.value.details[0]["rule"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x28\xb5\x2f\xfd" + b"\0" * 100, b"not a tar at all" * 64, gzip.compress(b"x")]
+)
+def test_a_layer_that_is_no_tar_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "layer"
+    path.write_bytes(content)
+    with pytest.raises(ValidationError, match="cannot be read as a tar") as refused:
+        layers.measure([path], "img")
+    assert refused.value.details[0]["field"] == "image"
+
+
+def test_a_writer_is_killed_as_soon_as_the_disk_is_short(tmp_path: Path) -> None:
+    looks: list[float] = []
+
+    def look() -> StorageFull | None:
+        looks.append(time.monotonic())
+        return StorageFull("no room") if len(looks) >= 2 else None
+
+    marker = tmp_path / "child"
+    argv = ["/bin/sh", "-c", f"sleep 60 & echo $! > {marker}; wait"]
+    started = time.monotonic()
+    with pytest.raises(StorageFull):
+        room.run_watched(argv, 120, look)
+    assert time.monotonic() - started < 5
+    child = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # (reaped by init once killed)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
+
+
+def test_room_is_checked_against_the_reserve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    total = shutil.disk_usage(tmp_path).total
+    kept = room.reserve(tmp_path)
+    assert kept == max(int(total * 0.05), min(1 << 30, total // 10))
+    free = {"now": kept + 100 * MIB}
+    monkeypatch.setattr(room, "_free", lambda _: free["now"])
+    room.check_room(tmp_path, 100 * MIB, "img")  # fits, to the byte
+    with pytest.raises(StorageFull, match="it needs 101 MiB more"):
+        room.check_room(tmp_path, 101 * MIB, "img")
+    look = room.watch(tmp_path, "img")
+    assert look() is None
+    free["now"] = kept - 1
+    assert isinstance(look(), StorageFull)
+
+
+def test_umoci_runs_under_the_disks_watch(
+    tmp_path: Path,
+    busybox_images: BusyboxImages,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A layer umoci reads as larger than .layers did: the watch stops it, nothing kept."""
+    bomb = _bomb_layout(busybox_images, tmp_path / "tenant")
+    monkeypatch.setattr(image_store, "measure", lambda *_: layers.Measure("misjudged"))
+    used: list[str] = []
+
+    def short(path: Path, what: str) -> room.Watch:
+        used.append(what)
+        return lambda: StorageFull(f"no room for {what}")
+
+    monkeypatch.setattr(image_store, "watch", short)
+    cache = tmp_path / "cache"
+    with pytest.raises(StorageFull):
+        ImageStore(cache).resolve(f"oci:{bomb}:bomb")
+    assert used and used[-1].endswith(":image")  # umoci's own run
+    assert not list((cache / "tmp").iterdir())
+    assert not (cache / "sha256").exists() or not list((cache / "sha256").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the confined egress needs root")
+def test_a_confined_pull_is_killed_when_the_disk_is_short() -> None:
+    from sylphx._server.executors.envelope import egress
+
+    if not egress.confinable():
+        pytest.skip("needs bwrap and slirp4netns (make system-deps)")
+    started = time.monotonic()
+    with pytest.raises(StorageFull):
+        egress.run_confined(["sleep", "60"], [], 120, look=lambda: StorageFull("short"))
+    assert time.monotonic() - started < 10
