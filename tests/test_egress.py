@@ -68,9 +68,9 @@ def test_the_store_pulls_from_a_registry_confined(tmp_path: Path) -> None:
         pytest.skip("needs skopeo")
     calls: list[Any] = []
 
-    def spy(argv: Any, writable: Any, timeout: float) -> Any:
+    def spy(argv: Any, writable: Any, timeout: float, *, look: Any) -> Any:
         calls.append(argv)
-        return egress.run_confined(argv, writable, timeout)
+        return egress.run_confined(argv, writable, timeout, look=look)
 
     store = ImageStore(tmp_path, registry_timeout=10, confine=spy)
     with pytest.raises(ValidationError, match="unreachable"):

@@ -252,7 +252,11 @@ class Settings:
             env, "SYLPHX_SANDBOX", "on", ("on", "off", "1", "0", "true", "false"), "use on or off"
         )
         max_log_bytes = _parsed(
-            env, "SYLPHX_MAX_LOG_BYTES", _size_from_4k, "give a size of at least 4KiB, e.g. 1GiB", "1GiB"
+            env,
+            "SYLPHX_MAX_LOG_BYTES",
+            _size_from_4k,
+            "give a size of at least 4KiB, e.g. 1GiB",
+            "1GiB",
         )
         max_unpacked = _parsed(
             env,

@@ -23,6 +23,7 @@ from sylphx._server.infra.lock import HomeLock
 from sylphx._server.runs.account import AccountService, SecretService
 from sylphx._server.runs.facade import RunService
 from sylphx._server.runs.longpoll import RunWaiters, ended_among
+from sylphx._server.runs.pins import pinned_images
 from sylphx._server.runs.readcache import KeyCache, SharedReads, TerminalViews
 from sylphx._server.runs.streams import LogStreams
 from sylphx._server.runs.volumes import VolumeService
@@ -112,6 +113,7 @@ class ControlPlane:
             settings.home / "images",
             private_registries=settings.private_registries,
             max_unpacked=settings.image_max_unpacked_bytes,
+            in_use=functools.partial(pinned_images, self.reads),  # kept by eviction
             reader=(settings.shard_uid, settings.shard_gid),  # a tenant's files: theirs
             confine=(
                 functools.partial(egress.run_confined, hide=settings.hidden_paths())

@@ -40,6 +40,7 @@ from typing import Protocol
 from sylphx._core.errors import ExecutorError
 
 from .config import ImageConfig
+from .eviction import InUse, evict, touch
 from .layers import MAX_UNPACKED_BYTES, measure
 from .reach import check_reachable, host_of
 from .reader import reading_as
@@ -116,6 +117,7 @@ class ImageStore:
         reader: tuple[int, int] | None = None,
         confine: Confine | None = None,
         max_unpacked: int = MAX_UNPACKED_BYTES,
+        in_use: InUse | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.registry_timeout = registry_timeout  # metadata look-ups (a dead network)
@@ -124,6 +126,7 @@ class ImageStore:
         self.reader = reader  # (uid, gid) a tenant's files are opened as (see .reader)
         self.confine = confine  # runs a registry's skopeo off the host's network
         self.max_unpacked = max_unpacked  # an image's files, unpacked (see .layers)
+        self.in_use = in_use  # the digests runs pin (.eviction); None: never evict
         self.sources = Sources(self.cache_dir / "sources")  # who vouched for a digest
 
     # -- public --------------------------------------------------------------------------
@@ -307,6 +310,7 @@ class ImageStore:
         prefix = digest.replace(":", "-") + "."
         for stale in tmp_root.glob(prefix + "*"):  # a crashed unpack of this digest
             shutil.rmtree(stale, ignore_errors=True)
+        evict(self.cache_dir, 0, self.in_use)  # the cache's filesystem is HIGH used
         work = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
         try:
             layout, tag = self._as_layout(source, ref, digest, work)
@@ -320,6 +324,7 @@ class ImageStore:
                     for d in manifest.get("layers") or []
                 ]
             unpacked = measure(layers, repr(ref), self.max_unpacked)  # a bomb stops here
+            evict(self.cache_dir, unpacked.bytes, self.in_use)
             check_room(self.cache_dir, unpacked.bytes, repr(ref))
             bundle = work / "bundle"
             self._umoci(layout, tag, bundle)
@@ -384,4 +389,5 @@ class ImageStore:
             meta = json.loads((final / "image.json").read_text())
         except (OSError, ValueError):
             return None
+        touch(final)  # its last use (.eviction)
         return UnpackedImage(ref, digest, final / "rootfs", ImageConfig(**meta["config"]))

@@ -189,6 +189,7 @@ class RunService:
         """Reopen the ended run for the indices ``request`` names (see ``retry.retry``) and
         return its RunView JSON; a repeated ``key`` reopens it once."""
         faults.check_disk(self.settings.logs_dir, "log")
+        self._unpack_again(run_id, org_id)
 
         def reopen(s: Session) -> bytes:
             org = s.get(OrgRow, org_id, with_for_update=True)  # quota + reservation
@@ -201,6 +202,24 @@ class RunService:
         self.terminal_views.drop(run_id)
         self.wake()
         return body
+
+    def _unpack_again(self, run_id: str, org_id: str) -> None:
+        """The images of a run about to be retried, unpacked again if image GC removed them
+        since it ended (``images/eviction.py``): else its launch would unpack them inside
+        the reconciler's pass, every org's passes waiting. By the digests admitted."""
+        if self.executor.name != "local":  # Ray nodes unpack on the node, in the task
+            return
+        with self.reads() as s:
+            run = s.get(RunRow, run_id)
+            pinned = dict(run.image_digests or {}) if run and run.org_id == org_id else {}
+        if not pinned:
+            return
+        self.image_lookups.take(org_id)
+        try:
+            for ref, digest in pinned.items():
+                self.images.resolve(ref, digest)
+        finally:
+            self.image_lookups.free(org_id)
 
     def delete(self, run_id: str, org_id: str) -> None:
         """Delete an ended run, its shards, attempts and logs (ConflictError while it has

@@ -1,0 +1,195 @@
+"""Image GC: when the image cache's disk is short, the least recently used images that no
+run pins are removed (kubelet's image GC); a pinned, recent or locked one never is.
+
+Before, nothing ever left the cache: filled by many images, it refused every org's next
+image until an operator cleaned up by hand.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import Server
+from oci import BusyboxImages, busybox_images, open_to_shards  # noqa: F401 - the fixture
+from sylphx._server.images import eviction
+from sylphx._server.images.store import ImageStore
+from sylphx._server.runs.pins import pinned_images
+
+UNIT = 1 << 30  # each fake image's size
+
+
+class Disk:
+    """A fake filesystem of ``total`` GiB whose used part is its images plus ``other``."""
+
+    def __init__(self, cache: Path, total: int = 100, other: int = 0) -> None:
+        self.cache, self.total, self.other = cache, total * UNIT, other * UNIT
+
+    def __call__(self, _: Path) -> tuple[int, int]:
+        images = len(list((self.cache / "sha256").glob("*"))) * 10 * UNIT
+        return self.total, self.total - images - self.other
+
+
+def _image(cache: Path, name: str, age: float) -> str:
+    folder = cache / "sha256" / (name * 64)[:64]
+    folder.mkdir(parents=True)
+    (folder / "image.json").write_text("{}")
+    then = time.time() - age
+    os.utime(folder / "image.json", (then, then))
+    return f"sha256:{folder.name}"
+
+
+@pytest.fixture
+def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Disk:
+    fake = Disk(tmp_path)
+    monkeypatch.setattr(eviction, "_disk", fake)
+    monkeypatch.setattr(eviction, "reserve", lambda _: 5 * UNIT)
+    return fake
+
+
+def _left(cache: Path) -> set[str]:
+    return {f"sha256:{p.name}" for p in (cache / "sha256").glob("*")}
+
+
+@pytest.mark.parametrize(
+    ("images", "other", "need", "pinned", "kept"),
+    [
+        # 9 images of 10 GiB: 90% used, over HIGH (85%): the oldest go until 80%
+        ("abcdefghi", 0, 0, "", "bcdefghi"),
+        # under HIGH, and room for what is asked: nothing goes
+        ("abcdefgh", 0, 0, "", "abcdefgh"),
+        # under HIGH, but 16 GiB asked with 20 free and 5 kept: one goes (30 free)
+        ("abcdefgh", 0, 16, "", "bcdefgh"),
+        # 15 GiB asked: it fits above the reserve, nothing goes
+        ("abcdefgh", 0, 15, "", "abcdefgh"),
+        # pinned ones are skipped, the next least recently used goes instead
+        ("abcdefghi", 0, 0, "ab", "abdefghi"),
+        # everything pinned: nothing goes, whatever the pressure
+        ("abcdefghi", 0, 0, "abcdefghi", "abcdefghi"),
+        # the disk filled by something else: every image no run pins may go
+        ("abc", 70, 0, "c", "c"),
+    ],
+)
+def test_least_recently_used_unpinned_images_go_first(
+    tmp_path: Path, disk: Disk, images: str, other: int, need: int, pinned: str, kept: str
+) -> None:
+    disk.other = other * UNIT
+    digests = {
+        name: _image(tmp_path, name, 3600 * (len(images) - i)) for i, name in enumerate(images)
+    }  # "a" least recently used
+    keep = {digests[name] for name in pinned}
+    eviction.evict(tmp_path, need * UNIT, lambda: keep)
+    assert _left(tmp_path) == {digests[name] for name in kept}
+    assert not list((tmp_path / "tmp").glob("evicted.*"))  # renamed away, then deleted
+
+
+def test_a_recent_or_locked_image_stays_and_a_node_never_evicts(tmp_path: Path, disk: Disk) -> None:
+    recent = _image(tmp_path, "r", eviction.GRACE / 2)  # an admission that has not stored
+    locked = _image(tmp_path, "l", 7200)  # being unpacked again by another process
+    old = [_image(tmp_path, name, 7200) for name in "abcdefg"]
+    eviction.evict(tmp_path, 0, None)  # a Ray node: cannot know what runs pin
+    assert len(_left(tmp_path)) == 9
+    disk.other = 60 * UNIT  # short of everything the old ones hold
+    (tmp_path / "locks").mkdir()
+    with open(tmp_path / "locks" / f"{locked.replace(':', '-')}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        eviction.evict(tmp_path, 0, set)
+    assert _left(tmp_path) == {recent, locked}
+    assert all(digest not in _left(tmp_path) for digest in old)
+
+
+def test_a_served_image_counts_as_used(
+    tmp_path: Path,
+    busybox_images: BusyboxImages,  # noqa: F811
+) -> None:
+    store = ImageStore(tmp_path / "cache")
+    image = store.resolve(f"oci:{busybox_images.layout}:latest")
+    meta = store.path_for(image.digest) / "image.json"
+    os.utime(meta, (0, 0))
+    store.resolve(f"oci:{busybox_images.layout}:latest", image.digest)  # a launch's look-up
+    assert time.time() - meta.stat().st_mtime < 60
+
+
+def test_the_store_makes_room_and_unpacks_an_evicted_image_again(
+    tmp_path: Path,
+    busybox_images: BusyboxImages,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = tmp_path / "cache"
+    pins: set[str] = set()
+    store = ImageStore(cache, in_use=lambda: pins)
+    latest = store.resolve(f"oci:{busybox_images.layout}:latest")
+    ep = store.resolve(f"oci:{busybox_images.layout}:ep")
+    for image in (latest, ep):
+        os.utime(store.path_for(image.digest) / "image.json", (0, 0))
+    pins.add(ep.digest)  # a queued run's
+    monkeypatch.setattr(eviction, "_disk", Disk(cache, total=20))  # 2 images: 100% used
+    monkeypatch.setattr(eviction, "reserve", lambda _: UNIT)
+    archive = store.resolve(f"oci-archive:{busybox_images.oci_archive}:latest")
+    assert archive.digest == latest.digest  # the same image, unpacked once more
+    assert (archive.rootfs / "bin" / "busybox").exists()
+    assert store.path_for(ep.digest).exists()
+
+
+def test_runs_that_have_not_ended_pin_their_images(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    server = make_server()
+    layout = tmp_path / "layout"
+    shutil.copytree(busybox_images.layout, layout)
+    open_to_shards(tmp_path)
+    running = server.submit(image=f"oci:{layout}:latest", command=["sleep", "60"])
+    done = server.submit(image=f"oci:{layout}:ep", command=["x"])
+    server.wait(done["id"])
+    (running_digest,) = server.get(running["id"])["imageDigests"].values()
+    (done_digest,) = server.get(done["id"])["imageDigests"].values()
+    assert running_digest != done_digest
+    assert pinned_images(server.plane.reads) == {running_digest}
+    server.http.post(f"/v1/runs/{running['id']}/cancel")
+    server.wait(running["id"])
+    assert pinned_images(server.plane.reads) == set()
+
+
+def test_a_retried_run_gets_its_evicted_image_back_before_it_is_reopened(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unpacked at launch, the image would be unpacked inside the reconciler's pass."""
+    server = make_server()
+    layout = tmp_path / "layout"
+    shutil.copytree(busybox_images.layout, layout)
+    open_to_shards(tmp_path)
+    run = server.submit(image=f"oci:{layout}:latest", command=["/bin/sh", "-c", "exit 3"])
+    assert server.wait(run["id"])["status"] == "failed"
+    (digest,) = server.get(run["id"])["imageDigests"].values()
+    images = server.plane.images
+    os.utime(images.path_for(digest) / "image.json", (0, 0))
+    monkeypatch.setattr(eviction, "_disk", lambda _: (100 * UNIT, 0))  # a full disk
+    monkeypatch.setattr(eviction, "reserve", lambda _: 0)
+    assert eviction.evict(images.cache_dir, 0, images.in_use) == 1  # ended: not pinned
+    assert not images.path_for(digest).exists()
+    monkeypatch.setattr(eviction, "_disk", lambda _: (100 * UNIT, 100 * UNIT))
+    unpacked_in: list[str] = []
+    unpack = ImageStore._unpack
+
+    def spy(self: ImageStore, *args: object) -> None:
+        unpacked_in.append(threading.current_thread().name)
+        unpack(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageStore, "_unpack", spy)
+    answer = server.http.post(f"/v1/runs/{run['id']}/retry")
+    assert answer.status_code == 200, answer.text
+    assert images.path_for(digest).exists()  # before the 200: by the retry itself
+    server.wait(run["id"])
+    assert len(unpacked_in) == 1 and "reconciler" not in unpacked_in[0]
