@@ -9,7 +9,8 @@ bytes unpacked) is read through once: the sizes its members state, rounded up to
 filesystem's blocks, plus a block for each member. An image is refused once that passes
 the bound (:data:`MAX_UNPACKED_BYTES` unless the operator set another), or more than
 :data:`MAX_ENTRIES` members; reading stops there, so a bomb costs at most the bound's
-decompression. The sum is an upper bound of what ``umoci`` writes: a later layer's files
+decompression (zlib-ng's: half of zlib's time, ~20% of umoci's own unpack of a 263 MB
+layer). The sum is an upper bound of what ``umoci`` writes: a later layer's files
 replace an earlier one's, never add to them.
 
 A reader of the tar format other than umoci's could disagree with it on a crafted header;
@@ -18,12 +19,12 @@ A reader of the tar format other than umoci's could disagree with it on a crafte
 
 from __future__ import annotations
 
-import gzip
 import tarfile
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, cast
+
+from zlib_ng import gzip_ng, zlib_ng
 
 from .reader import BoundedTarInfo
 from .refs import image_error
@@ -34,6 +35,7 @@ MAX_UNPACKED_BYTES = 64 << 30  # an image's files unpacked (SYLPHX_IMAGE_MAX_UNP
 MAX_ENTRIES = 1_000_000  # files, folders and links of an image's layers together
 BLOCK = 4096  # what a file's size is rounded up to, and what each member is counted
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+_CORRUPT = cast(type[Exception], zlib_ng.error)  # (its stub says an instance)
 
 
 class Measure:
@@ -73,7 +75,7 @@ def _layer(fh: IO[bytes]) -> IO[bytes]:
     head = fh.read(4)
     fh.seek(0)
     if head.startswith(_GZIP):
-        return cast(IO[bytes], gzip.GzipFile(fileobj=fh, mode="rb"))
+        return cast(IO[bytes], gzip_ng.GzipFile(fileobj=fh, mode="rb"))  # type: ignore[no-untyped-call]
     if head.startswith(_ZSTD):
         raise tarfile.ReadError("zstd-compressed layers cannot be unpacked here")
     return fh
@@ -93,7 +95,7 @@ def measure(blobs: Iterable[Path], where: str, limit: int = MAX_UNPACKED_BYTES) 
                 while (member := tar.next()) is not None:
                     vars(tar)["members"].clear()  # (tarfile keeps each one it read)
                     counted.add(member.size if member.isreg() else 0)
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        except (tarfile.TarError, OSError, EOFError, _CORRUPT) as exc:
             raise image_error(
                 f"a layer of {where} cannot be read as a tar archive ({exc})",
                 "layout_broken",
