@@ -325,9 +325,9 @@ class ImageStore:
                 ]
             unpacked = measure(layers, repr(ref), self.max_unpacked)  # a bomb stops here
             evict(self.cache_dir, unpacked.bytes, self.in_use)
-            check_room(self.cache_dir, unpacked.bytes, repr(ref))
+            check_room(self.cache_dir, unpacked.bytes, repr(ref), unpacked.entries)
             bundle = work / "bundle"
-            self._umoci(layout, tag, bundle)
+            self._umoci(layout, tag, bundle, repr(ref))
             rootfs = bundle / "rootfs"
             for name in _MOUNT_POINTS:
                 if not os.path.lexists(rootfs / name):
@@ -365,21 +365,21 @@ class ImageStore:
         )
         return dest, "image"
 
-    def _umoci(self, layout: Path, tag: str, bundle: Path) -> None:
+    def _umoci(self, layout: Path, tag: str, bundle: Path, what: str) -> None:
         argv = [_tool("umoci"), "unpack"]
         if os.geteuid() != 0:
             argv.append("--rootless")
         argv += ["--image", f"{layout}:{tag}", str(bundle)]
         try:  # (what .layers misjudged, the disk's watch stops)
-            done = run_watched(argv, self.pull_timeout, watch(self.cache_dir, f"{layout}:{tag}"))
+            done = run_watched(argv, self.pull_timeout, watch(self.cache_dir, what))
         except subprocess.TimeoutExpired:
             raise ExecutorError(
-                f"umoci took over {self.pull_timeout:.0f}s to unpack {layout}:{tag}"
+                f"umoci took over {self.pull_timeout:.0f}s to unpack {what}"
                 ". Fix: check the disk where SYLPHX_HOME/images is"
             ) from None
         if done.returncode != 0:
             raise ExecutorError(
-                f"umoci could not unpack {layout}:{tag}:"
+                f"umoci could not unpack {what}:"
                 f" {_last_line(done.stderr.decode(errors='replace'))}."
                 " Fix: check free disk space and that the image layers are intact"
             )
