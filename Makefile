@@ -8,7 +8,7 @@
 #   make ray-demo     the product page's example (9 large shards) on a two-node loopback Ray cluster
 #   make test         lint, types, the whole suite on SQLite and PostgreSQL (what .ci/run runs)
 #   make check        the fast loop: lint, types, the tests not marked slow on SQLite
-#   make bench        the P1-P9 benchmarks (BENCHMARKS.md), each against a baseline in the same run
+#   make bench        the P1-P10 benchmarks (BENCHMARKS.md), each against a baseline in the same run
 #   make bench-deps   install the wrk load generator (P3) via apt when missing (root)
 #   make sdk          regenerate the sync SDK from the async one (make lint checks it)
 #   make ts-wire      regenerate sdk/typescript/src/wire.ts from the OpenAPI document (lint checks it)
@@ -116,7 +116,7 @@ test: venv system-deps node-deps lint
 # Every benchmark measures its baseline in the same run and prints a table with the ratio;
 # the tables of the last `make bench` are kept in bench/results.md (see BENCHMARKS.md).
 # BENCHES=p1_fanout make bench runs a subset.
-BENCHES ?= p1_fanout p2_gang p3_get_run p4_logs p5_scale p6_ray p7_runs p8_ui p9_usage
+BENCHES ?= p1_fanout p2_gang p3_get_run p4_logs p5_scale p6_ray p7_runs p8_ui p9_usage p10_images
 
 bench: venv system-deps bench-deps
 	@cd bench && for b in $(BENCHES); do \

@@ -8,6 +8,7 @@ image until an operator cleaned up by hand.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import threading
@@ -22,6 +23,7 @@ from oci import BusyboxImages, busybox_images, open_to_shards  # noqa: F401 - th
 from sylphx._server.images import eviction
 from sylphx._server.images.store import ImageStore
 from sylphx._server.runs.pins import pinned_images
+from sylphx._server.tenancy import orgs
 
 UNIT = 1 << 30  # each fake image's size
 
@@ -117,6 +119,14 @@ def test_a_served_image_counts_as_used(
     assert time.time() - meta.stat().st_mtime < 60
 
 
+def _sized(store: ImageStore, digest: str, size: int) -> None:
+    """Record ``digest``'s unpacked size as ``size`` (as the fake disk counts it), unused
+    for long."""
+    meta = store.path_for(digest) / "image.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "bytes": size}))
+    os.utime(meta, (0, 0))
+
+
 def test_the_store_makes_room_and_unpacks_an_evicted_image_again(
     tmp_path: Path,
     busybox_images: BusyboxImages,  # noqa: F811
@@ -128,14 +138,69 @@ def test_the_store_makes_room_and_unpacks_an_evicted_image_again(
     latest = store.resolve(f"oci:{busybox_images.layout}:latest")
     ep = store.resolve(f"oci:{busybox_images.layout}:ep")
     for image in (latest, ep):
-        os.utime(store.path_for(image.digest) / "image.json", (0, 0))
+        _sized(store, image.digest, 10 * UNIT)
     pins.add(ep.digest)  # a queued run's
     monkeypatch.setattr(eviction, "_disk", Disk(cache, total=20))  # 2 images: 100% used
     monkeypatch.setattr(eviction, "reserve", lambda _: UNIT)
-    archive = store.resolve(f"oci-archive:{busybox_images.oci_archive}:latest")
-    assert archive.digest == latest.digest  # the same image, unpacked once more
-    assert (archive.rootfs / "bin" / "busybox").exists()
-    assert store.path_for(ep.digest).exists()
+    other = store.resolve(f"docker-archive:{busybox_images.docker_archive}")  # its own key
+    assert not store.path_for(latest.digest).exists()  # least recently used, not pinned
+    assert store.path_for(ep.digest).exists() and (other.rootfs / "bin" / "busybox").exists()
+    again = store.resolve(f"oci:{busybox_images.layout}:latest", latest.digest)
+    assert (again.rootfs / "bin" / "busybox").exists()
+
+
+def test_an_image_that_can_never_fit_empties_nothing(
+    tmp_path: Path, disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: an image too big for the disk removed every unpinned image,
+    then was refused anyway; repeated for free, it emptied the cache for everyone."""
+    for name in "abcdefgh":  # 80% used: 20 free, 5 kept
+        digest = _image(tmp_path, name, 7200)
+        meta = tmp_path / "sha256" / digest.partition(":")[2] / "image.json"
+        meta.write_text(json.dumps({"bytes": 10 * UNIT}))
+        os.utime(meta, (0, 0))
+    assert eviction.evict(tmp_path, 96 * UNIT, set) == 0  # 80 + 20 free < 96 + 5
+    assert len(_left(tmp_path)) == 8
+    assert eviction.evict(tmp_path, 94 * UNIT, set) == 8  # it fits once all go
+
+
+def test_leftovers_of_a_crash_go_at_the_next_collection(tmp_path: Path, disk: Disk) -> None:
+    (tmp_path / "tmp" / "evicted.abc" / "image" / "rootfs").mkdir(parents=True)
+    crashed = tmp_path / "tmp" / ("sha256-" + "c" * 64 + ".xyz")
+    unpacking = tmp_path / "tmp" / ("sha256-" + "u" * 64 + ".xyz")
+    crashed.mkdir()
+    unpacking.mkdir()
+    (tmp_path / "locks").mkdir()
+    disk.other = 90 * UNIT
+    with open(tmp_path / "locks" / ("sha256-" + "u" * 64 + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another process is unpacking it
+        eviction.evict(tmp_path, 0, set)
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [unpacking.name]
+
+
+def test_a_store_that_cannot_say_what_runs_pin_is_a_503(tmp_path: Path, disk: Disk) -> None:
+    from sylphx._core.errors import ServerUnavailable
+
+    _image(tmp_path, "a", 7200)
+    disk.other = 90 * UNIT
+
+    def down() -> set[str]:
+        raise OSError("the store is down")
+
+    with pytest.raises(ServerUnavailable, match="cannot tell which images"):
+        eviction.evict(tmp_path, 0, down)
+    assert len(_left(tmp_path)) == 1
+
+
+def test_an_admission_holds_its_images_until_its_run_is_stored(tmp_path: Path, disk: Disk) -> None:
+    digest = _image(tmp_path, "a", 7200)
+    disk.other = 90 * UNIT
+    holds = eviction.Holds()
+    holds.hold([digest, digest])
+    holds.release([digest])
+    assert eviction.evict(tmp_path, 0, set, holds) == 0
+    holds.release([digest])
+    assert eviction.evict(tmp_path, 0, set, holds) == 1
 
 
 def test_runs_that_have_not_ended_pin_their_images(
@@ -174,8 +239,8 @@ def test_a_retried_run_gets_its_evicted_image_back_before_it_is_reopened(
     assert server.wait(run["id"])["status"] == "failed"
     (digest,) = server.get(run["id"])["imageDigests"].values()
     images = server.plane.images
-    os.utime(images.path_for(digest) / "image.json", (0, 0))
-    monkeypatch.setattr(eviction, "_disk", lambda _: (100 * UNIT, 0))  # a full disk
+    _sized(images, digest, 10 * UNIT)
+    monkeypatch.setattr(eviction, "_disk", Disk(images.cache_dir, total=10))  # a full disk
     monkeypatch.setattr(eviction, "reserve", lambda _: 0)
     assert eviction.evict(images.cache_dir, 0, images.in_use) == 1  # ended: not pinned
     assert not images.path_for(digest).exists()
@@ -193,3 +258,77 @@ def test_a_retried_run_gets_its_evicted_image_back_before_it_is_reopened(
     assert images.path_for(digest).exists()  # before the 200: by the retry itself
     server.wait(run["id"])
     assert len(unpacked_in) == 1 and "reconciler" not in unpacked_in[0]
+
+
+def _evicted_run(
+    server: Server, layout: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> tuple[str, str]:
+    """A run of the layout's image, ended, then its image collected: (run id, digest)."""
+    run = server.submit(image=f"oci:{layout}:latest", command=command)
+    server.wait(run["id"])
+    (digest,) = server.get(run["id"])["imageDigests"].values()
+    images = server.plane.images
+    _sized(images, digest, 10 * UNIT)
+    with monkeypatch.context() as patch:
+        patch.setattr(eviction, "_disk", Disk(images.cache_dir, total=10))
+        patch.setattr(eviction, "reserve", lambda _: 0)
+        assert eviction.evict(images.cache_dir, 0, images.in_use) == 1
+    return run["id"], digest
+
+
+def test_a_retry_that_is_refused_unpacks_nothing_and_the_policy_of_now_applies(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a review: the unpack came before the retry's own checks, and the org's
+    image policy of today was never asked."""
+    server = make_server()
+    layout = tmp_path / "layout"
+    shutil.copytree(busybox_images.layout, layout)
+    open_to_shards(tmp_path)
+    run_id, digest = _evicted_run(server, layout, monkeypatch, ["/bin/sh", "-c", "exit 0"])
+    answer = server.http.post(f"/v1/runs/{run_id}/retry", json={"indices": "0"})
+    assert answer.status_code == 409 and "index 0 succeeded" in answer.text, answer.text
+    assert not server.plane.images.path_for(digest).exists()
+    with server.plane.sessions.begin() as s:
+        orgs.find_org(s, "org_test").image_policy = {"denyDigests": [digest]}
+    answer = server.http.post(f"/v1/runs/{run_id}/retry", json={"indices": "0"})
+    assert answer.status_code == 422 and "deny list" in answer.json()["message"], answer.text
+    assert not server.plane.images.path_for(digest).exists()
+    assert server.plane.images.holds() == set()
+
+
+def test_a_launch_never_unpacks_an_image_gone_from_the_cache(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Removed behind the pins' back (another API process's collection, an operator):
+    the shard fails saying so, and no pass unpacks anything (every org's would wait)."""
+    server = make_server()
+    layout = tmp_path / "layout"
+    shutil.copytree(busybox_images.layout, layout)
+    open_to_shards(tmp_path)
+    blocker = server.submit(command=["sleep", "60"], machine="large")  # all 2 vCPU
+    waiting = server.submit(image=f"oci:{layout}:latest", command=["/bin/sh", "-c", "exit 0"])
+    assert server.get(waiting["id"])["status"] == "queued"
+    (digest,) = server.get(waiting["id"])["imageDigests"].values()
+    images = server.plane.images
+    shutil.rmtree(images.path_for(digest))  # an operator, say
+    unpacked_in: list[str] = []
+    unpack = ImageStore._unpack
+
+    def spy(self: ImageStore, *args: object) -> None:
+        unpacked_in.append(threading.current_thread().name)
+        unpack(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageStore, "_unpack", spy)
+    server.http.post(f"/v1/runs/{blocker['id']}/cancel")
+    assert server.wait(waiting["id"])["status"] == "failed"
+    (shard,) = server.shards(waiting["id"])
+    assert "no longer in this host's image cache" in shard["reason"], shard
+    assert unpacked_in == []
+    assert images.holds() == set()

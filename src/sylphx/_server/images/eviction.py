@@ -7,9 +7,13 @@ cleaned up by hand. As kubelet's image GC does: when the cache's filesystem is m
 :data:`HIGH` used, or an image about to be unpacked does not fit above the reserve,
 unpacked images are removed least recently used first, until it is at :data:`LOW` (or the
 image fits). Never removed: a digest a run that has not ended pins (``in_use``: queued
-runs, running shards, retries), one used within :data:`GRACE` (an admission that has
-resolved its image but not yet stored its run; a launch between its look-up and its
-sandbox's bind), and one whose lock another process holds (being unpacked).
+runs, running shards, retries), one this process holds (:class:`Holds`: an admission
+from its look-up until its run is stored, a retry until its run is reopened), one used
+within :data:`GRACE` (the same, in another API process), and one whose lock another
+process holds (being unpacked). Nothing is removed when even all that may go would not
+make the room asked for: an image that can never fit does not empty the cache (found by
+a review). Leftovers of a removal or an unpack cut short by a crash go at the next
+collection.
 
 Each digest's last use is its ``image.json``'s mtime, touched by the store when it serves
 it (at most once a minute). A digest is removed under its lock: renamed out of
@@ -20,17 +24,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Collection
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
+
+from sylphx._core.errors import ServerUnavailable
 
 from .room import reserve
 
-__all__ = ["GRACE", "HIGH", "LOW", "InUse", "evict", "touch"]
+__all__ = ["GRACE", "HIGH", "LOW", "Holds", "InUse", "evict", "touch"]
 
 log = logging.getLogger("sylphx.images")
 
@@ -40,6 +49,27 @@ GRACE = 600.0  # seconds: an image used this recently is kept whatever else
 _TOUCH_EVERY = 60.0
 
 InUse = Callable[[], Collection[str]]  # the digests runs that have not ended pin
+
+
+class Holds:
+    """Digests this process needs kept for a while (see the module), counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()
+
+    def hold(self, digests: Iterable[str]) -> None:
+        with self._lock:
+            self._held.update(digests)
+
+    def release(self, digests: Iterable[str]) -> None:
+        with self._lock:
+            self._held.subtract(digests)
+            self._held = +self._held  # (drops the counts at zero)
+
+    def __call__(self) -> set[str]:
+        with self._lock:
+            return set(self._held)
 
 
 def touch(final: Path) -> None:
@@ -56,24 +86,45 @@ def _disk(cache_dir: Path) -> tuple[int, int]:
     return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
 
-def _candidates(cache_dir: Path, keep: Collection[str]) -> list[tuple[float, str, Path]]:
-    """Unpacked images not kept, least recently used first."""
+def _candidates(cache_dir: Path, keep: Collection[str]) -> list[tuple[float, str, Path, int]]:
+    """Unpacked images not kept, least recently used first, with their sizes (-1 for an
+    image unpacked before sizes were recorded)."""
     found = []
     for folder in (cache_dir / "sha256").glob("*"):
         digest = f"sha256:{folder.name}"
         try:
             used = (folder / "image.json").stat().st_mtime
-        except OSError:
+            size = int(json.loads((folder / "image.json").read_text()).get("bytes", -1))
+        except (OSError, ValueError, AttributeError, TypeError):
             continue  # not complete: never renamed into place
         if digest not in keep and time.time() - used > GRACE:
-            found.append((used, digest, folder))
+            found.append((used, digest, folder, size))
     return sorted(found)
+
+
+def _lock(cache_dir: Path, digest: str) -> Path:
+    return cache_dir / "locks" / f"{digest.replace(':', '-')}.lock"
+
+
+def _leftovers(cache_dir: Path) -> None:
+    """Remove what a crash left in ``tmp/``: removals cut short, and unpacks whose
+    digest's lock nobody holds (``tmp/sha256-<hex>.<random>``)."""
+    for path in (cache_dir / "tmp").glob("*"):
+        if path.name.startswith("evicted."):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        digest = path.name.partition(".")[0].replace("-", ":", 1)
+        with open(_lock(cache_dir, digest), "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being unpacked
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove(cache_dir: Path, digest: str, folder: Path) -> bool:
     """Remove one image under its lock; False when another process holds the lock."""
-    lock = cache_dir / "locks" / f"{digest.replace(':', '-')}.lock"
-    with open(lock, "a") as fh:
+    with open(_lock(cache_dir, digest), "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,7 +140,17 @@ def _remove(cache_dir: Path, digest: str, folder: Path) -> bool:
     return True
 
 
-def evict(cache_dir: Path, need: int, in_use: InUse | None) -> int:
+def _pinned(in_use: InUse, holds: Holds) -> set[str]:
+    try:
+        return set(in_use()) | holds()
+    except Exception as exc:  # the store: nothing may go unknown
+        raise ServerUnavailable(
+            "the image cache cannot tell which images runs need (the store could not be"
+            f" read: {type(exc).__name__}). Fix: retry in a few seconds"
+        ) from exc
+
+
+def evict(cache_dir: Path, need: int, in_use: InUse | None, holds: Holds | None = None) -> int:
     """Make room for ``need`` bytes as the module says; how many images were removed.
     Without ``in_use`` (a node that cannot know what runs pin) nothing is removed."""
     total, free = _disk(cache_dir)
@@ -98,8 +159,14 @@ def evict(cache_dir: Path, need: int, in_use: InUse | None) -> int:
         return 0
     (cache_dir / "tmp").mkdir(parents=True, exist_ok=True)
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
+    _leftovers(cache_dir)
     target, removed = max(int(total * (1 - LOW)), kept + need), 0  # LOW, or room for need
-    for _, digest, folder in _candidates(cache_dir, set(in_use())):
+    candidates = _candidates(cache_dir, _pinned(in_use, holds or Holds()))
+    sizes = [size for *_, size in candidates]
+    if -1 not in sizes and _disk(cache_dir)[1] + sum(sizes) < target:
+        log.warning("image cache: short of room, and removing every unused image would not help")
+        return 0
+    for _, digest, folder, _size in candidates:
         if _disk(cache_dir)[1] >= target:
             break
         if _remove(cache_dir, digest, folder):

@@ -40,6 +40,24 @@ def refuse(rule: str, fix: str, field: str = "image") -> ValidationError:
     )
 
 
+def _check_source(ref: str, rules: ImagePolicy, field: str) -> None:
+    if rules.allowed_sources and not any(ref.startswith(p) for p in rules.allowed_sources):
+        raise refuse(
+            f"{ref} is not from a source this org allows ({', '.join(rules.allowed_sources)})",
+            "use an image from an allowed source, or ask an operator to allow it",
+            field,
+        )
+
+
+def recheck(ref: str, digest: str, policy: dict[str, Any] | None) -> None:
+    """An image admitted before (a run retried), against the org's policy as it is now:
+    its source still allowed, its digest not denied since."""
+    rules = ImagePolicy.model_validate(policy or {})
+    _check_source(ref, rules, "image")
+    if digest in rules.deny_digests:
+        raise refuse(f"{ref} ({digest}) is on this org's deny list", "use another image")
+
+
 def admit(
     ref: str,
     policy: dict[str, Any] | None,
@@ -51,11 +69,7 @@ def admit(
     returns the digest admitted (the one the run's shards are to run)."""
     no = functools.partial(refuse, field=field)
     rules = ImagePolicy.model_validate(policy or {})
-    if rules.allowed_sources and not any(ref.startswith(p) for p in rules.allowed_sources):
-        raise no(
-            f"{ref} is not from a source this org allows ({', '.join(rules.allowed_sources)})",
-            "use an image from an allowed source, or ask an operator to allow it",
-        )
+    _check_source(ref, rules, field)
     if rules.require_digest and "@sha256:" not in ref:
         raise no(
             f"{ref} is not pinned by digest, and this org requires digest pinning",

@@ -299,3 +299,27 @@ class Layout:
 
     def config_blob(self) -> dict[str, Any]:
         return self.blob(str(self.manifest()["config"]["digest"]))
+
+
+def skopeo_error(ref: str, registry: str | None, why: str, detail: str) -> ValidationError:
+    """What a failed skopeo on ``ref`` means for the user (``registry``: None for a file)."""
+    if registry is None:
+        return image_error(
+            f"cannot read {ref!r}: skopeo {why} ({detail})",
+            "unreadable",
+            "check that the file is a complete OCI archive or `docker save` tarball",
+        )
+    lowered = detail.lower()
+    if "manifest unknown" in lowered or ("not found" in lowered and "no such host" not in lowered):
+        return image_error(
+            f"{ref!r} was not found in registry {registry} ({detail})",
+            "not_found",
+            "check the repository and tag, or use a local OCI layout/archive",
+        )
+    return image_error(
+        f"cannot pull {ref!r}: registry {registry} is unreachable (network or registry"
+        f" down; skopeo {why}: {detail})",
+        "registry_unreachable",
+        "check the network and the registry name, or use a local OCI layout or archive"
+        " instead (oci:/path:tag, oci-archive:/path.tar, docker-archive:/path.tar)",
+    )

@@ -40,11 +40,11 @@ from typing import Protocol
 from sylphx._core.errors import ExecutorError
 
 from .config import ImageConfig
-from .eviction import InUse, evict, touch
+from .eviction import Holds, InUse, evict, touch
 from .layers import MAX_UNPACKED_BYTES, measure
 from .reach import check_reachable, host_of
 from .reader import reading_as
-from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref
+from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref, skopeo_error
 from .room import Watch, check_room, run_watched, watch
 from .snapshot import archive_digest, copy_archive, copy_image, vouch
 from .sources import Sources
@@ -127,6 +127,7 @@ class ImageStore:
         self.confine = confine  # runs a registry's skopeo off the host's network
         self.max_unpacked = max_unpacked  # an image's files, unpacked (see .layers)
         self.in_use = in_use  # the digests runs pin (.eviction); None: never evict
+        self.holds = Holds()  # the digests this process's admissions and retries need
         self.sources = Sources(self.cache_dir / "sources")  # who vouched for a digest
 
     # -- public --------------------------------------------------------------------------
@@ -136,18 +137,30 @@ class ImageStore:
         with reading_as(self.reader):
             return self._digest(parse_ref(ref), ref)
 
-    def resolve(self, ref: str, digest: str | None = None) -> UnpackedImage:
+    def resolve(
+        self, ref: str, digest: str | None = None, *, cached_only: bool = False
+    ) -> UnpackedImage:
         """Unpack ``ref`` once (idempotent, process-safe, atomic) and return it.
 
         ``digest``: the one admission found for a run's image (see the module): that
         image is served, from the cache, or pulled from the registry by that digest, or
         copied from the layout's blobs of that digest, never what its tag names by now.
         An admitted digest already cached is served without a look at ``ref``: a launch
-        never reads a tenant's file while the reconciler holds the store."""
+        never reads a tenant's file while the reconciler holds the store.
+
+        ``cached_only``: a launch on this host, inside the reconciler's pass, never unpacks
+        (every org's passes would wait): an admitted digest gone from the cache is an
+        ExecutorError (a run that has not ended pins its images, so only another
+        process's collection or an operator can have removed it)."""
         if digest is not None and DIGEST.match(digest):
             cached = self._load(self.path_for(digest), ref, digest)
             if cached is not None:
                 return cached
+            if cached_only:
+                raise ExecutorError(
+                    f"the image {ref!r} ({digest}) is no longer in this host's image cache."
+                    " Fix: retry the run (it is unpacked again then)"
+                )
         with reading_as(self.reader):
             return self._resolve(ref, digest)
 
@@ -180,6 +193,13 @@ class ImageStore:
         loaded = self._load(final, ref, digest)
         assert loaded is not None
         return loaded
+
+    def cached(self, digest: str) -> bool:
+        """Whether ``digest`` is unpacked here (a use of it: see .eviction)."""
+        return (
+            DIGEST.match(digest) is not None
+            and self._load(self.path_for(digest), "", digest) is not None
+        )
 
     def path_for(self, digest: str) -> Path:
         """The cache directory of a digest (``cache_dir/sha256/<hex>``)."""
@@ -247,28 +267,7 @@ class ImageStore:
                 return bytes(done.stdout)
             detail = _last_line(done.stderr.decode(errors="replace"))
             why = "failed"
-        if registry is None:
-            raise image_error(
-                f"cannot read {ref!r}: skopeo {why} ({detail})",
-                "unreadable",
-                "check that the file is a complete OCI archive or `docker save` tarball",
-            )
-        lowered = detail.lower()
-        if "manifest unknown" in lowered or (
-            "not found" in lowered and "no such host" not in lowered
-        ):
-            raise image_error(
-                f"{ref!r} was not found in registry {registry} ({detail})",
-                "not_found",
-                "check the repository and tag, or use a local OCI layout/archive",
-            )
-        raise image_error(
-            f"cannot pull {ref!r}: registry {registry} is unreachable (network or registry"
-            f" down; skopeo {why}: {detail})",
-            "registry_unreachable",
-            "check the network and the registry name, or use a local OCI layout or archive"
-            " instead (oci:/path:tag, oci-archive:/path.tar, docker-archive:/path.tar)",
-        )
+        raise skopeo_error(ref, registry, why, detail)
 
     # -- vouching for a cached digest ----------------------------------------------------
 
@@ -310,7 +309,7 @@ class ImageStore:
         prefix = digest.replace(":", "-") + "."
         for stale in tmp_root.glob(prefix + "*"):  # a crashed unpack of this digest
             shutil.rmtree(stale, ignore_errors=True)
-        evict(self.cache_dir, 0, self.in_use)  # the cache's filesystem is HIGH used
+        evict(self.cache_dir, 0, self.in_use, self.holds)  # the filesystem is HIGH used
         work = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
         try:
             layout, tag = self._as_layout(source, ref, digest, work)
@@ -324,7 +323,7 @@ class ImageStore:
                     for d in manifest.get("layers") or []
                 ]
             unpacked = measure(layers, repr(ref), self.max_unpacked)  # a bomb stops here
-            evict(self.cache_dir, unpacked.bytes, self.in_use)
+            evict(self.cache_dir, unpacked.bytes, self.in_use, self.holds)
             check_room(self.cache_dir, unpacked.bytes, repr(ref), unpacked.entries)
             bundle = work / "bundle"
             self._umoci(layout, tag, bundle, repr(ref))
@@ -332,7 +331,7 @@ class ImageStore:
             for name in _MOUNT_POINTS:
                 if not os.path.lexists(rootfs / name):
                     (rootfs / name).mkdir(mode=0o755)
-            meta = {"digest": digest, "config": asdict(config)}
+            meta = {"digest": digest, "config": asdict(config), "bytes": unpacked.bytes}
             with open(bundle / "image.json", "w") as fh:
                 json.dump(meta, fh)
                 fh.flush()
@@ -390,4 +389,6 @@ class ImageStore:
         except (OSError, ValueError):
             return None
         touch(final)  # its last use (.eviction)
+        if not (final / "rootfs").is_dir():  # removed meanwhile (.eviction renames it away)
+            return None
         return UnpackedImage(ref, digest, final / "rootfs", ImageConfig(**meta["config"]))

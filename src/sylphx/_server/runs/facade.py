@@ -32,7 +32,7 @@ from sylphx._server.store import OrgRow, RunRow, lost_race
 from sylphx._server.tenancy import secrets
 from sylphx._settings import Settings
 
-from . import all_logs, logs, retry, service, storing
+from . import all_logs, logs, pins, retry, service, storing
 from . import grid as grids
 from . import quote as quotes
 from .hostpaths import check_host_paths
@@ -98,9 +98,12 @@ class RunService:
         touch disks (the log disk's room, host paths, an image), and a hung mount must
         never stall the event loop."""
         digests = await run_in_threadpool(self._admit, spec, org_id)  # disks: off the loop
-        ask = Submit(spec, org_id, idempotency_key, digests=digests)
-        store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
-        return await self.group_commit.wait(ask, store.batch, store.alone)
+        try:  # the images held in the cache until the run that pins them is stored
+            ask = Submit(spec, org_id, idempotency_key, digests=digests)
+            store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
+            return await self.group_commit.wait(ask, store.batch, store.alone)
+        finally:
+            self.images.holds.release((digests or {}).values())
 
     def _admit(self, spec: RunSpec, org_id: str) -> dict[str, str] | None:
         """What is refused before the write lock: a draining process, a full log disk, host
@@ -122,7 +125,9 @@ class RunService:
 
     def _images(self, spec: RunSpec, org_id: str) -> dict[str, str] | None:
         """Refuse an image the org's policy (or the scanner) refuses, or that this
-        executor cannot run; the digest of each image reference, admitted."""
+        executor cannot run; the digest of each image reference, admitted, held in the
+        image cache (``images.holds``: the caller releases them; a run's second image may
+        take minutes to pull, and image GC must not take the first meanwhile)."""
         images: dict[str, str] = {"image": spec.image} if spec.image else {}
         if spec.merge and spec.merge.image and spec.merge.image != spec.image:
             images["merge.image"] = spec.merge.image  # each image checked once
@@ -133,12 +138,16 @@ class RunService:
             org_row = s.get(OrgRow, org_id)
             policy = org_row.image_policy if org_row else None
         self.image_lookups.take(org_id)  # a registry may take minutes: a thread each
+        admitted: dict[str, str] = {}
         try:  # resolve (pull, unpack) + policy + scanner, outside the write lock
             scanner = self.settings.image_scanner
-            return {
-                ref: image_policy.admit(ref, policy, self.images, scanner, field)
-                for field, ref in images.items()
-            }
+            for field, ref in images.items():
+                admitted[ref] = image_policy.admit(ref, policy, self.images, scanner, field)
+                self.images.holds.hold([admitted[ref]])
+            return admitted
+        except BaseException:
+            self.images.holds.release(admitted.values())
+            raise
         finally:
             self.image_lookups.free(org_id)
 
@@ -150,7 +159,7 @@ class RunService:
         try:
             if self.draining():
                 raise ServerUnavailable("the control plane is shutting down; retry shortly")
-            self._images(spec, org_id)
+            self.images.holds.release((self._images(spec, org_id) or {}).values())
         except SylphxError as exc:
             refused = exc
         with self.reads() as s:
@@ -189,7 +198,6 @@ class RunService:
         """Reopen the ended run for the indices ``request`` names (see ``retry.retry``) and
         return its RunView JSON; a repeated ``key`` reopens it once."""
         faults.check_disk(self.settings.logs_dir, "log")
-        self._unpack_again(run_id, org_id)
 
         def reopen(s: Session) -> bytes:
             org = s.get(OrgRow, org_id, with_for_update=True)  # quota + reservation
@@ -198,28 +206,16 @@ class RunService:
             run = retry.retry(s, run_id, org, request, capacity=capacity, now=now, key=key)
             return service.view(run).model_dump_json(by_alias=True).encode()
 
-        body = self._racing(reopen)
+        local = self.executor.name == "local"
+        ask = pins.Again(run_id, org_id, local, self.reads, self.sessions, self.image_lookups)
+        held = pins.images_again(ask, self.images, reopen)
+        try:
+            body = self._racing(reopen)
+        finally:
+            self.images.holds.release(held)
         self.terminal_views.drop(run_id)
         self.wake()
         return body
-
-    def _unpack_again(self, run_id: str, org_id: str) -> None:
-        """The images of a run about to be retried, unpacked again if image GC removed them
-        since it ended (``images/eviction.py``): else its launch would unpack them inside
-        the reconciler's pass, every org's passes waiting. By the digests admitted."""
-        if self.executor.name != "local":  # Ray nodes unpack on the node, in the task
-            return
-        with self.reads() as s:
-            run = s.get(RunRow, run_id)
-            pinned = dict(run.image_digests or {}) if run and run.org_id == org_id else {}
-        if not pinned:
-            return
-        self.image_lookups.take(org_id)
-        try:
-            for ref, digest in pinned.items():
-                self.images.resolve(ref, digest)
-        finally:
-            self.image_lookups.free(org_id)
 
     def delete(self, run_id: str, org_id: str) -> None:
         """Delete an ended run, its shards, attempts and logs (ConflictError while it has

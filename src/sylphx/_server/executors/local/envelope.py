@@ -81,7 +81,8 @@ class Envelopes:
             raise ExecutorError(
                 "container images need the sandbox (SYLPHX_SANDBOX=on) and an image store"
             )
-        image = self._images.resolve(request.image or "", request.image_digest)
+        # inside the reconciler's pass: an admitted image is never unpacked here
+        image = self._images.resolve(request.image or "", request.image_digest, cached_only=True)
         return image_envelope(request, image, sandbox=self._sandbox, policy=self._policy)
 
     def _scratch(self, run_id: str) -> Path:
