@@ -81,9 +81,8 @@ def main() -> None:
             f" {counted.bytes / 1e6:.0f} MB counted"
         )
 
-        def unpack() -> None:
-            target = work / "unpacked"
-            shutil.rmtree(target, ignore_errors=True)
+        def unpack() -> None:  # into a fresh folder; the last one removed outside the timing
+            target = Path(tempfile.mkdtemp(dir=work)) / "bundle"
             argv = ["umoci", "unpack", "--image", f"{layout}:b", str(target)]
             subprocess.run(argv, check=True, capture_output=True)
 
@@ -110,6 +109,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, way in ways.items():
                 cpu[name].append(_cpu(way))
+            for folder in work.glob("tmp*"):
+                shutil.rmtree(folder)
         base = statistics.median(cpu["umoci unpack (baseline)"])
         rows = []
         for name, samples in cpu.items():
