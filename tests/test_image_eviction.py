@@ -332,3 +332,14 @@ def test_a_launch_never_unpacks_an_image_gone_from_the_cache(
     assert "no longer in this host's image cache" in shard["reason"], shard
     assert unpacked_in == []
     assert images.holds() == set()
+
+
+def test_a_shard_running_an_image_keeps_it_from_a_nodes_collection(
+    tmp_path: Path, disk: Disk
+) -> None:
+    """A Ray node cannot ask the store what runs pin: its shards lock their images."""
+    digest = _image(tmp_path, "a", 7200)
+    disk.other = 90 * UNIT
+    with eviction.using(tmp_path, digest):
+        assert eviction.evict(tmp_path, 0, frozenset) == 0
+    assert eviction.evict(tmp_path, 0, frozenset) == 1

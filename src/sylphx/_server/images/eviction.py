@@ -10,7 +10,8 @@ image fits). Never removed: a digest a run that has not ended pins (``in_use``: 
 runs, running shards, retries), one this process holds (:class:`Holds`: an admission
 from its look-up until its run is stored, a retry until its run is reopened), one used
 within :data:`GRACE` (the same, in another API process), and one whose lock another
-process holds (being unpacked). Nothing is removed when even all that may go would not
+process holds (being unpacked, or run by a shard on this host: :func:`using`). Nothing
+is removed when even all that may go would not
 make the room asked for: an image that can never fit does not empty the cache (found by
 a review). Leftovers of a removal or an unpack cut short by a crash go at the next
 collection.
@@ -32,14 +33,14 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 from sylphx._core.errors import ServerUnavailable
 
 from .room import reserve
 
-__all__ = ["GRACE", "HIGH", "LOW", "Holds", "InUse", "evict", "touch"]
+__all__ = ["GRACE", "HIGH", "LOW", "Holds", "InUse", "evict", "touch", "using"]
 
 log = logging.getLogger("sylphx.images")
 
@@ -78,6 +79,17 @@ def touch(final: Path) -> None:
     with contextlib.suppress(OSError):
         if time.time() - meta.stat().st_mtime > _TOUCH_EVERY:
             os.utime(meta)
+
+
+@contextlib.contextmanager
+def using(cache_dir: Path, digest: str) -> Iterator[None]:
+    """Keep ``digest`` from collection while a shard on this host runs it: a shared lock
+    on its lock file, which a collection must take exclusive (without waiting) to remove
+    it. A Ray node's collection, which cannot ask the store what runs pin, relies on it."""
+    (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
+    with open(_lock(cache_dir, digest), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        yield
 
 
 def _disk(cache_dir: Path) -> tuple[int, int]:

@@ -19,6 +19,7 @@ task (its node lost, or the task cancelled), never with the control plane.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import select
@@ -47,6 +48,7 @@ from sylphx._server.executors.local.netstack import CHAIN_ENV
 from sylphx._server.executors.local.processes import check_program, signal_shard
 from sylphx._server.executors.local.shardlog import Shaper
 from sylphx._server.executors.local.statefiles import OOM_REASON
+from sylphx._server.images.eviction import using
 from sylphx._server.images.store import ImageStore
 
 from . import shardcgroups, shardproc
@@ -120,16 +122,12 @@ def run_streaming(
     group = None
     cgroups: Cgroups | None = None
     fds = None  # a sandboxed shard's filter and network pipes
+    held = contextlib.ExitStack()  # the shard's image, kept from the node's collection
     try:
         if request.manifest is not None:  # a merge step: its manifest, on this node
             request = place_manifest(request, make_scratch(), sandbox=envelope.sandbox)
         if request.image is not None:  # unpacked on this node, by the same image store code
-            reader = (envelope.policy.uid, envelope.policy.gid)  # a tenant's files: theirs
-            hide = tuple(envelope.policy.hide)
-            images = _node_images(envelope, reader, hide)
-            image = images.resolve(request.image, request.image_digest)
-            policy = envelope.policy
-            argv, env, cwd = image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
+            argv, env, cwd = _image_envelope(request, envelope, held)
         else:
             argv, env, cwd = host_envelope(
                 request,
@@ -158,12 +156,29 @@ def run_streaming(
             reason = OOM_REASON
         return code, reason, [s for s, o in zip(STREAMS, shapers, strict=True) if o.truncated]
     finally:
+        held.close()
         if fds is not None:
             fds.close()
         if group is not None and cgroups is not None:
             shardcgroups.release(cgroups, group)
         if scratch:
             shutil.rmtree(scratch[0], ignore_errors=True)
+
+
+def _image_envelope(
+    request: LaunchRequest, envelope: NodeEnvelope, held: contextlib.ExitStack
+) -> tuple[list[str], dict[str, str], Path]:
+    """The shard's image, unpacked on this node and kept from its collection while
+    ``held`` is open (see images.eviction.using), and the envelope that runs it."""
+    assert request.image is not None
+    reader = (envelope.policy.uid, envelope.policy.gid)  # a tenant's files: theirs
+    images = _node_images(envelope, reader, tuple(envelope.policy.hide))
+    image = images.resolve(request.image, request.image_digest)
+    held.enter_context(using(images.cache_dir, image.digest))
+    if not images.cached(image.digest):  # collected in between: once more
+        image = images.resolve(request.image, request.image_digest)
+    policy = envelope.policy
+    return image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
 
 
 def _read(
@@ -266,6 +281,7 @@ def _node_images(
             reader=reader,
             confine=confine,
             max_unpacked=envelope.image_max_unpacked,
+            in_use=frozenset,  # the store is not here: running shards lock theirs (using)
         )
         _images[key] = store
     return store
