@@ -34,6 +34,8 @@ from zlib_ng import gzip_ng
 
 from sylphx._server.images import layers
 
+GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
+
 
 def _layout(source: Path, work: Path) -> tuple[Path, Path]:
     layout, bundle = work / "layout", work / "bundle"
@@ -75,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sylphx-p10-") as tmp:
         work = Path(tmp)
         layout, blob = _layout(args.source, work)
-        counted = layers.measure([blob], "bench")
+        counted = layers.measure([(blob, GZ)], "bench")
         print(
             f"layer: {blob.stat().st_size / 1e6:.0f} MB gzip, {counted.entries:,} members,"
             f" {counted.bytes / 1e6:.0f} MB counted"
@@ -90,7 +92,7 @@ def main() -> None:
             saved = vars(layers)["gzip_ng"]
             setattr(layers, "gzip_ng", gzip)  # noqa: B010 - the standard library's
             try:
-                layers.measure([blob], "bench")
+                layers.measure([(blob, GZ)], "bench")
             finally:
                 setattr(layers, "gzip_ng", saved)  # noqa: B010
 
@@ -101,7 +103,7 @@ def main() -> None:
 
         ways: dict[str, Callable[[], object]] = {
             "umoci unpack (baseline)": unpack,
-            "measure (zlib-ng)": lambda: layers.measure([blob], "bench"),
+            "measure (zlib-ng)": lambda: layers.measure([(blob, GZ)], "bench"),
             "measure (zlib)": with_zlib,
             "zlib-ng alone": inflate,
         }

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from conftest import Server
 from oci import BusyboxImages, busybox_images, open_to_shards  # noqa: F401 - the fixture
@@ -42,7 +43,7 @@ class Disk:
 def _image(cache: Path, name: str, age: float) -> str:
     folder = cache / "sha256" / (name * 64)[:64]
     folder.mkdir(parents=True)
-    (folder / "image.json").write_text("{}")
+    (folder / "image.json").write_text(json.dumps({"bytes": 10 * UNIT}))
     then = time.time() - age
     os.utime(folder / "image.json", (then, then))
     return f"sha256:{folder.name}"
@@ -77,6 +78,9 @@ def _left(cache: Path) -> set[str]:
         ("abcdefghi", 0, 0, "abcdefghi", "abcdefghi"),
         # the disk filled by something else: every image no run pins may go
         ("abc", 70, 0, "c", "c"),
+        # the host's own data past LOW (80%): images go only down to the reserve, not all
+        # (found by a review: nothing went at all)
+        ("abc", 81, 0, "", "c"),
     ],
 )
 def test_least_recently_used_unpinned_images_go_first(
@@ -165,7 +169,7 @@ def test_an_image_that_can_never_fit_empties_nothing(
 
 
 def test_leftovers_of_a_crash_go_at_the_next_collection(tmp_path: Path, disk: Disk) -> None:
-    (tmp_path / "tmp" / "evicted.abc" / "image" / "rootfs").mkdir(parents=True)
+    (tmp_path / "tmp" / ("evicted.sha256-" + "e" * 64 + ".xyz") / "rootfs").mkdir(parents=True)
     crashed = tmp_path / "tmp" / ("sha256-" + "c" * 64 + ".xyz")
     unpacking = tmp_path / "tmp" / ("sha256-" + "u" * 64 + ".xyz")
     crashed.mkdir()
@@ -329,7 +333,7 @@ def test_a_launch_never_unpacks_an_image_gone_from_the_cache(
     server.http.post(f"/v1/runs/{blocker['id']}/cancel")
     assert server.wait(waiting["id"])["status"] == "failed"
     (shard,) = server.shards(waiting["id"])
-    assert "no longer in this host's image cache" in shard["reason"], shard
+    assert "not in this host's image cache" in shard["reason"], shard
     assert unpacked_in == []
     assert images.holds() == set()
 
@@ -343,3 +347,71 @@ def test_a_shard_running_an_image_keeps_it_from_a_nodes_collection(
     with eviction.using(tmp_path, digest):
         assert eviction.evict(tmp_path, 0, frozenset) == 0
     assert eviction.evict(tmp_path, 0, frozenset) == 1
+
+
+def test_an_image_touched_while_it_is_renamed_away_is_put_back(
+    tmp_path: Path, disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look-up between the collection's last look and its rename: kept after all."""
+    digest = _image(tmp_path, "a", 7200)
+    disk.other = 90 * UNIT
+    rename = os.rename
+    calls: list[str] = []
+
+    def looked_up_meanwhile(src: Path, dst: Path) -> None:
+        if not calls:
+            os.utime(Path(src) / "image.json")  # a look-up's touch, just before the rename
+        calls.append(str(dst))
+        rename(src, dst)
+
+    monkeypatch.setattr(eviction.os, "rename", looked_up_meanwhile)
+    assert eviction.evict(tmp_path, 0, frozenset) == 0
+    assert len(calls) == 2  # away, and back
+    assert _left(tmp_path) == {digest}
+    assert (tmp_path / "sha256" / digest.partition(":")[2] / "image.json").exists()
+
+
+def test_a_merge_steps_image_is_pinned_and_served_from_the_cache(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    server = make_server()
+    layout = tmp_path / "layout"
+    shutil.copytree(busybox_images.layout, layout)
+    open_to_shards(tmp_path)
+    run = server.submit(
+        command=["/bin/sh", "-c", "exit 0"],
+        parallelism=2,
+        image=f"oci:{layout}:latest",
+        merge={"image": f"oci:{layout}:ep", "command": ["merged"]},
+    )
+    done = server.wait(run["id"])
+    assert done["status"] == "succeeded", server.shards(run["id"])
+    assert len(set(done["imageDigests"].values())) == 2
+    merged = server.http.get(f"/v1/runs/{run['id']}/logs", params={"merge": "true"}).text
+    assert merged == "merged\n"
+
+
+def test_a_run_stored_before_images_were_pinned_is_never_unpacked_at_launch(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Found by a review: with no digest, a launch looked the reference up (a layout
+    hashed, a registry pulled) and unpacked, inside the pass; a retry re-ran whatever
+    the tag named by then, past the org's policy."""
+    server = make_server()
+    layout = tmp_path / "layout"
+    shutil.copytree(busybox_images.layout, layout)
+    open_to_shards(tmp_path)
+    blocker = server.submit(command=["sleep", "60"], machine="large")  # all 2 vCPU
+    run = server.submit(image=f"oci:{layout}:latest", command=["/bin/sh", "-c", "exit 0"])
+    with server.plane.sessions.begin() as s:  # as migration 0017 left older runs
+        s.execute(sa.text("UPDATE runs SET image_digests = NULL WHERE id = :id"), {"id": run["id"]})
+    server.http.post(f"/v1/runs/{blocker['id']}/cancel")
+    assert server.wait(run["id"])["status"] == "failed"
+    (shard,) = server.shards(run["id"])
+    assert "not in this host's image cache" in shard["reason"], shard
+    answer = server.http.post(f"/v1/runs/{run['id']}/retry")
+    assert answer.status_code == 409 and "before its images were pinned" in answer.text

@@ -90,6 +90,11 @@ def _checksum_led_by_nul() -> bytes:
         (header("d/", N, b"5") + header("big", N - 1024) + data(N - 1024) + END, "data"),
         # a NUL-typed member named as a folder: a folder to both readers
         (header("d/", N, b"\0") + header("big", N - 1024) + data(N - 1024) + END, "folder"),
+        # a NUL-typed member with no name: Go names it by its ustar prefix, "d/": a folder
+        (
+            header("", N, b"\0", at345=b"d") + header("big", N - 1024) + data(N - 1024) + END,
+            "not named",
+        ),
         # data after the end of the archive (umoci decompresses it all)
         (header("f") + END + b"\1" * 512, "after the end"),
         (header("f") + END + bytes(tarscan.MAX_TRAILER + 512), "after its end"),

@@ -29,9 +29,9 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
@@ -119,13 +119,11 @@ def _lock(cache_dir: Path, digest: str) -> Path:
 
 
 def _leftovers(cache_dir: Path) -> None:
-    """Remove what a crash left in ``tmp/``: removals cut short, and unpacks whose
-    digest's lock nobody holds (``tmp/sha256-<hex>.<random>``)."""
+    """Remove what a crash left in ``tmp/``, each under its digest's lock: removals cut
+    short (``evicted.sha256-<hex>.<random>``) and unpacks (``sha256-<hex>.<random>``)."""
     for path in (cache_dir / "tmp").glob("*"):
-        if path.name.startswith("evicted."):
-            shutil.rmtree(path, ignore_errors=True)
-            continue
-        digest = path.name.partition(".")[0].replace("-", ":", 1)
+        name = path.name.removeprefix("evicted.")
+        digest = name.partition(".")[0].replace("-", ":", 1)
         with open(_lock(cache_dir, digest), "a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,20 +132,31 @@ def _leftovers(cache_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove(cache_dir: Path, digest: str, folder: Path) -> bool:
-    """Remove one image under its lock; False when another process holds the lock."""
+def _wanted(folder: Path, digest: str, holds: Holds) -> bool:
+    """Whether the image at ``folder`` was used within GRACE, or is held."""
+    try:
+        return time.time() - (folder / "image.json").stat().st_mtime <= GRACE or digest in holds()
+    except OSError:
+        return True  # (not there: nothing to remove)
+
+
+def _remove(cache_dir: Path, digest: str, folder: Path, holds: Holds) -> bool:
+    """Remove one image under its lock; False when another process holds the lock, or it
+    was used or held since it was listed. Renamed away, looked at again -- a look-up may
+    have touched it between the first look and the rename: then it is put back -- and
+    only then deleted (a look-up that finds it gone unpacks it again, see ``_load``)."""
     with open(_lock(cache_dir, digest), "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        try:  # used since it was listed: keep it
-            if time.time() - (folder / "image.json").stat().st_mtime <= GRACE:
-                return False
-        except OSError:
+        if _wanted(folder, digest, holds):
             return False
-        gone = Path(tempfile.mkdtemp(prefix="evicted.", dir=cache_dir / "tmp"))
-        os.rename(folder, gone / "image")
+        gone = cache_dir / "tmp" / f"evicted.{digest.replace(':', '-')}.{uuid.uuid4().hex}"
+        os.rename(folder, gone)
+        if _wanted(gone, digest, holds):
+            os.rename(gone, folder)
+            return False
     shutil.rmtree(gone, ignore_errors=True)
     return True
 
@@ -172,16 +181,21 @@ def evict(cache_dir: Path, need: int, in_use: InUse | None, holds: Holds | None 
     (cache_dir / "tmp").mkdir(parents=True, exist_ok=True)
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
     _leftovers(cache_dir)
-    target, removed = max(int(total * (1 - LOW)), kept + need), 0  # LOW, or room for need
-    candidates = _candidates(cache_dir, _pinned(in_use, holds or Holds()))
+    holds = holds or Holds()
+    candidates = _candidates(cache_dir, _pinned(in_use, holds))
     sizes = [size for *_, size in candidates]
-    if -1 not in sizes and _disk(cache_dir)[1] + sum(sizes) < target:
+    known = -1 not in sizes  # (sizes recorded for every candidate)
+    reachable = _disk(cache_dir)[1] + sum(sizes)
+    if known and reachable < kept + need:
         log.warning("image cache: short of room, and removing every unused image would not help")
-        return 0
+        return 0  # (an image that can never fit empties nothing)
+    low = int(total * (1 - LOW))
+    target = max(low, kept + need) if not known or reachable >= low else kept + need
+    removed = 0
     for _, digest, folder, _size in candidates:
         if _disk(cache_dir)[1] >= target:
             break
-        if _remove(cache_dir, digest, folder):
+        if _remove(cache_dir, digest, folder, holds):
             removed += 1
             log.info("image cache: removed %s, unused for a while, to make room", digest)
     return removed

@@ -27,12 +27,15 @@ from zlib_ng import gzip_ng, zlib_ng
 from .refs import image_error
 from .tarscan import REGULAR, Refused, members
 
-__all__ = ["MAX_ENTRIES", "MAX_UNPACKED_BYTES", "Measure", "measure"]
+__all__ = ["MAX_ENTRIES", "MAX_UNPACKED_BYTES", "TAR", "TAR_GZIP", "Measure", "measure"]
 
 MAX_UNPACKED_BYTES = 64 << 30  # an image's files unpacked (SYLPHX_IMAGE_MAX_UNPACKED_BYTES)
 MAX_ENTRIES = 1_000_000  # files, folders and links of an image's layers together
 BLOCK = 4096  # what a file's size is rounded up to, and what each member is counted
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+_OCI = "application/vnd.oci.image.layer."
+TAR = frozenset({f"{_OCI}v1.tar", f"{_OCI}nondistributable.v1.tar"})  # what umoci unpacks
+TAR_GZIP = frozenset(f"{t}+gzip" for t in TAR)
 _CORRUPT = cast(type[Exception], zlib_ng.error)  # (its stub says an instance)
 
 
@@ -68,25 +71,33 @@ def _size(value: int) -> str:
     return f"{value / (1 << 30):g} GiB" if value >= 1 << 30 else f"{value / (1 << 20):g} MiB"
 
 
-def _layer(fh: IO[bytes]) -> IO[bytes]:
-    """``fh`` decompressed as its first bytes say (what umoci accepts: tar or gzip)."""
+def _layer(fh: IO[bytes], media_type: object) -> IO[bytes]:
+    """``fh`` decompressed as its media type says -- as umoci decides, not by its first
+    bytes: a blob typed ``tar`` whose bytes were also gzip's was measured as the small tar
+    in its gzip body and unpacked as the large one in its header (found by a review) --
+    and refused when its first bytes say otherwise."""
     head = fh.read(4)
     fh.seek(0)
-    if head.startswith(_GZIP):
+    compressed = head.startswith(_GZIP) or head.startswith(_ZSTD)
+    if media_type in TAR_GZIP and head.startswith(_GZIP):
         return cast(IO[bytes], gzip_ng.GzipFile(fileobj=fh, mode="rb"))  # type: ignore[no-untyped-call]
-    if head.startswith(_ZSTD):
-        raise Refused("zstd-compressed layers cannot be unpacked here")
-    return fh
+    if media_type in TAR and not compressed:
+        return fh
+    if media_type in TAR | TAR_GZIP:
+        raise Refused(f"its bytes are not what its media type ({media_type}) says")
+    raise Refused(f"layers of type {str(media_type)[:80]!r} cannot be unpacked (tar, tar+gzip)")
 
 
-def measure(blobs: Iterable[Path], where: str, limit: int = MAX_UNPACKED_BYTES) -> Measure:
-    """Read the layers at ``blobs`` (files of our own) through and count them (see the
-    module); a ValidationError on ``image`` past the bounds or for a layer not plainly a
-    tar archive (:mod:`.tarscan`)."""
+def measure(
+    blobs: Iterable[tuple[Path, object]], where: str, limit: int = MAX_UNPACKED_BYTES
+) -> Measure:
+    """Read the layers at ``blobs`` (files of our own, each with its descriptor's media
+    type) through and count them (see the module); a ValidationError on ``image`` past
+    the bounds or for a layer not plainly a tar archive (:mod:`.tarscan`)."""
     counted = Measure(where, limit)
-    for path in blobs:
+    for path, media_type in blobs:
         try:
-            with open(path, "rb") as fh, _layer(fh) as data:
+            with open(path, "rb") as fh, _layer(fh, media_type) as data:
                 for kind, size in members(data):
                     counted.add(size if kind in REGULAR else 0)
         except (Refused, OSError, EOFError, _CORRUPT) as exc:

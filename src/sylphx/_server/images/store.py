@@ -156,11 +156,11 @@ class ImageStore:
             cached = self._load(self.path_for(digest), ref, digest)
             if cached is not None:
                 return cached
-            if cached_only:
-                raise ExecutorError(
-                    f"the image {ref!r} ({digest}) is no longer in this host's image cache."
-                    " Fix: retry the run (it is unpacked again then)"
-                )
+        if cached_only:  # (a run stored before digests were kept has none: never unpacked)
+            raise ExecutorError(
+                f"the image {ref!r} ({digest}) is not in this host's image cache."
+                " Fix: retry the run (it is unpacked again then), or submit it again"
+            )
         with reading_as(self.reader):
             return self._resolve(ref, digest)
 
@@ -319,7 +319,7 @@ class ImageStore:
                 config = ImageConfig.from_oci(ours.config_blob())
                 blobs = layout / "blobs"
                 layers = [
-                    blobs / ours.digest(d.get("digest")).replace(":", "/", 1)
+                    (blobs / ours.digest(d.get("digest")).replace(":", "/", 1), d.get("mediaType"))
                     for d in manifest.get("layers") or []
                 ]
             unpacked = measure(layers, repr(ref), self.max_unpacked)  # a bomb stops here

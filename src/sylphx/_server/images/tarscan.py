@@ -16,7 +16,9 @@ layer is refused (:class:`Refused`). What is accepted:
   signed bytes;
 - members of type ``0``/NUL/``7`` (regular), ``1``-``6`` (links, devices, folders, FIFOs:
   no data, so a size of 0), each after at most one pax header (``x``), one GNU long name
-  (``L``) and one long link (``K``);
+  (``L``) and one long link (``K``); a NUL-typed member named, and not as a folder (both
+  readers make ``…/`` a folder with no data, and Go names one of an empty name by its
+  ustar prefix);
 - pax records ``LEN key=value\\n``, each key once, ``size`` decimal; no ``GNU.sparse.*``;
 - the end: a block of zeros, then only zeros (at most :data:`MAX_TRAILER` bytes), or the
   end of the data at a header's place.
@@ -152,8 +154,9 @@ def _next(reader: _Reader) -> Member | None:
         kind, size = header[156], _size(header[124:136])
         names.append(header[:100].split(b"\0", 1)[0])
         if kind not in _EXTENDED:
-            if kind == 0 and any(name.endswith(b"/") for name in names):
-                raise Refused("a member of type NUL is named as a folder")
+            if kind == 0 and (not names[-1] or any(n.endswith(b"/") for n in names)):
+                # Go names it prefix + "/" + name: a folder too (found by a review)
+                raise Refused("a member of type NUL is named as a folder, or not named")
             return _member(kind, size if pax_size is None else pax_size)
         if kind in extended or size > MAX_EXTENDED:
             raise Refused("a member has two extended headers of one kind, or a large one")

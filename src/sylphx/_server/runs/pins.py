@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from sylphx._core.errors import ConflictError
 from sylphx._core.states import RUN_TERMINAL
 from sylphx._server.images import policy as image_policy
 from sylphx._server.images.store import ImageStore
@@ -59,6 +60,13 @@ def images_again(ask: Again, images: ImageStore, reopen: Callable[[Session], Any
         if run is None or run.org_id != ask.org_id or org is None:
             return []  # (the reopen answers 404)
         pinned, policy = dict(run.image_digests or {}), org.image_policy
+        named = run.spec.get("image") or (run.spec.get("merge") or {}).get("image")
+    if named and not pinned:  # stored before digests were kept: nothing admitted to rerun
+        raise ConflictError(
+            f"run {ask.run_id} was stored before its images were pinned, and cannot be"
+            " retried. Fix: submit it again (its images are admitted anew)",
+            details=[{"field": "image", "rule": "pinned", "fix": "submit the run again"}],
+        )
     for ref, digest in pinned.items():
         image_policy.recheck(ref, digest, policy)
     images.holds.hold(pinned.values())
