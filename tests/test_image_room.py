@@ -311,3 +311,58 @@ def test_inodes_are_kept_free_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert look() is None
     free["inodes"] = kept - 1
     assert isinstance(look(), StorageFull)
+
+
+def _docker_archive(at: Path, layers_: dict[str, bytes], links: dict[str, str]) -> Path:
+    """A `docker save`-shaped archive: manifest.json naming ``layers_`` (name: bytes),
+    plus ``links`` (name: target) as docker 25 writes its legacy paths."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        names = sorted(layers_) if not links else sorted(links)
+        manifest = json.dumps([{"Config": "c.json", "RepoTags": ["x:1"], "Layers": names}])
+        for name, body in {"manifest.json": manifest.encode(), **layers_}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    at.write_bytes(out.getvalue())
+    return at
+
+
+def test_a_docker_archives_layers_are_measured_before_skopeo_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: skopeo inflated a bzip2 layer of 10 KiB (1 GiB of zeros) for
+    14 s of CPU before anything measured it; a few KiB more held it 30 minutes."""
+    from sylphx._server.images.archive import measure_archive
+
+    plain = _tar([_member("f", 4096)], bytes(4096))
+    ok = _docker_archive(tmp_path / "ok.tar", {"a/layer.tar": plain}, {})
+    assert measure_archive(ok, "x").bytes == 2 * 4096
+    linked = _docker_archive(
+        tmp_path / "linked.tar",
+        {"blobs/sha256/aa": plain},
+        {"a/layer.tar": "../blobs/sha256/aa"},  # docker 25's legacy path
+    )
+    assert measure_archive(linked, "x").entries == 1
+    import bz2
+
+    bomb = bz2.compress(bytes(64 * MIB))  # (64 MiB of zeros: ~50 bytes)
+    (tmp_path / "tenant").mkdir()
+    archive = _docker_archive(tmp_path / "tenant" / "bomb.tar", {"a/layer.tar": bomb}, {})
+    open_to_shards(tmp_path / "tenant")
+    skopeo: list[object] = []
+    monkeypatch.setattr(ImageStore, "_skopeo", lambda *args, **_: skopeo.append(args))
+    with pytest.raises(ValidationError, match="cannot be read as a plain tar") as refused:
+        ImageStore(tmp_path / "cache").resolve(f"docker-archive:{archive}")
+    assert refused.value.details[0]["field"] == "image"
+    assert skopeo == []
+    from test_tarscan import header
+
+    huge = header("h", 1 << 32)  # 4 GiB stated, its data not there: refused at the header
+    big = _docker_archive(tmp_path / "big.tar", {"a/layer.tar": huge}, {})
+    with pytest.raises(ValidationError, match="unpacks to more than"):
+        measure_archive(big, "x", 32 * MIB)

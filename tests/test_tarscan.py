@@ -58,7 +58,7 @@ def data(n: int) -> bytes:
 END = bytes(1024)
 
 
-def _scan(layer: bytes) -> list[tuple[int, int]]:
+def _scan(layer: bytes) -> list[tuple[int, int, int]]:
     return list(tarscan.members(io.BytesIO(layer)))
 
 
@@ -125,11 +125,13 @@ def test_plain_headers_are_read_as_go_reads_them() -> None:
         + header("big", b"\x80" + (5 << 30).to_bytes(11, "big"), at257=b"ustar  \0")
     )
     found = tarscan.members(io.BytesIO(layer))  # (the 5 GiB member's data is not there)
+    records = pax(("path", "x" * 200), ("size", 3000), ("SCHILY.xattr.user.a", "b"))
+    pax_bytes = int(records[124:135], 8)  # its records' length
     assert [next(found) for _ in range(4)] == [
-        (ord("5"), 0),
-        (ord("0"), 1000),
-        (ord("0"), 3000),  # the pax size wins over the header's
-        (ord("0"), 5 << 30),  # base-256, as GNU tar writes sizes past 8 GiB
+        (ord("5"), 0, 0),
+        (ord("0"), 1000, 0),
+        (ord("0"), 3000, pax_bytes),  # the pax size wins; its records are counted
+        (ord("0"), 5 << 30, 0),  # base-256, as GNU tar writes sizes past 8 GiB
     ]
 
 
@@ -164,5 +166,5 @@ def test_what_common_tools_write_is_read(tmp_path: Path, fmt: str) -> None:
         if shutil.which("tar") is None:
             pytest.skip("needs GNU tar")
         layer = _gnu_tar(source, fmt, tmp_path / "layer.tar")
-    sizes = sorted(size for _, size in tarscan.members(io.BytesIO(layer)))
+    sizes = sorted(size for _, size, _ in tarscan.members(io.BytesIO(layer)))
     assert sizes == sorted([0, 0, 0, 0, 0, 3, 5, 102400])  # ., sub, empty, link, hard

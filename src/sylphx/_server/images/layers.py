@@ -27,14 +27,24 @@ from zlib_ng import gzip_ng, zlib_ng
 from .refs import image_error
 from .tarscan import REGULAR, Refused, members
 
-__all__ = ["MAX_ENTRIES", "MAX_UNPACKED_BYTES", "TAR", "TAR_GZIP", "Measure", "measure"]
+__all__ = [
+    "MAX_ENTRIES",
+    "MAX_UNPACKED_BYTES",
+    "PLAIN",
+    "TAR",
+    "TAR_GZIP",
+    "Measure",
+    "measure",
+    "measure_stream",
+]
 
 MAX_UNPACKED_BYTES = 64 << 30  # an image's files unpacked (SYLPHX_IMAGE_MAX_UNPACKED_BYTES)
-MAX_ENTRIES = 1_000_000  # files, folders and links of an image's layers together
+MAX_ENTRIES = 500_000  # files, folders and links of an image's layers (large ones: ~100k)
 BLOCK = 4096  # what a file's size is rounded up to, and what each member is counted
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 _OCI = "application/vnd.oci.image.layer."
-TAR = frozenset({f"{_OCI}v1.tar", f"{_OCI}nondistributable.v1.tar"})  # what umoci unpacks
+PLAIN = f"{_OCI}v1.tar"
+TAR = frozenset({PLAIN, f"{_OCI}nondistributable.v1.tar"})  # what umoci unpacks
 TAR_GZIP = frozenset(f"{t}+gzip" for t in TAR)
 _CORRUPT = cast(type[Exception], zlib_ng.error)  # (its stub says an instance)
 
@@ -48,8 +58,10 @@ class Measure:
         self.bytes = 0
         self.entries = 0
 
-    def add(self, size: int) -> None:
-        self.bytes += -(-max(size, 0) // BLOCK) * BLOCK + BLOCK
+    def add(self, size: int, meta: int = 0) -> None:
+        """One member: ``size`` bytes of data, ``meta`` bytes of extended headers (its
+        xattrs are written too)."""
+        self.bytes += -(-max(size, 0) // BLOCK) * BLOCK + BLOCK + meta
         self.entries += 1
         if self.bytes > self.limit:
             raise image_error(
@@ -96,15 +108,21 @@ def measure(
     the bounds or for a layer not plainly a tar archive (:mod:`.tarscan`)."""
     counted = Measure(where, limit)
     for path, media_type in blobs:
-        try:
-            with open(path, "rb") as fh, _layer(fh, media_type) as data:
-                for kind, size in members(data):
-                    counted.add(size if kind in REGULAR else 0)
-        except (Refused, OSError, EOFError, _CORRUPT) as exc:
-            raise image_error(
-                f"a layer of {where} cannot be read as a plain tar archive ({exc})",
-                "layout_broken",
-                "build the image with a common tool (docker, buildah, umoci), its layers"
-                " uncompressed or gzip-compressed",
-            ) from None
+        with open(path, "rb") as fh:
+            measure_stream(fh, media_type, counted)
     return counted
+
+
+def measure_stream(fh: IO[bytes], media_type: object, counted: Measure) -> None:
+    """Count one layer, ``fh`` (seekable), of ``media_type`` into ``counted``."""
+    try:
+        with _layer(fh, media_type) as data:
+            for kind, size, meta in members(data):
+                counted.add(size if kind in REGULAR else 0, meta)
+    except (Refused, OSError, EOFError, _CORRUPT) as exc:
+        raise image_error(
+            f"a layer of {counted.where} cannot be read as a plain tar archive ({exc})",
+            "layout_broken",
+            "build the image with a common tool (docker, buildah, umoci), its layers"
+            " uncompressed or gzip-compressed",
+        ) from None

@@ -32,6 +32,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Protocol
 
 from sylphx._core.errors import ExecutorError
 
+from .archive import measure_archive
 from .config import ImageConfig
 from .eviction import Holds, InUse, evict, touch
 from .layers import MAX_UNPACKED_BYTES, measure
@@ -65,6 +67,7 @@ class Confine(Protocol):
 # Mount points a sandbox binds over a read-only rootfs; created when the image lacks them.
 _MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
 _PACKAGES = {"skopeo": "skopeo", "umoci": "umoci"}
+_UNPACKS = threading.BoundedSemaphore(2)  # umoci keeps ~3 KiB a file in memory: 1.5 GiB each
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,7 @@ class ImageStore:
         else:  # a docker-archive: our own copy of the very archive the digest was made of
             mine = work / "archive.tar"
             copy_archive(source.location, source.tag, digest, mine)  # its bytes: checked
+            measure_archive(mine, repr(ref), self.max_unpacked)  # before skopeo inflates
             src = Source("docker-archive", str(mine), source.tag).skopeo()
             registry = None
         self._skopeo(
@@ -369,8 +373,9 @@ class ImageStore:
         if os.geteuid() != 0:
             argv.append("--rootless")
         argv += ["--image", f"{layout}:{tag}", str(bundle)]
-        try:  # (what .layers misjudged, the disk's watch stops)
-            done = run_watched(argv, self.pull_timeout, watch(self.cache_dir, what))
+        try:  # (what .layers misjudged, the disk's watch stops); its memory: see _UNPACKS
+            with _UNPACKS:
+                done = run_watched(argv, self.pull_timeout, watch(self.cache_dir, what))
         except subprocess.TimeoutExpired:
             raise ExecutorError(
                 f"umoci took over {self.pull_timeout:.0f}s to unpack {what}"

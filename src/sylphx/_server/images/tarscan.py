@@ -52,7 +52,9 @@ class Refused(ValueError):
     """A layer that is not plainly a tar archive: the reason, for the user."""
 
 
-Member = tuple[int, int]  # (typeflag, bytes of data that follow it)
+# (typeflag, bytes of data that follow it, bytes of its extended headers: a pax header's
+# xattrs are written too, up to MAX_EXTENDED a member)
+Member = tuple[int, int, int]
 
 
 def _octal(field: bytes, what: str) -> int:
@@ -149,6 +151,7 @@ def _next(reader: _Reader) -> Member | None:
     """The next member, its extended headers read; None at the end of the archive."""
     extended: set[int] = set()
     pax_size: int | None = None
+    meta = 0  # the extended headers' bytes
     names = []  # a NUL-typed member named "…/" is a folder to both readers: no data
     while (header := _header(reader, after_extended=bool(extended))) is not None:
         kind, size = header[156], _size(header[124:136])
@@ -157,10 +160,11 @@ def _next(reader: _Reader) -> Member | None:
             if kind == 0 and (not names[-1] or any(n.endswith(b"/") for n in names)):
                 # Go names it prefix + "/" + name: a folder too (found by a review)
                 raise Refused("a member of type NUL is named as a folder, or not named")
-            return _member(kind, size if pax_size is None else pax_size)
+            return _member(kind, size if pax_size is None else pax_size, meta)
         if kind in extended or size > MAX_EXTENDED:
             raise Refused("a member has two extended headers of one kind, or a large one")
         extended.add(kind)
+        meta += size
         body = reader.read(size)
         if len(body) < size:
             raise Refused("the layer ends inside an extended header")
@@ -188,10 +192,10 @@ def _header(reader: _Reader, *, after_extended: bool) -> bytes | None:
     return None
 
 
-def _member(kind: int, size: int) -> Member:
+def _member(kind: int, size: int, meta: int) -> Member:
     if kind in _NO_DATA:
         if size:
             raise Refused(f"a member of type {chr(kind)!r} states data of its own")
     elif kind not in REGULAR:
         raise Refused(f"a member of type {chr(kind)!r} (sparse, global or unknown)")
-    return kind, size
+    return kind, size, meta
