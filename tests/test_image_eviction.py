@@ -57,6 +57,32 @@ def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Disk:
     return fake
 
 
+def _unpacks_seen(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that unpack an image from now on."""
+    seen: list[str] = []
+    unpack = ImageStore._unpack
+
+    def spy(self: ImageStore, *args: object) -> None:
+        seen.append(threading.current_thread().name)
+        unpack(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageStore, "_unpack", spy)
+    return seen
+
+
+@pytest.fixture
+def plane(
+    make_server: Callable[..., Server],
+    busybox_images: BusyboxImages,  # noqa: F811
+    tmp_path: Path,
+) -> tuple[Server, Path]:
+    """A control plane, and a tenant's copy of the busybox layout (tags latest, ep)."""
+    layout = tmp_path / "layout"
+    shutil.copytree(busybox_images.layout, layout)
+    open_to_shards(tmp_path)
+    return make_server(), layout
+
+
 def _left(cache: Path) -> set[str]:
     return {f"sha256:{p.name}" for p in (cache / "sha256").glob("*")}
 
@@ -208,14 +234,9 @@ def test_an_admission_holds_its_images_until_its_run_is_stored(tmp_path: Path, d
 
 
 def test_runs_that_have_not_ended_pin_their_images(
-    make_server: Callable[..., Server],
-    busybox_images: BusyboxImages,  # noqa: F811
-    tmp_path: Path,
+    plane: tuple[Server, Path],
 ) -> None:
-    server = make_server()
-    layout = tmp_path / "layout"
-    shutil.copytree(busybox_images.layout, layout)
-    open_to_shards(tmp_path)
+    server, layout = plane
     running = server.submit(image=f"oci:{layout}:latest", command=["sleep", "60"])
     done = server.submit(image=f"oci:{layout}:ep", command=["x"])
     server.wait(done["id"])
@@ -229,16 +250,11 @@ def test_runs_that_have_not_ended_pin_their_images(
 
 
 def test_a_retried_run_gets_its_evicted_image_back_before_it_is_reopened(
-    make_server: Callable[..., Server],
-    busybox_images: BusyboxImages,  # noqa: F811
-    tmp_path: Path,
+    plane: tuple[Server, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Unpacked at launch, the image would be unpacked inside the reconciler's pass."""
-    server = make_server()
-    layout = tmp_path / "layout"
-    shutil.copytree(busybox_images.layout, layout)
-    open_to_shards(tmp_path)
+    server, layout = plane
     run = server.submit(image=f"oci:{layout}:latest", command=["/bin/sh", "-c", "exit 3"])
     assert server.wait(run["id"])["status"] == "failed"
     (digest,) = server.get(run["id"])["imageDigests"].values()
@@ -249,14 +265,7 @@ def test_a_retried_run_gets_its_evicted_image_back_before_it_is_reopened(
     assert eviction.evict(images.cache_dir, 0, images.in_use) == 1  # ended: not pinned
     assert not images.path_for(digest).exists()
     monkeypatch.setattr(eviction, "_disk", lambda _: (100 * UNIT, 100 * UNIT))
-    unpacked_in: list[str] = []
-    unpack = ImageStore._unpack
-
-    def spy(self: ImageStore, *args: object) -> None:
-        unpacked_in.append(threading.current_thread().name)
-        unpack(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ImageStore, "_unpack", spy)
+    unpacked_in = _unpacks_seen(monkeypatch)
     answer = server.http.post(f"/v1/runs/{run['id']}/retry")
     assert answer.status_code == 200, answer.text
     assert images.path_for(digest).exists()  # before the 200: by the retry itself
@@ -281,17 +290,12 @@ def _evicted_run(
 
 
 def test_a_retry_that_is_refused_unpacks_nothing_and_the_policy_of_now_applies(
-    make_server: Callable[..., Server],
-    busybox_images: BusyboxImages,  # noqa: F811
-    tmp_path: Path,
+    plane: tuple[Server, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Found by a review: the unpack came before the retry's own checks, and the org's
     image policy of today was never asked."""
-    server = make_server()
-    layout = tmp_path / "layout"
-    shutil.copytree(busybox_images.layout, layout)
-    open_to_shards(tmp_path)
+    server, layout = plane
     run_id, digest = _evicted_run(server, layout, monkeypatch, ["/bin/sh", "-c", "exit 0"])
     answer = server.http.post(f"/v1/runs/{run_id}/retry", json={"indices": "0"})
     assert answer.status_code == 409 and "index 0 succeeded" in answer.text, answer.text
@@ -305,31 +309,19 @@ def test_a_retry_that_is_refused_unpacks_nothing_and_the_policy_of_now_applies(
 
 
 def test_a_launch_never_unpacks_an_image_gone_from_the_cache(
-    make_server: Callable[..., Server],
-    busybox_images: BusyboxImages,  # noqa: F811
-    tmp_path: Path,
+    plane: tuple[Server, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Removed behind the pins' back (another API process's collection, an operator):
     the shard fails saying so, and no pass unpacks anything (every org's would wait)."""
-    server = make_server()
-    layout = tmp_path / "layout"
-    shutil.copytree(busybox_images.layout, layout)
-    open_to_shards(tmp_path)
+    server, layout = plane
     blocker = server.submit(command=["sleep", "60"], machine="large")  # all 2 vCPU
     waiting = server.submit(image=f"oci:{layout}:latest", command=["/bin/sh", "-c", "exit 0"])
     assert server.get(waiting["id"])["status"] == "queued"
     (digest,) = server.get(waiting["id"])["imageDigests"].values()
     images = server.plane.images
     shutil.rmtree(images.path_for(digest))  # an operator, say
-    unpacked_in: list[str] = []
-    unpack = ImageStore._unpack
-
-    def spy(self: ImageStore, *args: object) -> None:
-        unpacked_in.append(threading.current_thread().name)
-        unpack(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ImageStore, "_unpack", spy)
+    unpacked_in = _unpacks_seen(monkeypatch)
     server.http.post(f"/v1/runs/{blocker['id']}/cancel")
     assert server.wait(waiting["id"])["status"] == "failed"
     (shard,) = server.shards(waiting["id"])
@@ -372,14 +364,9 @@ def test_an_image_touched_while_it_is_renamed_away_is_put_back(
 
 
 def test_a_merge_steps_image_is_pinned_and_served_from_the_cache(
-    make_server: Callable[..., Server],
-    busybox_images: BusyboxImages,  # noqa: F811
-    tmp_path: Path,
+    plane: tuple[Server, Path],
 ) -> None:
-    server = make_server()
-    layout = tmp_path / "layout"
-    shutil.copytree(busybox_images.layout, layout)
-    open_to_shards(tmp_path)
+    server, layout = plane
     run = server.submit(
         command=["/bin/sh", "-c", "exit 0"],
         parallelism=2,
@@ -394,17 +381,12 @@ def test_a_merge_steps_image_is_pinned_and_served_from_the_cache(
 
 
 def test_a_run_stored_before_images_were_pinned_is_never_unpacked_at_launch(
-    make_server: Callable[..., Server],
-    busybox_images: BusyboxImages,  # noqa: F811
-    tmp_path: Path,
+    plane: tuple[Server, Path],
 ) -> None:
     """Found by a review: with no digest, a launch looked the reference up (a layout
     hashed, a registry pulled) and unpacked, inside the pass; a retry re-ran whatever
     the tag named by then, past the org's policy."""
-    server = make_server()
-    layout = tmp_path / "layout"
-    shutil.copytree(busybox_images.layout, layout)
-    open_to_shards(tmp_path)
+    server, layout = plane
     blocker = server.submit(command=["sleep", "60"], machine="large")  # all 2 vCPU
     run = server.submit(image=f"oci:{layout}:latest", command=["/bin/sh", "-c", "exit 0"])
     with server.plane.sessions.begin() as s:  # as migration 0017 left older runs
