@@ -366,3 +366,16 @@ def test_a_docker_archives_layers_are_measured_before_skopeo_reads_them(
     big = _docker_archive(tmp_path / "big.tar", {"a/layer.tar": huge}, {})
     with pytest.raises(ValidationError, match="unpacks to more than"):
         measure_archive(big, "x", 32 * MIB)
+
+
+def test_the_bound_is_an_operators_setting() -> None:
+    from sylphx._settings import Settings
+
+    home = {"SYLPHX_HOME": "/tmp/sylphx-settings-test"}
+    assert Settings.from_env(home).image_max_unpacked_bytes == 64 << 30
+    settings = Settings.from_env({**home, "SYLPHX_IMAGE_MAX_UNPACKED_BYTES": "200GiB"})
+    assert settings.image_max_unpacked_bytes == 200 << 30
+    for bad in ("lots", "-1", "1KiB"):
+        with pytest.raises(ValidationError, match="SYLPHX_IMAGE_MAX_UNPACKED_BYTES") as refused:
+            Settings.from_env({**home, "SYLPHX_IMAGE_MAX_UNPACKED_BYTES": bad})
+        assert "64GiB" in str(refused.value)
