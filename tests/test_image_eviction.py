@@ -122,11 +122,13 @@ def test_least_recently_used_unpinned_images_go_first(
     assert not list((tmp_path / "tmp").glob("evicted.*"))  # renamed away, then deleted
 
 
-def test_a_recent_or_locked_image_stays_and_a_node_never_evicts(tmp_path: Path, disk: Disk) -> None:
+def test_a_recent_or_locked_image_stays_and_a_store_without_pins_never_evicts(
+    tmp_path: Path, disk: Disk
+) -> None:
     recent = _image(tmp_path, "r", eviction.GRACE / 2)  # an admission that has not stored
     locked = _image(tmp_path, "l", 7200)  # being unpacked again by another process
     old = [_image(tmp_path, name, 7200) for name in "abcdefg"]
-    eviction.evict(tmp_path, 0, None)  # a Ray node: cannot know what runs pin
+    eviction.evict(tmp_path, 0, None)  # a store made without in_use (tests, tools)
     assert len(_left(tmp_path)) == 9
     disk.other = 60 * UNIT  # short of everything the old ones hold
     (tmp_path / "locks").mkdir()
@@ -367,12 +369,16 @@ def test_a_merge_steps_image_is_pinned_and_served_from_the_cache(
     plane: tuple[Server, Path],
 ) -> None:
     server, layout = plane
+    blocker = server.submit(command=["sleep", "60"], machine="large")  # all 2 vCPU
     run = server.submit(
         command=["/bin/sh", "-c", "exit 0"],
         parallelism=2,
         image=f"oci:{layout}:latest",
         merge={"image": f"oci:{layout}:ep", "command": ["merged"]},
     )
+    digests = set(server.get(run["id"])["imageDigests"].values())
+    assert pinned_images(server.plane.reads) == digests  # queued: both pinned
+    server.http.post(f"/v1/runs/{blocker['id']}/cancel")
     done = server.wait(run["id"])
     assert done["status"] == "succeeded", server.shards(run["id"])
     assert len(set(done["imageDigests"].values())) == 2
@@ -394,6 +400,19 @@ def test_a_run_stored_before_images_were_pinned_is_never_unpacked_at_launch(
     server.http.post(f"/v1/runs/{blocker['id']}/cancel")
     assert server.wait(run["id"])["status"] == "failed"
     (shard,) = server.shards(run["id"])
-    assert "not in this host's image cache" in shard["reason"], shard
+    assert "not in this host's image cache. Fix: submit it again" in shard["reason"], shard
     answer = server.http.post(f"/v1/runs/{run['id']}/retry")
     assert answer.status_code == 409 and "before its images were pinned" in answer.text
+
+
+def test_short_of_inodes_is_short_of_room(
+    tmp_path: Path, disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: collection looked at bytes only, so an image refused for want
+    of inodes never made any free."""
+    pinned = _image(tmp_path, "p", 7200)
+    old = {_image(tmp_path, name, 7200) for name in "ab"}
+    monkeypatch.setattr(eviction, "reserve_inodes", lambda _: 1 << 62)  # always short
+    assert eviction.evict(tmp_path, 0, {pinned}.copy) == 2  # (bytes: plenty free)
+    assert _left(tmp_path) == {pinned}
+    assert not old & _left(tmp_path)

@@ -379,3 +379,31 @@ def test_the_bound_is_an_operators_setting() -> None:
         with pytest.raises(ValidationError, match="SYLPHX_IMAGE_MAX_UNPACKED_BYTES") as refused:
             Settings.from_env({**home, "SYLPHX_IMAGE_MAX_UNPACKED_BYTES": bad})
         assert "64GiB" in str(refused.value)
+
+
+def test_a_docker_archive_read_two_ways_is_refused(tmp_path: Path) -> None:
+    """Found by a review: the same name twice (skopeo takes the first: a bomb; Python's
+    last: a small tar), or the archive's own header read apart by Python and Go."""
+    from sylphx._server.images.archive import measure_archive
+    from test_tarscan import END, data, header
+
+    plain = _tar([_member("f", 4096)], bytes(4096))
+    manifest = json.dumps([{"Config": "c.json", "Layers": ["a/layer.tar"]}]).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, body in [
+            ("manifest.json", manifest),
+            ("a/layer.tar", b"BZh9" + bytes(600)),
+            ("a/layer.tar", plain),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    twice = tmp_path / "twice.tar"
+    twice.write_bytes(out.getvalue())
+    with pytest.raises(ValidationError, match="twice"):
+        measure_archive(twice, "x")
+    nul_led = tmp_path / "nul.tar"  # Python: the archive ends here; Go: a member of 1 MiB
+    nul_led.write_bytes(header("m", (b"\0" + b"%o" % MIB).ljust(12, b"\0")) + data(MIB) + END)
+    with pytest.raises(ValidationError, match="not plain octal"):
+        measure_archive(nul_led, "x")

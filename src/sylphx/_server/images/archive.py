@@ -7,7 +7,10 @@ few KiB more for the whole pull timeout (found by a review). ``docker save`` wri
 layers as plain tars, so each layer the archive's ``manifest.json`` names is measured here,
 as it is, in our own copy of the archive (:func:`.snapshot.copy_archive`: root's, its
 sha256 the cache key): a compressed layer is refused by :mod:`.tarscan` at its first
-header, and the image's bounds (:mod:`.layers`) are applied before skopeo runs.
+header, and the image's bounds (:mod:`.layers`) are applied before skopeo runs. The
+archive itself is read by :mod:`.tarscan` first (Python's reading of it must be Go's),
+and may not hold a name twice (skopeo takes the first, a review found a bomb first and a
+small layer of the same name after it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import posixpath
 import tarfile
 from pathlib import Path
 
+from . import tarscan
 from .layers import MAX_UNPACKED_BYTES, PLAIN, Measure, measure_stream
 from .reader import members, open_tar
 from .refs import MAX_JSON, image_error
@@ -68,18 +72,24 @@ def measure_archive(path: Path, where: str, limit: int = MAX_UNPACKED_BYTES) -> 
     is not a plain tar."""
     try:
         return _measure(path, where, limit)
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, tarscan.Refused, OSError) as exc:
         raise _broken(where, str(exc)) from None
 
 
 def _measure(path: Path, where: str, limit: int) -> Measure:
+    with open(path, "rb") as fh:  # the archive itself read as Go reads it, or refused
+        for _ in tarscan.members(fh):
+            pass
     with open(path, "rb") as fh, open_tar(fh) as tar:
         wanted = _layer_names(tar, where)
     entries: dict[str, tarfile.TarInfo] = {}
     counted = Measure(where, limit)
     with open(path, "rb") as fh, open_tar(fh) as tar:
         for member in members(tar):
-            entries[posixpath.normpath(member.name.removeprefix("./"))] = member
+            name = posixpath.normpath(member.name.removeprefix("./"))
+            if name in entries:  # skopeo takes the first, a dict the last
+                raise _broken(where, f"it holds {name[:200]!r} twice")
+            entries[name] = member
         for name in sorted(wanted):
             layer = _follow(entries, name)
             if layer is None:

@@ -36,11 +36,13 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from sylphx._core.errors import ServerUnavailable
 
-from .room import reserve
+from .room import reserve, reserve_inodes
 
-__all__ = ["GRACE", "HIGH", "LOW", "Holds", "InUse", "evict", "touch", "using"]
+__all__ = ["GRACE", "HIGH", "LOW", "Holds", "InUse", "evict", "lock_path", "touch", "using"]
 
 log = logging.getLogger("sylphx.images")
 
@@ -87,7 +89,7 @@ def using(cache_dir: Path, digest: str) -> Iterator[None]:
     on its lock file, which a collection must take exclusive (without waiting) to remove
     it. A Ray node's collection, which cannot ask the store what runs pin, relies on it."""
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
-    with open(_lock(cache_dir, digest), "a") as fh:
+    with open(lock_path(cache_dir, digest), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_SH)
         yield
 
@@ -114,7 +116,8 @@ def _candidates(cache_dir: Path, keep: Collection[str]) -> list[tuple[float, str
     return sorted(found)
 
 
-def _lock(cache_dir: Path, digest: str) -> Path:
+def lock_path(cache_dir: Path, digest: str) -> Path:
+    """The file a digest's unpacks, removals and (on Ray nodes) shards lock."""
     return cache_dir / "locks" / f"{digest.replace(':', '-')}.lock"
 
 
@@ -124,7 +127,7 @@ def _leftovers(cache_dir: Path) -> None:
     for path in (cache_dir / "tmp").glob("*"):
         name = path.name.removeprefix("evicted.")
         digest = name.partition(".")[0].replace("-", ":", 1)
-        with open(_lock(cache_dir, digest), "a") as fh:
+        with open(lock_path(cache_dir, digest), "a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -145,7 +148,7 @@ def _remove(cache_dir: Path, digest: str, folder: Path, holds: Holds) -> bool:
     was used or held since it was listed. Renamed away, looked at again -- a look-up may
     have touched it between the first look and the rename: then it is put back -- and
     only then deleted (a look-up that finds it gone unpacks it again, see ``_load``)."""
-    with open(_lock(cache_dir, digest), "a") as fh:
+    with open(lock_path(cache_dir, digest), "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -164,19 +167,32 @@ def _remove(cache_dir: Path, digest: str, folder: Path, holds: Holds) -> bool:
 def _pinned(in_use: InUse, holds: Holds) -> set[str]:
     try:
         return set(in_use()) | holds()
-    except Exception as exc:  # the store: nothing may go unknown
+    except (SQLAlchemyError, OSError) as exc:  # the store: nothing may go unknown
         raise ServerUnavailable(
             "the image cache cannot tell which images runs need (the store could not be"
             f" read: {type(exc).__name__}). Fix: retry in a few seconds"
         ) from exc
 
 
-def evict(cache_dir: Path, need: int, in_use: InUse | None, holds: Holds | None = None) -> int:
-    """Make room for ``need`` bytes as the module says; how many images were removed.
-    Without ``in_use`` (a node that cannot know what runs pin) nothing is removed."""
+def _inodes_short(cache_dir: Path, need: int) -> bool:
+    """Whether ``need`` more files would leave less than the inode reserve (.room)."""
+    return os.statvfs(cache_dir).f_favail - need < reserve_inodes(cache_dir)
+
+
+def evict(
+    cache_dir: Path,
+    need: int,
+    in_use: InUse | None,
+    holds: Holds | None = None,
+    inodes: int = 0,
+) -> int:
+    """Make room for ``need`` bytes and ``inodes`` files as the module says; how many
+    images were removed. Without ``in_use`` (a store made without one: tests, tools)
+    nothing is removed; a Ray node passes an empty one (its shards lock theirs)."""
     total, free = _disk(cache_dir)
     kept = reserve(cache_dir)
-    if in_use is None or (free >= total * (1 - HIGH) and free - need >= kept):
+    short = _inodes_short(cache_dir, inodes)
+    if in_use is None or (free >= total * (1 - HIGH) and free - need >= kept and not short):
         return 0
     (cache_dir / "tmp").mkdir(parents=True, exist_ok=True)
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
@@ -189,11 +205,11 @@ def evict(cache_dir: Path, need: int, in_use: InUse | None, holds: Holds | None 
     if known and reachable < kept + need:
         log.warning("image cache: short of room, and removing every unused image would not help")
         return 0  # (an image that can never fit empties nothing)
-    low = int(total * (1 - LOW))
-    target = max(low, kept + need) if not known or reachable >= low else kept + need
+    low = int(total * (1 - LOW))  # (sizes unknown: only the room asked for)
+    target = max(low, kept + need) if known and reachable >= low else kept + need
     removed = 0
     for _, digest, folder, _size in candidates:
-        if _disk(cache_dir)[1] >= target:
+        if _disk(cache_dir)[1] >= target and not _inodes_short(cache_dir, inodes):
             break
         if _remove(cache_dir, digest, folder, holds):
             removed += 1

@@ -9,10 +9,11 @@ bytes unpacked) is read through once: the sizes its members state, rounded up to
 filesystem's blocks, plus a block for each member. An image is refused once that passes
 the bound (:data:`MAX_UNPACKED_BYTES` unless the operator set another), or more than
 :data:`MAX_ENTRIES` members; reading stops there, so a bomb costs at most the bound's
-decompression (zlib-ng's: half of zlib's time, ~20% of umoci's own unpack of a 263 MB
-layer). The sum is an upper bound of what ``umoci`` writes: a later layer's files replace
-an earlier one's, never add to them -- provided both read the same members of the same
-sizes, which :mod:`.tarscan` sees to (Python's ``tarfile`` did not: found by a review).
+decompression (zlib-ng's: half of zlib's time; a tenth of umoci's own unpack of a 264 MB
+layer, BENCHMARKS P10). The sum is an upper bound of what ``umoci`` writes: a later
+layer's files replace an earlier one's, never add to them -- provided both read the same
+members of the same sizes, which :mod:`.tarscan` sees to (Python's ``tarfile`` did not:
+found by a review).
 :mod:`.room` watches the disk while umoci runs all the same.
 """
 

@@ -84,7 +84,7 @@ def watch(path: Path, what: str) -> Watch:
 
 
 def run_watched(
-    argv: Sequence[str], timeout: float, look: Watch, **popen: object
+    argv: Sequence[str], timeout: float, look: Watch
 ) -> subprocess.CompletedProcess[bytes]:
     """``subprocess.run(argv, capture_output=True, timeout=...)``, its process group killed
     and ``look``'s error raised as soon as ``look`` finds no room."""
@@ -94,7 +94,6 @@ def run_watched(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        **popen,  # type: ignore[call-overload]
     )
     try:
         out, err = communicate(proc, timeout, look)

@@ -42,7 +42,7 @@ from sylphx._core.errors import ExecutorError
 
 from .archive import measure_archive
 from .config import ImageConfig
-from .eviction import Holds, InUse, evict, touch
+from .eviction import Holds, InUse, evict, lock_path, touch
 from .layers import MAX_UNPACKED_BYTES, measure
 from .reach import check_reachable, host_of
 from .reader import reading_as
@@ -160,9 +160,9 @@ class ImageStore:
             if cached is not None:
                 return cached
         if cached_only:  # (a run stored before digests were kept has none: never unpacked)
+            fix = "retry the run (it is unpacked again then)" if digest else "submit it again"
             raise ExecutorError(
-                f"the image {ref!r} ({digest}) is not in this host's image cache."
-                " Fix: retry the run (it is unpacked again then), or submit it again"
+                f"the image {ref!r} ({digest}) is not in this host's image cache. Fix: {fix}"
             )
         with reading_as(self.reader):
             return self._resolve(ref, digest)
@@ -299,9 +299,8 @@ class ImageStore:
         self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.cache_dir.stat().st_mode & 0o077:  # what it holds is root's alone: a
             os.chmod(self.cache_dir, 0o700)  # node's cache listed every tenant's digests
-        locks = self.cache_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{digest.replace(':', '-')}.lock", "a") as fh:
+        (self.cache_dir / "locks").mkdir(parents=True, exist_ok=True)
+        with open(lock_path(self.cache_dir, digest), "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
             yield
 
@@ -326,7 +325,7 @@ class ImageStore:
                     for d in manifest.get("layers") or []
                 ]
             unpacked = measure(layers, repr(ref), self.max_unpacked)  # a bomb stops here
-            evict(self.cache_dir, unpacked.bytes, self.in_use, self.holds)
+            evict(self.cache_dir, unpacked.bytes, self.in_use, self.holds, unpacked.entries)
             check_room(self.cache_dir, unpacked.bytes, repr(ref), unpacked.entries)
             bundle = work / "bundle"
             self._umoci(layout, tag, bundle, repr(ref))

@@ -46,6 +46,7 @@ from sylphx._core.errors import ExecutorError
 from sylphx._core.machines import Resources
 from sylphx._server.executors.base import Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.sandbox import Policy
+from sylphx._server.images.layers import MAX_UNPACKED_BYTES
 from sylphx._server.images.policy import refuse as images_refused
 
 from .attempts import Ledger, outcome_exit
@@ -99,7 +100,7 @@ class RayExecutor:
         policy: Policy | None = None,
         image_cache: str = "/var/cache/sylphx/images",
         private_registries: tuple[str, ...] = (),
-        image_max_unpacked: int = 64 << 30,
+        image_max_unpacked: int = MAX_UNPACKED_BYTES,
     ) -> None:
         if gang_strategy not in GANG_STRATEGIES:
             raise ExecutorError(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sylphx._core.errors import SylphxError
+from sylphx._core.errors import ExecutorError, SylphxError
 from sylphx._server.executors.base import LaunchRequest, Signal
 from sylphx._server.executors.envelope import egress
 from sylphx._server.executors.envelope.node import NodeFds
@@ -49,6 +49,7 @@ from sylphx._server.executors.local.processes import check_program, signal_shard
 from sylphx._server.executors.local.shardlog import Shaper
 from sylphx._server.executors.local.statefiles import OOM_REASON
 from sylphx._server.images.eviction import using
+from sylphx._server.images.layers import MAX_UNPACKED_BYTES
 from sylphx._server.images.store import ImageStore
 
 from . import shardcgroups, shardproc
@@ -68,7 +69,7 @@ class NodeEnvelope:
     max_log_bytes: int = 1 << 30  # per stream of an attempt (SYLPHX_MAX_LOG_BYTES)
     image_cache: str = "/var/cache/sylphx/images"  # where a node unpacks images (its own)
     private_registries: tuple[str, ...] = ()  # SYLPHX_PRIVATE_REGISTRIES (images/reach.py)
-    image_max_unpacked: int = 64 << 30  # SYLPHX_IMAGE_MAX_UNPACKED_BYTES (images/layers.py)
+    image_max_unpacked: int = MAX_UNPACKED_BYTES  # SYLPHX_IMAGE_MAX_UNPACKED_BYTES
 
 
 _hubs: dict[str, Any] = {}  # per worker process: hub name -> actor handle
@@ -173,10 +174,15 @@ def _image_envelope(
     assert request.image is not None
     reader = (envelope.policy.uid, envelope.policy.gid)  # a tenant's files: theirs
     images = _node_images(envelope, reader, tuple(envelope.policy.hide))
-    image = images.resolve(request.image, request.image_digest)
-    held.enter_context(using(images.cache_dir, image.digest))
-    if not images.cached(image.digest):  # collected in between: once more
+    for _ in range(3):
         image = images.resolve(request.image, request.image_digest)
+        lock = held.enter_context(contextlib.ExitStack())
+        lock.enter_context(using(images.cache_dir, image.digest))
+        if images.cached(image.digest):
+            break
+        lock.close()  # collected in between: unlocked (an unpack locks it too), again
+    else:
+        raise ExecutorError(f"the image {request.image!r} kept being removed from this node")
     policy = envelope.policy
     return image_envelope(request, image, sandbox=envelope.sandbox, policy=policy)
 
