@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -216,11 +217,11 @@ def test_a_store_that_cannot_say_what_runs_pin_is_a_503(tmp_path: Path, disk: Di
     _image(tmp_path, "a", 7200)
     disk.other = 90 * UNIT
 
-    def down() -> set[str]:
-        raise OSError("the store is down")
+    def down() -> Any:
+        raise sa.exc.OperationalError("SELECT", {}, OSError("the store is down"))
 
     with pytest.raises(ServerUnavailable, match="cannot tell which images"):
-        eviction.evict(tmp_path, 0, down)
+        eviction.evict(tmp_path, 0, lambda: pinned_images(down))
     assert len(_left(tmp_path)) == 1
 
 

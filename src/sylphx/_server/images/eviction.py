@@ -36,10 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from sylphx._core.errors import ServerUnavailable
-
 from .room import reserve, reserve_inodes
 
 __all__ = ["GRACE", "HIGH", "LOW", "Holds", "InUse", "evict", "lock_path", "touch", "using"]
@@ -164,16 +160,6 @@ def _remove(cache_dir: Path, digest: str, folder: Path, holds: Holds) -> bool:
     return True
 
 
-def _pinned(in_use: InUse, holds: Holds) -> set[str]:
-    try:
-        return set(in_use()) | holds()
-    except (SQLAlchemyError, OSError) as exc:  # the store: nothing may go unknown
-        raise ServerUnavailable(
-            "the image cache cannot tell which images runs need (the store could not be"
-            f" read: {type(exc).__name__}). Fix: retry in a few seconds"
-        ) from exc
-
-
 def _inodes_short(cache_dir: Path, need: int) -> bool:
     """Whether ``need`` more files would leave less than the inode reserve (.room)."""
     return os.statvfs(cache_dir).f_favail - need < reserve_inodes(cache_dir)
@@ -198,7 +184,7 @@ def evict(
     (cache_dir / "locks").mkdir(parents=True, exist_ok=True)
     _leftovers(cache_dir)
     holds = holds or Holds()
-    candidates = _candidates(cache_dir, _pinned(in_use, holds))
+    candidates = _candidates(cache_dir, set(in_use()) | holds())  # (its errors: the caller's)
     sizes = [size for *_, size in candidates]
     known = -1 not in sizes  # (sizes recorded for every candidate)
     reachable = _disk(cache_dir)[1] + sum(sizes)

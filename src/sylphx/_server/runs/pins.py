@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sylphx._core.errors import ConflictError
+from sylphx._core.errors import ConflictError, ServerUnavailable
 from sylphx._core.states import RUN_TERMINAL
 from sylphx._server.images import policy as image_policy
 from sylphx._server.images.store import ImageStore
@@ -31,10 +32,17 @@ _ENDED = [state.value for state in RUN_TERMINAL]
 
 
 def pinned_images(reads: Reads) -> set[str]:
-    """The image digests of every run that has not ended."""
-    with reads() as s:
-        found = s.scalars(select(RunRow.image_digests).where(RunRow.state.not_in(_ENDED)))
-        return {d for digests in found if digests for d in digests.values()}
+    """The image digests of every run that has not ended (ServerUnavailable when the store
+    cannot say: image GC then removes nothing)."""
+    try:
+        with reads() as s:
+            found = s.scalars(select(RunRow.image_digests).where(RunRow.state.not_in(_ENDED)))
+            return {d for digests in found if digests for d in digests.values()}
+    except SQLAlchemyError as exc:
+        raise ServerUnavailable(
+            "the image cache cannot tell which images runs need (the store could not be"
+            f" read: {type(exc).__name__}). Fix: retry in a few seconds"
+        ) from exc
 
 
 @dataclass(frozen=True)
