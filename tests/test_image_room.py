@@ -184,7 +184,7 @@ def test_a_writer_is_killed_as_soon_as_the_disk_is_short(tmp_path: Path) -> None
         return StorageFull("no room") if len(looks) >= 2 else None
 
     marker = tmp_path / "child"
-    argv = ["/bin/sh", "-c", f"sleep 60 & echo $! > {marker}; wait"]
+    argv = ["/bin/sh", "-c", f"echo $$ > {marker}; exec sleep 60"]
     started = time.monotonic()
     with pytest.raises(StorageFull):
         room.run_watched(argv, 120, look)

@@ -15,7 +15,6 @@ wrong, and nothing of it is kept.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,20 +85,18 @@ def watch(path: Path, what: str) -> Watch:
 def run_watched(
     argv: Sequence[str], timeout: float, look: Watch
 ) -> subprocess.CompletedProcess[bytes]:
-    """``subprocess.run(argv, capture_output=True, timeout=...)``, its process group killed
-    and ``look``'s error raised as soon as ``look`` finds no room."""
+    """``subprocess.run(argv, capture_output=True, timeout=...)``, killed and ``look``'s
+    error raised as soon as ``look`` finds no room. It stays in the caller's process
+    group, as ``subprocess.run`` does: a control plane killed with its group takes its
+    umoci along (in a session of its own, one went on writing into the cache)."""
     proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         out, err = communicate(proc, timeout, look)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.communicate()
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
