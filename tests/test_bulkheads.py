@@ -410,9 +410,13 @@ def test_a_queued_or_running_run_with_pending_shards_always_says_why(
         retryBackoff={"initialSeconds": 0},
     )
     cases = {"retried": retried}
-    cases["reserve"] = h.submit(parallelism=2, machine="nano")  # a gang: it goes first
-    cases["capacity"] = h.submit(parallelism=8, machine="nano", gangScheduling=False)
-    cases["behind"] = h.submit(parallelism=4, machine="nano", gangScheduling=False)
+    for name, spec in (  # a millisecond apart: queued in this order, never by their random ids
+        ("reserve", {"parallelism": 2}),  # a gang: it goes first
+        ("capacity", {"parallelism": 8, "gangScheduling": False}),
+        ("behind", {"parallelism": 4, "gangScheduling": False}),
+    ):
+        h.clock.advance(0.001)
+        cases[name] = h.submit(machine="nano", **spec)
     real = h.executor.launch
 
     def launch(request: LaunchRequest) -> str:
