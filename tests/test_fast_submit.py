@@ -177,3 +177,30 @@ async def test_a_client_gone_mid_body_is_answered_as_fastapi_does(tenant: Server
         await app(scope, receive, send)
         answers.append((sent[0]["status"], sent[1]["body"]))
     assert answers[0] == answers[1] and answers[0][0] == 422
+
+
+async def test_a_writes_key_is_checked_once_at_the_edge_on_either_route(
+    apps: tuple[httpx.AsyncClient, httpx.AsyncClient, Spy],
+    tenant: Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The edge checks an API write's key before its body is read; the route takes the org
+    it found then, and never checks the key a second time (nor takes another key's org)."""
+    service = type(tenant.plane.account)  # (a frozen dataclass: patched on its class)
+    real, checked = service.authenticate, []
+
+    async def authenticate(self: Any, authorization: str | None) -> str:
+        checked.append(authorization)
+        return await real(self, authorization)
+
+    monkeypatch.setattr(service, "authenticate", authenticate)
+    for client in apps[:2]:  # the plain route, and FastAPI's (a dry run goes there)
+        for params in ({}, {"dryRun": "true"}):
+            checked.clear()
+            answer = await client.post("/v1/runs", json=SPEC, params=params)
+            assert answer.status_code in (200, 201), answer.text
+            assert checked == [f"Bearer {tenant.token}"]
+    assert apps[2].handed == 1  # (the dry run)
+    checked.clear()  # a read is checked by its route: the edge checks writes only
+    assert (await apps[0].get("/v1/runs")).status_code == 200
+    assert checked == [f"Bearer {tenant.token}"]

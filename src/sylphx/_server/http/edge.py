@@ -43,7 +43,7 @@ from sylphx._server.runs import longpoll
 
 from .openapi import ROUTES
 
-__all__ = ["BodyLimit", "ErrorResponse", "error_response", "install"]
+__all__ = ["BodyLimit", "ErrorResponse", "authenticated", "error_response", "install"]
 
 log = logging.getLogger("sylphx.api")
 
@@ -163,8 +163,8 @@ class BodyLimit:
     told by its Content-Length before it is read, or as it streams in (chunked). And an
     API request with a body (``/v1/``, POST, PUT, PATCH) has its key checked before any
     of the body is read: parsing a 4 MiB body takes the event loop ~0.2 s, which nobody
-    without a key may make it spend (found by an attack review). The route checks the
-    key again (from the key cache: nothing more is asked of the store)."""
+    without a key may make it spend (found by an attack review). The route takes the org
+    found then (:func:`authenticated`) instead of checking the key a second time."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -208,9 +208,22 @@ async def _refused(scope: Scope) -> SylphxError | None:
     if scope["method"] in _WRITES and scope["path"].startswith("/v1/"):
         plane = scope["app"].state.plane
         try:
-            await plane.account.authenticate(authorization)
+            org_id = await plane.account.authenticate(authorization)
         except Unauthorized as exc:
             return exc
         except (OperationalError, InterfaceError, PoolTimeout) as exc:  # (a 503, unread)
             return faults.store_unavailable(exc, plane.engine)
+        scope.setdefault("state", {})[_CALLER] = (authorization, org_id)
+    return None
+
+
+_CALLER = "sylphx.caller"  # the request's state: (Authorization, its org) the edge checked
+
+
+def authenticated(scope: Scope, authorization: str | None) -> str | None:
+    """The org the edge found behind ``authorization`` for this request (its first
+    ``Authorization`` header, as the routes read it), or None when it checked none."""
+    checked = scope.get("state", {}).get(_CALLER)
+    if checked is not None and checked[0] == authorization:
+        return str(checked[1])
     return None
