@@ -1,5 +1,6 @@
 """Server start-up: the start-up heap is frozen out of garbage collection, once, after the
-app is built (both for one process and for each ``--workers`` API process)."""
+app is built (both for one process and for each ``--workers`` API process), and the
+collector's thresholds raised."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from sylphx._server import freeze_startup_heap
 
 @pytest.fixture
 def unfreeze() -> Iterator[None]:
-    """Give frozen objects back to the collector after the test (freezing is global)."""
+    """Give frozen objects back to the collector after the test, at the thresholds it
+    had (both are the process's)."""
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture
@@ -44,6 +48,7 @@ def test_freeze_startup_heap_moves_live_objects_out_of_collection(unfreeze: None
     assert gc.get_freeze_count() == 0
     freeze_startup_heap()
     assert gc.get_freeze_count() > 10_000  # at least the imported modules and classes
+    assert gc.get_threshold() == server_module.GC_THRESHOLDS  # and the rest collected less
 
 
 def test_serve_freezes_after_building_the_app(

@@ -47,16 +47,27 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# Objects allocated (less those freed) before a young collection, and how many of each
+# generation's collections make one of the next (CPython's default: 700, 10, 10).
+GC_THRESHOLDS = (20_000, 50, 50)
+
+
 def freeze_startup_heap() -> None:
-    """Exempt what start-up built (modules, app, settings) from garbage collection.
+    """Exempt what start-up built (modules, app, settings) from garbage collection, and
+    collect the rest less often.
 
     A full (oldest-generation) collection walks every tracked object in the process;
     about 100k of them are imported code, classes and the app, which live until exit.
     A reconciler pass over thousands of shards allocates enough to trigger one or two
     full collections per pass, so walking the start-up heap each time was ~40% of a pass
-    at 10,000 shards (bench/p5_scale.py --steady). Call once, after start-up imports."""
+    at 10,000 shards (bench/p5_scale.py --steady). And at CPython's default thresholds a
+    busy control plane ran ~1,900 collections for 3,000 single-shard runs, ~4% of its
+    CPU, each walking objects a request or a pass was about to drop anyway; at
+    :data:`GC_THRESHOLDS` it runs a few dozen (docs/adr/0011). Call once, after start-up
+    imports."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def shared_app() -> FastAPI:
