@@ -54,8 +54,7 @@ class Submit:
     body: bytes | None = None
     error: BaseException | None = None
     settled: bool = False  # its answer is final (its transaction, or refusal, is over)
-    done: threading.Event = field(default_factory=threading.Event)
-    # called (in the committer) once it is answered: wakes an asyncio waiter
+    # called (in the committer) once it is answered: wakes its waiter
     on_done: Callable[[], None] | None = None
 
     def answer(self) -> bytes:
@@ -65,7 +64,6 @@ class Submit:
         return self.body
 
     def finish(self) -> None:
-        self.done.set()
         if self.on_done is not None:
             self.on_done()
 
@@ -89,8 +87,10 @@ class GroupCommit:
 
     def submit(self, ask: Submit, batch: StoreBatch, alone: StoreOne) -> bytes:
         """Queue ``ask`` and wait for its answer (blocking this thread)."""
+        answered = threading.Event()
+        ask.on_done = answered.set
         self._put(ask, batch, alone)
-        ask.done.wait()
+        answered.wait()
         return ask.answer()
 
     async def wait(self, ask: Submit, batch: StoreBatch, alone: StoreOne) -> bytes:
