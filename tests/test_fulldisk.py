@@ -281,3 +281,58 @@ def test_a_control_plane_killed_and_restarted_on_a_full_disk_records_the_true_en
         _check_settled(server, home, run["id"], filled, down)
     finally:
         server.close()
+
+
+def test_a_submit_on_a_full_log_disk_is_refused_and_nothing_is_stored(
+    tmp_path: Path,
+    small_disk: Callable[[Path, str], Path],
+    make_server: Callable[..., Any],
+) -> None:
+    """Whichever way its checks run -- a plain spec answered from the reconciler's fresh
+    reading of the log disk, on the event loop; one naming a host path read in the thread
+    pool -- a submit on a full log disk is a 503 naming the disk, and stores nothing;
+    once there is room again, the next one is stored."""
+    logs = small_disk(tmp_path / "home0" / "logs", "4m")  # (make_server's first home)
+    server = make_server()
+    assert server.settings.logs_dir == logs
+    filler = fill(logs)
+    plain = {"command": ["true"], "machine": "nano"}
+    hosted = {**plain, "workingDir": str(tmp_path)}
+    time.sleep(1.0)  # a pass or two has read the full disk
+    for spec in (plain, hosted, plain):
+        refused = server.http.post("/v1/runs", json=spec)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "storage_full"
+        assert f"the log disk at {logs} is full" in refused.json()["message"]
+    assert server.http.get("/v1/runs").json()["items"] == []
+    filler.unlink()
+    deadline = time.monotonic() + 10
+    while (answer := server.http.post("/v1/runs", json=plain)).status_code == 503:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.1)
+    assert answer.status_code == 201, answer.text
+
+
+def test_a_disk_watch_answers_only_from_a_fresh_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sylphx._core.errors import StorageFull
+    from sylphx._server.infra import faults
+
+    clock = [100.0]
+    monkeypatch.setattr(faults.time, "monotonic", lambda: clock[0])
+    watch = faults.DiskWatch(tmp_path, "log", fresh=1.0)
+    assert watch.recent() is False  # never read
+    watch.check()
+    assert watch.recent() is True
+    clock[0] += 1.5
+    assert watch.recent() is False  # stale: e.g. a hung mount stopped the passes
+    monkeypatch.setattr(faults, "MIN_FREE_BYTES", 1 << 62)  # (no disk has that much)
+    with pytest.raises(StorageFull):
+        watch.check()
+    answers = []
+    for _ in range(2):  # each answer a new error (no traceback grows on a kept one)
+        with pytest.raises(StorageFull, match=f"the log disk at {tmp_path} is full") as got:
+            watch.recent()
+        answers.append(got.value)
+    assert answers[0] is not answers[1]

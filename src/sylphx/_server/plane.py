@@ -156,6 +156,7 @@ class ControlPlane:
             terminal_views=self.terminal_views,
             shared_reads=self.run_reads,
             waiters=self.run_waiters,
+            log_disk=self.reconciler.log_disk,  # as its passes last read it
             # followed log streams: at most so many per org and in this process
             log_streams=LogStreams(settings.max_log_streams_per_org, settings.max_log_streams),
         )

@@ -84,6 +84,7 @@ class Reconciler(PassLoop):
         super().__init__()
         self._signals: list[tuple[str, Signal]] = []  # decided by this pass, sent after it
         self._disk_full: str | None = None  # the last "log disk full" message logged
+        self.log_disk = faults.DiskWatch(settings.logs_dir, "log")  # read every pass
         self._last_full = float("-inf")  # monotonic time of the last pass that loaded all
         self._specs = Specs()  # parsed once per version of a run's row
         self._bulkhead = bulkhead.Bulkhead()  # runs that failed a step: parked or ended
@@ -258,7 +259,7 @@ class Reconciler(PassLoop):
         when a launch failed (and was settled), which may have ended a run."""
         bh = self._bulkhead
         try:  # a shard started on a full log disk would lose its logs: start none
-            faults.check_disk(self.settings.logs_dir, "log")
+            self.log_disk.check()
         except StorageFull as exc:
             if self._disk_full != exc.message:
                 log.error("not starting shards: %s", exc.message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -46,6 +47,38 @@ def check_disk(path: Path, what: str) -> None:
         return
     if free < MIN_FREE_BYTES:
         raise disk_full(path, what, free)
+
+
+class DiskWatch:
+    """One disk's room as last read, for a path that must not read the disk itself: a
+    submit on the event loop, where a hung mount would stall every request. The
+    reconciler reads it every pass (:meth:`check`), a submit in the thread pool too, so
+    while runs come in a reading is never older than a pass; :meth:`recent` answers
+    from a reading at most ``fresh`` seconds old, or says there is none."""
+
+    def __init__(self, path: Path, what: str, fresh: float = 1.0) -> None:
+        self.path, self.what, self.fresh = path, what, fresh
+        self._read: tuple[float, str | None] | None = None  # (when, why it is full)
+
+    def check(self) -> None:
+        """Read the disk now (blocking) and keep the reading: :func:`check_disk`."""
+        when = time.monotonic()
+        try:
+            check_disk(self.path, self.what)
+        except StorageFull as exc:
+            self._read = when, exc.message
+            raise
+        self._read = when, None
+
+    def recent(self) -> bool:
+        """True when a fresh reading found room; raises its :class:`StorageFull` when it
+        found the disk full; False when there is no fresh reading (read it: :meth:`check`)."""
+        read = self._read
+        if read is None or time.monotonic() - read[0] > self.fresh:
+            return False
+        if read[1] is not None:
+            raise StorageFull(read[1])
+        return True
 
 
 def is_disk_full(exc: OSError) -> bool:

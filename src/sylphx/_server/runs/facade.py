@@ -35,7 +35,7 @@ from sylphx._settings import Settings
 from . import all_logs, logs, pins, retry, service, storing
 from . import grid as grids
 from . import quote as quotes
-from .hostpaths import check_host_paths
+from .hostpaths import check_host_paths, reads_host
 from .live import LiveWaiters
 from .logs import Stream
 from .longpoll import RunWaiters
@@ -86,6 +86,7 @@ class RunService:
     shared_reads: SharedReads
     waiters: RunWaiters
     log_streams: LogStreams
+    log_disk: faults.DiskWatch
     group_commit: GroupCommit = field(default_factory=GroupCommit)
     image_lookups: Slots = field(default_factory=lambda: Slots(IMAGES, *IMAGE_LOOKUPS))
 
@@ -94,10 +95,15 @@ class RunService:
         """Store a run, wake the reconciler and return the RunView's JSON once it is
         committed; a repeated ``idempotency_key`` answers with the run it made, as it is
         now. Submits that arrive together share one transaction (see :mod:`.submits`),
-        awaited without a thread. The checks before it run in the thread pool: they
-        touch disks (the log disk's room, host paths, an image), and a hung mount must
-        never stall the event loop."""
-        digests = await run_in_threadpool(self._admit, spec, org_id)  # disks: off the loop
+        awaited without a thread. The checks before it that touch disks (the log disk's
+        room, host paths, an image) run in the thread pool: a hung mount must never stall
+        the event loop. A spec that names no host path nor image, while the log disk's
+        last reading is fresh (:class:`~sylphx._server.infra.faults.DiskWatch`), touches
+        none: its checks run here, without the thread pool's round trip."""
+        if not reads_host(spec) and self.log_disk.recent():
+            digests = self._admit(spec, org_id, disk_read=True)  # (no system call)
+        else:
+            digests = await run_in_threadpool(self._admit, spec, org_id)  # off the loop
         try:  # the images held in the cache until the run that pins them is stored
             ask = Submit(spec, org_id, idempotency_key, digests=digests)
             store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
@@ -105,17 +111,21 @@ class RunService:
         finally:
             self.images.holds.release((digests or {}).values())
 
-    def _admit(self, spec: RunSpec, org_id: str) -> dict[str, str] | None:
+    def _admit(
+        self, spec: RunSpec, org_id: str, *, disk_read: bool = False
+    ) -> dict[str, str] | None:
         """What is refused before the write lock: a draining process, a full log disk, host
         paths of the control plane, an image the org's policy (or the scanner) refuses.
         Returns the digest of each image the run names (None: it names none): its shards
-        run those images, checked here, whatever the references name by then."""
+        run those images, checked here, whatever the references name by then.
+        ``disk_read``: the log disk's fresh reading was taken (see :meth:`submit`)."""
         if self.draining():
             raise ServerUnavailable(
                 "the control plane is shutting down and accepts no new runs; running shards"
                 " keep running. Fix: retry in a few seconds, once it has restarted."
             )
-        faults.check_disk(self.settings.logs_dir, "log")
+        if not disk_read:
+            self.log_disk.check()
         # the spec's own refusals before the org's state (a 402 once batched): GPU tiers
         admission.check_cpu_tiers(spec.machine, spec.merge.machine if spec.merge else None)
         # nothing of the control plane visible, whatever the spec says (422, nothing stored)
@@ -197,7 +207,7 @@ class RunService:
     ) -> bytes:
         """Reopen the ended run for the indices ``request`` names (see ``retry.retry``) and
         return its RunView JSON; a repeated ``key`` reopens it once."""
-        faults.check_disk(self.settings.logs_dir, "log")
+        self.log_disk.check()
 
         def reopen(s: Session) -> bytes:
             org = s.get(OrgRow, org_id, with_for_update=True)  # quota + reservation

@@ -32,7 +32,7 @@ from sylphx._server.executors.local.processes import PRIVATE, closed_to
 from sylphx._server.images.reader import as_reader, reading_as
 from sylphx._settings import Settings
 
-__all__ = ["check_host_paths"]
+__all__ = ["check_host_paths", "reads_host"]
 
 _HIDDEN = "is, or lies under, a path of the control plane that shards never see"
 _RESOLVED = " (symlinks, '..' and '//' resolved)"
@@ -81,22 +81,7 @@ def check_host_paths(spec: RunSpec, settings: Settings, *, local: bool) -> None:
         )
         if real is not None and local:
             details.extend(_workdir_on_host(workdir, real, settings))
-    named = [  # (an empty PATH entry is the start directory, checked above)
-        (f"{prefix}env.PATH", os.path.join(workdir or PRIVATE, entry), _PATH_FIX)
-        for prefix, path in _paths(spec, hosted)
-        for entry in path.split(":")
-        if entry
-    ]
-    named += [  # a program named by its host path (the sandbox binds its folder's links)
-        (f"{prefix}command[0]", step.command[0], _PROGRAM_FIX)
-        for prefix, step in hosted
-        if step.command and step.command[0].startswith("/")
-    ]
-    named += [  # (mount paths normalised by the spec model)
-        (f"volumeMounts[{i}].mountPath", mount.mount_path, _MOUNT_FIX)
-        for i, mount in enumerate(spec.volume_mounts)
-    ]
-    for field, path, fix in named:
+    for field, path, fix in _named(spec, hosted):
         refuse(field, path, fix)
     if details:
         lines = [f"{d['field']}: {d['rule']}. Fix: {d['fix']}" for d in details]
@@ -112,6 +97,38 @@ _PROGRAM_FIX = (  # the sandbox binds back the folders its program's folder link
     " shard (e.g. /data/bin/tool), never the control plane's data directory"
 )
 _MOUNT_FIX = "mount the volume at a path of your own, e.g. /cache or /data/out"
+
+
+def reads_host(spec: RunSpec) -> bool:
+    """Whether :func:`check_host_paths` reads this host's filesystem for ``spec`` (an
+    image, a ``workingDir`` or a path it names); a spec that names none is checked
+    without a system call."""
+    steps = _steps(spec)
+    if any(step.image is not None for _, step in steps):
+        return True
+    return spec.working_dir is not None or bool(_named(spec, steps))
+
+
+def _named(spec: RunSpec, hosted: list[tuple[str, RunSpec]]) -> list[tuple[str, str, str]]:
+    """The host paths, but the ``workingDir``, that the host steps ``hosted`` name:
+    (field, path as spelled, the fix when it is refused)."""
+    workdir = spec.working_dir
+    named = [  # (an empty PATH entry is the start directory, checked with workingDir)
+        (f"{prefix}env.PATH", os.path.join(workdir or PRIVATE, entry), _PATH_FIX)
+        for prefix, path in _paths(spec, hosted)
+        for entry in path.split(":")
+        if entry
+    ]
+    named += [  # a program named by its host path (the sandbox binds its folder's links)
+        (f"{prefix}command[0]", step.command[0], _PROGRAM_FIX)
+        for prefix, step in hosted
+        if step.command and step.command[0].startswith("/")
+    ]
+    named += [  # (mount paths normalised by the spec model)
+        (f"volumeMounts[{i}].mountPath", mount.mount_path, _MOUNT_FIX)
+        for i, mount in enumerate(spec.volume_mounts)
+    ]
+    return named
 
 
 def _steps(spec: RunSpec) -> list[tuple[str, RunSpec]]:
