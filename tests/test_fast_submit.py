@@ -6,7 +6,8 @@ control plane -- as served, and without the plain route -- and the answers compa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from sylphx._core.limits import MAX_BODY_BYTES
 from sylphx._server.http import create_app
 from sylphx._server.http.fast_submit import PlainSubmit
 from sylphx._server.http.metrics import REQUESTS
+from sylphx._server.tenancy import orgs
 
 SPEC = {"command": ["true"], "machine": "nano"}
 pytestmark = pytest.mark.anyio
@@ -179,28 +181,57 @@ async def test_a_client_gone_mid_body_is_answered_as_fastapi_does(tenant: Server
     assert answers[0] == answers[1] and answers[0][0] == 422
 
 
-async def test_a_writes_key_is_checked_once_at_the_edge_on_either_route(
+async def test_a_writes_key_is_hashed_once_on_either_route(
     apps: tuple[httpx.AsyncClient, httpx.AsyncClient, Spy],
     tenant: Server,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The edge checks an API write's key before its body is read; the route takes the org
-    it found then, and never checks the key a second time (nor takes another key's org)."""
+    """The edge hashes and checks an API write's key before its body is read; the route
+    asks the key cache again by that hash, and never hashes the key a second time."""
     service = type(tenant.plane.account)  # (a frozen dataclass: patched on its class)
-    real, checked = service.authenticate, []
+    real, hashed = service.key_hash, []
 
-    async def authenticate(self: Any, authorization: str | None) -> str:
-        checked.append(authorization)
-        return await real(self, authorization)
+    def key_hash(authorization: str | None) -> str:
+        hashed.append(authorization)
+        return real(authorization)
 
-    monkeypatch.setattr(service, "authenticate", authenticate)
+    monkeypatch.setattr(service, "key_hash", staticmethod(key_hash))
     for client in apps[:2]:  # the plain route, and FastAPI's (a dry run goes there)
         for params in ({}, {"dryRun": "true"}):
-            checked.clear()
+            hashed.clear()
             answer = await client.post("/v1/runs", json=SPEC, params=params)
             assert answer.status_code in (200, 201), answer.text
-            assert checked == [f"Bearer {tenant.token}"]
+            assert hashed == [f"Bearer {tenant.token}"]
     assert apps[2].handed == 1  # (the dry run)
-    checked.clear()  # a read is checked by its route: the edge checks writes only
+    hashed.clear()  # a read is checked by its route: the edge checks writes only
     assert (await apps[0].get("/v1/runs")).status_code == 200
-    assert checked == [f"Bearer {tenant.token}"]
+    assert hashed == [f"Bearer {tenant.token}"]
+
+
+@pytest.mark.parametrize("params", [{}, {"dryRun": "true"}])  # either route
+def test_a_key_revoked_while_its_body_is_read_is_refused(
+    make_server: Callable[..., Server], params: dict[str, str]
+) -> None:
+    """A leaked key's holder opens a write, its headers checked at the edge, and trickles
+    the body; the key is revoked meanwhile: the write is refused when its body is in, as
+    the key cache promises (``SYLPHX_AUTH_CACHE_SECONDS=0``: at once). Found by an attack
+    review of the edge's single check."""
+    server = make_server(auth_cache_seconds=0)
+    with server.plane.sessions.begin() as s:
+        row, token = orgs.create_key(s, "org_test", name="leaked", now=server.plane.now())
+    body = json.dumps(SPEC).encode()
+    checked = threading.Event()
+
+    def trickled() -> Iterator[bytes]:
+        yield body[:5]
+        checked.wait(10)
+        with server.plane.sessions.begin() as s:
+            orgs.revoke_key(s, row.id, server.plane.now())
+        yield body[5:]
+
+    with server.client(token) as client:
+        threading.Timer(0.5, checked.set).start()  # the headers are in, and checked
+        answer = client.post("/v1/runs", content=trickled(), params=params, headers=JSON)
+        assert answer.status_code == 401, answer.text
+        assert client.get("/v1/runs").status_code == 401
+    assert server.http.get("/v1/runs").json()["items"] == []

@@ -15,7 +15,7 @@ from sylphx._server.runs.account import AccountService, SecretService
 from sylphx._server.runs.facade import RunService
 from sylphx._server.runs.volumes import VolumeService
 
-from .edge import authenticated
+from .edge import checked_hash
 
 __all__ = [
     "Account",
@@ -65,12 +65,13 @@ async def current_org(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> str:
     """The caller's org id, from ``Authorization: Bearer <key>`` (401 otherwise); see
-    :meth:`AccountService.authenticate`. An API write's key was checked at the edge
-    already, before its body was read: that answer is the one taken."""
-    known = authenticated(request.scope, authorization)
-    if known is not None:
-        return known
-    return await plane_of(request).account.authenticate(authorization)
+    :meth:`AccountService.authenticate`. An API write's key was hashed and checked at
+    the edge already, before its body was read: that hash is asked again."""
+    account = plane_of(request).account
+    key_hash = checked_hash(request.scope, authorization)
+    if key_hash is not None:
+        return await account.org_of_hash(key_hash)
+    return await account.authenticate(authorization)
 
 
 Runs = Annotated[RunService, Depends(run_service)]

@@ -43,7 +43,7 @@ from sylphx._server.runs import longpoll
 
 from .openapi import ROUTES
 
-__all__ = ["BodyLimit", "ErrorResponse", "authenticated", "error_response", "install"]
+__all__ = ["BodyLimit", "ErrorResponse", "checked_hash", "error_response", "install"]
 
 log = logging.getLogger("sylphx.api")
 
@@ -163,8 +163,8 @@ class BodyLimit:
     told by its Content-Length before it is read, or as it streams in (chunked). And an
     API request with a body (``/v1/``, POST, PUT, PATCH) has its key checked before any
     of the body is read: parsing a 4 MiB body takes the event loop ~0.2 s, which nobody
-    without a key may make it spend (found by an attack review). The route takes the org
-    found then (:func:`authenticated`) instead of checking the key a second time."""
+    without a key may make it spend (found by an attack review). The route asks for the
+    key's org again by the hash found then (:func:`checked_hash`), from the key cache."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -208,21 +208,25 @@ async def _refused(scope: Scope) -> SylphxError | None:
     if scope["method"] in _WRITES and scope["path"].startswith("/v1/"):
         plane = scope["app"].state.plane
         try:
-            org_id = await plane.account.authenticate(authorization)
+            key_hash = plane.account.key_hash(authorization)
+            await plane.account.org_of_hash(key_hash)
         except Unauthorized as exc:
             return exc
         except (OperationalError, InterfaceError, PoolTimeout) as exc:  # (a 503, unread)
             return faults.store_unavailable(exc, plane.engine)
-        scope.setdefault("state", {})[_CALLER] = (authorization, org_id)
+        scope.setdefault("state", {})[_CALLER] = (authorization, key_hash)
     return None
 
 
-_CALLER = "sylphx.caller"  # the request's state: (Authorization, its org) the edge checked
+_CALLER = "sylphx.caller"  # the request's state: (Authorization, its key's hash) checked
 
 
-def authenticated(scope: Scope, authorization: str | None) -> str | None:
-    """The org the edge found behind ``authorization`` for this request (its first
-    ``Authorization`` header, as the routes read it), or None when it checked none."""
+def checked_hash(scope: Scope, authorization: str | None) -> str | None:
+    """The hash of the key the edge checked for this request, if ``authorization`` is
+    the header it read (the first, as the routes read it); None when it checked none.
+    The route asks for the key's org again by it, through the key cache: a key revoked
+    while its request's body was read is refused as at any other time (an attack
+    review's find), and the key is not hashed twice."""
     checked = scope.get("state", {}).get(_CALLER)
     if checked is not None and checked[0] == authorization:
         return str(checked[1])

@@ -33,7 +33,7 @@ from sylphx._core.limits import Text
 from sylphx._core.spec import RunSpec
 
 from .deps import plane_of
-from .edge import authenticated
+from .edge import checked_hash
 
 __all__ = ["install"]
 
@@ -86,8 +86,10 @@ class PlainSubmit:
             return
         plane = plane_of(request)
         authorization = request.headers.get("authorization")
-        org_id = authenticated(scope, authorization)  # (checked at the edge, see BodyLimit)
-        if org_id is None:
+        key_hash = checked_hash(scope, authorization)  # (hashed at the edge: see BodyLimit)
+        if key_hash is not None:
+            org_id = await plane.account.org_of_hash(key_hash)
+        else:
             org_id = await plane.account.authenticate(authorization)
         try:
             spec = RunSpec.model_validate(document)

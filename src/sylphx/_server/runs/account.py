@@ -54,7 +54,13 @@ class AccountService:
         """The org id behind ``Authorization: Bearer <key>`` (Unauthorized otherwise). A
         key's store lookup is reused for ``SYLPHX_AUTH_CACHE_SECONDS`` (see
         :mod:`.readcache`); the lookup runs in the thread pool."""
-        return await self.org_of_hash(orgs.bearer_hash(authorization))
+        return await self.org_of_hash(self.key_hash(authorization))
+
+    @staticmethod
+    def key_hash(authorization: str | None) -> str:
+        """The stored hash of the key in ``Authorization: Bearer <key>`` (Unauthorized
+        when there is none)."""
+        return orgs.bearer_hash(authorization)
 
     async def org_of_hash(self, key_hash: str) -> str:
         """The org of the live key with this stored hash (Unauthorized for an unknown or
