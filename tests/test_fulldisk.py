@@ -322,17 +322,25 @@ def test_a_disk_watch_answers_only_from_a_fresh_reading(
     clock = [100.0]
     monkeypatch.setattr(faults.time, "monotonic", lambda: clock[0])
     watch = faults.DiskWatch(tmp_path, "log", fresh=1.0)
-    assert watch.recent() is False  # never read
+    assert not watch.fresh()  # never read
     watch.check()
-    assert watch.recent() is True
+    assert watch.fresh()
     clock[0] += 1.5
-    assert watch.recent() is False  # stale: e.g. a hung mount stopped the passes
+    assert not watch.fresh()  # stale: e.g. a hung mount stopped the passes
     monkeypatch.setattr(faults, "MIN_FREE_BYTES", 1 << 62)  # (no disk has that much)
+    clock[0] -= 1.0  # a read begun before the one below, and kept after it: dropped
+    slow = clock[0]
+    clock[0] += 1.0
     with pytest.raises(StorageFull):
         watch.check()
+    monkeypatch.setattr(faults, "check_disk", lambda *_: None)  # (the slow read: room)
+    clock[0] = slow
+    watch.check()
+    clock[0] = slow + 1.1
+    monkeypatch.setattr(faults, "check_disk", lambda *_: pytest.fail("read the disk"))
     answers = []
-    for _ in range(2):  # each answer a new error (no traceback grows on a kept one)
+    for _ in range(2):  # from the newer reading; each answer a new error
         with pytest.raises(StorageFull, match=f"the log disk at {tmp_path} is full") as got:
-            watch.recent()
+            watch.check(cached=True)
         answers.append(got.value)
     assert answers[0] is not answers[1]

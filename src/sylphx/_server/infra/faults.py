@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -53,32 +54,41 @@ class DiskWatch:
     """One disk's room as last read, for a path that must not read the disk itself: a
     submit on the event loop, where a hung mount would stall every request. The
     reconciler reads it every pass (:meth:`check`), a submit in the thread pool too, so
-    while runs come in a reading is never older than a pass; :meth:`recent` answers
-    from a reading at most ``fresh`` seconds old, or says there is none."""
+    while runs come in a reading is never older than a pass; :meth:`fresh` says whether
+    the last one is at most ``fresh`` seconds old, and ``check(cached=True)`` answers
+    from it."""
 
     def __init__(self, path: Path, what: str, fresh: float = 1.0) -> None:
-        self.path, self.what, self.fresh = path, what, fresh
+        self.path, self.what, self.max_age = path, what, fresh
+        self._lock = threading.Lock()
         self._read: tuple[float, str | None] | None = None  # (when, why it is full)
 
-    def check(self) -> None:
-        """Read the disk now (blocking) and keep the reading: :func:`check_disk`."""
+    def fresh(self) -> bool:
+        """Whether the last reading is at most ``fresh`` seconds old."""
+        read = self._read
+        return read is not None and time.monotonic() - read[0] <= self.max_age
+
+    def check(self, *, cached: bool = False) -> None:
+        """Raise :class:`StorageFull` when the disk is full (:func:`check_disk`): read
+        now, blocking, and kept (unless a newer reading was kept meanwhile); with
+        ``cached``, as the last reading found it, when it is fresh."""
+        read = self._read
+        if cached and read is not None and time.monotonic() - read[0] <= self.max_age:
+            if read[1] is not None:
+                raise StorageFull(read[1])  # (a new error each time: no traceback grows)
+            return
         when = time.monotonic()
         try:
             check_disk(self.path, self.what)
         except StorageFull as exc:
-            self._read = when, exc.message
+            self._keep(when, exc.message)
             raise
-        self._read = when, None
+        self._keep(when, None)
 
-    def recent(self) -> bool:
-        """True when a fresh reading found room; raises its :class:`StorageFull` when it
-        found the disk full; False when there is no fresh reading (read it: :meth:`check`)."""
-        read = self._read
-        if read is None or time.monotonic() - read[0] > self.fresh:
-            return False
-        if read[1] is not None:
-            raise StorageFull(read[1])
-        return True
+    def _keep(self, when: float, full: str | None) -> None:
+        with self._lock:  # a slow read never overwrites a newer one (an attack review)
+            if self._read is None or when >= self._read[0]:
+                self._read = when, full
 
 
 def is_disk_full(exc: OSError) -> bool:
