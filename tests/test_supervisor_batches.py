@@ -245,3 +245,36 @@ def test_a_supervisor_with_stdin_closed_before_a_line_starts_nothing() -> None:
         timeout=30,
     )
     assert proc.returncode == 0 and not Path("/nonexistent/never").exists()
+
+
+def test_a_batch_whose_supervisor_died_before_making_its_folders_ends_as_never_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor can die (or be killed) after a batch was written to it and before it
+    made a single attempt's folder: that batch's attempts are recorded as never started
+    once nobody claimed them in LOST_AFTER_SECONDS, as those of a supervisor that made
+    its folders -- not left running forever, billed, with nothing behind them (seen in
+    P7: ten runs of `true` running for 17 minutes). A late supervisor starts none."""
+    from sylphx._server.executors.local import executor as local
+
+    monkeypatch.setattr(local, "LOST_AFTER_SECONDS", 0.3)
+    monkeypatch.setattr(local, "DEEP_SCAN_SECONDS", 0.1)
+    state = tmp_path / "state"
+    executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
+    real = executor._supervisors.start
+    given: list[list[dict[str, object]]] = []
+    monkeypatch.setattr(executor._supervisors, "start", lambda batch: given.append(batch) or [])
+    try:
+        handle = launch(executor, tmp_path, "touch ran; exit 0", 0)
+        folder = Path(executor._folder(handle))
+        assert not folder.exists()  # the batch went nowhere
+        (exit,) = wait_exits(executor, 1).values()
+        assert exit.returncode == 127 and "never started" in (exit.reason or "")
+        assert (folder / "claim").read_text() == "lost"
+        assert real(given[0]) == []  # a supervisor that gets it late...
+        time.sleep(1)
+        assert not (tmp_path / "ran").exists()  # ... starts nothing
+        assert executor.poll() == []  # (and nothing is reported twice)
+        assert (state / "supervisors.log").read_bytes() == b""  # where a crash would say why
+    finally:
+        executor.close()

@@ -353,8 +353,10 @@ def never_claimed(folder: str, owner: str | None, since: float, lost_after: floa
     if time.monotonic() - since < lost_after:
         return False  # its supervisor may still be starting
     try:
-        if owner is None and not claim(folder, "lost"):
-            return False  # a supervisor took it just now: next poll sees it
+        if owner is None:
+            make_dir(folder)  # (a supervisor that died before it made the folder: none)
+            if not claim(folder, "lost"):
+                return False  # a supervisor took it just now: next poll sees it
     except OSError:  # a full disk: an empty claim means the same, none means wait
         if read_state(f"{folder}/claim") is None:
             return False

@@ -227,15 +227,18 @@ class Supervisors:
                 spare.wait(timeout=2)
 
     def _spawn(self) -> Proc:
-        """A supervisor that waits for its batch on stdin."""
-        return subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", BOOT, HERE, str(self._fifo)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
+        """A supervisor that waits for its batch on stdin. What it says on stderr (only
+        ever a traceback: it writes nothing else) goes to ``supervisors.log`` beside the
+        FIFO, so a supervisor that died leaves why."""
+        with open(self._fifo.parent / "supervisors.log", "ab") as errors:
+            return subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", BOOT, HERE, str(self._fifo)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=True,
+                close_fds=True,
+            )
 
     def _take_spare(self) -> Proc | None:
         with self._lock:
