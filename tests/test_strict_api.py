@@ -191,10 +191,10 @@ def test_a_write_when_the_store_is_away_is_a_503_before_its_body(
     503 naming the store, not a read and parse of the body anyway."""
     from sqlalchemy.exc import OperationalError
 
-    async def away(_self: object, _authorization: str | None) -> str:
+    async def away(_self: object, _key_hash: str) -> str:
         raise OperationalError("SELECT 1", {}, Exception("unable to open database file"))
 
-    monkeypatch.setattr(type(server.plane.account), "authenticate", away)
+    monkeypatch.setattr(type(server.plane.account), "org_of_hash", away)  # (the key's look-up)
     r = _post_raw(server, b"{not even json")
     assert r.status_code == 503 and r.json()["error"] == "store_unavailable", r.text
 
