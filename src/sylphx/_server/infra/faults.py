@@ -54,41 +54,35 @@ class DiskWatch:
     """One disk's room as last read, for a path that must not read the disk itself: a
     submit on the event loop, where a hung mount would stall every request. The
     reconciler reads it every pass (:meth:`check`), a submit in the thread pool too, so
-    while runs come in a reading is never older than a pass; :meth:`fresh` says whether
-    the last one is at most ``fresh`` seconds old, and ``check(cached=True)`` answers
-    from it."""
+    while runs come in a reading is never older than a pass. Only room is taken on
+    trust (:meth:`roomy`): a disk last seen full is read again before anyone is refused,
+    so space freed a moment ago is seen at once."""
 
     def __init__(self, path: Path, what: str, fresh: float = 1.0) -> None:
-        self.path, self.what, self.max_age = path, what, fresh
+        self.path, self.what, self.fresh = path, what, fresh
         self._lock = threading.Lock()
-        self._read: tuple[float, str | None] | None = None  # (when, why it is full)
+        self._read: tuple[float, bool] | None = None  # (when it began, room found)
 
-    def fresh(self) -> bool:
-        """Whether the last reading is at most ``fresh`` seconds old."""
+    def roomy(self) -> bool:
+        """Whether a reading at most ``fresh`` seconds old found room."""
         read = self._read
-        return read is not None and time.monotonic() - read[0] <= self.max_age
+        return read is not None and read[1] and time.monotonic() - read[0] <= self.fresh
 
-    def check(self, *, cached: bool = False) -> None:
-        """Raise :class:`StorageFull` when the disk is full (:func:`check_disk`): read
-        now, blocking, and kept (unless a newer reading was kept meanwhile); with
-        ``cached``, as the last reading found it, when it is fresh."""
-        read = self._read
-        if cached and read is not None and time.monotonic() - read[0] <= self.max_age:
-            if read[1] is not None:
-                raise StorageFull(read[1])  # (a new error each time: no traceback grows)
-            return
+    def check(self) -> None:
+        """Read the disk now (blocking) and keep the reading, unless a newer one was kept
+        meanwhile; :class:`StorageFull` when it is full (:func:`check_disk`)."""
         when = time.monotonic()
         try:
             check_disk(self.path, self.what)
-        except StorageFull as exc:
-            self._keep(when, exc.message)
+        except StorageFull:
+            self._keep(when, False)
             raise
-        self._keep(when, None)
+        self._keep(when, True)
 
-    def _keep(self, when: float, full: str | None) -> None:
+    def _keep(self, when: float, room: bool) -> None:
         with self._lock:  # a slow read never overwrites a newer one (an attack review)
             if self._read is None or when >= self._read[0]:
-                self._read = when, full
+                self._read = when, room
 
 
 def is_disk_full(exc: OSError) -> bool:

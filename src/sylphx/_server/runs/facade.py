@@ -97,10 +97,10 @@ class RunService:
         now. Submits that arrive together share one transaction (see :mod:`.submits`),
         awaited without a thread. The checks before it that touch disks (the log disk's
         room, host paths, an image) run in the thread pool: a hung mount must never stall
-        the event loop. A spec that names no host path nor image, while the log disk's
-        last reading is fresh (:class:`~sylphx._server.infra.faults.DiskWatch`), touches
-        none: its checks run here, without the thread pool's round trip."""
-        if not reads_host(spec) and self.log_disk.fresh():
+        the event loop. A spec that names no host path nor image, while a fresh reading
+        of the log disk found room (:class:`~sylphx._server.infra.faults.DiskWatch`),
+        touches none: its checks run here, without the thread pool's round trip."""
+        if not reads_host(spec) and self.log_disk.roomy():
             digests = self._admit(spec, org_id, disk_read=True)  # (no system call)
         else:
             digests = await run_in_threadpool(self._admit, spec, org_id)  # off the loop
@@ -118,13 +118,14 @@ class RunService:
         paths of the control plane, an image the org's policy (or the scanner) refuses.
         Returns the digest of each image the run names (None: it names none): its shards
         run those images, checked here, whatever the references name by then.
-        ``disk_read``: the log disk's last reading is fresh, and answers (see :meth:`submit`)."""
+        ``disk_read``: a fresh reading of the log disk found room (see :meth:`submit`)."""
         if self.draining():
             raise ServerUnavailable(
                 "the control plane is shutting down and accepts no new runs; running shards"
                 " keep running. Fix: retry in a few seconds, once it has restarted."
             )
-        self.log_disk.check(cached=disk_read)
+        if not disk_read:
+            self.log_disk.check()
         # the spec's own refusals before the org's state (a 402 once batched): GPU tiers
         admission.check_cpu_tiers(spec.machine, spec.merge.machine if spec.merge else None)
         # nothing of the control plane visible, whatever the spec says (422, nothing stored)
