@@ -7,6 +7,7 @@ image until an operator cleaned up by hand.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 
 from conftest import Server
 from oci import BusyboxImages, busybox_images, open_to_shards  # noqa: F401 - the fixture
+from sylphx._core.spec import RunSpec
 from sylphx._server.images import eviction
 from sylphx._server.images.store import ImageStore
 from sylphx._server.runs.pins import pinned_images
@@ -234,6 +236,59 @@ def test_an_admission_holds_its_images_until_its_run_is_stored(tmp_path: Path, d
     assert eviction.evict(tmp_path, 0, set, holds) == 0
     holds.release([digest])
     assert eviction.evict(tmp_path, 0, set, holds) == 1
+
+
+def test_a_submit_cancelled_while_its_checks_run_lets_go_of_its_images(
+    plane: tuple[Server, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks of a submit naming an image run in a thread, which a cancel cannot
+    stop: it lands once the thread is done. The digests the checks held were then never
+    let go, so image GC kept that image until a restart, whatever pinned it."""
+    server, layout = plane
+    service = server.plane.runs
+    checked, go = threading.Event(), threading.Event()
+    real = type(service)._admit
+
+    def held_then_slow(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            checked.set()
+            go.wait(30)
+
+    monkeypatch.setattr(type(service), "_admit", held_then_slow)
+    spec = RunSpec(image=f"oci:{layout}:latest", command=["true"])
+    before = server.http.get("/v1/runs").json()
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(service.submit(spec, server.org_id))
+        await asyncio.to_thread(checked.wait, 30)
+        assert service.images.holds()  # held by the checks, in the thread
+        task.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    assert service.images.holds() == set()
+    assert server.http.get("/v1/runs").json() == before  # nothing stored
+
+
+@pytest.mark.parametrize("caller_gone_first", [False, True])
+def test_a_claim_lets_go_of_its_digests_whichever_ends_last(caller_gone_first: bool) -> None:
+    holds = eviction.Holds()
+    claim = eviction.Claim(holds)
+
+    def check() -> dict[str, str]:
+        holds.hold(["sha256:a"])
+        return {"img": "sha256:a"}
+
+    if caller_gone_first:
+        claim.close()
+    assert claim.take(check) == {"img": "sha256:a"}
+    assert holds() == (set() if caller_gone_first else {"sha256:a"})
+    claim.close()
+    assert holds() == set()
 
 
 def test_runs_that_have_not_ended_pin_their_images(

@@ -38,7 +38,9 @@ from pathlib import Path
 
 from .room import reserve, reserve_inodes
 
-__all__ = ["GRACE", "HIGH", "LOW", "Holds", "InUse", "evict", "lock_path", "touch", "using"]
+__all__ = [
+    "GRACE", "HIGH", "LOW", "Claim", "Holds", "InUse", "evict", "lock_path", "touch", "using"
+]  # fmt: skip
 
 log = logging.getLogger("sylphx.images")
 
@@ -62,6 +64,9 @@ class Holds:
             self._held.update(digests)
 
     def release(self, digests: Iterable[str]) -> None:
+        digests = list(digests)
+        if not digests:  # every submit without an image lets go of nothing (P7)
+            return
         with self._lock:
             self._held.subtract(digests)
             self._held = +self._held  # (drops the counts at zero)
@@ -69,6 +74,36 @@ class Holds:
     def __call__(self) -> set[str]:
         with self._lock:
             return set(self._held)
+
+
+class Claim:
+    """Digests held for a caller that may be gone before they are: a submit's checks run
+    in a thread, which cancelling the submit does not stop (the cancel lands at once, the
+    thread goes on). Whichever ends last -- the checks (:meth:`take`) or the caller
+    (:meth:`close`) -- lets go of what the checks held."""
+
+    def __init__(self, holds: Holds) -> None:
+        self._holds = holds
+        self._lock = threading.Lock()
+        self._digests: dict[str, str] | None = None
+        self._closed = False
+
+    def take(self, check: Callable[[], dict[str, str] | None]) -> dict[str, str] | None:
+        """Run ``check``, which holds the digests it returns (by image reference)."""
+        digests = check()
+        with self._lock:
+            if not self._closed:
+                self._digests = digests
+                return digests
+        self._holds.release((digests or {}).values())  # its caller is gone
+        return digests
+
+    def close(self) -> None:
+        """The caller is done: let go of what was taken (what comes later is let go of
+        as it comes)."""
+        with self._lock:
+            self._closed, digests, self._digests = True, self._digests, None
+        self._holds.release((digests or {}).values())
 
 
 def touch(final: Path) -> None:

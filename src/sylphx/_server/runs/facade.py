@@ -26,6 +26,7 @@ from sylphx._core.views import Quote, RunList, RunView, ShardView
 from sylphx._server.controller.policy import admission
 from sylphx._server.executors import Executor
 from sylphx._server.images import policy as image_policy
+from sylphx._server.images.eviction import Claim
 from sylphx._server.images.store import ImageStore
 from sylphx._server.infra import faults
 from sylphx._server.store import OrgRow, RunRow, lost_race
@@ -100,16 +101,19 @@ class RunService:
         the event loop. A spec that names no host path nor image, while a fresh reading
         of the log disk found room (:class:`~sylphx._server.infra.faults.DiskWatch`),
         touches none: its checks run here, without the thread pool's round trip."""
-        if not reads_host(spec) and self.log_disk.roomy():
-            digests = self._admit(spec, org_id, disk_read=True)  # (no system call)
-        else:
-            digests = await run_in_threadpool(self._admit, spec, org_id)  # off the loop
-        try:  # the images held in the cache until the run that pins them is stored
+        # the images held in the cache until the run that pins them is stored, or the
+        # submit is cancelled: while its checks run in a thread too (see Claim)
+        claim = Claim(self.images.holds)
+        try:
+            if not reads_host(spec) and self.log_disk.roomy():  # (no system call)
+                digests = claim.take(lambda: self._admit(spec, org_id, disk_read=True))
+            else:  # off the loop
+                digests = await run_in_threadpool(claim.take, lambda: self._admit(spec, org_id))
             ask = Submit(spec, org_id, idempotency_key, digests=digests)
             store = storing.Storing(self.sessions, self.executor, self.now, self.wake)
             return await self.group_commit.wait(ask, store.batch, store.alone)
         finally:
-            self.images.holds.release((digests or {}).values())
+            claim.close()
 
     def _admit(
         self, spec: RunSpec, org_id: str, *, disk_read: bool = False
