@@ -37,14 +37,15 @@ class Passes:
             return self.lock.wait_for(lambda: len(self.started) >= n, timeout)
 
 
-@pytest.fixture
+@pytest.fixture(params=[False], ids=["exits one by one"])
 def loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Reconciler, StubExecutor, Passes]]:
     monkeypatch.setattr(pass_loop, "EXIT_BATCH_SECONDS", LONG)
     engine = make_engine(migrated_sqlite(tmp_path / "db.sqlite"))
     migrate(engine)
-    executor = StubExecutor()  # it keeps the waker the reconciler gives it, as a real one
+    # it keeps the waker the reconciler gives it, as a real one
+    executor = StubExecutor(batches_exits=request.param)
     settings = Settings(home=tmp_path, database_url="unused", reconcile_interval=30)
     rec = Reconciler(session_factory(engine), executor, settings)
     passes = Passes()
@@ -96,3 +97,22 @@ def test_stop_does_not_wait_for_the_batch(
     executor.waker()  # its pass would wait LONG
     rec.stop()  # joins the loop for at most 10 s
     assert rec._thread is not None and not rec._thread.is_alive()
+
+
+@pytest.mark.parametrize("loop", [True], ids=["exits in batches"], indirect=True)
+def test_an_executor_that_batches_its_exits_wakes_a_pass_at_once(
+    loop: tuple[Reconciler, StubExecutor, Passes],
+) -> None:
+    """Ray's exits come through the hub's feed, a round trip's worth at a time: waiting
+    the batch period on top of it left freed slots idle (P6, 200 shards: a round's
+    median 1.10 s with it, 0.89 s without)."""
+    _, executor, passes = loop
+    executor.waker()
+    assert passes.wait_for(2)  # well before the batch period is over
+
+
+def test_the_executors_say_how_their_exits_come() -> None:
+    from sylphx._server.executors.local.executor import LocalExecutor
+    from sylphx._server.executors.ray.executor import RayExecutor
+
+    assert RayExecutor.batches_exits and not LocalExecutor.batches_exits

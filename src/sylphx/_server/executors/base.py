@@ -130,6 +130,11 @@ class Executor(Protocol):
     # (Ray); until then it is ``starting``, not running and not billed. False: it runs
     # from :meth:`flush` (local), and :meth:`starts` may then report its true start.
     reports_starts: bool
+    # True: ended attempts come in batches of the executor's own (Ray: the hub's feed,
+    # one long poll at a time, gathers the exits of a round trip), so a pass runs as soon
+    # as the waker is called. False: each exit calls it as it comes (local), and a pass
+    # woken that way waits the loop's exit batch period to gather more (docs/adr/0007).
+    batches_exits: bool
 
     def capacity(self) -> Resources:
         """Total resources shards may use at once."""

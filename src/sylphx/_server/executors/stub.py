@@ -107,13 +107,17 @@ class StubExecutor:
         *,
         clock: Clock = _utc_now,
         reports_starts: bool = False,
+        batches_exits: bool = False,
     ) -> None:
         """``resources``: the capacity reported (default 64 vCPU / 256 GiB); ``clock``:
         what stamps starts and exits (default: the wall clock, in UTC);
-        ``reports_starts``: attempts start when :meth:`start` says, not at the flush."""
+        ``reports_starts``: attempts start when :meth:`start` says, not at the flush;
+        ``batches_exits``: its waker starts a pass at once (as Ray's), not after the
+        loop's exit batch period."""
         self.resources = resources or Resources.of_host(64, 256 << 30)
         self.clock = clock
         self.reports_starts = reports_starts
+        self.batches_exits = batches_exits
         self.ignore_term = False
         self.gangs_ready = True
         self.signals: list[tuple[str, Signal]] = []

@@ -69,6 +69,7 @@ class LocalExecutor:
     # An attempt runs from its flush (its supervisor's batch); starts() then reports when
     # its process really started, which is later: its timeout counts from there.
     reports_starts = False
+    batches_exits = False  # each supervisor's exit file wakes the reconciler
 
     def __init__(
         self,

@@ -87,6 +87,7 @@ class RayExecutor:
 
     name = "ray"
     reports_starts = True  # attempts start when Ray places them: see starts()
+    batches_exits = True  # the hub's feed, read a long poll at a time (see _watch)
 
     def __init__(
         self,
