@@ -44,6 +44,17 @@ TERMINAL = ("succeeded", "partial", "failed", "cancelled", "timed_out")
 MAX_WAIT = 60.0  # the longest long-poll the API allows (GET /v1/runs/{id}?wait=)
 
 
+def _trace_env() -> dict[str, str]:
+    """``SYLPHX_BENCH_TRACE=FILE`` set for a benchmark reaches its server, with
+    ``reconciler_trace`` on its path (see bench/reconciler_trace/sitecustomize.py): every
+    other ``SYLPHX_*`` variable of the caller is dropped, so that one must be let through."""
+    trace = os.environ.get("SYLPHX_BENCH_TRACE")
+    if not trace:
+        return {}
+    path = [str(Path(__file__).parent / "reconciler_trace"), os.environ.get("PYTHONPATH", "")]
+    return {"SYLPHX_BENCH_TRACE": trace, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
 def sandbox_argv(command: Sequence[str]) -> list[str]:
     """The argv a sandboxed shard of ``command`` runs (the same-envelope baseline): both
     bubblewrap stages, the uid drop and the seccomp filter, opened at fd 3 by a shell as
@@ -84,6 +95,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("SYLPHX_")},
+            **_trace_env(),
             "SYLPHX_HOME": str(self.home),
             "SYLPHX_DATABASE_URL": database_url or f"sqlite:///{self.home / 'sylphx.db'}",
             **env,
