@@ -26,11 +26,15 @@ class Passes:
     def __init__(self) -> None:
         self.started: list[float] = []
         self.lock = threading.Condition()
+        self.cpu = 0.0  # CPU seconds each pass burns
 
     def tick(self) -> None:
         with self.lock:
             self.started.append(time.monotonic())
             self.lock.notify_all()
+        until = time.thread_time() + self.cpu
+        while time.thread_time() < until:
+            pass
 
     def wait_for(self, n: int, timeout: float = 10.0) -> bool:
         with self.lock:
@@ -116,3 +120,30 @@ def test_the_executors_say_how_their_exits_come() -> None:
     from sylphx._server.executors.ray.executor import RayExecutor
 
     assert RayExecutor.batches_exits and not LocalExecutor.batches_exits
+
+
+@pytest.mark.parametrize("loop", [True], ids=["exits in batches"], indirect=True)
+def test_a_stream_of_batched_exits_keeps_the_reconciler_at_most_half_busy(
+    loop: tuple[Reconciler, StubExecutor, Passes],
+) -> None:
+    """Found by a review: without the batch period, a feed that always has news (one
+    tenant's tiny shards ending all the time) ran passes back to back, and every other
+    tenant's API calls share the reconciler's process."""
+    _, executor, passes = loop
+    passes.cpu = 0.03
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            executor.waker()
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=stream)
+    feeder.start()
+    try:
+        assert passes.wait_for(8)
+    finally:
+        stop.set()
+        feeder.join()
+    gaps = [b - a for a, b in zip(passes.started[1:8], passes.started[2:8], strict=False)]
+    assert min(gaps) >= 2 * passes.cpu * 0.95  # a pass, then a rest as long

@@ -34,6 +34,10 @@ log = logging.getLogger("sylphx.reconciler")
 # exits are likely as many, and waiting would only delay them).
 EXIT_BATCH_SECONDS = 0.04
 EXIT_BATCH = 32
+# An executor that gathers its exits itself (Ray: one feed read a round trip) wakes a pass
+# without the period above; so that a steady stream of such wake-ups cannot keep the
+# reconciler busy (every tenant's API calls share its process), a pass it woke starts no
+# sooner after the previous one ended than that one's own CPU time: at most half a core.
 
 
 class PassLoop(ABC):
@@ -50,6 +54,9 @@ class PassLoop(ABC):
         self._stop = threading.Event()
         self._last_start = float("-inf")  # monotonic time the last pass began
         self._last_exits = 0  # exits the last pass settled
+        self._paced = threading.Event()  # set by _wake_paced (see above)
+        self._last_end = float("-inf")  # monotonic time the last pass ended
+        self._last_cpu = 0.0  # the CPU seconds it took
         self._thread: threading.Thread | None = None
         self._recovered = False  # whether start() already re-adopted live attempts
 
@@ -70,13 +77,24 @@ class PassLoop(ABC):
         """Run a pass soon: processes ended (see EXIT_BATCH_SECONDS)."""
         self._wake.set()
 
+    def _wake_paced(self) -> None:
+        """Run a pass soon: the executor reports exits it gathered itself (see above)."""
+        self._paced.set()
+        self._wake.set()
+
     def _wait(self) -> None:
         """Until the next pass is due: a wake-up, or the reconcile interval."""
         self._wake.wait(self.settings.reconcile_interval)
-        if not self._urgent.is_set() and self._last_exits < EXIT_BATCH:  # let exits gather
+        if self._urgent.is_set():
+            return
+        if self._paced.is_set():  # gathered already: paced by the pass's own cost
+            rest = self._last_end + self._last_cpu - time.monotonic()
+        elif self._last_exits < EXIT_BATCH:  # let exits gather
             rest = self._last_start + EXIT_BATCH_SECONDS - time.monotonic()
-            if rest > 0:
-                self._urgent.wait(rest)
+        else:
+            return
+        if rest > 0:
+            self._urgent.wait(rest)
 
     def start(self) -> None:
         if self.lease is None or self.lease.ensure():
@@ -98,7 +116,8 @@ class PassLoop(ABC):
         while not self._stop.is_set():
             self._wake.clear()
             self._urgent.clear()
-            self._last_start = time.monotonic()
+            self._paced.clear()
+            self._last_start, cpu = time.monotonic(), time.thread_time()
             try:
                 # Several API processes may share the store: only the lease holder acts.
                 # A standby that takes over re-adopts every live attempt first.
@@ -122,4 +141,5 @@ class PassLoop(ABC):
             except Exception:  # keep reconciling; the next pass re-reads everything
                 log.exception("reconcile pass failed")
                 readopt = True
+            self._last_end, self._last_cpu = time.monotonic(), time.thread_time() - cpu
             self._wait()

@@ -89,8 +89,8 @@ class Reconciler(PassLoop):
         self._specs = Specs()  # parsed once per version of a run's row
         self._bulkhead = bulkhead.Bulkhead()  # runs that failed a step: parked or ended
         self.on_pass: Callable[[list[str]], None] = lambda ended: None  # hook, see tick()
-        # an executor that batches its exits itself wakes a pass at once (docs/adr/0007)
-        executor.set_waker(self.wake if executor.batches_exits else self._wake_batched)
+        # an executor that batches its exits itself: no batch period (docs/adr/0007)
+        executor.set_waker(self._wake_paced if executor.batches_exits else self._wake_batched)
 
     # -- one pass ----------------------------------------------------------
     def tick(self) -> None:
