@@ -131,8 +131,9 @@ class Executor(Protocol):
     # from :meth:`flush` (local), and :meth:`starts` may then report its true start.
     reports_starts: bool
     # True: ended attempts come in batches of the executor's own (Ray: the hub's feed,
-    # one long poll at a time, gathers the exits of a round trip), so a pass runs as soon
-    # as the waker is called. False: each exit calls it as it comes (local), and a pass
+    # one long poll at a time, gathers the exits of a round trip), so a pass the waker
+    # asks for waits no batch period, only as long as the previous pass's CPU time
+    # (controller/loop.py). False: each exit calls it as it comes (local), and a pass
     # woken that way waits the loop's exit batch period to gather more (docs/adr/0007).
     batches_exits: bool
 

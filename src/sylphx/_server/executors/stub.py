@@ -112,8 +112,8 @@ class StubExecutor:
         """``resources``: the capacity reported (default 64 vCPU / 256 GiB); ``clock``:
         what stamps starts and exits (default: the wall clock, in UTC);
         ``reports_starts``: attempts start when :meth:`start` says, not at the flush;
-        ``batches_exits``: its waker starts a pass at once (as Ray's), not after the
-        loop's exit batch period."""
+        ``batches_exits``: a pass its waker asks for waits no exit batch period (as
+        Ray's), only the previous pass's CPU time."""
         self.resources = resources or Resources.of_host(64, 256 << 30)
         self.clock = clock
         self.reports_starts = reports_starts
