@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from conftest import Server
 from sylphx._server.executors.base import Exit, LaunchRequest
 from sylphx._server.executors.local import supervisors
 from sylphx._server.executors.local.executor import LocalExecutor
@@ -185,7 +187,9 @@ def test_a_supervisor_that_stopped_reading_never_holds_up_the_pass(tmp_path: Pat
         executor.close()
 
 
-def test_an_open_supervisor_that_died_hands_the_batch_to_a_fresh_one(tmp_path: Path) -> None:
+def test_an_open_supervisor_that_died_hands_the_batch_to_a_fresh_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     state = tmp_path / "state"
     executor = LocalExecutor(64, 64 << 30, state, sandbox=False)
     try:
@@ -198,6 +202,8 @@ def test_an_open_supervisor_that_died_hands_the_batch_to_a_fresh_one(tmp_path: P
         handle = launch(executor, tmp_path, "exit 9", 1)
         assert wait_exits(executor, 1)[handle].returncode == 9
         assert set(claims(state).values()) - {pid}
+        assert f"shard supervisor {pid} ended with signal 9" in caplog.text  # said, once
+        assert caplog.text.count(f"supervisor {pid} ") == 1
     finally:
         executor.close()
 
@@ -245,6 +251,8 @@ def test_a_supervisor_with_stdin_closed_before_a_line_starts_nothing() -> None:
         timeout=30,
     )
     assert proc.returncode == 0 and not Path("/nonexistent/never").exists()
+    # said where the control plane keeps supervisors' stderr (state/supervisors.log)
+    assert b"stdin ended inside a batch (31 bytes)" in proc.stderr
 
 
 def test_a_batch_whose_supervisor_died_before_making_its_folders_ends_as_never_started(
@@ -254,7 +262,9 @@ def test_a_batch_whose_supervisor_died_before_making_its_folders_ends_as_never_s
     made a single attempt's folder: that batch's attempts are recorded as never started
     once nobody claimed them in LOST_AFTER_SECONDS, as those of a supervisor that made
     its folders -- not left running forever, billed, with nothing behind them (seen in
-    P7: ten runs of `true` running for 17 minutes). A late supervisor starts none."""
+    P7: ten runs of `true` running for 17 minutes). A late supervisor starts none. They
+    are lost, not failed: nothing of theirs ran, so they are retried (see
+    test_a_run_whose_batch_no_supervisor_started_is_retried_not_failed)."""
     from sylphx._server.executors.local import executor as local
 
     monkeypatch.setattr(local, "LOST_AFTER_SECONDS", 0.3)
@@ -269,7 +279,7 @@ def test_a_batch_whose_supervisor_died_before_making_its_folders_ends_as_never_s
         folder = Path(executor._folder(handle))
         assert not folder.exists()  # the batch went nowhere
         (exit,) = wait_exits(executor, 1).values()
-        assert exit.returncode == 127 and "never started" in (exit.reason or "")
+        assert exit.lost and exit.reason == "Lost: the attempt's supervisor never started it"
         assert (folder / "claim").read_text() == "lost"
         assert real(given[0]) == []  # a supervisor that gets it late...
         time.sleep(1)
@@ -278,3 +288,40 @@ def test_a_batch_whose_supervisor_died_before_making_its_folders_ends_as_never_s
         assert (state / "supervisors.log").read_bytes() == b""  # where a crash would say why
     finally:
         executor.close()
+
+
+def test_a_run_whose_batch_no_supervisor_started_is_retried_not_failed(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P7 (1,000 runs of `true`), once in some 15 rounds: one pass's batch of 6 single-shard
+    runs was never claimed by the supervisor it was written to, and all 6 runs ended
+    ``failed`` with exit 127 ("LaunchError: the attempt's supervisor never started"), the
+    shard's own failure, not retried. Nothing of them ran: they are lost now, retried at
+    once as a preemption (never the failure budget), and the run succeeds."""
+    from sylphx._server.executors.local import executor as local
+
+    monkeypatch.setattr(local, "LOST_AFTER_SECONDS", 0.5)
+    monkeypatch.setattr(local, "DEEP_SCAN_SECONDS", 0.1)
+    server = make_server()
+    sup = server.plane.executor._supervisors  # type: ignore[attr-defined]
+    real, swallowed = sup.start, []
+
+    def start(batch: list[dict[str, object]]) -> list[object]:
+        if not swallowed:  # written to a supervisor that then never reads it
+            swallowed.append(batch)
+            return []
+        return real(batch)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(sup, "start", start)
+    run = server.http.post("/v1/runs", json={"command": ["true"], "machine": "nano"}).json()
+    deadline = time.monotonic() + 60
+    done = run
+    while done["status"] not in ("succeeded", "failed", "partial", "cancelled"):
+        assert time.monotonic() < deadline, done
+        done = server.http.get(f"/v1/runs/{run['id']}", params={"wait": 10}).json()
+    assert swallowed and done["status"] == "succeeded", done
+    (shard,) = server.http.get(f"/v1/runs/{run['id']}/shards").json()
+    assert (shard["attempts"], shard["preemptions"], shard["exitCode"]) == (2, 1, 0), shard
+    lost = shard["history"][0]
+    assert lost["status"] == "preempted", lost
+    assert lost["reason"] == "Lost: the attempt's supervisor never started it", lost

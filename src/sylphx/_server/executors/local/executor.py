@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sylphx._core.errors import ExecutorError
 from sylphx._core.machines import Resources
-from sylphx._server.executors.base import LAUNCH_ERROR, LOST, Exit, LaunchRequest, Signal, Waker
+from sylphx._server.executors.base import LOST, Exit, LaunchRequest, Signal, Waker
 from sylphx._server.executors.envelope.probe import check_envelope
 from sylphx._server.executors.envelope.sandbox import Policy
 from sylphx._server.images.policy import refuse as images_refused
@@ -46,7 +46,7 @@ from .processes import signal_shard
 from .statefiles import OOM_REASON, read_exit, read_state, verified_pid, write_atomic
 from .supervisors import Supervisors
 
-NEVER_STARTED = "the attempt's supervisor never started"
+NEVER_STARTED = f"{LOST}: the attempt's supervisor never started it"  # retried: a preemption
 LOST_AFTER_SECONDS = 10.0  # an attempt nobody claimed in this long never started
 SCAN_SECONDS = 1.0  # every tracked attempt's exit file is read this often (missed notes)
 DEEP_SCAN_SECONDS = 2.0  # ... and its claim and supervisor checked this often
@@ -353,9 +353,9 @@ class LocalExecutor:
         if not owner:  # unclaimed, or claimed this instant (created, owner not yet written)
             if not statefiles.never_claimed(folder, owner, since, LOST_AFTER_SECONDS):
                 return None
-            return self._settle(handle, 127, f"{LAUNCH_ERROR}: {NEVER_STARTED}")
+            return self._settle(handle, 127, NEVER_STARTED)
         if owner == "lost":
-            return self._settle(handle, 127, f"{LAUNCH_ERROR}: {NEVER_STARTED}")
+            return self._settle(handle, 127, NEVER_STARTED)
         if verified_pid(owner) is not None:
             return None
         if read_exit(folder) is not None:  # the supervisor finished just now

@@ -14,6 +14,12 @@ import os
 __all__ = ["Inbox"]
 
 
+def _dropped(what: str) -> None:
+    """Say on stderr (the control plane's ``state/supervisors.log``) that a batch was lost
+    here: its attempts are then recorded lost (LOST_AFTER_SECONDS later) and retried."""
+    os.write(2, f"sylphx supervisor {os.getpid()}: {what}; its shards were not started\n".encode())
+
+
 class Inbox:
     """The batches on stdin, one line of JSON each: the first waited for, the later ones
     read as the loop sees them come. Stdin at its end means no more batches."""
@@ -32,6 +38,8 @@ class Inbox:
             self.open = bool(data)
         os.set_blocking(self.fd, False)
         batches = self.take()
+        if not batches and self._buf:
+            _dropped(f"stdin ended inside a batch ({len(self._buf)} bytes)")
         self._ready = batches[1:]
         return batches[0] if batches else []
 
@@ -56,7 +64,10 @@ class Inbox:
             try:
                 batch = json.loads(line)
             except ValueError:
+                _dropped(f"a batch that is not JSON ({len(line)} bytes)")
                 continue
             if isinstance(batch, list) and batch:
                 batches.append(batch)
+            elif batch != []:
+                _dropped(f"a batch that is not a list of shards ({len(line)} bytes)")
         return batches

@@ -25,6 +25,7 @@ import array
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -46,6 +47,7 @@ OPEN_SHARDS = 256  # ... and until it was given this many shards in all
 PIPE_BYTES = 1 << 16  # a pipe's default capacity
 
 Proc = subprocess.Popen[bytes]
+log = logging.getLogger("sylphx.executor")
 
 
 def fit_pipe(fd: int, size: int) -> bool:
@@ -197,7 +199,17 @@ class Supervisors:
             assert entry.proc.stdin is not None
             entry.proc.stdin.close()
         with self._lock:
-            self._running = [p for p in self._running if p.poll() is None]
+            ended = [p for p in self._running if p.poll() is not None]
+            self._running = [p for p in self._running if p.returncode is None]
+        for proc in ended:  # a supervisor only ever exits 0 (a traceback says why not)
+            if proc.returncode:
+                why = f"signal {-proc.returncode}" if proc.returncode < 0 else proc.returncode
+                log.warning(
+                    "shard supervisor %d ended with %s: the attempts it had not finished are"
+                    " recorded lost and retried (state/supervisors.log may say why)",
+                    proc.pid,
+                    why,
+                )
         since = time.monotonic() - self._last_batch
         if since == float("inf") or since < SPARE_DELAY_SECONDS:
             return
