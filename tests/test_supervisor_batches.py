@@ -8,13 +8,17 @@ it supervises the earlier ones; then its stdin is closed and it exits once they 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -253,6 +257,72 @@ def test_a_supervisor_with_stdin_closed_before_a_line_starts_nothing() -> None:
     assert proc.returncode == 0 and not Path("/nonexistent/never").exists()
     # said where the control plane keeps supervisors' stderr (state/supervisors.log)
     assert b"stdin ended inside a batch (31 bytes)" in proc.stderr
+
+
+@pytest.mark.parametrize("stdin_ends", [True, False], ids=["then stdin ends", "stdin open"])
+def test_a_batch_read_while_another_starts_is_started_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stdin_ends: bool
+) -> None:
+    """The root cause of the batches lost in P7: a supervisor starting a later batch looks
+    at its pipes every REAP_EVERY spawns, which also reads whatever came on stdin meanwhile.
+    When the next batch came then, with stdin's end right behind it (OPEN_SECONDS were
+    over: the control plane closes it at its next poll), and the shards had all ended, the
+    supervisor exited without starting it; with stdin still open, that batch waited in its
+    buffer for the next event (up to a second). Seen twice in ~30 rounds: a pass's 6-7
+    runs of `true` ended "the attempt's supervisor never started"."""
+    from types import SimpleNamespace
+
+    from sylphx._server.executors.local import supervise
+
+    read, write = os.pipe()
+    batches = [[{"dir": str(tmp_path / name)}] for name in ("a", "b", "c")]
+
+    def send(batch: list[dict[str, str]]) -> None:
+        os.write(write, json.dumps(batch).encode() + b"\n")
+
+    send(batches[0])  # the first, waited for
+    started: list[list[dict[str, object]]] = []
+    waiting = threading.Event()
+
+    def start_batch(requests: list[dict[str, object]], me: str, loop: Any) -> list[str]:
+        started.append(requests)
+        if len(started) == 2:  # while a later batch starts, the next one comes ...
+            send(batches[2])
+            if stdin_ends:
+                os.close(write)  # ... and stdin's end
+            loop.step(0)  # as start_batch does every REAP_EVERY spawns: both are read
+        return []
+
+    real_step = supervise.Loop.step
+
+    def step(loop: Any, timeout: float) -> list[str]:
+        if timeout < 0:
+            waiting.set()  # blocked until something happens
+        return real_step(loop, timeout)
+
+    monkeypatch.setattr(supervise, "start_batch", start_batch)
+    monkeypatch.setattr(supervise.Loop, "step", step)
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(fileno=lambda: read))
+    outcome: list[int] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(supervise.main([str(tmp_path)])), daemon=True
+    )
+    runner.start()
+    try:
+        assert waiting.wait(10)  # the first batch started; the supervisor waits for more
+        waiting.clear()
+        send(batches[1])
+        if not stdin_ends:
+            assert waiting.wait(10)  # it waits again: the third batch started by then
+            assert started == batches
+        else:
+            runner.join(timeout=10)
+            assert started == batches and outcome == [0]
+    finally:
+        with contextlib.suppress(OSError):  # stdin's end (the control plane's, later)
+            os.close(write)
+        runner.join(timeout=10)
+        os.close(read)
 
 
 def test_a_batch_whose_supervisor_died_before_making_its_folders_ends_as_never_started(

@@ -370,9 +370,13 @@ def main(argv: list[str]) -> int:
     # would only compete with the starting for the CPU.
     ended = start_batch(requests, me, loop)
     while True:
-        for batch in inbox.take():  # more batches may come until stdin ends
+        batches = inbox.take()  # more batches may come until stdin ends
+        for batch in batches:
             ended += start_batch(batch, me, loop)
         notify(fifo, ended)
+        ended = []
+        if batches:  # a start's steps may have read more (and stdin's end): take them first
+            continue
         if not inbox.open and not loop.busy():
             return 0
         ended = loop.step(-1)
