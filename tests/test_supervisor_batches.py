@@ -395,3 +395,28 @@ def test_a_run_whose_batch_no_supervisor_started_is_retried_not_failed(
     lost = shard["history"][0]
     assert lost["status"] == "preempted", lost
     assert lost["reason"] == "Lost: the attempt's supervisor never started it", lost
+
+
+def test_a_never_started_attempt_meters_nothing_on_a_full_disk_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: the exit of an attempt no supervisor claimed is written to its
+    folder as starting and ending at once (nothing ran); on a full disk the control plane
+    settles it unwritten, and without a start time there it would be metered from its
+    launch (a lost attempt is billed when SYLPHX_BILL_PREEMPTIONS is on)."""
+    from sylphx._server.executors.local import executor as local
+
+    def full(path: str, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(local, "LOST_AFTER_SECONDS", 0.3)
+    monkeypatch.setattr(local, "DEEP_SCAN_SECONDS", 0.1)
+    monkeypatch.setattr(local, "write_atomic", full)
+    executor = LocalExecutor(64, 64 << 30, tmp_path / "state", sandbox=False)
+    monkeypatch.setattr(executor._supervisors, "start", lambda batch: [])  # it went nowhere
+    try:
+        launch(executor, tmp_path, "exit 0", 0)
+        (exit,) = wait_exits(executor, 1).values()
+        assert exit.lost and exit.started_at == exit.ended_at
+    finally:
+        executor.close()

@@ -371,8 +371,8 @@ class LocalExecutor:
         now = time.time_ns()
         try:
             write_atomic(f"{self._folder(handle)}/exit", f"{code} {now} {now} {reason}")
-        except OSError:  # a full disk: settled again if the store cannot take it either
-            return Exit.recorded(handle, code, _from_ns(now), reason)
+        except OSError:  # a full disk: the same exit, unwritten (the store may take it)
+            return Exit.recorded(handle, code, _from_ns(now), reason, started_at=_from_ns(now))
         return self._check(handle, 0) or Exit.recorded(handle, code, _from_ns(now), reason)
 
     def signal(self, handle: str, sig: Signal) -> None:

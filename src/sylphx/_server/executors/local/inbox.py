@@ -38,7 +38,7 @@ class Inbox:
             self.open = bool(data)
         os.set_blocking(self.fd, False)
         batches = self.take()
-        if not batches and self._buf:
+        if not batches and not self.open and self._buf:
             _dropped(f"stdin ended inside a batch ({len(self._buf)} bytes)")
         self._ready = batches[1:]
         return batches[0] if batches else []

@@ -239,9 +239,9 @@ class Supervisors:
                 spare.wait(timeout=2)
 
     def _spawn(self) -> Proc:
-        """A supervisor that waits for its batch on stdin. What it says on stderr (only
-        ever a traceback: it writes nothing else) goes to ``supervisors.log`` beside the
-        FIFO, so a supervisor that died leaves why."""
+        """A supervisor that waits for its batch on stdin. What it says on stderr (a
+        traceback, or a note of input it dropped: nothing else) goes to
+        ``supervisors.log`` beside the FIFO, so a supervisor that died leaves why."""
         with open(self._fifo.parent / "supervisors.log", "ab") as errors:
             return subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", BOOT, HERE, str(self._fifo)],
