@@ -156,15 +156,16 @@ def test_a_stream_of_batched_exits_keeps_the_reconciler_at_most_half_busy(
 
 
 @pytest.mark.parametrize("loop", [False, True], ids=["local", "exits in batches"], indirect=True)
-def test_a_stream_of_submits_keeps_the_reconciler_out_of_the_store_half_the_time(
-    loop: tuple[Reconciler, StubExecutor, Passes],
+@pytest.mark.parametrize("busy", [0.005, 0.04], ids=["short passes", "long passes"])
+def test_a_stream_of_submits_gives_each_pass_a_rest(
+    loop: tuple[Reconciler, StubExecutor, Passes], busy: float
 ) -> None:
     """P7: each commit of submits woke a pass at once, so under 16 busy clients passes ran
     back to back, ~13 runs each, holding SQLite's write lock ~96% of the time while every
     submit's commit waited for it. Now a woken pass waits as long as the one before took
-    (measured from its end): at most half the time, and bigger batches."""
+    (from its end), at most WAKE_REST_SECONDS: the next commits' runs share a pass."""
     rec, _, passes = loop
-    passes.cpu, passes.sleep = 0.01, 0.02  # a pass of ~30 ms, most of it on the store
+    passes.cpu, passes.sleep = busy / 3, busy * 2 / 3  # most of a pass on the store
     stop = threading.Event()
 
     def submits() -> None:
@@ -182,7 +183,8 @@ def test_a_stream_of_submits_keeps_the_reconciler_out_of_the_store_half_the_time
     with passes.lock:
         started, ended = passes.started[1:8], passes.ended[1:8]
     for begin, end, following in zip(started, ended, started[1:], strict=False):
-        assert following - end >= (end - begin) * 0.95  # a rest as long as the pass
+        rest = min(end - begin, pass_loop.WAKE_REST_SECONDS)
+        assert following - end >= rest * 0.95  # a rest as long as the pass, capped
 
 
 def test_a_wake_after_a_quiet_spell_starts_a_pass_at_once(
@@ -198,3 +200,38 @@ def test_a_wake_after_a_quiet_spell_starts_a_pass_at_once(
     rec.wake()
     assert passes.wait_for(3)
     assert passes.started[2] - woken < 0.9  # not paced: no rest of a second first
+
+
+def test_a_wake_after_a_long_or_failed_pass_waits_at_most_a_moment(
+    loop: tuple[Reconciler, StubExecutor, Passes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review (of a first version without the cap): a pass slowed by a store
+    that was away (SQLite waits up to 30 s for its lock) made the next woken pass rest as
+    long again, holding every org's cancels and deadlines back. The rest is capped, and a
+    pass that failed paces nothing."""
+    rec, _, passes = loop
+    passes.sleep = 1.5  # a pass slowed by its store ...
+    rec.wake()
+    assert passes.wait_for(2)
+    passes.sleep = 0.0
+    rec.wake()  # ... and a cancel while it ran
+    assert passes.wait_for(3)
+    assert passes.started[2] - passes.ended[1] < 1.0  # not 1.5 s: WAKE_REST_SECONDS
+    assert pass_loop.WAKE_REST_SECONDS <= 0.25
+
+    failed: list[float] = []
+
+    def failing() -> None:
+        passes.tick()
+        time.sleep(1.5)
+        monkeypatch.setattr(rec, "tick", passes.tick)  # the next one goes through
+        failed.append(time.monotonic())
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(pass_loop, "WAKE_REST_SECONDS", 10.0)  # (no cap in the way)
+    monkeypatch.setattr(rec, "tick", failing)
+    rec.wake()
+    assert passes.wait_for(4)
+    rec.wake()  # a cancel while it fails
+    assert passes.wait_for(5)
+    assert passes.started[4] - failed[0] < 1.0  # at once: the failed pass paces nothing
