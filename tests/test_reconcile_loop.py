@@ -1,5 +1,6 @@
 """The reconciler's loop: exits that trickle in are settled a batch per pass; a submit or a
-cancel (wake) starts a pass at once."""
+cancel (wake) starts a pass at once, or, under a stream of them, a pass's length after the
+one before."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class Passes:
         self.started: list[float] = []
         self.lock = threading.Condition()
         self.cpu = 0.0  # CPU seconds each pass burns
+        self.sleep = 0.0  # and seconds it then waits (on the store, say)
+        self.ended: list[float] = []
 
     def tick(self) -> None:
         with self.lock:
@@ -35,6 +38,9 @@ class Passes:
         until = time.thread_time() + self.cpu
         while time.thread_time() < until:
             pass
+        time.sleep(self.sleep)
+        with self.lock:
+            self.ended.append(time.monotonic())
 
     def wait_for(self, n: int, timeout: float = 10.0) -> bool:
         with self.lock:
@@ -147,3 +153,85 @@ def test_a_stream_of_batched_exits_keeps_the_reconciler_at_most_half_busy(
         feeder.join()
     gaps = [b - a for a, b in zip(passes.started[1:8], passes.started[2:8], strict=False)]
     assert min(gaps) >= 2 * passes.cpu * 0.95  # a pass, then a rest as long
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["local", "exits in batches"], indirect=True)
+@pytest.mark.parametrize("busy", [0.005, 0.04], ids=["short passes", "long passes"])
+def test_a_stream_of_submits_gives_each_pass_a_rest(
+    loop: tuple[Reconciler, StubExecutor, Passes], busy: float
+) -> None:
+    """P7: each commit of submits woke a pass at once, so under 16 busy clients passes ran
+    back to back, ~13 runs each, holding SQLite's write lock ~96% of the time while every
+    submit's commit waited for it. Now a woken pass waits as long as the one before took
+    (from its end), at most WAKE_REST_SECONDS: the next commits' runs share a pass."""
+    rec, _, passes = loop
+    passes.cpu, passes.sleep = busy / 3, busy * 2 / 3  # most of a pass on the store
+    stop = threading.Event()
+
+    def submits() -> None:
+        while not stop.is_set():
+            rec.wake()
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=submits)
+    feeder.start()
+    try:
+        assert passes.wait_for(8)
+    finally:
+        stop.set()
+        feeder.join()
+    with passes.lock:
+        started, ended = passes.started[1:8], passes.ended[1:8]
+    for begin, end, following in zip(started, ended, started[1:], strict=False):
+        rest = min(end - begin, pass_loop.WAKE_REST_SECONDS)
+        assert following - end >= rest * 0.95  # a rest as long as the pass, capped
+
+
+def test_a_wake_after_a_quiet_spell_starts_a_pass_at_once(
+    loop: tuple[Reconciler, StubExecutor, Passes],
+) -> None:
+    rec, _, passes = loop
+    passes.sleep = 1.0  # a long pass ...
+    rec.wake()
+    assert passes.wait_for(2)
+    passes.sleep = 0.0
+    time.sleep(1.5)  # ... that ended more than its length ago
+    woken = time.monotonic()
+    rec.wake()
+    assert passes.wait_for(3)
+    assert passes.started[2] - woken < 0.9  # not paced: no rest of a second first
+
+
+def test_a_wake_after_a_long_or_failed_pass_waits_at_most_a_moment(
+    loop: tuple[Reconciler, StubExecutor, Passes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review (of a first version without the cap): a pass slowed by a store
+    that was away (SQLite waits up to 30 s for its lock) made the next woken pass rest as
+    long again, holding every org's cancels and deadlines back. The rest is capped, and a
+    pass that failed paces nothing."""
+    rec, _, passes = loop
+    passes.sleep = 1.5  # a pass slowed by its store ...
+    rec.wake()
+    assert passes.wait_for(2)
+    passes.sleep = 0.0
+    rec.wake()  # ... and a cancel while it ran
+    assert passes.wait_for(3)
+    assert passes.started[2] - passes.ended[1] < 1.0  # not 1.5 s: WAKE_REST_SECONDS
+    assert pass_loop.WAKE_REST_SECONDS <= 0.25
+
+    failed: list[float] = []
+
+    def failing() -> None:
+        passes.tick()
+        time.sleep(1.5)
+        monkeypatch.setattr(rec, "tick", passes.tick)  # the next one goes through
+        failed.append(time.monotonic())
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(pass_loop, "WAKE_REST_SECONDS", 10.0)  # (no cap in the way)
+    monkeypatch.setattr(rec, "tick", failing)
+    rec.wake()
+    assert passes.wait_for(4)
+    rec.wake()  # a cancel while it fails
+    assert passes.wait_for(5)
+    assert passes.started[4] - failed[0] < 1.0  # at once: the failed pass paces nothing
