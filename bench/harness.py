@@ -7,6 +7,7 @@ ratio; nothing here asserts a speed.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import shutil
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -34,6 +36,24 @@ BENCH_HOMES = Path(
     os.environ.get("SYLPHX_BENCH_DIR")
     or (SHM / "sylphx-bench" if os.access(SHM, os.W_OK) else Path(__file__).parent / ".homes")
 )
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of every server a benchmark starts: the kernel sends it SIGTERM when
+    the benchmark's process ends, however it ends. Servers run in their own session (so a
+    Ctrl-C reaches the benchmark only), and a benchmark that was killed used to leave its
+    server running, which then skewed the next measurements on this 2-core machine."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: every ``with Server(...)`` closes its server
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
 # The two shard envelopes benchmarks compare: ``plain`` runs the same processes a hand-rolled
 # fan-out would (no sandbox, no cgroups); ``sandboxed`` is the production default.
 ENVELOPES: dict[str, dict[str, str]] = {
@@ -106,12 +126,21 @@ class Server:
         self.log = self.home / "server.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, env=self.env, stdout=log, stderr=log, start_new_session=True
+                argv,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         self.http = httpx.Client(
             base_url=self.url, timeout=120, headers={"Authorization": f"Bearer {self.token}"}
         )
-        self._wait_healthy()
+        try:
+            self._wait_healthy()
+        except BaseException:  # SIGTERM (see above) or a server that never came up
+            self.close()
+            raise
 
     def _make_org(self) -> str:
         from sylphx._server.store import make_engine, migrate, session_factory

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from harness import Server, cpu_seconds, free_port, machine, summary, table
+from harness import Server, cpu_seconds, die_with_parent, free_port, machine, summary, table
 
 HERE = Path(__file__).resolve().parent
 GOAL = 1000.0
@@ -122,7 +122,9 @@ class Hello:
     def __init__(self, workers: int) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         argv = [sys.executable, str(HERE / "hello_app.py"), self.url.rsplit(":", 1)[1]]
-        self.proc = subprocess.Popen([*argv, str(workers)], cwd=HERE, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*argv, str(workers)], cwd=HERE, start_new_session=True, preexec_fn=die_with_parent
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
