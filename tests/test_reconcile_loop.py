@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -128,6 +128,24 @@ def test_the_executors_say_how_their_exits_come() -> None:
     assert RayExecutor.batches_exits and not LocalExecutor.batches_exits
 
 
+def _while_streaming(wake: Callable[[], None], passes: Passes, n: int) -> bool:
+    """Call ``wake`` every 2 ms (a stream of exits or submits) until ``n`` passes began."""
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            wake()
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=stream)
+    feeder.start()
+    try:
+        return passes.wait_for(n)
+    finally:
+        stop.set()
+        feeder.join()
+
+
 @pytest.mark.parametrize("loop", [True], ids=["exits in batches"], indirect=True)
 def test_a_stream_of_batched_exits_keeps_the_reconciler_at_most_half_busy(
     loop: tuple[Reconciler, StubExecutor, Passes],
@@ -137,20 +155,7 @@ def test_a_stream_of_batched_exits_keeps_the_reconciler_at_most_half_busy(
     tenant's API calls share the reconciler's process."""
     _, executor, passes = loop
     passes.cpu = 0.03
-    stop = threading.Event()
-
-    def stream() -> None:
-        while not stop.is_set():
-            executor.waker()
-            time.sleep(0.002)
-
-    feeder = threading.Thread(target=stream)
-    feeder.start()
-    try:
-        assert passes.wait_for(8)
-    finally:
-        stop.set()
-        feeder.join()
+    assert _while_streaming(executor.waker, passes, 8)
     gaps = [b - a for a, b in zip(passes.started[1:8], passes.started[2:8], strict=False)]
     assert min(gaps) >= 2 * passes.cpu * 0.95  # a pass, then a rest as long
 
@@ -166,20 +171,7 @@ def test_a_stream_of_submits_gives_each_pass_a_rest(
     (from its end), at most WAKE_REST_SECONDS: the next commits' runs share a pass."""
     rec, _, passes = loop
     passes.cpu, passes.sleep = busy / 3, busy * 2 / 3  # most of a pass on the store
-    stop = threading.Event()
-
-    def submits() -> None:
-        while not stop.is_set():
-            rec.wake()
-            time.sleep(0.002)
-
-    feeder = threading.Thread(target=submits)
-    feeder.start()
-    try:
-        assert passes.wait_for(8)
-    finally:
-        stop.set()
-        feeder.join()
+    assert _while_streaming(rec.wake, passes, 8)
     with passes.lock:
         started, ended = passes.started[1:8], passes.ended[1:8]
     for begin, end, following in zip(started, ended, started[1:], strict=False):
