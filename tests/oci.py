@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ class BusyboxImages:
     layout: Path  # OCI layout directory (tags latest, ep)
     oci_archive: Path  # oci-archive of latest, tagged latest
     docker_archive: Path  # docker-archive (docker save format) of latest
+
+
+def layout_digest(layout: Path, tag: str) -> str:
+    """The manifest digest ``tag`` names in an OCI layout."""
+    index = json.loads((layout / "index.json").read_text())
+    for entry in index["manifests"]:
+        if entry["annotations"]["org.opencontainers.image.ref.name"] == tag:
+            return str(entry["digest"])
+    raise AssertionError(tag)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from oci import BusyboxImages, busybox_images  # noqa: F401 - the fixture
+from oci import BusyboxImages, busybox_images, layout_digest  # noqa: F401 - the fixture
 from sylphx._core.errors import ExecutorError, ValidationError
 from sylphx._server.executors.local.processes import check_program
 from sylphx._server.images.reach import check_reachable, host_of
@@ -59,14 +59,6 @@ def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def unpacks(count: Path) -> int:
     return len(count.read_text().split())
-
-
-def layout_digest(layout: Path, tag: str) -> str:
-    index = json.loads((layout / "index.json").read_text())
-    for entry in index["manifests"]:
-        if entry["annotations"]["org.opencontainers.image.ref.name"] == tag:
-            return str(entry["digest"])
-    raise AssertionError(tag)
 
 
 def assert_busybox(image: UnpackedImage) -> None:

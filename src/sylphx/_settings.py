@@ -106,10 +106,11 @@ def _count(env: dict[str, str], var: str, default: int) -> int:
     return int(text)
 
 
-def _shard_id(env: dict[str, str], var: str) -> int:
-    text = env.get(var, "64000")
+def _host_id(env: dict[str, str], var: str, default: int) -> int:
+    """An unprivileged numeric uid or gid from ``env[var]`` (never 0)."""
+    text = env.get(var, str(default))
     if not text.isdigit() or not 0 < int(text) < 2**32 - 1:
-        raise _bad(var, text, "give an unprivileged numeric id (not 0), e.g. 64000")
+        raise _bad(var, text, f"give an unprivileged numeric id (not 0), e.g. {default}")
     return int(text)
 
 
@@ -167,6 +168,9 @@ class Settings:
     shard_network: str = "slirp4netns"  # SYLPHX_SHARD_NETWORK: or "host" (unsafe, shared)
     shard_uid: int = 64000  # SYLPHX_SHARD_UID/GID: the host ids a shard runs as (when root)
     shard_gid: int = 64000
+    # SYLPHX_EGRESS_UID/GID: the host ids a registry's skopeo runs as (executors/envelope/egress)
+    egress_uid: int = 64001
+    egress_gid: int = 64001
     shard_hide: tuple[Path, ...] = ()  # SYLPHX_SHARD_HIDE: more host paths shards never see
     # followed log streams (GET .../logs?follow=true) open at once in one API process
     max_log_streams_per_org: int = 32  # SYLPHX_MAX_LOG_STREAMS_PER_ORG: per org
@@ -273,7 +277,14 @@ class Settings:
             "use slirp4netns (the default: shards get their own network namespace) or"
             " host (unsafe on shared machines: shards reach the host's loopback)",
         )
-        ids = {var: _shard_id(env, var) for var in ("SYLPHX_SHARD_UID", "SYLPHX_SHARD_GID")}
+        ids = {var: _host_id(env, var, 64000) for var in ("SYLPHX_SHARD_UID", "SYLPHX_SHARD_GID")}
+        ids |= {
+            var: _host_id(env, var, 64001) for var in ("SYLPHX_EGRESS_UID", "SYLPHX_EGRESS_GID")
+        }
+        for kind in ("UID", "GID"):  # a registry's skopeo is not one of the tenants' shards
+            if ids[f"SYLPHX_EGRESS_{kind}"] == ids[f"SYLPHX_SHARD_{kind}"]:
+                var, text = f"SYLPHX_EGRESS_{kind}", str(ids[f"SYLPHX_EGRESS_{kind}"])
+                raise _bad(var, text, f"give an id other than SYLPHX_SHARD_{kind}'s")
         hide_text = env.get("SYLPHX_SHARD_HIDE", "")
         hide = tuple(Path(p) for p in hide_text.split(":") if p)
         if not all(path.is_absolute() for path in hide):
@@ -287,6 +298,8 @@ class Settings:
             shard_network=network,
             shard_uid=ids["SYLPHX_SHARD_UID"],
             shard_gid=ids["SYLPHX_SHARD_GID"],
+            egress_uid=ids["SYLPHX_EGRESS_UID"],
+            egress_gid=ids["SYLPHX_EGRESS_GID"],
             shard_hide=hide,
             secrets_key=env.get("SYLPHX_SECRETS_KEY") or None,
             image_scanner=env.get("SYLPHX_IMAGE_SCANNER") or None,

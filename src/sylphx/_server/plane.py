@@ -116,7 +116,11 @@ class ControlPlane:
             in_use=functools.partial(pinned_images, self.reads),  # kept by eviction
             reader=(settings.shard_uid, settings.shard_gid),  # a tenant's files: theirs
             confine=(
-                functools.partial(egress.run_confined, hide=settings.hidden_paths())
+                functools.partial(
+                    egress.run_confined,
+                    hide=settings.hidden_paths(),
+                    user=(settings.egress_uid, settings.egress_gid),
+                )
                 if egress.confinable()
                 else None
             ),
@@ -222,6 +226,7 @@ def shard_policy(settings: Settings) -> Policy:
         network="host" if settings.shard_network == "host" else "slirp4netns",
         uid=settings.shard_uid,
         gid=settings.shard_gid,
+        egress=(settings.egress_uid, settings.egress_gid),
     )
 
 

@@ -28,7 +28,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
-from .room import reserve, reserve_inodes
+from .room import remove_tree, reserve, reserve_inodes
 
 __all__ = [
     "GRACE", "HIGH", "LOW", "Claim", "Holds", "InUse", "evict", "lock_path", "touch", "using"
@@ -163,7 +162,7 @@ def _leftovers(cache_dir: Path) -> None:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # being unpacked
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
 
 def _wanted(folder: Path, digest: str, holds: Holds) -> bool:
@@ -191,7 +190,7 @@ def _remove(cache_dir: Path, digest: str, folder: Path, holds: Holds) -> bool:
         if _wanted(gone, digest, holds):
             os.rename(gone, folder)
             return False
-    shutil.rmtree(gone, ignore_errors=True)
+    remove_tree(gone)
     return True
 
 

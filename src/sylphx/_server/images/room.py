@@ -15,13 +15,22 @@ wrong, and nothing of it is kept.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sylphx._core.errors import StorageFull
 
-__all__ = ["Watch", "check_room", "reserve", "reserve_inodes", "run_watched", "watch"]
+__all__ = [
+    "Watch",
+    "check_room",
+    "remove_tree",
+    "reserve",
+    "reserve_inodes",
+    "run_watched",
+    "watch",
+]
 
 RESERVE_FRACTION = 0.05
 RESERVE_MIN = 1 << 30
@@ -116,3 +125,19 @@ def communicate(proc: subprocess.Popen[bytes], timeout: float, look: Watch) -> t
         full = look()
         if full is not None:
             raise full
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and all it holds, whatever its shape: what a registry's skopeo or an
+    image's layers made may nest folders deeper than Python's recursion (shutil.rmtree
+    raised RecursionError at ~1,000 levels, found by a review) or than PATH_MAX. coreutils'
+    ``rm`` walks any depth, never follows a link and stays on this filesystem; what it
+    cannot remove stays, as with ``ignore_errors``."""
+    if not os.path.lexists(path):
+        return
+    rm = shutil.which("rm", path=os.defpath)  # (not the server's PATH: any PATH)
+    if rm is None:  # no coreutils: as well as Python can
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    argv = [rm, "-rf", "--one-file-system", "--", str(path)]
+    subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)

@@ -47,7 +47,7 @@ from .layers import MAX_UNPACKED_BYTES, measure
 from .reach import check_reachable, host_of
 from .reader import reading_as
 from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref, skopeo_error
-from .room import Watch, check_room, run_watched, watch
+from .room import Watch, check_room, remove_tree, run_watched, watch
 from .snapshot import archive_digest, copy_archive, copy_image, vouch
 from .sources import Sources
 
@@ -310,7 +310,7 @@ class ImageStore:
         tmp_root.mkdir(parents=True, exist_ok=True)
         prefix = digest.replace(":", "-") + "."
         for stale in tmp_root.glob(prefix + "*"):  # a crashed unpack of this digest
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_tree(stale)
         evict(self.cache_dir, 0, self.in_use, self.holds)  # the filesystem is HIGH used
         work = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
         try:
@@ -341,12 +341,14 @@ class ImageStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(bundle, final)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
 
     def _as_layout(self, source: Source, ref: str, digest: str, work: Path) -> tuple[Path, str]:
-        """A layout of our own in ``work`` holding the image ``digest`` names, and its tag:
-        never the tenant's files themselves (see :mod:`.snapshot`)."""
-        dest = work / "layout"
+        """A layout in ``work`` holding the image ``digest`` names, and its tag: never the
+        tenant's files themselves (see :mod:`.snapshot`); a registry's skopeo writes only
+        ``work/pull``, so nothing else in ``work`` (umoci's bundle) is of its making."""
+        dest = work / "pull" / "layout"
+        dest.parent.mkdir(mode=0o700)
         if source.kind in ("oci", "oci-archive"):
             return dest, copy_image(Layout(source), digest, dest)
         if source.kind == "docker":  # skopeo checks what it pulls against the digest
@@ -363,7 +365,7 @@ class ImageStore:
             self.pull_timeout,
             ref,
             registry,
-            writes=work,
+            writes=dest.parent,
         )
         return dest, "image"
 

@@ -12,7 +12,12 @@ does (:mod:`..local.netstack`): in a network namespace of its own (bubblewrap), 
 way out by slirp4netns without the host's loopback, with ``prohibit`` routes for every
 non-public range (:data:`PRIVATE_NETWORKS`) and the host's own addresses; DNS goes to
 slirp4netns's forwarder. The rest of the host it sees read-only, but for the folders it
-writes (its work folder), and not at all what ``hide`` names (the home, its keys).
+writes (its work folder), and not at all what ``hide`` names (the home, its keys). And it
+runs as ``user`` (SYLPHX_EGRESS_UID/GID), with no capabilities and no groups, never as
+root: a skopeo a registry's answer exploited could otherwise read every root-owned file
+the hidden paths miss (root's own files need no capability). Its work folder is that
+user's, and what it holds stays the registry's: the image store reads it as untrusted
+(never writing into it) and removes it (``images.room.remove_tree``).
 
 A registry the operator lists in ``SYLPHX_PRIVATE_REGISTRIES`` (an in-house one) is
 contacted from the host's own network, as before; so is every registry when the control
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -31,9 +37,10 @@ from pathlib import Path
 
 from sylphx._core.errors import StorageFull
 from sylphx._server.executors.local.netstack import Net, Networks, slirp4netns_path
+from sylphx._server.executors.local.processes import PRIVATE, private_roots
 from sylphx._server.images.room import Watch, communicate, run_watched
 
-from .sandbox import _hides, bwrap_path
+from .sandbox import Policy, _hides, _parents, bwrap_path
 
 __all__ = ["PRIVATE_NETWORKS", "run_confined"]
 
@@ -77,15 +84,34 @@ def run_confined(
     timeout: float,
     *,
     hide: Sequence[Path] = (),
+    user: tuple[int, int] | None = None,
     look: Watch = lambda: None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` (a skopeo) as :mod:`this module <.egress>` says, ``writable`` the
-    folders it may write, ``hide`` (and the host's password hashes) covered; its output
+    folders it may write (given to ``user``), ``hide`` (and the host's password hashes)
+    covered, as ``user`` (uid, gid; None: root without capabilities); its output
     captured. TimeoutExpired after ``timeout`` s, ``look``'s error once it finds the disk
     short (:mod:`images.room <sylphx._server.images.room>`): the whole sandbox is killed."""
     slirp, bwrap = slirp4netns_path(), _bwrap()
     if os.geteuid() != 0 or slirp is None or bwrap is None:
         return run_watched(argv, timeout, look)
+    writable = [Path(os.path.realpath(folder)) for folder in writable]  # (bound as such)
+    for folder in writable:
+        if user is not None:
+            os.chown(folder, *user)  # its own (see the module)
+    return _run(argv, writable, timeout, hide, user, look, slirp, bwrap)
+
+
+def _run(
+    argv: Sequence[str],
+    writable: Sequence[Path],
+    timeout: float,
+    hide: Sequence[Path],
+    user: tuple[int, int] | None,
+    look: Watch,
+    slirp: str,
+    bwrap: str,
+) -> subprocess.CompletedProcess[bytes]:
     with tempfile.NamedTemporaryFile(prefix="sylphx-resolv-") as resolver:
         resolver.write(_RESOLVER)
         resolver.flush()
@@ -93,15 +119,17 @@ def run_confined(
         net = Net()
         args = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
         args += ["--info-fd", str(net.info_w)]
-        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        args += ["--ro-bind", resolver.name, "/etc/resolv.conf"]
-        args += _hides([*map(Path, hide), *_SECRETS], [])  # (a skopeo exploited reads none)
-        for folder in writable:
-            args += ["--bind", str(folder), str(folder)]
+        args += _filesystem(resolver.name, writable, hide, user)
         # a second stage that waits for the network: bubblewrap's first one has then set
-        # its namespaces up, its loopback included (netstack.Net.attach waits for it)
+        # its namespaces up, its loopback included (netstack.Net.attach waits for it); then
+        # setpriv drops to ``user`` with every capability set empty
         wait = f'head -c1 /proc/self/fd/{net.block_r} >/dev/null; exec "$@"'
-        args += ["--cap-drop", "ALL", "--", "/bin/sh", "-c", wait, "sylphx-egress", *argv]
+        drop = Policy(uid=user[0], gid=user[1]).identity() if user is not None else []
+        args += ["--cap-drop", "ALL"]
+        if drop:  # setpriv's own: gone once it runs argv
+            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+            args += ["--cap-add", "CAP_SETPCAP"]
+        args += ["--", "/bin/sh", "-c", wait, "sylphx-egress", *drop, *argv]
         env = {"PATH": os.defpath, "HOME": "/tmp", "TMPDIR": "/tmp"}
         if writable:
             env["TMPDIR"] = str(writable[0])  # big layers: not a tmpfs
@@ -134,3 +162,47 @@ def run_confined(
             if net.slirp_pid:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(net.slirp_pid, 0)  # it ends once its exit pipe closed
+
+
+def _searchable(st: os.stat_result, user: tuple[int, int]) -> bool:
+    if st.st_uid == user[0]:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == user[1]:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def _filesystem(
+    resolver: str, writable: Sequence[Path], hide: Sequence[Path], user: tuple[int, int] | None
+) -> list[str]:
+    """bubblewrap's arguments for the sandbox's files: the host read-only, with its own
+    /tmp; the top-level folders an unprivileged user could not search (``/root``), what
+    ``hide`` names and the password hashes covered (as root, without this, it read the
+    home when the home was under /root); each writable folder bound back, with a way to it
+    that ``user`` may pass."""
+    args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    args += ["--perms", "1777", "--tmpfs", "/tmp", "--ro-bind", resolver, "/etc/resolv.conf"]
+    roots = [root for root in private_roots() if root != PRIVATE]
+    for root in roots:  # skopeo needs nothing in them
+        args += ["--perms", "0555", "--tmpfs", str(root)]
+    hidden = [*map(Path, hide), *_SECRETS]
+    args += _hides(hidden, [])  # (a skopeo exploited reads none)
+    covered = [PRIVATE, *roots, *(path for path in hidden if os.path.isdir(path))]
+    for folder in writable:
+        args += [*_way_to(folder, user, covered), "--bind", str(folder), str(folder)]
+    return args
+
+
+def _way_to(folder: Path, user: tuple[int, int] | None, covered: Sequence[Path]) -> list[str]:
+    """bubblewrap's arguments that give ``user`` a way to ``folder``: from the tmpfs of
+    the sandbox it is under -- or one put over the highest host folder ``user`` may not
+    pass (the image cache is root's alone, 0700), which then shows nothing else of it --
+    each folder on the way made 0755, as for a shard's binds (bubblewrap's own: 0700)."""
+    if user is None:
+        return []
+    for above in reversed(folder.parents):  # "/" first
+        if above in covered:
+            return _parents(folder, [above])
+        if not _searchable(os.stat(above), user):
+            return ["--perms", "0755", "--tmpfs", str(above), *_parents(folder, [above])]
+    return []

@@ -48,6 +48,7 @@ class Policy:
     network: NetworkMode = "slirp4netns"  # how a shard with network: true gets one
     uid: int = 64000  # the host uid/gid a shard runs as when the control plane is root
     gid: int = 64000
+    egress: tuple[int, int] = (64001, 64001)  # and a registry's skopeo (.egress), uid/gid
     seccomp: bool = True  # the filter comes in at SECCOMP_FD (the supervisor opens it)
 
     def identity(self) -> list[str]:

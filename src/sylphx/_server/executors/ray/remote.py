@@ -173,7 +173,7 @@ def _image_envelope(
     ``held`` is open (see images.eviction.using), and the envelope that runs it."""
     assert request.image is not None
     reader = (envelope.policy.uid, envelope.policy.gid)  # a tenant's files: theirs
-    images = _node_images(envelope, reader, tuple(envelope.policy.hide))
+    images = _node_images(envelope, reader, tuple(envelope.policy.hide), envelope.policy.egress)
     for _ in range(3):
         image = images.resolve(request.image, request.image_digest)
         lock = held.enter_context(contextlib.ExitStack())
@@ -273,13 +273,16 @@ Result = tuple[int, str | None, list[str], float | None, float]
 
 
 def _node_images(
-    envelope: NodeEnvelope, reader: tuple[int, int], hide: tuple[Path, ...]
+    envelope: NodeEnvelope,
+    reader: tuple[int, int],
+    hide: tuple[Path, ...],
+    user: tuple[int, int],
 ) -> ImageStore:
     cache_dir, private_registries = envelope.image_cache, envelope.private_registries
-    key = (cache_dir, private_registries, envelope.image_max_unpacked, reader, hide)
+    key = (cache_dir, private_registries, envelope.image_max_unpacked, reader, hide, user)
     store = _images.get(key)
     if store is None:
-        hidden = functools.partial(egress.run_confined, hide=hide)
+        hidden = functools.partial(egress.run_confined, hide=hide, user=user)
         confine = hidden if egress.confinable() else None
         store = ImageStore(
             Path(cache_dir),
