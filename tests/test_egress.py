@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,28 @@ def test_a_confined_command_reaches_no_private_address_of_the_host(tmp_path: Pat
     assert seen[targets[0]] == seen[targets[1]] == "PermissionError"  # refused at once
 
 
-def test_it_writes_only_where_it_is_told_and_times_out_whole(tmp_path: Path) -> None:
-    mine, other = tmp_path / "work", tmp_path / "other"
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    """A folder on the host outside /tmp (the sandbox has a /tmp of its own, so a path
+    there proves nothing), that anyone may enter: only the sandbox keeps it out."""
+    path = Path(tempfile.mkdtemp(prefix="sylphx-egress-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def test_it_writes_only_where_it_is_told_and_times_out_whole(host_dir: Path) -> None:
+    mine, other = host_dir / "work", host_dir / "other"
     mine.mkdir()
-    other.mkdir()
+    other.mkdir(mode=0o777)
+    other.chmod(0o777)  # (past the umask): writable to anyone, but read-only to it
     script = f"open({str(mine / 'a')!r}, 'w').write('x'); open({str(other / 'b')!r}, 'w')"
     done = egress.run_confined(["/usr/bin/python3", "-c", script], [mine], 60, user=USER)
     assert (mine / "a").read_text() == "x" and not (other / "b").exists()
     assert (mine / "a").stat().st_uid == mine.stat().st_uid == USER[0]  # never root's
-    assert done.returncode != 0 and b"Error" in done.stderr
+    assert done.returncode != 0 and b"Read-only file system" in done.stderr
     start = time.monotonic()
     with pytest.raises(Exception, match="timed out"):
         egress.run_confined(["sleep", "30"], [], 1, user=USER)
@@ -94,10 +108,11 @@ def test_the_store_pulls_from_a_registry_confined(tmp_path: Path) -> None:
     assert calls == []
 
 
-def test_what_it_is_told_to_hide_and_the_password_hashes_it_never_reads(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
+def test_what_it_is_told_to_hide_and_the_password_hashes_it_never_reads(host_dir: Path) -> None:
+    home = host_dir / "home"
+    home.mkdir(mode=0o755)
     (home / "secrets.key").write_text("key")
+    (home / "secrets.key").chmod(0o644)  # anyone's to read, were it not hidden
     work = home / "images" / "tmp" / "w"
     work.mkdir(parents=True)
     script = (

@@ -130,14 +130,16 @@ def communicate(proc: subprocess.Popen[bytes], timeout: float, look: Watch) -> t
 def remove_tree(path: Path) -> None:
     """Remove ``path`` and all it holds, whatever its shape: what a registry's skopeo or an
     image's layers made may nest folders deeper than Python's recursion (shutil.rmtree
-    raised RecursionError at ~1,000 levels, found by a review) or than PATH_MAX. coreutils'
-    ``rm`` walks any depth, never follows a link and stays on this filesystem; what it
-    cannot remove stays, as with ``ignore_errors``."""
+    raised RecursionError at ~1,000 levels in Python 3.11, found by a review) or than
+    PATH_MAX. coreutils' ``rm`` walks any depth and never follows a link; it crosses into
+    a filesystem made inside the tree (a btrfs subvolume the skopeo created: with
+    ``--one-file-system`` it would stay, and fill the disk for good). What it cannot
+    remove stays, as with ``ignore_errors``."""
     if not os.path.lexists(path):
         return
     rm = shutil.which("rm", path=os.defpath)  # (not the server's PATH: any PATH)
     if rm is None:  # no coreutils: as well as Python can
         shutil.rmtree(path, ignore_errors=True)
         return
-    argv = [rm, "-rf", "--one-file-system", "--", str(path)]
+    argv = [rm, "-rf", "--", str(path)]
     subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
