@@ -93,7 +93,7 @@ class _OpenHow(ctypes.Structure):
 
 
 _OPENAT2 = 437  # the same number on every Linux machine
-_RESOLVE_NO_MAGICLINKS, _RESOLVE_BENEATH = 0x02, 0x08
+_RESOLVE_NO_MAGICLINKS, _RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x02, 0x04, 0x08
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -109,25 +109,31 @@ def _openat2(directory: int, path: str, flags: int, resolve: int) -> int:
     return int(fd)
 
 
-def open_regular(path: str | Path, under: str | Path | None = None) -> tuple[IO[bytes], int]:
+def open_regular(
+    path: str | Path, under: str | Path | None = None, *, alone: bool = False
+) -> tuple[IO[bytes], int]:
     """``path`` opened for reading (as the reader, see :func:`reading_as`), and its size,
     if it is a regular file (a FIFO is not waited on); OSError otherwise. With ``under``
     (a layout's folder), ``path`` is a name inside it, and neither ``..`` nor a link may
-    lead out of it; no magic link of /proc is followed in any case."""
+    lead out of it; no magic link of /proc is followed in any case. ``alone``: no link
+    at all on the way below ``under``, and the file has no other name (a hard link) --
+    for files another user wrote into a folder of ours."""
+    resolve = _RESOLVE_BENEATH | (_RESOLVE_NO_SYMLINKS if alone else 0)
     with as_reader():
         if under is None:
             fd = _openat2(AT_FDCWD, str(path), os.O_RDONLY | os.O_NONBLOCK, 0)
         else:
             folder = _openat2(AT_FDCWD, str(under), os.O_PATH | os.O_DIRECTORY, 0)
             try:
-                flags = os.O_RDONLY | os.O_NONBLOCK
-                fd = _openat2(folder, str(path), flags, _RESOLVE_BENEATH)
+                fd = _openat2(folder, str(path), os.O_RDONLY | os.O_NONBLOCK, resolve)
             finally:
                 os.close(folder)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{path} is not a regular file")
+        if alone and st.st_nlink != 1:
+            raise OSError(f"{path} has other names (hard links)")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb"), st.st_size
     except BaseException:

@@ -23,6 +23,7 @@ INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 # A digest, as every path the store and a layout make of one needs it: one read from a
 # tenant's own layout (index.json, a manifest) could be "../../..", a path out of the
@@ -204,6 +205,36 @@ def host_platform(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         if plat.get("os") == "linux" and plat.get("architecture") == arch:
             return entry
     return None
+
+
+# A Docker schema 2 manifest's media types, as OCI names the same bytes
+_DOCKER, _OCI = "application/vnd.docker.", "application/vnd.oci.image."
+_AS_OCI = {
+    f"{_DOCKER}container.image.v1+json": f"{_OCI}config.v1+json",
+    f"{_DOCKER}image.rootfs.diff.tar.gzip": f"{_OCI}layer.v1.tar+gzip",
+    f"{_DOCKER}image.rootfs.foreign.diff.tar.gzip": f"{_OCI}layer.nondistributable.v1.tar+gzip",
+}
+
+
+def canonical_manifest(manifest: dict[str, Any]) -> bytes:
+    """The image manifest umoci unpacks: only what was checked here, an OCI manifest of
+    the config and layers (their digests, sizes and media types, a Docker one's in OCI's
+    names). Never the bytes it came as: Go reads JSON keys without regard to case, the
+    last one winning, so a ``"Layers"`` after ``"layers"`` was unpacked by umoci and never
+    measured here (found by a review)."""
+
+    def descriptor(d: dict[str, Any]) -> dict[str, Any]:
+        kind = d.get("mediaType")
+        named = {"mediaType": _AS_OCI.get(kind, kind)} if isinstance(kind, str) else {}
+        return {**named, "digest": d["digest"], "size": d["size"]}
+
+    canonical = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": descriptor(manifest["config"]),
+        "layers": [descriptor(d) for d in manifest.get("layers") or []],
+    }
+    return json.dumps(canonical, separators=(",", ":")).encode()
 
 
 class Layout:

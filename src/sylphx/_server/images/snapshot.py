@@ -31,10 +31,29 @@ from typing import IO, Any
 from sylphx._core.errors import ValidationError
 
 from .reader import members, open_regular, open_tar
-from .refs import DIGEST, INDEX_TYPES, MAX_JSON, REF_NAME, Layout, host_platform, image_error
+from .refs import (
+    DIGEST,
+    INDEX_TYPES,
+    MANIFEST_TYPE,
+    MAX_JSON,
+    REF_NAME,
+    Layout,
+    Source,
+    canonical_manifest,
+    host_platform,
+    image_error,
+)
 from .room import check_room
 
-__all__ = ["MAX_IMAGE_BYTES", "archive_digest", "copy_archive", "copy_image", "vouch"]
+__all__ = [
+    "MAX_IMAGE_BYTES",
+    "archive_digest",
+    "assemble",
+    "copy_archive",
+    "copy_image",
+    "vouch",
+    "within_limit",
+]
 
 TAG = "image"
 MAX_IMAGE_BYTES = 32 << 30  # an image's config and layers together (a copy is made of them)
@@ -57,6 +76,8 @@ def _descriptor(layout: Layout, value: Any) -> tuple[str, int]:
     digest, size = layout.digest(value.get("digest")), value.get("size")
     if not isinstance(size, int) or size < 0:
         raise _broken(layout, f"the descriptor of {digest} has no valid size")
+    if not isinstance(value.get("mediaType", ""), str):
+        raise _broken(layout, f"the descriptor of {digest} has a media type that is not text")
     return digest, size
 
 
@@ -104,9 +125,12 @@ def _identity(fd: int, *more: int) -> tuple[int, ...]:
 class _Blobs:
     """The blobs of a layout (a directory) or of an OCI archive (a tarball), by digest."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, *, pulled: bool = False) -> None:
         self.layout = layout
         self.archive = layout.source.kind == "oci-archive"
+        # skopeo's ``dir:`` copy (in ``blobs/`` of the folder), of another user's making:
+        # each blob named by its hex alone, never reached through a link, nor linked
+        self.pulled = pulled
 
     def small(self, digest: str, limit: int = MAX_JSON) -> bytes:
         """A JSON blob's bytes (at most ``limit``), checked against ``digest``."""
@@ -123,7 +147,8 @@ class _Blobs:
         try:
             if not self.archive:
                 for digest in wanted:
-                    blob, have = open_regular(_member(digest), under=base)
+                    name = "blobs/" + digest[7:] if self.pulled else _member(digest)
+                    blob, have = open_regular(name, under=base, alone=self.pulled)
                     with blob:
                         key = _identity(blob.fileno())
                         self._take(blob, have, digest, left.pop(digest), into, key)
@@ -186,7 +211,7 @@ def _manifest(blobs: _Blobs, digest: str, media_type: object) -> tuple[str, byte
             raise _broken(blobs.layout, f"the blob {digest} is not a JSON object")
         kind = doc.get("mediaType") or media_type
         if kind not in INDEX_TYPES:
-            return digest, raw, str(kind or "application/vnd.oci.image.manifest.v1+json")
+            return digest, raw, str(kind or MANIFEST_TYPE)
         entries = doc.get("manifests")
         entry = host_platform([e for e in entries if isinstance(e, dict)]) if isinstance(
             entries, list
@@ -217,15 +242,20 @@ def _image(layout: Layout, digest: str) -> tuple[_Blobs, str, bytes, str, dict[s
         parts |= dict(_descriptor(layout, d) for d in layers)
     except ValueError:
         raise _broken(layout, f"the blobs of {digest} are not valid JSON") from None
+    within_limit(parts, str(layout.source.location))
+    return blobs, found, raw, media_type, parts
+
+
+def within_limit(parts: dict[str, int], where: str) -> None:
+    """Refuse an image whose blobs (digest: size) are over :data:`MAX_IMAGE_BYTES`."""
     total = sum(parts.values())
     if total > MAX_IMAGE_BYTES:
         raise image_error(
-            f"{layout.source.location}: the image is {total} bytes, over the"
+            f"{where}: the image is {total} bytes, over the"
             f" {MAX_IMAGE_BYTES >> 30} GiB an image may have",
             "too_large",
             "make the image smaller",
         )
-    return blobs, found, raw, media_type, parts
 
 
 def vouch(layout: Layout, digest: str) -> None:
@@ -242,14 +272,37 @@ def vouch(layout: Layout, digest: str) -> None:
 def copy_image(layout: Layout, digest: str, dest: Path) -> str:
     """Make ``dest`` an OCI layout holding only the image ``digest`` names in ``layout``
     (see the module), its manifest tagged :data:`TAG`; returns the tag."""
-    blobs, found, raw, media_type, parts = _image(layout, digest)
+    blobs, found, raw, _, parts = _image(layout, digest)
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise _broken(layout, f"the manifest {found} is not valid JSON") from None
+    return _assemble(blobs, manifest, parts, dest, repr(layout.source.location))
+
+
+def assemble(folder: Path, manifest: dict[str, Any], parts: dict[str, int], dest: Path) -> str:
+    """Make ``dest`` an OCI layout of the image ``manifest`` (parsed, its descriptors
+    checked, ``parts`` their digests and sizes) with its config and layers copied from
+    ``folder/blobs`` (skopeo's ``dir:`` copy of another user's making), each checked as it
+    is copied; returns its tag."""
+    blobs = _Blobs(Layout(Source("oci", str(folder))), pulled=True)
+    return _assemble(blobs, manifest, parts, dest, "the image")
+
+
+def _assemble(
+    blobs: _Blobs, manifest: dict[str, Any], parts: dict[str, int], dest: Path, what: str
+) -> str:
+    """Write ``dest``: the manifest as root writes it (see :func:`_canonical`), then the
+    blobs of ``parts`` copied and checked."""
+    raw = canonical_manifest(manifest)
+    found = "sha256:" + hashlib.sha256(raw).hexdigest()
     store = dest / "blobs" / "sha256"
     store.mkdir(parents=True)
-    check_room(store, sum(parts.values()), repr(layout.source.location))  # (then .layers)
+    check_room(store, sum(parts.values()), what)  # (then .layers)
     (store / found.partition(":")[2]).write_bytes(raw)
     blobs.walk(parts, store)
     (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    entry = {"mediaType": media_type, "digest": found, "size": len(raw)}
+    entry = {"mediaType": MANIFEST_TYPE, "digest": found, "size": len(raw)}
     index = {"schemaVersion": 2, "manifests": [{**entry, "annotations": {REF_NAME: TAG}}]}
     (dest / "index.json").write_text(json.dumps(index))
     return TAG

@@ -44,6 +44,7 @@ from .archive import measure_archive
 from .config import ImageConfig
 from .eviction import Holds, InUse, evict, lock_path, touch
 from .layers import MAX_UNPACKED_BYTES, measure
+from .pull import manifest_of, pull
 from .reach import check_reachable, host_of
 from .reader import reading_as
 from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref, skopeo_error
@@ -189,7 +190,7 @@ class ImageStore:
         with self._locked(digest):
             if self._load(final, ref, digest) is None:
                 self._unpack(source, ref, digest, final)
-                if source.kind == "docker":  # skopeo checked what it pulled by digest
+                if source.kind == "docker":  # its manifest was checked by digest
                     self.sources.record(_repository(source.location), digest)
             elif not vouched:  # another process unpacked it meanwhile, from elsewhere
                 self._confirm(source, ref, digest)
@@ -280,17 +281,14 @@ class ImageStore:
         repository = _repository(source.location)
         if self.sources.vouched(repository, digest):
             return
-        timeout = f"{int(self.registry_timeout)}s"
-        pinned = f"docker://{repository}@{digest}"
-        args = ["--command-timeout", timeout, "inspect", "--raw", pinned]
-        raw = self._skopeo(args, self.registry_timeout + 5, ref, registry=source.registry)
-        if _sha256(raw) != digest:
-            raise image_error(
-                f"registry {source.registry} answered {ref!r} with another manifest",
-                "digest_mismatch",
-                "check the digest, or refer to the image by its tag",
-            )
+        registry, timeout = source.registry, self.registry_timeout
+        manifest_of(self._registry, repository, digest, ref, registry, timeout)
         self.sources.record(repository, digest)
+
+    def _registry(
+        self, args: list[str], timeout: float, ref: str, registry: str, writes: Path | None
+    ) -> bytes:
+        return self._skopeo(args, timeout, ref, registry, writes=writes)
 
     # -- unpacking -----------------------------------------------------------------------
 
@@ -351,22 +349,18 @@ class ImageStore:
         dest.parent.mkdir(mode=0o700)
         if source.kind in ("oci", "oci-archive"):
             return dest, copy_image(Layout(source), digest, dest)
-        if source.kind == "docker":  # skopeo checks what it pulls against the digest
-            src = f"docker://{_repository(source.location)}@{digest}"
-            registry: str | None = source.registry
-        else:  # a docker-archive: our own copy of the very archive the digest was made of
-            mine = work / "archive.tar"
-            copy_archive(source.location, source.tag, digest, mine)  # its bytes: checked
-            measure_archive(mine, repr(ref), self.max_unpacked)  # before skopeo inflates
-            src = Source("docker-archive", str(mine), source.tag).skopeo()
-            registry = None
-        self._skopeo(
-            ["copy", "--quiet", src, f"oci:{dest}:image"],
-            self.pull_timeout,
-            ref,
-            registry,
-            writes=dest.parent,
-        )
+        if source.kind == "docker":  # root checks what skopeo pulled (see .pull)
+            timeouts = self.registry_timeout, self.pull_timeout
+            repository, registry = _repository(source.location), source.registry
+            with reading_as(None):  # files of skopeo's user, in our work folder
+                return pull(self._registry, repository, digest, ref, registry, timeouts, work)
+        # a docker-archive: our own copy of the very archive the digest was made of
+        mine = work / "archive.tar"
+        copy_archive(source.location, source.tag, digest, mine)  # its bytes: checked
+        measure_archive(mine, repr(ref), self.max_unpacked)  # before skopeo inflates
+        src = Source("docker-archive", str(mine), source.tag).skopeo()
+        copy = ["copy", "--quiet", src, f"oci:{dest}:image"]
+        self._skopeo(copy, self.pull_timeout, ref, writes=dest.parent)
         return dest, "image"
 
     def _umoci(self, layout: Path, tag: str, bundle: Path, what: str) -> None:

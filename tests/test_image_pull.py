@@ -1,0 +1,314 @@
+"""A registry's image is checked by root before it is unpacked into the shared cache.
+
+The threat: a registry's skopeo exploited by the registry's answers (it runs confined, as
+its own user, but writes the pulled image). Before, root's umoci unpacked whatever OCI
+layout skopeo left, and the cache kept it under the digest asked for: org A pins a
+well-known digest on its own registry, its skopeo writes another image, and org B, pinning
+that digest on the real registry, is served A's files from the cache (F2 of the
+twenty-fourth session's review). Now the manifest is fetched and hashed by root, skopeo
+copies only blobs (``dir:``), and root builds its own layout of the blobs that match.
+
+There is no registry on this machine: ``_skopeo`` is replaced by one that answers
+``inspect --raw`` from a table of manifests, and a ``copy`` by running the real skopeo
+from a local layout into the destination asked for (an exploited one copies another image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from oci import BusyboxImages, busybox_images, layout_digest  # noqa: F401 - the fixture
+from sylphx._core.errors import ValidationError
+from sylphx._server.images.store import ImageStore
+
+REPO = "registry.example/acme/app"
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def _sha(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+class Registry:
+    """``skopeo`` as the store calls it, against a registry held in memory: manifests by
+    digest; a copy of a digest runs the real skopeo from ``source`` (an image reference
+    skopeo reads) into the destination the store names. ``copies`` is what was asked."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, bytes] = {}
+        self.images: dict[str, str] = {}  # digest -> what a copy of it copies
+        self.asked: list[list[str]] = []
+        self.after_copy: Callable[[Path], None] = lambda dest: None
+
+    def add(self, raw: bytes, source: str | None = None) -> str:
+        digest = _sha(raw)
+        self.manifests[digest] = raw
+        if source is not None:
+            self.images[digest] = source
+        return digest
+
+    def __call__(self, args: list[str], *_: object, **__: object) -> bytes:
+        self.asked.append(args)
+        if "inspect" in args:
+            return self.manifests[args[-1].rpartition("@")[2]]
+        src, dest = args[-2], args[-1]
+        assert src.startswith("docker://"), src
+        copied = self.images[src.rpartition("@")[2]]
+        subprocess.run(["skopeo", "copy", "--quiet", copied, dest], check=True)
+        self.after_copy(Path(dest.split(":")[1]))
+        return b""
+
+
+@pytest.fixture
+def registry(busybox_images: BusyboxImages, tmp_path: Path) -> Registry:  # noqa: F811
+    """The busybox image ``latest`` as an OCI manifest, and as a Docker schema 2 one
+    (skopeo's conversion, in a ``dir:`` copy) under ``v2s2``."""
+    reg = Registry()
+    layout = busybox_images.layout
+    latest = f"oci:{layout}:latest"
+    raw = (layout / "blobs" / "sha256" / layout_digest(layout, "latest")[7:]).read_bytes()
+    assert reg.add(raw, latest) == layout_digest(layout, "latest")
+    v2s2 = tmp_path / "v2s2"
+    subprocess.run(["skopeo", "copy", "-q", "-f", "v2s2", latest, f"dir:{v2s2}"], check=True)
+    reg.add((v2s2 / "manifest.json").read_bytes(), f"dir:{v2s2}")
+    return reg
+
+
+def _store(tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> ImageStore:
+    store = ImageStore(tmp_path / "cache")
+    monkeypatch.setattr(store, "_skopeo", registry)
+    return store
+
+
+def _latest_config_ok(store: ImageStore, ref: str) -> None:
+    image = store.resolve(ref)
+    assert image.config.cmd == ["/bin/sh", "-c", "echo $GREETING"]
+    assert image.config.entrypoint == []  # not ep's
+    assert (image.rootfs / "bin" / "busybox").is_file()
+
+
+@pytest.mark.parametrize("kind", ["oci", "docker"])
+def test_a_registry_image_is_unpacked_from_a_layout_root_made_of_checked_blobs(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    oci, docker = registry.manifests
+    digest = oci if kind == "oci" else docker
+    store = _store(tmp_path, registry, monkeypatch)
+    _latest_config_ok(store, f"{REPO}@{digest}")
+    assert store.resolve(f"{REPO}@{digest}").digest == digest  # keyed by the registry's
+    inspect, copy = registry.asked
+    assert inspect[-3:] == ["inspect", "--raw", f"docker://{REPO}@{digest}"]
+    assert copy[-2] == f"docker://{REPO}@{digest}" and copy[-1].startswith("dir:")
+    assert not list((tmp_path / "cache" / "tmp").iterdir())  # the work folder is gone
+
+
+def test_an_index_is_followed_to_this_machines_image_by_its_checked_digest(
+    tmp_path: Path,
+    registry: Registry,
+    busybox_images: BusyboxImages,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layout = busybox_images.layout
+    ep = (layout / "blobs" / "sha256" / layout_digest(layout, "ep")[7:]).read_bytes()
+    ep_digest = registry.add(ep, f"oci:{layout}:ep")
+    latest = layout_digest(layout, "latest")
+    other = "s390x" if ARCH != "s390x" else "riscv64"
+
+    def entry(digest: str, raw: bytes, arch: str) -> dict[str, object]:
+        kind = "application/vnd.oci.image.manifest.v1+json"
+        plat = {"os": "linux", "architecture": arch}
+        return {"mediaType": kind, "digest": digest, "size": len(raw), "platform": plat}
+
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(ep_digest, ep, other), entry(latest, registry.manifests[latest], ARCH)],
+    }
+    digest = registry.add(json.dumps(index).encode())
+    store = _store(tmp_path, registry, monkeypatch)
+    _latest_config_ok(store, f"{REPO}@{digest}")
+    assert store.resolve(f"{REPO}@{digest}").digest == digest
+    assert [a[-1] for a in registry.asked if "inspect" in a] == [
+        f"docker://{REPO}@{digest}",
+        f"docker://{REPO}@{latest}",
+    ]
+    assert registry.asked[-1][-2] == f"docker://{REPO}@{latest}"  # the entry it checked
+
+
+def _exploited(registry: Registry, change: Callable[[Path], None]) -> None:
+    registry.after_copy = change
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "another_image",
+        "a_blob_rewritten",
+        "a_blob_linked_out",
+        "a_blob_hard_linked",
+        "blobs_link",
+    ],
+)
+def test_an_exploited_skopeo_cannot_put_another_image_in_the_cache_under_a_digest(
+    tmp_path: Path,
+    registry: Registry,
+    busybox_images: BusyboxImages,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """Org A names the well-known digest on a registry whose answers exploit skopeo;
+    org B then pins that digest: it must get the real image, never A's."""
+    layout = busybox_images.layout
+    digest = layout_digest(layout, "latest")
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"x" * 4096)
+
+    def rewrite(dest: Path) -> None:  # the same sizes, other bytes: the config too
+        for blob in [p for p in dest.iterdir() if len(p.name) == 64]:
+            size = blob.stat().st_size
+            blob.write_bytes(b"\0" * size)
+
+    def link_out(dest: Path) -> None:
+        for blob in [p for p in dest.iterdir() if len(p.name) == 64]:
+            blob.unlink()
+            blob.symlink_to(secret)
+
+    def hard_link(dest: Path) -> None:  # (its own file: protected_hardlinks allows that)
+        for blob in [p for p in dest.iterdir() if len(p.name) == 64]:
+            os.link(blob, tmp_path / blob.name)
+
+    def folder_linked(dest: Path) -> None:
+        """Another org's root-only copy of the very blobs, reached through ``blobs``."""
+        theirs = tmp_path / "other-org"
+        shutil.copytree(dest, theirs)
+        theirs.chmod(0o700)
+        shutil.rmtree(dest)
+        dest.symlink_to(theirs)
+
+    changes = {
+        "a_blob_rewritten": rewrite,
+        "a_blob_linked_out": link_out,
+        "a_blob_hard_linked": hard_link,
+        "blobs_link": folder_linked,
+    }
+    if how == "another_image":
+        registry.images[digest] = f"oci:{layout}:ep"  # ep's blobs in latest's place
+    else:
+        _exploited(registry, changes[how])
+    store = _store(tmp_path, registry, monkeypatch)
+    with pytest.raises(ValidationError, match="is not the image its checked manifest names"):
+        store.resolve(f"evil.example/x@{digest}")  # org A's
+    assert not store.cached(digest)
+    assert not list((tmp_path / "cache" / "tmp").iterdir())
+    registry.images[digest] = f"oci:{layout}:latest"  # the real registry, for org B
+    registry.after_copy = lambda dest: None
+    _latest_config_ok(store, f"{REPO}@{digest}")
+
+
+def test_a_manifest_that_does_not_hash_to_its_digest_is_refused(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = next(iter(registry.manifests))
+    registry.manifests[digest] = registry.manifests[digest].replace(b"layers", b"layerz")
+    store = _store(tmp_path, registry, monkeypatch)
+    with pytest.raises(ValidationError, match=r"answered .* with another manifest"):
+        store.resolve(f"{REPO}@{digest}")
+    assert not [a for a in registry.asked if "copy" in a]  # nothing pulled
+    assert not store.cached(digest)
+
+
+_INDEX = "application/vnd.oci.image.index.v1+json"
+_SOME = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("manifest", "says"),
+    [
+        ({"schemaVersion": 1, "name": "x", "fsLayers": []}, "cannot be unpacked"),
+        ({"schemaVersion": 2, "layers": []}, "no config"),
+        ({"schemaVersion": 2, "config": {"digest": "..", "size": 1}, "layers": []}, "sha256"),
+        ({"schemaVersion": 2, "config": {"digest": _SOME}, "layers": []}, "no valid size"),
+        ({"schemaVersion": 2, "mediaType": _INDEX, "manifests": []}, "platform"),
+        ({"schemaVersion": 2, "mediaType": ["x"], "config": {}, "layers": []}, "shaped as"),
+        ({"schemaVersion": 2, "manifests": [{"platform": "linux"}]}, "platform"),
+        ({"schemaVersion": 2, "manifests": "x"}, "no list of manifests"),
+        ({"schemaVersion": 2, "config": {"mediaType": {}}, "layers": []}, "shaped as"),
+        ({"schemaVersion": 2, "config": {"digest": _SOME, "size": 1}, "layers": [7]}, "shaped as"),
+        ({"schemaVersion": 2, "config": {"digest": _SOME, "size": 40 << 30}, "layers": []}, "GiB"),
+    ],
+)
+def test_a_manifest_that_cannot_be_used_is_refused_naming_the_image(
+    tmp_path: Path,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    manifest: dict[str, object],
+    says: str,
+) -> None:
+    digest = registry.add(json.dumps(manifest).encode())
+    store = _store(tmp_path, registry, monkeypatch)
+    with pytest.raises(ValidationError, match=says) as caught:
+        store.resolve(f"{REPO}@{digest}")
+    assert caught.value.details[0]["field"] == "image"
+    assert "Fix:" in caught.value.message
+    assert not [a for a in registry.asked if "copy" in a]
+
+
+def test_umoci_unpacks_only_the_manifest_root_wrote_of_what_it_checked(
+    tmp_path: Path,
+    registry: Registry,
+    busybox_images: BusyboxImages,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Go reads JSON keys without regard to case, the last winning: a manifest whose
+    ``"Layers"`` repeats a layer 300 times after ``"layers"`` named it once was measured
+    here as one layer and unpacked by umoci 300 times (found by a review). umoci now
+    reads a manifest root writes of the descriptors it checked, and nothing else."""
+    served = tmp_path / "served"
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"oci:{busybox_images.layout}:latest", f"dir:{served}"],
+        check=True,
+    )
+    doc = json.loads((served / "manifest.json").read_text())
+    doc["Layers"] = doc["layers"] * 300
+    (served / "manifest.json").write_text(json.dumps(doc))
+    digest = registry.add((served / "manifest.json").read_bytes(), f"dir:{served}")
+    store = _store(tmp_path, registry, monkeypatch)
+    unpacked: list[dict[str, object]] = []
+    umoci = store._umoci
+
+    def seen(layout: Path, tag: str, bundle: Path, what: str) -> None:
+        index = json.loads((layout / "index.json").read_text())
+        blob = layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]
+        unpacked.append(json.loads(blob.read_text()))
+        umoci(layout, tag, bundle, what)
+
+    monkeypatch.setattr(store, "_umoci", seen)
+    _latest_config_ok(store, f"{REPO}@{digest}")
+    assert set(unpacked[0]) == {"schemaVersion", "mediaType", "config", "layers"}
+    assert unpacked[0]["layers"] == doc["layers"]
+
+
+def test_an_image_over_the_limit_is_refused_before_any_of_it_is_copied(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": 33 << 30}
+    manifest = {
+        "schemaVersion": 2,
+        "config": {"digest": _SOME, "size": 10},
+        "layers": [{**layer, "digest": "sha256:" + "b" * 64}],
+    }
+    digest = registry.add(json.dumps(manifest).encode())
+    store = _store(tmp_path, registry, monkeypatch)
+    with pytest.raises(ValidationError, match="over the 32 GiB") as caught:
+        store.resolve(f"{REPO}@{digest}")
+    assert caught.value.details[0]["rule"] == "too_large"
+    assert not [a for a in registry.asked if "copy" in a]
