@@ -425,3 +425,25 @@ def test_a_tree_deeper_than_python_recurses_is_removed(tmp_path: Path) -> None:
     room.remove_tree(top)
     assert not top.exists()
     room.remove_tree(top)  # gone already: nothing to do
+
+
+def test_a_tool_that_prints_without_end_is_held_to_what_is_read_of_it() -> None:
+    """A skopeo exploited by a registry's answer could print until the control plane ran
+    out of memory: only the first MAX_STDOUT + 1 bytes of stdout (more says too long)
+    and the tail of stderr (its last line says why) are kept; the rest is drained."""
+    script = "head -c 50000000 /dev/zero; head -c 50000000 /dev/zero >&2; echo last words >&2"
+    done = room.run_watched(["sh", "-c", script], 120, lambda: None)
+    assert done.returncode == 0
+    assert len(done.stdout) == room.MAX_STDOUT + 1
+    assert 0 < len(done.stderr) <= 64 << 10 and done.stderr.endswith(b"\0last words\n")
+    small = room.run_watched(["sh", "-c", "echo out; echo err >&2"], 120, lambda: None)
+    assert (small.stdout, small.stderr) == (b"out\n", b"err\n")
+
+
+def test_a_tool_killed_is_not_waited_on_for_what_it_left_running() -> None:
+    """Killed at its timeout, a tool whose child still holds its output open: the pipes
+    are closed, not read until that child ends."""
+    began = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        room.run_watched(["sh", "-c", "sleep 60 & echo started; wait"], 1, lambda: None)
+    assert time.monotonic() - began < 30  # not the child's 60 s

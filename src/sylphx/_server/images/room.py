@@ -15,8 +15,10 @@ wrong, and nothing of it is kept.
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from sylphx._core.errors import StorageFull
 __all__ = [
     "Watch",
     "check_room",
+    "communicate",
+    "reap",
     "remove_tree",
     "reserve",
     "reserve_inodes",
@@ -95,9 +99,10 @@ def run_watched(
     argv: Sequence[str], timeout: float, look: Watch
 ) -> subprocess.CompletedProcess[bytes]:
     """``subprocess.run(argv, capture_output=True, timeout=...)``, killed and ``look``'s
-    error raised as soon as ``look`` finds no room. It stays in the caller's process
-    group, as ``subprocess.run`` does: a control plane killed with its group takes its
-    umoci along (in a session of its own, one went on writing into the cache)."""
+    error raised as soon as ``look`` finds no room, its output bounded as
+    :func:`communicate` says. It stays in the caller's process group, as
+    ``subprocess.run`` does: a control plane killed with its group takes its umoci along
+    (in a session of its own, one went on writing into the cache)."""
     proc = subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -106,25 +111,65 @@ def run_watched(
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        reap(proc)
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
+MAX_STDOUT = 4 << 20  # a manifest or an index (refs.MAX_JSON): what a caller reads of one
+_STDERR_TAIL = 64 << 10  # what is said of a failure is its last line
+
+
 def communicate(proc: subprocess.Popen[bytes], timeout: float, look: Watch) -> tuple[bytes, bytes]:
-    """``proc.communicate(timeout=timeout)``, looking for room every :data:`_PERIOD` s:
-    ``look``'s error raised once there is none (the caller kills ``proc``)."""
-    waited = 0.0
-    while True:
-        step = min(_PERIOD, timeout - waited)
-        try:
-            return proc.communicate(timeout=step)
-        except subprocess.TimeoutExpired:
-            waited += step
-            if waited >= timeout:
-                raise subprocess.TimeoutExpired(proc.args, timeout) from None
-        full = look()
-        if full is not None:
-            raise full
+    """``proc.communicate(timeout=timeout)``, looking for room every :data:`_PERIOD` s
+    (``look``'s error raised once there is none: the caller kills ``proc``), and holding
+    no more of its output than a caller reads: its stdout's first ``MAX_STDOUT + 1``
+    bytes (more says it was too long), its stderr's last ``_STDERR_TAIL``; the rest is
+    read and dropped. A skopeo exploited by a registry's answer could otherwise print
+    until the control plane, every tenant's, ran out of memory (found by a review)."""
+    deadline = time.monotonic() + timeout
+    kept: dict[int, bytearray] = {}
+    with selectors.DefaultSelector() as streams:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                streams.register(stream.fileno(), selectors.EVENT_READ)
+                kept[stream.fileno()] = bytearray()
+        out = proc.stdout.fileno() if proc.stdout is not None else -1
+        next_look = time.monotonic() + _PERIOD
+        while streams.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            for key, _ in streams.select(min(deadline, next_look) - now):
+                data = os.read(key.fd, 1 << 16)
+                if not data:
+                    streams.unregister(key.fd)
+                    continue
+                buf = kept[key.fd]
+                if key.fd == out:
+                    buf += data[: MAX_STDOUT + 1 - len(buf)]
+                else:
+                    buf += data
+                    del buf[:-_STDERR_TAIL]
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + _PERIOD
+                full = look()
+                if full is not None:
+                    raise full
+    try:
+        proc.wait(max(deadline - time.monotonic(), 0.0))
+    except subprocess.TimeoutExpired:
+        raise subprocess.TimeoutExpired(proc.args, timeout) from None
+    err = proc.stderr.fileno() if proc.stderr is not None else -1
+    return bytes(kept.get(out, b"")), bytes(kept.get(err, b""))
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Close ``proc``'s pipes and wait for it (killed already, or ended): never reading
+    on, since what it started may still hold them open and write."""
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    proc.wait()
 
 
 def remove_tree(path: Path) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from sylphx._core.errors import StorageFull
 from sylphx._server.executors.local.netstack import Net, Networks, slirp4netns_path
 from sylphx._server.executors.local.processes import PRIVATE, private_roots
-from sylphx._server.images.room import Watch, communicate, run_watched
+from sylphx._server.images.room import Watch, communicate, reap, run_watched
 
 from .sandbox import Policy, _hides, _parents, bwrap_path
 
@@ -149,7 +149,7 @@ def _run(
                 out, err = communicate(proc, timeout, look)
             except (subprocess.TimeoutExpired, StorageFull):
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+                reap(proc)
                 raise
             if why is not None:  # it ran without a way out: say why with its own error
                 err += f"\n(its network could not be set up: {why})".encode()
