@@ -21,12 +21,14 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import Server
 from oci import BusyboxImages, busybox_images, layout_digest  # noqa: F401 - the fixture
+from registry import Registry as LoopbackRegistry
 from sylphx._core.errors import ValidationError
 from sylphx._server.images.store import ImageStore
 
@@ -312,3 +314,63 @@ def test_an_image_over_the_limit_is_refused_before_any_of_it_is_copied(
         store.resolve(f"{REPO}@{digest}")
     assert caught.value.details[0]["rule"] == "too_large"
     assert not [a for a in registry.asked if "copy" in a]
+
+
+@pytest.fixture
+def loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackRegistry]:
+    """A real registry on loopback (HTTPS, tests/registry.py), whose certificate the real
+    skopeo trusts; the store contacts it as an operator-listed private one."""
+    reg = LoopbackRegistry(tmp_path).start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(reg.ca))
+    yield reg
+    reg.stop()
+
+
+def test_the_real_skopeo_pulls_from_a_real_registry_through_roots_checks(
+    tmp_path: Path,
+    loopback: LoopbackRegistry,
+    busybox_images: BusyboxImages,  # noqa: F811
+) -> None:
+    """End to end, with nothing faked but the registry's server: by tag, by digest, a
+    Docker schema 2 image, and an index followed to this machine's image."""
+    layout = busybox_images.layout
+    latest = loopback.add_layout(layout, "latest")
+    v2s2 = tmp_path / "v2s2"
+    subprocess.run(
+        ["skopeo", "copy", "-q", "-f", "v2s2", f"oci:{layout}:latest", f"dir:{v2s2}"], check=True
+    )
+    for blob in v2s2.iterdir():
+        if len(blob.name) == 64:
+            loopback.blobs["sha256:" + blob.name] = blob.read_bytes()
+    docker = loopback.add_manifest((v2s2 / "manifest.json").read_bytes())
+    plat = {"os": "linux", "architecture": ARCH}
+    entry = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "platform": plat}
+    entry |= {"digest": latest, "size": len(loopback.manifests[latest])}
+    index = {"schemaVersion": 2, "mediaType": _INDEX, "manifests": [entry]}
+    listed = loopback.add_manifest(json.dumps(index).encode(), "multi")
+    repo = f"{loopback.host}/acme/app"
+    for n, (ref, digest) in enumerate(
+        [(f"{repo}:latest", latest), (f"{repo}:multi", listed), (f"{repo}@{docker}", docker)]
+    ):
+        store = ImageStore(tmp_path / f"cache{n}", private_registries={loopback.host})
+        _latest_config_ok(store, ref)
+        assert store.resolve(ref).digest == digest
+    assert any(r.startswith("GET /v2/acme/app/blobs/") for r in loopback.requests)
+
+
+def test_a_run_of_a_registry_image_through_the_api(
+    loopback: LoopbackRegistry,
+    busybox_images: BusyboxImages,  # noqa: F811
+    make_server: Callable[..., Server],
+) -> None:
+    """As a tenant submits it: the tag pinned at submit, pulled, checked, run."""
+    latest = loopback.add_layout(busybox_images.layout, "latest")
+    server = make_server(private_registries=(loopback.host,))
+    image = f"{loopback.host}/acme/app:latest"
+    run = server.submit(image=image, command=["/bin/echo", "from-registry"], parallelism=2)
+    done = server.wait(run["id"])
+    assert done["status"] == "succeeded", server.shards(run["id"])
+    assert done["imageDigests"] == {image: latest}
+    for index in (0, 1):
+        logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": index})
+        assert logs.text == "from-registry\n"
