@@ -73,7 +73,7 @@ class Registry:
 @pytest.fixture
 def registry(busybox_images: BusyboxImages, tmp_path: Path) -> Registry:  # noqa: F811
     """The busybox image ``latest`` as an OCI manifest, and as a Docker schema 2 one
-    (skopeo's conversion, in a ``dir:`` copy) under ``v2s2``."""
+    (skopeo's conversion, in a ``dir:`` copy), with gzip layers and with plain tars."""
     reg = Registry()
     layout = busybox_images.layout
     latest = f"oci:{layout}:latest"
@@ -82,6 +82,11 @@ def registry(busybox_images: BusyboxImages, tmp_path: Path) -> Registry:  # noqa
     v2s2 = tmp_path / "v2s2"
     subprocess.run(["skopeo", "copy", "-q", "-f", "v2s2", latest, f"dir:{v2s2}"], check=True)
     reg.add((v2s2 / "manifest.json").read_bytes(), f"dir:{v2s2}")
+    plain = tmp_path / "v2s2-uncompressed"  # (a review found these refused)
+    argv = ["skopeo", "copy", "-q", "-f", "v2s2", "--dest-decompress", latest, f"dir:{plain}"]
+    subprocess.run(argv, check=True)
+    assert b'image.rootfs.diff.tar"' in (plain / "manifest.json").read_bytes()
+    reg.add((plain / "manifest.json").read_bytes(), f"dir:{plain}")
     return reg
 
 
@@ -98,12 +103,12 @@ def _latest_config_ok(store: ImageStore, ref: str) -> None:
     assert (image.rootfs / "bin" / "busybox").is_file()
 
 
-@pytest.mark.parametrize("kind", ["oci", "docker"])
+@pytest.mark.parametrize("kind", ["oci", "docker", "docker_uncompressed"])
 def test_a_registry_image_is_unpacked_from_a_layout_root_made_of_checked_blobs(
     tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    oci, docker = registry.manifests
-    digest = oci if kind == "oci" else docker
+    oci, docker, plain = registry.manifests
+    digest = {"oci": oci, "docker": docker, "docker_uncompressed": plain}[kind]
     store = _store(tmp_path, registry, monkeypatch)
     _latest_config_ok(store, f"{REPO}@{digest}")
     assert store.resolve(f"{REPO}@{digest}").digest == digest  # keyed by the registry's
@@ -374,3 +379,24 @@ def test_a_run_of_a_registry_image_through_the_api(
     for index in (0, 1):
         logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": index})
         assert logs.text == "from-registry\n"
+
+
+def test_what_skopeo_says_of_a_failure_names_no_host_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """skopeo quotes its destination (and an exploited one anything it was given): the
+    image cache's folder on the host is never shown to the tenant (found by a review)."""
+    import sylphx._server.images.store as image_store
+
+    cache = tmp_path / "cache"
+
+    def failed(argv: list[str], timeout: float, look: object) -> object:
+        said = f"lstat {cache}/tmp/sha256-x/pull/blobs: not a directory\n".encode()
+        return subprocess.CompletedProcess(argv, 1, b"", said)
+
+    monkeypatch.setattr(image_store, "run_watched", failed)
+    store = ImageStore(cache, private_registries=("registry.example",))
+    with pytest.raises(ValidationError) as caught:
+        store.resolve(f"registry.example/acme/app@{_SOME}")
+    assert str(cache) not in caught.value.message
+    assert "<image cache>/tmp/sha256-x/pull/blobs" in caught.value.message

@@ -447,3 +447,24 @@ def test_a_tool_killed_is_not_waited_on_for_what_it_left_running() -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         room.run_watched(["sh", "-c", "sleep 60 & echo started; wait"], 1, lambda: None)
     assert time.monotonic() - began < 30  # not the child's 60 s
+
+
+def test_a_tool_that_closes_its_pipes_is_still_watched() -> None:
+    """Found by a review: the watch stopped once the tool closed stdout and stderr, so a
+    tool that then went on writing was never looked at again."""
+    looks: list[float] = []
+
+    def full() -> StorageFull | None:
+        looks.append(time.monotonic())
+        return StorageFull("no room")
+
+    with pytest.raises(StorageFull):
+        room.run_watched(["sh", "-c", "exec >&- 2>&-; sleep 30"], 60, full)
+    assert looks
+
+
+def test_a_tool_that_ended_is_not_waited_on_for_a_child_holding_its_pipes() -> None:
+    """Its answer is its own, once it exited: a child it left running with its pipes
+    made a success a timeout (the code before did so too)."""
+    done = room.run_watched(["sh", "-c", "(sleep 30 &); echo said; exit 0"], 20, lambda: None)
+    assert (done.returncode, done.stdout) == (0, b"said\n")

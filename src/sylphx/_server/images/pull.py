@@ -32,11 +32,19 @@ from typing import Any
 
 from sylphx._core.errors import ValidationError
 
-from .refs import DIGEST, INDEX_TYPES, MANIFEST_TYPE, MAX_JSON, host_platform, image_error
+from .refs import (
+    DIGEST,
+    INDEX_TYPES,
+    MANIFEST_TYPE,
+    MAX_JSON,
+    Source,
+    host_platform,
+    image_error,
+)
 from .room import remove_tree
 from .snapshot import assemble, within_limit
 
-__all__ = ["Skopeo", "manifest_of", "pull"]
+__all__ = ["Skopeo", "manifest_of", "pull", "tag_digest"]
 
 log = logging.getLogger("sylphx.images")
 
@@ -51,6 +59,15 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def tag_digest(skopeo: Skopeo, source: Source, ref: str, timeout: float) -> str:
+    """The digest of the manifest the registry's tag ``source`` names now."""
+    args = ["--command-timeout", f"{int(timeout)}s", "inspect", "--raw", source.skopeo()]
+    raw = skopeo(args, timeout + 5, ref, source.registry, None)
+    if len(raw) > MAX_JSON:  # (its output is cut there: see room.communicate)
+        raise _unusable(ref, f"its manifest is over {MAX_JSON >> 20} MiB")
+    return _sha256(raw)
+
+
 def manifest_of(
     skopeo: Skopeo, repository: str, digest: str, ref: str, registry: str, timeout: float
 ) -> bytes:
@@ -60,6 +77,8 @@ def manifest_of(
     pinned = f"docker://{repository}@{digest}"
     args = ["--command-timeout", f"{int(timeout)}s", "inspect", "--raw", pinned]
     raw = skopeo(args, timeout + 5, ref, registry, None)
+    if len(raw) > MAX_JSON:  # (its output is cut there: see room.communicate)
+        raise _unusable(ref, f"its manifest is over {MAX_JSON >> 20} MiB")
     if _sha256(raw) != digest:
         raise image_error(
             f"registry {registry} answered {ref!r} with another manifest",

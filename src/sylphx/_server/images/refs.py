@@ -28,7 +28,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 # A digest, as every path the store and a layout make of one needs it: one read from a
 # tenant's own layout (index.json, a manifest) could be "../../..", a path out of the
 # cache (the store then locked, listed and removed beside it, as root).
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # (not "$": it takes a trailing newline)
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
 
 
@@ -211,7 +211,9 @@ def host_platform(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
 _DOCKER, _OCI = "application/vnd.docker.", "application/vnd.oci.image."
 _AS_OCI = {
     f"{_DOCKER}container.image.v1+json": f"{_OCI}config.v1+json",
+    f"{_DOCKER}image.rootfs.diff.tar": f"{_OCI}layer.v1.tar",
     f"{_DOCKER}image.rootfs.diff.tar.gzip": f"{_OCI}layer.v1.tar+gzip",
+    f"{_DOCKER}image.rootfs.foreign.diff.tar": f"{_OCI}layer.nondistributable.v1.tar",
     f"{_DOCKER}image.rootfs.foreign.diff.tar.gzip": f"{_OCI}layer.nondistributable.v1.tar+gzip",
 }
 

@@ -14,6 +14,7 @@ wrong, and nothing of it is kept.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import shutil
@@ -125,9 +126,12 @@ def communicate(proc: subprocess.Popen[bytes], timeout: float, look: Watch) -> t
     no more of its output than a caller reads: its stdout's first ``MAX_STDOUT + 1``
     bytes (more says it was too long), its stderr's last ``_STDERR_TAIL``; the rest is
     read and dropped. A skopeo exploited by a registry's answer could otherwise print
-    until the control plane, every tenant's, ran out of memory (found by a review)."""
+    until the control plane, every tenant's, ran out of memory (found by a review). It
+    is watched until it exits, its pipes closed or not; once it has, its pipes are read
+    for :data:`_LINGER` s more at most (a child it left may hold them)."""
     deadline = time.monotonic() + timeout
     kept: dict[int, bytearray] = {}
+    ended: float | None = None  # when it was first seen exited
     with selectors.DefaultSelector() as streams:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
@@ -137,9 +141,11 @@ def communicate(proc: subprocess.Popen[bytes], timeout: float, look: Watch) -> t
         next_look = time.monotonic() + _PERIOD
         while streams.get_map():
             now = time.monotonic()
-            if now >= deadline:
-                raise subprocess.TimeoutExpired(proc.args, timeout)
-            for key, _ in streams.select(min(deadline, next_look) - now):
+            if ended is None and proc.poll() is not None:
+                ended = now
+            if now >= deadline or (ended is not None and now - ended >= _LINGER):
+                break  # (exited, and what it started holds its pipes: not waited on)
+            for key, _ in streams.select(min(deadline, next_look, now + _PERIOD) - now):
                 data = os.read(key.fd, 1 << 16)
                 if not data:
                     streams.unregister(key.fd)
@@ -150,17 +156,28 @@ def communicate(proc: subprocess.Popen[bytes], timeout: float, look: Watch) -> t
                 else:
                     buf += data
                     del buf[:-_STDERR_TAIL]
-            if time.monotonic() >= next_look:
-                next_look = time.monotonic() + _PERIOD
-                full = look()
-                if full is not None:
-                    raise full
-    try:
-        proc.wait(max(deadline - time.monotonic(), 0.0))
-    except subprocess.TimeoutExpired:
-        raise subprocess.TimeoutExpired(proc.args, timeout) from None
+            next_look = _look(look, next_look)
+    while proc.poll() is None:  # its pipes closed, it may still write: watched as before
+        if time.monotonic() >= deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(min(_PERIOD, max(deadline - time.monotonic(), 0.0)))
+        next_look = _look(look, next_look)
     err = proc.stderr.fileno() if proc.stderr is not None else -1
     return bytes(kept.get(out, b"")), bytes(kept.get(err, b""))
+
+
+_LINGER = 1.0  # seconds its pipes are read after it exited
+
+
+def _look(look: Watch, due: float) -> float:
+    """Call ``look`` if it is ``due`` (raising its error); when the next look is due."""
+    if time.monotonic() < due:
+        return due
+    full = look()
+    if full is not None:
+        raise full
+    return time.monotonic() + _PERIOD
 
 
 def reap(proc: subprocess.Popen[bytes]) -> None:

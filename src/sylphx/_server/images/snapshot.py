@@ -292,7 +292,7 @@ def assemble(folder: Path, manifest: dict[str, Any], parts: dict[str, int], dest
 def _assemble(
     blobs: _Blobs, manifest: dict[str, Any], parts: dict[str, int], dest: Path, what: str
 ) -> str:
-    """Write ``dest``: the manifest as root writes it (see :func:`_canonical`), then the
+    """Write ``dest``: the manifest as root writes it (:func:`.refs.canonical_manifest`), the
     blobs of ``parts`` copied and checked."""
     raw = canonical_manifest(manifest)
     found = "sha256:" + hashlib.sha256(raw).hexdigest()

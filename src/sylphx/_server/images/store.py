@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -44,7 +43,7 @@ from .archive import measure_archive
 from .config import ImageConfig
 from .eviction import Holds, InUse, evict, lock_path, touch
 from .layers import MAX_UNPACKED_BYTES, measure
-from .pull import manifest_of, pull
+from .pull import manifest_of, pull, tag_digest
 from .reach import check_reachable, host_of
 from .reader import reading_as
 from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref, skopeo_error
@@ -94,10 +93,6 @@ def _tool(name: str) -> str:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:400] if lines else "no output"
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _repository(location: str) -> str:
@@ -238,10 +233,7 @@ class ImageStore:
                     "pin with @sha256:<64 hex digits>, or use a tag",
                 )
             return pinned
-        timeout = f"{int(self.registry_timeout)}s"
-        args = ["--command-timeout", timeout, "inspect", "--raw", source.skopeo()]
-        raw = self._skopeo(args, self.registry_timeout + 5, ref, registry=source.registry)
-        return _sha256(raw)
+        return tag_digest(self._registry, source, ref, self.registry_timeout)
 
     def _skopeo(
         self,
@@ -270,6 +262,7 @@ class ImageStore:
             if done.returncode == 0:
                 return bytes(done.stdout)
             detail = _last_line(done.stderr.decode(errors="replace"))
+            detail = detail.replace(str(self.cache_dir), "<image cache>")  # (its work folder)
             why = "failed"
         raise skopeo_error(ref, registry, why, detail)
 
