@@ -64,3 +64,51 @@ def test_a_new_control_plane_removes_the_cgroups_of_attempts_that_ended(
         executor.close()
         live.remove()
         ended.remove()
+
+
+def test_a_cgroup_whose_limits_cannot_be_set_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Found by a review: the directories were made before a limit failed to be set, and
+    stayed (a registry's skopeo made one a pull where the controllers are off)."""
+    (tmp_path / "cgroup.controllers").write_text("")  # a v2 tree with no controllers on
+    cgroups = Cgroups(tmp_path)
+    (tmp_path / "sylphx").mkdir()
+    try:
+        cgroups.create("egress-1-x", "standard")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("no limit could be set")
+    assert os.listdir(tmp_path / "sylphx") == []
+
+
+def test_the_egress_groups_of_a_control_plane_that_is_gone_are_removed() -> None:
+    """A control plane killed mid-pull leaves its skopeo's cgroup: the next pull removes
+    it (the executors' sweeps never touch these groups), and never a live plane's."""
+    from sylphx._server.executors.envelope import egress
+    from sylphx._server.executors.local.cgroups import EGRESS_PREFIX
+
+    cgroups = _cgroups()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = cgroups.create(f"{EGRESS_PREFIX}{dead.pid}-left", "nano")
+    live = cgroups.create(f"{EGRESS_PREFIX}1-live", "nano")  # pid 1: alive
+    try:
+        assert all(not n.startswith(EGRESS_PREFIX) for n in cgroups.names())
+        group = egress._cgroup()
+        assert group is not None and _gone(left.dirs) and not _gone(live.dirs)
+        egress._release(group)
+        assert _gone(group.dirs)
+    finally:
+        for g in (left, live):
+            g.remove()
+
+
+def test_a_process_that_cannot_join_its_cgroup_never_runs_unlimited(tmp_path: Path) -> None:
+    """Found by a review: a failed join was ignored and the command ran without its
+    tier's limits. It now ends with 125 before running anything."""
+    from sylphx._server.executors.local.cgroups import ShardCgroup
+
+    marker = tmp_path / "ran"
+    group = ShardCgroup((str(tmp_path / "no-such-group"),), v2=True)
+    done = subprocess.run([*group.join_prefix(), "touch", str(marker)], capture_output=True)
+    assert done.returncode == 125 and not marker.exists()

@@ -23,6 +23,7 @@ from attacks import Listener, listening_at
 from oci import BusyboxImages, busybox_images, layout_digest  # noqa: F401 (a fixture)
 from sylphx._core.errors import ValidationError
 from sylphx._server.executors.envelope import egress
+from sylphx._server.executors.local.cgroups import EGRESS_PREFIX, Cgroups
 from sylphx._server.images.store import ImageStore
 
 pytestmark = pytest.mark.skipif(not egress.confinable(), reason="needs root, bwrap, slirp4netns")
@@ -249,3 +250,21 @@ def test_the_store_gives_a_registrys_skopeo_no_say_over_the_rest_of_its_work(
     final = store.path_for(digest)
     assert final.is_dir() and not final.is_symlink() and image.rootfs == final / "rootfs"
     assert given and given[0].name == "pull"
+
+
+def test_a_registrys_skopeo_has_a_memory_ceiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: the sandbox's /tmp is a tmpfs bubblewrap cannot size, and skopeo's
+    own memory had no bound: an exploited one could fill the host's memory until the OOM
+    killer chose the control plane. It now runs in a cgroup of its own (a machine tier);
+    shown here with a small one, and its cgroup gone afterwards (host side)."""
+    monkeypatch.setattr(egress, "TIER", "nano")  # 256 MiB
+    base = Cgroups().bases[0]
+    fill = "head -c 600000000 /dev/zero > /tmp/fill && echo kept"
+    done = egress.run_confined(["/bin/sh", "-c", fill], [], 120, user=USER)
+    assert done.returncode != 0 and b"kept" not in done.stdout
+    assert not [p for p in base.iterdir() if p.name.startswith(EGRESS_PREFIX)]
+    small = "head -c 50000000 /dev/zero > /tmp/f && echo kept"
+    small_done = egress.run_confined(["/bin/sh", "-c", small], [], 120, user=USER)
+    assert small_done.returncode == 0 and small_done.stdout == b"kept\n", small_done.stderr

@@ -27,22 +27,29 @@ plane is not root or lacks bubblewrap or slirp4netns (a development set-up).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import stat
 import subprocess
 import tempfile
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from sylphx._core.errors import StorageFull
+from sylphx._server.executors.local.cgroups import EGRESS_PREFIX as CGROUP_PREFIX
+from sylphx._server.executors.local.cgroups import Cgroups, ShardCgroup
 from sylphx._server.executors.local.netstack import Net, Networks, slirp4netns_path
 from sylphx._server.executors.local.processes import PRIVATE, private_roots
 from sylphx._server.images.room import Watch, communicate, reap, run_watched
 
 from .sandbox import Policy, _hides, _parents, bwrap_path
 
-__all__ = ["PRIVATE_NETWORKS", "run_confined"]
+__all__ = ["PRIVATE_NETWORKS", "TIER", "run_confined"]
+
+log = logging.getLogger("sylphx.images")
 
 PRIVATE_NETWORKS: Networks = (  # what is not the public internet (RFC 6890), and Alibaba's
     ("0.0.0.0", 8),
@@ -64,6 +71,58 @@ PRIVATE_NETWORKS: Networks = (  # what is not the public internet (RFC 6890), an
 )
 _RESOLVER = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
 _SECRETS = (Path("/etc/shadow"), Path("/etc/gshadow"), Path("/root"))
+
+
+# A registry's skopeo gets a machine tier of its own, as a shard does: its memory (the
+# tmpfs of its /tmp is charged to it too, and bubblewrap cannot size one), CPU and pids.
+# Without it, a skopeo exploited by a registry's answer could fill the host's memory
+# until the kernel's OOM killer chose the control plane (found by a review).
+TIER = "standard"
+
+
+def _cgroup() -> ShardCgroup | None:
+    """The sandbox's cgroup, or None where cgroups cannot be used (as for shards, with
+    SYLPHX_UNENFORCED_TIERS=1: a development set-up; said in the log). Named after this
+    process, so the groups a control plane killed mid-pull left are removed by the next
+    (:func:`_sweep`)."""
+    try:
+        cgroups = Cgroups()
+        for base in cgroups.bases:  # (made by a local executor's start; a Ray node's too)
+            base.mkdir(parents=True, exist_ok=True)
+        _sweep(cgroups)
+        name = f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        return cgroups.create(name, TIER)
+    except OSError as exc:
+        log.warning("a registry's skopeo runs without a memory ceiling: %s", exc)
+        return None
+
+
+_LEFT: set[str] = set()  # this process's groups the kernel still held when released
+
+
+def _sweep(cgroups: Cgroups) -> None:
+    """Remove the egress groups of control planes that are gone, and this one's left."""
+    with contextlib.suppress(OSError), os.scandir(cgroups.bases[0]) as entries:
+        names = [e.name for e in entries if e.name.startswith(CGROUP_PREFIX)]
+        for name in names:
+            pid = name.removeprefix(CGROUP_PREFIX).partition("-")[0]
+            gone = not pid.isdigit() or not os.path.exists(f"/proc/{pid}")
+            group = cgroups.existing(name)
+            if group is not None and (gone or group.dirs[0] in _LEFT):
+                group.kill_all()
+                if group.remove():
+                    _LEFT.discard(group.dirs[0])
+
+
+def _release(group: ShardCgroup) -> None:
+    """Kill what is left in the sandbox's cgroup and remove it (the kernel may take a
+    moment to let the last process go; else the next pull's :func:`_sweep` does)."""
+    for _ in range(100):
+        group.kill_all()
+        if group.remove():
+            return
+        time.sleep(0.01)
+    _LEFT.add(group.dirs[0])
 
 
 def confinable() -> bool:
@@ -117,7 +176,9 @@ def _run(
         resolver.flush()
         os.chmod(resolver.name, 0o644)
         net = Net()
-        args = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
+        group = _cgroup()  # the sandbox's memory, its /tmp's too (a tmpfs), and its pids
+        args = group.join_prefix() if group is not None else []
+        args += [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
         args += ["--info-fd", str(net.info_w)]
         args += _filesystem(resolver.name, writable, hide, user)
         # a second stage that waits for the network: bubblewrap's first one has then set
@@ -148,7 +209,8 @@ def _run(
             try:
                 out, err = communicate(proc, timeout, look)
             except (subprocess.TimeoutExpired, StorageFull):
-                os.killpg(proc.pid, signal.SIGKILL)
+                if proc.returncode is None:  # (reaped already: its group may be reused)
+                    os.killpg(proc.pid, signal.SIGKILL)
                 reap(proc)
                 raise
             if why is not None:  # it ran without a way out: say why with its own error
@@ -158,6 +220,8 @@ def _run(
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            if group is not None:
+                _release(group)
             net.close()
             if net.slirp_pid:
                 with contextlib.suppress(ChildProcessError):

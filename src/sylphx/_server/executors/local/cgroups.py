@@ -18,6 +18,7 @@ ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
 PIDS_PER_VCPU = 1024  # a shard's pids limit: its tier's vCPUs times this ...
 PIDS_FLOOR = 256  # ... but never below this (a nano tier still runs a shell pipeline)
+EGRESS_PREFIX = "egress-"  # a registry's skopeo (envelope.egress): not an attempt's
 
 
 def pids_max(machine: str) -> int:
@@ -26,7 +27,11 @@ def pids_max(machine: str) -> int:
 
 
 # the shell prologue that moves the shard into its cgroups before exec'ing it
-_JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
+# (a join that fails ends it with 125: never unlimited)
+_JOIN = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done;'
+    ' exec "$@"'
+)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,11 @@ class Cgroups:
         except OSError:
             return []
         with entries:
-            return [e.name for e in entries if e.is_dir() and not e.name.startswith("probe-")]
+            return [
+                e.name
+                for e in entries
+                if e.is_dir() and not e.name.startswith(("probe-", EGRESS_PREFIX))
+            ]
 
     def check(self) -> None:
         """Fail loudly when cgroups cannot be used here."""
@@ -158,7 +167,15 @@ class Cgroups:
         for d in dirs:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(d)
-        memory = str(tier.memory_bytes)
+        try:
+            self._limit(dirs, machine, quota)
+        except OSError:  # none of it is left behind
+            ShardCgroup(tuple(dirs), self.v2).remove()
+            raise
+        return ShardCgroup(tuple(dirs), self.v2)
+
+    def _limit(self, dirs: list[str], machine: str, quota: int) -> None:
+        memory = str(MACHINES[machine].memory_bytes)
         if self.v2:
             d = dirs[0]
             _write(f"{d}/memory.max", memory)
@@ -172,7 +189,6 @@ class Cgroups:
             _write(f"{cpu}/cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(f"{cpu}/cpu.cfs_quota_us", str(quota))
             _write(f"{pids}/pids.max", str(pids_max(machine)))
-        return ShardCgroup(tuple(dirs), self.v2)
 
 
 def _write(path: str, text: str, *, optional: bool = False) -> None:
