@@ -176,9 +176,7 @@ def _run(
         resolver.flush()
         os.chmod(resolver.name, 0o644)
         net = Net()
-        group = _cgroup()  # the sandbox's memory, its /tmp's too (a tmpfs), and its pids
-        args = group.join_prefix() if group is not None else []
-        args += [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
+        args = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
         args += ["--info-fd", str(net.info_w)]
         args += _filesystem(resolver.name, writable, hide, user)
         # a second stage that waits for the network: bubblewrap's first one has then set
@@ -194,15 +192,21 @@ def _run(
         env = {"PATH": os.defpath, "HOME": "/tmp", "TMPDIR": "/tmp"}
         if writable:
             env["TMPDIR"] = str(writable[0])  # big layers: not a tmpfs
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(net.info_w, net.block_r),
-            env=env,
-            start_new_session=True,
-        )
+        group = _cgroup()  # the sandbox's memory, its /tmp's too (a tmpfs), and its pids
+        try:
+            proc = subprocess.Popen(
+                [*(group.join_prefix() if group is not None else []), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(net.info_w, net.block_r),
+                env=env,
+                start_new_session=True,
+            )
+        except BaseException:
+            if group is not None:
+                _release(group)
+            raise
         try:
             net.spawned()
             why = net.attach(slirp, PRIVATE_NETWORKS)
