@@ -109,13 +109,16 @@ def test_a_launch_that_fails_after_the_commit_is_recorded(
 
     monkeypatch.setattr(supervisors, "_hand", hand)
     marks = tmp_path / "marks"
-    run_id = _submit(server, marks, 2, gangScheduling=False, backoffLimitPerIndex=1)
+    # the host out of processes is no fault of the shard's: retried as a preemption, not
+    # from its failure budget (none here)
+    run_id = _submit(server, marks, 2, gangScheduling=False, backoffLimitPerIndex=0)
     assert server.wait(run_id)["status"] == "succeeded"
     attempts = sorted(_attempts(server, run_id), key=lambda a: a.number)
     assert [a.number for a in attempts] == [1, 1, 2, 2]
     for first in attempts[:2]:  # recorded by the next pass, the shard retried
-        assert first.exit_code == 127 and (first.reason or "").startswith("LaunchError: ")
+        assert first.exit_code == 127 and (first.reason or "").startswith("Lost: ")
         assert "could not start its supervisor" in (first.reason or "")
+        assert first.state == "preempted"
         assert "could not start the shard" in Path(first.stderr_path or "").read_text()
     assert [a.exit_code for a in attempts[2:]] == [0, 0]
     assert sorted(marks.read_text().split()) == ["0.2", "1.2"]  # the first never ran

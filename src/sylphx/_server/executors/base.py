@@ -158,7 +158,8 @@ class Executor(Protocol):
     def flush(self, *, discard: bool = False) -> None:
         """Start whatever :meth:`launch` prepared (the pass that decided it committed), or
         with ``discard`` drop it (the pass was rolled back). Never raises for an attempt
-        that could not start: a later :meth:`poll` reports it (exit 127, LaunchError)."""
+        that could not start: a later :meth:`poll` reports it (exit 127; LaunchError, or
+        Lost where the host, not the shard, was at fault)."""
         ...
 
     def drop(self, handles: Collection[str]) -> None:

@@ -185,8 +185,8 @@ class LocalExecutor:
         """Start one supervisor for every attempt launched since the last flush (called
         once the pass that launched them committed), or with ``discard`` forget them: the
         pass was rolled back. A batch no supervisor could be started for is recorded as
-        never started (exit 127, LaunchError) in its attempts' folders, durably, and
-        reported by the next :meth:`poll`: never raised, the pass is already committed."""
+        never started (exit 127, Lost: retried as a preemption) in its attempts' folders,
+        durably, and reported by the next :meth:`poll`: never raised (it committed)."""
         with self._lock:
             batch, self._pending = self._pending, []
             if discard:  # the starts that pass was told of: told again to the next one

@@ -176,9 +176,12 @@ def unclaim(state_dir: str) -> None:
         pass
 
 
-def launch_failed(state_dir: str, stderr: str, exc: BaseException) -> None:
-    """Record a claimed launch that never became a process: exit 127, reason LaunchError,
-    the reason also at the end of ``stderr`` (the log)."""
+def launch_failed(
+    state_dir: str, stderr: str, exc: BaseException, kind: str = "LaunchError"
+) -> None:
+    """Record a claimed launch that never became a process: exit 127, reason ``kind``
+    (LaunchError: the shard's own; Lost: the platform's, retried as a preemption), the
+    reason also at the end of ``stderr`` (the log)."""
     now = time.time_ns()
     why = str(exc).replace("\n", " ")[:2000]  # the record fits its reserved room
     if stderr:
@@ -188,20 +191,22 @@ def launch_failed(state_dir: str, stderr: str, exc: BaseException) -> None:
                 fh.write(f"sylphx: could not start the shard: {why}\n")
         except OSError:
             pass
-    record_exits([(state_dir, f"127 {now} {now} LaunchError: {why}")])
+    record_exits([(state_dir, f"127 {now} {now} {kind}: {why}")])
 
 
 def never_started(state_dir: str, stderr: str, exc: BaseException) -> bool:
     """The control plane's record of an attempt no supervisor could be started for: the
     attempt claimed "lost" (a late supervisor cannot start it), its exit written as by
-    :func:`launch_failed`. False when a supervisor claimed it first (it is that one's)."""
+    :func:`launch_failed`, as Lost: the host was out of processes or memory, nothing of
+    the shard's, so it is retried as a preemption and never charged to its
+    backoffLimitPerIndex. False when a supervisor claimed it first (it is that one's)."""
     try:
         os.makedirs(state_dir, exist_ok=True)
         if not claim(state_dir, "lost"):
             return read_state(f"{state_dir}/claim") == "lost"
     except OSError:  # no room: recorded never started once LOST_AFTER_SECONDS passed
         return False
-    launch_failed(state_dir, stderr, exc)
+    launch_failed(state_dir, stderr, exc, "Lost")
     return True
 
 
