@@ -96,7 +96,7 @@ def test_the_egress_groups_of_a_control_plane_that_is_gone_are_removed() -> None
         assert all(not n.startswith(EGRESS_PREFIX) for n in cgroups.names())
         group = egress._cgroup()
         assert group is not None and _gone(left.dirs) and not _gone(live.dirs)
-        egress._release(group)
+        egress._cgroups().release(group, wait=egress.GONE_SECONDS)
         assert _gone(group.dirs)
     finally:
         for g in (left, live):

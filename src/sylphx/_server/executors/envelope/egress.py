@@ -27,13 +27,13 @@ plane is not root or lacks bubblewrap or slirp4netns (a development set-up).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import stat
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,18 +78,28 @@ _SECRETS = (Path("/etc/shadow"), Path("/etc/gshadow"), Path("/root"))
 # Without it, a skopeo exploited by a registry's answer could fill the host's memory
 # until the kernel's OOM killer chose the control plane (found by a review).
 TIER = "standard"
+GONE_SECONDS = 1.0  # how long its cgroup's removal is retried (then: at the next pull)
+
+
+@functools.cache
+def _cgroups() -> Cgroups:
+    """This process's one view of the cgroups: its :meth:`Cgroups.release` keeps a group
+    the kernel still holds past GONE_SECONDS, which its :meth:`Cgroups.sweep` at the next
+    pull removes."""
+    return Cgroups()
 
 
 def _cgroup() -> ShardCgroup | None:
     """The sandbox's cgroup, or None where cgroups cannot be used (as for shards, with
     SYLPHX_UNENFORCED_TIERS=1: a development set-up; said in the log). Named after this
     process, so the groups a control plane killed mid-pull left are removed by the next
-    (:func:`_sweep`)."""
+    (:func:`_sweep_gone`)."""
+    cgroups = _cgroups()
     try:
-        cgroups = Cgroups()
         for base in cgroups.bases:  # (made by a local executor's start; a Ray node's too)
             base.mkdir(parents=True, exist_ok=True)
-        _sweep(cgroups)
+        cgroups.sweep()
+        _sweep_gone(cgroups)
         name = f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:16]}"
         return cgroups.create(name, TIER)
     except OSError as exc:
@@ -97,32 +107,17 @@ def _cgroup() -> ShardCgroup | None:
         return None
 
 
-_LEFT: set[str] = set()  # this process's groups the kernel still held when released
-
-
-def _sweep(cgroups: Cgroups) -> None:
-    """Remove the egress groups of control planes that are gone, and this one's left."""
+def _sweep_gone(cgroups: Cgroups) -> None:
+    """Remove the egress groups of control planes that are gone."""
+    names: list[str] = []
     with contextlib.suppress(OSError), os.scandir(cgroups.bases[0]) as entries:
         names = [e.name for e in entries if e.name.startswith(CGROUP_PREFIX)]
-        for name in names:
-            pid = name.removeprefix(CGROUP_PREFIX).partition("-")[0]
-            gone = not pid.isdigit() or not os.path.exists(f"/proc/{pid}")
-            group = cgroups.existing(name)
-            if group is not None and (gone or group.dirs[0] in _LEFT):
-                group.kill_all()
-                if group.remove():
-                    _LEFT.discard(group.dirs[0])
-
-
-def _release(group: ShardCgroup) -> None:
-    """Kill what is left in the sandbox's cgroup and remove it (the kernel may take a
-    moment to let the last process go; else the next pull's :func:`_sweep` does)."""
-    for _ in range(100):
-        group.kill_all()
-        if group.remove():
-            return
-        time.sleep(0.01)
-    _LEFT.add(group.dirs[0])
+    for name in names:
+        pid = name.removeprefix(CGROUP_PREFIX).partition("-")[0]
+        group = cgroups.existing(name)
+        if group is not None and (not pid.isdigit() or not os.path.exists(f"/proc/{pid}")):
+            group.kill_all()
+            group.remove()
 
 
 def confinable() -> bool:
@@ -205,7 +200,7 @@ def _run(
             )
         except BaseException:
             if group is not None:
-                _release(group)
+                _cgroups().release(group, wait=GONE_SECONDS)
             raise
         try:
             net.spawned()
@@ -225,7 +220,7 @@ def _run(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             if group is not None:
-                _release(group)
+                _cgroups().release(group, wait=GONE_SECONDS)
             net.close()
             if net.slirp_pid:
                 with contextlib.suppress(ChildProcessError):

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,15 +95,22 @@ class Cgroups:
         self._lock = threading.Lock()
         self._leftover: dict[str, ShardCgroup] = {}  # ended attempts' cgroups still held
 
-    def release(self, group: ShardCgroup) -> None:
-        """An ended attempt's cgroup: kill what is left in it and remove it. One the kernel
-        still holds (a sandbox's last process not reaped yet by whoever inherited it) is
-        tried again by every :meth:`sweep` until it goes: otherwise it would stay forever,
-        and thousands of them slow every cgroup operation on the host."""
-        group.kill_all()
-        if not group.remove():
-            with self._lock:
-                self._leftover[group.dirs[0]] = group
+    def release(self, group: ShardCgroup, wait: float = 0.0) -> None:
+        """An ended attempt's cgroup: kill what is left in it and remove it, trying again
+        for ``wait`` seconds while the kernel still holds it (a sandbox's last process not
+        reaped yet by whoever inherited it). One still held then is tried again by every
+        :meth:`sweep` until it goes: otherwise it would stay forever, and thousands of
+        them slow every cgroup operation on the host."""
+        deadline = time.monotonic() + wait
+        while True:
+            group.kill_all()
+            if group.remove():
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        with self._lock:
+            self._leftover[group.dirs[0]] = group
 
     def sweep(self) -> None:
         """Try again to remove the cgroups :meth:`release` could not."""

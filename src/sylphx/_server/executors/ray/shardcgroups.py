@@ -64,14 +64,7 @@ def release(cgroups: Cgroups, group: ShardCgroup, deadline: float | None = None)
     the kernel still holds it until ``deadline`` (monotonic; default GONE_SECONDS from
     now); past that, the worker's next tasks try again (:meth:`Cgroups.sweep`)."""
     deadline = time.monotonic() + GONE_SECONDS if deadline is None else deadline
-    while True:
-        group.kill_all()
-        if group.remove():
-            return
-        if time.monotonic() >= deadline:
-            cgroups.release(group)  # kept for the next sweep
-            return
-        time.sleep(0.01)
+    cgroups.release(group, wait=max(deadline - time.monotonic(), 0.0))
 
 
 def _sweep_dead_workers(cgroups: Cgroups) -> None:
