@@ -20,16 +20,22 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import Server
 from oci import BusyboxImages, busybox_images, layout_digest  # noqa: F401 - the fixture
 from registry import Registry as LoopbackRegistry
 from sylphx._core.errors import ValidationError
+from sylphx._server.images.policy import admit, pinned_here
+from sylphx._server.images.sources import Sources
 from sylphx._server.images.store import ImageStore
 
 REPO = "registry.example/acme/app"
@@ -116,6 +122,64 @@ def test_a_registry_image_is_unpacked_from_a_layout_root_made_of_checked_blobs(
     assert inspect[-3:] == ["inspect", "--raw", f"docker://{REPO}@{digest}"]
     assert copy[-2] == f"docker://{REPO}@{digest}" and copy[-1].startswith("dir:")
     assert not list((tmp_path / "cache" / "tmp").iterdir())  # the work folder is gone
+
+
+def test_only_a_pinned_digest_held_here_and_checked_for_its_repository_skips_the_registry(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a submit may admit with no registry look-up (and so no look-up slot): a
+    digest-pinned reference whose image is unpacked here and whose repository was
+    checked to hold it; a tag, another repository, or a path always goes the long way."""
+    digest = next(iter(registry.manifests))
+    store = _store(tmp_path, registry, monkeypatch)
+    ref = f"{REPO}@{digest}"
+    assert pinned_here(ref, store) is None  # not pulled yet
+    store.resolve(ref)
+    asked = len(registry.asked)
+    assert pinned_here(ref, store) == digest
+    assert pinned_here(f" {ref} ", store) == digest
+    assert pinned_here(f"registry.example/other/app@{digest}", store) is None  # not checked
+    assert pinned_here(f"{REPO}:latest", store) is None  # a tag: the registry names it
+    assert pinned_here(f"{REPO}@sha256:{'0' * 64}", store) is None  # not held here
+    assert pinned_here(f"{REPO}@sha256:../../x", store) is None
+    assert pinned_here(f"oci:{tmp_path}", store) is None  # a tenant's files
+    assert pinned_here("", store) is None
+    assert len(registry.asked) == asked  # none of it asked the registry
+
+
+def test_a_pinned_digest_collected_meanwhile_is_pulled_again_at_admission(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit's second image pinned here may be collected while its first is pulled
+    (minutes, past image GC's grace): admitted, it is pulled again, never admitted
+    gone (its launch would fail: not in this host's image cache; attack review)."""
+    digest = next(iter(registry.manifests))
+    store = _store(tmp_path, registry, monkeypatch)
+    ref = f"{REPO}@{digest}"
+    store.resolve(ref)
+    pinned = pinned_here(ref, store)
+    shutil.rmtree(store.path_for(digest))  # image GC, meanwhile
+    copies = len([a for a in registry.asked if "copy" in a])
+    assert admit(ref, None, store, None, pinned=pinned) == digest
+    assert store.cached(digest)
+    assert len([a for a in registry.asked if "copy" in a]) == copies + 1
+
+
+def test_a_digest_vouched_for_by_many_repositories_costs_one_look_up(tmp_path: Path) -> None:
+    """Whether a repository vouched for a digest is one file's name, however many others
+    did: a file listing them all, a line each, could be grown by a tenant's own registry
+    until every submit naming the digest read megabytes of it (attack review)."""
+    sources = Sources(tmp_path / "sources")
+    digest, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    for n in range(2000):
+        sources.record(f"evil.example/{'x' * 900}{n}", digest)
+    assert not sources.vouched("ghcr.io/acme/app", digest)
+    sources.record("ghcr.io/acme/app", digest)
+    assert sources.vouched("ghcr.io/acme/app", digest)
+    for near in ("ghcr.io/acme/ap", "ghcr.io/acme/app\nevil.example/x0", "ghcr.io/acme/app "):
+        assert not sources.vouched(near, digest)
+    assert not sources.vouched("ghcr.io/acme/app", other)
+    assert all(path.stat().st_size == 0 for path in (tmp_path / "sources").iterdir())
 
 
 def test_an_index_is_followed_to_this_machines_image_by_its_checked_digest(
@@ -379,6 +443,62 @@ def test_a_run_of_a_registry_image_through_the_api(
     for index in (0, 1):
         logs = server.http.get(f"/v1/runs/{run['id']}/logs", params={"shard": index})
         assert logs.text == "from-registry\n"
+
+
+def test_a_pinned_image_this_host_holds_is_admitted_while_stalled_look_ups_fill_the_slots(
+    loopback: LoopbackRegistry,
+    busybox_images: BusyboxImages,  # noqa: F811
+    make_server: Callable[..., Server],
+) -> None:
+    """Four orgs fill every image look-up slot of the API process (2 each, 8 in all) with
+    submits naming a registry that accepts and never answers. Another tenant's image by
+    tag is a 429 meanwhile; its image pinned by a digest this host holds (pulled before
+    and checked) is admitted at once, its run succeeds, and no registry is asked for it
+    (found by an attack review: the four orgs stopped every image submit)."""
+    latest = loopback.add_layout(busybox_images.layout, "latest")
+    stall = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    stalled = f"127.0.0.1:{stall.getsockname()[1]}"
+    server = make_server(private_registries=(loopback.host, stalled))
+    pinned = f"{loopback.host}/acme/app@{latest}"
+    first = server.submit(image=pinned, command=["/bin/echo", "ok"])  # pulled, checked, cached
+    assert server.wait(first["id"])["status"] == "succeeded", server.shards(first["id"])[0][
+        "reason"
+    ]
+    server.plane.images.registry_timeout = 8.0
+    answers: list[int] = []
+    attackers = [server.client(server.new_org(f"attacker{n}")) for n in range(4)]
+
+    def submit(client: httpx.Client, i: int) -> None:
+        spec = {"command": ["true"], "image": f"{stalled}/slow{i}:1"}
+        answers.append(client.post("/v1/runs", json=spec).status_code)
+
+    threads = [
+        threading.Thread(target=submit, args=(client, i)) for client in attackers for i in range(2)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # all eight looking up
+        other = server.client(server.new_org("other"))
+        by_tag = {"command": ["true"], "image": f"{loopback.host}/acme/app:latest"}
+        r = other.post("/v1/runs", json=by_tag)
+        assert r.status_code == 429 and r.json()["details"][0]["limit"] == "imageLookups", r.text
+        asked = len(loopback.requests)
+        started = time.monotonic()
+        r = other.post("/v1/runs", json={"command": ["/bin/echo", "ok"], "image": pinned})
+        assert r.status_code == 201, r.text
+        assert time.monotonic() - started < 3  # not after the stalled look-ups
+        assert len(loopback.requests) == asked  # host side: no registry was asked
+        assert any(t.is_alive() for t in threads)  # the slots were still held
+        run_id = r.json()["id"]
+        ended = lambda: other.get(f"/v1/runs/{run_id}").json()["status"] == "succeeded"  # noqa: E731
+        server.wait_for(ended)
+        assert other.get(f"/v1/runs/{run_id}").json()["imageDigests"] == {pinned: latest}
+    finally:
+        for t in threads:
+            t.join()
+        stall.close()
+    assert answers == [422] * 8  # each stalled look-up timed out, answered
 
 
 def test_what_skopeo_says_of_a_failure_names_no_host_folder(

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from sylphx._core.errors import ValidationError
 
+from .refs import DIGEST, parse_ref, repository_of
 from .store import ImageStore
 
 SCANNER_TIMEOUT_SECONDS = 300
@@ -49,6 +50,25 @@ def _check_source(ref: str, rules: ImagePolicy, field: str) -> None:
         )
 
 
+def pinned_here(ref: str, store: ImageStore) -> str | None:
+    """The digest ``ref`` pins, when this host alone answers for it: a registry reference
+    pinned by digest, unpacked here, whose repository was checked to hold it (when it was
+    pulled, or first confirmed). Nothing is asked of a registry or of DNS, and no tenant's
+    file is read. None: resolving ``ref`` needs the registry (or a tenant's files)."""
+    if ref.strip().startswith(("oci:", "oci-archive:", "docker-archive:", "/", ".")):
+        return None
+    try:
+        source = parse_ref(ref)
+    except ValidationError:
+        return None
+    digest = source.location.rpartition("@")[2] if "@" in source.location else ""
+    if source.kind != "docker" or not DIGEST.match(digest):
+        return None
+    if not store.sources.vouched(repository_of(source.location), digest):
+        return None
+    return digest if store.cached(digest) else None
+
+
 def recheck(ref: str, digest: str, policy: dict[str, Any] | None) -> None:
     """An image admitted before (a run retried), against the org's policy as it is now:
     its source still allowed, its digest not denied since."""
@@ -64,9 +84,13 @@ def admit(
     store: ImageStore,
     scanner: str | None,
     field: str = "image",
+    *,
+    pinned: str | None = None,
 ) -> str:
     """Resolve ``ref`` (so it exists and is cached) and apply the policy and the scanner;
-    returns the digest admitted (the one the run's shards are to run)."""
+    returns the digest admitted (the one the run's shards are to run). ``pinned``: its
+    digest as :func:`pinned_here` found it, so nothing is resolved (with no scanner:
+    the scanner reads the unpacked image)."""
     no = functools.partial(refuse, field=field)
     rules = ImagePolicy.model_validate(policy or {})
     _check_source(ref, rules, field)
@@ -75,11 +99,15 @@ def admit(
             f"{ref} is not pinned by digest, and this org requires digest pinning",
             "refer to the image as NAME@sha256:<digest>",
         )
-    image = store.resolve(ref)
-    if image.digest in rules.deny_digests:
-        raise no(f"{ref} ({image.digest}) is on this org's deny list", "use another image")
+    if pinned is not None and not scanner and store.cached(pinned):  # (GC may take it)
+        digest, rootfs = pinned, ""
+    else:
+        image = store.resolve(ref)
+        digest, rootfs = image.digest, str(image.rootfs)
+    if digest in rules.deny_digests:
+        raise no(f"{ref} ({digest}) is on this org's deny list", "use another image")
     if scanner:
-        argv = [*shlex.split(scanner), ref, image.digest, str(image.rootfs)]
+        argv = [*shlex.split(scanner), ref, digest, rootfs]
         try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, timeout=SCANNER_TIMEOUT_SECONDS
@@ -95,4 +123,4 @@ def admit(
                 f"refused by the image scanner: {said}",
                 "fix what the scanner reports, or use another image",
             )
-    return image.digest
+    return digest

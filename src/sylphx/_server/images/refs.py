@@ -179,6 +179,14 @@ def _parse(ref: str) -> Source:
     return Source("docker", location)
 
 
+def repository_of(location: str) -> str:
+    """A registry reference's ``host/name``, without its ``:tag`` and ``@digest``."""
+    name = location.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}" if head else last
+
+
 def _select(index: dict[str, Any], tag: str | None, where: str) -> dict[str, Any]:
     """The index entry for ``tag`` (no tag: the only entry, else ``latest``)."""
     manifests: list[dict[str, Any]] = list(index.get("manifests") or [])

@@ -13,9 +13,10 @@ only when complete; leftovers of a crashed unpack are removed by the next holder
 The cache is shared by every tenant, so a digest is served from it only when the source the
 reference names vouches for it: a local layout must hold the manifest blob its index names
 (hashed), and a registry reference pinned by digest (``repo@sha256:D``) is checked once with
-that registry (``cache_dir/sources/<hex>`` lists the repositories that did; a pull from one
-counts). Without that, knowing the digest of an image another tenant pulled was enough to
-run it, past an org's allowed sources (Kubernetes' AlwaysPullImages closes the same hole).
+that registry (``cache_dir/sources`` holds a file per digest and repository that did; a
+pull from one counts). Without that, knowing the digest of an image another tenant pulled
+was enough to run it, past an org's allowed sources (Kubernetes' AlwaysPullImages closes
+the same hole).
 
 A run's images are pinned at admission: ``resolve(ref, digest=D)`` with the digest found
 then serves that image, and never what the reference names by launch time (a moved tag, a
@@ -46,7 +47,16 @@ from .layers import MAX_UNPACKED_BYTES, measure
 from .pull import manifest_of, pull, tag_digest
 from .reach import check_reachable, host_of
 from .reader import reading_as
-from .refs import DIGEST, Layout, Source, check_tar, image_error, parse_ref, skopeo_error
+from .refs import (
+    DIGEST,
+    Layout,
+    Source,
+    check_tar,
+    image_error,
+    parse_ref,
+    repository_of,
+    skopeo_error,
+)
 from .room import Watch, check_room, remove_tree, run_watched, watch
 from .snapshot import archive_digest, copy_archive, copy_image, vouch
 from .sources import Sources
@@ -93,14 +103,6 @@ def _tool(name: str) -> str:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:400] if lines else "no output"
-
-
-def _repository(location: str) -> str:
-    """``host/name`` without its ``:tag`` and ``@digest``."""
-    name = location.split("@", 1)[0]
-    head, _, last = name.rpartition("/")
-    last = last.split(":", 1)[0]
-    return f"{head}/{last}" if head else last
 
 
 class ImageStore:
@@ -173,7 +175,7 @@ class ImageStore:
                 raise ExecutorError(f"the admitted digest {digest[:80]!r} is malformed")
             vouched = True  # found at admission, by this code, from this reference
             if source.kind == "docker":  # pulled by the admitted digest, whatever the tag is now
-                source = Source("docker", f"{_repository(source.location)}@{digest}")
+                source = Source("docker", f"{repository_of(source.location)}@{digest}")
         final = self.path_for(digest)
         cached = self._load(final, ref, digest)
         if cached is not None:
@@ -186,7 +188,7 @@ class ImageStore:
             if self._load(final, ref, digest) is None:
                 self._unpack(source, ref, digest, final)
                 if source.kind == "docker":  # its manifest was checked by digest
-                    self.sources.record(_repository(source.location), digest)
+                    self.sources.record(repository_of(source.location), digest)
             elif not vouched:  # another process unpacked it meanwhile, from elsewhere
                 self._confirm(source, ref, digest)
         loaded = self._load(final, ref, digest)
@@ -271,7 +273,7 @@ class ImageStore:
     def _confirm(self, source: Source, ref: str, digest: str) -> None:
         """Check that the registry ``source`` names holds ``digest`` (asked once per
         repository, then recorded): a ValidationError on ``image`` when it does not."""
-        repository = _repository(source.location)
+        repository = repository_of(source.location)
         if self.sources.vouched(repository, digest):
             return
         registry, timeout = source.registry, self.registry_timeout
@@ -344,7 +346,7 @@ class ImageStore:
             return dest, copy_image(Layout(source), digest, dest)
         if source.kind == "docker":  # root checks what skopeo pulled (see .pull)
             timeouts = self.registry_timeout, self.pull_timeout
-            repository, registry = _repository(source.location), source.registry
+            repository, registry = repository_of(source.location), source.registry
             with reading_as(None):  # files of skopeo's user, in our work folder
                 return pull(self._registry, repository, digest, ref, registry, timeouts, work)
         # a docker-archive: our own copy of the very archive the digest was made of

@@ -151,19 +151,30 @@ class RunService:
         with self.reads() as s:
             org_row = s.get(OrgRow, org_id)
             policy = org_row.image_policy if org_row else None
-        self.image_lookups.take(org_id)  # a registry may take minutes: a thread each
+        scanner = self.settings.image_scanner
+        # digests this host answers for alone take no slot: a tenant whose registry
+        # stalls the slots cannot stop others' pinned images (they never wait on one)
+        pinned = {
+            r: None if scanner else image_policy.pinned_here(r, self.images)
+            for r in images.values()
+        }
+        slot = not all(pinned.values())  # (the scanner reads the unpacked image: a slot)
+        if slot:
+            self.image_lookups.take(org_id)  # a registry may take minutes: a thread each
         admitted: dict[str, str] = {}
         try:  # resolve (pull, unpack) + policy + scanner, outside the write lock
-            scanner = self.settings.image_scanner
             for field, ref in images.items():
-                admitted[ref] = image_policy.admit(ref, policy, self.images, scanner, field)
+                admitted[ref] = image_policy.admit(
+                    ref, policy, self.images, scanner, field, pinned=pinned.get(ref)
+                )
                 self.images.holds.hold([admitted[ref]])
             return admitted
         except BaseException:
             self.images.holds.release(admitted.values())
             raise
         finally:
-            self.image_lookups.free(org_id)
+            if slot:
+                self.image_lookups.free(org_id)
 
     def quote(self, spec: RunSpec, org_id: str) -> Quote:
         """The quote of ``spec`` (``POST /v1/runs?dryRun=true``): every check a submit
