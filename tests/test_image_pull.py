@@ -34,6 +34,7 @@ from conftest import Server
 from oci import BusyboxImages, busybox_images, layout_digest  # noqa: F401 - the fixture
 from registry import Registry as LoopbackRegistry
 from sylphx._core.errors import ValidationError
+from sylphx._server.images import platforms
 from sylphx._server.images.policy import admit, pinned_here
 from sylphx._server.images.sources import Sources
 from sylphx._server.images.store import ImageStore
@@ -213,6 +214,43 @@ def test_an_index_is_followed_to_this_machines_image_by_its_checked_digest(
         f"docker://{REPO}@{latest}",
     ]
     assert registry.asked[-1][-2] == f"docker://{REPO}@{latest}"  # the entry it checked
+
+
+@pytest.mark.skipif(ARCH != "amd64", reason="x86-64 micro-architecture levels")
+def test_an_index_entry_for_a_cpu_level_above_this_ones_is_never_pulled(
+    tmp_path: Path,
+    registry: Registry,
+    busybox_images: BusyboxImages,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a CPU of level x86-64-v2, an index's amd64/v4 entry (AVX-512: SIGILL here) is
+    passed over for its plain amd64 one; with only the v4 one, a 422 naming the level."""
+    layout = busybox_images.layout
+    ep = (layout / "blobs" / "sha256" / layout_digest(layout, "ep")[7:]).read_bytes()
+    ep_digest = registry.add(ep, f"oci:{layout}:ep")
+    latest = layout_digest(layout, "latest")
+    kind = "application/vnd.oci.image.manifest.v1+json"
+    v4 = {"os": "linux", "architecture": "amd64", "variant": "v4"}
+    faster = {"mediaType": kind, "digest": ep_digest, "size": len(ep), "platform": v4}
+    plain = {"mediaType": kind, "digest": latest, "size": len(registry.manifests[latest])}
+    plain["platform"] = {"os": "linux", "architecture": "amd64"}
+    index = {"schemaVersion": 2, "mediaType": _INDEX, "manifests": [faster, plain]}
+    digest = registry.add(json.dumps(index).encode())
+    only = registry.add(json.dumps({**index, "manifests": [faster]}).encode())
+    sse4 = {"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"}
+    monkeypatch.setattr(platforms, "_cpu_flags", lambda: frozenset(sse4))
+    platforms.host_variants.cache_clear()
+    try:
+        store = _store(tmp_path, registry, monkeypatch)
+        assert store.resolve(f"{REPO}@{digest}").digest == digest
+        assert f"docker://{REPO}@{ep_digest}" not in [a[-1] for a in registry.asked]
+        assert registry.asked[-1][-2] == f"docker://{REPO}@{latest}"  # the entry pulled
+        with pytest.raises(ValidationError) as caught:
+            store.resolve(f"{REPO}@{only}")
+        assert "linux/amd64 up to v2" in caught.value.message
+        assert caught.value.details[0]["rule"] == "platform_missing"
+    finally:
+        platforms.host_variants.cache_clear()
 
 
 def _exploited(registry: Registry, change: Callable[[Path], None]) -> None:

@@ -32,13 +32,13 @@ from typing import Any
 
 from sylphx._core.errors import ValidationError
 
+from .platforms import host_platform, host_text
 from .refs import (
     DIGEST,
     INDEX_TYPES,
     MANIFEST_TYPE,
     MAX_JSON,
     Source,
-    host_platform,
     image_error,
 )
 from .room import remove_tree
@@ -141,7 +141,7 @@ def _instance(
         )
         if entry is None:
             raise image_error(
-                f"{ref!r} has no image for this machine's platform",
+                f"{ref!r} has no image for this machine's platform ({host_text()})",
                 "platform_missing",
                 "build the image for linux on this machine's architecture",
             )

@@ -6,7 +6,6 @@ Pure parsing; no subprocesses. :mod:`sylphx._server.images.store` runs the tools
 from __future__ import annotations
 
 import json
-import platform
 import re
 import tarfile
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any, Literal
 
 from sylphx._core.errors import ValidationError
 
+from .platforms import host_platform, host_text
 from .reader import as_reader, members, open_regular, open_tar
 
 Kind = Literal["oci", "oci-archive", "docker-archive", "docker"]
@@ -29,7 +29,6 @@ REF_NAME = "org.opencontainers.image.ref.name"
 # tenant's own layout (index.json, a manifest) could be "../../..", a path out of the
 # cache (the store then locked, listed and removed beside it, as root).
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # (not "$": it takes a trailing newline)
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
 
 
 MAX_JSON = 4 << 20  # an index, a manifest or a config: far less in practice
@@ -205,16 +204,6 @@ def _select(index: dict[str, Any], tag: str | None, where: str) -> dict[str, Any
     )
 
 
-def host_platform(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The linux entry of a multi-platform index that matches this machine."""
-    arch = _ARCH.get(platform.machine(), platform.machine())
-    for entry in entries:
-        plat = entry.get("platform") or {}
-        if plat.get("os") == "linux" and plat.get("architecture") == arch:
-            return entry
-    return None
-
-
 # A Docker schema 2 manifest's media types, as OCI names the same bytes
 _DOCKER, _OCI = "application/vnd.docker.", "application/vnd.oci.image."
 _AS_OCI = {
@@ -331,7 +320,7 @@ class Layout:
             found = host_platform(list(nested))
             if found is None:
                 raise image_error(
-                    f"{self.source.location} has no linux/{platform.machine()} image",
+                    f"{self.source.location} has no image for {host_text()}",
                     "platform_missing",
                     "build the image for this machine's platform",
                 )

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from sylphx._core.errors import ValidationError
 
+from .platforms import host_platform, host_text
 from .reader import members, open_regular, open_tar
 from .refs import (
     DIGEST,
@@ -40,7 +41,6 @@ from .refs import (
     Layout,
     Source,
     canonical_manifest,
-    host_platform,
     image_error,
 )
 from .room import check_room
@@ -218,7 +218,7 @@ def _manifest(blobs: _Blobs, digest: str, media_type: object) -> tuple[str, byte
         ) else None  # fmt: skip
         if entry is None:
             raise image_error(
-                f"{blobs.layout.source.location} has no image for this machine's platform",
+                f"{blobs.layout.source.location} has no image for this machine ({host_text()})",
                 "platform_missing",
                 "build the image for this machine's platform",
             )
