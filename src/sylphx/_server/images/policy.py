@@ -89,8 +89,8 @@ def admit(
 ) -> str:
     """Resolve ``ref`` (so it exists and is cached) and apply the policy and the scanner;
     returns the digest admitted (the one the run's shards are to run). ``pinned``: its
-    digest as :func:`pinned_here` found it, so nothing is resolved (with no scanner:
-    the scanner reads the unpacked image)."""
+    digest as :func:`pinned_here` found it, taken as it is while still cached and no
+    scanner is to read the unpacked image (else ``ref`` is resolved as any other)."""
     no = functools.partial(refuse, field=field)
     rules = ImagePolicy.model_validate(policy or {})
     _check_source(ref, rules, field)
