@@ -49,8 +49,9 @@ TIER = MACHINES["nano"]
 NODE = dict(num_cpus=2, memory=4 << 30, object_store_memory=80 << 20, num_gpus=0)
 DRIVERS = 2  # Ray keeps a worker pool per driver (job): this script's and the server's
 WARM_ROUNDS = 2  # full-size rounds per side before timing: the first starts the pools
-SETTLE_SECONDS = 1.0  # quiet before each timed column (see settle)
-SETTLE_MAX_SECONDS = 20.0  # the longest a column waits for Ray's worker starts to end
+SETTLE_WINDOW = 0.5  # seconds of host CPU read at a time to tell it is quiet (see settle)
+SETTLE_MARGIN = 0.25  # cores over the idle cluster's own use that still count as quiet
+SETTLE_MAX_SECONDS = 20.0  # the longest a column waits for the host to quieten
 
 
 def cluster_env() -> dict[str, str]:
@@ -158,23 +159,49 @@ def raw_ray_windowed(n: int, window: int) -> float:
 
 
 def booting_workers() -> int:
-    """Ray workers on this host still starting (not yet renamed ``ray::...``)."""
+    """Ray workers on this host still starting (not yet renamed ``ray::...``): a Python
+    whose script is ``default_worker.py`` (a raylet only names it inside its
+    ``--python_worker_command=...``: it is not one)."""
     count = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-            count += b"default_worker.py" in f.read()
+            count += any(arg.endswith(b"/default_worker.py") for arg in f.read().split(b"\0"))
     return count
 
 
-def settle() -> None:
+def busy_cores(window: float = SETTLE_WINDOW) -> float:
+    """Cores this host kept busy over the next ``window`` seconds (from /proc/stat)."""
+
+    def busy_idle() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle, iowait
+        return sum(ticks) - idle, idle
+
+    b0, i0 = busy_idle()
+    time.sleep(window)
+    b1, i1 = busy_idle()
+    return (b1 - b0) / max((b1 - b0) + (i1 - i0), 1) * (os.cpu_count() or 1)
+
+
+def idle_level(seconds: float = 3.0) -> float:
+    """What the idle cluster itself keeps busy (its idle workers poll): the least of a
+    few windows, read once the warm-up rounds have grown every pool."""
+    return min(busy_cores() for _ in range(int(seconds / SETTLE_WINDOW)))
+
+
+def settle(quiet: float) -> None:
     """Start a column only once the one before is done with the host: Ray prestarts
     workers for a backlog and keeps booting them after the column ended (1-2 CPU-s each
-    on this 2-core VM). Measured: the column after the same-envelope one (which made ~6
-    each round) ran 2.5-3.6 s in one run, 1.5-1.9 s with a pause before it."""
+    on this 2-core VM), and reports its tasks' events for a second or more after they
+    ended. Measured: raw Ray's column took 1.48 s (median of 6) one second after the
+    one before and 1.14 s eight seconds after it. So wait until no worker is booting
+    and the host's CPU is back at the idle cluster's ``quiet`` level (cores)."""
     deadline = time.monotonic() + SETTLE_MAX_SECONDS
     while booting_workers() and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(SETTLE_SECONDS)
+    while time.monotonic() < deadline and busy_cores() > quiet + SETTLE_MARGIN:
+        pass
 
 
 def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> list[str]:
@@ -191,11 +218,14 @@ def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> li
         for _ in range(WARM_ROUNDS):  # the pools grown, imports done, the store warm
             for column in columns.values():
                 column()
+        time.sleep(SETTLE_MAX_SECONDS / 2)  # the last warm-up's tail
+        quiet = idle_level()
+        print(f"{envelope}: the idle cluster keeps {quiet:.2f} cores busy", flush=True)
         took: dict[str, list[float]] = {name: [] for name in columns}
         names = list(columns)
         for r in range(rounds):
             for name in names[r % 4 :] + names[: r % 4]:
-                settle()
+                settle(quiet)
                 took[name].append(columns[name]())
     raw, win, env, syl = (summary(took[name]) for name in names)
     cell = "{0[median]:.3f} ({0[min]:.3f}-{0[max]:.3f})".format
