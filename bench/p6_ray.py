@@ -49,6 +49,7 @@ TIER = MACHINES["nano"]
 NODE = dict(num_cpus=2, memory=4 << 30, object_store_memory=80 << 20, num_gpus=0)
 DRIVERS = 2  # Ray keeps a worker pool per driver (job): this script's and the server's
 WARM_ROUNDS = 2  # full-size rounds per side before timing: the first starts the pools
+SETTLE_PAUSE = 8.0  # seconds between columns at least (see settle)
 SETTLE_WINDOW = 0.5  # seconds of host CPU read at a time to tell it is quiet (see settle)
 SETTLE_MARGIN = 0.25  # cores over the idle cluster's own use that still count as quiet
 SETTLE_MAX_SECONDS = 20.0  # the longest a column waits for the host to quieten
@@ -190,18 +191,24 @@ def idle_level(seconds: float = 3.0) -> float:
     return min(busy_cores() for _ in range(int(seconds / SETTLE_WINDOW)))
 
 
-def settle(quiet: float) -> None:
+def settle(quiet: float) -> float:
     """Start a column only once the one before is done with the host: Ray prestarts
     workers for a backlog and keeps booting them after the column ended (1-2 CPU-s each
-    on this 2-core VM), and reports its tasks' events for a second or more after they
-    ended. Measured: raw Ray's column took 1.48 s (median of 6) one second after the
-    one before and 1.14 s eight seconds after it. So wait until no worker is booting
-    and the host's CPU is back at the idle cluster's ``quiet`` level (cores)."""
-    deadline = time.monotonic() + SETTLE_MAX_SECONDS
+    on this 2-core VM), and the cluster stays busy for a while after a column's tasks
+    ended. So wait until no worker is booting and the host's CPU is back at the idle
+    cluster's ``quiet`` level (cores), and at least ``SETTLE_PAUSE``: the CPU alone does
+    not tell it. Measured: raw Ray's column took 1.48 s (median of 6) one second after
+    the one before, 1.14 s eight seconds after it, and 1.44 s once the CPU was quiet
+    (0.8 s after, median). Returns the seconds waited (``SETTLE_MAX_SECONDS``: it
+    never got that quiet)."""
+    start = time.monotonic()
+    deadline = start + SETTLE_MAX_SECONDS
+    time.sleep(SETTLE_PAUSE)
     while booting_workers() and time.monotonic() < deadline:
         time.sleep(0.1)
     while time.monotonic() < deadline and busy_cores() > quiet + SETTLE_MARGIN:
         pass
+    return min(time.monotonic() - start, SETTLE_MAX_SECONDS)
 
 
 def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> list[str]:
@@ -222,11 +229,19 @@ def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> li
         quiet = idle_level()
         print(f"{envelope}: the idle cluster keeps {quiet:.2f} cores busy", flush=True)
         took: dict[str, list[float]] = {name: [] for name in columns}
+        waited: list[float] = []
         names = list(columns)
         for r in range(rounds):
             for name in names[r % 4 :] + names[: r % 4]:
-                settle(quiet)
+                waited.append(settle(quiet))
                 took[name].append(columns[name]())
+    capped = sum(w >= SETTLE_MAX_SECONDS for w in waited)
+    print(
+        f"{envelope}, {n} shards: each column waited {summary(waited)['median']:.1f} s"
+        f" (median) for a quiet host; {capped} of {len(waited)} hit the"
+        f" {SETTLE_MAX_SECONDS:g} s cap",
+        flush=True,
+    )
     raw, win, env, syl = (summary(took[name]) for name in names)
     cell = "{0[median]:.3f} ({0[min]:.3f}-{0[max]:.3f})".format
     return [
