@@ -271,6 +271,13 @@ def rss_of(pid: int) -> int:
     return 0
 
 
+def host_cpu() -> float:
+    """CPU seconds every core of the host has been busy (user, nice, system, irq, softirq)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time used so far by ``pid`` and its API workers (0 if gone)."""
     total = 0

@@ -14,7 +14,8 @@ cost from the control plane's.
 Each envelope (``plain``: the goal row, the same process on both sides; ``sandboxed``:
 bubblewrap per shard, the production default) gets its own server, its own warm-up and
 its own baseline rounds, interleaved with sylphx's: each column starts on a settled
-host (no Ray worker still booting for the one before), in an order rotated every round.
+host (8 s after the one before, no Ray worker still booting, the CPU back at the idle
+cluster's level: see ``settle``), in an order rotated every round.
 
 The loopback cluster is configured once, for both sides alike (see ``cluster_env``): Ray
 keeps enough idle workers per node for the two drivers' fractional-CPU bursts, instead of
@@ -37,7 +38,7 @@ from collections.abc import Callable
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 
 import ray
-from harness import BENCH_HOMES, ENVELOPES, Server, machine, summary, table
+from harness import BENCH_HOMES, ENVELOPES, Server, host_cpu, machine, summary, table
 
 from sylphx._core.machines import MACHINES
 from sylphx._server.executors.base import LaunchRequest
@@ -171,18 +172,10 @@ def booting_workers() -> int:
 
 
 def busy_cores(window: float = SETTLE_WINDOW) -> float:
-    """Cores this host kept busy over the next ``window`` seconds (from /proc/stat)."""
-
-    def busy_idle() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        idle = ticks[3] + ticks[4]  # idle, iowait
-        return sum(ticks) - idle, idle
-
-    b0, i0 = busy_idle()
+    """Cores this host kept busy over the next ``window`` seconds."""
+    start = host_cpu()
     time.sleep(window)
-    b1, i1 = busy_idle()
-    return (b1 - b0) / max((b1 - b0) + (i1 - i0), 1) * (os.cpu_count() or 1)
+    return (host_cpu() - start) / window
 
 
 def idle_level(seconds: float = 3.0) -> float:

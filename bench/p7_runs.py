@@ -196,19 +196,12 @@ def loadgen_main(url: str, token: str, n: int, clients: int) -> None:
 # -- the bench ---------------------------------------------------------------------------
 
 
-def host_cpu() -> float:
-    """CPU seconds every core of the host has been busy (user, nice, system, irq, softirq)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
 def round_of(
     server: Any, n: int, clients: int, on_terminal: Callable[[], None] | None = None
 ) -> dict[str, Any]:
     """One round of N submits from the load generator; its numbers. ``on_terminal`` is
     called when every run is terminal, before the (untimed) read-back."""
-    from harness import cpu_seconds
+    from harness import cpu_seconds, host_cpu
 
     argv = [sys.executable, __file__, "--loadgen", server.url, server.token, str(n), str(clients)]
     gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
