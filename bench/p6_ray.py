@@ -10,7 +10,9 @@ as the cluster runs at once (as an orchestrator that owns admission must), which
 cost of not queueing in Ray from the cost of sylphx; a third runs, in each raw Ray task,
 ``true`` in the very envelope a sylphx shard gets on that node (built by the same node
 code: bubblewrap, seccomp, slirp4netns, the tier's cgroup), which tells the envelope's
-cost from the control plane's.
+cost from the control plane's; a fourth runs sylphx's node body with the same
+envelope, owned by an actor as sylphx's hub owns its shards' and windowed as the second
+one, which tells what the control plane adds to its node body (and the body to ``true``).
 Each envelope (``plain``: the goal row, the same process on both sides; ``sandboxed``:
 bubblewrap per shard, the production default) gets its own server, its own warm-up and
 its own baseline rounds, interleaved with sylphx's: each column starts on a settled
@@ -34,6 +36,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 
@@ -54,6 +57,7 @@ SETTLE_PAUSE = 8.0  # seconds between columns at least (see settle)
 SETTLE_WINDOW = 0.5  # seconds of host CPU read at a time to tell it is quiet (see settle)
 SETTLE_MARGIN = 0.25  # cores over the idle cluster's own use that still count as quiet
 SETTLE_MAX_SECONDS = 20.0  # the longest a column waits for the host to quieten
+OPTIONS: dict[str, Any] = dict(num_cpus=TIER.vcpu, memory=TIER.memory_bytes, max_retries=0)
 
 
 def cluster_env() -> dict[str, str]:
@@ -117,12 +121,11 @@ def raw_ray(n: int, envelope: NodeEnvelope | None = None) -> float:
     """All ``n`` tasks handed to Ray at once: Ray queues what does not fit, and a worker
     that finishes one task is handed the next one queued (its lease is reused).
     With ``envelope``, each task runs ``true`` in that envelope (``run_enveloped``)."""
-    options = dict(num_cpus=TIER.vcpu, memory=TIER.memory_bytes, max_retries=0)
     start = time.perf_counter()
     if envelope is None:
-        codes = ray.get([ray.remote(run_true).options(**options).remote(i) for i in range(n)])
+        codes = ray.get([ray.remote(run_true).options(**OPTIONS).remote(i) for i in range(n)])
     else:
-        task = ray.remote(run_enveloped).options(**options)
+        task = ray.remote(run_enveloped).options(**OPTIONS)
         codes = ray.get([task.remote(request(i, n), envelope) for i in range(n)])
     took = time.perf_counter() - start
     assert codes == [0] * n, Counter(codes)
@@ -143,9 +146,14 @@ def raw_ray_windowed(n: int, window: int) -> float:
     hands Ray more than fit at once (``window``): a new task as each one ends. Ray then
     has nothing queued when a task ends, so every task after the first wave asks a raylet
     for a new worker lease -- what sylphx's Ray executor does too."""
-    task = ray.remote(run_true).options(num_cpus=TIER.vcpu, memory=TIER.memory_bytes, max_retries=0)
+    task = ray.remote(run_true).options(**OPTIONS)
+    return windowed(task.remote, n, window)
+
+
+def windowed(submit: Callable[[int], Any], n: int, window: int) -> float:
+    """Seconds to run tasks ``submit(0..n-1)`` with at most ``window`` in flight."""
     start = time.perf_counter()
-    pending = [task.remote(i) for i in range(min(window, n))]
+    pending = [submit(i) for i in range(min(window, n))]
     submitted, codes = len(pending), []
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -153,11 +161,25 @@ def raw_ray_windowed(n: int, window: int) -> float:
         pending = [ref for ref in pending if ref not in ready]
         codes += ray.get(ready)
         more = min(len(ready), n - submitted)
-        pending += [task.remote(submitted + i) for i in range(more)]
+        pending += [submit(submitted + i) for i in range(more)]
         submitted += more
     took = time.perf_counter() - start
-    assert codes == [0] * n
+    assert codes == [0] * n, Counter(codes)
     return took
+
+
+@ray.remote(num_cpus=0)
+class BodyOwner:
+    """Owns the node-body column's tasks as sylphx's hub owns its shards' (an actor, so
+    that they outlive the control plane), and keeps ``window`` in flight as sylphx's
+    admission does: sylphx's node body (``run_enveloped``) with no control plane around
+    it. What sylphx takes over this column is the control plane's; what this column
+    takes over raw Ray's is the node body's (log pipes, death with the worker, a private
+    scratch directory) and the actor's."""
+
+    def run(self, n: int, window: int, envelope: NodeEnvelope) -> float:
+        task = ray.remote(run_enveloped).options(**OPTIONS)
+        return windowed(lambda i: task.remote(request(i, n), envelope), n, window)
 
 
 def booting_workers() -> int:
@@ -209,10 +231,12 @@ def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> li
     order rotated every round (so no column always follows the same one); one row."""
     with Server(SYLPHX_EXECUTOR="ray", SYLPHX_RAY_ADDRESS=address, **ENVELOPES[envelope]) as srv:
         same = node_envelope(srv.env)
+        owner: Any = BodyOwner.remote()  # type: ignore[attr-defined]
         columns: dict[str, Callable[[], float]] = {
             "raw": lambda: raw_ray(n),
             "win": lambda: raw_ray_windowed(n, window),
             "env": lambda: raw_ray(n, same),
+            "body": lambda: ray.get(owner.run.remote(n, window, same)),
             "syl": lambda: srv.fan_out(n),
         }
         for _ in range(WARM_ROUNDS):  # the pools grown, imports done, the store warm
@@ -225,7 +249,8 @@ def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> li
         waited: list[float] = []
         names = list(columns)
         for r in range(rounds):
-            for name in names[r % 4 :] + names[: r % 4]:
+            turn = r % len(names)
+            for name in names[turn:] + names[:turn]:
                 waited.append(settle(quiet))
                 took[name].append(columns[name]())
     capped = sum(w >= SETTLE_MAX_SECONDS for w in waited)
@@ -235,16 +260,19 @@ def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> li
         f" {SETTLE_MAX_SECONDS:g} s cap",
         flush=True,
     )
-    raw, win, env, syl = (summary(took[name]) for name in names)
+    raw, win, env, body, syl = (summary(took[name]) for name in names)
     cell = "{0[median]:.3f} ({0[min]:.3f}-{0[max]:.3f})".format
     return [
         envelope,
         cell(raw),
         cell(win),
         cell(env),
+        cell(body),
         cell(syl),
         f"{syl['median'] / raw['median']:.2f}x",
         f"{syl['median'] / env['median']:.2f}x",
+        f"{body['median'] / raw['median']:.2f}x",
+        f"{syl['median'] / body['median']:.2f}x",
     ]
 
 
@@ -292,9 +320,12 @@ def main() -> None:
                     "raw Ray tasks (`true`)",
                     f"raw, {window} in flight",
                     "raw Ray, same envelope",
+                    f"node body, {window} in flight",
                     "sylphx (Ray executor)",
                     "sylphx / raw",
                     "sylphx / same envelope",
+                    "node body / raw",
+                    "sylphx / node body",
                 ],
                 rows,
             )
