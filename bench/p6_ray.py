@@ -226,6 +226,25 @@ def settle(quiet: float) -> float:
     return min(time.monotonic() - start, SETTLE_MAX_SECONDS)
 
 
+def per_shard(
+    envelope: str, n: int, quiet: float, took: dict[str, list[float]], cpu: dict[str, list[float]]
+) -> str:
+    """Each column's host CPU per shard, less what the idle cluster burned meanwhile, and
+    the cores it kept busy (medians of the rounds). Every column keeps this 2-core host
+    busy, so a round takes its work over the cores the idle cluster leaves, and a column's
+    ratio to another is about the ratio of their CPU per shard (BENCHMARKS.md, P6)."""
+    cells = []
+    for name in took:
+        work = [(c - quiet * t) / n * 1e3 for c, t in zip(cpu[name], took[name], strict=True)]
+        busy = [c / t for c, t in zip(cpu[name], took[name], strict=True)]
+        cells.append(
+            f"{name} {summary(work)['median']:.1f} ms ({summary(busy)['median']:.2f} cores)"
+        )
+    return f"{envelope}, {n} shards: host CPU per shard beyond the idle cluster's: " + ", ".join(
+        cells
+    )
+
+
 def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> list[str]:
     """Warm every side up, then ``rounds`` rounds, each column from a settled host, in an
     order rotated every round (so no column always follows the same one); one row."""
@@ -246,13 +265,16 @@ def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> li
         quiet = idle_level()
         print(f"{envelope}: the idle cluster keeps {quiet:.2f} cores busy", flush=True)
         took: dict[str, list[float]] = {name: [] for name in columns}
+        cpu: dict[str, list[float]] = {name: [] for name in columns}  # host CPU-s a round
         waited: list[float] = []
         names = list(columns)
         for r in range(rounds):
             turn = r % len(names)
             for name in names[turn:] + names[:turn]:
                 waited.append(settle(quiet))
+                before = host_cpu()
                 took[name].append(columns[name]())
+                cpu[name].append(host_cpu() - before)
     capped = sum(w >= SETTLE_MAX_SECONDS for w in waited)
     print(
         f"{envelope}, {n} shards: each column waited {summary(waited)['median']:.1f} s"
@@ -260,6 +282,7 @@ def compare(address: str, envelope: str, n: int, rounds: int, window: int) -> li
         f" {SETTLE_MAX_SECONDS:g} s cap",
         flush=True,
     )
+    print(per_shard(envelope, n, quiet, took, cpu), flush=True)
     raw, win, env, body, syl = (summary(took[name]) for name in names)
     cell = "{0[median]:.3f} ({0[min]:.3f}-{0[max]:.3f})".format
     return [
