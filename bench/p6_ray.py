@@ -230,9 +230,12 @@ def per_shard(
     envelope: str, n: int, quiet: float, took: dict[str, list[float]], cpu: dict[str, list[float]]
 ) -> str:
     """Each column's host CPU per shard, less what the idle cluster burned meanwhile, and
-    the cores it kept busy (medians of the rounds). Every column keeps this 2-core host
-    busy, so a round takes its work over the cores the idle cluster leaves, and a column's
-    ratio to another is about the ratio of their CPU per shard (BENCHMARKS.md, P6)."""
+    the cores it kept busy (medians of the rounds), by the columns' short names (raw,
+    win: 48 in flight, env: same envelope, body: node body, syl: sylphx). Every column
+    keeps this 2-core host busy, so a round takes its work over the cores the idle cluster
+    leaves, and a column's ratio to another is about the ratio of their CPU per shard
+    (BENCHMARKS.md, P6). The idle burn is ``quiet``, read once after the warm-ups; it grows
+    over a run, so later rounds' work reads a little high, for every column alike."""
     cells = []
     for name in took:
         work = [(c - quiet * t) / n * 1e3 for c, t in zip(cpu[name], took[name], strict=True)]
