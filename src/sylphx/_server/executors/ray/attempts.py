@@ -22,7 +22,7 @@ import ray
 from sylphx._server.executors.base import Exit
 
 from .gang import result_exit
-from .hub import Change, Outcome
+from .outcome import Change, Outcome
 
 _NODE_ID = re.compile(r"node ID: ([0-9a-f]+)")
 

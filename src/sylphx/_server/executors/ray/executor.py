@@ -2,9 +2,11 @@
 
 * Capacity is the cluster's CPU and memory (``ray.cluster_resources()``), so it
   follows nodes joining and leaving.
-* Each attempt is one Ray task (no retries: the reconciler owns retries) asking
+* Each attempt runs in a Ray task (no retries: the reconciler owns retries) asking
   for its tier's CPU and memory; on whatever node Ray picked, the task runs the
-  command in the same envelope as the local executor (``remote.py``).
+  command in the same envelope as the local executor (``remote.py``). A plain attempt
+  (no gang, no image) runs in a *slot*, a task of its tier that runs one attempt after
+  another (``slots.py``: no task per shard); a gang member or an image its own task.
 * The control plane does not own those tasks: its home's hub does (``hub.py``), a
   detached actor on the control plane's node that submits them, relays their logs and
   signals, and keeps their outcomes until they are recorded. So attempts outlive the
@@ -51,12 +53,16 @@ from sylphx._server.images.policy import refuse as images_refused
 
 from .attempts import Ledger, outcome_exit
 from .gang import Gangs
-from .hub import Launch, LogHub, home_id, hub_name
+from .hub import LogHub, home_id, hub_name
 from .nodes import NodeView
+from .outcome import Launch
 from .remote import NodeEnvelope, node_tools
 
 GANG_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 _FEED_WAIT = 0.5  # seconds the hub holds a long poll of its feed
+# the hub's threads for its idle slots (LogHub.take), each waiting up to slots.LINGER for
+# an attempt: the most shards one run has. More idle slots than that wait for a thread
+SLOT_THREADS = 256
 
 
 def _now() -> datetime:
@@ -141,7 +147,8 @@ class RayExecutor:
         """The home's hub (made here, on this node, if it is not running): and whether it
         is new, i.e. knows nothing a previous control plane handed it."""
         here = ray.get_runtime_context().get_node_id()
-        hub_actor: Any = ray.remote(LogHub)
+        groups = {"slots": SLOT_THREADS}  # Ray's stubs lack the argument
+        hub_actor: Any = ray.remote(concurrency_groups=groups)(LogHub)  # type: ignore[call-overload]
         hub = hub_actor.options(
             name=self._hub_name,
             lifetime="detached",

@@ -3,10 +3,12 @@
 Ray ends a driver's tasks when the driver goes, and the control plane is the driver. So
 it never submits a shard attempt itself: it hands it to its home's ``LogHub``, a detached
 actor (namespace ``sylphx``, named after the home: :func:`hub_name`) on the control
-plane's node, which submits the attempt as a Ray task and so owns it; gangs' placement
-groups are detached too, reserved through the hub. A ``kill -9`` or a restart of the
-control plane leaves the hub, its tasks and their placement groups running; a new control
-plane on the same home finds the hub by name and re-adopts them (see ``attempts.py``).
+plane's node, which runs the attempt in one of its slots (:mod:`.slots`: Ray tasks that
+run plain attempts one after another) or, for a gang member or an image, submits it as
+a Ray task of its own, and so owns it; gangs' placement groups are detached too,
+reserved through the hub. A ``kill -9`` or a restart of the control plane leaves the
+hub, its tasks and their placement groups running; a new control plane on the same home
+finds the hub by name and re-adopts them (see ``attempts.py``).
 
 The hub keeps each attempt's record -- its gang, its node, when its process started, when
 it last shipped output, and once its task ended, its outcome (what ``run_shard`` returned,
@@ -31,29 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import NodeDiedError, RayError, RayTaskError, TaskCancelledError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from sylphx._core.machines import MACHINES
-from sylphx._server.executors.base import LaunchRequest, Signal
+from sylphx._server.executors.base import Signal
 
 from .gang import bundle_nodes, cancel, placement_state, tier_resources
+from .outcome import Change, Launch, Outcome, failure, task_options
 from .remote import NodeEnvelope, run_shard
+from .slots import Slots, by_slot
 
 _RANK: dict[str | None, int] = {None: 0, "term": 1, "kill": 2}
 HOME_ID_FILE = "ray.id"
-
-# What became of an attempt's task, and when the hub saw it end (epoch): ("result", at,
-# what run_shard returned) | ("cancelled", at) | ("error", at, the task's exception, last
-# line) | ("lost", at, Ray's error, whether Ray said the node died, the node it last
-# reported from, when it last shipped: epoch)
-Outcome = tuple[Any, ...]
-# One attempt's record, as the feed tells it: handle, the run id of its gang's placement
-# group (None: no gang), when its process started (epoch), its outcome (None: running)
-Change = tuple[str, str | None, float | None, Outcome | None]
-# A launch handed to the hub: handle, request, its gang's bundle (None: no gang)
-Launch = tuple[str, LaunchRequest, int | None]
 
 
 def home_id(home: Path | None) -> str:
@@ -102,7 +93,7 @@ class _Gang:
     launched: int = 0  # bundles given to attempts so far (the next one's index)
 
 
-class LogHub:
+class LogHub(Slots):
     """Submits and owns a home's attempts and gangs; relays their logs and signals."""
 
     def __init__(self) -> None:
@@ -116,6 +107,7 @@ class LogHub:
         self._greeted = False
         self._task: Any = ray.remote(run_shard)
         self._plain: dict[str, Any] = {}  # machine -> task options (building them is not free)
+        self._init_slots()  # plain attempts run in slots (see .slots)
 
     def hello(self) -> bool:
         """True for the first control plane that calls it: the hub is new, nothing it was
@@ -126,10 +118,12 @@ class LogHub:
 
     # -- attempts -------------------------------------------------------------
     def submit(self, launches: list[Launch], name: str, envelope: NodeEnvelope) -> dict[str, str]:
-        """Submit each attempt as a Ray task (into its gang's bundle, if it has one) that
-        ships to the hub called ``name``; returns those Ray refused, with why. An attempt
-        already submitted is left alone: launches are idempotent."""
-        refused = {}
+        """Queue each plain attempt for a slot (see :mod:`.slots`); submit each other one
+        as a Ray task of its own (into its gang's bundle, if it has one). Both ship to
+        the hub called ``name``. Returns those Ray refused, with why. An attempt already
+        submitted is left alone: launches are idempotent."""
+        refused = self._queue([launch for launch in launches if by_slot(launch)], name, envelope)
+        launches = [launch for launch in launches if not by_slot(launch)]
         with self._lock:
             pgs = {
                 r.run_id: self._gangs[r.run_id].pg
@@ -162,12 +156,12 @@ class LogHub:
         if gang is None:
             task = self._plain.get(machine)
             if task is None:
-                task = self._plain[machine] = self._task.options(**_options(machine))
+                task = self._plain[machine] = self._task.options(**task_options(machine))
             return task
         strategy = PlacementGroupSchedulingStrategy(
             gang.pg, placement_group_bundle_index=bundle or 0
         )
-        return self._task.options(**_options(machine), scheduling_strategy=strategy)
+        return self._task.options(**task_options(machine), scheduling_strategy=strategy)
 
     def _done(self, handle: str, future: Future[Any]) -> None:
         """A task ended (in a Ray thread): keep its outcome until the control plane took it."""
@@ -177,16 +171,22 @@ class LogHub:
             with self._lock:
                 attempt = self._attempts.get(handle)
                 node, seen = (attempt.node, attempt.seen) if attempt else (None, None)
-            outcome = _failure(exc, node, seen)
+            outcome = failure(exc, node, seen)
         self._finish(handle, outcome)
+
+    def _new_attempt(self) -> _Attempt:
+        return _Attempt(gang=None)
 
     def _finish(self, handle: str, outcome: Outcome) -> None:
         with self._changed:
-            attempt = self._attempts.get(handle)
-            if attempt is None or attempt.outcome is not None:
-                return
-            attempt.outcome, attempt.ref = outcome, None
-            self._bump(attempt)
+            self._settle(handle, outcome)
+
+    def _settle(self, handle: str, outcome: Outcome) -> None:  # under the lock
+        attempt = self._attempts.get(handle)
+        if attempt is None or attempt.outcome is not None:
+            return
+        attempt.outcome, attempt.ref = outcome, None
+        self._bump(attempt)
 
     def _bump(self, attempt: _Attempt) -> None:  # under the lock
         self._seq += 1
@@ -196,6 +196,7 @@ class LogHub:
     def changes(self, since: int, timeout: float) -> tuple[int, list[Change]]:
         """The records that changed after position ``since`` of the feed (0: all of them),
         waiting up to ``timeout`` seconds for one; and the feed's position now."""
+        self._start_slots()
         with self._changed:
             if self._seq <= since:
                 self._changed.wait(timeout)
@@ -216,11 +217,13 @@ class LogHub:
 
     def retain(self, keep: list[str]) -> list[str]:
         """Drop every record but ``keep``'s (after a restart: the attempts the store still
-        shows as live); a task among them still running is stopped, for nobody would
-        record it. Returns the handles dropped."""
+        shows as live); one still running is stopped, for nobody would record it: its
+        own task cancelled, or, in a slot, killed at its next chunk (the slot may run
+        another attempt by the time a cancel lands). Returns the handles dropped."""
         kept = set(keep)
         with self._lock:
             gone = [handle for handle in self._attempts if handle not in kept]
+            self._doomed.update(h for h in gone if self._slots.running(h))  # killed at a push
             refs = [self._attempts.pop(handle).ref for handle in gone]
             for handle in gone:
                 self._signals.pop(handle, None)
@@ -269,7 +272,7 @@ class LogHub:
             if attempt is not None:
                 attempt.node, attempt.seen = node_id, time.time()
             pending = self._signals.get(handle)
-            sig = pending.pop(0) if pending else None
+            sig = pending.pop(0) if pending else ("kill" if handle in self._doomed else None)
             ref = attempt.ref if attempt is not None and sig == "kill" else None
         if ref is not None:  # the term (if any) went out with an earlier reply
             ray.cancel(ref, force=False)
@@ -285,6 +288,9 @@ class LogHub:
         with self._lock:
             attempt = self._attempts.get(handle)
             if attempt is None or _RANK[sig] <= _RANK[self._asked.get(handle)]:
+                return
+            if self._slots.drop(handle):  # still queued for a slot: it never starts
+                self._settle(handle, ("cancelled", time.time()))
                 return
             self._asked[handle] = sig
             pending = self._signals.setdefault(handle, [])
@@ -369,24 +375,3 @@ class LogHub:
 
     def ping(self) -> bool:
         return True
-
-
-def _options(machine: str) -> dict[str, Any]:
-    """A tier's task options: its CPU and memory, and no retries (sylphx owns them)."""
-    tier = MACHINES[machine]
-    return {"num_cpus": tier.vcpu, "memory": tier.memory_bytes, "max_retries": 0}
-
-
-def _failure(exc: BaseException, node: str | None, seen: float | None) -> Outcome:
-    """How a task that raised ended: cancelled, failed on its own, or lost with its
-    worker or node (told apart by the control plane, which knows the alive nodes)."""
-    at = time.time()
-    cause = exc.cause if isinstance(exc, RayTaskError) else exc
-    if isinstance(cause, TaskCancelledError):
-        return ("cancelled", at)
-    if isinstance(exc, RayTaskError):
-        return ("error", at, str(exc).strip().splitlines()[-1][:300])
-    if isinstance(exc, RayError):
-        text = f"{type(exc).__name__}: {exc}"[:4000]
-        return ("lost", at, text, isinstance(exc, NodeDiedError), node, seen)
-    return ("error", at, f"{type(exc).__name__}: {exc}"[:300])

@@ -344,3 +344,29 @@ def run_shard(request: LaunchRequest, handle: str, hub_name: str, envelope: Node
     except (OSError, SylphxError) as exc:  # e.g. command not found, no bwrap, bad image
         ship(b"", f"sylphx: could not start the shard: {exc}\n".encode())
         return 127, f"LaunchError: {exc}", [], None, time.time()
+
+
+def run_slot(hub_name: str, slot: str, envelope: NodeEnvelope) -> None:
+    """Ray task body of a slot (see :mod:`.slots`): run the attempts the named hub hands
+    this slot, one after another, each with :func:`run_shard`, reporting how each ended
+    with the next take; return once the hub has none for it (or is gone). The slot
+    keeps its tier's resources while it waits: the take is waited for off the main
+    thread (see ``_get_off_main_thread``)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    hub: Any = _hubs.get(hub_name) or _hubs.setdefault(hub_name, ray.get_actor(hub_name))
+    take = hub.take.options(concurrency_group="slots")  # the hub's threads for idle slots
+    done: tuple[str, Any] | None = None
+    while True:
+        try:
+            got = _get_off_main_thread(take.remote(slot, done))
+        except RayActorError:  # the hub that handed it attempts is gone: nobody to report to
+            return
+        if got is None:
+            return
+        handle, request = got
+        try:
+            done = ("result", run_shard(request, handle, hub_name, envelope))
+        except Exception as exc:  # as a task of its own would fail: its last line
+            done = ("error", f"{type(exc).__name__}: {exc}"[:300])
