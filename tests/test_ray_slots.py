@@ -191,3 +191,17 @@ def test_the_queue_counts_waiting_and_starting_slots() -> None:
         assert queue.ended("s1") is not None
         assert queue.running("h0") is False
         assert queue.clear("nano") == ["h1", "h2"] and queue.short() == {}
+
+
+def test_the_attempts_of_a_tier_ray_refuses_slots_for_fail_with_why(hub: LogHub) -> None:
+    class Refused:
+        def remote(self, *args: Any) -> Any:
+            raise ValueError("no such resource")
+
+    hub._slot = type("Refusing", (), {"options": lambda self, **opts: Refused()})()
+    submit(hub, 0, 1)
+    got = outcomes(hub)
+    assert sorted(got) == ["h0", "h1"]
+    assert got["h0"][0] == "error" and got["h0"][2] == "LaunchError: no such resource"
+    assert hub._slots.short() == {}  # none queued, none counted as starting
+    assert not hub._slots.slots

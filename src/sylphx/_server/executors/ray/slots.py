@@ -187,32 +187,34 @@ class Slots:
 
     def _start_slots(self) -> None:
         """Start the slots the queue is short of (after a submit; and at every read of
-        the feed, for a slot that ended before it took its attempt). Where Ray refuses
-        a slot task, the attempts queued for that tier fail with why."""
+        the feed, for a slot that ended before it took its attempt), counted as starting
+        in the same hold of the lock, so two callers never start the same ones. Where
+        Ray refuses a slot task, the attempts queued for that tier fail with why."""
         with self._lock:
-            wanted, args = self._slots.short(), self._slot_args
-        if args is None:  # nothing was ever queued here
-            return
-        name, envelope = args
-        for machine, n in wanted.items():
-            for _ in range(n):
-                slot = uuid.uuid4().hex
-                with self._lock:
-                    held = self._slots.add(slot, machine)  # before it can ask
-                try:
-                    task = self._slot_tasks.get(machine)
-                    if task is None:
-                        task = self._slot_tasks[machine] = self._slot.options(
-                            **task_options(machine)
-                        )
-                    held.ref = task.remote(name, slot, envelope)
-                except Exception as exc:
-                    with self._changed:
-                        self._slots.ended(slot)
+            if self._slot_args is None:  # nothing was ever queued here
+                return
+            name, envelope = self._slot_args
+            wanted = self._slots.short()
+            new = [(m, uuid.uuid4().hex) for m, n in wanted.items() for _ in range(n)]
+            held = {slot: self._slots.add(slot, machine) for machine, slot in new}
+        refused: set[str] = set()  # tiers Ray refused a slot of
+        for machine, slot in new:
+            try:
+                if machine in refused:
+                    raise _Refused
+                task = self._slot_tasks.get(machine)
+                if task is None:
+                    task = self._slot_tasks[machine] = self._slot.options(**task_options(machine))
+                held[slot].ref = task.remote(name, slot, envelope)
+            except Exception as exc:
+                with self._changed:
+                    self._slots.ended(slot)
+                    if machine not in refused:
+                        refused.add(machine)
                         for handle in self._slots.clear(machine):
                             self._settle(handle, ("error", time.time(), f"LaunchError: {exc}"))
-                    break
-                held.ref.future().add_done_callback(functools.partial(self._slot_done, slot))
+                continue
+            held[slot].ref.future().add_done_callback(functools.partial(self._slot_done, slot))
 
     def take(self, slot: str, done: tuple[str, Any] | None) -> tuple[str, LaunchRequest] | None:
         """From a slot: how the attempt it ran ended (``("result", what run_shard
@@ -253,6 +255,10 @@ class Slots:
         self._doomed.discard(handle)
         why = ("error", time.time(), "its slot ended without its outcome")
         self._finish(handle, failure(exc, node, seen) if exc is not None else why)
+
+
+class _Refused(Exception):
+    """A slot of a tier Ray already refused one of (see ``Slots._start_slots``)."""
 
 
 def by_slot(launch: tuple[str, LaunchRequest, int | None]) -> bool:
