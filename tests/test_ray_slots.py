@@ -16,6 +16,7 @@ from ray.exceptions import WorkerCrashedError
 
 from sylphx._server.executors.base import LaunchRequest
 from sylphx._server.executors.ray import slots as ray_slots
+from sylphx._server.executors.ray.attempts import outcome_exit
 from sylphx._server.executors.ray.hub import LogHub
 from sylphx._server.executors.ray.remote import NodeEnvelope
 from sylphx._server.executors.ray.slots import SlotQueue, by_slot
@@ -119,7 +120,7 @@ def test_an_idle_slot_is_handed_the_next_attempt_without_a_new_slot(
     waiter = threading.Thread(target=lambda: got.append(hub.take(slot, ("result", RESULT))))
     waiter.start()
     deadline = time.monotonic() + 5
-    while not hub._slots._waiting["nano"] and time.monotonic() < deadline:
+    while not hub._slots._waiting[("nano", NodeEnvelope())] and time.monotonic() < deadline:
         time.sleep(0.01)
     submit(hub, 1)
     waiter.join(5)
@@ -178,22 +179,66 @@ def test_an_attempt_dropped_by_a_restart_is_killed_at_its_slots_next_push(
 
 
 def test_the_queue_counts_waiting_and_starting_slots() -> None:
-    lock = threading.Lock()
+    lock, nano = threading.Lock(), ("nano", NodeEnvelope())
     queue = SlotQueue(lock)
     with lock:
         for i in range(3):
-            queue.queue(f"h{i}", request(i))
-        assert queue.short() == {"nano": 3}
-        queue.add("s1", "nano")
-        assert queue.short() == {"nano": 2}  # s1 will ask
+            queue.queue(f"h{i}", request(i), nano[1])
+        assert queue.short() == {nano: 3}
+        queue.add("s1", nano)
+        assert queue.short() == {nano: 2}  # s1 will ask
         assert queue.next("s1", lambda h: True) is not None
-        assert queue.short() == {"nano": 2}
+        assert queue.short() == {nano: 2}
         assert queue.ended("s1") is not None
         assert queue.running("h0") is False
-        assert queue.clear("nano") == ["h1", "h2"] and queue.short() == {}
+        assert queue.clear(nano) == ["h1", "h2"] and queue.short() == {}
 
 
-def test_the_attempts_of_a_tier_ray_refuses_slots_for_fail_with_why(hub: LogHub) -> None:
+def test_the_newest_idle_slot_is_woken_so_the_others_end_at_their_linger(
+    hub: LogHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ray_slots, "LINGER", 1.0)
+    submit(hub, 0, 1)
+    old, new = (slot for _, slot, _ in hub._slot.started)
+    assert hub.take(old, None) is not None and hub.take(new, None) is not None
+    got: dict[str, Any] = {}
+    for slot in (old, new):  # both go idle, ``old`` first
+        waiter = threading.Thread(
+            target=lambda s=slot: got.update({s: hub.take(s, ("result", RESULT))})
+        )
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while len(hub._slots._idle.get(("nano", NodeEnvelope()), [])) < (1 if slot == old else 2):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    submit(hub, 2)
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got[new] is not None and got[new][0] == "h2"
+    assert got[old] is None  # idle the longest: it ended
+    assert len(hub._slot.started) == 2
+
+
+def test_a_slot_runs_only_attempts_submitted_with_its_envelope(hub: LogHub) -> None:
+    submit(hub, 0)
+    stricter = NodeEnvelope(max_log_bytes=1 << 20)  # e.g. settings changed by a restart
+    assert hub.submit([("h1", request(1), None)], "hub", stricter) == {}
+    (_, first, _), (_, second, _) = hub._slot.started  # one slot per envelope
+    got = hub.take(first, None)
+    assert got is not None and got[0] == "h0"
+    assert hub.take(first, ("result", RESULT)) is None  # h1 is not its kind
+    got = hub.take(second, None)
+    assert got is not None and got[0] == "h1"
+
+
+def test_a_refused_outcome_is_an_attempt_that_never_started() -> None:
+    done = outcome_exit("h", ("refused", 5.0, "no such resource"), lambda: None)
+    assert (done.returncode, done.launched) == (127, False)
+    assert done.reason == "LaunchError: the Ray cluster refused it: no such resource"
+
+
+def test_the_attempts_of_a_kind_ray_refuses_slots_for_are_refused(hub: LogHub) -> None:
     class Refused:
         def remote(self, *args: Any) -> Any:
             raise ValueError("no such resource")
@@ -202,6 +247,6 @@ def test_the_attempts_of_a_tier_ray_refuses_slots_for_fail_with_why(hub: LogHub)
     submit(hub, 0, 1)
     got = outcomes(hub)
     assert sorted(got) == ["h0", "h1"]
-    assert got["h0"][0] == "error" and got["h0"][2] == "LaunchError: no such resource"
+    assert got["h0"][0] == "refused" and got["h0"][2] == "no such resource"
     assert hub._slots.short() == {}  # none queued, none counted as starting
     assert not hub._slots.slots

@@ -179,6 +179,8 @@ def outcome_exit(handle: str, outcome: Outcome, refresh_nodes: Callable[[], None
         return Exit(handle, -9, at)
     if kind == "error":
         return Exit(handle, 1, at, reason=f"ExecutorError: {outcome[2]}")
+    if kind == "refused":
+        return Exit.unlaunched(handle, at, f"the Ray cluster refused it: {outcome[2]}")
     text, died, node, seen = outcome[2:]
     match = _NODE_ID.search(text)
     node = match.group(1) if match else node

@@ -18,8 +18,9 @@ __all__ = ["Change", "Launch", "Outcome", "failure", "task_options"]
 
 # What became of an attempt, and when the hub saw it end (epoch): ("result", at, what
 # run_shard returned) | ("cancelled", at) | ("error", at, the exception, last line) |
-# ("lost", at, Ray's error, whether Ray said the node died, the node it last reported
-# from, when it last shipped: epoch)
+# ("refused", at, why Ray refused its slot: it never started) | ("lost", at, Ray's
+# error, whether Ray said the node died, the node it last reported from, when it last
+# shipped: epoch)
 Outcome = tuple[Any, ...]
 # One attempt's record, as the feed tells it: handle, the run id of its gang's placement
 # group (None: no gang), when its process started (epoch), its outcome (None: running)

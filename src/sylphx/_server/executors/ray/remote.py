@@ -361,8 +361,13 @@ def run_slot(hub_name: str, slot: str, envelope: NodeEnvelope) -> None:
     while True:
         try:
             got = _get_off_main_thread(take.remote(slot, done))
-        except RayActorError:  # the hub that handed it attempts is gone: nobody to report to
-            return
+        except RayActorError:  # this worker may know an earlier hub of that name: ask again
+            try:
+                hub = _hubs[hub_name] = ray.get_actor(hub_name)
+                take = hub.take.options(concurrency_group="slots")
+                got = _get_off_main_thread(take.remote(slot, done))
+            except (RayActorError, ValueError):  # no hub (ValueError: none of that name)
+                return  # a new hub does not know this slot either: it answers None
         if got is None:
             return
         handle, request = got

@@ -36,79 +36,88 @@ from sylphx._server.executors.base import LaunchRequest
 from .outcome import Launch, Outcome, failure, task_options
 from .remote import NodeEnvelope, run_slot
 
-__all__ = ["LINGER", "Slot", "SlotQueue", "Slots", "by_slot"]
+__all__ = ["LINGER", "Kind", "Slot", "SlotQueue", "Slots", "by_slot"]
 
-LINGER = 2.0  # seconds an idle slot waits for its tier's next attempt before it ends
+LINGER = 2.0  # seconds an idle slot waits for its kind's next attempt before it ends
+
+# What a slot runs: attempts of one tier, in one node envelope (the control plane's
+# settings when they were submitted: a slot never runs an attempt under another's)
+Kind = tuple[str, NodeEnvelope]
 
 
 @dataclass
 class Slot:
-    """A slot task: its tier, its Ray task, the attempt it runs (None: between two)."""
+    """A slot task: its kind, its Ray task, the attempt it runs (None: between two)."""
 
-    machine: str
+    kind: Kind
     ref: Any = None
     current: str | None = None
     took: bool = False  # it asked for an attempt at least once (it is past its start)
 
 
 class SlotQueue:
-    """The plain attempts waiting for a slot, per tier, and the slots. Every method is
+    """The plain attempts waiting for a slot, per kind, and the slots. Every method is
     called with ``lock`` (the hub's) held; :meth:`next` waits on it."""
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
-        self._queued: dict[str, deque[tuple[str, LaunchRequest]]] = {}
-        self._ready: dict[str, threading.Condition] = {}  # per tier: an attempt queued
-        self._waiting: Counter[str] = Counter()  # per tier: slots waiting in next()
-        self._starting: Counter[str] = Counter()  # per tier: slots not yet at next()
+        self._queued: dict[Kind, deque[tuple[str, LaunchRequest]]] = {}
+        self._idle: dict[Kind, list[threading.Condition]] = {}  # waiting slots, newest last
+        self._waiting: Counter[Kind] = Counter()  # slots in next(), woken ones too
+        self._starting: Counter[Kind] = Counter()  # slots not yet at next()
         self.slots: dict[str, Slot] = {}
 
-    def queue(self, handle: str, request: LaunchRequest) -> None:
-        """Queue an attempt for the next slot of its tier."""
-        self._queued.setdefault(request.machine, deque()).append((handle, request))
+    def queue(self, handle: str, request: LaunchRequest, envelope: NodeEnvelope) -> None:
+        """Queue an attempt for the next slot of its kind."""
+        self._queued.setdefault((request.machine, envelope), deque()).append((handle, request))
 
-    def short(self) -> dict[str, int]:
-        """Per tier, how many slots to start so that every queued attempt has one: those
-        waiting are woken, those starting will ask; only the rest need a new slot."""
+    def short(self) -> dict[Kind, int]:
+        """Per kind, how many slots to start so that every queued attempt has one: those
+        waiting are woken (the newest first: the ones idle longest then end at their
+        ``LINGER``, so no more slots stay than the attempts keep busy), those starting
+        will ask; only the rest need a new slot."""
         wanted = {}
-        for machine, queued in self._queued.items():
-            waiting = self._waiting[machine]
-            if waiting and queued:
-                self._condition(machine).notify(min(waiting, len(queued)))
-            missing = len(queued) - waiting - self._starting[machine]
+        for kind, queued in self._queued.items():
+            idle = self._idle.get(kind, [])
+            for _ in range(min(len(queued), len(idle))):
+                idle.pop().notify()
+            missing = len(queued) - self._waiting[kind] - self._starting[kind]
             if missing > 0:
-                wanted[machine] = missing
+                wanted[kind] = missing
         return wanted
 
-    def add(self, slot: str, machine: str) -> Slot:
+    def add(self, slot: str, kind: Kind) -> Slot:
         """A slot task is about to be submitted (before it can ask for an attempt)."""
-        held = self.slots[slot] = Slot(machine)
-        self._starting[machine] += 1
+        held = self.slots[slot] = Slot(kind)
+        self._starting[kind] += 1
         return held
 
     def running(self, handle: str) -> bool:
         """Whether a slot runs the attempt."""
         return any(held.current == handle for held in self.slots.values())
 
-    def clear(self, machine: str) -> list[str]:
-        """Empty a tier's queue; returns the attempts that were in it."""
-        queued = self._queued.pop(machine, deque())
+    def clear(self, kind: Kind) -> list[str]:
+        """Empty a kind's queue; returns the attempts that were in it."""
+        queued = self._queued.pop(kind, deque())
         return [handle for handle, _ in queued]
 
     def next(self, slot: str, live: Callable[[str], bool]) -> tuple[str, LaunchRequest] | None:
         """The attempt ``slot`` runs next, waiting up to ``LINGER`` seconds for one of its
-        tier (``live``: whether a queued attempt is still to run); None: the slot ends.
+        kind (``live``: whether a queued attempt is still to run); None: the slot ends.
         Called with the lock held; it is released while waiting."""
         held = self.slots.get(slot)
         if held is None:  # ended (its task failed) before it asked
             return None
         held.current = None
+        kind = held.kind
         if not held.took:
             held.took = True
-            self._starting[held.machine] -= 1
-        queued = self._queued.setdefault(held.machine, deque())
+            self._starting[kind] -= 1
+        queued = self._queued.setdefault(kind, deque())
+        idle = self._idle.setdefault(kind, [])
+        woken = threading.Condition(self._lock)
         deadline = time.monotonic() + LINGER
-        self._waiting[held.machine] += 1
+        self._waiting[kind] += 1
         try:
             while True:
                 while queued and not live(queued[0][0]):
@@ -121,15 +130,18 @@ class SlotQueue:
                 if left <= 0 or slot not in self.slots:
                     self.slots.pop(slot, None)
                     return None
-                self._condition(held.machine).wait(left)
+                idle.append(woken)
+                woken.wait(left)
+                if woken in idle:  # its time ran out (short() takes those it wakes)
+                    idle.remove(woken)
         finally:
-            self._waiting[held.machine] -= 1
+            self._waiting[kind] -= 1
 
     def ended(self, slot: str) -> Slot | None:
         """A slot's task ended: forget it; returns it (with the attempt it ran, if any)."""
         held = self.slots.pop(slot, None)
         if held is not None and not held.took:
-            self._starting[held.machine] -= 1
+            self._starting[held.kind] -= 1
         return held
 
     def drop(self, handle: str) -> bool:
@@ -140,12 +152,6 @@ class SlotQueue:
                     queued.remove(entry)
                     return True
         return False
-
-    def _condition(self, machine: str) -> threading.Condition:
-        ready = self._ready.get(machine)
-        if ready is None:
-            ready = self._ready[machine] = threading.Condition(self._lock)
-        return ready
 
 
 class Slots:
@@ -160,7 +166,7 @@ class Slots:
         self._slots = SlotQueue(self._lock)
         self._slot: Any = ray.remote(run_slot)
         self._slot_tasks: dict[str, Any] = {}  # machine -> slot task options
-        self._slot_args: tuple[str, NodeEnvelope] | None = None  # the latest submit's
+        self._hub_name: str | None = None  # what the slots ask for (the latest submit's)
         self._doomed: set[str] = set()  # dropped by retain() while a slot runs them
 
     def _new_attempt(self) -> Any:  # the hub's record of a plain attempt
@@ -174,14 +180,14 @@ class Slots:
 
     def _queue(self, launches: list[Launch], name: str, envelope: NodeEnvelope) -> dict[str, str]:
         """Queue plain attempts for slots and start the slots they need. None is refused
-        here: one that no slot could be started for fails (through the feed)."""
+        here: one that no slot could be started for is refused through the feed."""
         if launches:
             with self._lock:
-                self._slot_args = (name, envelope)
+                self._hub_name = name
                 for handle, request, _ in launches:
                     if handle not in self._attempts:
                         self._attempts[handle] = self._new_attempt()
-                        self._slots.queue(handle, request)
+                        self._slots.queue(handle, request, envelope)
             self._start_slots()
         return {}
 
@@ -189,18 +195,20 @@ class Slots:
         """Start the slots the queue is short of (after a submit; and at every read of
         the feed, for a slot that ended before it took its attempt), counted as starting
         in the same hold of the lock, so two callers never start the same ones. Where
-        Ray refuses a slot task, the attempts queued for that tier fail with why."""
+        Ray refuses a slot task, the attempts queued for its kind are refused, as a
+        launch Ray refused is (never started: ``Exit.unlaunched``)."""
         with self._lock:
-            if self._slot_args is None:  # nothing was ever queued here
+            name = self._hub_name
+            if name is None:  # nothing was ever queued here
                 return
-            name, envelope = self._slot_args
             wanted = self._slots.short()
-            new = [(m, uuid.uuid4().hex) for m, n in wanted.items() for _ in range(n)]
-            held = {slot: self._slots.add(slot, machine) for machine, slot in new}
-        refused: set[str] = set()  # tiers Ray refused a slot of
-        for machine, slot in new:
+            new = [(kind, uuid.uuid4().hex) for kind, n in wanted.items() for _ in range(n)]
+            held = {slot: self._slots.add(slot, kind) for kind, slot in new}
+        refused: set[Kind] = set()  # kinds Ray refused a slot of
+        for kind, slot in new:
+            machine, envelope = kind
             try:
-                if machine in refused:
+                if kind in refused:
                     raise _Refused
                 task = self._slot_tasks.get(machine)
                 if task is None:
@@ -209,17 +217,17 @@ class Slots:
             except Exception as exc:
                 with self._changed:
                     self._slots.ended(slot)
-                    if machine not in refused:
-                        refused.add(machine)
-                        for handle in self._slots.clear(machine):
-                            self._settle(handle, ("error", time.time(), f"LaunchError: {exc}"))
+                    if kind not in refused:
+                        refused.add(kind)
+                        for handle in self._slots.clear(kind):
+                            self._settle(handle, ("refused", time.time(), str(exc)))
                 continue
             held[slot].ref.future().add_done_callback(functools.partial(self._slot_done, slot))
 
     def take(self, slot: str, done: tuple[str, Any] | None) -> tuple[str, LaunchRequest] | None:
         """From a slot: how the attempt it ran ended (``("result", what run_shard
         returned)`` or ``("error", why)``; None: it ran none yet), and the next attempt of
-        its tier for it, waited for up to ``slots.LINGER`` seconds (None: it ends). Called
+        its kind for it, waited for up to ``slots.LINGER`` seconds (None: it ends). Called
         in the hub's ``slots`` concurrency group, so idle slots never hold its threads."""
         with self._changed:
             held = self._slots.slots.get(slot)
@@ -258,7 +266,7 @@ class Slots:
 
 
 class _Refused(Exception):
-    """A slot of a tier Ray already refused one of (see ``Slots._start_slots``)."""
+    """A slot of a kind Ray already refused one of (see ``Slots._start_slots``)."""
 
 
 def by_slot(launch: tuple[str, LaunchRequest, int | None]) -> bool:
