@@ -2,8 +2,9 @@
 
 Both sides run the same trivial workload: N shards (default 200), each a real ``true``
 process asking for the nano tier (0.1 vCPU / 256 MiB). sylphx goes end to end through its
-HTTP API (a ``sylphx server`` subprocess driving the cluster: submit, admission, one Ray task
-per shard, log shipping, store writes, aggregate; the client long-polls for the end).
+HTTP API (a ``sylphx server`` subprocess driving the cluster: submit, admission, the shards
+run in the hub's slots, log shipping, store writes, aggregate; the client long-polls for
+the end).
 The baseline submits N Ray tasks that each run ``true`` with the same resources and waits;
 a second baseline does the same from a driver that keeps at most as many tasks in flight
 as the cluster runs at once (as an orchestrator that owns admission must), which tells the
