@@ -13,7 +13,7 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group_table
 
-from conftest import RAY_NODE, Server
+from conftest import RAY_NODE, Server, pids_of_run
 from oci import BusyboxImages
 
 pytestmark = pytest.mark.slow
@@ -182,3 +182,25 @@ def test_an_image_run_is_refused_at_submit_where_nodes_cannot_run_images(
     assert r.json()["details"][0]["field"] == "image"
     assert "sandbox" in r.json()["message"]
     assert server.http.get("/v1/runs").json()["items"] == []  # nothing stored
+
+
+def test_a_shard_that_leaves_processes_behind_leaves_none_in_its_slot(
+    ray_server: Server,
+) -> None:
+    """A slot runs attempt after attempt, of any run or org, in one Ray worker: what a
+    tenant's shard starts in the background and detaches (its own session) must be gone
+    from the host once its attempt ended, before the slot runs the next one."""
+    left = "setsid sh -c 'sleep 300' </dev/null >/dev/null 2>&1 & sleep 300 & exit 0"
+    first = ray_server.submit(
+        command=["sh", "-c", left], parallelism=4, machine="nano", gangScheduling=False
+    )
+    assert ray_server.wait(first["id"], timeout=120)["status"] == "succeeded"
+    ray_server.wait_for(lambda: not pids_of_run(first["id"]), timeout=10)  # host side
+    after = ray_server.submit(  # the same slots, if they are still idle: nothing of first's
+        command=["sh", "-c", "test -z \"$(pgrep -f 'slee[p] 300')\""],  # not itself
+        parallelism=4,
+        machine="nano",
+        gangScheduling=False,
+    )
+    assert ray_server.wait(after["id"], timeout=120)["status"] == "succeeded"
+    assert not pids_of_run(first["id"])
