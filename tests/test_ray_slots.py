@@ -178,6 +178,17 @@ def test_an_attempt_dropped_by_a_restart_is_killed_at_its_slots_next_push(
     assert hub.push("h1", "node-a", paths, b"", b"", 1.0) is None
 
 
+def test_attempts_a_restart_dropped_while_queued_get_no_slot(hub: LogHub) -> None:
+    submit(hub, 0, 1)
+    for _, _, end in hub._slot.started:  # both slots died before they asked (a lost node)
+        end.set_exception(WorkerCrashedError())
+    assert hub.retain(["h1"]) == ["h0"]
+    outcomes(hub)  # a feed read starts the slots the queue is short of
+    assert len(hub._slot.started) == 3  # one for h1, none for h0
+    got = hub.take(hub._slot.started[2][1], None)
+    assert got is not None and got[0] == "h1"
+
+
 def test_the_queue_counts_waiting_and_starting_slots() -> None:
     lock, nano = threading.Lock(), ("nano", NodeEnvelope())
     queue = SlotQueue(lock)

@@ -224,6 +224,7 @@ class LogHub(Slots):
         with self._lock:
             gone = [handle for handle in self._attempts if handle not in kept]
             self._doomed.update(h for h in gone if self._slots.running(h))  # killed at a push
+            self._slots.discard(set(gone))  # queued ones never start
             refs = [self._attempts.pop(handle).ref for handle in gone]
             for handle in gone:
                 self._signals.pop(handle, None)

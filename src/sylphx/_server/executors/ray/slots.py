@@ -144,6 +144,14 @@ class SlotQueue:
             self._starting[held.kind] -= 1
         return held
 
+    def discard(self, handles: set[str]) -> None:
+        """Take attempts out of the queue (a restart dropped their records), so that no
+        slot is started for them."""
+        for queued in self._queued.values():  # in place: a waiting slot holds its deque
+            kept = [entry for entry in queued if entry[0] not in handles]
+            queued.clear()
+            queued.extend(kept)
+
     def drop(self, handle: str) -> bool:
         """Take a queued attempt out of the queue; False: it is not queued."""
         for queued in self._queued.values():
