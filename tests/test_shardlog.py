@@ -82,7 +82,7 @@ def test_a_value_split_over_chunks_and_repeated(size: int) -> None:
 
 
 def test_a_value_longer_than_every_chunk() -> None:
-    value = os.urandom(100_000)
+    value = os.urandom(99_999) + b"v"  # never ends in z: the near-copy below is not it
     data = b"x" * 10 + value + b"y" + value[:-1] + b"z"
     assert chunked([value], data, list(range(0, len(data), 4096))) == (
         b"x" * 10 + MASK + b"y" + value[:-1] + b"z"
